@@ -1,0 +1,65 @@
+//! The error type of every [`crate::Fs`] operation.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Why a file operation failed. Messages name the operation and the path.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The path itself is unacceptable (empty, absolute, `..`, NUL).
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath {
+        /// The path as given.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Resolving the path (through a symlink, hard link or rename) would leave the root.
+    #[error("{op} {path}: refused, it would reach outside the root {root}")]
+    Escape {
+        /// The operation.
+        op: &'static str,
+        /// The path as given.
+        path: PathBuf,
+        /// The root it must stay in.
+        root: PathBuf,
+    },
+    /// The operating system (or the in-memory tree) reported an error.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// The operation.
+        op: &'static str,
+        /// The path, as shown to users.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl FsError {
+    /// An I/O error of `op` on `path`.
+    pub fn io(op: &'static str, path: PathBuf, source: io::Error) -> Self {
+        Self::Io { op, path, source }
+    }
+
+    /// The closest [`io::ErrorKind`]: escapes are `PermissionDenied`, invalid paths
+    /// `InvalidInput`.
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            Self::InvalidPath { .. } => io::ErrorKind::InvalidInput,
+            Self::Escape { .. } => io::ErrorKind::PermissionDenied,
+            Self::Io { source, .. } => source.kind(),
+        }
+    }
+
+    /// Whether nothing exists at the path.
+    pub fn is_not_found(&self) -> bool {
+        self.kind() == io::ErrorKind::NotFound
+    }
+
+    /// Whether something already exists at the path.
+    pub fn is_already_exists(&self) -> bool {
+        self.kind() == io::ErrorKind::AlreadyExists
+    }
+}

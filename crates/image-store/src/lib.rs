@@ -1,0 +1,2 @@
+//! The local content-addressed image store.
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! The `sealer` command.
+fn main() {}
