@@ -1,2 +1,33 @@
-//! The local content-addressed image store.
+//! The local content-addressed image store of sealer.
+//!
+//! A [`Store`] is an OCI image layout on disk (`oci-layout`, `index.json`,
+//! `blobs/sha256/…`) that skopeo and umoci read directly. It keeps blobs verified and
+//! manifests byte-exact, names images by full reference, resolves multi-arch indexes to a
+//! platform, garbage-collects unreferenced content and checks itself ([`Store::fsck`]).
+//! [`archive`] saves images to and loads them from oci-archive, docker-archive and OCI
+//! layout directories, streaming.
+//!
+//! No network I/O happens here; registries are `sealer-registry-client`'s business. Every
+//! file operation goes through a `sealer_fs_abstraction::Fs`.
+
 #![deny(missing_docs)]
+
+pub mod archive;
+mod blob;
+mod digest;
+mod error;
+mod ingest;
+pub mod model;
+pub mod reference;
+mod store;
+
+pub use blob::{BlobStore, FsBlobStore, PutOutcome};
+pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use error::{Result, StoreError};
+pub use ingest::{CommitReport, Ingest};
+pub use model::{Descriptor, Index, Manifest, ManifestDocument, Platform};
+pub use reference::{Reference, ReferenceError};
+pub use store::{
+    FsckReport, GcReport, ImageEntry, MAX_MANIFEST_SIZE, Reachability, ResolvedImage, Store,
+    choose_platform, is_manifest_type, platforms_of,
+};

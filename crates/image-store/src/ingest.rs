@@ -1,0 +1,366 @@
+//! All-or-nothing imports. A load or pull stages its blobs in `ingest/<id>/`, verifying each
+//! against its digest, then [`Ingest::commit`] checks the images are complete, renames the
+//! blobs into `blobs/` and names the images in one `index.json` update. Until then the store
+//! is untouched: a failed import is dropped whole, and a crashed one leaves only a staging
+//! directory that `gc` removes (its lock file tells a dead importer from a live one).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sealer_fs_abstraction::{LockGuard, ReadFile};
+
+use crate::blob::{BlobStore, PutOutcome, check_content, copy_hashing};
+use crate::digest::{Algorithm, Digest};
+use crate::error::{Result, StoreError};
+use crate::model::{Descriptor, ManifestDocument};
+use crate::reference::Reference;
+use crate::store::{
+    MAX_MANIFEST_SIZE, Store, is_manifest_type, parse_manifest, set_entry, verify_bytes,
+};
+
+const INGEST_DIR: &str = "ingest";
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// What [`Ingest::commit`] added.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitReport {
+    /// Blobs added to the store.
+    pub blobs_added: usize,
+    /// Bytes added to the store.
+    pub bytes_added: u64,
+    /// Blobs that were already present.
+    pub blobs_reused: usize,
+    /// Index entries not present (platforms not imported).
+    pub absent_platforms: usize,
+}
+
+/// An import in progress; see the module documentation.
+pub struct Ingest<'s> {
+    store: &'s Store,
+    dir: PathBuf,
+    lock_path: PathBuf,
+    lock: Option<Box<dyn LockGuard>>,
+    staged: BTreeMap<Digest, (PathBuf, u64)>,
+    relied_on: BTreeSet<Digest>,
+}
+
+impl<'s> Ingest<'s> {
+    pub(crate) fn begin(store: &'s Store) -> Result<Self> {
+        let fs = store.fs();
+        fs.create_dir_all(Path::new(INGEST_DIR))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_nanos())
+            .unwrap_or_default();
+        let id = format!(
+            "{}-{nanos}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let lock_path = Path::new(INGEST_DIR).join(format!("{id}.lock"));
+        let lock = fs.lock(&lock_path)?;
+        let dir = Path::new(INGEST_DIR).join(&id);
+        fs.create_dir(&dir)?;
+        Ok(Self {
+            store,
+            dir,
+            lock_path,
+            lock: Some(lock),
+            staged: BTreeMap::new(),
+            relied_on: BTreeSet::new(),
+        })
+    }
+
+    /// The size of a blob staged here or already in the store.
+    pub fn contains(&mut self, digest: &Digest) -> Result<Option<u64>> {
+        if let Some((_, size)) = self.staged.get(digest) {
+            return Ok(Some(*size));
+        }
+        let size = self.store.blobs().stat(digest)?;
+        if size.is_some() {
+            self.relied_on.insert(digest.clone());
+        }
+        Ok(size)
+    }
+
+    fn staging_path(&self, digest: &Digest) -> PathBuf {
+        self.dir
+            .join(format!("{}-{}", digest.algorithm().name(), digest.hex()))
+    }
+
+    /// Stages `data` as `expected`, verifying digest and size; `data` is not read when the
+    /// blob is already staged or stored.
+    pub fn put(
+        &mut self,
+        expected: &Digest,
+        expected_size: Option<u64>,
+        data: &mut dyn Read,
+    ) -> Result<PutOutcome> {
+        if let Some(size) = self.contains(expected)? {
+            if let Some(expected_size) = expected_size
+                && expected_size != size
+            {
+                return Err(StoreError::SizeMismatch {
+                    digest: expected.clone(),
+                    expected: expected_size,
+                    actual: size,
+                });
+            }
+            return Ok(PutOutcome {
+                size,
+                existed: true,
+            });
+        }
+        let path = self.staging_path(expected);
+        let what = || format!("blob {expected}");
+        let result = self.write_file(&path, data, expected.algorithm(), expected_size, &what);
+        let checked = result.and_then(|(actual, size)| {
+            check_content(&what, expected, expected_size, &actual, size).map(|()| size)
+        });
+        match checked {
+            Ok(size) => {
+                self.staged.insert(expected.clone(), (path, size));
+                Ok(PutOutcome {
+                    size,
+                    existed: false,
+                })
+            }
+            Err(error) => {
+                self.discard(&path);
+                Err(error)
+            }
+        }
+    }
+
+    /// Stages `data` whose digest is not known beforehand (a docker-archive layer); returns
+    /// its digest and size.
+    pub fn put_unknown(
+        &mut self,
+        algorithm: Algorithm,
+        data: &mut dyn Read,
+        what: &str,
+    ) -> Result<(Digest, u64)> {
+        let temp = self.dir.join(format!(
+            "unnamed-{}",
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let describe = || what.to_owned();
+        let (digest, size) = match self.write_file(&temp, data, algorithm, None, &describe) {
+            Ok(written) => written,
+            Err(error) => {
+                self.discard(&temp);
+                return Err(error);
+            }
+        };
+        if self.contains(&digest)?.is_some() {
+            self.discard(&temp);
+        } else {
+            let path = self.staging_path(&digest);
+            self.store.fs().rename(&temp, &path)?;
+            self.staged.insert(digest.clone(), (path, size));
+        }
+        Ok((digest, size))
+    }
+
+    /// Stages small content held in memory (a manifest or config).
+    pub fn put_bytes(&mut self, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::sha256(bytes);
+        self.put(&digest, Some(bytes.len() as u64), &mut &bytes[..])?;
+        Ok(digest)
+    }
+
+    fn write_file(
+        &self,
+        path: &Path,
+        data: &mut dyn Read,
+        algorithm: Algorithm,
+        limit: Option<u64>,
+        what: &dyn Fn() -> String,
+    ) -> Result<(Digest, u64)> {
+        let mut file = self.store.fs().create_new(path)?;
+        let written = copy_hashing(data, &mut file, algorithm, limit, what)?;
+        file.flush()
+            .and_then(|()| file.sync_all())
+            .map_err(|source| StoreError::io(format!("fsync {}", what()), source))?;
+        Ok(written)
+    }
+
+    fn discard(&self, path: &Path) {
+        if let Err(error) = self.store.fs().remove_file(path)
+            && !error.is_not_found()
+        {
+            tracing::warn!(%error, "could not remove a rejected staged blob");
+        }
+    }
+
+    /// Opens a blob staged here or in the store.
+    pub fn open(&self, digest: &Digest) -> Result<Box<dyn ReadFile>> {
+        match self.staged.get(digest) {
+            Some((path, _)) => Ok(self.store.fs().open(path)?),
+            None => self.store.blobs().open(digest),
+        }
+    }
+
+    /// Reads and verifies a small blob staged here or in the store.
+    pub fn read(&self, digest: &Digest) -> Result<Vec<u8>> {
+        match self.staged.get(digest) {
+            Some((path, size)) => {
+                if *size > MAX_MANIFEST_SIZE {
+                    return Err(StoreError::SizeMismatch {
+                        digest: digest.clone(),
+                        expected: MAX_MANIFEST_SIZE,
+                        actual: *size,
+                    });
+                }
+                let bytes = self.store.fs().read(path)?;
+                verify_bytes(digest, &bytes)?;
+                Ok(bytes)
+            }
+            None => self.store.read_verified(digest),
+        }
+    }
+
+    /// Reads and parses a manifest or index staged here or in the store.
+    pub fn read_manifest(&self, descriptor: &Descriptor) -> Result<ManifestDocument> {
+        let bytes = self.read(&descriptor.digest)?;
+        Ok(parse_manifest(&descriptor.digest, &bytes, Some(&descriptor.media_type))?.1)
+    }
+
+    /// Checks that every image reachable from `roots` is complete, then adds the staged blobs
+    /// to the store and writes the names in one `index.json` update. Roots without a name
+    /// are added as unnamed entries.
+    pub fn commit(mut self, roots: &[(Option<Reference>, Descriptor)]) -> Result<CommitReport> {
+        let mut report = CommitReport::default();
+        let mut needed = BTreeSet::new();
+        let mut pending: Vec<(Descriptor, Option<Digest>, bool)> = roots
+            .iter()
+            .map(|(_, root)| (root.clone(), None, false))
+            .collect();
+        while let Some((descriptor, parent, from_index)) = pending.pop() {
+            if needed.contains(&descriptor.digest) {
+                continue;
+            }
+            if self.contains(&descriptor.digest)?.is_none() {
+                match parent {
+                    Some(_) if from_index => {
+                        report.absent_platforms += 1;
+                        continue;
+                    }
+                    Some(parent) => {
+                        return Err(StoreError::MissingChild {
+                            parent,
+                            child: descriptor.digest,
+                        });
+                    }
+                    None => return Err(StoreError::BlobNotFound(descriptor.digest)),
+                }
+            }
+            needed.insert(descriptor.digest.clone());
+            if is_manifest_type(&descriptor.media_type) {
+                let document = self.read_manifest(&descriptor)?;
+                let is_index = matches!(document, ManifestDocument::Index(_));
+                for child in document.children() {
+                    pending.push((child.clone(), Some(descriptor.digest.clone()), is_index));
+                }
+            }
+        }
+
+        let _gc = self.store.gc_lock()?;
+        for digest in &self.relied_on {
+            if needed.contains(digest) && self.store.blobs().stat(digest)?.is_none() {
+                return Err(StoreError::RemovedConcurrently(digest.clone()));
+            }
+        }
+        for (digest, (path, size)) in &self.staged {
+            if needed.contains(digest) {
+                self.store.blobs().adopt(path, digest)?;
+                report.blobs_added += 1;
+                report.bytes_added += size;
+            }
+        }
+        report.blobs_reused = needed.len() - report.blobs_added;
+        self.store.blobs().sync()?;
+        self.store.update_index(|index| {
+            for (name, descriptor) in roots {
+                match name.as_ref().and_then(Reference::tagged_name) {
+                    Some(tagged) => {
+                        let mut entry = descriptor.clone();
+                        entry
+                            .annotations
+                            .insert(crate::model::REF_NAME_ANNOTATION.to_owned(), tagged.clone());
+                        set_entry(index, &tagged, entry);
+                    }
+                    None => {
+                        let known = index
+                            .manifests
+                            .iter()
+                            .any(|entry| entry.digest == descriptor.digest);
+                        if !known {
+                            let mut entry = descriptor.clone();
+                            entry.annotations.remove(crate::model::REF_NAME_ANNOTATION);
+                            index.manifests.push(entry);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(report)
+    }
+
+    /// Removes staging directories whose importer is gone; returns how many.
+    pub(crate) fn remove_abandoned(store: &Store) -> Result<usize> {
+        Self::abandoned(store, true)
+    }
+
+    /// Counts staging directories whose importer is gone.
+    pub(crate) fn count_abandoned(store: &Store) -> Result<usize> {
+        Self::abandoned(store, false)
+    }
+
+    fn abandoned(store: &Store, remove: bool) -> Result<usize> {
+        let fs = store.fs();
+        let root = Path::new(INGEST_DIR);
+        if !fs.exists(root)? {
+            return Ok(0);
+        }
+        let mut count = 0;
+        for entry in fs.read_dir(root)? {
+            let name = entry.name.to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix(".lock") else {
+                continue;
+            };
+            let lock_path = root.join(&name);
+            // A live importer holds its lock; a crashed one released it when it died.
+            let Some(_guard) = fs.try_lock(&lock_path)? else {
+                continue;
+            };
+            count += 1;
+            if remove {
+                let dir = root.join(id);
+                if fs.exists(&dir)? {
+                    fs.remove_dir_all(&dir)?;
+                }
+                fs.remove_file(&lock_path)?;
+            }
+        }
+        Ok(count)
+    }
+}
+
+impl Drop for Ingest<'_> {
+    fn drop(&mut self) {
+        let fs = self.store.fs();
+        if let Err(error) = fs.remove_dir_all(&self.dir)
+            && !error.is_not_found()
+        {
+            tracing::warn!(%error, "could not remove an import's staging directory");
+        }
+        if let Err(error) = fs.remove_file(&self.lock_path) {
+            tracing::warn!(%error, "could not remove an import's lock file");
+        }
+        self.lock.take();
+    }
+}

@@ -1,0 +1,640 @@
+//! The [`Store`]: an OCI image layout on an [`Fs`] with tags, resolution, GC and fsck.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sealer_fs_abstraction::{Fs, LockGuard, RealFs};
+
+use crate::blob::{BlobStore, FsBlobStore};
+use crate::digest::{Digest, Hasher};
+use crate::error::{Result, StoreError};
+use crate::ingest::Ingest;
+use crate::model::{
+    Descriptor, Index, Manifest, ManifestDocument, Platform, REF_NAME_ANNOTATION, media_type,
+};
+use crate::reference::Reference;
+
+/// `oci-layout` content.
+const OCI_LAYOUT: &str = "oci-layout";
+const OCI_LAYOUT_CONTENT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+const INDEX_JSON: &str = "index.json";
+/// Serialises `index.json` read-modify-write cycles across processes.
+const INDEX_LOCK: &str = "index.json.lock";
+/// Held by prune while it sweeps and by ingests while they commit.
+pub(crate) const GC_LOCK: &str = "gc.lock";
+/// Largest manifest the store reads (registries cap them at 4 MiB).
+pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+/// Nested indexes deeper than this are refused.
+const MAX_INDEX_DEPTH: usize = 8;
+
+/// An image named in the store's `index.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageEntry {
+    /// The full reference (`registry/repository:tag`), or `None` for an untagged entry.
+    pub name: Option<String>,
+    /// What the name points to: a manifest or an index.
+    pub descriptor: Descriptor,
+}
+
+/// An image resolved down to one platform's manifest.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// The store's name for it, when it has one.
+    pub name: Option<String>,
+    /// The entry the reference named (an index for multi-arch images).
+    pub top: Descriptor,
+    /// The single-platform manifest chosen.
+    pub manifest_descriptor: Descriptor,
+    /// That manifest, parsed.
+    pub manifest: Manifest,
+}
+
+/// What [`Store::gc`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Blobs removed.
+    pub removed: Vec<Digest>,
+    /// Bytes freed.
+    pub bytes: u64,
+    /// Leftovers of interrupted writes removed.
+    pub leftovers: usize,
+}
+
+/// What [`Store::fsck`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FsckReport {
+    /// Blobs checked.
+    pub checked: usize,
+    /// Bytes hashed.
+    pub bytes: u64,
+    /// Blobs whose content does not hash to their name.
+    pub corrupt: Vec<Digest>,
+    /// Blobs referenced by a manifest but absent: (referrer, missing blob).
+    pub missing: Vec<(Digest, Digest)>,
+    /// Platforms of multi-arch images that were not fetched (not an error).
+    pub absent_platforms: usize,
+    /// Blobs no image refers to (`prune` removes them).
+    pub unreferenced: usize,
+    /// Leftovers of interrupted writes (`prune` removes them).
+    pub leftovers: usize,
+}
+
+impl FsckReport {
+    /// Whether the store is consistent.
+    pub fn is_clean(&self) -> bool {
+        self.corrupt.is_empty() && self.missing.is_empty()
+    }
+}
+
+/// The local image store: an OCI image layout (`oci-layout`, `index.json`, `blobs/`) that
+/// skopeo, umoci and containerd read as `oci:ROOT:NAME`. Tags are `index.json` entries
+/// annotated with `org.opencontainers.image.ref.name` = the full reference.
+///
+/// Every write is atomic and verified: blobs are hashed while written and renamed into place
+/// only on a digest match; `index.json` is replaced atomically under a file lock, so
+/// concurrent processes lose no update and a crash leaves the old or the new state.
+#[derive(Debug, Clone)]
+pub struct Store {
+    fs: Arc<dyn Fs>,
+    blobs: FsBlobStore,
+}
+
+impl Store {
+    /// Opens the layout rooted at `fs`, creating it when the root is empty.
+    pub fn open(fs: Arc<dyn Fs>) -> Result<Self> {
+        let store = Self {
+            blobs: FsBlobStore::new(fs.clone()),
+            fs,
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    /// Opens (creating if needed) the store in the directory `root`.
+    pub fn open_dir(root: &Path) -> Result<Self> {
+        let fs = RealFs::create_root(root)?;
+        Self::open(Arc::new(fs))
+    }
+
+    /// The default root: `$SEALER_ROOT`, else `$XDG_DATA_HOME/sealer`, else
+    /// `~/.local/share/sealer`.
+    pub fn default_root() -> Option<PathBuf> {
+        let non_empty = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
+        if let Some(root) = non_empty("SEALER_ROOT") {
+            return Some(PathBuf::from(root));
+        }
+        if let Some(data) = non_empty("XDG_DATA_HOME") {
+            return Some(PathBuf::from(data).join("sealer"));
+        }
+        non_empty("HOME").map(|home| PathBuf::from(home).join(".local/share/sealer"))
+    }
+
+    fn init(&self) -> Result<()> {
+        let layout = Path::new(OCI_LAYOUT);
+        if self.fs.exists(layout)? {
+            let content = self.fs.read(layout)?;
+            let value: serde_json::Value = serde_json::from_slice(&content)
+                .map_err(|error| self.layout_error(OCI_LAYOUT, format!("not JSON: {error}")))?;
+            let version = value.get("imageLayoutVersion").and_then(|v| v.as_str());
+            if version != Some("1.0.0") {
+                return Err(self.layout_error(
+                    OCI_LAYOUT,
+                    format!("unsupported imageLayoutVersion {version:?}, expected \"1.0.0\""),
+                ));
+            }
+        } else {
+            self.fs.write_atomic(layout, OCI_LAYOUT_CONTENT)?;
+        }
+        self.fs.create_dir_all(Path::new("blobs/sha256"))?;
+        if !self.fs.exists(Path::new(INDEX_JSON))? {
+            let _lock = self.fs.lock(Path::new(INDEX_LOCK))?;
+            if !self.fs.exists(Path::new(INDEX_JSON))? {
+                self.write_index(&Index::empty())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn layout_error(&self, file: &str, reason: String) -> StoreError {
+        StoreError::Layout {
+            path: self.fs.display_path(Path::new(file)),
+            reason,
+        }
+    }
+
+    /// The filesystem the store lives on.
+    pub fn fs(&self) -> &Arc<dyn Fs> {
+        &self.fs
+    }
+
+    /// Where the store is, for messages.
+    pub fn location(&self) -> PathBuf {
+        self.fs.display_path(Path::new("."))
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &FsBlobStore {
+        &self.blobs
+    }
+
+    /// Starts an all-or-nothing import (a load or a pull): see [`Ingest`].
+    pub fn begin_ingest(&self) -> Result<Ingest<'_>> {
+        Ingest::begin(self)
+    }
+
+    /// Takes the lock prune holds while it sweeps.
+    pub(crate) fn gc_lock(&self) -> Result<Box<dyn LockGuard>> {
+        Ok(self.fs.lock(Path::new(GC_LOCK))?)
+    }
+
+    // ---- index.json ----
+
+    /// The current `index.json`.
+    pub fn index(&self) -> Result<Index> {
+        let bytes = self.fs.read(Path::new(INDEX_JSON))?;
+        serde_json::from_slice(&bytes).map_err(|error| {
+            self.layout_error(INDEX_JSON, format!("not a valid image index: {error}"))
+        })
+    }
+
+    fn write_index(&self, index: &Index) -> Result<()> {
+        let bytes = serde_json::to_vec(index)
+            .map_err(|error| self.layout_error(INDEX_JSON, format!("cannot encode: {error}")))?;
+        self.fs.write_atomic(Path::new(INDEX_JSON), &bytes)?;
+        Ok(())
+    }
+
+    /// Reads, changes and atomically rewrites `index.json` under an exclusive file lock, so
+    /// concurrent updates (from other processes too) are never lost.
+    pub fn update_index<T>(&self, change: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
+        let _lock = self.fs.lock(Path::new(INDEX_LOCK))?;
+        let mut index = self.index()?;
+        let result = change(&mut index)?;
+        self.write_index(&index)?;
+        Ok(result)
+    }
+
+    /// Every entry of `index.json`, in order.
+    pub fn images(&self) -> Result<Vec<ImageEntry>> {
+        Ok(self
+            .index()?
+            .manifests
+            .into_iter()
+            .map(|descriptor| ImageEntry {
+                name: descriptor.ref_name().map(str::to_owned),
+                descriptor,
+            })
+            .collect())
+    }
+
+    /// Names `descriptor` as `name` (which must carry a tag), replacing what the name pointed
+    /// to. The manifest must be in the store. Returns the previous target.
+    pub fn tag(&self, name: &Reference, descriptor: &Descriptor) -> Result<Option<Descriptor>> {
+        let tagged = name.tagged_name().ok_or_else(|| {
+            StoreError::ImageNotFound(format!("{name}: a tag is needed to name an image"))
+        })?;
+        if self.blobs.stat(&descriptor.digest)?.is_none() {
+            return Err(StoreError::BlobNotFound(descriptor.digest.clone()));
+        }
+        let mut entry = descriptor.clone();
+        entry
+            .annotations
+            .insert(REF_NAME_ANNOTATION.to_owned(), tagged.clone());
+        self.update_index(|index| Ok(set_entry(index, &tagged, entry)))
+    }
+
+    /// Removes a name. The content stays until `gc` finds it unreferenced.
+    pub fn untag(&self, name: &Reference) -> Result<Descriptor> {
+        let tagged = name
+            .tagged_name()
+            .ok_or_else(|| StoreError::ImageNotFound(name.to_string()))?;
+        self.update_index(|index| {
+            let at = index
+                .manifests
+                .iter()
+                .position(|entry| entry.ref_name() == Some(tagged.as_str()))
+                .ok_or_else(|| StoreError::ImageNotFound(tagged.clone()))?;
+            Ok(index.manifests.remove(at))
+        })
+    }
+
+    /// Removes every `index.json` entry (named or not) that points to `digest`; returns the
+    /// removed entries.
+    pub fn remove_entries(&self, digest: &Digest) -> Result<Vec<Descriptor>> {
+        self.update_index(|index| {
+            let (removed, kept) = index
+                .manifests
+                .drain(..)
+                .partition(|entry| &entry.digest == digest);
+            index.manifests = kept;
+            Ok(removed)
+        })
+    }
+
+    // ---- manifests ----
+
+    /// Stores a manifest or index byte-exact. An image manifest's config and layers must
+    /// already be in the store; an index's entries may be absent (single-platform pulls).
+    pub fn put_manifest(
+        &self,
+        bytes: &[u8],
+        declared_media_type: Option<&str>,
+    ) -> Result<Descriptor> {
+        let digest = Digest::sha256(bytes);
+        let (media_type, document) = parse_manifest(&digest, bytes, declared_media_type)?;
+        if let ManifestDocument::Image(manifest) = &document {
+            for child in std::iter::once(&manifest.config).chain(&manifest.layers) {
+                if self.blobs.stat(&child.digest)?.is_none() {
+                    return Err(StoreError::MissingChild {
+                        parent: digest,
+                        child: child.digest.clone(),
+                    });
+                }
+            }
+        }
+        self.blobs
+            .put(&digest, Some(bytes.len() as u64), &mut &bytes[..])?;
+        Ok(Descriptor::new(media_type, digest, bytes.len() as u64))
+    }
+
+    /// Reads a small blob (a manifest or config) and verifies its digest.
+    pub fn read_verified(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let size = self
+            .blobs
+            .stat(digest)?
+            .ok_or_else(|| StoreError::BlobNotFound(digest.clone()))?;
+        if size > MAX_MANIFEST_SIZE {
+            return Err(StoreError::SizeMismatch {
+                digest: digest.clone(),
+                expected: MAX_MANIFEST_SIZE,
+                actual: size,
+            });
+        }
+        let bytes = self.fs.read(&digest.blob_path())?;
+        verify_bytes(digest, &bytes)?;
+        Ok(bytes)
+    }
+
+    /// Reads and parses a manifest or index.
+    pub fn read_manifest(&self, descriptor: &Descriptor) -> Result<ManifestDocument> {
+        let bytes = self.read_verified(&descriptor.digest)?;
+        Ok(parse_manifest(&descriptor.digest, &bytes, Some(&descriptor.media_type))?.1)
+    }
+
+    // ---- lookup and resolution ----
+
+    /// Finds what `reference` names: a full or short name (`nginx` means
+    /// `docker.io/library/nginx:latest`), `name@digest`, a digest, or a unique prefix of
+    /// the digest of a stored entry (as listed by `sealer images`).
+    pub fn lookup(&self, reference: &str) -> Result<ImageEntry> {
+        let entries = self.images()?;
+        if let Ok(digest) = reference.parse::<Digest>() {
+            return self.entry_for_digest(&entries, &digest, reference);
+        }
+        if let Ok(parsed) = reference.parse::<Reference>() {
+            if let Some(digest) = parsed.digest() {
+                return self.entry_for_digest(&entries, digest, reference);
+            }
+            if let Some(tagged) = parsed.tagged_name()
+                && let Some(entry) = entries
+                    .iter()
+                    .find(|entry| entry.name.as_deref() == Some(tagged.as_str()))
+            {
+                return Ok(entry.clone());
+            }
+        }
+        let prefix = reference.strip_prefix("sha256:").unwrap_or(reference);
+        if prefix.len() >= 4 && prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let matches: BTreeMap<&Digest, &ImageEntry> = entries
+                .iter()
+                .filter(|entry| entry.descriptor.digest.hex().starts_with(prefix))
+                .map(|entry| (&entry.descriptor.digest, entry))
+                .collect();
+            match matches.len() {
+                0 => {}
+                1 => {
+                    return matches
+                        .into_values()
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| StoreError::ImageNotFound(reference.to_owned()));
+                }
+                _ => return Err(StoreError::Ambiguous(reference.to_owned())),
+            }
+        }
+        Err(StoreError::ImageNotFound(reference.to_owned()))
+    }
+
+    fn entry_for_digest(
+        &self,
+        entries: &[ImageEntry],
+        digest: &Digest,
+        reference: &str,
+    ) -> Result<ImageEntry> {
+        if let Some(entry) = entries
+            .iter()
+            .find(|entry| &entry.descriptor.digest == digest)
+        {
+            return Ok(ImageEntry {
+                name: None,
+                descriptor: entry.descriptor.clone(),
+            });
+        }
+        // Not named, but it may be a manifest inside a multi-arch image.
+        if self.blobs.stat(digest)?.is_none() {
+            return Err(StoreError::ImageNotFound(reference.to_owned()));
+        }
+        let bytes = self.read_verified(digest)?;
+        let (media_type, _) = parse_manifest(digest, &bytes, None)?;
+        Ok(ImageEntry {
+            name: None,
+            descriptor: Descriptor::new(media_type, digest.clone(), bytes.len() as u64),
+        })
+    }
+
+    /// Resolves `reference` to one platform's manifest: an index is narrowed to the entry
+    /// for `platform` (default: this machine's).
+    pub fn resolve(&self, reference: &str, platform: Option<&Platform>) -> Result<ResolvedImage> {
+        let entry = self.lookup(reference)?;
+        let wanted = platform.cloned().unwrap_or_else(Platform::host);
+        let mut current = entry.descriptor.clone();
+        for _ in 0..MAX_INDEX_DEPTH {
+            match self.read_manifest(&current)? {
+                ManifestDocument::Image(manifest) => {
+                    return Ok(ResolvedImage {
+                        name: entry.name,
+                        top: entry.descriptor,
+                        manifest_descriptor: current,
+                        manifest: *manifest,
+                    });
+                }
+                ManifestDocument::Index(index) => {
+                    current = choose_platform(&index, &wanted).cloned().ok_or_else(|| {
+                        StoreError::PlatformNotFound {
+                            reference: reference.to_owned(),
+                            platform: wanted.to_string(),
+                            available: platforms_of(&index),
+                        }
+                    })?;
+                }
+            }
+        }
+        Err(StoreError::ImageNotFound(format!(
+            "{reference}: indexes nested too deeply"
+        )))
+    }
+
+    /// Every blob reachable from `roots`, and the blobs they need that are absent. Index
+    /// entries that are absent are partial multi-arch images, counted separately.
+    pub fn reachable(&self, roots: &[Descriptor]) -> Result<Reachability> {
+        let mut reach = Reachability::default();
+        let mut pending: Vec<(Descriptor, Option<Digest>, bool)> = roots
+            .iter()
+            .map(|root| (root.clone(), None, false))
+            .collect();
+        while let Some((descriptor, parent, from_index)) = pending.pop() {
+            if reach.present.contains(&descriptor.digest) {
+                continue;
+            }
+            if self.blobs.stat(&descriptor.digest)?.is_none() {
+                match (parent, from_index) {
+                    (Some(_), true) => reach.absent_platforms += 1,
+                    (Some(parent), false) => {
+                        reach.missing.push((parent, descriptor.digest.clone()))
+                    }
+                    (None, _) => reach
+                        .missing
+                        .push((descriptor.digest.clone(), descriptor.digest.clone())),
+                }
+                continue;
+            }
+            reach.present.insert(descriptor.digest.clone());
+            if is_manifest_type(&descriptor.media_type) {
+                let document = self.read_manifest(&descriptor)?;
+                let is_index = matches!(document, ManifestDocument::Index(_));
+                for child in document.children() {
+                    pending.push((child.clone(), Some(descriptor.digest.clone()), is_index));
+                }
+            }
+        }
+        Ok(reach)
+    }
+
+    // ---- maintenance ----
+
+    /// Mark and sweep: removes every blob no `index.json` entry reaches, and leftovers of
+    /// interrupted writes. Holds the GC lock, so ingests commit before or after, never
+    /// during.
+    pub fn gc(&self) -> Result<GcReport> {
+        let _gc = self.gc_lock()?;
+        let roots = self.index()?.manifests;
+        let reach = self.reachable(&roots)?;
+        let mut report = GcReport::default();
+        for digest in self.blobs.list()? {
+            if reach.present.contains(&digest) {
+                continue;
+            }
+            let size = self.blobs.stat(&digest)?.unwrap_or(0);
+            if self.blobs.delete(&digest)? {
+                tracing::info!(%digest, size, "removed unreferenced blob");
+                report.bytes += size;
+                report.removed.push(digest);
+            }
+        }
+        report.leftovers = self.remove_leftovers()?;
+        Ok(report)
+    }
+
+    fn remove_leftovers(&self) -> Result<usize> {
+        let mut removed = 0;
+        for path in self.blobs.leftover_temp_files()? {
+            // A live writer's temp file is young; only old ones are crash leftovers.
+            let metadata = self.fs.symlink_metadata(&path)?;
+            let age = metadata
+                .modified
+                .and_then(|modified| modified.elapsed().ok())
+                .unwrap_or_default();
+            if age > std::time::Duration::from_secs(600) {
+                self.fs.remove_file(&path)?;
+                removed += 1;
+            }
+        }
+        removed += Ingest::remove_abandoned(self)?;
+        Ok(removed)
+    }
+
+    /// Re-hashes every blob, and checks that everything `index.json` reaches is present.
+    pub fn fsck(&self) -> Result<FsckReport> {
+        let mut report = FsckReport::default();
+        let mut buffer = vec![0u8; crate::blob::COPY_BUFFER];
+        for digest in self.blobs.list()? {
+            let mut file = self.blobs.open(&digest)?;
+            let mut hasher = Hasher::new(digest.algorithm());
+            loop {
+                let read = std::io::Read::read(&mut file, &mut buffer)
+                    .map_err(|source| StoreError::io(format!("read blob {digest}"), source))?;
+                if read == 0 {
+                    break;
+                }
+                report.bytes += read as u64;
+                hasher.update(&buffer[..read]);
+            }
+            report.checked += 1;
+            if hasher.finish() != digest {
+                tracing::error!(%digest, "blob content does not match its digest");
+                report.corrupt.push(digest);
+            }
+        }
+        let roots = self.index()?.manifests;
+        let reach = match self.reachable(&roots) {
+            Ok(reach) => reach,
+            // A corrupt manifest cannot be walked; it is already reported as corrupt.
+            Err(StoreError::DigestMismatch { .. } | StoreError::Manifest { .. })
+                if !report.corrupt.is_empty() =>
+            {
+                Reachability::default()
+            }
+            Err(error) => return Err(error),
+        };
+        report.missing = reach.missing;
+        report.absent_platforms = reach.absent_platforms;
+        report.unreferenced = self
+            .blobs
+            .list()?
+            .iter()
+            .filter(|digest| !reach.present.contains(digest))
+            .count();
+        report.leftovers = self.blobs.leftover_temp_files()?.len() + Ingest::count_abandoned(self)?;
+        Ok(report)
+    }
+}
+
+/// The result of [`Store::reachable`].
+#[derive(Debug, Clone, Default)]
+pub struct Reachability {
+    /// Reachable blobs that are present.
+    pub present: BTreeSet<Digest>,
+    /// Needed blobs that are absent: (referrer, missing blob).
+    pub missing: Vec<(Digest, Digest)>,
+    /// Index entries not present (platforms never fetched).
+    pub absent_platforms: usize,
+}
+
+/// Whether a descriptor's media type is a manifest or index (whose children matter).
+pub fn is_manifest_type(media_type: &str) -> bool {
+    media_type::is_index(media_type) || media_type::is_manifest(media_type)
+}
+
+/// Parses a manifest, naming it in errors.
+pub(crate) fn parse_manifest(
+    digest: &Digest,
+    bytes: &[u8],
+    declared: Option<&str>,
+) -> Result<(String, ManifestDocument)> {
+    ManifestDocument::parse(bytes, declared).map_err(|source| StoreError::Manifest {
+        digest: digest.clone(),
+        source,
+    })
+}
+
+/// Checks that `bytes` hash to `digest`.
+pub(crate) fn verify_bytes(digest: &Digest, bytes: &[u8]) -> Result<()> {
+    let actual = Digest::of(digest.algorithm(), bytes);
+    if &actual != digest {
+        return Err(StoreError::DigestMismatch {
+            what: format!("blob {digest}"),
+            expected: digest.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Replaces the entry named `name` (or appends one); returns the previous target.
+pub(crate) fn set_entry(index: &mut Index, name: &str, entry: Descriptor) -> Option<Descriptor> {
+    match index
+        .manifests
+        .iter_mut()
+        .find(|existing| existing.ref_name() == Some(name))
+    {
+        Some(existing) => Some(std::mem::replace(existing, entry)),
+        None => {
+            index.manifests.push(entry);
+            None
+        }
+    }
+}
+
+/// The entry of `index` for `wanted`, preferring an exact variant match.
+pub fn choose_platform<'i>(index: &'i Index, wanted: &Platform) -> Option<&'i Descriptor> {
+    let candidates = index.manifests.iter().filter(|entry| {
+        entry
+            .platform
+            .as_ref()
+            .is_some_and(|platform| platform.satisfies(wanted))
+    });
+    let mut first = None;
+    for candidate in candidates {
+        let exact = candidate.platform.as_ref().map(|p| &p.variant) == Some(&wanted.variant);
+        if exact {
+            return Some(candidate);
+        }
+        first.get_or_insert(candidate);
+    }
+    first
+}
+
+/// The platforms of an index, for messages.
+pub fn platforms_of(index: &Index) -> String {
+    let names: Vec<String> = index
+        .manifests
+        .iter()
+        .filter_map(|entry| entry.platform.as_ref().map(ToString::to_string))
+        .collect();
+    if names.is_empty() {
+        "no platform entries".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
