@@ -14,6 +14,8 @@ pub struct AtomicFile<'fs, F: Fs + ?Sized> {
     temp: PathBuf,
     dest: PathBuf,
     file: Option<Box<dyn WriteFile>>,
+    /// Whether the temporary file is still there to clean up (until the rename succeeded).
+    pending: bool,
 }
 
 /// Prefix of temporary files: crash leftovers can be recognised (and cleaned) by it.
@@ -44,6 +46,7 @@ impl<'fs, F: Fs + ?Sized> AtomicFile<'fs, F> {
             temp,
             dest: dest_path.as_path().to_path_buf(),
             file: Some(file),
+            pending: true,
         })
     }
 
@@ -52,17 +55,25 @@ impl<'fs, F: Fs + ?Sized> AtomicFile<'fs, F> {
         &self.dest
     }
 
-    /// Fsyncs the data, renames it over the destination and syncs the directory.
+    /// Fsyncs the data, renames it over the destination and syncs the directory. On failure
+    /// the temporary file is removed (when `self` drops) and the destination is untouched.
     pub fn commit(mut self) -> Result<()> {
         let mut file = self.file.take().ok_or_else(|| {
-            FsError::io("commit", self.fs.display_path(&self.dest), io::Error::other("already committed"))
+            FsError::io(
+                "commit",
+                self.fs.display_path(&self.dest),
+                io::Error::other("already committed"),
+            )
         })?;
         file.flush()
             .and_then(|()| file.sync_all())
             .map_err(|source| FsError::io("fsync", self.fs.display_path(&self.temp), source))?;
         drop(file);
         self.fs.rename(&self.temp, &self.dest)?;
-        let parent = FsPath::new(&self.dest)?.parent().unwrap_or_else(FsPath::root);
+        self.pending = false;
+        let parent = FsPath::new(&self.dest)?
+            .parent()
+            .unwrap_or_else(FsPath::root);
         self.fs.sync_dir(parent.as_path())
     }
 }
@@ -85,7 +96,9 @@ impl<F: Fs + ?Sized> Write for AtomicFile<'_, F> {
 
 impl<F: Fs + ?Sized> Drop for AtomicFile<'_, F> {
     fn drop(&mut self) {
-        if self.file.take().is_some()
+        // Close before removing: the handle must not outlive its name.
+        drop(self.file.take());
+        if self.pending
             && let Err(error) = self.fs.remove_file(&self.temp)
         {
             tracing::warn!(%error, "could not remove an abandoned temporary file");

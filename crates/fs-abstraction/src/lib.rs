@@ -8,12 +8,16 @@
 //!
 //! Paths given to an [`Fs`] are relative to its root and validated by [`FsPath::new`]: empty,
 //! absolute, `..` and NUL-containing paths are refused before anything is touched. Symlinks
-//! are followed only inside the root: an absolute target resolves against the root (as in a
-//! container rootfs) or fails, never reaching the host.
+//! are followed only inside the root, with the rules of `openat2(RESOLVE_BENEATH)`: following
+//! an absolute target, or a `..` that climbs above the root, fails with [`FsError::Escape`]
+//! and never reaches the host. Symlink targets are still stored verbatim (absolute ones
+//! included), so a tree can be packed and unpacked faithfully.
 
 #![deny(missing_docs)]
 
 mod atomic;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod error;
 mod mem;
 mod path;
@@ -104,9 +108,11 @@ pub trait LockGuard: Send {}
 /// A filesystem rooted at one directory. Object safe: use it as `&dyn Fs` / `Arc<dyn Fs>`.
 ///
 /// Every method validates its paths with [`FsPath::new`] and resolves them inside the root;
-/// symlinks met while resolving are followed only when they stay inside the root (absolute
-/// targets resolve against the root). An operation that would touch anything outside fails
-/// with an error and changes nothing.
+/// symlinks met while resolving are followed only when they stay inside the root (following
+/// an absolute target, or a `..` above the root, fails with [`FsError::Escape`]). An
+/// operation that would touch anything outside fails with an error and changes nothing.
+/// `.` names the root; the root itself cannot be removed, renamed or linked
+/// ([`FsError::InvalidPath`]).
 pub trait Fs: Send + Sync + std::fmt::Debug {
     /// How `path` should be shown to a user in messages (the real path for [`RealFs`]).
     fn display_path(&self, path: &Path) -> PathBuf;
@@ -171,6 +177,10 @@ pub trait Fs: Send + Sync + std::fmt::Debug {
     /// Takes an exclusive advisory lock on the file at `path` (created if missing), blocking
     /// until it is free. It excludes other processes too for [`RealFs`].
     fn lock(&self, path: &Path) -> Result<Box<dyn LockGuard>>;
+
+    /// Like [`Fs::lock`] but returns `None` at once when another holder has the lock (used
+    /// to tell a crashed writer's leftovers from a live writer's).
+    fn try_lock(&self, path: &Path) -> Result<Option<Box<dyn LockGuard>>>;
 
     /// Reads a whole file.
     fn read(&self, path: &Path) -> Result<Vec<u8>> {

@@ -32,7 +32,9 @@ impl FsPath {
                     return Err(invalid("`..` is not allowed: paths stay below the root"));
                 }
                 Component::RootDir | Component::Prefix(_) => {
-                    return Err(invalid("absolute paths are not allowed: paths are relative to the root"));
+                    return Err(invalid(
+                        "absolute paths are not allowed: paths are relative to the root",
+                    ));
                 }
             }
         }
@@ -49,9 +51,14 @@ impl FsPath {
         self.0.as_os_str().is_empty()
     }
 
-    /// The relative path (empty for the root).
+    /// The relative path; `.` for the root, so that it can be handed back to an
+    /// [`crate::Fs`] method (which refuses empty paths).
     pub fn as_path(&self) -> &Path {
-        &self.0
+        if self.is_root() {
+            Path::new(".")
+        } else {
+            &self.0
+        }
     }
 
     /// The parent directory, `None` for the root.
@@ -59,7 +66,9 @@ impl FsPath {
         if self.is_root() {
             return None;
         }
-        Some(Self(self.0.parent().map(Path::to_path_buf).unwrap_or_default()))
+        Some(Self(
+            self.0.parent().map(Path::to_path_buf).unwrap_or_default(),
+        ))
     }
 
     /// The last component, `None` for the root.
@@ -76,7 +85,7 @@ impl FsPath {
 
 impl AsRef<Path> for FsPath {
     fn as_ref(&self) -> &Path {
-        &self.0
+        self.as_path()
     }
 }
 
