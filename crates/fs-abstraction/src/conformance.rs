@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::{AtomicFile, FileKind, Fs, FsError, TEMP_PREFIX};
 
@@ -59,15 +59,32 @@ impl Env {
         Path::new("..").join(OUTSIDE)
     }
 
-    /// Runs `attempt` and asserts that nothing outside the root changed.
+    /// Runs `attempt`, which must only contain refused operations, and asserts that nothing
+    /// changed: outside the root (disk backends) nor inside it (every backend).
     pub fn guarded<T>(&self, attempt: impl FnOnce() -> T) -> T {
         let before = self.sentinel.as_ref().map(|s| snapshot(&s.parent, &s.root));
+        let inside_before = tree_listing(&*self.fs);
         let result = attempt();
         if let (Some(sentinel), Some(before)) = (&self.sentinel, before) {
             let after = snapshot(&sentinel.parent, &sentinel.root);
             assert_eq!(before, after, "something outside the root changed");
         }
+        assert_eq!(inside_before, tree_listing(&*self.fs), "the tree changed");
         result
+    }
+
+    /// Asserts that the sentinel files outside the root are as [`populate_outside`] made them.
+    pub fn assert_outside_intact(&self) {
+        if let Some(sentinel) = &self.sentinel {
+            assert_eq!(
+                std::fs::read(sentinel.outside.join("secret")).unwrap(),
+                b"secret"
+            );
+            assert_eq!(
+                std::fs::read(sentinel.outside.join("dir/file")).unwrap(),
+                b"inner"
+            );
+        }
     }
 }
 
@@ -108,6 +125,33 @@ pub fn snapshot(dir: &Path, skip: &Path) -> BTreeMap<PathBuf, String> {
         }
     }
     out
+}
+
+/// Every entry of the tree through the [`Fs`] itself: path, kind, length, mode, target.
+pub fn tree_listing(fs: &dyn Fs) -> Vec<String> {
+    fs.walk(Path::new("."))
+        .unwrap()
+        .into_iter()
+        .map(|entry| {
+            let meta = &entry.metadata;
+            let target = if meta.kind == FileKind::Symlink {
+                format!(" -> {:?}", fs.read_link(&entry.path).unwrap())
+            } else {
+                String::new()
+            };
+            let len = if meta.kind == FileKind::Dir {
+                0
+            } else {
+                meta.len
+            };
+            format!(
+                "{} {:?} {len} {:o}{target}",
+                entry.path.display(),
+                meta.kind,
+                meta.mode
+            )
+        })
+        .collect()
 }
 
 /// A disk backend: `RealFs` rooted in a fresh temporary directory, with sentinels beside.
@@ -238,8 +282,24 @@ cases! {
     hard_link_shares_inode,
     lock_excludes_until_drop,
     atomic_file_abandoned_leaves_old_content,
+    rename_semantics,
+    remove_file_semantics,
+    remove_dir_semantics,
+    remove_dir_all_semantics,
+    permissions_and_mtime,
+    sync_dir_semantics,
+    walk_order,
+    write_atomic_replaces_symlink_not_target,
+    open_writer_outlives_unlink,
+    invalid_paths_everywhere,
+    root_cannot_be_removed_or_moved,
     escape_absolute_symlink,
     escape_dotdot_symlink,
+    escape_symlinked_parent,
+    escape_symlink_to_outside_file,
+    escape_hard_link_outside,
+    escape_rename_via_symlinked_dir,
+    escape_remove_dir_all_through_symlink,
 }
 
 pub fn create_write_read(env: &Env) {
@@ -499,4 +559,439 @@ pub fn escape_dotdot_symlink(env: &Env) {
         assert_escape(fs.read_dir(p("up")));
         assert_escape(fs.create_dir_all(p("up/outside/new")));
     });
+}
+
+pub fn rename_semantics(env: &Env) {
+    let fs = &*env.fs;
+    write(fs, "a", b"A");
+    fs.rename(p("a"), p("b")).unwrap();
+    assert!(!fs.exists(p("a")).unwrap());
+    assert_eq!(read(fs, "b"), b"A");
+    // A file over a file: replaced, the replaced inode loses a link.
+    write(fs, "c", b"C");
+    fs.hard_link(p("c"), p("c2")).unwrap();
+    fs.rename(p("b"), p("c")).unwrap();
+    assert_eq!(read(fs, "c"), b"A");
+    assert_eq!(read(fs, "c2"), b"C");
+    assert_eq!(fs.metadata(p("c2")).unwrap().nlink, 1);
+    // Onto its own hard link: nothing happens.
+    fs.hard_link(p("c"), p("c3")).unwrap();
+    fs.rename(p("c"), p("c3")).unwrap();
+    assert!(fs.exists(p("c")).unwrap() && fs.exists(p("c3")).unwrap());
+    // Directories.
+    fs.create_dir_all(p("d/sub")).unwrap();
+    write(fs, "d/sub/f", b"deep");
+    fs.rename(p("d"), p("e")).unwrap();
+    assert_eq!(read(fs, "e/sub/f"), b"deep");
+    fs.create_dir(p("empty")).unwrap();
+    fs.rename(p("e"), p("empty")).unwrap();
+    assert_eq!(read(fs, "empty/sub/f"), b"deep");
+    fs.create_dir(p("other")).unwrap();
+    assert_kind(
+        fs.rename(p("other"), p("empty")),
+        io::ErrorKind::DirectoryNotEmpty,
+    );
+    assert_kind(fs.rename(p("c"), p("other")), io::ErrorKind::IsADirectory);
+    assert_kind(fs.rename(p("other"), p("c")), io::ErrorKind::NotADirectory);
+    assert_kind(
+        fs.rename(p("empty"), p("empty/sub/inside")),
+        io::ErrorKind::InvalidInput,
+    );
+    assert_kind(fs.rename(p("missing"), p("x")), io::ErrorKind::NotFound);
+    assert_kind(fs.rename(p("c"), p("missing/x")), io::ErrorKind::NotFound);
+    // A symlink is moved, not its target.
+    fs.symlink(p("c"), p("l")).unwrap();
+    fs.rename(p("l"), p("empty/l")).unwrap();
+    assert_eq!(fs.read_link(p("empty/l")).unwrap(), PathBuf::from("c"));
+    assert_eq!(read(fs, "c"), b"A");
+    // A file over a symlink replaces the link, not the target.
+    fs.symlink(p("c2"), p("l2")).unwrap();
+    fs.rename(p("c3"), p("l2")).unwrap();
+    assert_eq!(fs.symlink_metadata(p("l2")).unwrap().kind, FileKind::File);
+    assert_eq!(read(fs, "c2"), b"C");
+}
+
+pub fn remove_file_semantics(env: &Env) {
+    let fs = &*env.fs;
+    write(fs, "f", b"x");
+    fs.symlink(p("f"), p("l")).unwrap();
+    fs.remove_file(p("l")).unwrap();
+    assert_eq!(read(fs, "f"), b"x");
+    fs.remove_file(p("f")).unwrap();
+    assert!(!fs.exists(p("f")).unwrap());
+    assert_kind(fs.remove_file(p("f")), io::ErrorKind::NotFound);
+    fs.create_dir(p("d")).unwrap();
+    assert_kind(fs.remove_file(p("d")), io::ErrorKind::IsADirectory);
+    fs.symlink(p("d"), p("ld")).unwrap();
+    fs.remove_file(p("ld")).unwrap();
+    assert!(fs.exists(p("d")).unwrap());
+}
+
+pub fn remove_dir_semantics(env: &Env) {
+    let fs = &*env.fs;
+    fs.create_dir_all(p("d/e")).unwrap();
+    assert_kind(fs.remove_dir(p("d")), io::ErrorKind::DirectoryNotEmpty);
+    fs.remove_dir(p("d/e")).unwrap();
+    fs.symlink(p("d"), p("ld")).unwrap();
+    assert_kind(fs.remove_dir(p("ld")), io::ErrorKind::NotADirectory);
+    write(fs, "f", b"");
+    assert_kind(fs.remove_dir(p("f")), io::ErrorKind::NotADirectory);
+    assert_kind(fs.remove_dir(p("missing")), io::ErrorKind::NotFound);
+    fs.remove_dir(p("d")).unwrap();
+    assert!(!fs.exists(p("d")).unwrap());
+}
+
+pub fn remove_dir_all_semantics(env: &Env) {
+    let fs = &*env.fs;
+    fs.create_dir_all(p("keep/dir")).unwrap();
+    write(fs, "keep/file", b"kept");
+    write(fs, "keep/dir/file", b"kept too");
+    fs.create_dir_all(p("t/a/b")).unwrap();
+    write(fs, "t/a/b/f", b"gone");
+    write(fs, "t/x", b"gone");
+    fs.hard_link(p("keep/file"), p("t/hard")).unwrap();
+    fs.symlink(p("../keep/dir"), p("t/to_dir")).unwrap();
+    fs.symlink(p("../keep/file"), p("t/a/to_file")).unwrap();
+    fs.remove_dir_all(p("t")).unwrap();
+    assert!(!fs.exists(p("t")).unwrap());
+    assert_eq!(read(fs, "keep/file"), b"kept");
+    assert_eq!(fs.metadata(p("keep/file")).unwrap().nlink, 1);
+    assert_eq!(read(fs, "keep/dir/file"), b"kept too");
+    // A symlink to a directory: the link goes, the directory stays.
+    fs.symlink(p("keep"), p("lk")).unwrap();
+    fs.remove_dir_all(p("lk")).unwrap();
+    assert!(!fs.exists(p("lk")).unwrap());
+    assert_eq!(read(fs, "keep/file"), b"kept");
+    assert_kind(
+        fs.remove_dir_all(p("keep/file")),
+        io::ErrorKind::NotADirectory,
+    );
+    assert_kind(fs.remove_dir_all(p("missing")), io::ErrorKind::NotFound);
+}
+
+pub fn permissions_and_mtime(env: &Env) {
+    let fs = &*env.fs;
+    write(fs, "f", b"");
+    fs.create_dir(p("d")).unwrap();
+    fs.symlink(p("f"), p("l")).unwrap();
+    fs.set_permissions(p("f"), 0o640).unwrap();
+    assert_eq!(fs.metadata(p("f")).unwrap().mode, 0o640);
+    fs.set_permissions(p("d"), 0o750).unwrap();
+    assert_eq!(fs.metadata(p("d")).unwrap().mode, 0o750);
+    // Through a symlink: the target changes.
+    fs.set_permissions(p("l"), 0o600).unwrap();
+    assert_eq!(fs.metadata(p("f")).unwrap().mode, 0o600);
+    assert_eq!(fs.symlink_metadata(p("l")).unwrap().mode, 0o777);
+    fs.set_permissions(p("f"), 0o4755).unwrap();
+    assert_eq!(fs.metadata(p("f")).unwrap().mode, 0o4755);
+
+    let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    fs.set_modified(p("f"), when).unwrap();
+    assert_eq!(fs.metadata(p("f")).unwrap().modified, Some(when));
+    fs.set_modified(p("d"), when).unwrap();
+    assert_eq!(fs.metadata(p("d")).unwrap().modified, Some(when));
+    let later = when + Duration::from_secs(5);
+    fs.set_modified(p("l"), later).unwrap();
+    assert_eq!(fs.metadata(p("f")).unwrap().modified, Some(later));
+    assert_kind(fs.set_modified(p("missing"), when), io::ErrorKind::NotFound);
+    assert_kind(
+        fs.set_permissions(p("missing"), 0o600),
+        io::ErrorKind::NotFound,
+    );
+}
+
+pub fn sync_dir_semantics(env: &Env) {
+    let fs = &*env.fs;
+    fs.create_dir(p("d")).unwrap();
+    fs.symlink(p("d"), p("l")).unwrap();
+    write(fs, "f", b"");
+    fs.sync_dir(p(".")).unwrap();
+    fs.sync_dir(p("d")).unwrap();
+    fs.sync_dir(p("l")).unwrap();
+    assert_kind(fs.sync_dir(p("f")), io::ErrorKind::NotADirectory);
+    assert_kind(fs.sync_dir(p("missing")), io::ErrorKind::NotFound);
+}
+
+pub fn walk_order(env: &Env) {
+    let fs = &*env.fs;
+    fs.create_dir_all(p("a/b")).unwrap();
+    write(fs, "a/b/f", b"");
+    write(fs, "a-c", b"");
+    write(fs, "a/z", b"");
+    fs.symlink(p("a"), p("b")).unwrap();
+    let walked: Vec<_> = fs
+        .walk(p("."))
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.path.to_string_lossy().into_owned(), e.metadata.kind))
+        .collect();
+    assert_eq!(
+        walked,
+        vec![
+            ("a".to_owned(), FileKind::Dir),
+            ("a/b".to_owned(), FileKind::Dir),
+            ("a/b/f".to_owned(), FileKind::File),
+            ("a/z".to_owned(), FileKind::File),
+            ("a-c".to_owned(), FileKind::File),
+            ("b".to_owned(), FileKind::Symlink),
+        ]
+    );
+    let below: Vec<_> = fs
+        .walk(p("a"))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert_eq!(
+        below,
+        vec![
+            PathBuf::from("a/b"),
+            PathBuf::from("a/b/f"),
+            PathBuf::from("a/z")
+        ]
+    );
+}
+
+pub fn write_atomic_replaces_symlink_not_target(env: &Env) {
+    let fs = &*env.fs;
+    write(fs, "target", b"target");
+    fs.symlink(p("target"), p("link")).unwrap();
+    fs.write_atomic(p("link"), b"replaced").unwrap();
+    assert_eq!(fs.symlink_metadata(p("link")).unwrap().kind, FileKind::File);
+    assert_eq!(read(fs, "link"), b"replaced");
+    assert_eq!(read(fs, "target"), b"target");
+    assert_kind(
+        fs.write_atomic(p("missing/x"), b""),
+        io::ErrorKind::NotFound,
+    );
+    assert_eq!(names(fs, "."), vec!["link", "target"]);
+}
+
+pub fn open_writer_outlives_unlink(env: &Env) {
+    let fs = &*env.fs;
+    let mut writer = fs.create(p("f")).unwrap();
+    writer.write_all(b"abc").unwrap();
+    writer.flush().unwrap();
+    let mut snapshot = fs.open(p("f")).unwrap();
+    fs.remove_file(p("f")).unwrap();
+    writer.write_all(b"def").unwrap();
+    writer.sync_all().unwrap();
+    drop(writer);
+    assert!(!fs.exists(p("f")).unwrap());
+    let mut data = Vec::new();
+    snapshot.read_to_end(&mut data).unwrap();
+    assert!(data.starts_with(b"abc"));
+    assert!(names(fs, ".").is_empty());
+}
+
+pub fn invalid_paths_everywhere(env: &Env) {
+    let fs = &*env.fs;
+    write(fs, "ok", b"");
+    fs.create_dir(p("dir")).unwrap();
+    env.guarded(|| {
+        for bad in ["", "a\0b", "/abs", "/", "../x", "a/../b", "dir/.."] {
+            let bad = p(bad);
+            assert_invalid(fs.open(bad).opaque());
+            assert_invalid(fs.create(bad).opaque());
+            assert_invalid(fs.create_new(bad).opaque());
+            assert_invalid(fs.create_dir(bad));
+            assert_invalid(fs.create_dir_all(bad));
+            assert_invalid(fs.read_dir(bad));
+            assert_invalid(fs.metadata(bad));
+            assert_invalid(fs.symlink_metadata(bad));
+            assert_invalid(fs.symlink(p("ok"), bad));
+            assert_invalid(fs.read_link(bad));
+            assert_invalid(fs.hard_link(bad, p("new")));
+            assert_invalid(fs.hard_link(p("ok"), bad));
+            assert_invalid(fs.rename(bad, p("new")));
+            assert_invalid(fs.rename(p("ok"), bad));
+            assert_invalid(fs.remove_file(bad));
+            assert_invalid(fs.remove_dir(bad));
+            assert_invalid(fs.remove_dir_all(bad));
+            assert_invalid(fs.set_permissions(bad, 0o777));
+            assert_invalid(fs.set_modified(bad, SystemTime::UNIX_EPOCH));
+            assert_invalid(fs.sync_dir(bad));
+            assert_invalid(fs.lock(bad).opaque());
+            assert_invalid(fs.try_lock(bad).map(|g| g.is_some()));
+            assert_invalid(fs.read(bad));
+            assert_invalid(fs.exists(bad));
+            assert_invalid(fs.write_atomic(bad, b""));
+            assert_invalid(fs.walk(bad));
+            assert_invalid(AtomicFile::create(fs, bad).map(|_| ()));
+        }
+        assert_invalid(fs.symlink(p("a\0b"), p("new")));
+        assert_invalid(fs.symlink(p(""), p("new")));
+    });
+}
+
+pub fn root_cannot_be_removed_or_moved(env: &Env) {
+    let fs = &*env.fs;
+    write(fs, "f", b"");
+    env.guarded(|| {
+        for root in [".", "./."] {
+            let root = p(root);
+            assert_invalid(fs.remove_file(root));
+            assert_invalid(fs.remove_dir(root));
+            assert_invalid(fs.remove_dir_all(root));
+            assert_invalid(fs.rename(root, p("x")));
+            assert_invalid(fs.rename(p("f"), root));
+            assert_invalid(fs.hard_link(p("f"), root));
+            assert_invalid(fs.symlink(p("f"), root));
+            assert_invalid(fs.write_atomic(root, b""));
+        }
+    });
+    assert_eq!(names(fs, "."), vec!["f"]);
+}
+
+/// `out_abs -> <outside, absolute>` and `out_rel -> ../outside`: both refused when followed.
+fn outside_links(env: &Env) -> [&'static str; 2] {
+    env.fs.symlink(&env.outside_abs(), p("out_abs")).unwrap();
+    env.fs.symlink(&env.outside_rel(), p("out_rel")).unwrap();
+    ["out_abs", "out_rel"]
+}
+
+pub fn escape_symlinked_parent(env: &Env) {
+    let fs = &*env.fs;
+    write(fs, "f", b"inside");
+    for link in outside_links(env) {
+        let at = |rest: &str| PathBuf::from(format!("{link}/{rest}"));
+        env.guarded(|| {
+            assert_escape(fs.create(&at("new")).opaque());
+            assert_escape(fs.create(&at("secret")).opaque());
+            assert_escape(fs.create_new(&at("new")).opaque());
+            assert_escape(fs.create_dir(&at("nd")));
+            assert_escape(fs.create_dir_all(&at("nd/x")));
+            assert_escape(fs.symlink(p("x"), &at("l")));
+            assert_escape(fs.hard_link(p("f"), &at("h")));
+            assert_escape(fs.rename(p("f"), &at("f")));
+            assert_escape(fs.set_permissions(&at("secret"), 0o777));
+            assert_escape(fs.set_modified(&at("secret"), SystemTime::UNIX_EPOCH));
+            assert_escape(fs.remove_file(&at("secret")));
+            assert_escape(fs.remove_dir(&at("dir")));
+            assert_escape(fs.remove_dir_all(&at("dir")));
+            assert_escape(fs.write_atomic(&at("secret"), b"pwned"));
+            assert_escape(fs.lock(&at("lockfile")).opaque());
+            assert_escape(fs.try_lock(&at("lockfile")).map(|g| g.is_some()));
+            assert_escape(fs.sync_dir(p(link)));
+            assert_escape(fs.read_dir(p(link)));
+            assert_escape(fs.walk(p(link)));
+            assert_escape(fs.metadata(&at("secret")));
+            assert_escape(fs.symlink_metadata(&at("secret")));
+            assert_escape(fs.read_link(&at("secret")));
+            assert_escape(fs.open(&at("secret")).opaque());
+            assert_escape(fs.read(&at("secret")));
+            assert_escape(fs.exists(&at("secret")));
+        });
+    }
+    env.assert_outside_intact();
+}
+
+pub fn escape_symlink_to_outside_file(env: &Env) {
+    let fs = &*env.fs;
+    fs.symlink(&env.outside_abs().join("secret"), p("s_abs"))
+        .unwrap();
+    fs.symlink(&env.outside_rel().join("secret"), p("s_rel"))
+        .unwrap();
+    fs.symlink(&env.outside_rel().join("newfile"), p("s_new"))
+        .unwrap();
+    for link in ["s_abs", "s_rel", "s_new"] {
+        let link = p(link);
+        env.guarded(|| {
+            assert_escape(fs.open(link).opaque());
+            assert_escape(fs.create(link).opaque());
+            assert_escape(fs.metadata(link));
+            assert_escape(fs.set_permissions(link, 0o777));
+            assert_escape(fs.set_modified(link, SystemTime::UNIX_EPOCH));
+            assert_escape(fs.lock(link).opaque());
+            assert_escape(fs.try_lock(link).map(|g| g.is_some()));
+            assert_escape(fs.sync_dir(link));
+            assert_escape(fs.read(link));
+            assert_escape(fs.read_dir(link));
+            // Not followed (mkdir, exclusive creation, hard links): the link itself exists.
+            assert_kind(fs.create_dir_all(link), io::ErrorKind::AlreadyExists);
+            assert_kind(fs.create_new(link).opaque(), io::ErrorKind::AlreadyExists);
+            assert_kind(fs.create_dir(link), io::ErrorKind::AlreadyExists);
+            assert_kind(fs.hard_link(link, p("h")), io::ErrorKind::InvalidInput);
+        });
+        assert_eq!(fs.symlink_metadata(link).unwrap().kind, FileKind::Symlink);
+    }
+    // Replacing or removing the link touches the link only.
+    fs.write_atomic(p("s_abs"), b"replaced").unwrap();
+    assert_eq!(read(fs, "s_abs"), b"replaced");
+    fs.remove_file(p("s_rel")).unwrap();
+    env.assert_outside_intact();
+    if let Some(sentinel) = &env.sentinel {
+        assert!(!sentinel.outside.join("newfile").exists());
+    }
+}
+
+pub fn escape_hard_link_outside(env: &Env) {
+    let fs = &*env.fs;
+    let [abs, rel] = outside_links(env);
+    fs.symlink(&env.outside_abs().join("secret"), p("s"))
+        .unwrap();
+    env.guarded(|| {
+        for link in [abs, rel] {
+            assert_escape(fs.hard_link(&Path::new(link).join("secret"), p("h")));
+            assert_escape(fs.hard_link(&Path::new(link).join("dir/file"), p("h")));
+        }
+        // A symlink at the source is never followed, so never linked through.
+        assert_kind(fs.hard_link(p("s"), p("h")), io::ErrorKind::InvalidInput);
+    });
+    if let Some(sentinel) = &env.sentinel {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            std::fs::metadata(sentinel.outside.join("secret"))
+                .unwrap()
+                .nlink(),
+            1
+        );
+    }
+}
+
+pub fn escape_rename_via_symlinked_dir(env: &Env) {
+    let fs = &*env.fs;
+    write(fs, "f", b"inside");
+    fs.create_dir(p("d")).unwrap();
+    for link in outside_links(env) {
+        let at = |rest: &str| PathBuf::from(format!("{link}/{rest}"));
+        env.guarded(|| {
+            assert_escape(fs.rename(p("f"), &at("f")));
+            assert_escape(fs.rename(p("d"), &at("d")));
+            assert_escape(fs.rename(&at("secret"), p("stolen")));
+            assert_escape(fs.rename(&at("dir"), p("stolen_dir")));
+            assert_escape(fs.rename(&at("secret"), &at("moved")));
+        });
+    }
+    // Renaming the link itself is fine: it stays a link.
+    fs.rename(p("out_abs"), p("moved")).unwrap();
+    assert_eq!(fs.read_link(p("moved")).unwrap(), env.outside_abs());
+    env.assert_outside_intact();
+}
+
+pub fn escape_remove_dir_all_through_symlink(env: &Env) {
+    let fs = &*env.fs;
+    let [abs, rel] = outside_links(env);
+    fs.create_dir_all(p("x/y")).unwrap();
+    fs.symlink(&env.outside_abs(), p("x/abs")).unwrap();
+    fs.symlink(&Path::new("..").join(env.outside_rel()), p("x/rel"))
+        .unwrap();
+    fs.symlink(&env.outside_abs().join("secret"), p("x/y/file"))
+        .unwrap();
+    env.guarded(|| {
+        for link in [abs, rel] {
+            assert_escape(fs.remove_dir_all(&Path::new(link).join("dir")));
+        }
+    });
+    // Links inside a removed tree are removed, never followed.
+    fs.remove_dir_all(p("x")).unwrap();
+    assert!(!fs.exists(p("x")).unwrap());
+    // A link given directly is removed itself.
+    fs.remove_dir_all(p(abs)).unwrap();
+    fs.remove_dir_all(p(rel)).unwrap();
+    assert!(names(fs, ".").is_empty());
+    env.assert_outside_intact();
+    if let Some(sentinel) = &env.sentinel {
+        assert!(sentinel.outside.join("dir").is_dir());
+    }
 }
