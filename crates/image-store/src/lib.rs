@@ -20,6 +20,8 @@ mod ingest;
 pub mod model;
 pub mod reference;
 mod store;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use blob::{BlobStore, FsBlobStore, PutOutcome};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};

@@ -1,0 +1,521 @@
+//! The store's behaviour, on the real filesystem and in memory.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use sealer_fs_abstraction::{MemFs, RealFs};
+use sealer_image_store::archive::{self, ArchiveFormat, LoadOptions, SaveOptions};
+use sealer_image_store::testing::{ImageSpec, write_image};
+use sealer_image_store::{
+    BlobStore, Digest, ManifestDocument, Platform, Reference, Store, StoreError,
+};
+
+fn real_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_dir(&dir.path().join("store")).unwrap();
+    (dir, store)
+}
+
+fn mem_store() -> Store {
+    Store::open(Arc::new(MemFs::new())).unwrap()
+}
+
+fn both() -> Vec<(Option<tempfile::TempDir>, Store)> {
+    let (dir, real) = real_store();
+    vec![(Some(dir), real), (None, mem_store())]
+}
+
+fn blob_files(store: &Store) -> Vec<String> {
+    let mut names: Vec<String> = store
+        .fs()
+        .read_dir(Path::new("blobs/sha256"))
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.name.to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn layout_is_an_oci_image_layout() {
+    for (_dir, store) in both() {
+        let layout = store.fs().read(Path::new("oci-layout")).unwrap();
+        assert_eq!(layout, br#"{"imageLayoutVersion":"1.0.0"}"#);
+        let index: serde_json::Value =
+            serde_json::from_slice(&store.fs().read(Path::new("index.json")).unwrap()).unwrap();
+        assert_eq!(index["schemaVersion"], 2);
+        assert!(index["manifests"].as_array().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn a_blob_that_does_not_match_its_digest_is_not_stored() {
+    for (_dir, store) in both() {
+        let good = Digest::sha256(b"hello");
+        let error = store
+            .blobs()
+            .put(&good, None, &mut &b"hellO"[..])
+            .unwrap_err();
+        assert!(
+            matches!(error, StoreError::DigestMismatch { .. }),
+            "{error}"
+        );
+        let error = store
+            .blobs()
+            .put(&good, Some(4), &mut &b"hello"[..])
+            .unwrap_err();
+        assert!(matches!(error, StoreError::SizeMismatch { .. }), "{error}");
+        assert!(
+            blob_files(&store).is_empty(),
+            "left {:?}",
+            blob_files(&store)
+        );
+        let outcome = store
+            .blobs()
+            .put(&good, Some(5), &mut &b"hello"[..])
+            .unwrap();
+        assert!(!outcome.existed);
+        assert_eq!(blob_files(&store), vec![good.hex().to_owned()]);
+        let mut range = String::new();
+        store
+            .blobs()
+            .open_range(&good, 1..3)
+            .unwrap()
+            .read_to_string(&mut range)
+            .unwrap();
+        assert_eq!(range, "el");
+    }
+}
+
+#[test]
+fn concurrent_writers_of_one_blob_are_safe() {
+    let (_dir, store) = real_store();
+    let data = vec![7u8; 3 << 20];
+    let digest = Digest::sha256(&data);
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                store
+                    .blobs()
+                    .put(&digest, Some(data.len() as u64), &mut &data[..])
+                    .unwrap()
+            });
+        }
+    });
+    assert_eq!(blob_files(&store), vec![digest.hex().to_owned()]);
+    assert!(store.fsck().unwrap().is_clean());
+}
+
+#[test]
+fn manifests_are_kept_byte_exact() {
+    for (_dir, store) in both() {
+        let config = br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let config_digest = Digest::sha256(config);
+        store
+            .blobs()
+            .put(&config_digest, None, &mut &config[..])
+            .unwrap();
+        // Odd spacing and key order: re-encoding would change the digest.
+        let manifest = format!(
+            "{{\n  \"schemaVersion\": 2,\n\t\"layers\": [],  \"config\": {{\"size\": {}, \"digest\": \"{config_digest}\", \"mediaType\": \"application/vnd.oci.image.config.v1+json\"}}, \"mediaType\": \"application/vnd.oci.image.manifest.v1+json\"}}",
+            config.len()
+        );
+        let descriptor = store.put_manifest(manifest.as_bytes(), None).unwrap();
+        assert_eq!(descriptor.digest, Digest::sha256(manifest.as_bytes()));
+        assert_eq!(
+            store.read_verified(&descriptor.digest).unwrap(),
+            manifest.as_bytes()
+        );
+        let name: Reference = "example.com/app:1".parse().unwrap();
+        store.tag(&name, &descriptor).unwrap();
+        let resolved = store.resolve("example.com/app:1", None).unwrap();
+        assert_eq!(resolved.manifest_descriptor.digest, descriptor.digest);
+        // A manifest whose layers are absent is refused.
+        let missing = Digest::sha256(b"absent");
+        let dangling = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{missing}","size":1}}]}}"#,
+            config.len()
+        );
+        let error = store.put_manifest(dangling.as_bytes(), None).unwrap_err();
+        assert!(matches!(error, StoreError::MissingChild { .. }), "{error}");
+    }
+}
+
+#[test]
+fn tags_lookup_and_untag() {
+    for (_dir, store) in both() {
+        let first = write_image(&store, &ImageSpec::new("nginx:1.25", &[1000, 2000], 1)).unwrap();
+        let second = write_image(
+            &store,
+            &ImageSpec::new("quay.io/nginx/nginx:1.25", &[1000, 3000], 2),
+        )
+        .unwrap();
+        assert_ne!(first.digest, second.digest);
+        // Short and full names, digests and short ids all find the image.
+        assert_eq!(
+            store.lookup("nginx:1.25").unwrap().descriptor.digest,
+            first.digest
+        );
+        assert_eq!(
+            store
+                .lookup("docker.io/library/nginx:1.25")
+                .unwrap()
+                .descriptor
+                .digest,
+            first.digest
+        );
+        assert_eq!(
+            store
+                .lookup(&first.digest.to_string())
+                .unwrap()
+                .descriptor
+                .digest,
+            first.digest
+        );
+        assert_eq!(
+            store
+                .lookup(&first.digest.hex()[..12])
+                .unwrap()
+                .descriptor
+                .digest,
+            first.digest
+        );
+        assert_eq!(
+            store
+                .lookup("quay.io/nginx/nginx:1.25")
+                .unwrap()
+                .descriptor
+                .digest,
+            second.digest
+        );
+        assert!(matches!(
+            store.lookup("nginx:missing"),
+            Err(StoreError::ImageNotFound(_))
+        ));
+        // Retagging replaces; untag removes only the name.
+        let alias: Reference = "nginx:stable".parse().unwrap();
+        assert!(store.tag(&alias, &first).unwrap().is_none());
+        assert_eq!(
+            store.tag(&alias, &second).unwrap().unwrap().digest,
+            first.digest
+        );
+        assert_eq!(store.images().unwrap().len(), 3);
+        store.untag(&alias).unwrap();
+        assert_eq!(store.images().unwrap().len(), 2);
+        assert!(store.untag(&alias).is_err());
+    }
+}
+
+#[test]
+fn multi_arch_images_resolve_per_platform() {
+    let (_dir, store) = real_store();
+    let spec = ImageSpec {
+        platforms: vec![
+            Platform::new("linux", "amd64", None),
+            Platform::new("linux", "arm64", Some("v8")),
+        ],
+        ..ImageSpec::new("example.com/multi:1", &[500, 600], 3)
+    };
+    let top = write_image(&store, &spec).unwrap();
+    let amd = store
+        .resolve(
+            "example.com/multi:1",
+            Some(&Platform::parse("linux/amd64").unwrap()),
+        )
+        .unwrap();
+    let arm = store
+        .resolve(
+            "example.com/multi:1",
+            Some(&Platform::parse("linux/arm64").unwrap()),
+        )
+        .unwrap();
+    assert_eq!(amd.top.digest, top.digest);
+    assert_ne!(
+        amd.manifest_descriptor.digest,
+        arm.manifest_descriptor.digest
+    );
+    // The base layer is shared, the second is per platform.
+    assert_eq!(amd.manifest.layers[0].digest, arm.manifest.layers[0].digest);
+    assert_ne!(amd.manifest.layers[1].digest, arm.manifest.layers[1].digest);
+    let error = store
+        .resolve(
+            "example.com/multi:1",
+            Some(&Platform::parse("linux/s390x").unwrap()),
+        )
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("linux/s390x") && message.contains("linux/arm64/v8"),
+        "{message}"
+    );
+    match store.read_manifest(&top).unwrap() {
+        ManifestDocument::Index(index) => assert_eq!(index.manifests.len(), 2),
+        ManifestDocument::Image(_) => panic!("expected an index"),
+    }
+}
+
+#[test]
+fn gc_removes_only_unreferenced_blobs() {
+    for (_dir, store) in both() {
+        let kept = write_image(&store, &ImageSpec::new("a:1", &[4096, 100], 10)).unwrap();
+        // Same seed: the base layer is shared with `a:1`.
+        let dropped = write_image(&store, &ImageSpec::new("b:1", &[4096, 200], 10)).unwrap();
+        let before = blob_files(&store).len();
+        assert_eq!(before, 2 * 3 + 1, "shared base layer stored once");
+        store.untag(&"b:1".parse().unwrap()).unwrap();
+        let report = store.gc().unwrap();
+        assert_eq!(report.removed.len(), 3, "b's manifest, config, own layer");
+        assert!(report.removed.contains(&dropped.digest));
+        assert!(store.blobs().stat(&dropped.digest).unwrap().is_none());
+        let resolved = store.resolve("a:1", None).unwrap();
+        assert_eq!(resolved.top.digest, kept.digest);
+        for layer in &resolved.manifest.layers {
+            assert!(store.blobs().stat(&layer.digest).unwrap().is_some());
+        }
+        assert!(store.fsck().unwrap().is_clean());
+        assert!(store.gc().unwrap().removed.is_empty());
+    }
+}
+
+#[test]
+fn fsck_names_corrupt_and_missing_blobs() {
+    for (_dir, store) in both() {
+        write_image(&store, &ImageSpec::new("a:1", &[10_000], 4)).unwrap();
+        let resolved = store.resolve("a:1", None).unwrap();
+        let layer = resolved.manifest.layers[0].digest.clone();
+        let clean = store.fsck().unwrap();
+        assert!(clean.is_clean());
+        assert_eq!(clean.checked, 3);
+        let mut bytes = store.fs().read(&layer.blob_path()).unwrap();
+        bytes[100] ^= 1;
+        store.fs().write_atomic(&layer.blob_path(), &bytes).unwrap();
+        let report = store.fsck().unwrap();
+        assert_eq!(report.corrupt, vec![layer.clone()]);
+        assert!(!report.is_clean());
+        store.fs().remove_file(&layer.blob_path()).unwrap();
+        let report = store.fsck().unwrap();
+        assert!(report.corrupt.is_empty());
+        assert_eq!(
+            report.missing,
+            vec![(resolved.manifest_descriptor.digest.clone(), layer)]
+        );
+    }
+}
+
+#[test]
+fn a_failed_import_leaves_the_store_as_it_was() {
+    for (_dir, store) in both() {
+        write_image(&store, &ImageSpec::new("a:1", &[100], 5)).unwrap();
+        let blobs_before = blob_files(&store);
+        let index_before = store.fs().read(Path::new("index.json")).unwrap();
+        {
+            let mut ingest = store.begin_ingest().unwrap();
+            ingest.put_bytes(b"staged but never committed").unwrap();
+            let missing = Digest::sha256(b"absent layer");
+            let manifest = format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{missing}","size":12}},"layers":[]}}"#
+            );
+            let digest = ingest.put_bytes(manifest.as_bytes()).unwrap();
+            let descriptor = sealer_image_store::Descriptor::new(
+                "application/vnd.oci.image.manifest.v1+json",
+                digest,
+                manifest.len() as u64,
+            );
+            let error = ingest
+                .commit(&[(Some("b:1".parse().unwrap()), descriptor)])
+                .unwrap_err();
+            assert!(matches!(error, StoreError::MissingChild { .. }), "{error}");
+        }
+        assert_eq!(blob_files(&store), blobs_before);
+        assert_eq!(
+            store.fs().read(Path::new("index.json")).unwrap(),
+            index_before
+        );
+        assert!(store.fs().read_dir(Path::new("ingest")).unwrap().is_empty());
+    }
+}
+
+#[test]
+fn oci_archive_round_trip_keeps_every_digest() {
+    let (_dir, source) = real_store();
+    let spec = ImageSpec {
+        platforms: vec![
+            Platform::new("linux", "amd64", None),
+            Platform::new("linux", "arm64", None),
+        ],
+        ..ImageSpec::new("example.com/multi:1", &[70_000, 300], 6)
+    };
+    let multi = write_image(&source, &spec).unwrap();
+    let single = write_image(&source, &ImageSpec::new("quay.io/a/b:2", &[1000], 7)).unwrap();
+    let mut archive_bytes = Vec::new();
+    let names = vec!["example.com/multi:1".to_owned(), "quay.io/a/b:2".to_owned()];
+    let report =
+        archive::save(&source, &names, &mut archive_bytes, SaveOptions::default()).unwrap();
+    assert_eq!(report.images.len(), 2);
+    for target in [real_store().1, mem_store()] {
+        let loaded =
+            archive::load(&target, &mut &archive_bytes[..], LoadOptions::default()).unwrap();
+        assert_eq!(
+            loaded.images,
+            vec![
+                (Some("example.com/multi:1".to_owned()), multi.digest.clone()),
+                (Some("quay.io/a/b:2".to_owned()), single.digest.clone())
+            ]
+        );
+        assert_eq!(blob_files(&target), blob_files(&source));
+        assert!(target.fsck().unwrap().is_clean());
+        // Loading again adds nothing.
+        let again =
+            archive::load(&target, &mut &archive_bytes[..], LoadOptions::default()).unwrap();
+        assert_eq!(again.commit.blobs_added, 0);
+    }
+    // Saving is deterministic.
+    let mut second = Vec::new();
+    archive::save(&source, &names, &mut second, SaveOptions::default()).unwrap();
+    assert_eq!(archive_bytes, second);
+}
+
+#[test]
+fn docker_archive_round_trip_keeps_config_and_diff_ids() {
+    let (_dir, source) = real_store();
+    write_image(
+        &source,
+        &ImageSpec::new("example.com/app:1", &[50_000, 20_000], 8),
+    )
+    .unwrap();
+    let original = source.resolve("example.com/app:1", None).unwrap();
+    let mut bytes = Vec::new();
+    let options = SaveOptions {
+        format: ArchiveFormat::DockerArchive,
+        ..SaveOptions::default()
+    };
+    archive::save(
+        &source,
+        &["example.com/app:1".to_owned()],
+        &mut bytes,
+        options,
+    )
+    .unwrap();
+    let target = mem_store();
+    let loaded = archive::load(&target, &mut &bytes[..], LoadOptions::default()).unwrap();
+    assert_eq!(loaded.images[0].0.as_deref(), Some("example.com/app:1"));
+    let resolved = target.resolve("example.com/app:1", None).unwrap();
+    assert_eq!(
+        resolved.manifest.config.digest,
+        original.manifest.config.digest
+    );
+    // Layers arrive uncompressed: their digests are the config's diff ids.
+    let config: serde_json::Value = serde_json::from_slice(
+        &target
+            .read_verified(&resolved.manifest.config.digest)
+            .unwrap(),
+    )
+    .unwrap();
+    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let layer_digests: Vec<String> = resolved
+        .manifest
+        .layers
+        .iter()
+        .map(|l| l.digest.to_string())
+        .collect();
+    assert_eq!(layer_digests, diff_ids);
+    assert!(target.fsck().unwrap().is_clean());
+}
+
+#[test]
+fn corrupt_or_truncated_archives_change_nothing() {
+    let (_dir, source) = real_store();
+    write_image(&source, &ImageSpec::new("example.com/app:1", &[200_000], 9)).unwrap();
+    let mut bytes = Vec::new();
+    archive::save(
+        &source,
+        &["example.com/app:1".to_owned()],
+        &mut bytes,
+        SaveOptions::default(),
+    )
+    .unwrap();
+    let target = mem_store();
+    write_image(&target, &ImageSpec::new("other:1", &[10], 1)).unwrap();
+    let blobs_before = blob_files(&target);
+    let index_before = target.fs().read(Path::new("index.json")).unwrap();
+
+    let mut corrupt = bytes.clone();
+    // Flip a byte inside the big layer (past the first headers).
+    corrupt[100_000] ^= 0xff;
+    let error = archive::load(&target, &mut &corrupt[..], LoadOptions::default()).unwrap_err();
+    assert!(error.to_string().contains("blobs/sha256/"), "{error}");
+    let truncated = &bytes[..bytes.len() / 2];
+    assert!(archive::load(&target, &mut &truncated[..], LoadOptions::default()).is_err());
+    assert!(
+        archive::load(
+            &target,
+            &mut &b"not an archive at all"[..],
+            LoadOptions::default()
+        )
+        .is_err()
+    );
+
+    assert_eq!(blob_files(&target), blobs_before);
+    assert_eq!(
+        target.fs().read(Path::new("index.json")).unwrap(),
+        index_before
+    );
+}
+
+#[test]
+fn layout_directories_load() {
+    let (dir, source) = real_store();
+    write_image(&source, &ImageSpec::new("example.com/app:1", &[3000], 11)).unwrap();
+    // The store itself is an OCI layout directory.
+    let layout = RealFs::open_root(&dir.path().join("store")).unwrap();
+    let target = mem_store();
+    let report = archive::load_layout(&target, &layout, LoadOptions::default()).unwrap();
+    assert_eq!(report.images[0].0.as_deref(), Some("example.com/app:1"));
+    assert!(target.fsck().unwrap().is_clean());
+}
+
+/// Child processes that tag images concurrently (see the next test).
+#[test]
+fn index_writer_child() {
+    let (Ok(root), Ok(worker)) = (
+        std::env::var("SEALER_TEST_ROOT"),
+        std::env::var("SEALER_TEST_WORKER"),
+    ) else {
+        return;
+    };
+    let store = Store::open_dir(Path::new(&root)).unwrap();
+    let target = store.lookup("base:1").unwrap().descriptor;
+    for n in 0..40 {
+        let name: Reference = format!("example.com/w{worker}:{n}").parse().unwrap();
+        store.tag(&name, &target).unwrap();
+    }
+}
+
+#[test]
+fn concurrent_index_updates_from_processes_lose_nothing() {
+    let (dir, store) = real_store();
+    write_image(&store, &ImageSpec::new("base:1", &[10], 1)).unwrap();
+    let root = dir.path().join("store");
+    let children: Vec<_> = (0..4)
+        .map(|worker| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "index_writer_child", "--test-threads=1"])
+                .env("SEALER_TEST_ROOT", &root)
+                .env("SEALER_TEST_WORKER", worker.to_string())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    assert_eq!(store.images().unwrap().len(), 1 + 4 * 40);
+}
