@@ -1,0 +1,112 @@
+//! Save and load of a 1 GiB image against `skopeo copy` in the same run, and raw single-core
+//! SHA-256 throughput. Prints the ratios; targets: save and load ≥ 0.8 × the SHA-256 rate,
+//! and faster than skopeo.
+//!
+//! Run: `cargo bench -p sealer-image-store --bench save_load` (needs skopeo; set
+//! `SEALER_BENCH_MIB` to change the image size).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sealer_fs_abstraction::{AtomicFile, Fs, RealFs};
+use sealer_image_store::archive::{self, LoadOptions, SaveOptions};
+use sealer_image_store::testing::{ImageSpec, write_image};
+use sealer_image_store::{Digest, Store};
+
+const NAME: &str = "example.com/bench/big:1";
+
+fn main() {
+    let mib: u64 = std::env::var("SEALER_BENCH_MIB")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(1024);
+    let work = tempfile::tempdir().expect("temp dir");
+    let root = work.path();
+    let source = Store::open_dir(&root.join("source")).expect("store");
+    let layer = (mib << 20) / 4;
+    let spec = ImageSpec {
+        gzip_level: 0,
+        ..ImageSpec::new(NAME, &[layer; 4], 42)
+    };
+    write_image(&source, &spec).expect("write image");
+    let bytes = mib << 20;
+    let work_fs = RealFs::open_root(root).expect("work fs");
+
+    let sha = sha256_rate();
+    println!("sha256 single core: {:.0} MiB/s", sha / MIB);
+
+    let save = best_of(3, || {
+        let mut out = AtomicFile::create(&work_fs, Path::new("sealer.tar")).expect("create");
+        archive::save(&source, &[NAME.to_owned()], &mut out, SaveOptions::default()).expect("save");
+        out.commit().expect("commit");
+    });
+    let load = best_of(3, || {
+        let _ = work_fs.remove_dir_all(Path::new("loaded"));
+        let target = Store::open_dir(&root.join("loaded")).expect("store");
+        let mut input = work_fs.open(Path::new("sealer.tar")).expect("open");
+        archive::load(&target, &mut input, LoadOptions::default()).expect("load");
+    });
+    let rate = |elapsed: Duration| bytes as f64 / elapsed.as_secs_f64();
+    println!("sealer save: {:.2}s ({:.0} MiB/s) = {:.2} x sha256", save.as_secs_f64(), rate(save) / MIB, rate(save) / sha);
+    println!("sealer load: {:.2}s ({:.0} MiB/s) = {:.2} x sha256", load.as_secs_f64(), rate(load) / MIB, rate(load) / sha);
+
+    if Command::new("skopeo").arg("--version").output().is_err() {
+        println!("skopeo not installed: no peer comparison");
+        return;
+    }
+    let source_layout = format!("oci:{}:{NAME}", root.join("source").display());
+    let skopeo_archive = root.join("skopeo.tar");
+    let skopeo_save = best_of(3, || {
+        let _ = work_fs.remove_file(Path::new("skopeo.tar"));
+        skopeo(&[&source_layout, &format!("oci-archive:{}:{NAME}", skopeo_archive.display())]);
+    });
+    let skopeo_load = best_of(3, || {
+        let _ = work_fs.remove_dir_all(Path::new("skopeo-loaded"));
+        skopeo(&[
+            &format!("oci-archive:{}:{NAME}", root.join("sealer.tar").display()),
+            &format!("oci:{}:{NAME}", root.join("skopeo-loaded").display()),
+        ]);
+    });
+    println!("skopeo save (oci: -> oci-archive:): {:.2}s", skopeo_save.as_secs_f64());
+    println!("skopeo load (oci-archive: -> oci:): {:.2}s", skopeo_load.as_secs_f64());
+    println!(
+        "ratios: save {:.2} x sha256 (target >= 0.8), load {:.2} x sha256 (target >= 0.8), save {:.2} x skopeo time, load {:.2} x skopeo time (target < 1)",
+        rate(save) / sha,
+        rate(load) / sha,
+        save.as_secs_f64() / skopeo_save.as_secs_f64(),
+        load.as_secs_f64() / skopeo_load.as_secs_f64()
+    );
+}
+
+const MIB: f64 = (1 << 20) as f64;
+
+fn skopeo(args: &[&str]) {
+    let status = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "-q"])
+        .args(args)
+        .status()
+        .expect("run skopeo");
+    assert!(status.success(), "skopeo {args:?} failed");
+}
+
+/// The fastest of `runs` runs.
+fn best_of(runs: usize, mut run: impl FnMut()) -> Duration {
+    (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            run();
+            start.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+/// Bytes per second of single-threaded SHA-256 over a buffer in cache-warm memory.
+fn sha256_rate() -> f64 {
+    let buffer = vec![0x5au8; 64 << 20];
+    let elapsed = best_of(5, || {
+        std::hint::black_box(Digest::sha256(&buffer));
+    });
+    buffer.len() as f64 / elapsed.as_secs_f64()
+}
