@@ -35,11 +35,18 @@ fn main() -> ExitCode {
     let result = Store::open_dir(&root).and_then(|store| write_image(&store, &spec));
     match result {
         Ok(descriptor) => {
-            println!("wrote {name} ({}) into {}", descriptor.digest, root.display());
+            println!(
+                "wrote {name} ({}) into {}",
+                descriptor.digest,
+                root.display()
+            );
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("error: writing the demo image into {}: {error}", root.display());
+            eprintln!(
+                "error: writing the demo image into {}: {error}",
+                root.display()
+            );
             ExitCode::FAILURE
         }
     }

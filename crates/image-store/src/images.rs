@@ -85,9 +85,9 @@ fn config_platform(config: &[u8]) -> Option<Platform> {
     }
     let parsed: ConfigPlatform = serde_json::from_slice(config).ok()?;
     match (parsed.os, parsed.architecture) {
-        (Some(os), Some(architecture)) if !os.is_empty() && !architecture.is_empty() => Some(
-            Platform::new(&os, &architecture, parsed.variant.as_deref()),
-        ),
+        (Some(os), Some(architecture)) if !os.is_empty() && !architecture.is_empty() => {
+            Some(Platform::new(&os, &architecture, parsed.variant.as_deref()))
+        }
         _ => None,
     }
 }

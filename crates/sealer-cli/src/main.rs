@@ -1,2 +1,94 @@
-//! The `sealer` command.
-fn main() {}
+//! The `sealer` command: argument parsing and printing around the sealer libraries. No logic
+//! lives here; every decision is made by a library call (see ARCHITECTURE.md).
+
+/// `println!` that returns the error instead of panicking (on a closed pipe, for example).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
+mod cli;
+mod commands;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_logging(cli.verbose);
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        // `sealer images | head -1`: the reader has seen enough.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", error_chain(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr: warnings by default, more with each `-v`; `RUST_LOG` wins.
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(verbose > 1)
+        .without_time()
+        .init();
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The error and its causes joined by `: `, leaving out a cause whose text the message
+/// before it already contains (library errors often print their source themselves).
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if text.contains(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn the_error_chain_is_printed_once() {
+        let inner = std::io::Error::other("disk on fire");
+        let error = Err::<(), _>(inner)
+            .context("read blob sha256:ab: disk on fire")
+            .context("loading archive /x.tar")
+            .unwrap_err();
+        assert_eq!(
+            error_chain(&error),
+            "loading archive /x.tar: read blob sha256:ab: disk on fire"
+        );
+    }
+}

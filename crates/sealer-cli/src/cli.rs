@@ -1,0 +1,135 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// sealer: build, store, share and serve cluster images.
+#[derive(Debug, Parser)]
+#[command(name = "sealer", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The image store (an OCI image layout). Default: $XDG_DATA_HOME/sealer or
+    /// ~/.local/share/sealer.
+    #[arg(long, global = true, env = "SEALER_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). `RUST_LOG` overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the images in the store.
+    Images(ImagesArgs),
+    /// Give an image another name.
+    Tag(TagArgs),
+    /// Remove image names (the content stays until `sealer prune`).
+    Rmi(RmiArgs),
+    /// Show an image's manifest and config as JSON.
+    Inspect(InspectArgs),
+    /// Write images to an archive file.
+    Save(SaveArgs),
+    /// Read images from an archive file or an OCI layout directory.
+    Load(LoadArgs),
+    /// Remove content no image refers to, and leftovers of interrupted writes.
+    Prune,
+    /// Re-hash every blob and check that every image is complete.
+    Fsck,
+}
+
+/// `sealer images`.
+#[derive(Debug, clap::Args)]
+pub struct ImagesArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Show full digests.
+    #[arg(long)]
+    pub digests: bool,
+}
+
+/// `sealer tag`.
+#[derive(Debug, clap::Args)]
+pub struct TagArgs {
+    /// The image: a name, a digest or a short id.
+    pub source: String,
+    /// The new name (`registry/repository:tag`; `nginx` means `docker.io/library/nginx:latest`).
+    pub target: String,
+}
+
+/// `sealer rmi`.
+#[derive(Debug, clap::Args)]
+pub struct RmiArgs {
+    /// Names (removes that name), digests or short ids (remove every name of that image).
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<String>,
+}
+
+/// `sealer inspect`.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// The image: a name, a digest or a short id.
+    pub image: String,
+    /// The platform to show of a multi-arch image (`os/arch[/variant]`; default: this
+    /// machine's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Print the stored manifest (or index) bytes exactly, nothing else.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+/// Archive formats of `sealer save`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A tar of an OCI image layout (multi-arch kept).
+    OciArchive,
+    /// `docker save`'s format (one platform per image).
+    DockerArchive,
+}
+
+/// `sealer save`.
+#[derive(Debug, clap::Args)]
+pub struct SaveArgs {
+    /// The archive to write (replaced atomically, only when the save succeeds).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// The archive format.
+    #[arg(long, value_enum, default_value_t = Format::OciArchive)]
+    pub format: Format,
+    /// For docker-archive: the platform to export of multi-arch images (default: this
+    /// machine's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// The images: names, digests or short ids.
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<String>,
+}
+
+/// `sealer load`.
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// An oci-archive or docker-archive (gzip-compressed or not), or an OCI layout directory.
+    #[arg(short, long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// The name to give the image when the input holds exactly one.
+    #[arg(long, value_name = "REF")]
+    pub name: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

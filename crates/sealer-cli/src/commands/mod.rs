@@ -1,0 +1,60 @@
+//! One module per subcommand; each wires arguments to library calls and prints the result.
+
+mod fsck;
+mod images;
+mod inspect;
+mod load;
+mod prune;
+mod rmi;
+mod save;
+mod tag;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use sealer_fs_abstraction::RealFs;
+use sealer_image_store::{Platform, Store};
+
+use crate::cli::{Cli, Command};
+
+/// Runs the subcommand.
+pub fn run(cli: Cli) -> Result<()> {
+    let store = || open_store(cli.root.as_deref());
+    match cli.command {
+        Command::Images(args) => images::run(&store()?, &args),
+        Command::Tag(args) => tag::run(&store()?, &args),
+        Command::Rmi(args) => rmi::run(&store()?, &args),
+        Command::Inspect(args) => inspect::run(&store()?, &args),
+        Command::Save(args) => save::run(&store()?, &args),
+        Command::Load(args) => load::run(&store()?, &args),
+        Command::Prune => prune::run(&store()?),
+        Command::Fsck => fsck::run(&store()?),
+    }
+}
+
+fn open_store(root: Option<&Path>) -> Result<Store> {
+    let root: PathBuf = match root {
+        Some(root) => root.to_path_buf(),
+        None => Store::default_root()
+            .context("no store location: set --root, SEALER_ROOT, XDG_DATA_HOME or HOME")?,
+    };
+    Store::open_dir(&root).with_context(|| format!("opening the image store {}", root.display()))
+}
+
+fn parse_platform(text: Option<&str>) -> Result<Option<Platform>> {
+    text.map(Platform::parse).transpose().map_err(Into::into)
+}
+
+/// The directory holding `path` (`.` for a bare file name) and the file name, for opening a
+/// [`RealFs`] rooted at the directory.
+fn split_file(path: &Path) -> Result<(RealFs, PathBuf)> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} does not name a file", path.display()))?;
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let fs = RealFs::open_root(parent)?;
+    Ok((fs, PathBuf::from(name)))
+}
