@@ -529,6 +529,13 @@ impl MemFs {
             Ok(()) => return Ok(()),
             Err(error) if error.is_not_found() => {}
             Err(_) if Self::is_dir_locked(tree, path) => return Ok(()),
+            // As RealFs: a symlink that may not be followed is reported as an escape.
+            Err(error) if error.is_already_exists() => {
+                if let Err(ResolveError::Escape) = tree.resolve(path, true) {
+                    return Err(self.resolve_error("create_dir_all", given, ResolveError::Escape));
+                }
+                return Err(self.rename_error_path(error, given));
+            }
             Err(error) => return Err(self.rename_error_path(error, given)),
         }
         if let Some(parent) = path.parent() {

@@ -239,7 +239,20 @@ impl Fs for RealFs {
         if valid.is_root() {
             return Ok(());
         }
-        self.with("create_dir_all", path, |dir, p| dir.create_dir_all(p))
+        self.with("create_dir_all", path, |dir, p| {
+            dir.create_dir_all(p).map_err(|error| {
+                // cap-std reports a symlink it may not follow as "exists, not a directory";
+                // say that it leads outside instead.
+                match dir.metadata(p) {
+                    Err(follow)
+                        if error.kind() == io::ErrorKind::AlreadyExists && is_escape(&follow) =>
+                    {
+                        follow
+                    }
+                    _ => error,
+                }
+            })
+        })
     }
 
     fn read_dir(&self, path: &Path) -> Result<Vec<DirEntry>> {
