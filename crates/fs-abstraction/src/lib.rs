@@ -5,6 +5,8 @@
 //! * [`MemFs`] is an in-memory tree with the same semantics, symlinks included, for tests.
 //! * [`tar`] packs a tree into a reproducible tar and unpacks one entry by entry, applying OCI
 //!   whiteouts, through an [`Fs`].
+//! * The `conformance` module (tests, or feature `conformance`) is one suite of cases run
+//!   on both backends, escape attempts included, so they cannot drift apart.
 //!
 //! Paths given to an [`Fs`] are relative to its root and validated by [`FsPath::new`]: empty,
 //! absolute, `..` and NUL-containing paths are refused before anything is touched. Symlinks
