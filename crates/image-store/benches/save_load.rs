@@ -16,60 +16,86 @@ use sealer_image_store::{Digest, Store};
 
 const NAME: &str = "example.com/bench/big:1";
 
-fn main() {
+fn main() -> BenchResult {
     let mib: u64 = std::env::var("SEALER_BENCH_MIB")
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(1024);
-    let work = tempfile::tempdir().expect("temp dir");
+    let work = tempfile::tempdir()?;
     let root = work.path();
-    let source = Store::open_dir(&root.join("source")).expect("store");
+    let source = Store::open_dir(&root.join("source"))?;
     let layer = (mib << 20) / 4;
     let spec = ImageSpec {
         gzip_level: 0,
         ..ImageSpec::new(NAME, &[layer; 4], 42)
     };
-    write_image(&source, &spec).expect("write image");
+    write_image(&source, &spec)?;
     let bytes = mib << 20;
-    let work_fs = RealFs::open_root(root).expect("work fs");
+    let work_fs = RealFs::open_root(root)?;
 
     let sha = sha256_rate();
     println!("sha256 single core: {:.0} MiB/s", sha / MIB);
 
     let save = best_of(3, || {
-        let mut out = AtomicFile::create(&work_fs, Path::new("sealer.tar")).expect("create");
-        archive::save(&source, &[NAME.to_owned()], &mut out, SaveOptions::default()).expect("save");
-        out.commit().expect("commit");
-    });
+        let mut out = AtomicFile::create(&work_fs, Path::new("sealer.tar"))?;
+        archive::save(
+            &source,
+            &[NAME.to_owned()],
+            &mut out,
+            SaveOptions::default(),
+        )?;
+        out.commit()?;
+        Ok(())
+    })?;
     let load = best_of(3, || {
         let _ = work_fs.remove_dir_all(Path::new("loaded"));
-        let target = Store::open_dir(&root.join("loaded")).expect("store");
-        let mut input = work_fs.open(Path::new("sealer.tar")).expect("open");
-        archive::load(&target, &mut input, LoadOptions::default()).expect("load");
-    });
+        let target = Store::open_dir(&root.join("loaded"))?;
+        let mut input = work_fs.open(Path::new("sealer.tar"))?;
+        archive::load(&target, &mut input, LoadOptions::default())?;
+        Ok(())
+    })?;
     let rate = |elapsed: Duration| bytes as f64 / elapsed.as_secs_f64();
-    println!("sealer save: {:.2}s ({:.0} MiB/s) = {:.2} x sha256", save.as_secs_f64(), rate(save) / MIB, rate(save) / sha);
-    println!("sealer load: {:.2}s ({:.0} MiB/s) = {:.2} x sha256", load.as_secs_f64(), rate(load) / MIB, rate(load) / sha);
+    println!(
+        "sealer save: {:.2}s ({:.0} MiB/s) = {:.2} x sha256",
+        save.as_secs_f64(),
+        rate(save) / MIB,
+        rate(save) / sha
+    );
+    println!(
+        "sealer load: {:.2}s ({:.0} MiB/s) = {:.2} x sha256",
+        load.as_secs_f64(),
+        rate(load) / MIB,
+        rate(load) / sha
+    );
 
     if Command::new("skopeo").arg("--version").output().is_err() {
         println!("skopeo not installed: no peer comparison");
-        return;
+        return Ok(());
     }
     let source_layout = format!("oci:{}:{NAME}", root.join("source").display());
     let skopeo_archive = root.join("skopeo.tar");
     let skopeo_save = best_of(3, || {
         let _ = work_fs.remove_file(Path::new("skopeo.tar"));
-        skopeo(&[&source_layout, &format!("oci-archive:{}:{NAME}", skopeo_archive.display())]);
-    });
+        skopeo(&[
+            &source_layout,
+            &format!("oci-archive:{}:{NAME}", skopeo_archive.display()),
+        ])
+    })?;
     let skopeo_load = best_of(3, || {
         let _ = work_fs.remove_dir_all(Path::new("skopeo-loaded"));
         skopeo(&[
             &format!("oci-archive:{}:{NAME}", root.join("sealer.tar").display()),
             &format!("oci:{}:{NAME}", root.join("skopeo-loaded").display()),
-        ]);
-    });
-    println!("skopeo save (oci: -> oci-archive:): {:.2}s", skopeo_save.as_secs_f64());
-    println!("skopeo load (oci-archive: -> oci:): {:.2}s", skopeo_load.as_secs_f64());
+        ])
+    })?;
+    println!(
+        "skopeo save (oci: -> oci-archive:): {:.2}s",
+        skopeo_save.as_secs_f64()
+    );
+    println!(
+        "skopeo load (oci-archive: -> oci:): {:.2}s",
+        skopeo_load.as_secs_f64()
+    );
     println!(
         "ratios: save {:.2} x sha256 (target >= 0.8), load {:.2} x sha256 (target >= 0.8), save {:.2} x skopeo time, load {:.2} x skopeo time (target < 1)",
         rate(save) / sha,
@@ -77,29 +103,33 @@ fn main() {
         save.as_secs_f64() / skopeo_save.as_secs_f64(),
         load.as_secs_f64() / skopeo_load.as_secs_f64()
     );
+    Ok(())
 }
 
 const MIB: f64 = (1 << 20) as f64;
 
-fn skopeo(args: &[&str]) {
+fn skopeo(args: &[&str]) -> BenchResult {
     let status = Command::new("skopeo")
         .args(["--insecure-policy", "copy", "-q"])
         .args(args)
-        .status()
-        .expect("run skopeo");
-    assert!(status.success(), "skopeo {args:?} failed");
+        .status()?;
+    if !status.success() {
+        return Err(format!("skopeo {args:?} failed").into());
+    }
+    Ok(())
 }
 
+type BenchResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
 /// The fastest of `runs` runs.
-fn best_of(runs: usize, mut run: impl FnMut()) -> Duration {
-    (0..runs)
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            start.elapsed()
-        })
-        .min()
-        .unwrap_or_default()
+fn best_of(runs: usize, mut run: impl FnMut() -> BenchResult) -> BenchResult<Duration> {
+    let mut best = Duration::MAX;
+    for _ in 0..runs {
+        let start = Instant::now();
+        run()?;
+        best = best.min(start.elapsed());
+    }
+    Ok(best)
 }
 
 /// Bytes per second of single-threaded SHA-256 over a buffer in cache-warm memory.
@@ -107,6 +137,8 @@ fn sha256_rate() -> f64 {
     let buffer = vec![0x5au8; 64 << 20];
     let elapsed = best_of(5, || {
         std::hint::black_box(Digest::sha256(&buffer));
-    });
+        Ok(())
+    })
+    .unwrap_or(Duration::MAX);
     buffer.len() as f64 / elapsed.as_secs_f64()
 }

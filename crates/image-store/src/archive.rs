@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use sealer_fs_abstraction::Fs;
 
-use crate::blob::{BlobStore, COPY_BUFFER};
-use crate::digest::{Algorithm, Digest, Hasher};
+use crate::blob::{BlobStore, COPY_BUFFER, copy_hashing};
+use crate::digest::{Algorithm, Digest};
 use crate::error::StoreError;
 use crate::ingest::{CommitReport, Ingest};
 use crate::model::{
@@ -419,18 +419,14 @@ fn diff_ids(config: &[u8]) -> Result<Vec<Digest>, String> {
 }
 
 /// Writes tar entries with deterministic headers (mtime 0, uid/gid 0), streaming blob
-/// content through a large buffer (tar's own copy uses 8 KiB writes).
+/// content through the store's pipelined hashing copy (tar's own copy uses 8 KiB writes).
 struct TarWriter<'w> {
     out: &'w mut dyn Write,
-    buffer: Vec<u8>,
 }
 
 impl<'w> TarWriter<'w> {
     fn new(out: &'w mut dyn Write) -> Self {
-        Self {
-            out,
-            buffer: vec![0; COPY_BUFFER],
-        }
+        Self { out }
     }
 
     fn header(&mut self, path: &str, size: u64, kind: tar::EntryType, mode: u32) -> Result<()> {
@@ -507,33 +503,23 @@ impl<'w> TarWriter<'w> {
         progress: &dyn Progress,
     ) -> Result<()> {
         self.header(path, size, tar::EntryType::Regular, 0o644)?;
-        let mut hasher = Hasher::new(digest.algorithm());
-        let mut remaining = size;
-        while remaining > 0 {
-            let want = remaining.min(self.buffer.len() as u64) as usize;
-            let read = match source.read(&mut self.buffer[..want]) {
-                Ok(0) => {
-                    return Err(StoreError::SizeMismatch {
-                        digest: digest.clone(),
-                        expected: size,
-                        actual: size - remaining,
-                    }
-                    .into());
-                }
-                Ok(read) => read,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => {
-                    return Err(StoreError::io(format!("read blob {digest}"), error).into());
-                }
-            };
-            hasher.update(&self.buffer[..read]);
-            self.out
-                .write_all(&self.buffer[..read])
-                .map_err(ArchiveError::Write)?;
-            remaining -= read as u64;
-            progress.advance(read as u64);
+        let what = || format!("blob {digest}");
+        let mut counted = ProgressReader::new(source.take(size), progress);
+        let (actual, copied) = copy_hashing(
+            &mut counted,
+            &mut *self.out,
+            digest.algorithm(),
+            Some(size),
+            &what,
+        )?;
+        if copied != size {
+            return Err(StoreError::SizeMismatch {
+                digest: digest.clone(),
+                expected: size,
+                actual: copied,
+            }
+            .into());
         }
-        let actual = hasher.finish();
         if &actual != digest {
             return Err(StoreError::DigestMismatch {
                 what: format!("blob {digest} in the store (run `sealer fsck`)"),

@@ -4,7 +4,7 @@
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 
 use sealer_fs_abstraction::{AtomicFile, FileKind, Fs, ReadFile, TEMP_PREFIX};
 
@@ -58,8 +58,14 @@ pub trait BlobStore: Send + Sync {
     }
 }
 
+/// Buffers in flight between the copying thread and the hashing thread.
+const PIPELINE_DEPTH: usize = 4;
+
 /// Copies `source` to `sink` while hashing, refusing more than `limit` bytes. Returns the
 /// digest and the number of bytes copied.
+///
+/// Large copies hash on a second thread while this one reads and writes, so a copy runs at
+/// close to the speed of hashing alone; content that fits one buffer is hashed inline.
 pub(crate) fn copy_hashing(
     source: &mut dyn Read,
     sink: &mut dyn Write,
@@ -67,31 +73,136 @@ pub(crate) fn copy_hashing(
     limit: Option<u64>,
     what: &dyn Fn() -> String,
 ) -> Result<(Digest, u64)> {
-    let mut hasher = Hasher::new(algorithm);
-    let mut buffer = vec![0u8; COPY_BUFFER];
-    let mut total = 0u64;
-    loop {
-        let read = match source.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(read) => read,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => return Err(StoreError::io(format!("read {}", what()), source)),
-        };
-        total += read as u64;
-        if let Some(limit) = limit
-            && total > limit
-        {
-            return Err(StoreError::SizeMismatch {
-                digest: hasher.finish(),
-                expected: limit,
-                actual: total,
-            });
-        }
-        hasher.update(&buffer[..read]);
-        sink.write_all(&buffer[..read])
+    let mut first = vec![0u8; COPY_BUFFER];
+    let (filled, at_end) = fill(source, &mut first, what)?;
+    check_limit(limit, filled as u64, what)?;
+    if at_end {
+        let mut hasher = Hasher::new(algorithm);
+        hasher.update(&first[..filled]);
+        sink.write_all(&first[..filled])
             .map_err(|source| StoreError::io(format!("write {}", what()), source))?;
+        return Ok((hasher.finish(), filled as u64));
     }
-    Ok((hasher.finish(), total))
+    std::thread::scope(|scope| {
+        let (to_hasher, chunks) = mpsc::sync_channel::<(Arc<Vec<u8>>, usize)>(PIPELINE_DEPTH);
+        let (recycle, recycled) = mpsc::channel::<Arc<Vec<u8>>>();
+        let hashing = scope.spawn(move || {
+            let mut hasher = Hasher::new(algorithm);
+            for (chunk, len) in chunks {
+                hasher.update(&chunk[..len]);
+                // The copier may be gone after an error; the buffer is then just freed.
+                let _ = recycle.send(chunk);
+            }
+            hasher.finish()
+        });
+        let copied = pipeline_copy(
+            source,
+            sink,
+            (first, filled),
+            &to_hasher,
+            &recycled,
+            limit,
+            what,
+        );
+        drop(to_hasher);
+        let digest = hashing.join().map_err(|_| {
+            StoreError::io(
+                format!("hash {}", what()),
+                io::Error::other("the hashing thread panicked"),
+            )
+        })?;
+        Ok((digest, copied?))
+    })
+}
+
+/// The copying half of [`copy_hashing`]: sends each chunk to the hasher, then writes it.
+fn pipeline_copy(
+    source: &mut dyn Read,
+    sink: &mut dyn Write,
+    (first, first_len): (Vec<u8>, usize),
+    to_hasher: &mpsc::SyncSender<(Arc<Vec<u8>>, usize)>,
+    recycled: &mpsc::Receiver<Arc<Vec<u8>>>,
+    limit: Option<u64>,
+    what: &dyn Fn() -> String,
+) -> Result<u64> {
+    let hasher_gone = || {
+        StoreError::io(
+            format!("hash {}", what()),
+            io::Error::other("the hashing thread stopped"),
+        )
+    };
+    let mut spare: Vec<Vec<u8>> = Vec::new();
+    let mut allocated = 1;
+    let mut buffer = first;
+    let mut len = first_len;
+    let mut total = len as u64;
+    let mut at_end = false;
+    loop {
+        let chunk = Arc::new(buffer);
+        to_hasher
+            .send((chunk.clone(), len))
+            .map_err(|_| hasher_gone())?;
+        sink.write_all(&chunk[..len])
+            .map_err(|source| StoreError::io(format!("write {}", what()), source))?;
+        drop(chunk);
+        if at_end {
+            return Ok(total);
+        }
+        // Reuse a buffer the hasher is done with; allocate only while the pipeline fills.
+        while let Ok(done) = recycled.try_recv() {
+            if let Ok(done) = Arc::try_unwrap(done) {
+                spare.push(done);
+            }
+        }
+        buffer = match spare.pop() {
+            Some(buffer) => buffer,
+            None if allocated < PIPELINE_DEPTH + 1 => {
+                allocated += 1;
+                vec![0u8; COPY_BUFFER]
+            }
+            None => {
+                let done = recycled.recv().map_err(|_| hasher_gone())?;
+                Arc::try_unwrap(done).unwrap_or_else(|_| vec![0u8; COPY_BUFFER])
+            }
+        };
+        let (filled, ended) = fill(source, &mut buffer, what)?;
+        total += filled as u64;
+        check_limit(limit, total, what)?;
+        if filled == 0 {
+            return Ok(total);
+        }
+        len = filled;
+        at_end = ended;
+    }
+}
+
+/// Reads until `buffer` is full or the source ends; returns the bytes read and whether the
+/// source ended.
+fn fill(
+    source: &mut dyn Read,
+    buffer: &mut [u8],
+    what: &dyn Fn() -> String,
+) -> Result<(usize, bool)> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match source.read(&mut buffer[filled..]) {
+            Ok(0) => return Ok((filled, true)),
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(StoreError::io(format!("read {}", what()), source)),
+        }
+    }
+    Ok((filled, false))
+}
+
+fn check_limit(limit: Option<u64>, total: u64, what: &dyn Fn() -> String) -> Result<()> {
+    match limit {
+        Some(limit) if total > limit => Err(StoreError::TooLarge {
+            what: what(),
+            limit,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Checks a copied blob against what was announced.

@@ -45,6 +45,14 @@ pub enum StoreError {
         /// The size received (or at least this much).
         actual: u64,
     },
+    /// Content was longer than announced; nothing was stored.
+    #[error("{what} is larger than the announced {limit} bytes; nothing was stored")]
+    TooLarge {
+        /// What the content was.
+        what: String,
+        /// The announced size.
+        limit: u64,
+    },
     /// A blob is not in the store.
     #[error("blob {0} is not in the store")]
     BlobNotFound(Digest),

@@ -1,4 +1,5 @@
 //! The store's behaviour, on the real filesystem and in memory.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Read;
 use std::path::Path;
@@ -66,6 +67,11 @@ fn a_blob_that_does_not_match_its_digest_is_not_stored() {
             .blobs()
             .put(&good, Some(4), &mut &b"hello"[..])
             .unwrap_err();
+        assert!(matches!(error, StoreError::TooLarge { .. }), "{error}");
+        let error = store
+            .blobs()
+            .put(&good, Some(6), &mut &b"hello"[..])
+            .unwrap_err();
         assert!(matches!(error, StoreError::SizeMismatch { .. }), "{error}");
         assert!(
             blob_files(&store).is_empty(),
@@ -92,7 +98,8 @@ fn a_blob_that_does_not_match_its_digest_is_not_stored() {
 #[test]
 fn concurrent_writers_of_one_blob_are_safe() {
     let (_dir, store) = real_store();
-    let data = vec![7u8; 3 << 20];
+    // Several pipeline buffers and a partial last one.
+    let data: Vec<u8> = (0..(3u32 << 20) + 17).map(|n| (n % 251) as u8).collect();
     let digest = Digest::sha256(&data);
     std::thread::scope(|scope| {
         for _ in 0..8 {
@@ -474,7 +481,7 @@ fn layout_directories_load() {
     let (dir, source) = real_store();
     write_image(&source, &ImageSpec::new("example.com/app:1", &[3000], 11)).unwrap();
     // The store itself is an OCI layout directory.
-    let layout = RealFs::open_root(&dir.path().join("store")).unwrap();
+    let layout = RealFs::open_root(dir.path().join("store")).unwrap();
     let target = mem_store();
     let report = archive::load_layout(&target, &layout, LoadOptions::default()).unwrap();
     assert_eq!(report.images[0].0.as_deref(), Some("example.com/app:1"));
