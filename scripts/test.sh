@@ -4,7 +4,7 @@
 # The end-to-end tests drive real skopeo and umoci (and later docker-registry). Missing
 # tools are installed with apt-get when running as root; otherwise the tests that need them
 # print "SKIPPED: <tool> not installed" (and fail under CI=true).
-# Extra arguments go to `cargo test`, e.g. `./scripts/test.sh -p sealer-cli -- crash`.
+# Arguments replace `--workspace`, e.g. `./scripts/test.sh -p sealer-cli --test e2e -- crash`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,4 +22,22 @@ if ((${#missing[@]} > 0)); then
     fi
 fi
 
-cargo test --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+if (($# > 0)); then cargo test "$@"; else cargo test --workspace; fi 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+
+# One closing line for the whole workspace (cargo prints one per test binary).
+skipped=$(grep -c '^SKIPPED: ' "$log" || true)
+awk -v skipped="$skipped" '
+    /^test result:/ {
+        for (i = 2; i <= NF; i++) {
+            if ($i ~ /^passed;?$/) passed += $(i - 1)
+            if ($i ~ /^failed;?$/) failed += $(i - 1)
+        }
+    }
+    END { printf "%d passed, %d failed, %d skipped\n", passed - skipped, failed, skipped }
+' "$log"
+exit "$status"

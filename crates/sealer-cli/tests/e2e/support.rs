@@ -21,7 +21,9 @@ pub fn require_tool(tool: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{tool} is required when CI=true (./scripts/test.sh installs it)");
     }
-    println!("SKIPPED: {tool} not installed");
+    // Straight to the process's stderr: libtest captures `println!` of passing tests.
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {tool} not installed");
     false
 }
 
