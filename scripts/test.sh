@@ -25,7 +25,7 @@ fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-if (($# > 0)); then cargo test "$@"; else cargo test --workspace; fi 2>&1 | tee "$log"
+if (($# > 0)); then cargo test "$@"; else cargo test --workspace --no-fail-fast; fi 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 

@@ -718,6 +718,14 @@ fn commit_oci_index(
     for descriptor in &index.manifests {
         let name = match (options.name, descriptor.ref_name()) {
             (Some(name), _) if index.manifests.len() == 1 => Some(name.clone()),
+            // skopeo's `oci:DIR:TAG` writes a bare tag, which names no repository.
+            (_, Some(ref_name)) if is_bare_tag(ref_name) => {
+                report.warnings.push(format!(
+                    "image {} is named only by the tag {ref_name:?}; it is loaded unnamed (use --name REPOSITORY:TAG)",
+                    descriptor.digest
+                ));
+                None
+            }
             (_, Some(ref_name)) => match ref_name.parse::<Reference>() {
                 Ok(reference) if reference.tag().is_some() => Some(reference),
                 _ => {
@@ -738,6 +746,11 @@ fn commit_oci_index(
             .push("--name ignored: the archive holds several images".to_owned());
     }
     finish_load(ingest, roots, report)
+}
+
+/// A ref name with no repository part (`v1`, `latest`), as `skopeo copy … oci:DIR:TAG` writes.
+fn is_bare_tag(ref_name: &str) -> bool {
+    !ref_name.contains(['/', ':', '@'])
 }
 
 fn finish_load(
@@ -887,8 +900,6 @@ pub fn load_layout(store: &Store, source: &dyn Fs, options: LoadOptions<'_>) -> 
         .map_err(|error| invalid(&index_name, error.to_string()))?;
     let index = parse_index_json(&index_bytes, &index_name)?;
     let mut ingest = store.begin_ingest()?;
-    let total: u64 = 0;
-    options.progress.set_total(total);
     let mut seen = BTreeSet::new();
     let mut pending: Vec<(Descriptor, bool)> =
         index.manifests.iter().map(|d| (d.clone(), false)).collect();

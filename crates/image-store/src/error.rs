@@ -24,7 +24,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// Content did not hash to the digest it was announced with; nothing was stored.
-    #[error("digest mismatch for {what}: expected {expected}, got {actual}; nothing was stored")]
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
     DigestMismatch {
         /// What the content was (a blob path, an archive entry).
         what: String,
@@ -46,7 +46,7 @@ pub enum StoreError {
         actual: u64,
     },
     /// Content was longer than announced; nothing was stored.
-    #[error("{what} is larger than the announced {limit} bytes; nothing was stored")]
+    #[error("{what} is larger than the announced {limit} bytes")]
     TooLarge {
         /// What the content was.
         what: String,

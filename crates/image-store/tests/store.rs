@@ -526,3 +526,33 @@ fn concurrent_index_updates_from_processes_lose_nothing() {
     }
     assert_eq!(store.images().unwrap().len(), 1 + 4 * 40);
 }
+
+#[test]
+fn bare_tag_names_load_unnamed_unless_named() {
+    let source = mem_store();
+    write_image(&source, &ImageSpec::new("example.com/app:1", &[300], 12)).unwrap();
+    // What `skopeo copy … oci:DIR:v1` writes: a tag without a repository.
+    let index = String::from_utf8(source.fs().read(Path::new("index.json")).unwrap()).unwrap();
+    let bare = index.replace("example.com/app:1", "v1");
+    source
+        .fs()
+        .write_atomic(Path::new("index.json"), bare.as_bytes())
+        .unwrap();
+
+    let target = mem_store();
+    let report =
+        archive::load_layout(&target, source.fs().as_ref(), LoadOptions::default()).unwrap();
+    assert_eq!(report.images[0].0, None);
+    assert!(
+        report.warnings[0].contains("\"v1\""),
+        "{:?}",
+        report.warnings
+    );
+    let name: Reference = "example.com/named:v1".parse().unwrap();
+    let options = LoadOptions {
+        name: Some(&name),
+        ..LoadOptions::default()
+    };
+    let report = archive::load_layout(&target, source.fs().as_ref(), options).unwrap();
+    assert_eq!(report.images[0].0.as_deref(), Some("example.com/named:v1"));
+}

@@ -19,26 +19,31 @@ use crate::cli::{Cli, Command};
 
 /// Runs the subcommand.
 pub fn run(cli: Cli) -> Result<()> {
-    let store = || open_store(cli.root.as_deref());
+    // Commands that only read never create a store (a mistyped --root must not make one).
+    let existing = || open_store(cli.root.as_deref(), Store::open_existing);
+    let store = || open_store(cli.root.as_deref(), Store::open_dir);
     match cli.command {
-        Command::Images(args) => images::run(&store()?, &args),
-        Command::Tag(args) => tag::run(&store()?, &args),
-        Command::Rmi(args) => rmi::run(&store()?, &args),
-        Command::Inspect(args) => inspect::run(&store()?, &args),
-        Command::Save(args) => save::run(&store()?, &args),
+        Command::Images(args) => images::run(&existing()?, &args),
+        Command::Tag(args) => tag::run(&existing()?, &args),
+        Command::Rmi(args) => rmi::run(&existing()?, &args),
+        Command::Inspect(args) => inspect::run(&existing()?, &args),
+        Command::Save(args) => save::run(&existing()?, &args),
         Command::Load(args) => load::run(&store()?, &args),
-        Command::Prune => prune::run(&store()?),
-        Command::Fsck => fsck::run(&store()?),
+        Command::Prune => prune::run(&existing()?),
+        Command::Fsck => fsck::run(&existing()?),
     }
 }
 
-fn open_store(root: Option<&Path>) -> Result<Store> {
+fn open_store(
+    root: Option<&Path>,
+    open: fn(&Path) -> sealer_image_store::Result<Store>,
+) -> Result<Store> {
     let root: PathBuf = match root {
         Some(root) => root.to_path_buf(),
         None => Store::default_root()
             .context("no store location: set --root, SEALER_ROOT, XDG_DATA_HOME or HOME")?,
     };
-    Store::open_dir(&root).with_context(|| format!("opening the image store {}", root.display()))
+    open(&root).with_context(|| format!("opening the image store {}", root.display()))
 }
 
 fn parse_platform(text: Option<&str>) -> Result<Option<Platform>> {

@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 
 use crate::support::*;
+use sealer_image_store::Store;
 
 /// Every blob `image` needs (manifests, configs, layers; all platforms).
 fn blobs_of(sealer: &Sealer, image: &str) -> BTreeSet<String> {
@@ -113,6 +114,14 @@ fn rmi_and_prune_remove_only_unshared_content() {
 fn errors_say_what_and_exit_1() {
     let work = temp();
     let sealer = Sealer::new(work.path().join("store"));
+    // Read-only commands never create a store: a mistyped --root is an error.
+    let message = sealer.fails(&["images"]);
+    assert!(
+        message.starts_with("error: opening the image store"),
+        "{message}"
+    );
+    assert!(dir_names(work.path()).is_empty(), "a store was created");
+    Store::open_dir(&sealer.root).unwrap();
     let message = sealer.fails(&["inspect", "localhost/nope:1"]);
     assert!(
         message.starts_with("error: image \"localhost/nope:1\" is not in the store"),
