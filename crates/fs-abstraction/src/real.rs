@@ -152,10 +152,9 @@ pub(crate) fn refuse_root(valid: &FsPath, given: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Converts cap-std metadata.
-fn metadata(meta: &cap_std::fs::Metadata) -> Metadata {
-    let file_type = meta.file_type();
-    let kind = if file_type.is_symlink() {
+/// What a cap-std file type is.
+fn file_kind(file_type: &cap_std::fs::FileType) -> FileKind {
+    if file_type.is_symlink() {
         FileKind::Symlink
     } else if file_type.is_dir() {
         FileKind::Dir
@@ -163,7 +162,12 @@ fn metadata(meta: &cap_std::fs::Metadata) -> Metadata {
         FileKind::File
     } else {
         FileKind::Other
-    };
+    }
+}
+
+/// Converts cap-std metadata.
+fn metadata(meta: &cap_std::fs::Metadata) -> Metadata {
+    let kind = file_kind(&meta.file_type());
     Metadata {
         kind,
         len: meta.len(),
@@ -260,16 +264,7 @@ impl Fs for RealFs {
             let mut entries = Vec::new();
             for entry in dir.read_dir(p)? {
                 let entry = entry?;
-                let file_type = entry.file_type()?;
-                let kind = if file_type.is_symlink() {
-                    FileKind::Symlink
-                } else if file_type.is_dir() {
-                    FileKind::Dir
-                } else if file_type.is_file() {
-                    FileKind::File
-                } else {
-                    FileKind::Other
-                };
+                let kind = file_kind(&entry.file_type()?);
                 entries.push(DirEntry {
                     name: entry.file_name(),
                     kind,

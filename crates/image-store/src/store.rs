@@ -521,8 +521,9 @@ impl Store {
     pub fn fsck(&self) -> Result<FsckReport> {
         let mut report = FsckReport::default();
         let mut buffer = vec![0u8; crate::blob::COPY_BUFFER];
-        for digest in self.blobs.list()? {
-            let mut file = self.blobs.open(&digest)?;
+        let blobs = self.blobs.list()?;
+        for digest in &blobs {
+            let mut file = self.blobs.open(digest)?;
             let mut hasher = Hasher::new(digest.algorithm());
             loop {
                 let read = std::io::Read::read(&mut file, &mut buffer)
@@ -534,9 +535,9 @@ impl Store {
                 hasher.update(&buffer[..read]);
             }
             report.checked += 1;
-            if hasher.finish() != digest {
+            if &hasher.finish() != digest {
                 tracing::debug!(%digest, "blob content does not match its digest");
-                report.corrupt.push(digest);
+                report.corrupt.push(digest.clone());
             }
         }
         let roots = self.index()?.manifests;
@@ -552,9 +553,7 @@ impl Store {
         };
         report.missing = reach.missing;
         report.absent_platforms = reach.absent_platforms;
-        report.unreferenced = self
-            .blobs
-            .list()?
+        report.unreferenced = blobs
             .iter()
             .filter(|digest| !reach.present.contains(digest))
             .count();
