@@ -304,7 +304,7 @@ fn save_docker(
     let mut written = BTreeSet::new();
     // Compressed layers are expanded into a scratch import (never committed) so their size
     // is known before their tar header is written.
-    let mut scratch = store.begin_ingest()?;
+    let scratch = store.begin_ingest()?;
     for DockerExportPlan {
         config: config_digest,
         layers,
@@ -578,7 +578,7 @@ pub fn load(store: &Store, input: &mut dyn Read, options: LoadOptions<'_>) -> Re
         Box::new(buffered)
     };
     let mut archive = tar::Archive::new(reader);
-    let mut ingest = store.begin_ingest()?;
+    let ingest = store.begin_ingest()?;
     let mut oci_index: Option<Vec<u8>> = None;
     let mut docker_manifest: Option<Vec<u8>> = None;
     let mut saw_layout = false;
@@ -767,7 +767,7 @@ fn finish_load(
 }
 
 fn commit_docker(
-    mut ingest: Ingest<'_>,
+    ingest: Ingest<'_>,
     manifest_json: &[u8],
     by_path: &BTreeMap<String, (Digest, u64)>,
     options: LoadOptions<'_>,
@@ -899,7 +899,7 @@ pub fn load_layout(store: &Store, source: &dyn Fs, options: LoadOptions<'_>) -> 
         .read(Path::new("index.json"))
         .map_err(|error| invalid(&index_name, error.to_string()))?;
     let index = parse_index_json(&index_bytes, &index_name)?;
-    let mut ingest = store.begin_ingest()?;
+    let ingest = store.begin_ingest()?;
     let mut seen = BTreeSet::new();
     let mut pending: Vec<(Descriptor, bool)> =
         index.manifests.iter().map(|d| (d.clone(), false)).collect();

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use sealer_fs_abstraction::{LockGuard, ReadFile};
 
@@ -37,11 +38,21 @@ pub struct CommitReport {
 }
 
 /// An import in progress; see the module documentation.
+///
+/// Staging methods take `&self`: several threads may stage different blobs of one import at
+/// once (a pull downloads layers in parallel). Staging one digest from two threads at once
+/// is not supported (the second `create_new` of its staging file fails).
 pub struct Ingest<'s> {
     store: &'s Store,
     dir: PathBuf,
     lock_path: PathBuf,
-    lock: Option<Box<dyn LockGuard>>,
+    lock: Mutex<Option<Box<dyn LockGuard>>>,
+    state: Mutex<Staged>,
+}
+
+/// What an [`Ingest`] has staged and relies on.
+#[derive(Default)]
+struct Staged {
     staged: BTreeMap<Digest, (PathBuf, u64)>,
     relied_on: BTreeSet<Digest>,
 }
@@ -67,20 +78,25 @@ impl<'s> Ingest<'s> {
             store,
             dir,
             lock_path,
-            lock: Some(lock),
-            staged: BTreeMap::new(),
-            relied_on: BTreeSet::new(),
+            lock: Mutex::new(Some(lock)),
+            state: Mutex::new(Staged::default()),
         })
     }
 
+    /// The staging state (a panic elsewhere cannot leave it half updated: every update is
+    /// one insert).
+    fn state(&self) -> MutexGuard<'_, Staged> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The size of a blob staged here or already in the store.
-    pub fn contains(&mut self, digest: &Digest) -> Result<Option<u64>> {
-        if let Some((_, size)) = self.staged.get(digest) {
+    pub fn contains(&self, digest: &Digest) -> Result<Option<u64>> {
+        if let Some((_, size)) = self.state().staged.get(digest) {
             return Ok(Some(*size));
         }
         let size = self.store.blobs().stat(digest)?;
         if size.is_some() {
-            self.relied_on.insert(digest.clone());
+            self.state().relied_on.insert(digest.clone());
         }
         Ok(size)
     }
@@ -93,7 +109,7 @@ impl<'s> Ingest<'s> {
     /// Stages `data` as `expected`, verifying digest and size; `data` is not read when the
     /// blob is already staged or stored.
     pub fn put(
-        &mut self,
+        &self,
         expected: &Digest,
         expected_size: Option<u64>,
         data: &mut dyn Read,
@@ -121,7 +137,7 @@ impl<'s> Ingest<'s> {
         });
         match checked {
             Ok(size) => {
-                self.staged.insert(expected.clone(), (path, size));
+                self.state().staged.insert(expected.clone(), (path, size));
                 Ok(PutOutcome {
                     size,
                     existed: false,
@@ -137,7 +153,7 @@ impl<'s> Ingest<'s> {
     /// Stages `data` whose digest is not known beforehand (a docker-archive layer); returns
     /// its digest and size.
     pub fn put_unknown(
-        &mut self,
+        &self,
         algorithm: Algorithm,
         data: &mut dyn Read,
         what: &str,
@@ -159,13 +175,13 @@ impl<'s> Ingest<'s> {
         } else {
             let path = self.staging_path(&digest);
             self.store.fs().rename(&temp, &path)?;
-            self.staged.insert(digest.clone(), (path, size));
+            self.state().staged.insert(digest.clone(), (path, size));
         }
         Ok((digest, size))
     }
 
     /// Stages small content held in memory (a manifest or config).
-    pub fn put_bytes(&mut self, bytes: &[u8]) -> Result<Digest> {
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest> {
         let digest = Digest::sha256(bytes);
         self.put(&digest, Some(bytes.len() as u64), &mut &bytes[..])?;
         Ok(digest)
@@ -197,24 +213,30 @@ impl<'s> Ingest<'s> {
 
     /// Opens a blob staged here or in the store.
     pub fn open(&self, digest: &Digest) -> Result<Box<dyn ReadFile>> {
-        match self.staged.get(digest) {
-            Some((path, _)) => Ok(self.store.fs().open(path)?),
+        let staged = self
+            .state()
+            .staged
+            .get(digest)
+            .map(|(path, _)| path.clone());
+        match staged {
+            Some(path) => Ok(self.store.fs().open(&path)?),
             None => self.store.blobs().open(digest),
         }
     }
 
     /// Reads and verifies a small blob staged here or in the store.
     pub fn read(&self, digest: &Digest) -> Result<Vec<u8>> {
-        match self.staged.get(digest) {
+        let staged = self.state().staged.get(digest).cloned();
+        match staged {
             Some((path, size)) => {
-                if *size > MAX_MANIFEST_SIZE {
+                if size > MAX_MANIFEST_SIZE {
                     return Err(StoreError::SizeMismatch {
                         digest: digest.clone(),
                         expected: MAX_MANIFEST_SIZE,
-                        actual: *size,
+                        actual: size,
                     });
                 }
-                let bytes = self.store.fs().read(path)?;
+                let bytes = self.store.fs().read(&path)?;
                 verify_bytes(digest, &bytes)?;
                 Ok(bytes)
             }
@@ -231,7 +253,7 @@ impl<'s> Ingest<'s> {
     /// Checks that every image reachable from `roots` is complete, then adds the staged blobs
     /// to the store and writes the names in one `index.json` update. Roots without a name
     /// are added as unnamed entries.
-    pub fn commit(mut self, roots: &[(Option<Reference>, Descriptor)]) -> Result<CommitReport> {
+    pub fn commit(self, roots: &[(Option<Reference>, Descriptor)]) -> Result<CommitReport> {
         let mut report = CommitReport::default();
         let mut needed = BTreeSet::new();
         let mut pending: Vec<(Descriptor, Option<Digest>, bool)> = roots
@@ -268,12 +290,13 @@ impl<'s> Ingest<'s> {
         }
 
         let _gc = self.store.gc_lock()?;
-        for digest in &self.relied_on {
+        let state = std::mem::take(&mut *self.state());
+        for digest in &state.relied_on {
             if needed.contains(digest) && self.store.blobs().stat(digest)?.is_none() {
                 return Err(StoreError::RemovedConcurrently(digest.clone()));
             }
         }
-        for (digest, (path, size)) in &self.staged {
+        for (digest, (path, size)) in &state.staged {
             if needed.contains(digest) {
                 self.store.blobs().adopt(path, digest)?;
                 report.blobs_added += 1;
@@ -361,6 +384,9 @@ impl Drop for Ingest<'_> {
         if let Err(error) = fs.remove_file(&self.lock_path) {
             tracing::warn!(%error, "could not remove an import's lock file");
         }
-        self.lock.take();
+        self.lock
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 }

@@ -108,7 +108,7 @@ impl ImageSpec {
 /// Builds the image of `spec` in `store` (one all-or-nothing import) and returns the
 /// descriptor of its top manifest or index.
 pub fn write_image(store: &Store, spec: &ImageSpec) -> Result<Descriptor> {
-    let mut ingest = store.begin_ingest()?;
+    let ingest = store.begin_ingest()?;
     let mut platform_manifests = Vec::new();
     for (platform_number, platform) in spec.platforms.iter().enumerate() {
         let mut layers = Vec::new();

@@ -318,7 +318,7 @@ fn a_failed_import_leaves_the_store_as_it_was() {
         let blobs_before = blob_files(&store);
         let index_before = store.fs().read(Path::new("index.json")).unwrap();
         {
-            let mut ingest = store.begin_ingest().unwrap();
+            let ingest = store.begin_ingest().unwrap();
             ingest.put_bytes(b"staged but never committed").unwrap();
             let missing = Digest::sha256(b"absent layer");
             let manifest = format!(
@@ -555,4 +555,27 @@ fn bare_tag_names_load_unnamed_unless_named() {
     };
     let report = archive::load_layout(&target, source.fs().as_ref(), options).unwrap();
     assert_eq!(report.images[0].0.as_deref(), Some("example.com/named:v1"));
+}
+
+#[test]
+fn one_import_stages_blobs_from_several_threads_at_once() {
+    for (_dir, store) in both() {
+        let ingest = store.begin_ingest().unwrap();
+        let contents: Vec<Vec<u8>> = (0..4u8).map(|n| vec![n; 300_000]).collect();
+        std::thread::scope(|scope| {
+            for content in &contents {
+                let ingest = &ingest;
+                scope.spawn(move || {
+                    let digest = Digest::sha256(content);
+                    ingest
+                        .put(&digest, Some(content.len() as u64), &mut &content[..])
+                        .unwrap();
+                });
+            }
+        });
+        for content in &contents {
+            let digest = Digest::sha256(content);
+            assert_eq!(ingest.contains(&digest).unwrap(), Some(300_000));
+        }
+    }
 }
