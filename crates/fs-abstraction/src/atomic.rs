@@ -55,6 +55,13 @@ impl<'fs, F: Fs + ?Sized> AtomicFile<'fs, F> {
         &self.dest
     }
 
+    /// Sets the permission bits of the file being written, before any content is written
+    /// to it (a file holding secrets is then never readable by others, even briefly). The
+    /// mode is kept by the rename on [`AtomicFile::commit`].
+    pub fn set_permissions(&self, mode: u32) -> Result<()> {
+        self.fs.set_permissions(&self.temp, mode)
+    }
+
     /// Fsyncs the data, renames it over the destination and syncs the directory. On failure
     /// the temporary file is removed (when `self` drops) and the destination is untouched.
     pub fn commit(mut self) -> Result<()> {

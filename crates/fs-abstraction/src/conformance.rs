@@ -524,6 +524,13 @@ pub fn atomic_file_abandoned_leaves_old_content(env: &Env) {
     fs.write_atomic(p("conf"), b"new").unwrap();
     assert_eq!(read(fs, "conf"), b"new");
     assert!(names(fs, ".").iter().all(|n| !n.starts_with(TEMP_PREFIX)));
+    // Permissions set before writing survive the commit.
+    let mut file = AtomicFile::create(fs, p("conf")).unwrap();
+    file.set_permissions(0o600).unwrap();
+    file.write_all(b"secret").unwrap();
+    file.commit().unwrap();
+    assert_eq!(read(fs, "conf"), b"secret");
+    assert_eq!(fs.metadata(p("conf")).unwrap().mode, 0o600);
 }
 
 pub fn escape_absolute_symlink(env: &Env) {
