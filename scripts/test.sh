@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace.
 #
-# The end-to-end tests drive real skopeo and umoci (and later docker-registry). Missing
+# The end-to-end tests drive real skopeo, umoci, docker-registry and openssl. Missing
 # tools are installed with apt-get when running as root; otherwise the tests that need them
 # print "SKIPPED: <tool> not installed" (and fail under CI=true).
 # Arguments replace `--workspace`, e.g. `./scripts/test.sh -p sealer-cli --test e2e -- crash`.
@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in skopeo umoci docker-registry; do
+for tool in skopeo umoci docker-registry openssl; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]} > 0)); then
