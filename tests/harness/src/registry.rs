@@ -49,7 +49,8 @@ pub enum RegistryAuth<'a> {
 /// the credentials only to token realms (its credential store is keyed by realm URL), so an
 /// upstream with credentials must use [`RegistryAuth::Token`] (htpasswd upstreams get 401);
 /// and it commits a fetched blob after answering, so a second GET right after the first may
-/// go upstream again.
+/// go upstream again, or get a 500 (`invalid checksum digest format`) while the commit is
+/// half done.
 #[derive(Debug, Clone, Default)]
 pub struct ProxyUpstream {
     /// The upstream registry, e.g. `http://127.0.0.1:5000`.
