@@ -1,6 +1,60 @@
-//! Talks to remote OCI/Docker registries: authentication, streaming manifest and blob
-//! transfers, and pull/push between a registry and a sealer image store.
+//! Talks to OCI/Docker registries: pull into and push from a sealer image store, log in and
+//! out. image-store has no network code; everything that speaks HTTP is here.
 //!
-//! The transfer engine arrives with the registry-client issue; image references are parsed
-//! by `sealer_image_store::reference`, which this crate shares.
+//! ```no_run
+//! # async fn demo(store: &sealer_image_store::Store) -> Result<(), Box<dyn std::error::Error>> {
+//! use sealer_registry_client::{ClientOptions, NoProgress, PlatformSelection, RegistryClient};
+//!
+//! let client = RegistryClient::new(ClientOptions::default())?;
+//! let reference = "quay.io/coreos/etcd:v3.5.9".parse()?;
+//! let pulled = client
+//!     .pull(store, &reference, PlatformSelection::Host, &NoProgress)
+//!     .await?;
+//! let mirror = "registry.example.com/mirror/etcd:v3.5.9".parse()?;
+//! let pushed = client.push(store, &reference.to_string(), &mirror, &NoProgress).await?;
+//! assert_eq!(pulled.digest, pushed.digest);
+//! # Ok(()) }
+//! ```
+//!
+//! * [`RegistryClient`] (module `client`): HTTPS with rustls (ring provider; the system's CA
+//!   certificates plus [`ClientOptions::ca_files`]), plain HTTP only for loopback hosts and
+//!   [`ClientOptions::insecure_hosts`]; retries with backoff on connection errors, `429`
+//!   and `5xx`, honouring `Retry-After` ([`RetryPolicy`]); redirects followed without
+//!   forwarding `Authorization` to another host.
+//! * [`auth`]: `WWW-Authenticate` parsing, the bearer-token flow, tokens cached per (realm,
+//!   service, scope, credentials) and fetched once under concurrency. A token realm
+//!   outside the registry's domain never sees credentials: sealer asks it for an anonymous
+//!   token instead (and `login` fails).
+//! * [`credentials`]: docker `config.json` (`auths`, `credsStore`, `credHelpers`) and
+//!   containers `auth.json`; [`RegistryClient::login`] verifies and writes `config.json`
+//!   (0600), [`RegistryClient::logout`] removes the entry.
+//! * [`RegistryClient::pull`] (module `pull`): byte-exact manifests, the selected platforms
+//!   only, blobs streamed straight into an `Ingest` by parallel workers and resumed with
+//!   `Range` after a dropped connection; all or nothing.
+//! * [`RegistryClient::push`] (module `push`): `HEAD` per blob, cross-repository mount,
+//!   monolithic upload for small blobs and streamed (or chunked) `PATCH` for large ones,
+//!   manifests children first, digests checked.
+//! * [`TransferProgress`]: per-blob start/advance/finish callbacks.
+//!
+//! Pull needs a multi-thread tokio runtime (its blob workers write to disk on their own
+//! threads).
+
 #![deny(missing_docs)]
+
+pub mod auth;
+mod client;
+pub mod credentials;
+mod progress;
+mod pull;
+mod push;
+mod retry;
+
+pub use client::{
+    ClientError, ClientOptions, DEFAULT_MONOLITHIC_LIMIT, MANIFEST_ACCEPT, RegistryClient,
+    normalize_registry,
+};
+pub use credentials::{Credential, CredentialError, CredentialStore};
+pub use progress::{BlobOutcome, NoProgress, TransferProgress};
+pub use pull::{PlatformSelection, PullError, PullReport};
+pub use push::{PushError, PushReport};
+pub use retry::RetryPolicy;

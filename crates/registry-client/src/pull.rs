@@ -1,0 +1,663 @@
+//! Pull: registry → store, all or nothing.
+//!
+//! The manifests are fetched first (byte-exact, verified, at most 4 MiB each): the top one
+//! by tag or digest, then for an index the entries of the selected platforms. The blobs
+//! those manifests need are then streamed straight into one [`Ingest`] by
+//! `max_concurrency` worker threads: each reads the HTTP body chunk by chunk through a
+//! [`BlobReader`] (an [`std::io::Read`] that drives the async response on the tokio
+//! runtime), so memory stays flat whatever the layer size, and the store hashes while it
+//! writes. A connection that breaks mid-blob is resumed by the reader itself with
+//! `Range: bytes=N-`: the bytes already staged are kept. Only when everything is staged and
+//! verified does [`Ingest::commit`] add the blobs and name the image; a failure anywhere
+//! leaves the store as it was.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use bytes::{Buf, Bytes};
+use reqwest::header::{CONTENT_RANGE, RANGE};
+use reqwest::{Method, Response, StatusCode, Url};
+use sealer_image_store::model::ManifestError;
+use sealer_image_store::{
+    CommitReport, Descriptor, Digest, Ingest, Manifest, ManifestDocument, Platform, Reference,
+    Store, StoreError, choose_platform, is_manifest_type, platforms_of,
+};
+use tokio::runtime::{Handle, RuntimeFlavor};
+
+use crate::client::{ClientError, FetchedManifest, RegistryClient, Request, Scope, status_error};
+use crate::progress::{BlobOutcome, TransferProgress};
+
+/// Indexes nested deeper than this are refused.
+const MAX_INDEX_DEPTH: usize = 4;
+
+/// Which platforms of a multi-arch image to pull.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PlatformSelection {
+    /// The platform this program runs on.
+    #[default]
+    Host,
+    /// One platform (`os/arch[/variant]`); an unset variant matches the default one.
+    Only(Platform),
+    /// Every platform.
+    All,
+}
+
+/// Why a pull failed. The store is unchanged in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// A registry request failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The store refused content (digest or size mismatch, missing blob) or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A manifest could not be parsed.
+    #[error("manifest {digest}: {source}")]
+    Manifest {
+        /// The manifest's digest.
+        digest: Digest,
+        /// What is wrong.
+        #[source]
+        source: ManifestError,
+    },
+    /// A manifest's size differs from its descriptor's.
+    #[error("manifest {digest} has {actual} bytes, its index says {expected}")]
+    ManifestSize {
+        /// The manifest.
+        digest: Digest,
+        /// The size in the index.
+        expected: u64,
+        /// The size received.
+        actual: u64,
+    },
+    /// The image has no manifest for the requested platform.
+    #[error("{reference} has no {platform} image; it has: {available}")]
+    PlatformNotFound {
+        /// The image.
+        reference: String,
+        /// The platform asked for.
+        platform: String,
+        /// The platforms it has.
+        available: String,
+    },
+    /// Indexes nested too deeply.
+    #[error("{0}: indexes nested too deeply")]
+    TooDeep(String),
+    /// A blob's download failed.
+    #[error("blob {digest}: {source}")]
+    Blob {
+        /// The blob.
+        digest: Digest,
+        /// Why.
+        #[source]
+        source: ClientError,
+    },
+    /// Pull was called outside a multi-thread tokio runtime.
+    #[error("pull needs a multi-thread tokio runtime")]
+    Runtime,
+    /// Another blob's failure stopped this one.
+    #[error("cancelled after another transfer failed")]
+    Cancelled,
+}
+
+/// What [`RegistryClient::pull`] did.
+#[derive(Debug, Clone)]
+pub struct PullReport {
+    /// The image, as named in the store.
+    pub reference: Reference,
+    /// The digest of the top manifest or index (the image's multi-arch digest).
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// The platforms whose images were fetched (empty for a single-platform image).
+    pub platforms: Vec<Platform>,
+    /// Manifests and indexes fetched.
+    pub manifests: usize,
+    /// Blobs downloaded.
+    pub blobs_fetched: usize,
+    /// Bytes of the blobs downloaded.
+    pub bytes_fetched: u64,
+    /// Blobs that were already in the store.
+    pub blobs_present: usize,
+    /// Times a download resumed after its connection broke.
+    pub resumes: u32,
+    /// What the commit added.
+    pub commit: CommitReport,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    fetched: usize,
+    bytes: u64,
+    present: usize,
+    resumes: u32,
+}
+
+impl RegistryClient {
+    /// Pulls `reference` into `store`: the manifests (the index too, so a multi-arch image
+    /// keeps its digest even when only some platforms are fetched) and every blob of the
+    /// selected platforms not already stored, then names the image `reference` (a
+    /// digest-only reference adds an unnamed entry). All or nothing.
+    ///
+    /// Needs a multi-thread tokio runtime: the blob workers block (they write to disk).
+    pub async fn pull(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        platforms: PlatformSelection,
+        progress: &dyn TransferProgress,
+    ) -> Result<PullReport, PullError> {
+        let handle = Handle::current();
+        if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
+            return Err(PullError::Runtime);
+        }
+        let registry = reference.registry();
+        let repository = reference.repository();
+        let scope = Scope::pull(repository);
+        let target = match (reference.digest(), reference.tag()) {
+            (Some(digest), _) => digest.to_string(),
+            (None, Some(tag)) => tag.to_owned(),
+            (None, None) => "latest".to_owned(),
+        };
+        let top = self
+            .fetch_manifest(registry, repository, &target, reference.digest(), &scope)
+            .await?;
+        let (top_type, top_document) = parse(&top, None)?;
+        let top_descriptor =
+            Descriptor::new(top_type.clone(), top.digest.clone(), top.bytes.len() as u64);
+        tracing::info!(%reference, digest = %top.digest, media_type = %top_type, "resolved");
+
+        let mut manifests = vec![top.clone()];
+        let mut images: Vec<Manifest> = Vec::new();
+        let mut chosen = Vec::new();
+        let mut pending = vec![(top_document, 0)];
+        while let Some((document, depth)) = pending.pop() {
+            let index = match document {
+                ManifestDocument::Image(manifest) => {
+                    images.push(*manifest);
+                    continue;
+                }
+                ManifestDocument::Index(index) => index,
+            };
+            if depth >= MAX_INDEX_DEPTH {
+                return Err(PullError::TooDeep(reference.to_string()));
+            }
+            let entries: Vec<Descriptor> = match &platforms {
+                PlatformSelection::All => index
+                    .manifests
+                    .iter()
+                    .filter(|entry| is_manifest_type(&entry.media_type))
+                    .cloned()
+                    .collect(),
+                PlatformSelection::Host | PlatformSelection::Only(_) => {
+                    let wanted = match &platforms {
+                        PlatformSelection::Only(platform) => platform.clone(),
+                        _ => Platform::host(),
+                    };
+                    let entry = choose_platform(&index, &wanted).ok_or_else(|| {
+                        PullError::PlatformNotFound {
+                            reference: reference.to_string(),
+                            platform: wanted.to_string(),
+                            available: platforms_of(&index),
+                        }
+                    })?;
+                    vec![entry.clone()]
+                }
+            };
+            for entry in entries {
+                let fetched = self
+                    .fetch_manifest(
+                        registry,
+                        repository,
+                        &entry.digest.to_string(),
+                        Some(&entry.digest),
+                        &scope,
+                    )
+                    .await?;
+                if fetched.bytes.len() as u64 != entry.size {
+                    return Err(PullError::ManifestSize {
+                        digest: entry.digest,
+                        expected: entry.size,
+                        actual: fetched.bytes.len() as u64,
+                    });
+                }
+                let (_, document) = parse(&fetched, Some(&entry.media_type))?;
+                chosen.extend(entry.platform.clone());
+                manifests.push(fetched);
+                pending.push((document, depth + 1));
+            }
+        }
+
+        let mut seen = BTreeSet::new();
+        let blobs: Vec<Descriptor> = images
+            .iter()
+            .flat_map(|manifest| std::iter::once(&manifest.config).chain(&manifest.layers))
+            .filter(|blob| seen.insert(blob.digest.clone()))
+            .cloned()
+            .collect();
+        tracing::info!(%reference, manifests = manifests.len(), blobs = blobs.len(), "fetching blobs");
+
+        let (commit, stats) = tokio::task::block_in_place(|| {
+            self.stage(&Staging {
+                handle: &handle,
+                store,
+                reference,
+                scope: &scope,
+                manifests: &manifests,
+                blobs: &blobs,
+                top: &top_descriptor,
+                progress,
+            })
+        })?;
+        Ok(PullReport {
+            reference: reference.clone(),
+            digest: top.digest,
+            media_type: top_type,
+            platforms: chosen,
+            manifests: manifests.len(),
+            blobs_fetched: stats.fetched,
+            bytes_fetched: stats.bytes,
+            blobs_present: stats.present,
+            resumes: stats.resumes,
+            commit,
+        })
+    }
+
+    /// The blocking half of a pull: stage manifests and blobs, then commit.
+    fn stage(&self, job: &Staging<'_>) -> Result<(CommitReport, Stats), PullError> {
+        let ingest = job.store.begin_ingest()?;
+        for manifest in job.manifests {
+            ingest.put(
+                &manifest.digest,
+                Some(manifest.bytes.len() as u64),
+                &mut &manifest.bytes[..],
+            )?;
+        }
+        let queue = Mutex::new(job.blobs.iter().collect::<VecDeque<_>>());
+        let cancel = AtomicBool::new(false);
+        let first_error: Mutex<Option<PullError>> = Mutex::new(None);
+        let stats = Mutex::new(Stats::default());
+        let workers = self
+            .inner
+            .options
+            .max_concurrency
+            .clamp(1, 64)
+            .min(job.blobs.len().max(1));
+        std::thread::scope(|threads| {
+            for _ in 0..workers {
+                threads.spawn(|| {
+                    while !cancel.load(Ordering::Relaxed) {
+                        let next = queue
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .pop_front();
+                        let Some(blob) = next else { break };
+                        match self.fetch_blob(job, &ingest, blob, &cancel) {
+                            Ok(done) => {
+                                let mut stats =
+                                    stats.lock().unwrap_or_else(PoisonError::into_inner);
+                                stats.fetched += done.fetched;
+                                stats.bytes += done.bytes;
+                                stats.present += done.present;
+                                stats.resumes += done.resumes;
+                            }
+                            Err(error) => {
+                                cancel.store(true, Ordering::Relaxed);
+                                let mut first =
+                                    first_error.lock().unwrap_or_else(PoisonError::into_inner);
+                                if first.is_none() && !matches!(error, PullError::Cancelled) {
+                                    *first = Some(error);
+                                }
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(error) = first_error
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            return Err(error);
+        }
+        let commit = ingest.commit(&[(Some(job.reference.clone()), job.top.clone())])?;
+        Ok((
+            commit,
+            stats.into_inner().unwrap_or_else(PoisonError::into_inner),
+        ))
+    }
+
+    /// Downloads one blob into the ingest (run on a worker thread), retrying the whole blob
+    /// when a resume is impossible.
+    fn fetch_blob(
+        &self,
+        job: &Staging<'_>,
+        ingest: &Ingest<'_>,
+        blob: &Descriptor,
+        cancel: &AtomicBool,
+    ) -> Result<Stats, PullError> {
+        let digest = &blob.digest;
+        if let Some(size) = ingest.contains(digest)? {
+            if size != blob.size {
+                return Err(StoreError::SizeMismatch {
+                    digest: digest.clone(),
+                    expected: blob.size,
+                    actual: size,
+                }
+                .into());
+            }
+            job.progress
+                .blob_finished(digest, BlobOutcome::AlreadyPresent);
+            return Ok(Stats {
+                present: 1,
+                ..Stats::default()
+            });
+        }
+        let url = job.handle.block_on(self.api_url(
+            job.reference.registry(),
+            job.reference.repository(),
+            &format!("blobs/{digest}"),
+        ))?;
+        job.progress.blob_started(digest, blob.size);
+        let policy = &self.inner.options.retries;
+        let mut resumes = 0;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut reader = BlobReader {
+                client: self,
+                job,
+                url: url.clone(),
+                digest,
+                size: blob.size,
+                cancel,
+                response: None,
+                pending: Bytes::new(),
+                offset: 0,
+                skip: 0,
+                resumes: 0,
+                failure: None,
+            };
+            let result = ingest.put(digest, Some(blob.size), &mut reader);
+            resumes += reader.resumes;
+            let failure = reader.failure.take();
+            match (result, failure) {
+                (Ok(_), _) => {
+                    job.progress.blob_finished(digest, BlobOutcome::Transferred);
+                    tracing::debug!(%digest, size = blob.size, resumes, "blob fetched");
+                    return Ok(Stats {
+                        fetched: 1,
+                        bytes: blob.size,
+                        resumes,
+                        ..Stats::default()
+                    });
+                }
+                (Err(_), Some(ReadFailure::Cancelled)) => return Err(PullError::Cancelled),
+                (Err(_), Some(ReadFailure::Restart(error))) if attempt < policy.max_attempts => {
+                    tracing::warn!(%digest, %error, "restarting the blob from its start");
+                    job.progress.blob_restarted(digest, 0);
+                    job.handle
+                        .block_on(tokio::time::sleep(policy.backoff(attempt)));
+                }
+                (Err(_), Some(ReadFailure::Restart(source) | ReadFailure::Fatal(source))) => {
+                    job.progress.blob_finished(digest, BlobOutcome::Failed);
+                    return Err(PullError::Blob {
+                        digest: digest.clone(),
+                        source,
+                    });
+                }
+                (Err(error), None) => {
+                    job.progress.blob_finished(digest, BlobOutcome::Failed);
+                    return Err(error.into());
+                }
+            }
+        }
+    }
+}
+
+/// What the blocking half of a pull works on.
+struct Staging<'a> {
+    handle: &'a Handle,
+    store: &'a Store,
+    reference: &'a Reference,
+    scope: &'a Scope,
+    manifests: &'a [FetchedManifest],
+    blobs: &'a [Descriptor],
+    top: &'a Descriptor,
+    progress: &'a dyn TransferProgress,
+}
+
+fn parse(
+    manifest: &FetchedManifest,
+    declared: Option<&str>,
+) -> Result<(String, ManifestDocument), PullError> {
+    let declared = declared.or(manifest.content_type.as_deref());
+    ManifestDocument::parse(&manifest.bytes, declared).map_err(|source| PullError::Manifest {
+        digest: manifest.digest.clone(),
+        source,
+    })
+}
+
+/// Why a [`BlobReader`] stopped.
+enum ReadFailure {
+    /// The download cannot go on from where it is; starting the blob again may work.
+    Restart(ClientError),
+    /// The download failed for good.
+    Fatal(ClientError),
+    /// Another transfer failed.
+    Cancelled,
+}
+
+/// An [`io::Read`] over a blob's HTTP body, fed to [`Ingest::put`]. It opens the request on
+/// the first read, drives the async response from this (non-runtime) thread, and when the
+/// connection breaks or the body ends early it asks again with `Range: bytes=OFFSET-` and
+/// carries on (a server that ignores the range and sends everything has the bytes already
+/// delivered skipped). Exactly `size` bytes are delivered; the store checks the digest.
+struct BlobReader<'a> {
+    client: &'a RegistryClient,
+    job: &'a Staging<'a>,
+    url: Url,
+    digest: &'a Digest,
+    size: u64,
+    cancel: &'a AtomicBool,
+    response: Option<Response>,
+    pending: Bytes,
+    /// Bytes delivered so far.
+    offset: u64,
+    /// Bytes of the current response to drop (a `200` to a ranged request).
+    skip: u64,
+    resumes: u32,
+    failure: Option<ReadFailure>,
+}
+
+enum Next {
+    /// The request could not be (re)opened.
+    Open(ReadFailure),
+    /// The body broke.
+    Body(reqwest::Error),
+}
+
+impl BlobReader<'_> {
+    fn fail(&mut self, failure: ReadFailure) -> io::Error {
+        let message = match &failure {
+            ReadFailure::Restart(error) | ReadFailure::Fatal(error) => error.to_string(),
+            ReadFailure::Cancelled => "cancelled".to_owned(),
+        };
+        self.failure = Some(failure);
+        io::Error::other(message)
+    }
+
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, Next> {
+        if self.response.is_none() {
+            self.response = Some(self.open().await.map_err(Next::Open)?);
+        }
+        match self.response.as_mut() {
+            Some(response) => response.chunk().await.map_err(Next::Body),
+            None => Ok(None),
+        }
+    }
+
+    async fn open(&mut self) -> Result<Response, ReadFailure> {
+        let job = self.job;
+        let mut request = Request::new(
+            Method::GET,
+            job.reference.registry(),
+            self.url.clone(),
+            job.scope,
+        );
+        if self.offset > 0 {
+            request = request
+                .header(RANGE, &format!("bytes={}-", self.offset))
+                .map_err(ReadFailure::Fatal)?;
+        }
+        let response = self
+            .client
+            .send(request)
+            .await
+            .map_err(ReadFailure::Fatal)?;
+        let status = response.status();
+        match status {
+            StatusCode::OK => {
+                self.skip = self.offset;
+                if self.offset > 0 {
+                    tracing::info!(digest = %self.digest, offset = self.offset, "the registry ignored Range; skipping what is already staged");
+                }
+                Ok(response)
+            }
+            StatusCode::PARTIAL_CONTENT if self.offset > 0 => {
+                let range = response
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(parse_content_range);
+                match range {
+                    Some((start, total))
+                        if start == self.offset && total.is_none_or(|t| t == self.size) =>
+                    {
+                        self.skip = 0;
+                        Ok(response)
+                    }
+                    _ => Err(ReadFailure::Restart(ClientError::Protocol {
+                        url: self.url.clone().to_string(),
+                        reason: format!(
+                            "asked for bytes {}-, got Content-Range {:?}",
+                            self.offset,
+                            response.headers().get(CONTENT_RANGE)
+                        ),
+                    })),
+                }
+            }
+            StatusCode::RANGE_NOT_SATISFIABLE => Err(ReadFailure::Restart(
+                status_error(Method::GET, response).await,
+            )),
+            _ => Err(ReadFailure::Fatal(
+                status_error(Method::GET, response).await,
+            )),
+        }
+    }
+
+    /// After a broken body: resume, or give up when resumed too often.
+    fn resume(&mut self, error: ClientError) -> Result<(), io::Error> {
+        self.response = None;
+        if self.resumes >= self.client.inner.options.max_resumes {
+            return Err(self.fail(ReadFailure::Restart(error)));
+        }
+        self.resumes += 1;
+        tracing::warn!(digest = %self.digest, offset = self.offset, %error, "connection broke; resuming");
+        self.job.progress.blob_restarted(self.digest, self.offset);
+        let wait = self.client.inner.options.retries.backoff(self.resumes);
+        self.job.handle.block_on(tokio::time::sleep(wait));
+        Ok(())
+    }
+}
+
+impl Read for BlobReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(self.fail(ReadFailure::Cancelled));
+            }
+            if !self.pending.is_empty() {
+                let count = buf.len().min(self.pending.len());
+                buf[..count].copy_from_slice(&self.pending[..count]);
+                self.pending.advance(count);
+                self.offset += count as u64;
+                self.job.progress.blob_advanced(self.digest, count as u64);
+                return Ok(count);
+            }
+            if self.offset >= self.size || buf.is_empty() {
+                return Ok(0);
+            }
+            let handle = self.job.handle;
+            match handle.block_on(self.next_chunk()) {
+                Ok(Some(mut chunk)) => {
+                    if self.skip > 0 {
+                        let dropped = self.skip.min(chunk.len() as u64);
+                        chunk.advance(dropped as usize);
+                        self.skip -= dropped;
+                    }
+                    let wanted = self.size - self.offset;
+                    if chunk.len() as u64 > wanted {
+                        chunk.truncate(wanted as usize);
+                    }
+                    self.pending = chunk;
+                }
+                Ok(None) => {
+                    let error = ClientError::Protocol {
+                        url: self.url.clone().to_string(),
+                        reason: format!(
+                            "the body ended after {} of {} bytes",
+                            self.offset, self.size
+                        ),
+                    };
+                    self.resume(error)?;
+                }
+                Err(Next::Body(source)) => {
+                    let error = ClientError::Transport {
+                        request: format!("{} {}", Method::GET, self.url.clone()),
+                        source,
+                    };
+                    self.resume(error)?;
+                }
+                Err(Next::Open(failure)) => return Err(self.fail(failure)),
+            }
+        }
+    }
+}
+
+/// `bytes START-END/TOTAL` → (START, TOTAL), TOTAL `None` for `*`.
+fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end: u64 = end.trim().parse().ok()?;
+    if end < start {
+        return None;
+    }
+    let total = match total.trim() {
+        "*" => None,
+        total => Some(total.parse().ok()?),
+    };
+    Some((start, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            Some((100, Some(200)))
+        );
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
+        assert_eq!(parse_content_range("bytes */200"), None);
+        assert_eq!(parse_content_range("bytes 9-5/10"), None);
+        assert_eq!(parse_content_range("items 1-2/3"), None);
+    }
+}
