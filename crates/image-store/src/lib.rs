@@ -23,6 +23,7 @@ pub mod reference;
 mod store;
 #[cfg(feature = "test-support")]
 pub mod testing;
+mod upload;
 
 pub use blob::{BlobStore, FsBlobStore, PutOutcome};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
@@ -35,3 +36,4 @@ pub use store::{
     FsckReport, GcReport, ImageEntry, MAX_MANIFEST_SIZE, Reachability, ResolvedImage, Store,
     choose_platform, is_manifest_type, platforms_of,
 };
+pub use upload::BlobUpload;

@@ -514,6 +514,7 @@ impl Store {
             }
         }
         removed += Ingest::remove_abandoned(self)?;
+        removed += crate::upload::BlobUpload::remove_abandoned(self)?;
         Ok(removed)
     }
 
@@ -557,7 +558,9 @@ impl Store {
             .iter()
             .filter(|digest| !reach.present.contains(digest))
             .count();
-        report.leftovers = self.blobs.leftover_temp_files()?.len() + Ingest::count_abandoned(self)?;
+        report.leftovers = self.blobs.leftover_temp_files()?.len()
+            + Ingest::count_abandoned(self)?
+            + crate::upload::BlobUpload::count_abandoned(self)?;
         Ok(report)
     }
 }

@@ -1,0 +1,226 @@
+//! Incremental, resumable blob uploads: the bytes of one blob arrive in any number of
+//! pieces (a registry's chunked or streamed push), are appended to `uploads/<id>` while a
+//! running SHA-256 is kept, and [`BlobUpload::commit`] verifies the digest, fsyncs and renames
+//! the file into `blobs/`. Until then the store is untouched; a dropped upload removes its
+//! file, and a crashed one leaves a file that `gc` removes (its lock file, held while the
+//! upload lives, tells a dead upload from a live one, as for [`crate::Ingest`]).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sealer_fs_abstraction::{LockGuard, WriteFile};
+
+use crate::blob::{BlobStore, COPY_BUFFER};
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::error::{Result, StoreError};
+use crate::store::Store;
+
+const UPLOAD_DIR: &str = "uploads";
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// One blob being uploaded in pieces; see the module documentation. Owns a clone of the
+/// [`Store`] handle, so it can outlive the request that started it.
+pub struct BlobUpload {
+    store: Store,
+    id: String,
+    path: PathBuf,
+    lock_path: PathBuf,
+    lock: Option<Box<dyn LockGuard>>,
+    file: Option<Box<dyn WriteFile>>,
+    hasher: Hasher,
+    size: u64,
+}
+
+impl std::fmt::Debug for BlobUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobUpload")
+            .field("id", &self.id)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Starts an incremental blob upload in `uploads/<id>`.
+    pub fn begin_upload(&self) -> Result<BlobUpload> {
+        BlobUpload::begin(self.clone())
+    }
+}
+
+impl BlobUpload {
+    fn begin(store: Store) -> Result<Self> {
+        let fs = store.fs().clone();
+        fs.create_dir_all(Path::new(UPLOAD_DIR))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_nanos())
+            .unwrap_or_default();
+        let id = format!(
+            "{}-{nanos}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let lock_path = Path::new(UPLOAD_DIR).join(format!("{id}.lock"));
+        let lock = fs.lock(&lock_path)?;
+        let path = Path::new(UPLOAD_DIR).join(&id);
+        let file = match fs.create_new(&path) {
+            Ok(file) => file,
+            Err(error) => {
+                drop(lock);
+                let _ = fs.remove_file(&lock_path);
+                return Err(error.into());
+            }
+        };
+        Ok(Self {
+            store,
+            id,
+            path,
+            lock_path,
+            lock: Some(lock),
+            file: Some(file),
+            hasher: Hasher::new(Algorithm::Sha256),
+            size: 0,
+        })
+    }
+
+    /// The upload's identifier (unique in this store; not a secret).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Bytes received so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn file(&mut self) -> Result<&mut Box<dyn WriteFile>> {
+        self.file.as_mut().ok_or_else(|| {
+            StoreError::io(
+                "write an upload",
+                std::io::Error::other("the upload is finished"),
+            )
+        })
+    }
+
+    /// Appends `data`. On an error the upload is unusable (its size is unknown): drop it.
+    pub fn write_all(&mut self, data: &[u8]) -> Result<()> {
+        let id = self.id.clone();
+        self.file()?
+            .write_all(data)
+            .map_err(|source| StoreError::io(format!("write upload {id}"), source))?;
+        self.hasher.update(data);
+        self.size += data.len() as u64;
+        Ok(())
+    }
+
+    /// Verifies that the bytes received hash to `expected` (a sha512 digest re-hashes the
+    /// file), fsyncs them and moves them into `blobs/`. Returns the blob's size. When the
+    /// blob is already in the store the upload is discarded and the stored blob kept. On a
+    /// mismatch nothing is stored and the upload is removed.
+    pub fn commit(mut self, expected: &Digest) -> Result<u64> {
+        let id = self.id.clone();
+        let mut file = self.file.take().ok_or_else(|| {
+            StoreError::io(
+                format!("commit upload {id}"),
+                std::io::Error::other("already committed"),
+            )
+        })?;
+        file.flush()
+            .and_then(|()| file.sync_all())
+            .map_err(|source| StoreError::io(format!("fsync upload {id}"), source))?;
+        drop(file);
+        let hasher = std::mem::replace(&mut self.hasher, Hasher::new(Algorithm::Sha256));
+        let actual = match expected.algorithm() {
+            Algorithm::Sha256 => hasher.finish(),
+            Algorithm::Sha512 => self.rehash(Algorithm::Sha512)?,
+        };
+        if &actual != expected {
+            return Err(StoreError::DigestMismatch {
+                what: format!("upload {id}"),
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        let _gc = self.store.gc_lock()?;
+        if self.store.blobs().stat(expected)?.is_none() {
+            self.store.blobs().adopt(&self.path, expected)?;
+            self.store.blobs().sync()?;
+            tracing::debug!(digest = %expected, size = self.size, "stored uploaded blob");
+        }
+        Ok(self.size)
+    }
+
+    fn rehash(&self, algorithm: Algorithm) -> Result<Digest> {
+        let mut file = self.store.fs().open(&self.path)?;
+        let mut hasher = Hasher::new(algorithm);
+        let mut buffer = vec![0u8; COPY_BUFFER];
+        loop {
+            let read = file
+                .read(&mut buffer)
+                .map_err(|source| StoreError::io(format!("read upload {}", self.id), source))?;
+            if read == 0 {
+                return Ok(hasher.finish());
+            }
+            hasher.update(&buffer[..read]);
+        }
+    }
+
+    /// Removes uploads whose writer is gone; returns how many.
+    pub(crate) fn remove_abandoned(store: &Store) -> Result<usize> {
+        Self::abandoned(store, true)
+    }
+
+    /// Counts uploads whose writer is gone.
+    pub(crate) fn count_abandoned(store: &Store) -> Result<usize> {
+        Self::abandoned(store, false)
+    }
+
+    fn abandoned(store: &Store, remove: bool) -> Result<usize> {
+        let fs = store.fs();
+        let root = Path::new(UPLOAD_DIR);
+        if !fs.exists(root)? {
+            return Ok(0);
+        }
+        let mut count = 0;
+        for entry in fs.read_dir(root)? {
+            let name = entry.name.to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix(".lock") else {
+                continue;
+            };
+            let lock_path = root.join(&name);
+            // A live upload holds its lock; a crashed process released it when it died.
+            let Some(_guard) = fs.try_lock(&lock_path)? else {
+                continue;
+            };
+            count += 1;
+            if remove {
+                let data = root.join(id);
+                if fs.exists(&data)? {
+                    fs.remove_file(&data)?;
+                }
+                fs.remove_file(&lock_path)?;
+            }
+        }
+        Ok(count)
+    }
+}
+
+impl Drop for BlobUpload {
+    fn drop(&mut self) {
+        let fs = self.store.fs();
+        self.file.take();
+        // After a commit the file was renamed away: not finding it is the normal case.
+        if let Err(error) = fs.remove_file(&self.path)
+            && !error.is_not_found()
+        {
+            tracing::warn!(%error, "could not remove an upload's file");
+        }
+        if let Err(error) = fs.remove_file(&self.lock_path)
+            && !error.is_not_found()
+        {
+            tracing::warn!(%error, "could not remove an upload's lock file");
+        }
+        self.lock.take();
+    }
+}

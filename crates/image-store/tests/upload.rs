@@ -1,0 +1,143 @@
+//! Incremental blob uploads (`Store::begin_upload`), on the real filesystem and in memory.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use sealer_fs_abstraction::MemFs;
+use sealer_image_store::{Algorithm, BlobStore, Digest, Store, StoreError};
+
+fn both() -> Vec<(Option<tempfile::TempDir>, Store)> {
+    let dir = tempfile::tempdir().unwrap();
+    let real = Store::open_dir(&dir.path().join("store")).unwrap();
+    let mem = Store::open(Arc::new(MemFs::new())).unwrap();
+    vec![(Some(dir), real), (None, mem)]
+}
+
+fn upload_files(store: &Store) -> Vec<String> {
+    if !store.fs().exists(Path::new("uploads")).unwrap() {
+        return Vec::new();
+    }
+    let mut names: Vec<String> = store
+        .fs()
+        .read_dir(Path::new("uploads"))
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.name.to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn pieces_are_committed_as_one_verified_blob() {
+    for (_dir, store) in both() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = Digest::sha256(&data);
+        let mut upload = store.begin_upload().unwrap();
+        assert_eq!(upload.size(), 0);
+        for piece in data.chunks(70_001) {
+            upload.write_all(piece).unwrap();
+        }
+        assert_eq!(upload.size(), data.len() as u64);
+        assert_eq!(store.blobs().stat(&digest).unwrap(), None);
+        assert_eq!(upload.commit(&digest).unwrap(), data.len() as u64);
+        assert_eq!(
+            store.blobs().stat(&digest).unwrap(),
+            Some(data.len() as u64)
+        );
+        assert!(
+            upload_files(&store).is_empty(),
+            "{:?}",
+            upload_files(&store)
+        );
+        assert!(store.fsck().unwrap().corrupt.is_empty());
+    }
+}
+
+#[test]
+fn sha512_digests_are_verified_by_rehashing() {
+    for (_dir, store) in both() {
+        let digest = Digest::of(Algorithm::Sha512, b"hello world");
+        let mut upload = store.begin_upload().unwrap();
+        upload.write_all(b"hello ").unwrap();
+        upload.write_all(b"world").unwrap();
+        assert_eq!(upload.commit(&digest).unwrap(), 11);
+        let mut content = String::new();
+        std::io::Read::read_to_string(&mut store.blobs().open(&digest).unwrap(), &mut content)
+            .unwrap();
+        assert_eq!(content, "hello world");
+
+        let mut wrong = store.begin_upload().unwrap();
+        wrong.write_all(b"hello").unwrap();
+        let error = wrong.commit(&digest).unwrap_err();
+        assert!(
+            matches!(error, StoreError::DigestMismatch { .. }),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn a_mismatch_or_a_drop_stores_nothing_and_leaves_nothing() {
+    for (_dir, store) in both() {
+        let expected = Digest::sha256(b"good");
+        let mut upload = store.begin_upload().unwrap();
+        upload.write_all(b"evil").unwrap();
+        let error = upload.commit(&expected).unwrap_err();
+        assert!(
+            matches!(error, StoreError::DigestMismatch { .. }),
+            "{error}"
+        );
+        assert_eq!(store.blobs().stat(&expected).unwrap(), None);
+        assert_eq!(store.blobs().stat(&Digest::sha256(b"evil")).unwrap(), None);
+        assert!(upload_files(&store).is_empty());
+
+        let mut dropped = store.begin_upload().unwrap();
+        dropped.write_all(b"half").unwrap();
+        assert_eq!(upload_files(&store).len(), 2, "data and lock file");
+        drop(dropped);
+        assert!(upload_files(&store).is_empty());
+    }
+}
+
+#[test]
+fn an_upload_of_a_blob_already_present_keeps_the_stored_one() {
+    for (_dir, store) in both() {
+        let digest = Digest::sha256(b"same");
+        store.blobs().put(&digest, None, &mut &b"same"[..]).unwrap();
+        let mut upload = store.begin_upload().unwrap();
+        upload.write_all(b"same").unwrap();
+        assert_eq!(upload.commit(&digest).unwrap(), 4);
+        assert_eq!(store.blobs().stat(&digest).unwrap(), Some(4));
+        assert!(upload_files(&store).is_empty());
+    }
+}
+
+#[test]
+fn gc_removes_dead_uploads_but_never_a_live_one() {
+    for (_dir, store) in both() {
+        let mut live = store.begin_upload().unwrap();
+        live.write_all(b"in progress").unwrap();
+        // A crashed upload: its files remain, nobody holds its lock.
+        store
+            .fs()
+            .write_atomic(Path::new("uploads/1-2-3"), b"partial")
+            .unwrap();
+        store
+            .fs()
+            .write_atomic(Path::new("uploads/1-2-3.lock"), b"")
+            .unwrap();
+        assert_eq!(store.fsck().unwrap().leftovers, 1);
+        let report = store.gc().unwrap();
+        assert_eq!(report.leftovers, 1);
+        let remaining = upload_files(&store);
+        assert_eq!(remaining.len(), 2, "{remaining:?}");
+        assert!(remaining.iter().all(|name| name.starts_with(live.id())));
+        live.write_all(b", still").unwrap();
+        let digest = Digest::sha256(b"in progress, still");
+        live.commit(&digest).unwrap();
+        assert_eq!(store.fsck().unwrap().leftovers, 0);
+        assert!(upload_files(&store).is_empty());
+    }
+}
