@@ -400,7 +400,7 @@ impl RegistryClient {
                     tracing::warn!(%digest, %error, "restarting the blob from its start");
                     job.progress.blob_restarted(digest, 0);
                     job.handle
-                        .block_on(tokio::time::sleep(policy.backoff(attempt)));
+                        .block_on(async { tokio::time::sleep(policy.backoff(attempt)).await });
                 }
                 (Err(_), Some(ReadFailure::Restart(source) | ReadFailure::Fatal(source))) => {
                     job.progress.blob_finished(digest, BlobOutcome::Failed);
@@ -569,7 +569,9 @@ impl BlobReader<'_> {
         tracing::warn!(digest = %self.digest, offset = self.offset, %error, "connection broke; resuming");
         self.job.progress.blob_restarted(self.digest, self.offset);
         let wait = self.client.inner.options.retries.backoff(self.resumes);
-        self.job.handle.block_on(tokio::time::sleep(wait));
+        self.job
+            .handle
+            .block_on(async { tokio::time::sleep(wait).await });
         Ok(())
     }
 }
