@@ -41,6 +41,100 @@ pub enum Command {
     Prune,
     /// Re-hash every blob and check that every image is complete.
     Fsck,
+    /// Download an image from a registry into the store.
+    Pull(PullArgs),
+    /// Upload an image from the store to a registry.
+    Push(PushArgs),
+    /// Check credentials against a registry and save them in docker's config.json.
+    Login(LoginArgs),
+    /// Remove a registry's saved credentials.
+    Logout(LogoutArgs),
+}
+
+/// Options shared by the commands that talk to registries.
+#[derive(Debug, Default, clap::Args)]
+pub struct RegistryArgs {
+    /// Allow plain HTTP to this image's registry when HTTPS fails (loopback registries
+    /// always may). TLS, when used, is still verified.
+    #[arg(long)]
+    pub insecure: bool,
+    /// A PEM file of CA certificates to trust besides the system's (repeatable).
+    #[arg(long = "ca-file", value_name = "FILE")]
+    pub ca_files: Vec<PathBuf>,
+}
+
+/// Options of the commands that transfer blobs.
+#[derive(Debug, clap::Args)]
+pub struct TransferArgs {
+    /// Blobs transferred at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+    /// No progress bars.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// `sealer pull`.
+#[derive(Debug, clap::Args)]
+pub struct PullArgs {
+    /// The image (`registry/repository[:tag][@digest]`; `nginx` means
+    /// `docker.io/library/nginx:latest`).
+    #[arg(value_name = "REF")]
+    pub image: String,
+    /// The platform to fetch of a multi-arch image (default: this machine's). The index is
+    /// kept, so the image keeps its multi-arch digest.
+    #[arg(
+        long,
+        value_name = "OS/ARCH[/VARIANT]",
+        conflicts_with = "all_platforms"
+    )]
+    pub platform: Option<String>,
+    /// Fetch every platform of a multi-arch image.
+    #[arg(long)]
+    pub all_platforms: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+}
+
+/// `sealer push`.
+#[derive(Debug, clap::Args)]
+pub struct PushArgs {
+    /// The image in the store: a name, a digest or a short id.
+    #[arg(value_name = "SRC")]
+    pub source: String,
+    /// Where to push it (`registry/repository:tag`); default: the image's own name.
+    #[arg(value_name = "DEST")]
+    pub destination: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+}
+
+/// `sealer login`.
+#[derive(Debug, clap::Args)]
+pub struct LoginArgs {
+    /// The registry host (`quay.io`, `localhost:5000`, `docker.io`).
+    #[arg(value_name = "HOST")]
+    pub host: String,
+    /// The user name.
+    #[arg(short, long)]
+    pub username: Option<String>,
+    /// Read the password from standard input (sealer never prompts).
+    #[arg(long)]
+    pub password_stdin: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// `sealer logout`.
+#[derive(Debug, clap::Args)]
+pub struct LogoutArgs {
+    /// The registry host.
+    #[arg(value_name = "HOST")]
+    pub host: String,
 }
 
 /// `sealer images`.

@@ -4,7 +4,10 @@ mod fsck;
 mod images;
 mod inspect;
 mod load;
+mod login;
 mod prune;
+mod pull;
+mod push;
 mod rmi;
 mod save;
 mod tag;
@@ -31,6 +34,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Load(args) => load::run(&store()?, &args),
         Command::Prune => prune::run(&existing()?),
         Command::Fsck => fsck::run(&existing()?),
+        Command::Pull(args) => pull::run(&store()?, &args),
+        Command::Push(args) => push::run(&existing()?, &args),
+        Command::Login(args) => login::login(&args),
+        Command::Logout(args) => login::logout(&args),
     }
 }
 
@@ -44,6 +51,33 @@ fn open_store(
             .context("no store location: set --root, SEALER_ROOT, XDG_DATA_HOME or HOME")?,
     };
     open(&root).with_context(|| format!("opening the image store {}", root.display()))
+}
+
+/// A registry client for `host` (plain HTTP allowed there with `--insecure`).
+fn registry_client(
+    host: &str,
+    registry: &crate::cli::RegistryArgs,
+    jobs: u16,
+) -> Result<sealer_registry_client::RegistryClient> {
+    let options = sealer_registry_client::ClientOptions {
+        insecure_hosts: if registry.insecure {
+            vec![host.to_owned()]
+        } else {
+            Vec::new()
+        },
+        ca_files: registry.ca_files.clone(),
+        max_concurrency: usize::from(jobs),
+        ..sealer_registry_client::ClientOptions::default()
+    };
+    Ok(sealer_registry_client::RegistryClient::new(options)?)
+}
+
+/// A runtime for the commands that talk to registries (pull needs several threads).
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn parse_platform(text: Option<&str>) -> Result<Option<Platform>> {

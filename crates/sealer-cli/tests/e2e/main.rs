@@ -1,4 +1,4 @@
-//! End-to-end tests of the `sealer` binary against real skopeo and umoci.
+//! End-to-end tests of the `sealer` binary against real skopeo, umoci and docker-registry.
 //!
 //! They live in sealer-cli because only a package's own tests get `CARGO_BIN_EXE_sealer`
 //! (and `cargo test` builds the binary before them). Tests that need skopeo or umoci print
@@ -18,5 +18,6 @@ mod corruption;
 mod crash;
 mod interop;
 mod lifecycle;
+mod registry;
 mod roundtrip;
 mod support;
