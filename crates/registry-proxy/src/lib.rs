@@ -1,3 +1,44 @@
-//! An OCI distribution server over a sealer image store that is also a pull-through cache for
-//! many upstream registries at once, routed by `?ns=` and by path prefix.
+//! An OCI distribution server over a sealer image store, built to become a pull-through
+//! cache for many upstream registries at once (routed by `?ns=` and by path prefix).
+//!
+//! * [`route`]: a pure parser from `(method, path, query)` to a [`Route`]; repository names
+//!   contain `/`, and the upstream namespace comes from `?ns=` or a path prefix.
+//! * [`ContentSource`]: where reads come from. [`LocalSource`] serves the store; the
+//!   pull-through layer (in progress) wraps it and reports `X-Cache`/`OCI-Namespace`
+//!   through [`ResponseMeta`].
+//! * [`Registry`]: the axum server — every endpoint of the distribution spec (pull, push
+//!   monolithic/chunked/streamed, mount, tags, referrers, deletes, Range), htpasswd basic
+//!   auth, read-only mode, TLS (rustls with ring), bounded graceful shutdown.
+//! * [`ServerConfig`]: the YAML/TOML configuration of `sealer registry serve`.
+//!
+//! Repository `R` requested in namespace `N` is the store name `N/R` (Docker-normalised:
+//! `docker.io` + `nginx` → `docker.io/library/nginx`); without a namespace, the configured
+//! local namespace (default `localhost`). Blobs are global, manifests byte-exact, and every
+//! store call runs on a blocking thread; blob bodies are streamed both ways.
+
 #![deny(missing_docs)]
+
+mod auth;
+pub mod catalog;
+pub mod config;
+mod error;
+mod handlers;
+mod local;
+pub mod range;
+pub mod route;
+mod server;
+pub mod source;
+mod stream;
+pub mod tls;
+mod uploads;
+
+pub use auth::Htpasswd;
+pub use config::{ConfigError, Mode, ServerConfig};
+pub use error::{ApiError, ErrorCode, ServeError};
+pub use local::LocalSource;
+pub use route::{Route, RouteError, RouteParser, parse};
+pub use server::{Registry, run, serve, shutdown_signal};
+pub use source::{
+    BlobContent, BlobRequest, BlobStream, CacheStatus, ContentSource, ManifestContent,
+    ManifestRequest, ResponseMeta, Served, StoreNames,
+};

@@ -1,0 +1,604 @@
+//! [`ServerConfig`]: the configuration of `sealer registry serve`, read from YAML
+//! (`.yaml`/`.yml`) or TOML (`.toml`). Unknown keys are errors; every error names the file
+//! and, where it can, the line. Relative paths are relative to the configuration file.
+//!
+//! The upstream fields (`upstreams`, `default_upstream`, `upstream_timeout`, `offline`)
+//! are parsed and validated for the pull-through cache, which is not implemented yet: a
+//! server refuses to start with upstreams configured rather than ignore them.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sealer_fs_abstraction::RealFs;
+use serde::Deserialize;
+
+use crate::route::normalise_host;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{path}: {reason}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The file does not parse, or a value is invalid.
+    #[error("{}{}: {message}", path.display(), line.map(|line| format!(":{line}")).unwrap_or_default())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The line, when known.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Whether clients may push and delete.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Pulls only; every write is answered 403 `DENIED`.
+    #[default]
+    ReadOnly,
+    /// Pulls, pushes and deletes.
+    ReadWrite,
+}
+
+/// A duration written `500ms`, `2s`, `5m`, `1h` or as a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl FromStr for ConfigDuration {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}: expected e.g. 500ms, 2s, 5m, 1h"))?;
+        let duration = match unit.trim() {
+            "ms" => Duration::from_millis(number),
+            "" | "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number.saturating_mul(60)),
+            "h" => Duration::from_secs(number.saturating_mul(3600)),
+            other => {
+                return Err(format!(
+                    "invalid duration unit {other:?} in {text:?}: use ms, s, m or h"
+                ));
+            }
+        };
+        Ok(Self(duration))
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = StringOrNumber::deserialize(deserializer)?.0;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How long a cached tag is trusted before it is revalidated upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagTtl {
+    /// Revalidated after this long (`0`: on every request).
+    After(Duration),
+    /// Never revalidated (the cached tag is served as it is).
+    Never,
+}
+
+impl Default for TagTtl {
+    fn default() -> Self {
+        Self::After(Duration::ZERO)
+    }
+}
+
+impl<'de> Deserialize<'de> for TagTtl {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = StringOrNumber::deserialize(deserializer)?.0;
+        if text.trim() == "never" {
+            return Ok(Self::Never);
+        }
+        text.parse::<ConfigDuration>()
+            .map(|duration| Self::After(duration.0))
+            .map_err(|error| serde::de::Error::custom(format!("{error}, or never")))
+    }
+}
+
+/// A scalar read as text (`tag_ttl: 30` and `tag_ttl: "30s"` both work).
+struct StringOrNumber(String);
+
+impl<'de> Deserialize<'de> for StringOrNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = StringOrNumber;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 2s or a number of seconds")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(StringOrNumber(value.to_owned()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Self::Value, E> {
+                Ok(StringOrNumber(value.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Self::Value, E> {
+                Ok(StringOrNumber(value.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A registry host (`localhost`, `registry.example.com`, `10.0.0.1:5000`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host(pub String);
+
+impl<'de> Deserialize<'de> for Host {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let valid = text.contains('.') || text.contains(':') || text == "localhost";
+        match normalise_host(&text) {
+            Some(host) if valid => Ok(Self(host)),
+            _ => Err(serde::de::Error::custom(format!(
+                "{text:?} is not a registry host: it needs a `.` or a port, or is `localhost`"
+            ))),
+        }
+    }
+}
+
+/// Client authentication.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// An htpasswd file with bcrypt entries (`htpasswd -B`).
+    pub htpasswd: PathBuf,
+    /// The realm of the `WWW-Authenticate: Basic` challenge.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// Whether pulls (GET/HEAD) need no credentials; pushes always do.
+    #[serde(default)]
+    pub anonymous_pull: bool,
+}
+
+fn default_realm() -> String {
+    "sealer-registry".to_owned()
+}
+
+/// TLS: PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Credentials for an upstream.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// An upstream URL: `http://` or `https://`, a registry host, no path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// `host[:port]`.
+    pub host: String,
+}
+
+impl fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.host)
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let invalid =
+            |reason: &str| serde::de::Error::custom(format!("upstream url {text:?}: {reason}"));
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| invalid("expected http://HOST or https://HOST"))?;
+        if scheme != "http" && scheme != "https" {
+            return Err(invalid("the scheme must be http or https"));
+        }
+        let host = rest.trim_end_matches('/');
+        if host.contains('/') {
+            return Err(invalid("an upstream is a registry host, without a path"));
+        }
+        // The host as written (`registry-1.docker.io` is where to connect, not `docker.io`).
+        let host = normalise_host(host)
+            .map(|_| host.to_owned())
+            .ok_or_else(|| invalid("not a valid host[:port]"))?;
+        Ok(Self {
+            scheme: scheme.to_owned(),
+            host,
+        })
+    }
+}
+
+/// One upstream registry of the pull-through cache.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Its alias: `/v2/<name>/<repo>/…` routes to it, besides its host.
+    pub name: String,
+    /// Where it is.
+    pub url: UpstreamUrl,
+    /// Credentials.
+    #[serde(default)]
+    pub credentials: Option<Credentials>,
+    /// Look credentials up in the docker `config.json` instead.
+    #[serde(default)]
+    pub use_docker_config: bool,
+    /// Skip TLS certificate verification.
+    #[serde(default)]
+    pub insecure: bool,
+    /// A CA bundle (PEM) to verify it with.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// How long a cached tag is trusted (`0`: revalidate every time, `never`: offline).
+    #[serde(default)]
+    pub tag_ttl: TagTtl,
+}
+
+/// The configuration of `sealer registry serve`; see `examples/registry.yaml`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The image store; `None`: the CLI's store (`--root`, `$SEALER_ROOT`, …).
+    #[serde(default)]
+    pub storage: Option<PathBuf>,
+    /// read-only (default) or read-write.
+    #[serde(default)]
+    pub mode: Mode,
+    /// The registry host under which repositories requested without a namespace are
+    /// stored (`team/app` → `localhost/team/app`).
+    #[serde(default = "default_namespace")]
+    pub local_namespace: Host,
+    /// Client authentication (none: anonymous).
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// TLS (none: plain HTTP).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: ConfigDuration,
+    /// Upstream registries of the pull-through cache (not implemented yet).
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// The upstream of requests without a namespace (by name).
+    #[serde(default)]
+    pub default_upstream: Option<String>,
+    /// Bound on one upstream exchange before stale content is served.
+    #[serde(default = "default_upstream_timeout")]
+    pub upstream_timeout: ConfigDuration,
+    /// Never contact upstreams; serve what is cached.
+    #[serde(default)]
+    pub offline: bool,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5000))
+}
+
+fn default_namespace() -> Host {
+    Host("localhost".to_owned())
+}
+
+fn default_shutdown_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(30))
+}
+
+fn default_upstream_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(2))
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            storage: None,
+            mode: Mode::default(),
+            local_namespace: default_namespace(),
+            auth: None,
+            tls: None,
+            shutdown_timeout: default_shutdown_timeout(),
+            upstreams: Vec::new(),
+            default_upstream: None,
+            upstream_timeout: default_upstream_timeout(),
+            offline: false,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads and validates `path` (YAML or TOML by extension); relative paths in it are made
+    /// relative to its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = read_text(path)?;
+        let mut config = Self::parse(&text, path)?;
+        let base = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        config.resolve_paths(&base);
+        Ok(config)
+    }
+
+    /// Parses configuration text; `path`'s extension picks the format, and names the file in
+    /// errors. Paths are left as written.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |line: Option<usize>, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            message,
+        };
+        let extension = path
+            .extension()
+            .and_then(|extension| extension.to_str())
+            .unwrap_or_default();
+        let config: Self = match extension {
+            "yaml" | "yml" => serde_saphyr::from_str(text).map_err(|error| {
+                let line = error
+                    .location()
+                    .and_then(|location| usize::try_from(location.line()).ok());
+                invalid(line, first_line(&error.to_string()))
+            })?,
+            "toml" => toml::from_str(text).map_err(|error| {
+                let line = error
+                    .span()
+                    .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+                invalid(line, error.message().to_owned())
+            })?,
+            _ => {
+                return Err(invalid(
+                    None,
+                    "unknown configuration format: use a .yaml, .yml or .toml file".to_owned(),
+                ));
+            }
+        };
+        config
+            .validate()
+            .map_err(|(key, message)| invalid(line_of(text, key), message))?;
+        Ok(config)
+    }
+
+    /// Checks what one field alone cannot: returns the offending key and why.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let mut names = BTreeSet::new();
+        for upstream in &self.upstreams {
+            if upstream.name.is_empty()
+                || !upstream
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err((
+                    "name",
+                    format!(
+                        "upstream name {:?}: use lowercase letters, digits and `-`",
+                        upstream.name
+                    ),
+                ));
+            }
+            if !names.insert(upstream.name.as_str()) {
+                return Err((
+                    "name",
+                    format!("two upstreams are named {:?}", upstream.name),
+                ));
+            }
+            if upstream.credentials.is_some() && upstream.use_docker_config {
+                return Err((
+                    "use_docker_config",
+                    format!(
+                        "upstream {:?}: give credentials or use_docker_config, not both",
+                        upstream.name
+                    ),
+                ));
+            }
+            if upstream.insecure && upstream.ca_file.is_some() {
+                return Err((
+                    "ca_file",
+                    format!(
+                        "upstream {:?}: insecure skips verification, so a ca_file means nothing",
+                        upstream.name
+                    ),
+                ));
+            }
+        }
+        if let Some(default) = &self.default_upstream
+            && !names.contains(default.as_str())
+        {
+            return Err((
+                "default_upstream",
+                format!("default_upstream {default:?} is not the name of an upstream"),
+            ));
+        }
+        if self.upstream_timeout.0.is_zero() {
+            return Err((
+                "upstream_timeout",
+                "upstream_timeout must be more than 0".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        if let Some(storage) = &mut self.storage {
+            resolve(storage);
+        }
+        if let Some(auth) = &mut self.auth {
+            resolve(&mut auth.htpasswd);
+        }
+        if let Some(tls) = &mut self.tls {
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+        }
+        for upstream in &mut self.upstreams {
+            if let Some(ca_file) = &mut upstream.ca_file {
+                resolve(ca_file);
+            }
+        }
+    }
+}
+
+/// Reads a whole (small) text file through a [`RealFs`] rooted at its directory.
+pub(crate) fn read_text(path: &Path) -> Result<String, ConfigError> {
+    let read_error = |reason: String| ConfigError::Read {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| read_error("not a file name".to_owned()))?;
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let fs = RealFs::open_root(parent).map_err(|error| read_error(error.to_string()))?;
+    let bytes = sealer_fs_abstraction::Fs::read(&fs, Path::new(name))
+        .map_err(|error| read_error(error.to_string()))?;
+    String::from_utf8(bytes).map_err(|_| read_error("not UTF-8 text".to_owned()))
+}
+
+/// The first line of a (possibly multi-line, rendered) parser message.
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or_default().trim().to_owned()
+}
+
+/// The 1-based line where `key` is first set (`key:` or `key =`), for messages.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            let line = line.trim_start().trim_start_matches("- ").trim_start();
+            line.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with([':', '=']))
+        })
+        .map(|at| at + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(text: &str) -> Result<ServerConfig, ConfigError> {
+        ServerConfig::parse(text, Path::new("registry.yaml"))
+    }
+
+    #[test]
+    fn defaults_and_a_full_yaml_file() {
+        let config = yaml("{}").unwrap();
+        assert_eq!(config, ServerConfig::default());
+        let config = yaml(
+            "listen: 0.0.0.0:5001\nstorage: /srv/store\nmode: read-write\nlocal_namespace: registry.local:5001\n\
+             auth:\n  htpasswd: htpasswd\n  anonymous_pull: true\n\
+             tls:\n  cert: c.pem\n  key: k.pem\nshutdown_timeout: 5s\n\
+             upstreams:\n  - name: hub\n    url: https://registry-1.docker.io\n    tag_ttl: 10m\n\
+             \x20 - name: quay\n    url: https://quay.io/\n    credentials: {username: u, password: p}\n    tag_ttl: never\n\
+             default_upstream: hub\nupstream_timeout: 1500ms\noffline: false\n",
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 5001);
+        assert_eq!(config.mode, Mode::ReadWrite);
+        assert_eq!(config.local_namespace.0, "registry.local:5001");
+        assert!(config.auth.as_ref().unwrap().anonymous_pull);
+        assert_eq!(config.auth.unwrap().realm, "sealer-registry");
+        assert_eq!(config.shutdown_timeout.0, Duration::from_secs(5));
+        assert_eq!(config.upstreams.len(), 2);
+        assert_eq!(config.upstreams[0].url.host, "registry-1.docker.io");
+        assert_eq!(
+            config.upstreams[0].tag_ttl,
+            TagTtl::After(Duration::from_secs(600))
+        );
+        assert_eq!(config.upstreams[1].tag_ttl, TagTtl::Never);
+        assert_eq!(config.upstreams[1].url.to_string(), "https://quay.io");
+        assert!(!format!("{:?}", config.upstreams[1].credentials).contains("\"p\""));
+        assert_eq!(config.upstream_timeout.0, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn toml_works_too() {
+        let config = ServerConfig::parse(
+            "listen = \"127.0.0.1:6000\"\nmode = \"read-only\"\nupstream_timeout = 3\n\
+             [[upstreams]]\nname = \"ghcr\"\nurl = \"https://ghcr.io\"\ntag_ttl = 0\n",
+            Path::new("r.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 6000);
+        assert_eq!(config.upstream_timeout.0, Duration::from_secs(3));
+        assert_eq!(config.upstreams[0].tag_ttl, TagTtl::After(Duration::ZERO));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        let error = yaml("listen: 127.0.0.1:5000\nmode: read-mostly\n").unwrap_err();
+        let text = error.to_string();
+        assert!(text.starts_with("registry.yaml:2: "), "{text}");
+        let error = yaml("listen: 127.0.0.1:5000\n\nlisten_typo: 1\n").unwrap_err();
+        assert!(
+            error.to_string().starts_with("registry.yaml:3: "),
+            "{error}"
+        );
+        let error = yaml("local_namespace: nohost\n").unwrap_err();
+        assert!(error.to_string().contains("not a registry host"), "{error}");
+        let error = yaml("shutdown_timeout: 5 parsecs\n").unwrap_err();
+        assert!(error.to_string().contains("duration"), "{error}");
+        let error = yaml("upstreams:\n  - name: a\n    url: https://a.io\ndefault_upstream: b\n")
+            .unwrap_err();
+        assert!(
+            error.to_string().starts_with("registry.yaml:4: "),
+            "{error}"
+        );
+        let error = yaml("upstreams:\n  - name: a\n    url: ftp://a.io\n").unwrap_err();
+        assert!(error.to_string().contains("http or https"), "{error}");
+        let error = yaml(
+            "upstreams:\n  - name: a\n    url: https://a.io\n  - name: a\n    url: https://b.io\n",
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("two upstreams"), "{error}");
+        let error = ServerConfig::parse("listen = [", Path::new("x.toml")).unwrap_err();
+        assert!(error.to_string().starts_with("x.toml:1: "), "{error}");
+        let error = ServerConfig::parse("{}", Path::new("x.json")).unwrap_err();
+        assert!(error.to_string().contains(".yaml"), "{error}");
+    }
+}

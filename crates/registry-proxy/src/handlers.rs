@@ -1,0 +1,771 @@
+//! The endpoint handlers. Reads go through the [`crate::ContentSource`]; writes go to the
+//! store on blocking threads.
+
+use axum::body::Body;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use sealer_image_store::model::{REF_NAME_ANNOTATION, media_type};
+use sealer_image_store::{
+    Algorithm, BlobStore, Descriptor, Digest, MAX_MANIFEST_SIZE, ManifestDocument, Store,
+    StoreError,
+};
+
+use crate::catalog::{REPOSITORY_ANNOTATION, entry_repository};
+use crate::error::{ApiError, ErrorCode};
+use crate::local::{blocking, read_manifest};
+use crate::range::{RangeRequest, parse_content_range};
+use crate::route::{BlobOp, ManifestOp, ManifestRef, RepoPath, UploadOp};
+use crate::server::AppState;
+use crate::source::{BlobRequest, ManifestRequest, ResponseMeta};
+use crate::stream::{PumpError, pump};
+
+const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
+const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
+const OCI_NAMESPACE: HeaderName = HeaderName::from_static("oci-namespace");
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// Sets a header from text (skipped if the text cannot be a header value).
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+/// `X-Cache` and `OCI-Namespace`, as the source decided.
+fn apply_meta(headers: &mut HeaderMap, meta: &ResponseMeta) {
+    if let Some(cache) = meta.cache {
+        set(headers, X_CACHE, cache.as_str());
+    }
+    if let Some(namespace) = &meta.namespace {
+        set(headers, OCI_NAMESPACE, namespace);
+    }
+}
+
+fn empty(status: StatusCode) -> Response {
+    let mut response = (status, Body::empty()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    response
+}
+
+/// `GET /v2/`.
+pub(crate) fn base() -> Response {
+    let mut response = (StatusCode::OK, "{}").into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+// ---- manifests ----
+
+pub(crate) async fn manifest(
+    state: &AppState,
+    parts: &Parts,
+    body: Body,
+    repo: RepoPath,
+    reference: ManifestRef,
+    op: ManifestOp,
+) -> Result<Response, ApiError> {
+    match op {
+        ManifestOp::Get | ManifestOp::Head => {
+            get_manifest(state, parts, repo, reference, op == ManifestOp::Head).await
+        }
+        ManifestOp::Put => put_manifest(state, parts, body, repo, reference).await,
+        ManifestOp::Delete => delete_manifest(state, repo, reference).await,
+    }
+}
+
+/// The media types of the `Accept` headers.
+fn accepted(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|item| item.split(';').next())
+        .map(|item| item.trim().to_owned())
+        .filter(|item| !item.is_empty())
+        .collect()
+}
+
+async fn get_manifest(
+    state: &AppState,
+    parts: &Parts,
+    repo: RepoPath,
+    reference: ManifestRef,
+    head: bool,
+) -> Result<Response, ApiError> {
+    let request = ManifestRequest {
+        head,
+        accept: accepted(&parts.headers),
+    };
+    let served = state.source.manifest(&repo, &reference, &request).await?;
+    let content = served.content;
+    if !request.accept.is_empty()
+        && !request
+            .accept
+            .iter()
+            .any(|accepted| accepted == &content.media_type || accepted == "*/*")
+    {
+        // Registries answer anyway; the client decides what to do with it.
+        tracing::info!(
+            repository = %repo.path_name,
+            %reference,
+            stored = %content.media_type,
+            accept = ?request.accept,
+            "the client does not accept the stored manifest type; serving it anyway"
+        );
+    }
+    let mut response = match (head, content.bytes) {
+        (false, Some(bytes)) => (StatusCode::OK, Body::from(bytes)).into_response(),
+        _ => (StatusCode::OK, Body::empty()).into_response(),
+    };
+    let headers = response.headers_mut();
+    set(headers, header::CONTENT_TYPE, &content.media_type);
+    set(headers, header::CONTENT_LENGTH, &content.size.to_string());
+    set(headers, DOCKER_CONTENT_DIGEST, &content.digest.to_string());
+    set(headers, header::ETAG, &format!("\"{}\"", content.digest));
+    apply_meta(headers, &served.meta);
+    Ok(response)
+}
+
+/// Reads a body of at most `limit` bytes.
+async fn read_limited(parts: &Parts, body: Body, limit: u64) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::ManifestInvalid,
+            format!("the manifest is larger than {limit} bytes"),
+        )
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|declared| declared > limit) {
+        return Err(too_large());
+    }
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| {
+            ApiError::new(
+                ErrorCode::ManifestInvalid,
+                format!("reading the body: {error}"),
+            )
+        })?;
+        if (bytes.len() + chunk.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(bytes))
+}
+
+async fn put_manifest(
+    state: &AppState,
+    parts: &Parts,
+    body: Body,
+    repo: RepoPath,
+    reference: ManifestRef,
+) -> Result<Response, ApiError> {
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(|value| value.trim().to_owned());
+    let bytes = read_limited(parts, body, MAX_MANIFEST_SIZE).await?;
+    let name = state.names.name(&repo)?;
+    let tagged = match &reference {
+        ManifestRef::Tag(tag) => Some(state.names.reference(&repo, tag)?.to_string()),
+        ManifestRef::Digest(_) => None,
+    };
+    let store = state.store.clone();
+    let wanted = reference.clone();
+    let (digest, subject) = blocking("store a manifest", move || {
+        store_manifest(&store, &name, tagged, &wanted, &bytes, content_type)
+    })
+    .await?;
+    tracing::info!(repository = %repo.path_name, %reference, %digest, "manifest stored");
+    let mut response = empty(StatusCode::CREATED);
+    let headers = response.headers_mut();
+    set(
+        headers,
+        header::LOCATION,
+        &repo.url(&format!("manifests/{digest}")),
+    );
+    set(headers, DOCKER_CONTENT_DIGEST, &digest.to_string());
+    if let Some(subject) = subject {
+        set(headers, OCI_SUBJECT, &subject.to_string());
+    }
+    Ok(response)
+}
+
+/// Validates and stores a pushed manifest, and names it: a tag entry, or an unnamed entry
+/// annotated with the repository for a push by digest. Returns its digest and subject.
+fn store_manifest(
+    store: &Store,
+    name: &str,
+    tagged: Option<String>,
+    reference: &ManifestRef,
+    bytes: &[u8],
+    content_type: Option<String>,
+) -> Result<(Digest, Option<Digest>), ApiError> {
+    let invalid = |message: String| ApiError::new(ErrorCode::ManifestInvalid, message);
+    let declared =
+        content_type.filter(|kind| media_type::is_index(kind) || media_type::is_manifest(kind));
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|error| invalid(format!("the manifest is not JSON: {error}")))?;
+    if let (Some(declared), Some(own)) = (
+        &declared,
+        value.get("mediaType").and_then(serde_json::Value::as_str),
+    ) && declared != own
+    {
+        return Err(invalid(format!(
+            "Content-Type {declared} differs from the manifest's mediaType {own}"
+        )));
+    }
+    let (kind, document) = ManifestDocument::parse(bytes, declared.as_deref())
+        .map_err(|error| invalid(error.to_string()))?;
+    let digest = match reference {
+        ManifestRef::Digest(expected) => {
+            let actual = Digest::of(expected.algorithm(), bytes);
+            if &actual != expected {
+                return Err(ApiError::new(
+                    ErrorCode::DigestInvalid,
+                    format!("the manifest hashes to {actual}, not {expected}"),
+                ));
+            }
+            actual
+        }
+        ManifestRef::Tag(_) => Digest::sha256(bytes),
+    };
+    let mut entry = store
+        .put_manifest(bytes, Some(&kind))
+        .map_err(|error| ApiError::from_store("store a manifest", error))?;
+    if digest.algorithm() != Algorithm::Sha256 {
+        store
+            .blobs()
+            .put(&digest, Some(bytes.len() as u64), &mut &bytes[..])
+            .map_err(|error| ApiError::from_store("store a manifest", error))?;
+        entry.digest = digest.clone();
+    }
+    let (subject, children) = match &document {
+        ManifestDocument::Image(manifest) => (manifest.subject.clone(), Vec::new()),
+        ManifestDocument::Index(index) => (
+            index.subject.clone(),
+            index
+                .manifests
+                .iter()
+                .map(|child| child.digest.clone())
+                .collect(),
+        ),
+    };
+    store
+        .update_index(|index| {
+            // Manifests an index now reaches need no entry of their own in this repository.
+            index.manifests.retain(|existing| {
+                !(existing.ref_name().is_none()
+                    && existing
+                        .annotations
+                        .get(REPOSITORY_ANNOTATION)
+                        .map(String::as_str)
+                        == Some(name)
+                    && children.contains(&existing.digest))
+            });
+            match &tagged {
+                Some(tagged) => {
+                    let mut named = entry.clone();
+                    named
+                        .annotations
+                        .insert(REF_NAME_ANNOTATION.to_owned(), tagged.clone());
+                    match index
+                        .manifests
+                        .iter_mut()
+                        .find(|existing| existing.ref_name() == Some(tagged.as_str()))
+                    {
+                        Some(existing) => *existing = named,
+                        None => index.manifests.push(named),
+                    }
+                }
+                None => {
+                    let known = index.manifests.iter().any(|existing| {
+                        existing.digest == digest && entry_repository(existing) == Some(name)
+                    });
+                    if !known {
+                        let mut unnamed = entry.clone();
+                        unnamed
+                            .annotations
+                            .insert(REPOSITORY_ANNOTATION.to_owned(), name.to_owned());
+                        index.manifests.push(unnamed);
+                    }
+                }
+            }
+            Ok(())
+        })
+        .map_err(|error| ApiError::internal("update index.json", error))?;
+    Ok((digest, subject.map(|subject| subject.digest)))
+}
+
+async fn delete_manifest(
+    state: &AppState,
+    repo: RepoPath,
+    reference: ManifestRef,
+) -> Result<Response, ApiError> {
+    let store = state.store.clone();
+    let unknown = {
+        let path_name = repo.path_name.clone();
+        let reference = reference.to_string();
+        move || {
+            ApiError::new(
+                ErrorCode::ManifestUnknown,
+                format!("manifest {reference} is not in repository {path_name}"),
+            )
+        }
+    };
+    match reference {
+        ManifestRef::Tag(tag) => {
+            let name = state.names.reference(&repo, &tag)?;
+            blocking("untag", move || match store.untag(&name) {
+                Ok(_) => Ok(()),
+                Err(StoreError::ImageNotFound(_)) => Err(unknown()),
+                Err(error) => Err(ApiError::internal("untag", error)),
+            })
+            .await?;
+        }
+        ManifestRef::Digest(digest) => {
+            let name = state.names.name(&repo)?;
+            blocking("delete a manifest", move || {
+                delete_manifest_digest(&store, &name, &digest, unknown)
+            })
+            .await?;
+        }
+    }
+    Ok(empty(StatusCode::ACCEPTED))
+}
+
+/// Removes this repository's entries for `digest`, then the manifest itself when nothing
+/// else refers to it (another repository's entry, or an index).
+fn delete_manifest_digest(
+    store: &Store,
+    name: &str,
+    digest: &Digest,
+    unknown: impl FnOnce() -> ApiError,
+) -> Result<(), ApiError> {
+    let internal = |error: StoreError| ApiError::internal("delete a manifest", error);
+    let removed = store
+        .update_index(|index| {
+            let before = index.manifests.len();
+            index.manifests.retain(|entry| {
+                !(&entry.digest == digest && entry_repository(entry) == Some(name))
+            });
+            Ok(before - index.manifests.len())
+        })
+        .map_err(internal)?;
+    if removed == 0 && read_manifest(store, digest, None)?.is_none() {
+        return Err(unknown());
+    }
+    let roots = store.index().map_err(internal)?.manifests;
+    if !referenced(store, &roots, digest)? {
+        store.blobs().delete(digest).map_err(internal)?;
+    }
+    Ok(())
+}
+
+/// Whether an `index.json` entry or an index reachable from one refers to `digest`.
+fn referenced(store: &Store, roots: &[Descriptor], digest: &Digest) -> Result<bool, ApiError> {
+    let mut pending: Vec<(Descriptor, usize)> =
+        roots.iter().map(|root| (root.clone(), 0)).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some((descriptor, depth)) = pending.pop() {
+        if &descriptor.digest == digest {
+            return Ok(true);
+        }
+        if depth > 8
+            || !media_type::is_index(&descriptor.media_type)
+            || !seen.insert(descriptor.digest.clone())
+        {
+            continue;
+        }
+        if let Some((bytes, kind)) = read_manifest(
+            store,
+            &descriptor.digest,
+            Some(descriptor.media_type.clone()),
+        )? && let Ok((_, ManifestDocument::Index(index))) =
+            ManifestDocument::parse(&bytes, Some(&kind))
+        {
+            pending.extend(index.manifests.into_iter().map(|child| (child, depth + 1)));
+        }
+    }
+    Ok(false)
+}
+
+// ---- blobs ----
+
+pub(crate) async fn blob(
+    state: &AppState,
+    parts: &Parts,
+    repo: RepoPath,
+    digest: Digest,
+    op: BlobOp,
+) -> Result<Response, ApiError> {
+    if op == BlobOp::Delete {
+        let store = state.store.clone();
+        let target = digest.clone();
+        let existed = blocking("delete a blob", move || {
+            store
+                .blobs()
+                .delete(&target)
+                .map_err(|error| ApiError::internal("delete a blob", error))
+        })
+        .await?;
+        if !existed {
+            return Err(ApiError::new(
+                ErrorCode::BlobUnknown,
+                format!("blob {digest} is not in the registry"),
+            ));
+        }
+        tracing::info!(repository = %repo.path_name, %digest, "blob deleted");
+        return Ok(empty(StatusCode::ACCEPTED));
+    }
+    let head = op == BlobOp::Head;
+    let range = if head {
+        None
+    } else {
+        parts
+            .headers
+            .get(header::RANGE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(RangeRequest::parse)
+    };
+    let served = state
+        .source
+        .blob(&repo, &digest, BlobRequest { head, range })
+        .await?;
+    let content = served.content;
+    let (status, length) = match &content.range {
+        Some(range) => (StatusCode::PARTIAL_CONTENT, range.end - range.start),
+        None => (StatusCode::OK, content.size),
+    };
+    let body = match content.body {
+        Some(stream) => Body::from_stream(stream),
+        None => Body::empty(),
+    };
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    set(headers, header::CONTENT_LENGTH, &length.to_string());
+    set(headers, DOCKER_CONTENT_DIGEST, &digest.to_string());
+    set(headers, header::ETAG, &format!("\"{digest}\""));
+    if let Some(range) = &content.range {
+        set(
+            headers,
+            header::CONTENT_RANGE,
+            &format!("bytes {}-{}/{}", range.start, range.end - 1, content.size),
+        );
+    }
+    apply_meta(headers, &served.meta);
+    Ok(response)
+}
+
+// ---- uploads ----
+
+fn blob_created(repo: &RepoPath, digest: &Digest) -> Response {
+    let mut response = empty(StatusCode::CREATED);
+    let headers = response.headers_mut();
+    set(
+        headers,
+        header::LOCATION,
+        &repo.url(&format!("blobs/{digest}")),
+    );
+    set(headers, DOCKER_CONTENT_DIGEST, &digest.to_string());
+    response
+}
+
+/// `Range: 0-<last byte>` of an upload holding `size` bytes (`0-0` when empty, as
+/// distribution answers).
+fn upload_range(size: u64) -> String {
+    format!("0-{}", size.saturating_sub(1))
+}
+
+fn upload_accepted(status: StatusCode, repo: &RepoPath, id: &str, size: u64) -> Response {
+    let mut response = empty(status);
+    let headers = response.headers_mut();
+    set(
+        headers,
+        header::LOCATION,
+        &repo.url(&format!("blobs/uploads/{id}")),
+    );
+    set(headers, header::RANGE, &upload_range(size));
+    set(headers, DOCKER_UPLOAD_UUID, id);
+    response
+}
+
+fn pump_error(error: PumpError) -> ApiError {
+    match error {
+        PumpError::Client(message) => ApiError::new(
+            ErrorCode::BlobUploadInvalid,
+            format!("reading the request body: {message}"),
+        ),
+        PumpError::Store(error) => ApiError::internal("writing an upload", error),
+        PumpError::TooLarge => ApiError::new(
+            ErrorCode::BlobUploadInvalid,
+            "the body is longer than its Content-Range",
+        )
+        .with_status(StatusCode::RANGE_NOT_SATISFIABLE),
+    }
+}
+
+async fn begin_upload(store: &Store) -> Result<sealer_image_store::BlobUpload, ApiError> {
+    let store = store.clone();
+    blocking("start an upload", move || {
+        store
+            .begin_upload()
+            .map_err(|error| ApiError::internal("start an upload", error))
+    })
+    .await
+}
+
+async fn commit_upload(
+    upload: sealer_image_store::BlobUpload,
+    digest: &Digest,
+) -> Result<u64, ApiError> {
+    let expected = digest.clone();
+    blocking("commit an upload", move || {
+        upload.commit(&expected).map_err(|error| match error {
+            StoreError::DigestMismatch { .. } => ApiError::from_store("commit an upload", error),
+            other => ApiError::internal("commit an upload", other),
+        })
+    })
+    .await
+}
+
+pub(crate) async fn start_upload(
+    state: &AppState,
+    body: Body,
+    repo: RepoPath,
+    digest: Option<Digest>,
+    mount: Option<Digest>,
+    from: Option<String>,
+) -> Result<Response, ApiError> {
+    let name = state.names.name(&repo)?;
+    if let Some(mount) = mount {
+        let store = state.store.clone();
+        let target = mount.clone();
+        let present = blocking("stat a blob", move || {
+            store
+                .blobs()
+                .stat(&target)
+                .map_err(|error| ApiError::internal("stat a blob", error))
+        })
+        .await?;
+        if present.is_some() {
+            tracing::info!(repository = %repo.path_name, digest = %mount, ?from, "blob mounted");
+            return Ok(blob_created(&repo, &mount));
+        }
+        tracing::debug!(digest = %mount, "mount source absent: starting an upload instead");
+    }
+    let upload = begin_upload(&state.store).await?;
+    if let Some(digest) = digest {
+        let (upload, written) = pump(upload, body, None).await;
+        written.map_err(pump_error)?;
+        let upload = upload.ok_or_else(|| ApiError::internal("monolithic upload", "lost"))?;
+        let size = commit_upload(upload, &digest).await?;
+        tracing::info!(repository = %repo.path_name, %digest, size, "blob uploaded");
+        return Ok(blob_created(&repo, &digest));
+    }
+    let id = state.uploads.insert(name, upload)?;
+    Ok(upload_accepted(StatusCode::ACCEPTED, &repo, &id, 0))
+}
+
+pub(crate) async fn upload(
+    state: &AppState,
+    parts: &Parts,
+    body: Body,
+    repo: RepoPath,
+    id: String,
+    op: UploadOp,
+) -> Result<Response, ApiError> {
+    let name = state.names.name(&repo)?;
+    let session = state.uploads.get(&id, &name).await?;
+    let mut session = session.lock().await;
+    session.touched = std::time::Instant::now();
+    let broken = || {
+        ApiError::new(
+            ErrorCode::BlobUploadUnknown,
+            format!("upload {id} failed earlier; start again"),
+        )
+    };
+    match op {
+        UploadOp::Status => {
+            let size = session.upload.as_ref().ok_or_else(broken)?.size();
+            Ok(upload_accepted(StatusCode::NO_CONTENT, &repo, &id, size))
+        }
+        UploadOp::Cancel => {
+            state.uploads.remove(&id);
+            let upload = session.upload.take();
+            // Dropping an upload removes its file.
+            blocking("cancel an upload", move || {
+                drop(upload);
+                Ok(())
+            })
+            .await?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        UploadOp::Patch => {
+            let size = session.upload.as_ref().ok_or_else(broken)?.size();
+            let declared = header_text(&parts.headers, header::CONTENT_RANGE);
+            let mut limit = None;
+            if let Some(declared) = declared {
+                let out_of_order = || {
+                    ApiError::new(
+                        ErrorCode::BlobUploadInvalid,
+                        format!(
+                            "Content-Range {declared} does not start at the upload's offset {size}"
+                        ),
+                    )
+                    .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .with_header(header::RANGE, &upload_range(size))
+                    .with_header(DOCKER_UPLOAD_UUID, &id)
+                };
+                let (start, end) = parse_content_range(&declared).ok_or_else(out_of_order)?;
+                if start != size {
+                    return Err(out_of_order());
+                }
+                let length = end - start + 1;
+                let content_length = header_text(&parts.headers, header::CONTENT_LENGTH)
+                    .and_then(|text| text.parse::<u64>().ok());
+                if content_length.is_some_and(|content_length| content_length != length) {
+                    return Err(out_of_order());
+                }
+                limit = Some(length);
+            }
+            let upload = session.upload.take().ok_or_else(broken)?;
+            let (upload, written) = pump(upload, body, limit).await;
+            let failed_store = upload.is_none();
+            session.upload = upload;
+            if failed_store {
+                state.uploads.remove(&id);
+            }
+            let written = written.map_err(pump_error)?;
+            if limit.is_some_and(|limit| limit != written) {
+                return Err(ApiError::new(
+                    ErrorCode::SizeInvalid,
+                    format!("the chunk has {written} bytes, not the announced {limit:?}"),
+                ));
+            }
+            let size = session.upload.as_ref().map_or(0, |upload| upload.size());
+            Ok(upload_accepted(StatusCode::ACCEPTED, &repo, &id, size))
+        }
+        UploadOp::Finish(digest) => {
+            let upload = session.upload.take().ok_or_else(broken)?;
+            state.uploads.remove(&id);
+            let (upload, written) = pump(upload, body, None).await;
+            written.map_err(pump_error)?;
+            let upload = upload.ok_or_else(broken)?;
+            let size = commit_upload(upload, &digest).await?;
+            tracing::info!(repository = %repo.path_name, %digest, size, "blob uploaded");
+            Ok(blob_created(&repo, &digest))
+        }
+    }
+}
+
+fn header_text(headers: &HeaderMap, name: HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+}
+
+// ---- tags and referrers ----
+
+pub(crate) async fn tags(
+    state: &AppState,
+    repo: RepoPath,
+    n: Option<usize>,
+    last: Option<String>,
+) -> Result<Response, ApiError> {
+    let served = state.source.tags(&repo).await?;
+    let mut tags: Vec<String> = served
+        .content
+        .into_iter()
+        .filter(|tag| {
+            last.as_ref()
+                .is_none_or(|last| tag.as_str() > last.as_str())
+        })
+        .collect();
+    let mut next = None;
+    if let Some(n) = n
+        && tags.len() > n
+    {
+        tags.truncate(n);
+        if let Some(last) = tags.last() {
+            let url = repo.url("tags/list");
+            let separator = if url.contains('?') { '&' } else { '?' };
+            next = Some(format!("<{url}{separator}n={n}&last={last}>; rel=\"next\""));
+        }
+    }
+    let body = serde_json::json!({ "name": repo.path_name, "tags": tags });
+    let mut response = (StatusCode::OK, body.to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(next) = next {
+        set(headers, header::LINK, &next);
+    }
+    apply_meta(headers, &served.meta);
+    Ok(response)
+}
+
+pub(crate) async fn referrers(
+    state: &AppState,
+    repo: RepoPath,
+    digest: Digest,
+    artifact_type: Option<String>,
+) -> Result<Response, ApiError> {
+    let served = state.source.referrers(&repo, &digest).await?;
+    let manifests: Vec<Descriptor> = served
+        .content
+        .into_iter()
+        .filter(|descriptor| {
+            artifact_type
+                .as_ref()
+                .is_none_or(|wanted| descriptor.artifact_type.as_ref() == Some(wanted))
+        })
+        .collect();
+    let body = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type::OCI_INDEX,
+        "manifests": manifests,
+    });
+    let mut response = (StatusCode::OK, body.to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(media_type::OCI_INDEX),
+    );
+    if artifact_type.is_some() {
+        headers.insert(
+            OCI_FILTERS_APPLIED,
+            HeaderValue::from_static("artifactType"),
+        );
+    }
+    apply_meta(headers, &served.meta);
+    Ok(response)
+}

@@ -1,0 +1,266 @@
+//! [`LocalSource`]: the [`ContentSource`] that serves the local store.
+
+use std::io::{Seek, SeekFrom};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sealer_image_store::{
+    BlobStore, Descriptor, Digest, MAX_MANIFEST_SIZE, ManifestDocument, Store, StoreError,
+};
+
+use crate::catalog::{Referrers, entry_repository, entry_tag};
+use crate::error::{ApiError, ErrorCode};
+use crate::route::{ManifestRef, RepoPath};
+use crate::source::{
+    BlobContent, BlobRequest, ContentSource, ManifestContent, ManifestRequest, ResponseMeta,
+    Served, StoreNames, range_not_satisfiable,
+};
+use crate::stream::file_stream;
+
+/// Serves manifests, blobs, tags and referrers from a [`Store`]. Every store call runs on
+/// a blocking thread; blob bodies are streamed.
+#[derive(Debug, Clone)]
+pub struct LocalSource {
+    store: Store,
+    names: StoreNames,
+    referrers: Arc<Referrers>,
+}
+
+impl LocalSource {
+    /// Serves `store`, naming repositories with `names`.
+    pub fn new(store: Store, names: StoreNames) -> Self {
+        Self {
+            store,
+            names,
+            referrers: Arc::new(Referrers::new()),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// How repositories map to store names.
+    pub fn names(&self) -> &StoreNames {
+        &self.names
+    }
+}
+
+/// Runs blocking store work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| ApiError::internal(what, error))?
+}
+
+/// A manifest as stored: exact bytes and media type.
+pub(crate) fn read_manifest(
+    store: &Store,
+    digest: &Digest,
+    listed_type: Option<String>,
+) -> Result<Option<(Bytes, String)>, ApiError> {
+    match store.blobs().stat(digest) {
+        Ok(Some(size)) if size <= MAX_MANIFEST_SIZE => {}
+        Ok(_) => return Ok(None),
+        Err(error) => return Err(ApiError::internal("stat a manifest", error)),
+    }
+    let bytes = match store.read_verified(digest) {
+        Ok(bytes) => bytes,
+        Err(StoreError::BlobNotFound(_)) => return Ok(None),
+        Err(error) => return Err(ApiError::internal("read a manifest", error)),
+    };
+    let media_type = match listed_type {
+        Some(media_type) => media_type,
+        None => match ManifestDocument::parse(&bytes, None) {
+            Ok((media_type, _)) => media_type,
+            // A layer or config asked for as a manifest.
+            Err(_) => return Ok(None),
+        },
+    };
+    Ok(Some((Bytes::from(bytes), media_type)))
+}
+
+fn manifest_unknown(repo: &RepoPath, reference: &ManifestRef) -> ApiError {
+    ApiError::new(
+        ErrorCode::ManifestUnknown,
+        format!(
+            "manifest {reference} is not in repository {}",
+            repo.path_name
+        ),
+    )
+}
+
+#[async_trait::async_trait]
+impl ContentSource for LocalSource {
+    async fn manifest(
+        &self,
+        repo: &RepoPath,
+        reference: &ManifestRef,
+        _request: &ManifestRequest,
+    ) -> Result<Served<ManifestContent>, ApiError> {
+        let store = self.store.clone();
+        let (digest, listed) = match reference {
+            ManifestRef::Tag(tag) => {
+                let name = self.names.reference(repo, tag)?.to_string();
+                let index = {
+                    let store = store.clone();
+                    blocking("read index.json", move || {
+                        store
+                            .index()
+                            .map_err(|error| ApiError::internal("read index.json", error))
+                    })
+                    .await?
+                };
+                let entry = index
+                    .manifests
+                    .into_iter()
+                    .find(|entry| entry.ref_name() == Some(name.as_str()))
+                    .ok_or_else(|| manifest_unknown(repo, reference))?;
+                (entry.digest, Some(entry.media_type))
+            }
+            ManifestRef::Digest(digest) => (digest.clone(), None),
+        };
+        let read_digest = digest.clone();
+        let found = blocking("read a manifest", move || {
+            let listed = match listed {
+                Some(listed) => Some(listed),
+                None => store
+                    .index()
+                    .map_err(|error| ApiError::internal("read index.json", error))?
+                    .manifests
+                    .into_iter()
+                    .find(|entry| entry.digest == read_digest)
+                    .map(|entry| entry.media_type),
+            };
+            read_manifest(&store, &read_digest, listed)
+        })
+        .await?;
+        let (bytes, media_type) = found.ok_or_else(|| manifest_unknown(repo, reference))?;
+        Ok(Served {
+            content: ManifestContent {
+                digest,
+                media_type,
+                size: bytes.len() as u64,
+                bytes: Some(bytes),
+            },
+            meta: ResponseMeta::local(repo),
+        })
+    }
+
+    async fn blob(
+        &self,
+        repo: &RepoPath,
+        digest: &Digest,
+        request: BlobRequest,
+    ) -> Result<Served<BlobContent>, ApiError> {
+        let store = self.store.clone();
+        let digest = digest.clone();
+        let content = blocking("read a blob", move || {
+            let unknown = || {
+                ApiError::new(
+                    ErrorCode::BlobUnknown,
+                    format!("blob {digest} is not in the registry"),
+                )
+                .with_detail(serde_json::json!({ "digest": digest.to_string() }))
+            };
+            let size = store
+                .blobs()
+                .stat(&digest)
+                .map_err(|error| ApiError::internal("stat a blob", error))?
+                .ok_or_else(unknown)?;
+            let range = match request.range {
+                Some(range) => Some(
+                    range
+                        .resolve(size)
+                        .ok_or_else(|| range_not_satisfiable(size))?,
+                ),
+                None => None,
+            };
+            if request.head {
+                return Ok(BlobContent {
+                    size,
+                    range,
+                    body: None,
+                });
+            }
+            let mut file = match store.blobs().open(&digest) {
+                Ok(file) => file,
+                Err(StoreError::BlobNotFound(_)) => return Err(unknown()),
+                Err(error) => return Err(ApiError::internal("open a blob", error)),
+            };
+            let span = range.clone().unwrap_or(0..size);
+            if span.start > 0 {
+                file.seek(SeekFrom::Start(span.start))
+                    .map_err(|error| ApiError::internal("seek in a blob", error))?;
+            }
+            Ok(BlobContent {
+                size,
+                range,
+                body: Some(file_stream(file, span.end - span.start)),
+            })
+        })
+        .await?;
+        Ok(Served {
+            content,
+            meta: ResponseMeta::local(repo),
+        })
+    }
+
+    async fn tags(&self, repo: &RepoPath) -> Result<Served<Vec<String>>, ApiError> {
+        let name = self.names.name(repo)?;
+        let store = self.store.clone();
+        let index = blocking("read index.json", move || {
+            store
+                .index()
+                .map_err(|error| ApiError::internal("read index.json", error))
+        })
+        .await?;
+        let mut known = false;
+        let mut tags: Vec<String> = Vec::new();
+        for entry in &index.manifests {
+            if entry_repository(entry) == Some(name.as_str()) {
+                known = true;
+            }
+            if let Some(tag) = entry_tag(entry, &name) {
+                tags.push(tag.to_owned());
+            }
+        }
+        if !known {
+            return Err(ApiError::new(
+                ErrorCode::NameUnknown,
+                format!("repository {} is not in the registry", repo.path_name),
+            ));
+        }
+        tags.sort();
+        tags.dedup();
+        Ok(Served {
+            content: tags,
+            meta: ResponseMeta::local(repo),
+        })
+    }
+
+    async fn referrers(
+        &self,
+        repo: &RepoPath,
+        subject: &Digest,
+    ) -> Result<Served<Vec<Descriptor>>, ApiError> {
+        let name = self.names.name(repo)?;
+        let store = self.store.clone();
+        let referrers = self.referrers.clone();
+        let subject = subject.clone();
+        let found = blocking("list referrers", move || {
+            referrers
+                .referrers(&store, &name, &subject)
+                .map_err(|error| ApiError::internal("list referrers", error))
+        })
+        .await?;
+        Ok(Served {
+            content: found,
+            meta: ResponseMeta::local(repo),
+        })
+    }
+}

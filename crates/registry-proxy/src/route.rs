@@ -1,0 +1,832 @@
+//! The distribution API's routes, parsed by a pure function: `(method, path, query)` →
+//! [`Route`]. Repository names contain `/`, so the whole path after `/v2/` is parsed here
+//! from its end (`…/manifests/<ref>`, `…/blobs/uploads/<id>`, …), not by a router's
+//! patterns.
+//!
+//! The upstream namespace of a request (which registry a pull-through cache would ask) comes
+//! from `?ns=<host>` (containerd's `hosts.toml` mirrors), or from a first path component
+//! that is a registry host (`/v2/quay.io/coreos/etcd/…`, podman/CRI-O mirrors and Docker
+//! prefix names) or a configured upstream alias.
+
+use std::collections::BTreeSet;
+
+use axum::http::Method;
+use sealer_image_store::Digest;
+use sealer_image_store::reference::{Reference, validate_repository, validate_tag};
+
+use crate::error::{ApiError, ErrorCode};
+
+/// How a request named its upstream namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamespaceVia {
+    /// The `ns` query parameter; the answer carries `OCI-Namespace`.
+    Query,
+    /// A first path component that is a registry host (`quay.io`, `localhost:5000`).
+    PathHost,
+    /// A first path component that is a configured upstream alias.
+    PathAlias,
+}
+
+/// The upstream namespace a request names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    /// A registry host (normalised: `index.docker.io` → `docker.io`) or an alias.
+    pub name: String,
+    /// Where it came from.
+    pub via: NamespaceVia,
+}
+
+/// The repository a request is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoPath {
+    /// The upstream namespace, when the request names one; `None` means the server's
+    /// default (its local namespace, or later a default upstream).
+    pub namespace: Option<Namespace>,
+    /// The repository inside the namespace, e.g. `library/nginx`, `team/app`.
+    pub repository: String,
+    /// The name as it appeared in the path (prefix included), for `Location` headers.
+    pub path_name: String,
+}
+
+impl RepoPath {
+    /// `/v2/<name>` as the client wrote it, with `?ns=` when it used it.
+    pub fn url(&self, rest: &str) -> String {
+        match &self.namespace {
+            Some(Namespace {
+                name,
+                via: NamespaceVia::Query,
+            }) => format!("/v2/{}/{rest}?ns={name}", self.path_name),
+            _ => format!("/v2/{}/{rest}", self.path_name),
+        }
+    }
+}
+
+/// A manifest reference: a tag or a digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestRef {
+    /// A tag.
+    Tag(String),
+    /// A digest.
+    Digest(Digest),
+}
+
+impl std::fmt::Display for ManifestRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tag(tag) => f.write_str(tag),
+            Self::Digest(digest) => write!(f, "{digest}"),
+        }
+    }
+}
+
+/// What is done to a manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestOp {
+    /// `GET`.
+    Get,
+    /// `HEAD`.
+    Head,
+    /// `PUT`.
+    Put,
+    /// `DELETE`.
+    Delete,
+}
+
+/// What is done to a blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobOp {
+    /// `GET`.
+    Get,
+    /// `HEAD`.
+    Head,
+    /// `DELETE`.
+    Delete,
+}
+
+/// What is done to an upload session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadOp {
+    /// `GET`: its status.
+    Status,
+    /// `PATCH`: a chunk or a stream.
+    Patch,
+    /// `PUT ?digest=`: the last bytes (optional) and the commit.
+    Finish(Digest),
+    /// `DELETE`: cancel.
+    Cancel,
+}
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /v2/`.
+    Base,
+    /// `/v2/<name>/manifests/<reference>`.
+    Manifest {
+        /// The repository.
+        repo: RepoPath,
+        /// Tag or digest.
+        reference: ManifestRef,
+        /// The operation.
+        op: ManifestOp,
+    },
+    /// `/v2/<name>/blobs/<digest>`.
+    Blob {
+        /// The repository.
+        repo: RepoPath,
+        /// The blob.
+        digest: Digest,
+        /// The operation.
+        op: BlobOp,
+    },
+    /// `POST /v2/<name>/blobs/uploads/`.
+    StartUpload {
+        /// The repository.
+        repo: RepoPath,
+        /// `?digest=`: a monolithic upload of the request body.
+        digest: Option<Digest>,
+        /// `?mount=<digest>`: mount a blob from another repository.
+        mount: Option<Digest>,
+        /// `?from=<repository>` of a mount (not validated: a bad one only means no mount).
+        from: Option<String>,
+    },
+    /// `/v2/<name>/blobs/uploads/<id>`.
+    Upload {
+        /// The repository.
+        repo: RepoPath,
+        /// The session id.
+        id: String,
+        /// The operation.
+        op: UploadOp,
+    },
+    /// `GET /v2/<name>/tags/list`.
+    Tags {
+        /// The repository.
+        repo: RepoPath,
+        /// `?n=`: at most this many tags.
+        n: Option<usize>,
+        /// `?last=`: tags after this one.
+        last: Option<String>,
+    },
+    /// `GET /v2/<name>/referrers/<digest>`.
+    Referrers {
+        /// The repository.
+        repo: RepoPath,
+        /// The subject.
+        digest: Digest,
+        /// `?artifactType=` filter.
+        artifact_type: Option<String>,
+    },
+}
+
+/// Why a request does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// No such endpoint.
+    #[error("no such endpoint: {0}")]
+    NotFound(String),
+    /// The endpoint exists, not with this method.
+    #[error("method {method} is not supported on {path}")]
+    MethodNotAllowed {
+        /// The method.
+        method: String,
+        /// The path.
+        path: String,
+    },
+    /// A malformed repository name or namespace.
+    #[error("invalid repository name {name:?}: {reason}")]
+    NameInvalid {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A malformed digest.
+    #[error("invalid digest {0:?}")]
+    DigestInvalid(String),
+    /// A reference that is neither a tag nor a digest.
+    #[error("invalid tag {0:?}")]
+    TagInvalid(String),
+    /// `n` is not a number.
+    #[error("invalid page size n={0:?}")]
+    PaginationInvalid(String),
+    /// A malformed upload id.
+    #[error("unknown upload {0:?}")]
+    UploadUnknown(String),
+}
+
+impl From<RouteError> for ApiError {
+    fn from(error: RouteError) -> Self {
+        let message = error.to_string();
+        match error {
+            RouteError::NotFound(_) => ApiError::new(ErrorCode::NameUnknown, message)
+                .with_status(axum::http::StatusCode::NOT_FOUND),
+            RouteError::MethodNotAllowed { .. } => ApiError::new(ErrorCode::Unsupported, message),
+            RouteError::NameInvalid { .. } => ApiError::new(ErrorCode::NameInvalid, message),
+            RouteError::DigestInvalid(_) => ApiError::new(ErrorCode::DigestInvalid, message),
+            RouteError::TagInvalid(_) => ApiError::new(ErrorCode::ManifestInvalid, message),
+            RouteError::PaginationInvalid(_) => {
+                ApiError::new(ErrorCode::PaginationNumberInvalid, message)
+            }
+            RouteError::UploadUnknown(_) => ApiError::new(ErrorCode::BlobUploadUnknown, message),
+        }
+    }
+}
+
+/// Parses requests; knows the configured upstream aliases (path prefixes that are not
+/// host names).
+#[derive(Debug, Clone, Default)]
+pub struct RouteParser {
+    aliases: BTreeSet<String>,
+}
+
+impl RouteParser {
+    /// A parser that recognises `aliases` as namespace prefixes besides host names.
+    pub fn new(aliases: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            aliases: aliases.into_iter().collect(),
+        }
+    }
+
+    /// Parses one request. `path` is the URI path (`/v2/…`), `query` the raw query string.
+    pub fn parse(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<Route, RouteError> {
+        let params = QueryParams::parse(query.unwrap_or_default());
+        let not_allowed = || RouteError::MethodNotAllowed {
+            method: method.to_string(),
+            path: path.to_owned(),
+        };
+        let rest = path
+            .strip_prefix("/v2")
+            .ok_or_else(|| RouteError::NotFound(path.to_owned()))?;
+        if rest.is_empty() || rest == "/" {
+            return match *method {
+                Method::GET | Method::HEAD => Ok(Route::Base),
+                _ => Err(not_allowed()),
+            };
+        }
+        let rest = rest
+            .strip_prefix('/')
+            .ok_or_else(|| RouteError::NotFound(path.to_owned()))?;
+        let parts: Vec<String> = rest.split('/').map(percent_decode).collect();
+        let n = parts.len();
+        let part = |from_end: usize| parts[n - from_end].as_str();
+        let name_of = |count: usize| parts[..n - count].join("/");
+        let not_found = || RouteError::NotFound(path.to_owned());
+
+        // `<name>/blobs/uploads/` (trailing slash) or `<name>/blobs/uploads` with POST.
+        if n >= 3 && part(3) == "blobs" && part(2) == "uploads" && part(1).is_empty()
+            || n >= 3 && part(2) == "blobs" && part(1) == "uploads" && *method == Method::POST
+        {
+            let count = if part(1).is_empty() { 3 } else { 2 };
+            if *method != Method::POST {
+                return Err(not_allowed());
+            }
+            let repo = self.repo(&name_of(count), &params)?;
+            let digest = params.digest("digest")?;
+            let mount = params.digest("mount")?;
+            return Ok(Route::StartUpload {
+                repo,
+                digest,
+                mount,
+                from: params.get("from").map(str::to_owned),
+            });
+        }
+        if n >= 4 && part(3) == "blobs" && part(2) == "uploads" {
+            let id = part(1).to_owned();
+            if !valid_upload_id(&id) {
+                return Err(RouteError::UploadUnknown(id));
+            }
+            let op = match *method {
+                Method::GET | Method::HEAD => UploadOp::Status,
+                Method::PATCH => UploadOp::Patch,
+                Method::PUT => match params.digest("digest")? {
+                    Some(digest) => UploadOp::Finish(digest),
+                    None => return Err(RouteError::DigestInvalid(String::new())),
+                },
+                Method::DELETE => UploadOp::Cancel,
+                _ => return Err(not_allowed()),
+            };
+            let repo = self.repo(&name_of(3), &params)?;
+            return Ok(Route::Upload { repo, id, op });
+        }
+        if n >= 3 && part(2) == "manifests" {
+            let op = match *method {
+                Method::GET => ManifestOp::Get,
+                Method::HEAD => ManifestOp::Head,
+                Method::PUT => ManifestOp::Put,
+                Method::DELETE => ManifestOp::Delete,
+                _ => return Err(not_allowed()),
+            };
+            let repo = self.repo(&name_of(2), &params)?;
+            let reference = parse_reference(part(1))?;
+            return Ok(Route::Manifest {
+                repo,
+                reference,
+                op,
+            });
+        }
+        if n >= 3 && part(2) == "blobs" {
+            let op = match *method {
+                Method::GET => BlobOp::Get,
+                Method::HEAD => BlobOp::Head,
+                Method::DELETE => BlobOp::Delete,
+                _ => return Err(not_allowed()),
+            };
+            let repo = self.repo(&name_of(2), &params)?;
+            let digest = parse_digest(part(1))?;
+            return Ok(Route::Blob { repo, digest, op });
+        }
+        if n >= 3 && part(2) == "tags" && part(1) == "list" {
+            if !matches!(*method, Method::GET | Method::HEAD) {
+                return Err(not_allowed());
+            }
+            let repo = self.repo(&name_of(2), &params)?;
+            let n = params
+                .get("n")
+                .map(|text| {
+                    text.parse::<usize>()
+                        .map_err(|_| RouteError::PaginationInvalid(text.to_owned()))
+                })
+                .transpose()?;
+            return Ok(Route::Tags {
+                repo,
+                n,
+                last: params.get("last").map(str::to_owned),
+            });
+        }
+        if n >= 3 && part(2) == "referrers" {
+            if !matches!(*method, Method::GET | Method::HEAD) {
+                return Err(not_allowed());
+            }
+            let repo = self.repo(&name_of(2), &params)?;
+            let digest = parse_digest(part(1))?;
+            return Ok(Route::Referrers {
+                repo,
+                digest,
+                artifact_type: params.get("artifactType").map(str::to_owned),
+            });
+        }
+        Err(not_found())
+    }
+
+    /// Splits `name` into namespace and repository and validates both.
+    fn repo(&self, name: &str, params: &QueryParams) -> Result<RepoPath, RouteError> {
+        let invalid = |name: &str, reason: String| RouteError::NameInvalid {
+            name: name.to_owned(),
+            reason,
+        };
+        let (namespace, repository) = match params.get("ns") {
+            Some(ns) => (
+                Some(Namespace {
+                    name: normalise_host(ns).ok_or_else(|| {
+                        invalid(ns, "the ns parameter is not a registry host".to_owned())
+                    })?,
+                    via: NamespaceVia::Query,
+                }),
+                name,
+            ),
+            None => match name.split_once('/') {
+                Some((first, rest)) if self.aliases.contains(first) => (
+                    Some(Namespace {
+                        name: first.to_owned(),
+                        via: NamespaceVia::PathAlias,
+                    }),
+                    rest,
+                ),
+                Some((first, rest))
+                    if first.contains('.') || first.contains(':') || first == "localhost" =>
+                {
+                    let host = normalise_host(first).ok_or_else(|| {
+                        invalid(name, format!("{first:?} is not a registry host"))
+                    })?;
+                    (
+                        Some(Namespace {
+                            name: host,
+                            via: NamespaceVia::PathHost,
+                        }),
+                        rest,
+                    )
+                }
+                _ => (None, name),
+            },
+        };
+        validate_repository(repository).map_err(|reason| invalid(name, reason))?;
+        Ok(RepoPath {
+            namespace,
+            repository: repository.to_owned(),
+            path_name: name.to_owned(),
+        })
+    }
+}
+
+/// Parses a request with no upstream aliases configured; see [`RouteParser::parse`].
+pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, RouteError> {
+    RouteParser::default().parse(method, path, query)
+}
+
+/// A registry host as references normalise it (`index.docker.io` → `docker.io`), or
+/// `None` when `host` is not one.
+pub fn normalise_host(host: &str) -> Option<String> {
+    let parsed = Reference::new(host, "x", Some("t"), None).ok()?;
+    let registry = parsed.registry();
+    let docker_alias = matches!(host, "index.docker.io" | "registry-1.docker.io");
+    (registry == host || docker_alias).then(|| registry.to_owned())
+}
+
+fn parse_reference(text: &str) -> Result<ManifestRef, RouteError> {
+    if text.contains(':') {
+        return parse_digest(text).map(ManifestRef::Digest);
+    }
+    validate_tag(text).map_err(|_| RouteError::TagInvalid(text.to_owned()))?;
+    Ok(ManifestRef::Tag(text.to_owned()))
+}
+
+fn parse_digest(text: &str) -> Result<Digest, RouteError> {
+    text.parse()
+        .map_err(|_| RouteError::DigestInvalid(text.to_owned()))
+}
+
+/// Upload ids are ours: letters, digits and `-`, at most 128.
+fn valid_upload_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Decoded query parameters (first value of each name wins).
+struct QueryParams(Vec<(String, String)>);
+
+impl QueryParams {
+    fn parse(query: &str) -> Self {
+        Self(
+            query
+                .split('&')
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    (
+                        percent_decode(&name.replace('+', " ")),
+                        percent_decode(&value.replace('+', " ")),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn digest(&self, name: &str) -> Result<Option<Digest>, RouteError> {
+        self.get(name).map(parse_digest).transpose()
+    }
+}
+
+/// `%XX` decoding; invalid escapes are kept as they are.
+fn percent_decode(text: &str) -> String {
+    if !text.contains('%') {
+        return text.to_owned();
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] == b'%'
+            && let Some(hex) = bytes.get(at + 1..at + 3)
+            && let Ok(hex) = std::str::from_utf8(hex)
+            && let Ok(byte) = u8::from_str_radix(hex, 16)
+        {
+            out.push(byte);
+            at += 3;
+        } else {
+            out.push(bytes[at]);
+            at += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn get(path: &str) -> Result<Route, RouteError> {
+        parse(&Method::GET, path, None)
+    }
+
+    fn repo(route: &Route) -> &RepoPath {
+        match route {
+            Route::Manifest { repo, .. }
+            | Route::Blob { repo, .. }
+            | Route::StartUpload { repo, .. }
+            | Route::Upload { repo, .. }
+            | Route::Tags { repo, .. }
+            | Route::Referrers { repo, .. } => repo,
+            Route::Base => panic!("no repository"),
+        }
+    }
+
+    #[test]
+    fn base_and_unknown_paths() {
+        assert_eq!(get("/v2/").unwrap(), Route::Base);
+        assert_eq!(get("/v2").unwrap(), Route::Base);
+        assert_eq!(parse(&Method::HEAD, "/v2/", None).unwrap(), Route::Base);
+        assert!(matches!(
+            parse(&Method::POST, "/v2/", None),
+            Err(RouteError::MethodNotAllowed { .. })
+        ));
+        assert!(matches!(get("/v3/"), Err(RouteError::NotFound(_))));
+        assert!(matches!(get("/v2/a/b/c"), Err(RouteError::NotFound(_))));
+        assert!(matches!(get("/v2x"), Err(RouteError::NotFound(_))));
+    }
+
+    #[test]
+    fn manifests_by_tag_and_digest_in_nested_repositories() {
+        let route = get("/v2/team/sub/app/manifests/v1.0").unwrap();
+        let Route::Manifest {
+            repo,
+            reference,
+            op,
+        } = &route
+        else {
+            panic!("{route:?}")
+        };
+        assert_eq!(repo.repository, "team/sub/app");
+        assert_eq!(repo.namespace, None);
+        assert_eq!(reference, &ManifestRef::Tag("v1.0".to_owned()));
+        assert_eq!(*op, ManifestOp::Get);
+        let route = parse(&Method::PUT, &format!("/v2/a/manifests/{D}"), None).unwrap();
+        assert!(matches!(
+            route,
+            Route::Manifest {
+                reference: ManifestRef::Digest(_),
+                op: ManifestOp::Put,
+                ..
+            }
+        ));
+        // A repository may have a component called `manifests` or `blobs`.
+        let nested = get("/v2/manifests/blobs/manifests/latest").unwrap();
+        assert_eq!(self::repo(&nested).repository, "manifests/blobs");
+        assert!(matches!(
+            parse(&Method::POST, "/v2/a/manifests/x", None),
+            Err(RouteError::MethodNotAllowed { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_names_digests_and_tags_are_client_errors() {
+        assert!(matches!(
+            get("/v2/Upper/manifests/x"),
+            Err(RouteError::NameInvalid { .. })
+        ));
+        assert!(matches!(
+            get("/v2/a//b/manifests/x"),
+            Err(RouteError::NameInvalid { .. })
+        ));
+        assert!(matches!(
+            get("/v2/a/blobs/sha256:nothex"),
+            Err(RouteError::DigestInvalid(_))
+        ));
+        assert!(matches!(
+            get("/v2/a/blobs/md5:00"),
+            Err(RouteError::DigestInvalid(_))
+        ));
+        assert!(matches!(
+            get("/v2/a/manifests/sha256:abc"),
+            Err(RouteError::DigestInvalid(_))
+        ));
+        assert!(matches!(
+            get("/v2/a/manifests/-bad"),
+            Err(RouteError::TagInvalid(_))
+        ));
+        assert!(matches!(
+            get("/v2/a/referrers/latest"),
+            Err(RouteError::DigestInvalid(_))
+        ));
+        let sha512 = format!("sha512:{}", "a".repeat(128));
+        assert!(get(&format!("/v2/a/blobs/{sha512}")).is_ok());
+        // Percent-encoded colons are decoded.
+        assert!(get(&format!("/v2/a/blobs/{}", D.replace(':', "%3A"))).is_ok());
+    }
+
+    #[test]
+    fn blobs_and_uploads() {
+        let route = parse(&Method::DELETE, &format!("/v2/a/b/blobs/{D}"), None).unwrap();
+        assert!(matches!(
+            route,
+            Route::Blob {
+                op: BlobOp::Delete,
+                ..
+            }
+        ));
+        for path in ["/v2/a/b/blobs/uploads/", "/v2/a/b/blobs/uploads"] {
+            let route = parse(&Method::POST, path, Some(&format!("digest={D}"))).unwrap();
+            let Route::StartUpload {
+                repo,
+                digest,
+                mount,
+                ..
+            } = route
+            else {
+                panic!()
+            };
+            assert_eq!(repo.repository, "a/b");
+            assert_eq!(digest.unwrap().to_string(), D);
+            assert!(mount.is_none());
+        }
+        let route = parse(
+            &Method::POST,
+            "/v2/a/blobs/uploads/",
+            Some(&format!("mount={D}&from=other/repo")),
+        )
+        .unwrap();
+        assert!(matches!(
+            route,
+            Route::StartUpload { mount: Some(_), from: Some(ref from), .. } if from == "other/repo"
+        ));
+        assert!(matches!(
+            parse(&Method::POST, "/v2/a/blobs/uploads/", Some("mount=bad")),
+            Err(RouteError::DigestInvalid(_))
+        ));
+        assert!(matches!(
+            parse(&Method::GET, "/v2/a/blobs/uploads/", None),
+            Err(RouteError::MethodNotAllowed { .. })
+        ));
+        let id = "0a1b2c3d-0000-4000-8000-000000000000";
+        let path = format!("/v2/a/blobs/uploads/{id}");
+        assert!(matches!(
+            parse(&Method::PATCH, &path, None).unwrap(),
+            Route::Upload { op: UploadOp::Patch, ref id, .. } if id == "0a1b2c3d-0000-4000-8000-000000000000"
+        ));
+        assert!(matches!(
+            parse(&Method::GET, &path, None).unwrap(),
+            Route::Upload {
+                op: UploadOp::Status,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&Method::PUT, &path, Some(&format!("digest={D}"))).unwrap(),
+            Route::Upload {
+                op: UploadOp::Finish(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&Method::PUT, &path, None),
+            Err(RouteError::DigestInvalid(_))
+        ));
+        assert!(matches!(
+            parse(&Method::PUT, &path, Some("digest=sha256:zz")),
+            Err(RouteError::DigestInvalid(_))
+        ));
+        assert!(matches!(
+            parse(&Method::DELETE, &path, None).unwrap(),
+            Route::Upload {
+                op: UploadOp::Cancel,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&Method::PATCH, "/v2/a/blobs/uploads/..%2F..", None),
+            Err(RouteError::UploadUnknown(_))
+        ));
+    }
+
+    #[test]
+    fn tags_and_referrers() {
+        let route = parse(&Method::GET, "/v2/a/b/tags/list", Some("n=2&last=v1")).unwrap();
+        assert_eq!(
+            route,
+            Route::Tags {
+                repo: RepoPath {
+                    namespace: None,
+                    repository: "a/b".to_owned(),
+                    path_name: "a/b".to_owned()
+                },
+                n: Some(2),
+                last: Some("v1".to_owned())
+            }
+        );
+        assert!(matches!(
+            parse(&Method::GET, "/v2/a/tags/list", Some("n=x")),
+            Err(RouteError::PaginationInvalid(_))
+        ));
+        let route = parse(
+            &Method::GET,
+            &format!("/v2/a/referrers/{D}"),
+            Some("artifactType=application%2Fvnd.example%2Bjson"),
+        )
+        .unwrap();
+        assert!(matches!(
+            route,
+            Route::Referrers { artifact_type: Some(ref t), .. } if t == "application/vnd.example+json"
+        ));
+    }
+
+    #[test]
+    fn namespaces_from_ns_path_hosts_and_aliases() {
+        let route = parse(
+            &Method::GET,
+            "/v2/library/nginx/manifests/1.25",
+            Some("ns=docker.io"),
+        )
+        .unwrap();
+        let first = repo(&route);
+        assert_eq!(
+            first.namespace,
+            Some(Namespace {
+                name: "docker.io".to_owned(),
+                via: NamespaceVia::Query
+            })
+        );
+        assert_eq!(first.repository, "library/nginx");
+        assert_eq!(
+            first.url("blobs/uploads/x"),
+            "/v2/library/nginx/blobs/uploads/x?ns=docker.io"
+        );
+        let route = parse(
+            &Method::GET,
+            "/v2/nginx/manifests/1",
+            Some("ns=index.docker.io"),
+        )
+        .unwrap();
+        assert_eq!(repo_ns(&route), Some("docker.io"));
+
+        for (path, ns, repository) in [
+            (
+                "/v2/quay.io/coreos/etcd/manifests/v3",
+                "quay.io",
+                "coreos/etcd",
+            ),
+            ("/v2/localhost:5000/a/manifests/v3", "localhost:5000", "a"),
+            (
+                "/v2/localhost/team/app/manifests/v3",
+                "localhost",
+                "team/app",
+            ),
+            (
+                "/v2/127.0.0.1:5000/a/b/manifests/v3",
+                "127.0.0.1:5000",
+                "a/b",
+            ),
+        ] {
+            let route = get(path).unwrap();
+            assert_eq!(repo_ns(&route), Some(ns), "{path}");
+            assert_eq!(repo(&route).repository, repository, "{path}");
+            assert_eq!(
+                repo(&route).namespace.as_ref().unwrap().via,
+                NamespaceVia::PathHost
+            );
+        }
+        // A single component is a repository, even with a dot.
+        let route = get("/v2/my.app/manifests/v3").unwrap();
+        assert_eq!(repo_ns(&route), None);
+        assert_eq!(repo(&route).repository, "my.app");
+        // With `ns`, the path is the repository as it is.
+        let route = parse(
+            &Method::GET,
+            "/v2/quay.io/x/manifests/v3",
+            Some("ns=ghcr.io"),
+        )
+        .unwrap();
+        assert_eq!(repo_ns(&route), Some("ghcr.io"));
+        assert_eq!(repo(&route).repository, "quay.io/x");
+
+        let parser = RouteParser::new(["hub".to_owned()]);
+        let route = parser
+            .parse(&Method::GET, "/v2/hub/library/nginx/manifests/1", None)
+            .unwrap();
+        assert_eq!(
+            repo(&route).namespace,
+            Some(Namespace {
+                name: "hub".to_owned(),
+                via: NamespaceVia::PathAlias
+            })
+        );
+        assert_eq!(repo(&route).repository, "library/nginx");
+        assert_eq!(repo(&route).url("x"), "/v2/hub/library/nginx/x");
+
+        assert!(matches!(
+            parse(&Method::GET, "/v2/a/manifests/v3", Some("ns=bad host")),
+            Err(RouteError::NameInvalid { .. })
+        ));
+        assert_eq!(normalise_host("nohost"), None);
+        assert!(matches!(
+            get("/v2/bad_host.io:x/a/manifests/v3"),
+            Err(RouteError::NameInvalid { .. })
+        ));
+    }
+
+    fn repo_ns(route: &Route) -> Option<&str> {
+        repo(route).namespace.as_ref().map(|ns| ns.name.as_str())
+    }
+}

@@ -1,0 +1,378 @@
+//! The HTTP server: [`Registry`] (state, router), authentication, the dispatch of parsed
+//! [`Route`]s to the handlers, and [`serve`] with a bounded graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use sealer_image_store::Store;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::auth::Htpasswd;
+use crate::config::{Mode, ServerConfig};
+use crate::error::{ApiError, ErrorCode, ServeError};
+use crate::handlers;
+use crate::local::LocalSource;
+use crate::route::{Route, RouteParser};
+use crate::source::{ContentSource, StoreNames};
+use crate::tls::{TlsListener, acceptor};
+use crate::uploads::{UPLOAD_IDLE_TIMEOUT, Uploads};
+
+/// Client authentication settings.
+#[derive(Debug)]
+struct Auth {
+    htpasswd: Arc<Htpasswd>,
+    realm: String,
+    anonymous_pull: bool,
+}
+
+/// What every request handler sees.
+pub(crate) struct AppState {
+    pub(crate) store: Store,
+    pub(crate) names: StoreNames,
+    pub(crate) source: Arc<dyn ContentSource>,
+    pub(crate) uploads: Arc<Uploads>,
+    parser: RouteParser,
+    read_only: bool,
+    auth: Option<Auth>,
+}
+
+/// A registry server over one store: build it with [`Registry::open`], optionally put a
+/// [`ContentSource`] in front of its [`LocalSource`] ([`Registry::with_source`]), then
+/// [`Registry::serve`] it or mount [`Registry::router`].
+pub struct Registry {
+    state: AppState,
+    local: Arc<LocalSource>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("store", &self.state.store.location())
+            .field("read_only", &self.state.read_only)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// Opens (creating if needed) the store of `config` and loads its htpasswd file. A
+    /// configuration with upstreams is refused: pull-through caching is not implemented yet.
+    pub fn open(config: &ServerConfig) -> Result<Self, ServeError> {
+        if !config.upstreams.is_empty() || config.default_upstream.is_some() {
+            return Err(ServeError::NotImplemented(
+                "the configuration lists upstreams, but pull-through caching is not implemented \
+                 yet: remove `upstreams` and `default_upstream` to serve the local store"
+                    .to_owned(),
+            ));
+        }
+        let root = config.storage.clone().ok_or_else(|| {
+            ServeError::NotImplemented(
+                "no storage: set `storage` in the configuration (or --root)".to_owned(),
+            )
+        })?;
+        let store = Store::open_dir(&root).map_err(|source| ServeError::Store {
+            path: root.clone(),
+            source,
+        })?;
+        let auth = match &config.auth {
+            Some(auth) => Some(Auth {
+                htpasswd: Arc::new(Htpasswd::load(&auth.htpasswd)?),
+                realm: auth.realm.clone(),
+                anonymous_pull: auth.anonymous_pull,
+            }),
+            None => None,
+        };
+        let aliases = config
+            .upstreams
+            .iter()
+            .map(|upstream| (upstream.name.clone(), upstream.url.host.clone()))
+            .collect();
+        let names = StoreNames::new(&config.local_namespace.0, aliases);
+        let local = Arc::new(LocalSource::new(store.clone(), names.clone()));
+        Ok(Self {
+            state: AppState {
+                store,
+                names,
+                source: local.clone(),
+                uploads: Arc::new(Uploads::default()),
+                parser: RouteParser::new(config.upstreams.iter().map(|u| u.name.clone())),
+                read_only: config.mode == Mode::ReadOnly,
+                auth,
+            },
+            local,
+        })
+    }
+
+    /// The source that serves the store, for a layer to wrap.
+    pub fn local_source(&self) -> Arc<LocalSource> {
+        self.local.clone()
+    }
+
+    /// Answers reads from `source` instead of the store directly (a pull-through cache that
+    /// wraps [`Self::local_source`]).
+    pub fn with_source(mut self, source: Arc<dyn ContentSource>) -> Self {
+        self.state.source = source;
+        self
+    }
+
+    /// The axum router: `/v2/` and `/v2/{*rest}`, everything else a JSON 404.
+    pub fn router(self) -> Router {
+        let state = Arc::new(self.state);
+        Router::new()
+            .route("/v2", any(handle))
+            .route("/v2/", any(handle))
+            .route("/v2/{*rest}", any(handle))
+            .fallback(handle)
+            .with_state(state)
+            // Blobs are streamed; manifests are capped by the handler.
+            .layer(DefaultBodyLimit::disable())
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                    .on_request(())
+                    .on_response(DefaultOnResponse::new().level(Level::INFO)),
+            )
+    }
+
+    /// Serves on `listener` (TLS when `tls` is given) until `shutdown` completes, then stops
+    /// accepting and gives in-flight requests `drain` to finish before cutting them.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        drain: Duration,
+    ) -> Result<(), ServeError> {
+        let uploads = self.state.uploads.clone();
+        let reaper = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                ticks.tick().await;
+                let reaped = uploads.reap(UPLOAD_IDLE_TIMEOUT);
+                if reaped > 0 {
+                    tracing::info!(reaped, "dropped idle upload sessions");
+                }
+            }
+        });
+        let router = self.router();
+        let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            tracing::info!(
+                ?drain,
+                "shutting down: no new connections, draining requests"
+            );
+            let _ = signalled.send(());
+        };
+        let result = match tls {
+            Some(acceptor) => {
+                let listener =
+                    TlsListener::new(listener, acceptor).map_err(|source| ServeError::Io {
+                        context: "TLS listener".to_owned(),
+                        source,
+                    })?;
+                let server = axum::serve(listener, router).with_graceful_shutdown(shutdown);
+                drain_bounded(server.into_future(), on_signal, drain).await
+            }
+            None => {
+                let server = axum::serve(listener, router).with_graceful_shutdown(shutdown);
+                drain_bounded(server.into_future(), on_signal, drain).await
+            }
+        };
+        reaper.abort();
+        result
+    }
+}
+
+/// Runs `server`; once `on_signal` fires, waits at most `drain` more for it to finish.
+async fn drain_bounded(
+    server: impl Future<Output = std::io::Result<()>>,
+    on_signal: tokio::sync::oneshot::Receiver<()>,
+    drain: Duration,
+) -> Result<(), ServeError> {
+    let io = |source| ServeError::Io {
+        context: "serving".to_owned(),
+        source,
+    };
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.map_err(io),
+        signal = on_signal => {
+            if signal.is_err() {
+                // The server ended without a signal: its result is coming.
+                return server.await.map_err(io);
+            }
+        }
+    }
+    match tokio::time::timeout(drain, server).await {
+        Ok(result) => result.map_err(io),
+        Err(_) => {
+            tracing::warn!(
+                ?drain,
+                "requests still running after the drain timeout; cut"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Opens the registry of `config` and serves it on `listener` until `shutdown`.
+pub async fn serve(
+    config: &ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let registry = Registry::open(config)?;
+    let tls = config.tls.as_ref().map(acceptor).transpose()?;
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(
+            %address,
+            store = %registry.state.store.location().display(),
+            tls = tls.is_some(),
+            read_only = registry.state.read_only,
+            "registry listening"
+        );
+    }
+    registry
+        .serve(listener, tls, shutdown, config.shutdown_timeout.0)
+        .await
+}
+
+/// Binds `config.listen` and serves until `shutdown`; see [`serve`].
+pub async fn run(
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Io {
+            context: format!("listening on {}", config.listen),
+            source,
+        })?;
+    serve(config, listener, shutdown).await
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM; SIGINT only");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let mut response = match dispatch(&state, request).await {
+        Ok(response) => response,
+        Err(error) => {
+            if error.status.is_server_error() {
+                tracing::warn!(%error, "request failed");
+            } else {
+                tracing::debug!(%error, "request refused");
+            }
+            error.into_response()
+        }
+    };
+    response.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    response
+}
+
+fn is_write(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+async fn authorize(state: &AppState, request: &Parts) -> Result<(), ApiError> {
+    let Some(auth) = &state.auth else {
+        return Ok(());
+    };
+    if auth.anonymous_pull && !is_write(&request.method) {
+        return Ok(());
+    }
+    let header = request
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let valid = match header {
+        Some(header) => {
+            // bcrypt is slow on a cache miss: keep it off the async threads.
+            let htpasswd = auth.htpasswd.clone();
+            tokio::task::spawn_blocking(move || htpasswd.check(Some(&header)))
+                .await
+                .map_err(|error| ApiError::internal("checking credentials", error))?
+        }
+        None => false,
+    };
+    if valid {
+        return Ok(());
+    }
+    Err(
+        ApiError::new(ErrorCode::Unauthorized, "authentication required").with_header(
+            header::WWW_AUTHENTICATE,
+            &format!("Basic realm=\"{}\", charset=\"UTF-8\"", auth.realm),
+        ),
+    )
+}
+
+async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    authorize(state, &parts).await?;
+    let route = state
+        .parser
+        .parse(&parts.method, parts.uri.path(), parts.uri.query())?;
+    if state.read_only && is_write(&parts.method) {
+        return Err(ApiError::new(
+            ErrorCode::Denied,
+            "this registry is read-only (mode: read-only)",
+        ));
+    }
+    match route {
+        Route::Base => Ok(handlers::base()),
+        Route::Manifest {
+            repo,
+            reference,
+            op,
+        } => handlers::manifest(state, &parts, body, repo, reference, op).await,
+        Route::Blob { repo, digest, op } => handlers::blob(state, &parts, repo, digest, op).await,
+        Route::StartUpload {
+            repo,
+            digest,
+            mount,
+            from,
+        } => handlers::start_upload(state, body, repo, digest, mount, from).await,
+        Route::Upload { repo, id, op } => handlers::upload(state, &parts, body, repo, id, op).await,
+        Route::Tags { repo, n, last } => handlers::tags(state, repo, n, last).await,
+        Route::Referrers {
+            repo,
+            digest,
+            artifact_type,
+        } => handlers::referrers(state, repo, digest, artifact_type).await,
+    }
+}
