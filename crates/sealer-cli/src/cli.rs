@@ -49,6 +49,28 @@ pub enum Command {
     Login(LoginArgs),
     /// Remove a registry's saved credentials.
     Logout(LogoutArgs),
+    /// Run an OCI registry over the store.
+    Registry {
+        /// What to do.
+        #[command(subcommand)]
+        command: RegistryCommand,
+    },
+}
+
+/// `sealer registry …`.
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Serve the store as an OCI distribution registry until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+}
+
+/// `sealer registry serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The server configuration (YAML or TOML; see examples/registry.yaml). Its `storage`
+    /// defaults to the store of --root.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
 }
 
 /// Options shared by the commands that talk to registries.

@@ -19,7 +19,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    init_logging(cli.verbose);
+    // A server reports what it serves; other commands speak only about problems.
+    let server = matches!(cli.command, cli::Command::Registry { .. });
+    init_logging(cli.verbose, if server { "info" } else { "warn" });
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // `sealer images | head -1`: the reader has seen enough.
@@ -31,10 +33,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr: warnings by default, more with each `-v`; `RUST_LOG` wins.
-fn init_logging(verbose: u8) {
+/// Logs go to stderr: warnings (`quiet`) by default, more with each `-v`; `RUST_LOG` wins.
+fn init_logging(verbose: u8, quiet: &str) {
     let level = match verbose {
-        0 => "warn",
+        0 => quiet,
         1 => "info",
         2 => "debug",
         _ => "trace",

@@ -8,6 +8,7 @@ mod login;
 mod prune;
 mod pull;
 mod push;
+mod registry;
 mod rmi;
 mod save;
 mod tag;
@@ -38,6 +39,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Push(args) => push::run(&existing()?, &args),
         Command::Login(args) => login::login(&args),
         Command::Logout(args) => login::logout(&args),
+        Command::Registry { command } => registry::run(cli.root.as_deref(), &command),
     }
 }
 

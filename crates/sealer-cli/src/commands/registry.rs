@@ -1,0 +1,31 @@
+//! `sealer registry serve`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use sealer_image_store::Store;
+use sealer_registry_proxy::ServerConfig;
+
+use crate::cli::RegistryCommand;
+
+pub fn run(root: Option<&Path>, command: &RegistryCommand) -> Result<()> {
+    match command {
+        RegistryCommand::Serve(args) => {
+            let mut config = ServerConfig::load(&args.config)?;
+            if config.storage.is_none() {
+                config.storage = Some(match root {
+                    Some(root) => root.to_path_buf(),
+                    None => Store::default_root().context(
+                        "no store location: set `storage`, --root, SEALER_ROOT, XDG_DATA_HOME or HOME",
+                    )?,
+                });
+            }
+            super::runtime()?
+                .block_on(sealer_registry_proxy::run(
+                    &config,
+                    sealer_registry_proxy::shutdown_signal(),
+                ))
+                .with_context(|| format!("serving {}", args.config.display()))
+        }
+    }
+}
