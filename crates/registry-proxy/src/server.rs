@@ -312,14 +312,15 @@ async fn authorize(state: &AppState, request: &Parts) -> Result<(), ApiError> {
     let Some(auth) = &state.auth else {
         return Ok(());
     };
-    if auth.anonymous_pull && !is_write(&request.method) {
-        return Ok(());
-    }
     let header = request
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
+    // Credentials, when given, must be right even where none are needed.
+    if header.is_none() && auth.anonymous_pull && !is_write(&request.method) {
+        return Ok(());
+    }
     let valid = match header {
         Some(header) => {
             // bcrypt is slow on a cache miss: keep it off the async threads.

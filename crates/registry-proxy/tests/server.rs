@@ -1,0 +1,1270 @@
+//! The registry server in-process on a loopback port, driven by real skopeo and umoci and by
+//! raw HTTP: every endpoint, error code, auth mode, TLS and shutdown.
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    clippy::expect_used,
+    clippy::unwrap_used
+)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sealer_image_store::testing::{ImageSpec, write_image};
+use sealer_image_store::{Algorithm, Digest, Platform, Store};
+use sealer_registry_proxy::config::{AuthConfig, TlsConfig};
+use sealer_registry_proxy::{Mode, ServeError, ServerConfig, serve};
+use sealer_test_harness::{HttpResponse, http_request, require_tools, run_bounded, run_ok};
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const SKOPEO: Duration = Duration::from_secs(120);
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// A server on its own runtime thread, over a temporary store.
+struct TestServer {
+    address: SocketAddr,
+    store: PathBuf,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// A read-write server over a new store.
+    fn start() -> Self {
+        Self::with(|_| {})
+    }
+
+    /// A server over a new store, its config changed by `adjust`.
+    fn with(adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServerConfig {
+            storage: Some(dir.path().join("store")),
+            mode: Mode::ReadWrite,
+            ..ServerConfig::default()
+        };
+        adjust(&mut config);
+        let mut server = Self::run(config);
+        server._dir = Some(dir);
+        server
+    }
+
+    fn run(config: ServerConfig) -> Self {
+        let store = config.storage.clone().unwrap();
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                address_tx.send(listener.local_addr().unwrap()).unwrap();
+                serve(&config, listener, async move {
+                    let _ = shutdown_rx.await;
+                })
+                .await
+            })
+        });
+        let address = address_rx
+            .recv_timeout(TIMEOUT)
+            .expect("the server did not start");
+        Self {
+            address,
+            store,
+            shutdown: Some(shutdown_tx),
+            thread: Some(thread),
+            _dir: None,
+        }
+    }
+
+    fn host(&self) -> String {
+        self.address.to_string()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> HttpResponse {
+        http_request(method, &self.url(path), headers, body, TIMEOUT).unwrap()
+    }
+
+    fn get(&self, path: &str) -> HttpResponse {
+        self.request("GET", path, &[], &[])
+    }
+
+    /// Signals shutdown and waits for `serve` to return.
+    fn stop(&mut self) -> Result<(), ServeError> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread.join().unwrap(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// Sends a request head (no body) and reads what the server answers before the body.
+fn early_answer(server: &TestServer, head: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(server.address).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("}]}") {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => answer.extend_from_slice(&buffer[..read]),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn error_code(response: &HttpResponse) -> String {
+    let body: Value = serde_json::from_slice(&response.body).unwrap_or_else(|_| {
+        panic!(
+            "not a JSON error: {:?}",
+            String::from_utf8_lossy(&response.body)
+        )
+    });
+    body["errors"][0]["code"].as_str().unwrap().to_owned()
+}
+
+fn assert_error(response: &HttpResponse, status: u16, code: &str) {
+    assert_eq!(
+        response.status,
+        status,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    assert_eq!(error_code(response), code);
+    assert!(
+        response
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/json")
+    );
+}
+
+/// Uploads `data` monolithically into `repo`; returns its digest.
+fn push_blob(server: &TestServer, repo: &str, data: &[u8]) -> Digest {
+    let digest = Digest::sha256(data);
+    let response = server.request(
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
+        &[("Content-Type", "application/octet-stream")],
+        data,
+    );
+    assert_eq!(response.status, 201, "{response:?}");
+    digest
+}
+
+/// An OCI image manifest over `config` and `layers` (pushed already), plus `extra` fields.
+fn manifest(config: (&Digest, usize, &str), layers: &[(&Digest, usize)], extra: Value) -> Vec<u8> {
+    let mut value = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": config.2, "digest": config.0.to_string(), "size": config.1},
+        "layers": layers.iter().map(|(digest, size)| json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": digest.to_string(),
+            "size": size,
+        })).collect::<Vec<_>>(),
+    });
+    if let Value::Object(extra) = extra {
+        value.as_object_mut().unwrap().extend(extra);
+    }
+    serde_json::to_vec(&value).unwrap()
+}
+
+/// Pushes a small image (config + one layer) to `repo:reference`; returns the manifest
+/// bytes and digest.
+fn push_image(server: &TestServer, repo: &str, reference: &str, seed: &str) -> (Vec<u8>, Digest) {
+    let config = format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"seed\":\"{seed}\"}}");
+    let layer = format!("layer of {seed}");
+    let config_digest = push_blob(server, repo, config.as_bytes());
+    let layer_digest = push_blob(server, repo, layer.as_bytes());
+    let bytes = manifest(
+        (
+            &config_digest,
+            config.len(),
+            "application/vnd.oci.image.config.v1+json",
+        ),
+        &[(&layer_digest, layer.len())],
+        json!({}),
+    );
+    let response = put_manifest(server, repo, reference, &bytes, OCI_MANIFEST);
+    assert_eq!(response.status, 201, "{response:?}");
+    (bytes.clone(), Digest::sha256(&bytes))
+}
+
+fn put_manifest(
+    server: &TestServer,
+    repo: &str,
+    reference: &str,
+    bytes: &[u8],
+    media_type: &str,
+) -> HttpResponse {
+    server.request(
+        "PUT",
+        &format!("/v2/{repo}/manifests/{reference}"),
+        &[("Content-Type", media_type)],
+        bytes,
+    )
+}
+
+fn two_platforms() -> Vec<Platform> {
+    vec![
+        Platform::new("linux", "amd64", None),
+        Platform::new("linux", "arm64", None),
+    ]
+}
+
+/// A temporary OCI layout holding one synthetic image named `name`.
+fn layout_with(
+    name: &str,
+    platforms: Vec<Platform>,
+    layers: &[u64],
+) -> (tempfile::TempDir, Digest) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_dir(dir.path()).unwrap();
+    let mut spec = ImageSpec::new(name, layers, 7);
+    spec.platforms = platforms;
+    let top = write_image(&store, &spec).unwrap();
+    (dir, top.digest)
+}
+
+fn skopeo(args: &[&str]) -> Vec<u8> {
+    run_ok("skopeo", args, SKOPEO).unwrap()
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+// ---- skopeo and umoci ----
+
+#[test]
+fn skopeo_pushes_and_pulls_single_and_multi_arch_images_with_equal_digests() {
+    require_tools!("skopeo", "umoci");
+    let server = TestServer::start();
+    let host = server.host();
+    // Layers over 1 MiB make skopeo stream them in PATCH requests.
+    let cases = [
+        ("team/app:multi", two_platforms(), vec![3 << 20, 20_000]),
+        (
+            "team/single:v1",
+            vec![Platform::new("linux", "amd64", None)],
+            vec![10_000],
+        ),
+        (
+            "quay.io/coreos/etcd:v3",
+            vec![Platform::new("linux", "arm64", None)],
+            vec![5_000],
+        ),
+    ];
+    for (target, platforms, layers) in cases {
+        let (layout, top) = layout_with("localhost/src:v1", platforms, &layers);
+        skopeo(&[
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:localhost/src:v1", path_str(layout.path())),
+            &format!("docker://{host}/{target}"),
+        ]);
+        let raw = skopeo(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{host}/{target}"),
+        ]);
+        assert_eq!(Digest::sha256(&raw), top, "{target}");
+
+        let back = tempfile::tempdir().unwrap();
+        skopeo(&[
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            &format!("docker://{host}/{target}"),
+            &format!("oci:{}:back", path_str(back.path())),
+        ]);
+        let pulled = skopeo(&[
+            "inspect",
+            "--raw",
+            &format!("oci:{}:back", path_str(back.path())),
+        ]);
+        assert_eq!(Digest::sha256(&pulled), top, "{target} pulled back");
+    }
+    // The store is an OCI layout others read in place, under full names.
+    let store = path_str(&server.store);
+    for name in [
+        "localhost/team/app:multi",
+        "localhost/team/single:v1",
+        "quay.io/coreos/etcd:v3",
+    ] {
+        skopeo(&["inspect", "--raw", &format!("oci:{store}:{name}")]);
+    }
+    let listed =
+        String::from_utf8(run_ok("umoci", &["ls", "--layout", store], SKOPEO).unwrap()).unwrap();
+    assert!(listed.contains("localhost/team/single:v1"), "{listed}");
+    // Manifests a pushed index reaches got no entries of their own.
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(server.store.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 3, "{index}");
+    let report = Store::open_dir(&server.store).unwrap().fsck().unwrap();
+    assert!(report.is_clean() && report.unreferenced == 0, "{report:?}");
+
+    // The tag list through the prefix namespace.
+    let tags = server.get("/v2/quay.io/coreos/etcd/tags/list");
+    assert_eq!(tags.status, 200);
+    let tags: Value = serde_json::from_slice(&tags.body).unwrap();
+    assert_eq!(tags["tags"], json!(["v3"]));
+}
+
+#[test]
+fn skopeo_pushes_with_htpasswd_credentials_and_over_tls() {
+    require_tools!("skopeo", "openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    std::fs::write(dir.path().join("htpasswd"), format!("alice:{hash}\n")).unwrap();
+    let key = dir.path().join("key.pem");
+    let cert = dir.path().join("cert.pem");
+    run_ok(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            path_str(&key),
+            "-out",
+            path_str(&cert),
+        ],
+        SKOPEO,
+    )
+    .unwrap();
+    let server = TestServer::with(|config| {
+        config.auth = Some(AuthConfig {
+            htpasswd: dir.path().join("htpasswd"),
+            realm: "test".to_owned(),
+            anonymous_pull: false,
+        });
+        config.tls = Some(TlsConfig {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    });
+    let host = server.host();
+    let (layout, top) = layout_with("localhost/src:v1", two_platforms(), &[4_000]);
+    // skopeo tries HTTPS first (unverified with --dest-tls-verify=false): plain HTTP would
+    // fail against this server, so success means TLS works.
+    skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "alice:s3cret",
+        &format!("oci:{}:localhost/src:v1", path_str(layout.path())),
+        &format!("docker://{host}/secure/app:v1"),
+    ]);
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        "alice:s3cret",
+        &format!("docker://{host}/secure/app:v1"),
+    ]);
+    assert_eq!(Digest::sha256(&raw), top);
+    let denied = run_bounded(
+        Command::new("skopeo").args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            "alice:wrong",
+            &format!("docker://{host}/secure/app:v1"),
+        ]),
+        SKOPEO,
+    )
+    .unwrap();
+    assert!(!denied.status.success());
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    assert!(
+        http_request("GET", &server.url("/v2/"), &[], &[], Duration::from_secs(5))
+            .map(|response| response.status != 200)
+            .unwrap_or(true)
+    );
+}
+
+// ---- raw HTTP ----
+
+#[test]
+fn base_endpoint_and_spec_errors() {
+    let server = TestServer::start();
+    let base = server.get("/v2/");
+    assert_eq!(base.status, 200);
+    assert_eq!(
+        base.header("docker-distribution-api-version"),
+        Some("registry/2.0")
+    );
+    let unknown_blob = format!("/v2/a/b/blobs/{}", Digest::sha256(b"nothing"));
+    let response = server.get(&unknown_blob);
+    assert_error(&response, 404, "BLOB_UNKNOWN");
+    let body: Value = serde_json::from_slice(&response.body).unwrap();
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not in")
+    );
+    assert_eq!(server.request("HEAD", &unknown_blob, &[], &[]).status, 404);
+    assert_error(&server.get("/v2/a/blobs/sha256:xyz"), 400, "DIGEST_INVALID");
+    assert_error(&server.get("/v2/a/blobs/md5:abcd"), 400, "DIGEST_INVALID");
+    assert_error(
+        &server.get("/v2/a/manifests/sha256:12"),
+        400,
+        "DIGEST_INVALID",
+    );
+    assert_error(&server.get("/v2/UPPER/manifests/v1"), 400, "NAME_INVALID");
+    assert_error(
+        &server.get("/v2/a/manifests/v1?ns=not%20a%20host"),
+        400,
+        "NAME_INVALID",
+    );
+    assert_error(&server.get("/v2/a/manifests/v1"), 404, "MANIFEST_UNKNOWN");
+    assert_error(&server.get("/v2/nothing/tags/list"), 404, "NAME_UNKNOWN");
+    assert_error(
+        &server.get("/v2/a/tags/list?n=many"),
+        400,
+        "PAGINATION_NUMBER_INVALID",
+    );
+    assert_error(
+        &server.get("/v2/a/blobs/uploads/00000000-0000-4000-8000-000000000000"),
+        404,
+        "BLOB_UPLOAD_UNKNOWN",
+    );
+    assert_error(&server.get("/v2/a/whatever"), 404, "NAME_UNKNOWN");
+    assert_eq!(server.get("/other").status, 404);
+    assert_error(
+        &server.request("POST", "/v2/a/manifests/v1", &[], b"x"),
+        405,
+        "UNSUPPORTED",
+    );
+    let sha512 = format!("sha512:{}", "0".repeat(128));
+    assert_error(
+        &server.get(&format!("/v2/a/blobs/{sha512}")),
+        404,
+        "BLOB_UNKNOWN",
+    );
+}
+
+#[test]
+fn monolithic_uploads_and_ranged_blob_reads() {
+    let server = TestServer::start();
+    let data: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    let digest = Digest::sha256(&data);
+    let response = server.request(
+        "POST",
+        &format!("/v2/team/app/blobs/uploads/?digest={digest}"),
+        &[],
+        &data,
+    );
+    assert_eq!(response.status, 201);
+    assert_eq!(
+        response.header("location"),
+        Some(format!("/v2/team/app/blobs/{digest}").as_str())
+    );
+    assert_eq!(
+        response.header("docker-content-digest"),
+        Some(digest.to_string().as_str())
+    );
+
+    let path = format!("/v2/team/app/blobs/{digest}");
+    let head = server.request("HEAD", &path, &[], &[]);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("100000"));
+    assert_eq!(
+        head.header("docker-content-digest"),
+        Some(digest.to_string().as_str())
+    );
+    let full = server.get(&path);
+    assert_eq!((full.status, full.body.len()), (200, data.len()));
+    assert_eq!(full.body, data);
+    // Blobs are global: another repository sees it.
+    assert_eq!(server.get(&format!("/v2/other/blobs/{digest}")).status, 200);
+
+    let part = server.request("GET", &path, &[("Range", "bytes=10-19")], &[]);
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, &data[10..20]);
+    assert_eq!(part.header("content-range"), Some("bytes 10-19/100000"));
+    assert_eq!(part.header("content-length"), Some("10"));
+    let tail = server.request("GET", &path, &[("Range", "bytes=-5")], &[]);
+    assert_eq!((tail.status, tail.body.as_slice()), (206, &data[99_995..]));
+    let open = server.request("GET", &path, &[("Range", "bytes=99990-")], &[]);
+    assert_eq!((open.status, open.body.len()), (206, 10));
+    let outside = server.request("GET", &path, &[("Range", "bytes=100000-100005")], &[]);
+    assert_eq!(outside.status, 416);
+    assert_eq!(outside.header("content-range"), Some("bytes */100000"));
+    let multi = server.request("GET", &path, &[("Range", "bytes=0-1,5-6")], &[]);
+    assert_eq!((multi.status, multi.body.as_slice()), (206, &data[0..2]));
+
+    // A body that does not hash to the digest is refused and not stored.
+    let wrong = Digest::sha256(b"something else");
+    let response = server.request(
+        "POST",
+        &format!("/v2/team/app/blobs/uploads/?digest={wrong}"),
+        &[],
+        b"actual bytes",
+    );
+    assert_error(&response, 400, "DIGEST_INVALID");
+    assert_eq!(
+        server.get(&format!("/v2/team/app/blobs/{wrong}")).status,
+        404
+    );
+    assert!(
+        std::fs::read_dir(server.store.join("uploads"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no upload left behind"
+    );
+
+    // sha512 digests work.
+    let sha512 = Digest::of(Algorithm::Sha512, b"sha512 content");
+    let response = server.request(
+        "POST",
+        &format!("/v2/team/app/blobs/uploads/?digest={sha512}"),
+        &[],
+        b"sha512 content",
+    );
+    assert_eq!(response.status, 201);
+    let back = server.get(&format!("/v2/team/app/blobs/{sha512}"));
+    assert_eq!(back.body, b"sha512 content");
+
+    // DELETE: 202, then gone; again: 404.
+    let delete = server.request("DELETE", &path, &[], &[]);
+    assert_eq!(delete.status, 202);
+    assert_error(&server.get(&path), 404, "BLOB_UNKNOWN");
+    assert_error(
+        &server.request("DELETE", &path, &[], &[]),
+        404,
+        "BLOB_UNKNOWN",
+    );
+}
+
+#[test]
+fn chunked_uploads_in_order_out_of_order_status_and_cancel() {
+    let server = TestServer::start();
+    let start = server.request("POST", "/v2/team/app/blobs/uploads/", &[], &[]);
+    assert_eq!(start.status, 202);
+    assert_eq!(start.header("range"), Some("0-0"));
+    let id = start.header("docker-upload-uuid").unwrap().to_owned();
+    let location = start.header("location").unwrap().to_owned();
+    assert_eq!(location, format!("/v2/team/app/blobs/uploads/{id}"));
+
+    let chunk = |range: &str, body: &[u8]| {
+        server.request(
+            "PATCH",
+            &location,
+            &[
+                ("Content-Range", range),
+                ("Content-Type", "application/octet-stream"),
+            ],
+            body,
+        )
+    };
+    let first = chunk("0-4", b"hello");
+    assert_eq!(first.status, 202, "{first:?}");
+    assert_eq!(first.header("range"), Some("0-4"));
+    assert_eq!(first.header("location"), Some(location.as_str()));
+    let status = server.get(&location);
+    assert_eq!(status.status, 204);
+    assert_eq!(status.header("range"), Some("0-4"));
+    assert_eq!(status.header("docker-upload-uuid"), Some(id.as_str()));
+
+    // Out of order: 416 with the current range, nothing written.
+    let gap = chunk("10-14", b"later");
+    assert_eq!(gap.status, 416);
+    assert_eq!(gap.header("range"), Some("0-4"));
+    assert_eq!(error_code(&gap), "BLOB_UPLOAD_INVALID");
+    let overlap = chunk("2-6", b"xxxxx");
+    assert_eq!(overlap.status, 416);
+    let second = chunk("5-10", b" world");
+    assert_eq!(second.status, 202);
+    assert_eq!(second.header("range"), Some("0-10"));
+    // A chunk without Content-Range is appended (streamed PATCH).
+    let third = server.request("PATCH", &location, &[], b"!");
+    assert_eq!((third.status, third.header("range")), (202, Some("0-11")));
+
+    let digest = Digest::sha256(b"hello world!?");
+    let finish = server.request("PUT", &format!("{location}?digest={digest}"), &[], b"?");
+    assert_eq!(finish.status, 201, "{finish:?}");
+    assert_eq!(
+        finish.header("docker-content-digest"),
+        Some(digest.to_string().as_str())
+    );
+    assert_eq!(
+        server.get(&format!("/v2/team/app/blobs/{digest}")).body,
+        b"hello world!?"
+    );
+    // The session is over.
+    assert_error(&server.get(&location), 404, "BLOB_UPLOAD_UNKNOWN");
+
+    // Another repository cannot use a session.
+    let start = server.request("POST", "/v2/team/app/blobs/uploads", &[], &[]);
+    let location = start.header("location").unwrap().to_owned();
+    let id = start.header("docker-upload-uuid").unwrap().to_owned();
+    assert_error(
+        &server.get(&format!("/v2/intruder/blobs/uploads/{id}")),
+        404,
+        "BLOB_UPLOAD_UNKNOWN",
+    );
+    // A wrong final digest: 400, nothing stored.
+    assert_eq!(server.request("PATCH", &location, &[], b"abc").status, 202);
+    let wrong = Digest::sha256(b"abd");
+    assert_error(
+        &server.request("PUT", &format!("{location}?digest={wrong}"), &[], &[]),
+        400,
+        "DIGEST_INVALID",
+    );
+    assert_eq!(
+        server.get(&format!("/v2/team/app/blobs/{wrong}")).status,
+        404
+    );
+
+    // Cancel.
+    let start = server.request("POST", "/v2/team/app/blobs/uploads/", &[], &[]);
+    let location = start.header("location").unwrap().to_owned();
+    assert_eq!(server.request("PATCH", &location, &[], b"abc").status, 202);
+    assert_eq!(server.request("DELETE", &location, &[], &[]).status, 204);
+    assert_error(&server.get(&location), 404, "BLOB_UPLOAD_UNKNOWN");
+    assert!(
+        std::fs::read_dir(server.store.join("uploads"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+#[test]
+fn cross_repository_mount() {
+    let server = TestServer::start();
+    let digest = push_blob(&server, "source/repo", b"shared layer");
+    let mounted = server.request(
+        "POST",
+        &format!("/v2/target/repo/blobs/uploads/?mount={digest}&from=source/repo"),
+        &[],
+        &[],
+    );
+    assert_eq!(mounted.status, 201);
+    assert_eq!(
+        mounted.header("location"),
+        Some(format!("/v2/target/repo/blobs/{digest}").as_str())
+    );
+    assert_eq!(
+        mounted.header("docker-content-digest"),
+        Some(digest.to_string().as_str())
+    );
+    let missing = Digest::sha256(b"absent");
+    let fallback = server.request(
+        "POST",
+        &format!("/v2/target/repo/blobs/uploads/?mount={missing}&from=source/repo"),
+        &[],
+        &[],
+    );
+    assert_eq!(fallback.status, 202);
+    assert!(fallback.header("docker-upload-uuid").is_some());
+    assert_error(
+        &server.request(
+            "POST",
+            "/v2/target/repo/blobs/uploads/?mount=sha256:bad",
+            &[],
+            &[],
+        ),
+        400,
+        "DIGEST_INVALID",
+    );
+}
+
+#[test]
+fn manifests_put_get_head_delete_and_validation() {
+    let server = TestServer::start();
+    let (bytes, digest) = push_image(&server, "team/app", "v1", "a");
+    let get = server.get("/v2/team/app/manifests/v1");
+    assert_eq!(get.status, 200);
+    assert_eq!(get.body, bytes, "byte-exact");
+    assert_eq!(get.header("content-type"), Some(OCI_MANIFEST));
+    assert_eq!(
+        get.header("docker-content-digest"),
+        Some(digest.to_string().as_str())
+    );
+    assert_eq!(get.header("etag"), Some(format!("\"{digest}\"").as_str()));
+    let head = server.request("HEAD", "/v2/team/app/manifests/v1", &[], &[]);
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("content-length"),
+        Some(bytes.len().to_string().as_str())
+    );
+    assert!(head.body.is_empty());
+    let by_digest = server.get(&format!("/v2/team/app/manifests/{digest}"));
+    assert_eq!(
+        (by_digest.status, by_digest.body.as_slice()),
+        (200, bytes.as_slice())
+    );
+    // Accept that leaves out the stored type: served anyway.
+    let picky = server.request(
+        "GET",
+        "/v2/team/app/manifests/v1",
+        &[(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )],
+        &[],
+    );
+    assert_eq!(picky.status, 200);
+
+    // The PUT answer.
+    let again = put_manifest(&server, "team/app", "v2", &bytes, OCI_MANIFEST);
+    assert_eq!(again.status, 201);
+    assert_eq!(
+        again.header("location"),
+        Some(format!("/v2/team/app/manifests/{digest}").as_str())
+    );
+    assert!(again.header("oci-subject").is_none());
+
+    // A Docker manifest keeps its media type.
+    let config = push_blob(&server, "team/docker", b"{\"os\":\"linux\"}");
+    let docker = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config.to_string(), "size": 15},
+        "layers": [],
+    }))
+    .unwrap();
+    let docker_type = "application/vnd.docker.distribution.manifest.v2+json";
+    assert_eq!(
+        put_manifest(&server, "team/docker", "latest", &docker, docker_type).status,
+        201
+    );
+    let docker_get = server.get("/v2/team/docker/manifests/latest");
+    assert_eq!(docker_get.header("content-type"), Some(docker_type));
+
+    // Validation.
+    let missing = manifest(
+        (
+            &Digest::sha256(b"no config"),
+            9,
+            "application/vnd.oci.image.config.v1+json",
+        ),
+        &[],
+        json!({}),
+    );
+    assert_error(
+        &put_manifest(&server, "team/app", "bad", &missing, OCI_MANIFEST),
+        400,
+        "MANIFEST_BLOB_UNKNOWN",
+    );
+    assert_error(
+        &put_manifest(&server, "team/app", "bad", b"{not json", OCI_MANIFEST),
+        400,
+        "MANIFEST_INVALID",
+    );
+    assert_error(
+        &put_manifest(
+            &server,
+            "team/app",
+            "bad",
+            br#"{"schemaVersion":1}"#,
+            OCI_MANIFEST,
+        ),
+        400,
+        "MANIFEST_INVALID",
+    );
+    assert_error(
+        &put_manifest(&server, "team/app", "bad", &bytes, OCI_INDEX),
+        400,
+        "MANIFEST_INVALID",
+    );
+    let other = Digest::sha256(b"other");
+    assert_error(
+        &put_manifest(
+            &server,
+            "team/app",
+            &other.to_string(),
+            &bytes,
+            OCI_MANIFEST,
+        ),
+        400,
+        "DIGEST_INVALID",
+    );
+    // Over 4 MiB: refused from its Content-Length, before the body is read.
+    let too_large = early_answer(
+        &server,
+        &format!(
+            "PUT /v2/team/app/manifests/huge HTTP/1.1\r\nHost: x\r\nContent-Type: {OCI_MANIFEST}\r\nContent-Length: {}\r\n\r\n",
+            (4 << 20) + 1
+        ),
+    );
+    assert!(too_large.starts_with("HTTP/1.1 413"), "{too_large}");
+    assert!(too_large.contains("MANIFEST_INVALID"), "{too_large}");
+    assert_eq!(server.get("/v2/team/app/manifests/bad").status, 404);
+
+    // A sha512 reference.
+    let sha512 = Digest::of(Algorithm::Sha512, &bytes);
+    let response = put_manifest(
+        &server,
+        "team/app",
+        &sha512.to_string(),
+        &bytes,
+        OCI_MANIFEST,
+    );
+    assert_eq!(response.status, 201, "{response:?}");
+    assert_eq!(
+        response.header("docker-content-digest"),
+        Some(sha512.to_string().as_str())
+    );
+    let back = server.get(&format!("/v2/team/app/manifests/{sha512}"));
+    assert_eq!((back.status, back.body.as_slice()), (200, bytes.as_slice()));
+
+    // DELETE by tag: the tag goes, the other tag stays.
+    assert_eq!(
+        server
+            .request("DELETE", "/v2/team/app/manifests/v2", &[], &[])
+            .status,
+        202
+    );
+    assert_error(
+        &server.get("/v2/team/app/manifests/v2"),
+        404,
+        "MANIFEST_UNKNOWN",
+    );
+    assert_eq!(server.get("/v2/team/app/manifests/v1").status, 200);
+    assert_error(
+        &server.request("DELETE", "/v2/team/app/manifests/v2", &[], &[]),
+        404,
+        "MANIFEST_UNKNOWN",
+    );
+    // DELETE by digest: every entry of the repository pointing to it.
+    let path = format!("/v2/team/app/manifests/{digest}");
+    assert_eq!(server.request("DELETE", &path, &[], &[]).status, 202);
+    assert_error(
+        &server.get("/v2/team/app/manifests/v1"),
+        404,
+        "MANIFEST_UNKNOWN",
+    );
+    assert_error(&server.get(&path), 404, "MANIFEST_UNKNOWN");
+    assert_error(
+        &server.request("DELETE", &path, &[], &[]),
+        404,
+        "MANIFEST_UNKNOWN",
+    );
+}
+
+#[test]
+fn manifests_pushed_by_digest_survive_gc_and_restarts() {
+    let mut server = TestServer::start();
+    let config = push_blob(&server, "team/app", b"{}");
+    let bytes = manifest(
+        (&config, 2, "application/vnd.oci.image.config.v1+json"),
+        &[],
+        json!({}),
+    );
+    let digest = Digest::sha256(&bytes);
+    let response = put_manifest(
+        &server,
+        "team/app",
+        &digest.to_string(),
+        &bytes,
+        OCI_MANIFEST,
+    );
+    assert_eq!(response.status, 201);
+    let store_dir = server.store.clone();
+    server.stop().unwrap();
+    let store = Store::open_dir(&store_dir).unwrap();
+    let report = store.gc().unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
+    drop(store);
+    let restarted = TestServer::run(ServerConfig {
+        storage: Some(store_dir),
+        mode: Mode::ReadWrite,
+        ..ServerConfig::default()
+    });
+    let back = restarted.get(&format!("/v2/team/app/manifests/{digest}"));
+    assert_eq!((back.status, back.body.as_slice()), (200, bytes.as_slice()));
+    // The repository exists (no tags).
+    let tags = restarted.get("/v2/team/app/tags/list");
+    assert_eq!(tags.status, 200);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&tags.body).unwrap()["tags"],
+        json!([])
+    );
+    drop(restarted);
+    drop(server);
+}
+
+#[test]
+fn tag_lists_paginate_with_link_headers() {
+    let server = TestServer::start();
+    let (bytes, _) = push_image(&server, "team/app", "b", "x");
+    for tag in ["e", "a", "d", "c", "v1.10", "v1.9"] {
+        assert_eq!(
+            put_manifest(&server, "team/app", tag, &bytes, OCI_MANIFEST).status,
+            201
+        );
+    }
+    push_image(&server, "team/app-other", "zzz", "y");
+    let all = server.get("/v2/team/app/tags/list");
+    assert_eq!(all.status, 200);
+    let body: Value = serde_json::from_slice(&all.body).unwrap();
+    assert_eq!(body["name"], "team/app");
+    assert_eq!(
+        body["tags"],
+        json!(["a", "b", "c", "d", "e", "v1.10", "v1.9"])
+    );
+    assert!(all.header("link").is_none());
+
+    let mut page = server.get("/v2/team/app/tags/list?n=3");
+    let mut seen = Vec::new();
+    loop {
+        assert_eq!(page.status, 200);
+        let body: Value = serde_json::from_slice(&page.body).unwrap();
+        let tags: Vec<String> = serde_json::from_value(body["tags"].clone()).unwrap();
+        assert!(tags.len() <= 3);
+        seen.extend(tags);
+        let Some(link) = page.header("link") else {
+            break;
+        };
+        assert!(link.ends_with("; rel=\"next\""), "{link}");
+        let next = link
+            .trim_start_matches('<')
+            .split('>')
+            .next()
+            .unwrap()
+            .to_owned();
+        page = server.get(&next);
+    }
+    assert_eq!(seen, ["a", "b", "c", "d", "e", "v1.10", "v1.9"]);
+    let after = server.get("/v2/team/app/tags/list?last=c&n=2");
+    let body: Value = serde_json::from_slice(&after.body).unwrap();
+    assert_eq!(body["tags"], json!(["d", "e"]));
+    assert!(after.header("link").unwrap().contains("last=e"));
+    let none = server.get("/v2/team/app/tags/list?n=0");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&none.body).unwrap()["tags"],
+        json!([])
+    );
+}
+
+#[test]
+fn referrers_are_listed_filtered_and_kept_across_restarts() {
+    let mut server = TestServer::start();
+    let (_, subject) = push_image(&server, "team/app", "v1", "subject");
+    let empty = push_blob(&server, "team/app", b"{}");
+    let sbom_layer = push_blob(&server, "team/app", b"sbom content");
+    let subject_descriptor =
+        json!({"mediaType": OCI_MANIFEST, "digest": subject.to_string(), "size": 1});
+    let sbom = manifest(
+        (&empty, 2, "application/vnd.oci.empty.v1+json"),
+        &[(&sbom_layer, 12)],
+        json!({
+            "artifactType": "application/vnd.example.sbom",
+            "subject": subject_descriptor,
+            "annotations": {"org.example.kind": "sbom"},
+        }),
+    );
+    let signature = manifest(
+        (&empty, 2, "application/vnd.example.signature"),
+        &[],
+        json!({"subject": subject_descriptor}),
+    );
+    let mut digests = Vec::new();
+    for artifact in [&sbom, &signature] {
+        let digest = Digest::sha256(artifact);
+        let response = put_manifest(
+            &server,
+            "team/app",
+            &digest.to_string(),
+            artifact,
+            OCI_MANIFEST,
+        );
+        assert_eq!(response.status, 201);
+        assert_eq!(
+            response.header("oci-subject"),
+            Some(subject.to_string().as_str())
+        );
+        digests.push(digest);
+    }
+    let check = |server: &TestServer| {
+        let all = server.get(&format!("/v2/team/app/referrers/{subject}"));
+        assert_eq!(all.status, 200);
+        assert_eq!(all.header("content-type"), Some(OCI_INDEX));
+        assert!(all.header("oci-filters-applied").is_none());
+        let index: Value = serde_json::from_slice(&all.body).unwrap();
+        assert_eq!(index["schemaVersion"], 2);
+        assert_eq!(index["mediaType"], OCI_INDEX);
+        let manifests = index["manifests"].as_array().unwrap();
+        assert_eq!(manifests.len(), 2, "{index}");
+        let sbom_entry = manifests
+            .iter()
+            .find(|entry| entry["digest"] == digests[0].to_string())
+            .unwrap();
+        assert_eq!(sbom_entry["artifactType"], "application/vnd.example.sbom");
+        assert_eq!(sbom_entry["annotations"]["org.example.kind"], "sbom");
+        assert_eq!(sbom_entry["size"], sbom.len());
+        assert_eq!(sbom_entry["mediaType"], OCI_MANIFEST);
+        let signature_entry = manifests
+            .iter()
+            .find(|entry| entry["digest"] == digests[1].to_string())
+            .unwrap();
+        assert_eq!(
+            signature_entry["artifactType"],
+            "application/vnd.example.signature"
+        );
+
+        let filtered = server.get(&format!(
+            "/v2/team/app/referrers/{subject}?artifactType=application/vnd.example.signature"
+        ));
+        assert_eq!(filtered.header("oci-filters-applied"), Some("artifactType"));
+        let index: Value = serde_json::from_slice(&filtered.body).unwrap();
+        assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+        assert_eq!(index["manifests"][0]["digest"], digests[1].to_string());
+        // Another repository does not see them.
+        let elsewhere = server.get(&format!("/v2/team/other/referrers/{subject}"));
+        assert_eq!(elsewhere.status, 200);
+        let index: Value = serde_json::from_slice(&elsewhere.body).unwrap();
+        assert!(index["manifests"].as_array().unwrap().is_empty());
+    };
+    check(&server);
+    let none = server.get(&format!(
+        "/v2/team/app/referrers/{}",
+        Digest::sha256(b"nobody")
+    ));
+    assert_eq!(none.status, 200);
+    let index: Value = serde_json::from_slice(&none.body).unwrap();
+    assert_eq!(index["manifests"], json!([]));
+    assert_error(
+        &server.get("/v2/team/app/referrers/sha256:zz"),
+        400,
+        "DIGEST_INVALID",
+    );
+
+    let store_dir = server.store.clone();
+    server.stop().unwrap();
+    let restarted = TestServer::run(ServerConfig {
+        storage: Some(store_dir),
+        mode: Mode::ReadWrite,
+        ..ServerConfig::default()
+    });
+    check(&restarted);
+    // Deleting a referrer removes it from the list.
+    let path = format!("/v2/team/app/manifests/{}", digests[1]);
+    assert_eq!(restarted.request("DELETE", &path, &[], &[]).status, 202);
+    let after = restarted.get(&format!("/v2/team/app/referrers/{subject}"));
+    let index: Value = serde_json::from_slice(&after.body).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+    drop(server);
+}
+
+#[test]
+fn namespaces_from_ns_and_path_prefix_map_to_full_store_names() {
+    let server = TestServer::start();
+    let store = Store::open_dir(&server.store).unwrap();
+    let top = write_image(
+        &store,
+        &ImageSpec::new("docker.io/library/nginx:1.25", &[1000], 3),
+    )
+    .unwrap();
+    let by_ns = server.get("/v2/library/nginx/manifests/1.25?ns=docker.io");
+    assert_eq!(by_ns.status, 200);
+    assert_eq!(by_ns.header("oci-namespace"), Some("docker.io"));
+    assert_eq!(
+        by_ns.header("docker-content-digest"),
+        Some(top.digest.to_string().as_str())
+    );
+    // Docker Hub normalisation: `nginx` is `library/nginx`.
+    assert_eq!(
+        server.get("/v2/nginx/manifests/1.25?ns=docker.io").status,
+        200
+    );
+    let by_prefix = server.get("/v2/docker.io/library/nginx/manifests/1.25");
+    assert_eq!(by_prefix.status, 200);
+    assert!(by_prefix.header("oci-namespace").is_none());
+    // Without a namespace: the local namespace, where it is not.
+    assert_error(
+        &server.get("/v2/library/nginx/manifests/1.25"),
+        404,
+        "MANIFEST_UNKNOWN",
+    );
+    let tags = server.get("/v2/nginx/tags/list?ns=docker.io");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&tags.body).unwrap()["tags"],
+        json!(["1.25"])
+    );
+    // Pushing with a prefix stores under that registry.
+    push_image(&server, "ghcr.io/org/tool", "v2", "t");
+    assert!(store.lookup("ghcr.io/org/tool:v2").is_ok());
+    // An upload session keeps `ns` in its Location.
+    let start = server.request(
+        "POST",
+        "/v2/library/nginx/blobs/uploads/?ns=docker.io",
+        &[],
+        &[],
+    );
+    assert!(start.header("location").unwrap().ends_with("?ns=docker.io"));
+}
+
+#[test]
+fn read_only_mode_denies_writes() {
+    let server = TestServer::with(|config| config.mode = Mode::ReadOnly);
+    let store = Store::open_dir(&server.store).unwrap();
+    write_image(&store, &ImageSpec::new("localhost/team/app:v1", &[100], 1)).unwrap();
+    assert_eq!(server.get("/v2/team/app/manifests/v1").status, 200);
+    let digest = Digest::sha256(b"x");
+    for (method, path) in [
+        ("POST", "/v2/team/app/blobs/uploads/".to_owned()),
+        ("PUT", "/v2/team/app/manifests/v2".to_owned()),
+        ("DELETE", "/v2/team/app/manifests/v1".to_owned()),
+        ("DELETE", format!("/v2/team/app/blobs/{digest}")),
+        (
+            "PATCH",
+            "/v2/team/app/blobs/uploads/00000000-0000-4000-8000-000000000000".to_owned(),
+        ),
+    ] {
+        assert_error(&server.request(method, &path, &[], b"{}"), 403, "DENIED");
+    }
+    assert_eq!(server.get("/v2/team/app/manifests/v1").status, 200);
+}
+
+#[test]
+fn htpasswd_auth_challenges_refuses_and_admits() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    std::fs::write(dir.path().join("htpasswd"), format!("bob:{hash}\n")).unwrap();
+    let basic = |credentials: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(credentials)
+        )
+    };
+    for anonymous_pull in [false, true] {
+        let server = TestServer::with(|config| {
+            config.auth = Some(AuthConfig {
+                htpasswd: dir.path().join("htpasswd"),
+                realm: "sealer-test".to_owned(),
+                anonymous_pull,
+            });
+        });
+        let anonymous = server.get("/v2/");
+        if anonymous_pull {
+            assert_eq!(anonymous.status, 200);
+        } else {
+            assert_error(&anonymous, 401, "UNAUTHORIZED");
+            assert_eq!(
+                anonymous.header("www-authenticate"),
+                Some("Basic realm=\"sealer-test\", charset=\"UTF-8\"")
+            );
+        }
+        let wrong = basic("bob:nope");
+        assert_error(
+            &server.request("GET", "/v2/", &[("Authorization", &wrong)], &[]),
+            401,
+            "UNAUTHORIZED",
+        );
+        let right = basic("bob:pw");
+        assert_eq!(
+            server
+                .request("GET", "/v2/", &[("Authorization", &right)], &[])
+                .status,
+            200
+        );
+        // Writes always need credentials.
+        assert_error(
+            &server.request("POST", "/v2/a/blobs/uploads/", &[], &[]),
+            401,
+            "UNAUTHORIZED",
+        );
+        assert_eq!(
+            server
+                .request(
+                    "POST",
+                    "/v2/a/blobs/uploads/",
+                    &[("Authorization", &right)],
+                    &[]
+                )
+                .status,
+            202
+        );
+    }
+}
+
+#[test]
+fn configurations_with_upstreams_are_refused_until_pull_through_exists() {
+    let config = ServerConfig::parse(
+        "storage: /nonexistent\nupstreams:\n  - name: hub\n    url: https://registry-1.docker.io\n",
+        Path::new("registry.yaml"),
+    )
+    .unwrap();
+    let error = sealer_registry_proxy::Registry::open(&config).unwrap_err();
+    assert!(error.to_string().contains("not implemented yet"), "{error}");
+    // The documented example parses.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/registry.yaml");
+    let config = ServerConfig::load(&example).unwrap();
+    assert_eq!(config.mode, Mode::ReadWrite);
+}
+
+#[test]
+fn shutdown_stops_accepting_and_bounds_the_drain() {
+    use std::io::Write as _;
+    let mut server = TestServer::with(|config| {
+        config.shutdown_timeout =
+            sealer_registry_proxy::config::ConfigDuration(Duration::from_secs(1));
+    });
+    assert_eq!(server.get("/v2/").status, 200);
+    // A request that never completes its headers would hold a drain forever.
+    let mut stalled = std::net::TcpStream::connect(server.address).unwrap();
+    stalled
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    server.stop().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(std::net::TcpStream::connect(server.address).is_err());
+}
