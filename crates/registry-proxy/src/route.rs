@@ -204,9 +204,13 @@ pub enum RouteError {
     /// A malformed digest.
     #[error("invalid digest {0:?}")]
     DigestInvalid(String),
-    /// A reference that is neither a tag nor a digest.
+    /// A reference that is neither a tag nor a digest, in a `PUT`.
     #[error("invalid tag {0:?}")]
     TagInvalid(String),
+    /// A reference that is neither a tag nor a digest, in a read or delete: no manifest
+    /// can have it.
+    #[error("manifest {0:?} is not in the registry (not a valid tag)")]
+    ManifestUnknown(String),
     /// `n` is not a number.
     #[error("invalid page size n={0:?}")]
     PaginationInvalid(String),
@@ -225,6 +229,7 @@ impl From<RouteError> for ApiError {
             RouteError::NameInvalid { .. } => ApiError::new(ErrorCode::NameInvalid, message),
             RouteError::DigestInvalid(_) => ApiError::new(ErrorCode::DigestInvalid, message),
             RouteError::TagInvalid(_) => ApiError::new(ErrorCode::ManifestInvalid, message),
+            RouteError::ManifestUnknown(_) => ApiError::new(ErrorCode::ManifestUnknown, message),
             RouteError::PaginationInvalid(_) => {
                 ApiError::new(ErrorCode::PaginationNumberInvalid, message)
             }
@@ -323,7 +328,12 @@ impl RouteParser {
                 _ => return Err(not_allowed()),
             };
             let repo = self.repo(&name_of(2), &params)?;
-            let reference = parse_reference(part(1))?;
+            let reference = parse_reference(part(1)).map_err(|error| match error {
+                RouteError::TagInvalid(tag) if op != ManifestOp::Put => {
+                    RouteError::ManifestUnknown(tag)
+                }
+                other => other,
+            })?;
             return Ok(Route::Manifest {
                 repo,
                 reference,
@@ -604,7 +614,11 @@ mod tests {
             Err(RouteError::DigestInvalid(_))
         ));
         assert!(matches!(
-            get("/v2/a/manifests/-bad"),
+            get("/v2/a/manifests/.INVALID_MANIFEST_NAME"),
+            Err(RouteError::ManifestUnknown(_))
+        ));
+        assert!(matches!(
+            parse(&Method::PUT, "/v2/a/manifests/-bad", None),
             Err(RouteError::TagInvalid(_))
         ));
         assert!(matches!(

@@ -464,6 +464,23 @@ fn base_endpoint_and_spec_errors() {
         "NAME_INVALID",
     );
     assert_error(&server.get("/v2/a/manifests/v1"), 404, "MANIFEST_UNKNOWN");
+    // What the conformance suite asks for as a nonexistent manifest.
+    assert_error(
+        &server.get("/v2/a/manifests/.INVALID_MANIFEST_NAME"),
+        404,
+        "MANIFEST_UNKNOWN",
+    );
+    assert_eq!(
+        server
+            .request("HEAD", "/v2/a/manifests/.INVALID_MANIFEST_NAME", &[], &[])
+            .status,
+        404
+    );
+    assert_error(
+        &server.request("PUT", "/v2/a/manifests/.bad", &[], b"{}"),
+        400,
+        "MANIFEST_INVALID",
+    );
     assert_error(&server.get("/v2/nothing/tags/list"), 404, "NAME_UNKNOWN");
     assert_error(
         &server.get("/v2/a/tags/list?n=many"),
