@@ -20,4 +20,5 @@ mod interop;
 mod lifecycle;
 mod registry;
 mod roundtrip;
+mod serve;
 mod support;

@@ -1,0 +1,106 @@
+//! `sealer registry serve`: the binary serves its store, skopeo reads it, SIGTERM stops it
+//! cleanly; bad configurations fail with file:line.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use sealer_image_store::Store;
+use sealer_image_store::testing::{ImageSpec, write_image};
+use sealer_test_harness::{free_port, http_get, require_tools, run_ok};
+
+use crate::support::*;
+
+#[test]
+fn registry_serve_answers_skopeo_and_stops_on_sigterm() {
+    require_tools!("skopeo");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = Store::open_dir(&root).unwrap();
+    let top = write_image(
+        &store,
+        &ImageSpec::new("localhost/team/app:v1", &[2_000], 5),
+    )
+    .unwrap();
+    drop(store);
+    let port = free_port().unwrap();
+    let config = dir.path().join("registry.yaml");
+    std::fs::write(
+        &config,
+        format!("listen: 127.0.0.1:{port}\nmode: read-only\n"),
+    )
+    .unwrap();
+    let sealer = Sealer::new(&root);
+    let mut child = sealer
+        .command(&["registry", "serve", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}/v2/");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_get(&base, Duration::from_secs(2))
+        .map(|r| r.status)
+        .ok()
+        != Some(200)
+    {
+        assert!(Instant::now() < deadline, "the registry did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let raw = run_ok(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://127.0.0.1:{port}/team/app:v1"),
+        ],
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&raw)),
+        top.digest.to_string()
+    );
+
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(log.contains("registry listening"), "{log}");
+    assert!(log.contains("shutting down"), "{log}");
+}
+
+#[test]
+fn registry_serve_refuses_bad_configurations() {
+    let dir = tempfile::tempdir().unwrap();
+    let sealer = Sealer::new(dir.path().join("store"));
+    let config = dir.path().join("bad.yaml");
+    std::fs::write(&config, "listen: 127.0.0.1:1\nmode: sometimes\n").unwrap();
+    let message = sealer.fails(&["registry", "serve", "--config", config.to_str().unwrap()]);
+    assert!(message.contains("bad.yaml:2:"), "{message}");
+    let upstreams = dir.path().join("upstreams.toml");
+    std::fs::write(
+        &upstreams,
+        "[[upstreams]]\nname = \"hub\"\nurl = \"https://registry-1.docker.io\"\n",
+    )
+    .unwrap();
+    let message = sealer.fails(&["registry", "serve", "--config", upstreams.to_str().unwrap()]);
+    assert!(message.contains("not implemented yet"), "{message}");
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(data))
+}
