@@ -13,6 +13,8 @@ use crate::error::{ApiError, ErrorCode};
 
 /// Sessions idle longer than this are dropped (their file removed).
 pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// At most this many sessions at once (each holds two open files); more get 429.
+pub const MAX_SESSIONS: usize = 1024;
 
 /// One upload session.
 #[derive(Debug)]
@@ -42,13 +44,19 @@ impl Uploads {
     /// Registers a new session for `name`; returns its id (a random UUID).
     pub fn insert(&self, name: String, upload: BlobUpload) -> Result<String, ApiError> {
         let id = random_uuid()?;
+        let mut sessions = self.sessions();
+        if sessions.len() >= MAX_SESSIONS {
+            return Err(ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!("{MAX_SESSIONS} uploads are in progress; finish or cancel some"),
+            ));
+        }
         let session = Session {
             name,
             upload: Some(upload),
             touched: Instant::now(),
         };
-        self.sessions()
-            .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(session)));
+        sessions.insert(id.clone(), Arc::new(tokio::sync::Mutex::new(session)));
         Ok(id)
     }
 

@@ -1285,3 +1285,42 @@ fn shutdown_stops_accepting_and_bounds_the_drain() {
     );
     assert!(std::net::TcpStream::connect(server.address).is_err());
 }
+
+#[test]
+fn shutdown_lets_an_in_flight_download_finish() {
+    use std::io::{Read as _, Write as _};
+    let mut server = TestServer::start();
+    let data: Vec<u8> = (0..20u32 << 20).map(|i| (i % 253) as u8).collect();
+    let digest = push_blob(&server, "team/big", &data);
+    let mut stream = std::net::TcpStream::connect(server.address).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        stream,
+        "GET /v2/team/big/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    let mut received = vec![0u8; 64 * 1024];
+    stream.read_exact(&mut received).unwrap();
+    let stopping = std::thread::spawn(move || {
+        let result = server.stop();
+        (server, result)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut rest = Vec::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let expected = head_end + data.len();
+    while received.len() + rest.len() < expected {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => rest.extend_from_slice(&buffer[..read]),
+            Err(error) => panic!("the download was cut: {error}"),
+        }
+    }
+    received.extend_from_slice(&rest);
+    assert_eq!(received.len(), expected);
+    assert_eq!(&received[head_end..], data.as_slice());
+    drop(stream);
+    let (_server, result) = stopping.join().unwrap();
+    result.unwrap();
+}
