@@ -235,6 +235,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The configuration names no store, and none was given otherwise.
+    #[error("no storage: set `storage` in the configuration (or the CLI's --root)")]
+    NoStorage,
     /// A feature the configuration asks for does not exist yet.
     #[error("{0}")]
     NotImplemented(String),

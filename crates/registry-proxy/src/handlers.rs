@@ -185,17 +185,10 @@ async fn put_manifest(
         .and_then(|value| value.split(';').next())
         .map(|value| value.trim().to_owned());
     let bytes = read_limited(parts, body, MAX_MANIFEST_SIZE).await?;
-    let name = state.names.name(&repo)?;
-    let tagged = match &reference {
-        ManifestRef::Tag(tag) => Some(state.names.reference(&repo, tag)?.to_string()),
-        ManifestRef::Digest(_) => None,
-    };
-    let store = state.store.clone();
-    let wanted = reference.clone();
-    let (digest, subject) = blocking("store a manifest", move || {
-        store_manifest(&store, &name, tagged, &wanted, &bytes, content_type)
-    })
-    .await?;
+    let (digest, subject) = state
+        .local
+        .put_manifest(&repo, &reference, bytes, content_type)
+        .await?;
     tracing::info!(repository = %repo.path_name, %reference, %digest, "manifest stored");
     let mut response = empty(StatusCode::CREATED);
     let headers = response.headers_mut();
@@ -213,7 +206,7 @@ async fn put_manifest(
 
 /// Validates and stores a pushed manifest, and names it: a tag entry, or an unnamed entry
 /// annotated with the repository for a push by digest. Returns its digest and subject.
-fn store_manifest(
+pub(crate) fn store_manifest(
     store: &Store,
     name: &str,
     tagged: Option<String>,

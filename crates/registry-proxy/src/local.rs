@@ -45,6 +45,31 @@ impl LocalSource {
     pub fn names(&self) -> &StoreNames {
         &self.names
     }
+
+    /// Stores a manifest byte-exact and names it in `repo`, as a push does: validated (JSON,
+    /// media type, the blobs of an image manifest present, the digest of a digest
+    /// reference), then tagged, or for a digest reference recorded as an unnamed entry of
+    /// the repository. A pull-through layer fills the store through this too. Returns the
+    /// manifest's digest and its subject, if any.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoPath,
+        reference: &ManifestRef,
+        bytes: Bytes,
+        content_type: Option<String>,
+    ) -> Result<(Digest, Option<Digest>), ApiError> {
+        let name = self.names.name(repo)?;
+        let tagged = match reference {
+            ManifestRef::Tag(tag) => Some(self.names.reference(repo, tag)?.to_string()),
+            ManifestRef::Digest(_) => None,
+        };
+        let store = self.store.clone();
+        let reference = reference.clone();
+        blocking("store a manifest", move || {
+            crate::handlers::store_manifest(&store, &name, tagged, &reference, &bytes, content_type)
+        })
+        .await
+    }
 }
 
 /// Runs blocking store work off the async threads.

@@ -41,6 +41,8 @@ pub(crate) struct AppState {
     pub(crate) names: StoreNames,
     pub(crate) source: Arc<dyn ContentSource>,
     pub(crate) uploads: Arc<Uploads>,
+    /// The store's own source, for writes (reads go through `source`).
+    pub(crate) local: Arc<LocalSource>,
     parser: RouteParser,
     read_only: bool,
     auth: Option<Auth>,
@@ -51,7 +53,6 @@ pub(crate) struct AppState {
 /// [`Registry::serve`] it or mount [`Registry::router`].
 pub struct Registry {
     state: AppState,
-    local: Arc<LocalSource>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -74,11 +75,7 @@ impl Registry {
                     .to_owned(),
             ));
         }
-        let root = config.storage.clone().ok_or_else(|| {
-            ServeError::NotImplemented(
-                "no storage: set `storage` in the configuration (or --root)".to_owned(),
-            )
-        })?;
+        let root = config.storage.clone().ok_or(ServeError::NoStorage)?;
         let store = Store::open_dir(&root).map_err(|source| ServeError::Store {
             path: root.clone(),
             source,
@@ -104,17 +101,17 @@ impl Registry {
                 names,
                 source: local.clone(),
                 uploads: Arc::new(Uploads::default()),
+                local: local.clone(),
                 parser: RouteParser::new(config.upstreams.iter().map(|u| u.name.clone())),
                 read_only: config.mode == Mode::ReadOnly,
                 auth,
             },
-            local,
         })
     }
 
     /// The source that serves the store, for a layer to wrap.
     pub fn local_source(&self) -> Arc<LocalSource> {
-        self.local.clone()
+        self.state.local.clone()
     }
 
     /// Answers reads from `source` instead of the store directly (a pull-through cache that
