@@ -501,9 +501,18 @@ pub(crate) fn read_text(path: &Path) -> Result<String, ConfigError> {
     String::from_utf8(bytes).map_err(|_| read_error("not UTF-8 text".to_owned()))
 }
 
-/// The first line of a (possibly multi-line, rendered) parser message.
+/// The first line of a (possibly multi-line, rendered) parser message, without the
+/// `error: line N column M:` prefix (the line is reported separately).
 fn first_line(message: &str) -> String {
-    message.lines().next().unwrap_or_default().trim().to_owned()
+    let line = message.lines().next().unwrap_or_default().trim();
+    let line = line.strip_prefix("error:").map_or(line, str::trim_start);
+    match line
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
+        Some((position, rest)) if position.contains("column") => rest.to_owned(),
+        _ => line.to_owned(),
+    }
 }
 
 /// The 1-based line where `key` is first set (`key:` or `key =`), for messages.
@@ -573,7 +582,10 @@ mod tests {
     fn errors_name_the_file_and_line() {
         let error = yaml("listen: 127.0.0.1:5000\nmode: read-mostly\n").unwrap_err();
         let text = error.to_string();
-        assert!(text.starts_with("registry.yaml:2: "), "{text}");
+        assert!(
+            text.starts_with("registry.yaml:2: unknown variant"),
+            "{text}"
+        );
         let error = yaml("listen: 127.0.0.1:5000\n\nlisten_typo: 1\n").unwrap_err();
         assert!(
             error.to_string().starts_with("registry.yaml:3: "),

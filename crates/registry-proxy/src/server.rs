@@ -228,8 +228,9 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let registry = Registry::open(config)?;
+    // TLS files first: a bad one must not leave a new empty store behind.
     let tls = config.tls.as_ref().map(acceptor).transpose()?;
+    let registry = Registry::open(config)?;
     if let Ok(address) = listener.local_addr() {
         tracing::info!(
             %address,
