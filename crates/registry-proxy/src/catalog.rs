@@ -222,3 +222,39 @@ fn referrer_descriptor(digest: &Digest, info: &DocInfo) -> Descriptor {
     descriptor.annotations = info.annotations.clone();
     descriptor
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: Option<&str>, repository: Option<&str>) -> Descriptor {
+        let mut descriptor = Descriptor::new(media_type::OCI_MANIFEST, Digest::sha256(b"m"), 1);
+        if let Some(name) = name {
+            descriptor.annotations.insert(
+                sealer_image_store::model::REF_NAME_ANNOTATION.to_owned(),
+                name.to_owned(),
+            );
+        }
+        if let Some(repository) = repository {
+            descriptor
+                .annotations
+                .insert(REPOSITORY_ANNOTATION.to_owned(), repository.to_owned());
+        }
+        descriptor
+    }
+
+    #[test]
+    fn entries_belong_to_the_repository_of_their_name_or_annotation() {
+        let tagged = entry(Some("localhost:5000/team/app:v1"), None);
+        assert_eq!(entry_repository(&tagged), Some("localhost:5000/team/app"));
+        assert_eq!(entry_tag(&tagged, "localhost:5000/team/app"), Some("v1"));
+        assert_eq!(entry_tag(&tagged, "localhost:5000/team/ap"), None);
+        assert_eq!(entry_tag(&tagged, "localhost:5000/team"), None);
+        let unnamed = entry(None, Some("docker.io/library/nginx"));
+        assert_eq!(entry_repository(&unnamed), Some("docker.io/library/nginx"));
+        assert_eq!(entry_tag(&unnamed, "docker.io/library/nginx"), None);
+        assert_eq!(entry_repository(&entry(None, None)), None);
+        // A bare name without a tag (as some layouts write) belongs to no repository.
+        assert_eq!(entry_repository(&entry(Some("latest"), None)), None);
+    }
+}
