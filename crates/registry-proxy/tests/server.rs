@@ -1260,6 +1260,25 @@ fn configurations_with_upstreams_are_refused_until_pull_through_exists() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/registry.yaml");
     let config = ServerConfig::load(&example).unwrap();
     assert_eq!(config.mode, Mode::ReadWrite);
+    // Relative paths are relative to the file; TOML works as YAML does.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("registry.toml");
+    std::fs::write(
+        &file,
+        "storage = \"store\"\n[auth]\nhtpasswd = \"users/htpasswd\"\n[tls]\ncert = \"/abs/cert.pem\"\nkey = \"key.pem\"\n",
+    )
+    .unwrap();
+    let config = ServerConfig::load(&file).unwrap();
+    assert_eq!(config.storage, Some(dir.path().join("store")));
+    assert_eq!(
+        config.auth.unwrap().htpasswd,
+        dir.path().join("users/htpasswd")
+    );
+    let tls = config.tls.unwrap();
+    assert_eq!(tls.cert, PathBuf::from("/abs/cert.pem"));
+    assert_eq!(tls.key, dir.path().join("key.pem"));
+    let missing = ServerConfig::load(&dir.path().join("absent.yaml")).unwrap_err();
+    assert!(missing.to_string().contains("absent.yaml"), "{missing}");
 }
 
 #[test]
