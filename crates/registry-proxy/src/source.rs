@@ -7,6 +7,21 @@
 //! otherwise, filling the store. What it did travels back in [`ResponseMeta`] (`X-Cache`,
 //! `OCI-Namespace`), which the server turns into headers. Writes (pushes, deletes) always go
 //! to the local store and do not pass through here.
+//!
+//! Plugging a cache in:
+//!
+//! 1. a type holding `Arc<LocalSource>` (from [`crate::Registry::local_source`]) and the
+//!    upstream clients implements [`ContentSource`]; it maps [`RepoPath::namespace`] (a host
+//!    from `?ns=` or a path prefix, an alias, or `None` for the default upstream) to an
+//!    upstream, and refuses namespaces that name none (never an open proxy);
+//! 2. it answers from the wrapped source first where that is right (digests always; tags
+//!    within their TTL), and fills the store on a miss: blobs through
+//!    `Store::begin_upload` (hashed while written, committed only on a digest match),
+//!    manifests through [`crate::LocalSource::put_manifest`] (the push path: byte-exact,
+//!    validated, named under [`StoreNames`]);
+//! 3. [`ResponseMeta::cache`] says `HIT`/`MISS`/`STALE`;
+//! 4. it is installed with [`crate::Registry::with_source`], and `Registry::open` stops
+//!    refusing configurations with upstreams.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
