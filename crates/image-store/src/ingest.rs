@@ -21,7 +21,7 @@ use crate::store::{
     MAX_MANIFEST_SIZE, Store, is_manifest_type, parse_manifest, set_entry, verify_bytes,
 };
 
-const INGEST_DIR: &str = "ingest";
+use crate::store::INGEST_DIR;
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// What [`Ingest::commit`] added.
@@ -331,45 +331,6 @@ impl<'s> Ingest<'s> {
             Ok(())
         })?;
         Ok(report)
-    }
-
-    /// Removes staging directories whose importer is gone; returns how many.
-    pub(crate) fn remove_abandoned(store: &Store) -> Result<usize> {
-        Self::abandoned(store, true)
-    }
-
-    /// Counts staging directories whose importer is gone.
-    pub(crate) fn count_abandoned(store: &Store) -> Result<usize> {
-        Self::abandoned(store, false)
-    }
-
-    fn abandoned(store: &Store, remove: bool) -> Result<usize> {
-        let fs = store.fs();
-        let root = Path::new(INGEST_DIR);
-        if !fs.exists(root)? {
-            return Ok(0);
-        }
-        let mut count = 0;
-        for entry in fs.read_dir(root)? {
-            let name = entry.name.to_string_lossy().into_owned();
-            let Some(id) = name.strip_suffix(".lock") else {
-                continue;
-            };
-            let lock_path = root.join(&name);
-            // A live importer holds its lock; a crashed one released it when it died.
-            let Some(_guard) = fs.try_lock(&lock_path)? else {
-                continue;
-            };
-            count += 1;
-            if remove {
-                let dir = root.join(id);
-                if fs.exists(&dir)? {
-                    fs.remove_dir_all(&dir)?;
-                }
-                fs.remove_file(&lock_path)?;
-            }
-        }
-        Ok(count)
     }
 }
 

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sealer_fs_abstraction::{Fs, LockGuard, RealFs};
+use sealer_fs_abstraction::{FileKind, Fs, LockGuard, RealFs};
 
 use crate::blob::{BlobStore, FsBlobStore};
 use crate::digest::{Digest, Hasher};
@@ -25,6 +25,12 @@ const INDEX_LOCK: &str = "index.json.lock";
 pub(crate) const GC_LOCK: &str = "gc.lock";
 /// Largest manifest the store reads (registries cap them at 4 MiB).
 pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+/// Where imports stage their blobs (see [`Ingest`]).
+pub(crate) const INGEST_DIR: &str = "ingest";
+/// Where registry uploads are written (see `BlobUpload`).
+pub(crate) const UPLOAD_DIR: &str = "uploads";
+/// Directories of in-progress work whose crash leftovers `gc` removes.
+const WORK_DIRS: [&str; 2] = [INGEST_DIR, UPLOAD_DIR];
 /// Nested indexes deeper than this are refused.
 const MAX_INDEX_DEPTH: usize = 8;
 
@@ -513,9 +519,45 @@ impl Store {
                 removed += 1;
             }
         }
-        removed += Ingest::remove_abandoned(self)?;
-        removed += crate::upload::BlobUpload::remove_abandoned(self)?;
+        for dir in WORK_DIRS {
+            removed += self.abandoned_work(dir, true)?;
+        }
         Ok(removed)
+    }
+
+    /// Work items (import staging directories, upload files) under `dir` whose writer is
+    /// gone, removed when `remove` is set; returns how many. Each item `<id>` has a lock file
+    /// `<id>.lock` that its live writer holds; a crashed writer released it when it died.
+    fn abandoned_work(&self, dir: &str, remove: bool) -> Result<usize> {
+        let root = Path::new(dir);
+        if !self.fs.exists(root)? {
+            return Ok(0);
+        }
+        let mut count = 0;
+        for entry in self.fs.read_dir(root)? {
+            let name = entry.name.to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix(".lock") else {
+                continue;
+            };
+            let lock_path = root.join(&name);
+            let Some(_guard) = self.fs.try_lock(&lock_path)? else {
+                continue;
+            };
+            count += 1;
+            if remove {
+                let item = root.join(id);
+                match self.fs.symlink_metadata(&item) {
+                    Ok(metadata) if metadata.kind == FileKind::Dir => {
+                        self.fs.remove_dir_all(&item)?
+                    }
+                    Ok(_) => self.fs.remove_file(&item)?,
+                    Err(error) if error.is_not_found() => {}
+                    Err(error) => return Err(error.into()),
+                }
+                self.fs.remove_file(&lock_path)?;
+            }
+        }
+        Ok(count)
     }
 
     /// Re-hashes every blob, and checks that everything `index.json` reaches is present.
@@ -559,8 +601,8 @@ impl Store {
             .filter(|digest| !reach.present.contains(digest))
             .count();
         report.leftovers = self.blobs.leftover_temp_files()?.len()
-            + Ingest::count_abandoned(self)?
-            + crate::upload::BlobUpload::count_abandoned(self)?;
+            + self.abandoned_work(INGEST_DIR, false)?
+            + self.abandoned_work(UPLOAD_DIR, false)?;
         Ok(report)
     }
 }

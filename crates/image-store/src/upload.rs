@@ -16,7 +16,7 @@ use crate::digest::{Algorithm, Digest, Hasher};
 use crate::error::{Result, StoreError};
 use crate::store::Store;
 
-const UPLOAD_DIR: &str = "uploads";
+use crate::store::UPLOAD_DIR;
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// One blob being uploaded in pieces; see the module documentation. Owns a clone of the
@@ -164,45 +164,6 @@ impl BlobUpload {
             }
             hasher.update(&buffer[..read]);
         }
-    }
-
-    /// Removes uploads whose writer is gone; returns how many.
-    pub(crate) fn remove_abandoned(store: &Store) -> Result<usize> {
-        Self::abandoned(store, true)
-    }
-
-    /// Counts uploads whose writer is gone.
-    pub(crate) fn count_abandoned(store: &Store) -> Result<usize> {
-        Self::abandoned(store, false)
-    }
-
-    fn abandoned(store: &Store, remove: bool) -> Result<usize> {
-        let fs = store.fs();
-        let root = Path::new(UPLOAD_DIR);
-        if !fs.exists(root)? {
-            return Ok(0);
-        }
-        let mut count = 0;
-        for entry in fs.read_dir(root)? {
-            let name = entry.name.to_string_lossy().into_owned();
-            let Some(id) = name.strip_suffix(".lock") else {
-                continue;
-            };
-            let lock_path = root.join(&name);
-            // A live upload holds its lock; a crashed process released it when it died.
-            let Some(_guard) = fs.try_lock(&lock_path)? else {
-                continue;
-            };
-            count += 1;
-            if remove {
-                let data = root.join(id);
-                if fs.exists(&data)? {
-                    fs.remove_file(&data)?;
-                }
-                fs.remove_file(&lock_path)?;
-            }
-        }
-        Ok(count)
     }
 }
 
