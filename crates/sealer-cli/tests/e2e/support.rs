@@ -8,24 +8,8 @@ use sealer_image_store::{Platform, Store};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-/// Whether `tool` can be run. When it cannot: panics under `CI=true` (CI installs every
-/// tool), else prints `SKIPPED: <tool> not installed` and returns false.
-pub fn require_tool(tool: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|output| output.status.success());
-    if found {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{tool} is required when CI=true (./scripts/test.sh installs it)");
-    }
-    // Straight to the process's stderr: libtest captures `println!` of passing tests.
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {tool} not installed");
-    false
-}
+/// Whether `tool` can be run (skips locally, panics under `CI=true`): the harness's check.
+pub use sealer_test_harness::require_tool;
 
 /// Skips the calling test (returns from it) unless every tool is installed.
 #[macro_export]
