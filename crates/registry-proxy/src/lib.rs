@@ -10,6 +10,8 @@
 //!   monolithic/chunked/streamed, mount, tags, referrers, deletes, Range), htpasswd basic
 //!   auth, read-only mode, TLS (rustls with ring), bounded graceful shutdown.
 //! * [`ServerConfig`]: the YAML/TOML configuration of `sealer registry serve`.
+//! * [`mirror_config`]: the containerd, CRI-O/podman and Docker configuration files that make
+//!   nodes pull the configured upstreams through this registry.
 //!
 //! Repository `R` requested in namespace `N` is the store name `N/R` (Docker-normalised:
 //! `docker.io` + `nginx` → `docker.io/library/nginx`); without a namespace, the configured
@@ -24,6 +26,7 @@ pub mod config;
 mod error;
 mod handlers;
 mod local;
+pub mod mirror_config;
 pub mod range;
 pub mod route;
 mod server;
