@@ -62,6 +62,9 @@ pub enum Command {
 pub enum RegistryCommand {
     /// Serve the store as an OCI distribution registry until SIGINT/SIGTERM.
     Serve(ServeArgs),
+    /// Write the containerd, CRI-O/podman or Docker files that make a node pull the
+    /// registry's upstreams through it.
+    MirrorConfig(MirrorConfigArgs),
 }
 
 /// `sealer registry serve`.
@@ -71,6 +74,49 @@ pub struct ServeArgs {
     /// defaults to the store of --root.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
+}
+
+/// The container runtimes `sealer registry mirror-config` configures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MirrorRuntime {
+    /// containerd: certs.d/<upstream>/hosts.toml (the upstream travels as `?ns=`).
+    Containerd,
+    /// CRI-O, podman, skopeo, buildah: a registries.conf.d drop-in (the upstream travels as
+    /// a path prefix).
+    Crio,
+    /// Docker Engine: daemon.json (Docker Hub only; other upstreams by prefix names).
+    Docker,
+}
+
+/// `sealer registry mirror-config`.
+#[derive(Debug, clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("upstream_source")
+        .required(true)
+        .multiple(true)
+        .args(["config", "upstreams"])
+))]
+pub struct MirrorConfigArgs {
+    /// The runtime to configure.
+    #[arg(long, value_enum)]
+    pub runtime: MirrorRuntime,
+    /// Where nodes reach the registry (`http://10.0.0.2:5000`, `https://mirror.example.com`).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: String,
+    /// The registry's configuration (as for `registry serve`): its upstreams are mirrored.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// An upstream to mirror besides those of --config (`quay.io`, `https://ghcr.io`,
+    /// `http://10.0.0.5:5000`; repeatable).
+    #[arg(long = "upstream", value_name = "HOST|URL")]
+    pub upstreams: Vec<String>,
+    /// Write the files under this directory (`/etc/containerd`, `/etc/containers`,
+    /// `/etc/docker`) instead of printing them.
+    #[arg(short, long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Replace existing files whose content differs (refused otherwise).
+    #[arg(long, requires = "output")]
+    pub force: bool,
 }
 
 /// Options shared by the commands that talk to registries.

@@ -20,7 +20,12 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     // A server reports what it serves; other commands speak only about problems.
-    let server = matches!(cli.command, cli::Command::Registry { .. });
+    let server = matches!(
+        cli.command,
+        cli::Command::Registry {
+            command: cli::RegistryCommand::Serve(_)
+        }
+    );
     init_logging(cli.verbose, if server { "info" } else { "warn" });
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@ mod images;
 mod inspect;
 mod load;
 mod login;
+mod mirror_config;
 mod prune;
 mod pull;
 mod push;

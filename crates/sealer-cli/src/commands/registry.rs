@@ -1,4 +1,4 @@
-//! `sealer registry serve`.
+//! `sealer registry serve` (and the dispatch of `sealer registry mirror-config`).
 
 use std::path::Path;
 
@@ -27,5 +27,6 @@ pub fn run(root: Option<&Path>, command: &RegistryCommand) -> Result<()> {
                 ))
                 .with_context(|| format!("serving {}", args.config.display()))
         }
+        RegistryCommand::MirrorConfig(args) => super::mirror_config::run(args),
     }
 }

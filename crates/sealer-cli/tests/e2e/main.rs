@@ -18,6 +18,7 @@ mod corruption;
 mod crash;
 mod interop;
 mod lifecycle;
+mod mirror_config;
 mod registry;
 mod roundtrip;
 mod serve;

@@ -1,0 +1,79 @@
+//! `sealer registry mirror-config`.
+
+use anyhow::{Context, Result, bail};
+use sealer_fs_abstraction::{Fs, RealFs};
+use sealer_registry_proxy::ServerConfig;
+use sealer_registry_proxy::mirror_config::{self, Endpoint, MirrorUpstream, Runtime};
+
+use crate::cli::{MirrorConfigArgs, MirrorRuntime};
+
+pub fn run(args: &MirrorConfigArgs) -> Result<()> {
+    let endpoint: Endpoint = args.endpoint.parse()?;
+    let runtime = match args.runtime {
+        MirrorRuntime::Containerd => Runtime::Containerd,
+        MirrorRuntime::Crio => Runtime::Crio,
+        MirrorRuntime::Docker => Runtime::Docker,
+    };
+    let mut upstreams = Vec::new();
+    let mut default_upstream = None;
+    if let Some(path) = &args.config {
+        let config = ServerConfig::load(path)?;
+        upstreams.extend(config.upstreams.iter().map(MirrorUpstream::from));
+        default_upstream = config.default_upstream;
+    }
+    for text in &args.upstreams {
+        upstreams.push(text.parse()?);
+    }
+    let generated =
+        mirror_config::generate(runtime, &upstreams, default_upstream.as_deref(), &endpoint)?;
+
+    let Some(dir) = &args.output else {
+        for (at, file) in generated.files.iter().enumerate() {
+            if at > 0 {
+                say!();
+            }
+            say!("# file: {}", file.path.display());
+            say!("{}", file.content.trim_end());
+        }
+        for note in &generated.notes {
+            say!("# note: {note}");
+        }
+        return Ok(());
+    };
+
+    let context = || format!("writing under {}", dir.display());
+    let fs = RealFs::create_root(dir).with_context(context)?;
+    // Nothing is written when any file would replace different content without --force.
+    let mut conflicts = Vec::new();
+    for file in &generated.files {
+        match fs.read(&file.path) {
+            Ok(existing) if existing != file.content.as_bytes() && !args.force => {
+                conflicts.push(fs.display_path(&file.path).display().to_string());
+            }
+            Ok(_) => {}
+            Err(error) if error.is_not_found() => {}
+            Err(error) => return Err(error).with_context(context),
+        }
+    }
+    if !conflicts.is_empty() {
+        bail!(
+            "{} already exist(s) with other content: merge by hand, or replace with --force",
+            conflicts.join(", ")
+        );
+    }
+    for file in &generated.files {
+        if let Some(parent) = file.path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            fs.create_dir_all(parent).with_context(context)?;
+        }
+        // Written to a temporary name and renamed: a node never reads half a file.
+        fs.write_atomic(&file.path, file.content.as_bytes())
+            .with_context(context)?;
+        say!("Wrote {}", fs.display_path(&file.path).display());
+    }
+    for note in &generated.notes {
+        say!("note: {note}");
+    }
+    Ok(())
+}
