@@ -261,6 +261,11 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// The process id while it runs (benchmarks read its CPU time from `/proc/<pid>/stat`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process is running.
     pub fn is_running(&mut self) -> bool {
         self.child
