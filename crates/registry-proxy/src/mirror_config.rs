@@ -144,8 +144,9 @@ pub struct MirrorUpstream {
     pub name: String,
     /// Where the upstream is (`https://registry-1.docker.io`), the fallback of clients.
     pub url: UpstreamUrl,
-    /// Whether its certificate is not verified (nodes then skip verification too).
-    pub insecure: bool,
+    /// Whether the registry verifies it with a private CA (`ca_file`): nodes falling back to
+    /// it directly need that CA too.
+    pub private_ca: bool,
 }
 
 impl MirrorUpstream {
@@ -155,9 +156,9 @@ impl MirrorUpstream {
         normalise_host(&self.url.host).unwrap_or_else(|| self.url.host.clone())
     }
 
-    /// Whether plain HTTP (or an unverified certificate) is used to reach it.
-    fn is_insecure(&self) -> bool {
-        self.insecure || self.url.scheme == "http"
+    /// Whether it is spoken to over plain HTTP.
+    fn is_plain_http(&self) -> bool {
+        self.url.scheme == "http"
     }
 }
 
@@ -166,7 +167,7 @@ impl From<&UpstreamConfig> for MirrorUpstream {
         Self {
             name: upstream.name.clone(),
             url: upstream.url.clone(),
-            insecure: upstream.insecure,
+            private_ca: upstream.ca_file.is_some(),
         }
     }
 }
@@ -193,7 +194,7 @@ impl FromStr for MirrorUpstream {
         let upstream = Self {
             name: url.host.clone(),
             url,
-            insecure: false,
+            private_ca: false,
         };
         let host = upstream.registry_host();
         if !(host.contains(['.', ':']) || host == "localhost") {
@@ -273,6 +274,20 @@ pub fn generate(
         Runtime::Crio => crio(&unique, endpoint),
         Runtime::Docker => docker(&unique, default_upstream, endpoint),
     };
+    for upstream in &unique {
+        if upstream.private_ca {
+            let host = upstream.registry_host();
+            let place = match runtime {
+                Runtime::Containerd => format!("`ca` in certs.d/{host}/hosts.toml"),
+                Runtime::Crio => format!("/etc/containers/certs.d/{host}/ca.crt"),
+                Runtime::Docker => format!("/etc/docker/certs.d/{host}/ca.crt"),
+            };
+            notes.push(format!(
+                "the registry verifies upstream {host} with a private CA (`ca_file`): nodes \
+                 that fall back to it directly need that CA too ({place})"
+            ));
+        }
+    }
     config.notes.extend(notes);
     Ok(config)
 }
@@ -294,10 +309,10 @@ fn containerd(upstreams: &[&MirrorUpstream], endpoint: &Endpoint) -> MirrorConfi
              server = {}\n",
             toml_string(&upstream.url.to_string())
         ));
-        if upstream.insecure {
+        if upstream.private_ca {
             text.push_str(
-                "# The upstream's certificate is not verified (`insecure` in the registry's \
-                 configuration).\nskip_verify = true\n",
+                "# The registry verifies this upstream with a private CA (`ca_file`): add \
+                 `ca = \"/path/to/ca.pem\"`\n# here too, for the direct fallback.\n",
             );
         }
         text.push_str(&format!(
@@ -343,7 +358,7 @@ fn crio(upstreams: &[&MirrorUpstream], endpoint: &Endpoint) -> MirrorConfig {
             "\n[[registry]]\nprefix = {host}\nlocation = {host}\n",
             host = toml_string(&host)
         ));
-        if upstream.is_insecure() {
+        if upstream.is_plain_http() {
             text.push_str("insecure = true\n");
         }
         text.push_str(&format!(
@@ -460,8 +475,8 @@ mod tests {
             "upstreams:\n\
              \x20 - name: hub\n    url: https://registry-1.docker.io\n\
              \x20 - name: quay\n    url: https://quay.io\n\
-             \x20 - name: lab\n    url: http://10.0.0.5:5000\n\
-             \x20 - name: self-signed\n    url: https://registry.lab.example\n    insecure: true\n\
+             \x20 - name: lab\n    url: http://10.0.0.5:5000\n    insecure: true\n\
+             \x20 - name: private\n    url: https://registry.lab.example\n    ca_file: ca.pem\n\
              default_upstream: hub\n",
             Path::new("registry.yaml"),
         )
@@ -553,8 +568,10 @@ mod tests {
         assert!(config.files[0].content.contains("Plain HTTP"));
         let lab = toml(&config.files[2]);
         assert_eq!(lab["server"].as_str(), Some("http://10.0.0.5:5000"));
-        let insecure = toml(&config.files[3]);
-        assert_eq!(insecure["skip_verify"].as_bool(), Some(true));
+        let private = toml(&config.files[3]);
+        assert!(private.get("skip_verify").is_none());
+        assert!(config.files[3].content.contains("private CA"));
+        assert!(config.notes.join("\n").contains("registry.lab.example"));
         assert!(config.notes[0].contains("config_path"));
 
         let config = generate(Runtime::Containerd, &upstreams(), Some("hub"), &https()).unwrap();
@@ -575,7 +592,7 @@ mod tests {
             ("docker.io", false),
             ("quay.io", false),
             ("10.0.0.5:5000", true),
-            ("registry.lab.example", true),
+            ("registry.lab.example", false),
         ];
         for (registry, (host, insecure)) in registries.iter().zip(expected) {
             assert_eq!(registry["prefix"].as_str(), Some(host));

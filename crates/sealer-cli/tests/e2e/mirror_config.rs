@@ -12,7 +12,7 @@ use crate::support::*;
 const CONFIG: &str = "upstreams:\n\
   \x20 - name: hub\n    url: https://registry-1.docker.io\n\
   \x20 - name: quay\n    url: https://quay.io\n\
-  \x20 - name: lab\n    url: http://10.0.0.5:5000\n\
+  \x20 - name: lab\n    url: http://10.0.0.5:5000\n    insecure: true\n\
   default_upstream: hub\n";
 
 fn write_config(dir: &Path) -> String {
