@@ -486,12 +486,21 @@ impl Store {
     /// interrupted writes. Holds the GC lock, so ingests commit before or after, never
     /// during.
     pub fn gc(&self) -> Result<GcReport> {
+        self.gc_with_extra_roots(&[])
+    }
+
+    /// [`gc`](Self::gc) that also keeps the blobs `extra_roots`, as they are (a manifest
+    /// among them does not keep its children). `sealer prune` passes the layers of the
+    /// build cache's entries (`sealer_layer_cache::LayerCache::layer_digests`), which no
+    /// `index.json` entry may reach yet.
+    pub fn gc_with_extra_roots(&self, extra_roots: &[Digest]) -> Result<GcReport> {
         let _gc = self.gc_lock()?;
         let roots = self.index()?.manifests;
         let reach = self.reachable(&roots)?;
+        let extra: BTreeSet<&Digest> = extra_roots.iter().collect();
         let mut report = GcReport::default();
         for digest in self.blobs.list()? {
-            if reach.present.contains(&digest) {
+            if reach.present.contains(&digest) || extra.contains(&digest) {
                 continue;
             }
             let size = self.blobs.stat(&digest)?.unwrap_or(0);

@@ -287,6 +287,28 @@ fn gc_removes_only_unreferenced_blobs() {
 }
 
 #[test]
+fn gc_keeps_extra_roots() {
+    for (_dir, store) in both() {
+        write_image(&store, &ImageSpec::new("a:1", &[100], 20)).unwrap();
+        let cached = Digest::sha256(b"a layer only the build cache knows");
+        let other = Digest::sha256(b"garbage");
+        for (digest, bytes) in [
+            (&cached, &b"a layer only the build cache knows"[..]),
+            (&other, &b"garbage"[..]),
+        ] {
+            store.blobs().put(digest, None, &mut &bytes[..]).unwrap();
+        }
+        let report = store
+            .gc_with_extra_roots(std::slice::from_ref(&cached))
+            .unwrap();
+        assert_eq!(report.removed, vec![other]);
+        assert!(store.blobs().stat(&cached).unwrap().is_some());
+        assert!(store.resolve("a:1", None).is_ok());
+        assert_eq!(store.gc().unwrap().removed, vec![cached]);
+    }
+}
+
+#[test]
 fn fsck_names_corrupt_and_missing_blobs() {
     for (_dir, store) in both() {
         write_image(&store, &ImageSpec::new("a:1", &[10_000], 4)).unwrap();
