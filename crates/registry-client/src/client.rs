@@ -1,8 +1,9 @@
 //! The HTTP side: [`RegistryClient`], its options, TLS, the authentication flow, retries and
 //! the distribution API calls that pull and push are made of.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -146,6 +147,12 @@ pub struct ClientOptions {
     /// Larger blobs are pushed in `PATCH` chunks of this size, or in one streamed `PATCH`
     /// when `None` (the default).
     pub chunk_size: Option<u64>,
+    /// The API base URL of registries whose address is known (`docker.io` →
+    /// `https://registry-1.docker.io/`, `10.0.0.5:5000` → `http://10.0.0.5:5000/`), used
+    /// as given instead of probing HTTPS first: a configured upstream that accepts
+    /// connections but never answers then cannot stall the probe. `http://` only for
+    /// hosts that allow plain HTTP (loopback and `insecure_hosts`).
+    pub base_urls: BTreeMap<String, String>,
 }
 
 impl Default for ClientOptions {
@@ -162,6 +169,7 @@ impl Default for ClientOptions {
             read_timeout: Duration::from_secs(60),
             monolithic_limit: DEFAULT_MONOLITHIC_LIMIT,
             chunk_size: None,
+            base_urls: BTreeMap::new(),
         }
     }
 }
@@ -184,6 +192,7 @@ pub(crate) struct Inner {
     /// The base URL (scheme and API host) of each registry, once known.
     bases: tokio::sync::Mutex<HashMap<String, Url>>,
     plain_http: Arc<PlainHttpPolicy>,
+    counters: Counters,
 }
 
 /// Which hosts may be spoken to over plain HTTP.
@@ -209,6 +218,32 @@ impl PlainHttpPolicy {
             Some(port) => self.allows(&format!("{host}:{port}")),
             None => self.allows(host),
         }
+    }
+}
+
+/// Parses and checks a configured base URL (see [`ClientOptions::base_urls`]).
+fn base_url_of(base: &str, plain_http: &PlainHttpPolicy) -> Result<Url, ClientError> {
+    let invalid = |reason: String| ClientError::Url {
+        url: base.to_owned(),
+        reason,
+    };
+    let url = Url::parse(base).map_err(|error| invalid(error.to_string()))?;
+    if url.host_str().is_none()
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || url.path() != "/"
+    {
+        return Err(invalid(
+            "a registry base URL is scheme://host[:port]/, without a path".to_owned(),
+        ));
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if plain_http.allows_url(&url) => Ok(url),
+        "http" => Err(invalid(
+            "plain HTTP only for loopback hosts and insecure hosts".to_owned(),
+        )),
+        other => Err(invalid(format!("unsupported scheme {other}"))),
     }
 }
 
@@ -337,11 +372,30 @@ struct Authorization {
 
 /// A manifest as fetched: exact bytes, their digest and media type.
 #[derive(Debug, Clone)]
-pub(crate) struct FetchedManifest {
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) digest: Digest,
+pub struct FetchedManifest {
+    /// The exact bytes received (at most [`MAX_MANIFEST_SIZE`]).
+    pub bytes: Vec<u8>,
+    /// Their digest: the pinned one or `Docker-Content-Digest`'s algorithm when given
+    /// (verified), else sha256.
+    pub digest: Digest,
     /// The media type from `Content-Type`, when it is a manifest type.
-    pub(crate) content_type: Option<String>,
+    pub content_type: Option<String>,
+}
+
+/// Counters of what a [`RegistryClient`] sent, for metrics ([`RegistryClient::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// HTTP requests sent to registries (every attempt: retries and the request repeated
+    /// after a `401` count).
+    pub requests: u64,
+    /// Tokens fetched from token servers (cached tokens reused do not count).
+    pub token_fetches: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    token_fetches: AtomicU64,
 }
 
 impl RegistryClient {
@@ -356,6 +410,10 @@ impl RegistryClient {
                 .map(|host| host.to_ascii_lowercase())
                 .collect(),
         });
+        let mut bases = HashMap::new();
+        for (registry, base) in &options.base_urls {
+            bases.insert(registry.clone(), base_url_of(base, &plain_http)?);
+        }
         let policy = plain_http.clone();
         // Redirects (blob downloads are often sent to object storage): reqwest drops
         // `Authorization` whenever the next URL's host, port or scheme differs, so a token
@@ -390,8 +448,9 @@ impl RegistryClient {
                 credentials,
                 tokens: TokenCache::new(),
                 challenges: Mutex::default(),
-                bases: tokio::sync::Mutex::default(),
+                bases: tokio::sync::Mutex::new(bases),
                 plain_http,
+                counters: Counters::default(),
             }),
         })
     }
@@ -404,6 +463,14 @@ impl RegistryClient {
     /// The credential store.
     pub fn credentials(&self) -> &CredentialStore {
         &self.inner.credentials
+    }
+
+    /// What this client (and its clones) sent so far.
+    pub fn stats(&self) -> ClientStats {
+        ClientStats {
+            requests: self.inner.counters.requests.load(Ordering::Relaxed),
+            token_fetches: self.inner.counters.token_fetches.load(Ordering::Relaxed),
+        }
     }
 
     /// The base URL of `registry`'s API: `https://HOST/`, or `http://HOST/` for a host that
@@ -514,6 +581,7 @@ impl RegistryClient {
                 builder = builder.body(body);
             }
             let can_retry = request.retry && attempt < policy.max_attempts.max(1);
+            self.inner.counters.requests.fetch_add(1, Ordering::Relaxed);
             let response = match builder.send().await {
                 Ok(response) => response,
                 Err(error) if can_retry && is_retryable_error(&error) => {
@@ -818,6 +886,10 @@ impl RegistryClient {
                     reason: "the answer is too large".to_owned(),
                 })?;
             tracing::debug!(realm = %realm_text, ?scopes, "fetched a registry token");
+            self.inner
+                .counters
+                .token_fetches
+                .fetch_add(1, Ordering::Relaxed);
             return Ok(Token::from_answer(&realm_text, &body)?);
         }
     }

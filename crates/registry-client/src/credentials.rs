@@ -124,6 +124,8 @@ pub struct CredentialStore {
     auth_files: Vec<PathBuf>,
     helper_timeout: Duration,
     helper_path: Option<std::ffi::OsString>,
+    /// Credentials given directly, by registry: answered before any file is read.
+    fixed: HashMap<String, Credential>,
     cache: Mutex<HashMap<String, Option<Credential>>>,
 }
 
@@ -154,6 +156,7 @@ impl CredentialStore {
             auth_files,
             helper_timeout: DEFAULT_HELPER_TIMEOUT,
             helper_path: None,
+            fixed: HashMap::new(),
             cache: Mutex::default(),
         }
     }
@@ -165,6 +168,7 @@ impl CredentialStore {
             auth_files: Vec::new(),
             helper_timeout: DEFAULT_HELPER_TIMEOUT,
             helper_path: None,
+            fixed: HashMap::new(),
             cache: Mutex::default(),
         }
     }
@@ -175,6 +179,14 @@ impl CredentialStore {
             docker_config_dir: Some(dir.into()),
             ..Self::anonymous()
         }
+    }
+
+    /// Answers `credential` for every repository of `registry` (as in a normalised
+    /// reference: `docker.io` for Docker Hub), before any file or helper is consulted: for
+    /// credentials that come from elsewhere (a server's configuration).
+    pub fn with_credential(mut self, registry: &str, credential: Credential) -> Self {
+        self.fixed.insert(registry.to_owned(), credential);
+        self
     }
 
     /// Adds containers `auth.json` files to read (after the docker config).
@@ -211,6 +223,9 @@ impl CredentialStore {
         registry: &str,
         repository: &str,
     ) -> Result<Option<Credential>, CredentialError> {
+        if let Some(credential) = self.fixed.get(registry) {
+            return Ok(Some(credential.clone()));
+        }
         let key = format!("{registry}/{repository}");
         if let Some(cached) = self.cache().get(&key) {
             return Ok(cached.clone());

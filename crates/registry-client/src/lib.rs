@@ -34,6 +34,11 @@
 //! * [`RegistryClient::push`] (module `push`): `HEAD` per blob, cross-repository mount,
 //!   monolithic upload for small blobs and streamed (or chunked) `PATCH` for large ones,
 //!   manifests children first, digests checked.
+//! * Single reads for callers that serve what they fetch (a pull-through cache):
+//!   [`RegistryClient::head_manifest`], [`RegistryClient::get_manifest`],
+//!   [`RegistryClient::head_blob`] and [`RegistryClient::get_blob`], whose
+//!   [`BlobDownload`] resumes with `Range` by itself; [`ClientOptions::base_urls`] for
+//!   registries whose address is configured; [`RegistryClient::stats`] for metrics.
 //! * [`TransferProgress`]: per-blob start/advance/finish callbacks.
 //!
 //! Pull needs a multi-thread tokio runtime (its blob workers write to disk on their own
@@ -44,16 +49,18 @@
 pub mod auth;
 mod client;
 pub mod credentials;
+mod fetch;
 mod progress;
 mod pull;
 mod push;
 mod retry;
 
 pub use client::{
-    ClientError, ClientOptions, DEFAULT_MONOLITHIC_LIMIT, MANIFEST_ACCEPT, RegistryClient,
-    normalize_registry,
+    ClientError, ClientOptions, ClientStats, DEFAULT_MONOLITHIC_LIMIT, FetchedManifest,
+    MANIFEST_ACCEPT, RegistryClient, normalize_registry,
 };
 pub use credentials::{Credential, CredentialError, CredentialStore};
+pub use fetch::{BlobDownload, ManifestHead};
 pub use progress::{BlobOutcome, NoProgress, TransferProgress};
 pub use pull::{PlatformSelection, PullError, PullReport};
 pub use push::{PushError, PushReport};

@@ -631,7 +631,7 @@ impl Read for BlobReader<'_> {
 }
 
 /// `bytes START-END/TOTAL` → (START, TOTAL), TOTAL `None` for `*`.
-fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
+pub(crate) fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
     let rest = value.trim().strip_prefix("bytes")?.trim_start();
     let (range, total) = rest.split_once('/')?;
     let (start, end) = range.split_once('-')?;

@@ -1,0 +1,319 @@
+//! Single distribution API reads for callers that serve what they fetch themselves (a
+//! pull-through cache): a manifest's `HEAD` and `GET`, a blob's `HEAD`, and a blob download
+//! ([`BlobDownload`]) that resumes with `Range` after a broken connection. Authentication
+//! (tokens cached per scope), retries and the plain-HTTP policy are the client's, as for
+//! pull and push.
+
+use bytes::{Buf, Bytes};
+use futures_util::Stream;
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, RANGE};
+use reqwest::{Method, Response, StatusCode, Url};
+use sealer_image_store::Digest;
+use sealer_image_store::model::media_type;
+
+use crate::client::{
+    ClientError, DOCKER_CONTENT_DIGEST, FetchedManifest, MANIFEST_ACCEPT, RegistryClient, Request,
+    Scope, status_error,
+};
+use crate::pull::parse_content_range;
+
+/// What a `HEAD` of a manifest told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestHead {
+    /// `Docker-Content-Digest`, when sent (and valid).
+    pub digest: Option<Digest>,
+    /// `Content-Type`, when it is a manifest or index type.
+    pub media_type: Option<String>,
+    /// `Content-Length`, when sent.
+    pub size: Option<u64>,
+}
+
+/// `Content-Length` as sent (HEAD answers have no body whose length could be measured).
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse().ok())
+}
+
+impl RegistryClient {
+    /// `HEAD /v2/REPOSITORY/manifests/REFERENCE` (a tag or digest) with the manifest types
+    /// sealer accepts ([`MANIFEST_ACCEPT`]): what a tag points to, without its bytes. An
+    /// absent manifest is a [`ClientError::Status`] 404.
+    pub async fn head_manifest(
+        &self,
+        registry: &str,
+        repository: &str,
+        reference: &str,
+    ) -> Result<ManifestHead, ClientError> {
+        let scope = Scope::pull(repository);
+        let url = self
+            .api_url(registry, repository, &format!("manifests/{reference}"))
+            .await?;
+        let request =
+            Request::new(Method::HEAD, registry, url, &scope).header(ACCEPT, MANIFEST_ACCEPT)?;
+        let response = self.send_ok(request).await?;
+        let headers = response.headers();
+        Ok(ManifestHead {
+            digest: headers
+                .get(DOCKER_CONTENT_DIGEST)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.trim().parse().ok()),
+            media_type: headers
+                .get(CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .map(|value| value.split(';').next().unwrap_or(value).trim().to_owned())
+                .filter(|value| media_type::is_index(value) || media_type::is_manifest(value)),
+            size: declared_length(headers),
+        })
+    }
+
+    /// `GET /v2/REPOSITORY/manifests/REFERENCE`: the exact bytes (at most 4 MiB), verified
+    /// against `expected` when given, else against `Docker-Content-Digest` when sent.
+    pub async fn get_manifest(
+        &self,
+        registry: &str,
+        repository: &str,
+        reference: &str,
+        expected: Option<&Digest>,
+    ) -> Result<FetchedManifest, ClientError> {
+        let scope = Scope::pull(repository);
+        self.fetch_manifest(registry, repository, reference, expected, &scope)
+            .await
+    }
+
+    /// `HEAD /v2/REPOSITORY/blobs/DIGEST`: the blob's size. An absent blob is a
+    /// [`ClientError::Status`] 404.
+    pub async fn head_blob(
+        &self,
+        registry: &str,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<u64, ClientError> {
+        let scope = Scope::pull(repository);
+        let url = self
+            .api_url(registry, repository, &format!("blobs/{digest}"))
+            .await?;
+        let response = self
+            .send_ok(Request::new(Method::HEAD, registry, url.clone(), &scope))
+            .await?;
+        declared_length(response.headers()).ok_or_else(|| ClientError::Protocol {
+            url: url.to_string(),
+            reason: "the answer has no Content-Length".to_owned(),
+        })
+    }
+
+    /// Starts downloading a blob from byte `offset` (0: all of it): sends the `GET`
+    /// (`Range: bytes=OFFSET-` when `offset > 0`) and returns once the answer's head has
+    /// arrived, so [`BlobDownload::size`] is known. The bytes are not verified here: the
+    /// caller hashes them.
+    pub async fn get_blob(
+        &self,
+        registry: &str,
+        repository: &str,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<BlobDownload, ClientError> {
+        let url = self
+            .api_url(registry, repository, &format!("blobs/{digest}"))
+            .await?;
+        let mut download = BlobDownload {
+            client: self.clone(),
+            registry: registry.to_owned(),
+            scope: Scope::pull(repository),
+            url,
+            digest: digest.clone(),
+            size: None,
+            offset,
+            response: None,
+            skip: 0,
+            resumes: 0,
+        };
+        let response = download.open().await?;
+        download.response = Some(response);
+        Ok(download)
+    }
+}
+
+/// A blob being downloaded (see [`RegistryClient::get_blob`]): [`Self::chunk`] yields the
+/// bytes in order. When the connection breaks or the body ends before the blob's size, the
+/// download asks again with `Range: bytes=N-` (at most [`crate::ClientOptions::max_resumes`]
+/// times, with backoff) and carries on where it was; a registry that answers a range with
+/// the whole blob has the bytes already delivered skipped.
+#[derive(Debug)]
+pub struct BlobDownload {
+    client: RegistryClient,
+    registry: String,
+    scope: Scope,
+    url: Url,
+    digest: Digest,
+    /// The whole blob's size, once a response told it.
+    size: Option<u64>,
+    /// The position of the next byte delivered.
+    offset: u64,
+    response: Option<Response>,
+    /// Bytes of the current response to drop (a `200` to a ranged request).
+    skip: u64,
+    resumes: u32,
+}
+
+impl BlobDownload {
+    /// The whole blob's size, as the registry declared it (`None` when it sent no length:
+    /// then the body's end is the blob's end).
+    pub fn size(&self) -> Option<u64> {
+        self.size
+    }
+
+    /// The position of the next byte [`Self::chunk`] yields.
+    pub fn position(&self) -> u64 {
+        self.offset
+    }
+
+    /// How often the download resumed after a broken connection.
+    pub fn resumes(&self) -> u32 {
+        self.resumes
+    }
+
+    /// The blob.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// The next bytes, `None` at the end of the blob. Errors are final (the resumes are
+    /// used up, or the registry refused).
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, ClientError> {
+        loop {
+            if self.size.is_some_and(|size| self.offset >= size) {
+                self.response = None;
+                return Ok(None);
+            }
+            let response = match self.response.as_mut() {
+                Some(response) => response,
+                None => {
+                    let response = self.open().await?;
+                    self.response.insert(response)
+                }
+            };
+            match response.chunk().await {
+                Ok(Some(mut chunk)) => {
+                    if self.skip > 0 {
+                        let dropped = self.skip.min(chunk.len() as u64);
+                        chunk.advance(dropped as usize);
+                        self.skip -= dropped;
+                    }
+                    if let Some(size) = self.size {
+                        let wanted = size - self.offset;
+                        if chunk.len() as u64 > wanted {
+                            chunk.truncate(wanted as usize);
+                        }
+                    }
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    self.offset += chunk.len() as u64;
+                    return Ok(Some(chunk));
+                }
+                Ok(None) => match self.size {
+                    None => {
+                        self.response = None;
+                        return Ok(None);
+                    }
+                    Some(size) => {
+                        let error = ClientError::Protocol {
+                            url: self.url.to_string(),
+                            reason: format!("the body ended after {} of {size} bytes", self.offset),
+                        };
+                        self.resume(error).await?;
+                    }
+                },
+                Err(source) => {
+                    let error = ClientError::Transport {
+                        request: format!("{} {}", Method::GET, self.url),
+                        source,
+                    };
+                    self.resume(error).await?;
+                }
+            }
+        }
+    }
+
+    /// The download as a stream of chunks (ends after the first error).
+    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, ClientError>> + Send {
+        futures_util::stream::unfold(Some(self), |download| async move {
+            let mut download = download?;
+            match download.chunk().await {
+                Ok(Some(chunk)) => Some((Ok(chunk), Some(download))),
+                Ok(None) => None,
+                Err(error) => Some((Err(error), None)),
+            }
+        })
+    }
+
+    /// After a broken body: wait, then let the next [`Self::chunk`] reopen from the
+    /// current offset; or fail when resumed too often.
+    async fn resume(&mut self, error: ClientError) -> Result<(), ClientError> {
+        self.response = None;
+        let options = &self.client.inner.options;
+        if self.resumes >= options.max_resumes {
+            return Err(error);
+        }
+        self.resumes += 1;
+        tracing::warn!(digest = %self.digest, offset = self.offset, %error, "blob download broke; resuming");
+        tokio::time::sleep(options.retries.backoff(self.resumes)).await;
+        Ok(())
+    }
+
+    /// Sends the `GET` from the current offset and checks the answer's range.
+    async fn open(&mut self) -> Result<Response, ClientError> {
+        let mut request = Request::new(Method::GET, &self.registry, self.url.clone(), &self.scope);
+        if self.offset > 0 {
+            request = request.header(RANGE, &format!("bytes={}-", self.offset))?;
+        }
+        let response = self.client.send(request).await?;
+        let protocol = |reason: String| ClientError::Protocol {
+            url: self.url.to_string(),
+            reason,
+        };
+        match response.status() {
+            StatusCode::OK => {
+                let length = declared_length(response.headers());
+                if let (Some(known), Some(length)) = (self.size, length)
+                    && known != length
+                {
+                    return Err(protocol(format!(
+                        "the blob's size changed from {known} to {length} bytes"
+                    )));
+                }
+                self.size = self.size.or(length);
+                self.skip = self.offset;
+                if self.offset > 0 {
+                    tracing::info!(digest = %self.digest, offset = self.offset, "the registry ignored Range; skipping what was delivered");
+                }
+                Ok(response)
+            }
+            StatusCode::PARTIAL_CONTENT if self.offset > 0 => {
+                let range = response
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(parse_content_range);
+                match range {
+                    Some((start, total))
+                        if start == self.offset
+                            && (self.size.is_none() || total.is_none() || total == self.size) =>
+                    {
+                        self.size = self.size.or(total);
+                        self.skip = 0;
+                        Ok(response)
+                    }
+                    _ => Err(protocol(format!(
+                        "asked for bytes {}-, got Content-Range {:?}",
+                        self.offset,
+                        response.headers().get(CONTENT_RANGE)
+                    ))),
+                }
+            }
+            _ => Err(status_error(Method::GET, response).await),
+        }
+    }
+}
