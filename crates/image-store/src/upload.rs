@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sealer_fs_abstraction::{LockGuard, WriteFile};
+use sealer_fs_abstraction::{LockGuard, ReadFile, WriteFile};
 
 use crate::blob::{BlobStore, COPY_BUFFER};
 use crate::digest::{Algorithm, Digest, Hasher};
@@ -45,6 +45,21 @@ impl Store {
     /// Starts an incremental blob upload in `uploads/<id>`.
     pub fn begin_upload(&self) -> Result<BlobUpload> {
         BlobUpload::begin(self.clone())
+    }
+
+    /// Opens the bytes written so far to the live upload `id` ([`BlobUpload::id`]) for
+    /// reading: for serving a blob while it arrives. The bytes are unverified until the
+    /// upload commits. Once the upload is committed (moved into `blobs/`) or dropped, the
+    /// file is gone: a [`StoreError::Fs`] whose error `is_not_found()` (a handle opened
+    /// before that stays readable on a real filesystem).
+    pub fn open_upload(&self, id: &str) -> Result<Box<dyn ReadFile>> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(StoreError::io(
+                format!("open upload {id:?}"),
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an upload id"),
+            ));
+        }
+        Ok(self.fs().open(&Path::new(UPLOAD_DIR).join(id))?)
     }
 }
 
