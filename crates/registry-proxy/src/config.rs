@@ -3,8 +3,7 @@
 //! and, where it can, the line. Relative paths are relative to the configuration file.
 //!
 //! The upstream fields (`upstreams`, `default_upstream`, `upstream_timeout`, `offline`)
-//! are parsed and validated for the pull-through cache, which is not implemented yet: a
-//! server refuses to start with upstreams configured rather than ignore them.
+//! configure the pull-through cache ([`crate::PullThroughSource`]).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -261,7 +260,8 @@ pub struct UpstreamConfig {
     /// Look credentials up in the docker `config.json` instead.
     #[serde(default)]
     pub use_docker_config: bool,
-    /// Skip TLS certificate verification.
+    /// Allow plain HTTP: an `http://` URL to a host that is not loopback needs it. TLS,
+    /// when used, is always verified (add a private CA with `ca_file`).
     #[serde(default)]
     pub insecure: bool,
     /// A CA bundle (PEM) to verify it with.
@@ -298,7 +298,7 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after a shutdown signal.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: ConfigDuration,
-    /// Upstream registries of the pull-through cache (not implemented yet).
+    /// Upstream registries of the pull-through cache.
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
     /// The upstream of requests without a namespace (by name).
@@ -431,12 +431,25 @@ impl ServerConfig {
                     ),
                 ));
             }
-            if upstream.insecure && upstream.ca_file.is_some() {
+            if upstream.url.scheme == "http" && upstream.ca_file.is_some() {
                 return Err((
                     "ca_file",
                     format!(
-                        "upstream {:?}: insecure skips verification, so a ca_file means nothing",
+                        "upstream {:?}: its url is plain http, so a ca_file means nothing",
                         upstream.name
+                    ),
+                ));
+            }
+            if upstream.url.scheme == "http"
+                && !upstream.insecure
+                && !is_loopback(&upstream.url.host)
+            {
+                return Err((
+                    "url",
+                    format!(
+                        "upstream {:?}: plain http to {} needs `insecure: true` (only loopback \
+                         hosts may be spoken to over http without it)",
+                        upstream.name, upstream.url.host
                     ),
                 ));
             }
@@ -480,6 +493,18 @@ impl ServerConfig {
             }
         }
     }
+}
+
+/// Whether `authority` (`host[:port]`) is a loopback host.
+fn is_loopback(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => authority.split(':').next().unwrap_or(authority),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Reads a whole (small) text file through a [`RealFs`] rooted at its directory.
@@ -603,6 +628,15 @@ mod tests {
         );
         let error = yaml("upstreams:\n  - name: a\n    url: ftp://a.io\n").unwrap_err();
         assert!(error.to_string().contains("http or https"), "{error}");
+        let error = yaml("upstreams:\n  - name: a\n    url: http://a.lan:5000\n").unwrap_err();
+        assert!(
+            error.to_string().starts_with("registry.yaml:3: ")
+                && error.to_string().contains("insecure: true"),
+            "{error}"
+        );
+        yaml("upstreams:\n  - name: a\n    url: http://a.lan:5000\n    insecure: true\n").unwrap();
+        yaml("upstreams:\n  - name: a\n    url: http://127.0.0.1:5000\n").unwrap();
+        yaml("upstreams:\n  - name: a\n    url: http://localhost:5000\n").unwrap();
         let error = yaml(
             "upstreams:\n  - name: a\n    url: https://a.io\n  - name: a\n    url: https://b.io\n",
         )

@@ -235,6 +235,14 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// An upstream of the pull-through cache cannot be set up (its CA file, its URL).
+    #[error("upstream {name:?}: {reason}")]
+    Upstream {
+        /// The upstream's name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// The configuration names no store, and none was given otherwise.
     #[error("no storage: set `storage` in the configuration (or the CLI's --root)")]
     NoStorage,

@@ -1,11 +1,14 @@
-//! An OCI distribution server over a sealer image store, built to become a pull-through
-//! cache for many upstream registries at once (routed by `?ns=` and by path prefix).
+//! An OCI distribution server over a sealer image store that is also a pull-through cache
+//! for many upstream registries at once (routed by `?ns=` and by path prefix).
 //!
 //! * [`route`]: a pure parser from `(method, path, query)` to a [`Route`]; repository names
 //!   contain `/`, and the upstream namespace comes from `?ns=` or a path prefix.
-//! * [`ContentSource`]: where reads come from. [`LocalSource`] serves the store; the
-//!   pull-through layer (in progress) wraps it and reports `X-Cache`/`OCI-Namespace`
-//!   through [`ResponseMeta`].
+//! * [`ContentSource`]: where reads come from. [`LocalSource`] serves the store;
+//!   [`PullThroughSource`] wraps it as a pull-through cache of many upstreams at once
+//!   (one upstream `GET` per blob digest shared by every client, commit on a digest match,
+//!   tags revalidated per TTL, stale answers when an upstream fails) and reports
+//!   `X-Cache`/`OCI-Namespace` through [`ResponseMeta`]; its counters are served at
+//!   `/metrics`.
 //! * [`Registry`]: the axum server — every endpoint of the distribution spec (pull, push
 //!   monolithic/chunked/streamed, mount, tags, referrers, deletes, Range), htpasswd basic
 //!   auth, read-only mode, TLS (rustls with ring), bounded graceful shutdown.
@@ -24,9 +27,12 @@ mod auth;
 pub mod catalog;
 pub mod config;
 mod error;
+mod fill;
 mod handlers;
 mod local;
+mod metrics;
 pub mod mirror_config;
+pub mod pull_through;
 pub mod range;
 pub mod route;
 mod server;
@@ -39,6 +45,7 @@ pub use auth::Htpasswd;
 pub use config::{ConfigError, Mode, ServerConfig};
 pub use error::{ApiError, ErrorCode, ServeError};
 pub use local::LocalSource;
+pub use pull_through::PullThroughSource;
 pub use route::{Route, RouteError, RouteParser, parse};
 pub use server::{Registry, run, serve, shutdown_signal};
 pub use source::{

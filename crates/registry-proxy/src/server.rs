@@ -1,6 +1,7 @@
 //! The HTTP server: [`Registry`] (state, router), authentication, the dispatch of parsed
 //! [`Route`]s to the handlers, and [`serve`] with a bounded graceful shutdown.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use sealer_image_store::Store;
@@ -22,7 +23,8 @@ use crate::config::{Mode, ServerConfig};
 use crate::error::{ApiError, ErrorCode, ServeError};
 use crate::handlers;
 use crate::local::LocalSource;
-use crate::route::{Route, RouteParser};
+use crate::pull_through::PullThroughSource;
+use crate::route::{BlobOp, ManifestOp, Route, RouteParser, normalise_host};
 use crate::source::{ContentSource, StoreNames};
 use crate::tls::{TlsListener, acceptor};
 use crate::uploads::{UPLOAD_IDLE_TIMEOUT, Uploads};
@@ -43,6 +45,8 @@ pub(crate) struct AppState {
     pub(crate) uploads: Arc<Uploads>,
     /// The store's own source, for writes (reads go through `source`).
     pub(crate) local: Arc<LocalSource>,
+    /// The namespaces (hosts and aliases) of the upstreams, where clients may not write.
+    upstream_hosts: BTreeSet<String>,
     parser: RouteParser,
     read_only: bool,
     auth: Option<Auth>,
@@ -65,16 +69,11 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    /// Opens (creating if needed) the store of `config` and loads its htpasswd file. A
-    /// configuration with upstreams is refused: pull-through caching is not implemented yet.
+    /// Opens (creating if needed) the store of `config` and loads its htpasswd file. With
+    /// upstreams configured, reads go through a [`PullThroughSource`] in front of the store
+    /// (no upstream is contacted here: the cache starts and serves while they are all
+    /// unreachable).
     pub fn open(config: &ServerConfig) -> Result<Self, ServeError> {
-        if !config.upstreams.is_empty() || config.default_upstream.is_some() {
-            return Err(ServeError::NotImplemented(
-                "the configuration lists upstreams, but pull-through caching is not implemented \
-                 yet: remove `upstreams` and `default_upstream` to serve the local store"
-                    .to_owned(),
-            ));
-        }
         let root = config.storage.clone().ok_or(ServeError::NoStorage)?;
         let store = Store::open_dir(&root).map_err(|source| ServeError::Store {
             path: root.clone(),
@@ -91,15 +90,34 @@ impl Registry {
         let aliases = config
             .upstreams
             .iter()
-            .map(|upstream| (upstream.name.clone(), upstream.url.host.clone()))
+            .map(|upstream| {
+                let host =
+                    normalise_host(&upstream.url.host).unwrap_or_else(|| upstream.url.host.clone());
+                (upstream.name.clone(), host)
+            })
             .collect();
         let names = StoreNames::new(&config.local_namespace.0, aliases);
         let local = Arc::new(LocalSource::new(store.clone(), names.clone()));
+        let source: Arc<dyn ContentSource> = if config.upstreams.is_empty() {
+            local.clone()
+        } else {
+            Arc::new(PullThroughSource::new(config, local.clone())?)
+        };
+        let upstream_hosts = config
+            .upstreams
+            .iter()
+            .flat_map(|upstream| {
+                let host =
+                    normalise_host(&upstream.url.host).unwrap_or_else(|| upstream.url.host.clone());
+                [host, upstream.name.clone()]
+            })
+            .collect();
         Ok(Self {
             state: AppState {
                 store,
                 names,
-                source: local.clone(),
+                source,
+                upstream_hosts,
                 uploads: Arc::new(Uploads::default()),
                 local: local.clone(),
                 parser: RouteParser::new(config.upstreams.iter().map(|u| u.name.clone())),
@@ -128,6 +146,7 @@ impl Registry {
             .route("/v2", any(handle))
             .route("/v2/", any(handle))
             .route("/v2/{*rest}", any(handle))
+            .route("/metrics", any(metrics))
             .fallback(handle)
             .with_state(state)
             // Blobs are streamed; manifests are capped by the handler.
@@ -340,6 +359,57 @@ async fn authorize(state: &AppState, request: &Parts) -> Result<(), ApiError> {
     )
 }
 
+/// `GET /metrics`: the source's metrics (Prometheus text), behind the same authentication
+/// as pulls.
+async fn metrics(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, _) = request.into_parts();
+    let answer = async {
+        if !matches!(parts.method, Method::GET | Method::HEAD) {
+            return Err(ApiError::new(
+                ErrorCode::Unsupported,
+                format!("method {} is not supported on /metrics", parts.method),
+            ));
+        }
+        authorize(&state, &parts).await?;
+        let mut response = (StatusCode::OK, state.source.metrics()).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        Ok(response)
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Writes into an upstream's namespace would poison the cache every client reads.
+fn refuse_upstream_writes(state: &AppState, route: &Route) -> Result<(), ApiError> {
+    let repo = match route {
+        Route::Manifest {
+            repo,
+            op: ManifestOp::Put | ManifestOp::Delete,
+            ..
+        }
+        | Route::Blob {
+            repo,
+            op: BlobOp::Delete,
+            ..
+        }
+        | Route::StartUpload { repo, .. }
+        | Route::Upload { repo, .. } => repo,
+        _ => return Ok(()),
+    };
+    match &repo.namespace {
+        Some(namespace) if state.upstream_hosts.contains(&namespace.name) => Err(ApiError::new(
+            ErrorCode::Denied,
+            format!(
+                "{} is a pull-through cache of an upstream: push under another namespace",
+                namespace.name
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     authorize(state, &parts).await?;
@@ -352,6 +422,7 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
             "this registry is read-only (mode: read-only)",
         ));
     }
+    refuse_upstream_writes(state, &route)?;
     match route {
         Route::Base => Ok(handlers::base()),
         Route::Manifest {

@@ -175,6 +175,12 @@ pub trait ContentSource: Send + Sync + 'static {
         repo: &RepoPath,
         subject: &Digest,
     ) -> Result<Served<Vec<Descriptor>>, ApiError>;
+
+    /// The source's metrics in the Prometheus text format, served at `/metrics` (empty by
+    /// default).
+    fn metrics(&self) -> String {
+        String::new()
+    }
 }
 
 /// The 416 answer for a range outside a blob of `size` bytes.

@@ -1248,14 +1248,29 @@ fn htpasswd_auth_challenges_refuses_and_admits() {
 }
 
 #[test]
-fn configurations_with_upstreams_are_refused_until_pull_through_exists() {
+fn configurations_with_upstreams_open_without_contacting_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
     let config = ServerConfig::parse(
-        "storage: /nonexistent\nupstreams:\n  - name: hub\n    url: https://registry-1.docker.io\n",
+        &format!(
+            "storage: {}\nupstreams:\n  - name: hub\n    url: https://registry-1.docker.io\n",
+            store.display()
+        ),
+        Path::new("registry.yaml"),
+    )
+    .unwrap();
+    sealer_registry_proxy::Registry::open(&config).unwrap();
+    // An upstream that cannot be set up is named.
+    let config = ServerConfig::parse(
+        &format!(
+            "storage: {}\nupstreams:\n  - name: quay\n    url: https://quay.io\n    ca_file: /nonexistent/ca.pem\n",
+            store.display()
+        ),
         Path::new("registry.yaml"),
     )
     .unwrap();
     let error = sealer_registry_proxy::Registry::open(&config).unwrap_err();
-    assert!(error.to_string().contains("not implemented yet"), "{error}");
+    assert!(error.to_string().contains("upstream \"quay\""), "{error}");
     // The documented example parses.
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/registry.yaml");
     let config = ServerConfig::load(&example).unwrap();

@@ -56,11 +56,12 @@ fn registry_serve_refuses_bad_configurations() {
     let upstreams = dir.path().join("upstreams.toml");
     std::fs::write(
         &upstreams,
-        "[[upstreams]]\nname = \"hub\"\nurl = \"https://registry-1.docker.io\"\n",
+        "[[upstreams]]\nname = \"lan\"\nurl = \"http://registry.lan:5000\"\n",
     )
     .unwrap();
     let message = sealer.fails(&["registry", "serve", "--config", upstreams.to_str().unwrap()]);
-    assert!(message.contains("not implemented yet"), "{message}");
+    assert!(message.contains("upstreams.toml:3:"), "{message}");
+    assert!(message.contains("insecure: true"), "{message}");
 }
 
 #[test]

@@ -1,0 +1,604 @@
+//! Blob fills: ONE upstream `GET` per digest, however many clients ask at once.
+//!
+//! [`Fills`] maps each digest being fetched to its [`Fill`]. The first client that misses
+//! starts one: a task, spawned apart from every client (it finishes and commits even when
+//! they all leave), streams the upstream body into a [`BlobUpload`] (appended to
+//! `uploads/<id>` with a running SHA-256, on a blocking writer thread) and keeps the most
+//! recent chunks in a ring in memory. Every client that asks for the digest meanwhile
+//! follows the same fill: it reads what is still in the ring, what the ring no longer holds
+//! from the upload's file (a late joiner, a slow client), then follows live, woken by a
+//! `watch` channel whenever bytes arrive or the fill ends.
+//!
+//! Every follower **holds back its last piece** until the fill has verified the digest and
+//! committed the blob into `blobs/`: on a mismatch nothing is committed and every follower
+//! ends with an error instead, so the response is cut and no client ever receives a complete
+//! body of wrong bytes. The fill then leaves the registry and the next request starts a new
+//! one. A range is served from the same fill (the fill always fetches the whole blob; no
+//! partial object is cached), with the same hold-back.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sealer_image_store::{BlobStore, BlobUpload, Digest, Store, StoreError};
+use sealer_registry_client::{ClientError, RegistryClient};
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics::{FailureReason, UpstreamMetrics};
+use crate::source::BlobStream;
+
+/// Bytes of recent chunks a fill keeps in memory for its followers (beyond that, chunks
+/// already on disk are dropped and late readers read the upload's file).
+const RING_CAPACITY: usize = 8 << 20;
+/// Chunks queued between the fill and its writer thread.
+const WRITE_QUEUE: usize = 16;
+/// The largest piece a follower reads from a file at once.
+const FILE_READ: u64 = 1 << 20;
+
+/// Why fetching from an upstream failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FetchError {
+    /// The upstream says it does not have it (404).
+    NotFound(String),
+    /// The upstream did not answer in time.
+    Timeout(Duration),
+    /// The upstream refused, failed or broke off.
+    Upstream(String),
+    /// The bytes do not hash to the digest: nothing was stored.
+    DigestMismatch(String),
+    /// The upstream's answer is not valid (a manifest that does not parse).
+    Invalid(String),
+    /// The store failed.
+    Store(String),
+}
+
+impl FetchError {
+    /// A client error: 404 is [`Self::NotFound`], anything else [`Self::Upstream`].
+    pub(crate) fn from_client(error: &ClientError) -> Self {
+        if error.status() == Some(404) {
+            Self::NotFound(error.to_string())
+        } else {
+            Self::Upstream(error.to_string())
+        }
+    }
+
+    /// The metrics label of a failed fill.
+    fn reason(&self) -> FailureReason {
+        match self {
+            Self::DigestMismatch(_) => FailureReason::DigestMismatch,
+            Self::Store(_) => FailureReason::Store,
+            Self::NotFound(_) | Self::Timeout(_) | Self::Upstream(_) | Self::Invalid(_) => {
+                FailureReason::Upstream
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotFound(message) => write!(f, "not found upstream: {message}"),
+            Self::Timeout(after) => write!(f, "the upstream did not answer within {after:?}"),
+            Self::Upstream(message) | Self::Invalid(message) => f.write_str(message),
+            Self::DigestMismatch(message) => {
+                write!(f, "{message}; nothing was stored")
+            }
+            Self::Store(message) => write!(f, "storing: {message}"),
+        }
+    }
+}
+
+/// Where a fill fetches from.
+#[derive(Clone)]
+pub(crate) struct FillSource {
+    /// The upstream's client.
+    pub(crate) client: RegistryClient,
+    /// The registry name the client knows the upstream by.
+    pub(crate) registry: String,
+    /// The repository on the upstream.
+    pub(crate) repository: String,
+    /// The upstream's counters.
+    pub(crate) metrics: Arc<UpstreamMetrics>,
+    /// Bound on getting the response head of the blob.
+    pub(crate) open_timeout: Duration,
+}
+
+/// The fills in flight, by digest.
+#[derive(Default)]
+pub(crate) struct Fills {
+    running: Mutex<HashMap<Digest, Arc<Fill>>>,
+}
+
+impl Fills {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Digest, Arc<Fill>>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The fill of `digest` in flight, if any.
+    pub(crate) fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
+        self.lock().get(digest).cloned()
+    }
+
+    /// Joins the fill of `digest` in flight (`true`), or starts one from `source` into
+    /// `store` (`false`).
+    pub(crate) fn join_or_start(
+        self: &Arc<Self>,
+        digest: &Digest,
+        store: &Store,
+        source: FillSource,
+    ) -> (Arc<Fill>, bool) {
+        let fill = {
+            let mut running = self.lock();
+            if let Some(fill) = running.get(digest) {
+                return (fill.clone(), true);
+            }
+            let (changed, _) = watch::channel(());
+            let fill = Arc::new(Fill {
+                digest: digest.clone(),
+                store: store.clone(),
+                state: Mutex::new(FillState::default()),
+                changed,
+            });
+            running.insert(digest.clone(), fill.clone());
+            fill
+        };
+        tokio::spawn(run(self.clone(), fill.clone(), source));
+        (fill, false)
+    }
+
+    /// Forgets `fill` (when it is still the one registered for its digest).
+    fn finished(&self, fill: &Arc<Fill>) {
+        let mut running = self.lock();
+        if running
+            .get(&fill.digest)
+            .is_some_and(|current| Arc::ptr_eq(current, fill))
+        {
+            running.remove(&fill.digest);
+        }
+    }
+}
+
+/// How a fill is going.
+#[derive(Debug, Clone, Default)]
+enum Outcome {
+    #[default]
+    Running,
+    /// Verified and in `blobs/`.
+    Committed,
+    /// Nothing was stored.
+    Failed(FetchError),
+}
+
+/// What followers see of a fill.
+#[derive(Debug, Default)]
+struct FillState {
+    /// The blob's size, once the upstream answered.
+    size: Option<u64>,
+    /// The upload whose file holds the bytes written so far.
+    upload: Option<String>,
+    /// Bytes received from the upstream.
+    received: u64,
+    /// Bytes written to the upload's file (readable there).
+    written: u64,
+    /// Recent chunks and their offsets: `[ring start, received)`.
+    ring: VecDeque<(u64, Bytes)>,
+    ring_bytes: usize,
+    outcome: Outcome,
+}
+
+impl FillState {
+    fn push(&mut self, chunk: Bytes) {
+        self.ring_bytes += chunk.len();
+        let len = chunk.len() as u64;
+        self.ring.push_back((self.received, chunk));
+        self.received += len;
+        self.evict();
+    }
+
+    /// Drops the oldest chunks beyond the capacity, only those already on disk.
+    fn evict(&mut self) {
+        while self.ring_bytes > RING_CAPACITY {
+            match self.ring.front() {
+                Some((start, chunk)) if start + chunk.len() as u64 <= self.written => {
+                    self.ring_bytes -= chunk.len();
+                    self.ring.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// The bytes from `pos` (at most up to `end`) if the ring holds them.
+    fn ring_slice(&self, pos: u64, end: u64) -> Option<Bytes> {
+        let (first, _) = self.ring.front()?;
+        if pos < *first || pos >= self.received {
+            return None;
+        }
+        let index = self.ring.partition_point(|(start, _)| *start <= pos) - 1;
+        let (start, chunk) = &self.ring[index];
+        let from = usize::try_from(pos - start).ok()?;
+        let to = chunk
+            .len()
+            .min(usize::try_from(end - start).unwrap_or(usize::MAX));
+        Some(chunk.slice(from..to))
+    }
+}
+
+/// One blob being fetched; see the module documentation.
+pub(crate) struct Fill {
+    digest: Digest,
+    store: Store,
+    state: Mutex<FillState>,
+    /// Signalled on every change of `state`.
+    changed: watch::Sender<()>,
+}
+
+impl Fill {
+    fn lock(&self) -> MutexGuard<'_, FillState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn update(&self, change: impl FnOnce(&mut FillState)) {
+        change(&mut self.lock());
+        self.changed.send_replace(());
+    }
+
+    /// The blob's size, once the upstream told it (or the fill failed before that).
+    pub(crate) fn known_size(&self) -> Option<u64> {
+        self.lock().size
+    }
+
+    /// Waits until the blob's size is known: the upstream answered the `GET`.
+    pub(crate) async fn size(&self) -> Result<u64, FetchError> {
+        let mut changes = self.changed.subscribe();
+        loop {
+            changes.borrow_and_update();
+            {
+                let state = self.lock();
+                if let Some(size) = state.size {
+                    return Ok(size);
+                }
+                if let Outcome::Failed(error) = &state.outcome {
+                    return Err(error.clone());
+                }
+            }
+            if changes.changed().await.is_err() {
+                return Err(FetchError::Upstream("the fill ended".to_owned()));
+            }
+        }
+    }
+
+    /// The bytes `span` of the blob as they arrive, the last piece held back until the
+    /// digest is verified; an error item (the response is cut) when the fill fails.
+    pub(crate) fn follow(self: &Arc<Self>, span: Range<u64>) -> BlobStream {
+        let follower = Follower {
+            changes: self.changed.subscribe(),
+            fill: self.clone(),
+            pos: span.start,
+            end: span.end,
+            held: None,
+            done: false,
+        };
+        Box::pin(futures_util::stream::unfold(
+            follower,
+            |mut follower| async move { follower.next().await.map(|item| (item, follower)) },
+        ))
+    }
+}
+
+/// What a follower does next.
+enum Step {
+    /// Deliver these bytes.
+    Data(Bytes),
+    /// Read from the upload's file (`Some(id)`) or the committed blob, up to this offset.
+    Read(Option<String>, u64),
+    /// Nothing new yet.
+    Wait,
+    /// Everything is delivered but the held piece, and the blob is verified.
+    Finish,
+    /// The fill failed.
+    Fail(FetchError),
+}
+
+/// One client's stream over a fill.
+struct Follower {
+    fill: Arc<Fill>,
+    changes: watch::Receiver<()>,
+    /// The next offset to take.
+    pos: u64,
+    end: u64,
+    /// The last piece taken, not yet delivered.
+    held: Option<Bytes>,
+    done: bool,
+}
+
+impl Follower {
+    async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            self.changes.borrow_and_update();
+            let step = self.step(&self.fill.lock());
+            match step {
+                Step::Data(bytes) => {
+                    if let Some(ready) = self.take(bytes) {
+                        return Some(Ok(ready));
+                    }
+                }
+                Step::Read(upload, upto) => match self.read(upload, upto).await {
+                    Ok(Some(bytes)) => {
+                        if let Some(ready) = self.take(bytes) {
+                            return Some(Ok(ready));
+                        }
+                    }
+                    // The upload's file moved into blobs/ (or went away): the outcome
+                    // tells which, once it is set.
+                    Ok(None) => self.wait().await,
+                    Err(error) => {
+                        self.done = true;
+                        return Some(Err(error));
+                    }
+                },
+                Step::Wait => self.wait().await,
+                Step::Finish => {
+                    self.done = true;
+                    return self.held.take().map(Ok);
+                }
+                Step::Fail(error) => {
+                    self.done = true;
+                    self.held = None;
+                    return Some(Err(std::io::Error::other(format!(
+                        "blob {}: {error}",
+                        self.fill.digest
+                    ))));
+                }
+            }
+        }
+    }
+
+    async fn wait(&mut self) {
+        // The sender lives in the fill, which this follower keeps alive.
+        let _ = self.changes.changed().await;
+    }
+
+    /// Takes `bytes` as the new held piece; returns the previous one, now deliverable.
+    fn take(&mut self, bytes: Bytes) -> Option<Bytes> {
+        self.pos += bytes.len() as u64;
+        self.held.replace(bytes)
+    }
+
+    fn step(&self, state: &FillState) -> Step {
+        let committed = match &state.outcome {
+            Outcome::Failed(error) => return Step::Fail(error.clone()),
+            Outcome::Committed => true,
+            Outcome::Running => false,
+        };
+        if self.pos >= self.end {
+            return if committed { Step::Finish } else { Step::Wait };
+        }
+        if let Some(bytes) = state.ring_slice(self.pos, self.end) {
+            return Step::Data(bytes);
+        }
+        if committed {
+            return Step::Read(None, self.end);
+        }
+        match &state.upload {
+            Some(upload) if self.pos < state.written => {
+                Step::Read(Some(upload.clone()), state.written.min(self.end))
+            }
+            _ => Step::Wait,
+        }
+    }
+
+    /// Reads from `pos` (at most [`FILE_READ`] bytes, up to `upto`) from the upload's file
+    /// or the committed blob; `None` when the upload's file is gone.
+    async fn read(&self, upload: Option<String>, upto: u64) -> std::io::Result<Option<Bytes>> {
+        let store = self.fill.store.clone();
+        let digest = self.fill.digest.clone();
+        let pos = self.pos;
+        let len = (upto - pos).min(FILE_READ);
+        tokio::task::spawn_blocking(move || {
+            let opened = match &upload {
+                Some(id) => store.open_upload(id),
+                None => store.blobs().open(&digest),
+            };
+            let mut file = match opened {
+                Ok(file) => file,
+                Err(StoreError::Fs(error)) if upload.is_some() && error.is_not_found() => {
+                    return Ok(None);
+                }
+                Err(error) => return Err(std::io::Error::other(error.to_string())),
+            };
+            file.seek(SeekFrom::Start(pos))?;
+            let mut buffer = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+            file.read_exact(&mut buffer)?;
+            Ok(Some(Bytes::from(buffer)))
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+}
+
+/// The fill task: fetch, publish the outcome, leave the registry.
+async fn run(fills: Arc<Fills>, fill: Arc<Fill>, source: FillSource) {
+    let mut started = false;
+    let result = transfer(&fill, &source, &mut started).await;
+    let failure = result.as_ref().err().map(FetchError::reason);
+    match result {
+        Ok(()) => {
+            tracing::debug!(digest = %fill.digest, "fill committed");
+            fill.update(|state| state.outcome = Outcome::Committed);
+        }
+        Err(error) => {
+            tracing::warn!(digest = %fill.digest, registry = %source.registry, %error, "fill failed; nothing stored");
+            fill.update(|state| state.outcome = Outcome::Failed(error));
+        }
+    }
+    fills.finished(&fill);
+    if started {
+        source.metrics.fill_ended(failure);
+    }
+}
+
+/// What the fill tells its writer thread.
+enum Write {
+    Chunk(Bytes),
+    /// Every byte arrived: verify and commit.
+    Finish,
+}
+
+/// Fetches and commits the blob; `started` is set once the upstream is asked (a blob that
+/// turns out to be stored already is no fill).
+async fn transfer(
+    fill: &Arc<Fill>,
+    source: &FillSource,
+    started: &mut bool,
+) -> Result<(), FetchError> {
+    let store = fill.store.clone();
+    let digest = fill.digest.clone();
+    // A fill that ended just before this one started may have stored it.
+    let present = {
+        let (store, digest) = (store.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || store.blobs().stat(&digest))
+            .await
+            .map_err(|error| FetchError::Store(error.to_string()))?
+            .map_err(|error| FetchError::Store(error.to_string()))?
+    };
+    if let Some(size) = present {
+        fill.update(|state| {
+            state.size = Some(size);
+            state.written = size;
+        });
+        return Ok(());
+    }
+    *started = true;
+    source.metrics.fill_started();
+    let opened = tokio::time::timeout(
+        source.open_timeout,
+        source
+            .client
+            .get_blob(&source.registry, &source.repository, &digest, 0),
+    )
+    .await;
+    let mut download = match opened {
+        Err(_) => return Err(FetchError::Timeout(source.open_timeout)),
+        Ok(Err(error)) => return Err(FetchError::from_client(&error)),
+        Ok(Ok(download)) => download,
+    };
+    let size = download.size().ok_or_else(|| {
+        FetchError::Upstream("the upstream sent the blob without a Content-Length".to_owned())
+    })?;
+    let upload = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.begin_upload())
+            .await
+            .map_err(|error| FetchError::Store(error.to_string()))?
+            .map_err(|error| FetchError::Store(error.to_string()))?
+    };
+    let id = upload.id().to_owned();
+    let (sender, receiver) = mpsc::channel(WRITE_QUEUE);
+    let writer = {
+        let fill = fill.clone();
+        tokio::task::spawn_blocking(move || write(upload, receiver, &fill, size))
+    };
+    fill.update(|state| {
+        state.size = Some(size);
+        state.upload = Some(id);
+    });
+    let streamed = loop {
+        match download.chunk().await {
+            Ok(Some(chunk)) => {
+                source.metrics.received(chunk.len() as u64);
+                fill.update(|state| state.push(chunk.clone()));
+                if sender.send(Write::Chunk(chunk)).await.is_err() {
+                    // The writer failed; its result says why.
+                    break Ok(());
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(error) => break Err(FetchError::from_client(&error)),
+        }
+    };
+    if streamed.is_ok() {
+        let _ = sender.send(Write::Finish).await;
+    }
+    // Without `Finish` the writer drops the upload, which removes its file.
+    drop(sender);
+    let written = writer
+        .await
+        .map_err(|error| FetchError::Store(error.to_string()))?;
+    streamed?;
+    written
+}
+
+/// The writer thread: appends chunks to the upload, publishes progress, and on `Finish`
+/// verifies and commits. Anything else drops the upload (its file is removed).
+fn write(
+    mut upload: BlobUpload,
+    mut receiver: mpsc::Receiver<Write>,
+    fill: &Fill,
+    size: u64,
+) -> Result<(), FetchError> {
+    let store_error = |error: StoreError| FetchError::Store(error.to_string());
+    while let Some(message) = receiver.blocking_recv() {
+        match message {
+            Write::Chunk(chunk) => {
+                upload.write_all(&chunk).map_err(store_error)?;
+                fill.update(|state| {
+                    state.written += chunk.len() as u64;
+                    state.evict();
+                });
+            }
+            Write::Finish => {
+                if upload.size() != size {
+                    return Err(FetchError::Upstream(format!(
+                        "the upstream sent {} of {size} bytes",
+                        upload.size()
+                    )));
+                }
+                return match upload.commit(&fill.digest) {
+                    Ok(_) => Ok(()),
+                    Err(StoreError::DigestMismatch { actual, .. }) => {
+                        Err(FetchError::DigestMismatch(format!(
+                            "the upstream's bytes hash to {actual}, not {}",
+                            fill.digest
+                        )))
+                    }
+                    Err(error) => Err(store_error(error)),
+                };
+            }
+        }
+    }
+    Err(FetchError::Upstream(
+        "the transfer stopped before the end".to_owned(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_serves_what_it_holds_and_evicts_only_what_is_on_disk() {
+        let mut state = FillState::default();
+        state.push(Bytes::from_static(b"0123"));
+        state.push(Bytes::from_static(b"4567"));
+        assert_eq!(state.ring_slice(0, 8).unwrap(), Bytes::from_static(b"0123"));
+        assert_eq!(state.ring_slice(2, 8).unwrap(), Bytes::from_static(b"23"));
+        assert_eq!(state.ring_slice(5, 7).unwrap(), Bytes::from_static(b"56"));
+        assert!(state.ring_slice(8, 9).is_none());
+        let big = Bytes::from(vec![7u8; RING_CAPACITY]);
+        state.push(big);
+        // Nothing is on disk yet: nothing is dropped.
+        assert_eq!(state.ring.len(), 3);
+        state.written = 8;
+        state.evict();
+        assert_eq!(state.ring.len(), 1);
+        assert!(state.ring_slice(0, 8).is_none());
+        assert_eq!(state.ring_slice(8, 10).unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,865 @@
+//! [`PullThroughSource`]: the [`ContentSource`] that caches many upstream registries at
+//! once in front of the store's [`LocalSource`].
+//!
+//! **Routing.** A request's namespace (`?ns=<host>`, a path prefix that is an upstream's
+//! host or alias, or none) picks an upstream among the configured ones; requests without a
+//! namespace go to the default upstream, if one is configured, else to the store alone. A
+//! namespace that names no upstream is answered from the store only (content loaded
+//! there), and what the store lacks is `NAME_UNKNOWN`: never an open proxy. Content is
+//! stored under the upstream's host (`quay.io/a/b:1` and `docker.io/a/b:1` are different
+//! names), so tags of different upstreams never collide.
+//!
+//! **Digests** (manifests and blobs) are immutable: when the store has one it is served
+//! without any upstream contact (`X-Cache: HIT`). **Tags** are revalidated with a `HEAD`
+//! once their upstream's `tag_ttl` has passed (`0`: every time, `never`: not at all): the
+//! same digest → `HIT`; another → that manifest alone is fetched, stored and tagged
+//! (`MISS`; no other platform, no blob is prefetched). When the upstream fails or does
+//! not answer within `upstream_timeout`, the cached manifest is served as `STALE`; with
+//! nothing cached the answer is a 502/504 (`UNKNOWN`), or the upstream's 404. An upstream
+//! 404 for a cached tag is passed on (the upstream is authoritative when it answers).
+//!
+//! **Blob misses** go through [`crate::fill`]: one upstream `GET` per digest, streamed to
+//! every client while it is hashed and written, committed only on a digest match, the last
+//! bytes held back until then. Manifest misses by digest are fetched once (concurrent
+//! requests share the fetch), verified against the digest and stored byte-exact.
+//!
+//! Tag lists and referrers answer what the store holds. Cached entries of `index.json` are
+//! annotated [`UPSTREAM_ANNOTATION`]; their images may be partial (only the blobs clients
+//! asked for are fetched).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use futures_util::future::{BoxFuture, Shared};
+use sealer_image_store::model::{REF_NAME_ANNOTATION, media_type};
+use sealer_image_store::{BlobStore, Descriptor, Digest, ManifestDocument, Store, StoreError};
+use sealer_registry_client::{
+    ClientOptions, Credential, CredentialStore, RegistryClient, RetryPolicy,
+};
+
+use crate::catalog::{REPOSITORY_ANNOTATION, entry_repository};
+use crate::config::{ServerConfig, TagTtl, UpstreamConfig};
+use crate::error::{ApiError, ErrorCode, ServeError};
+use crate::fill::{FetchError, FillSource, Fills};
+use crate::local::{LocalSource, blocking};
+use crate::metrics::{Sample, UpstreamMetrics, render};
+use crate::route::{ManifestRef, Namespace, NamespaceVia, RepoPath, normalise_host};
+use crate::source::{
+    BlobContent, BlobRequest, CacheStatus, ContentSource, ManifestContent, ManifestRequest,
+    ResponseMeta, Served, range_not_satisfiable,
+};
+
+/// The annotation of the `index.json` entries the cache creates: the upstream host the
+/// manifest came from.
+pub const UPSTREAM_ANNOTATION: &str = "io.sealer.registry.upstream";
+
+/// Bound on fetching what is not cached at all (a manifest, a blob's response head): there
+/// is nothing to fall back to, so the client waits longer than for a revalidation.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One configured upstream.
+struct Upstream {
+    /// The configured name (alias, metrics label).
+    name: String,
+    /// Its registry host as references write it (`docker.io` for Docker Hub): the
+    /// namespace requests name, the store's registry part, the client's registry name.
+    host: String,
+    client: RegistryClient,
+    ttl: TagTtl,
+    /// When each cached tag (store reference) was last confirmed upstream.
+    checked: Mutex<HashMap<String, Instant>>,
+    metrics: Arc<UpstreamMetrics>,
+}
+
+impl Upstream {
+    fn from_config(config: &UpstreamConfig) -> Result<Self, ServeError> {
+        let failed = |reason: String| ServeError::Upstream {
+            name: config.name.clone(),
+            reason,
+        };
+        let address = &config.url.host;
+        let host = normalise_host(address).unwrap_or_else(|| address.clone());
+        let credentials = match (&config.credentials, config.use_docker_config) {
+            (Some(credentials), _) => CredentialStore::anonymous().with_credential(
+                &host,
+                Credential::Basic {
+                    username: credentials.username.clone(),
+                    password: credentials.password.clone(),
+                },
+            ),
+            (None, true) => CredentialStore::from_env(),
+            (None, false) => CredentialStore::anonymous(),
+        };
+        let options = ClientOptions {
+            insecure_hosts: if config.insecure {
+                vec![address.clone()]
+            } else {
+                Vec::new()
+            },
+            ca_files: config.ca_file.iter().cloned().collect(),
+            credentials,
+            user_agent: format!("sealer-registry/{}", env!("CARGO_PKG_VERSION")),
+            // Fail fast enough for stale answers; blob downloads resume by themselves.
+            retries: RetryPolicy {
+                max_attempts: 3,
+                initial_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(2),
+                max_retry_after: Duration::from_secs(10),
+            },
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+            base_urls: BTreeMap::from([(host.clone(), format!("{}/", config.url))]),
+            ..ClientOptions::default()
+        };
+        let client = RegistryClient::new(options).map_err(|error| failed(error.to_string()))?;
+        Ok(Self {
+            name: config.name.clone(),
+            host,
+            client,
+            ttl: config.tag_ttl,
+            checked: Mutex::default(),
+            metrics: Arc::default(),
+        })
+    }
+
+    /// Whether the cached tag `key` may be served without asking.
+    fn is_fresh(&self, key: &str) -> bool {
+        match self.ttl {
+            TagTtl::Never => true,
+            TagTtl::After(ttl) if ttl.is_zero() => false,
+            TagTtl::After(ttl) => self
+                .checked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(key)
+                .is_some_and(|at| at.elapsed() < ttl),
+        }
+    }
+
+    fn confirmed(&self, key: &str) {
+        if matches!(self.ttl, TagTtl::After(ttl) if !ttl.is_zero()) {
+            self.checked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key.to_owned(), Instant::now());
+        }
+    }
+
+    /// The client error of an upstream failure, as the client sees it.
+    fn error(&self, error: &FetchError, unknown: ErrorCode) -> ApiError {
+        match error {
+            FetchError::NotFound(_) => ApiError::new(
+                unknown,
+                format!("not found in upstream {} ({})", self.name, self.host),
+            ),
+            FetchError::Timeout(after) => ApiError::new(
+                ErrorCode::Unknown,
+                format!(
+                    "upstream {} ({}) did not answer within {after:?}",
+                    self.name, self.host
+                ),
+            )
+            .with_status(axum::http::StatusCode::GATEWAY_TIMEOUT),
+            FetchError::Store(message) => ApiError::internal("caching", message),
+            other => ApiError::new(
+                ErrorCode::Unknown,
+                format!("upstream {} ({}): {other}", self.name, self.host),
+            )
+            .with_status(axum::http::StatusCode::BAD_GATEWAY),
+        }
+    }
+}
+
+/// A manifest fetched from an upstream and stored.
+#[derive(Debug)]
+struct Fetched {
+    digest: Digest,
+    media_type: String,
+    bytes: Bytes,
+}
+
+impl Fetched {
+    fn content(&self) -> ManifestContent {
+        ManifestContent {
+            digest: self.digest.clone(),
+            media_type: self.media_type.clone(),
+            size: self.bytes.len() as u64,
+            bytes: Some(self.bytes.clone()),
+        }
+    }
+}
+
+type SharedFetch = Shared<BoxFuture<'static, Result<Arc<Fetched>, FetchError>>>;
+/// Manifest fetches by digest in flight: (upstream index, repository, digest).
+type FetchKey = (usize, String, Digest);
+type InFlight = Arc<Mutex<HashMap<FetchKey, SharedFetch>>>;
+
+/// Where a request goes.
+enum Target<'a> {
+    /// The store alone (no namespace and no default upstream, or the local namespace).
+    Local,
+    /// A namespace that is no upstream: the store alone, `NAME_UNKNOWN` for what it lacks.
+    Unknown(&'a str),
+    /// An upstream; the repository as the store names it (the upstream's host as
+    /// namespace).
+    Upstream(&'a Arc<Upstream>, RepoPath),
+}
+
+/// The pull-through cache; see the module documentation.
+pub struct PullThroughSource {
+    local: Arc<LocalSource>,
+    upstreams: Vec<Arc<Upstream>>,
+    /// Upstream index by namespace host, and by alias.
+    by_host: HashMap<String, usize>,
+    by_name: HashMap<String, usize>,
+    default: Option<usize>,
+    local_namespace: String,
+    offline: bool,
+    timeout: Duration,
+    fills: Arc<Fills>,
+    /// Manifest fetches by digest in flight.
+    fetches: InFlight,
+}
+
+impl std::fmt::Debug for PullThroughSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullThroughSource")
+            .field(
+                "upstreams",
+                &self
+                    .upstreams
+                    .iter()
+                    .map(|upstream| (&upstream.name, &upstream.host))
+                    .collect::<Vec<_>>(),
+            )
+            .field("offline", &self.offline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PullThroughSource {
+    /// The cache of `config`'s upstreams in front of `local`. Builds one client per
+    /// upstream (its credentials, CA file, plain-HTTP permission); contacts none of them.
+    pub fn new(config: &ServerConfig, local: Arc<LocalSource>) -> Result<Self, ServeError> {
+        let mut upstreams = Vec::new();
+        let mut by_host = HashMap::new();
+        let mut by_name = HashMap::new();
+        for (index, upstream) in config.upstreams.iter().enumerate() {
+            let upstream = Upstream::from_config(upstream)?;
+            if by_host.insert(upstream.host.clone(), index).is_some() {
+                return Err(ServeError::Upstream {
+                    name: upstream.name.clone(),
+                    reason: format!("another upstream is {} too", upstream.host),
+                });
+            }
+            by_name.insert(upstream.name.clone(), index);
+            upstreams.push(Arc::new(upstream));
+        }
+        let default = config
+            .default_upstream
+            .as_ref()
+            .and_then(|name| by_name.get(name).copied());
+        Ok(Self {
+            local,
+            upstreams,
+            by_host,
+            by_name,
+            default,
+            local_namespace: config.local_namespace.0.clone(),
+            offline: config.offline,
+            timeout: config.upstream_timeout.0,
+            fills: Arc::default(),
+            fetches: Arc::default(),
+        })
+    }
+
+    /// The Prometheus text of the cache's metrics (served at `/metrics`).
+    pub fn metrics_text(&self) -> String {
+        let samples: Vec<Sample<'_>> = self
+            .upstreams
+            .iter()
+            .map(|upstream| Sample {
+                name: &upstream.name,
+                metrics: &upstream.metrics,
+                client: upstream.client.stats(),
+            })
+            .collect();
+        render(&samples)
+    }
+
+    fn store(&self) -> &Store {
+        self.local.store()
+    }
+
+    fn target<'a>(&'a self, repo: &'a RepoPath) -> Target<'a> {
+        let index = match &repo.namespace {
+            None => match self.default {
+                Some(index) => index,
+                None => return Target::Local,
+            },
+            Some(namespace) => {
+                let found = match namespace.via {
+                    NamespaceVia::PathAlias => self.by_name.get(&namespace.name),
+                    NamespaceVia::Query | NamespaceVia::PathHost => self
+                        .by_host
+                        .get(&namespace.name)
+                        .or_else(|| self.by_name.get(&namespace.name)),
+                };
+                match found {
+                    Some(index) => *index,
+                    None if namespace.name == self.local_namespace => return Target::Local,
+                    None => return Target::Unknown(&namespace.name),
+                }
+            }
+        };
+        let upstream = &self.upstreams[index];
+        Target::Upstream(
+            upstream,
+            RepoPath {
+                namespace: Some(Namespace {
+                    name: upstream.host.clone(),
+                    via: NamespaceVia::PathHost,
+                }),
+                repository: repo.repository.clone(),
+                path_name: repo.path_name.clone(),
+            },
+        )
+    }
+
+    /// `NAME_UNKNOWN` for a namespace that is no upstream (keeps other errors).
+    fn unknown_namespace(&self, namespace: &str, error: ApiError) -> ApiError {
+        if error.status != axum::http::StatusCode::NOT_FOUND {
+            return error;
+        }
+        let names: Vec<&str> = self
+            .upstreams
+            .iter()
+            .map(|upstream| upstream.host.as_str())
+            .collect();
+        ApiError::new(
+            ErrorCode::NameUnknown,
+            format!(
+                "{namespace} is not an upstream of this registry (upstreams: {})",
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        )
+    }
+
+    /// The manifest of `reference` in the store, or `None`.
+    async fn cached_manifest(
+        &self,
+        store_repo: &RepoPath,
+        reference: &ManifestRef,
+        request: &ManifestRequest,
+    ) -> Result<Option<ManifestContent>, ApiError> {
+        match self.local.manifest(store_repo, reference, request).await {
+            Ok(served) => Ok(Some(served.content)),
+            Err(error) if error.code == ErrorCode::ManifestUnknown => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Fetches the manifest `digest` of `repository` from `upstream` and stores its bytes,
+    /// once however many ask at once (the fetch runs on its own task).
+    async fn fetch_manifest(
+        &self,
+        index: usize,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<Arc<Fetched>, FetchError> {
+        let key = (index, repository.to_owned(), digest.clone());
+        let shared = {
+            let mut fetches = self.fetches.lock().unwrap_or_else(PoisonError::into_inner);
+            match fetches.get(&key) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let upstream = self.upstreams[index].clone();
+                    let store = self.store().clone();
+                    let registry = self.fetches.clone();
+                    let task_key = key.clone();
+                    let task = tokio::spawn(async move {
+                        let (_, repository, digest) = &task_key;
+                        let result =
+                            fetch_and_store(&upstream, &store, repository, &digest.to_string())
+                                .await
+                                .map(Arc::new);
+                        registry
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(&task_key);
+                        result
+                    });
+                    let shared = async move {
+                        task.await
+                            .map_err(|error| FetchError::Store(error.to_string()))?
+                    }
+                    .boxed()
+                    .shared();
+                    fetches.insert(key, shared.clone());
+                    shared
+                }
+            }
+        };
+        shared.await
+    }
+
+    /// A manifest for an upstream's namespace.
+    async fn upstream_manifest(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoPath,
+        store_repo: &RepoPath,
+        reference: &ManifestRef,
+        request: &ManifestRequest,
+    ) -> Result<(ManifestContent, CacheStatus), ApiError> {
+        let cached = self.cached_manifest(store_repo, reference, request).await?;
+        let names = self.local.names();
+        let repository = names
+            .reference(store_repo, "latest")?
+            .repository()
+            .to_owned();
+        let index = self.by_host[&upstream.host];
+        let unknown = || {
+            ApiError::new(
+                ErrorCode::ManifestUnknown,
+                format!(
+                    "manifest {reference} is not in repository {}",
+                    repo.path_name
+                ),
+            )
+        };
+        let tag = match reference {
+            ManifestRef::Digest(digest) => {
+                if let Some(cached) = cached {
+                    return Ok((cached, CacheStatus::Hit));
+                }
+                if self.offline {
+                    return Err(unknown());
+                }
+                let fetched = tokio::time::timeout(
+                    FETCH_TIMEOUT,
+                    self.fetch_manifest(index, &repository, digest),
+                )
+                .await
+                .unwrap_or(Err(FetchError::Timeout(FETCH_TIMEOUT)))
+                .map_err(|error| upstream.error(&error, ErrorCode::ManifestUnknown))?;
+                let name = names.name(store_repo)?;
+                let store = self.store().clone();
+                let descriptor = descriptor_of(&fetched);
+                let host = upstream.host.clone();
+                blocking("name a cached manifest", move || {
+                    name_manifest(&store, &name, None, descriptor, &host)
+                        .map_err(|error| ApiError::internal("name a cached manifest", error))
+                })
+                .await?;
+                return Ok((fetched.content(), CacheStatus::Miss));
+            }
+            ManifestRef::Tag(tag) => tag,
+        };
+        let key = names.reference(store_repo, tag)?.to_string();
+        if let Some(cached) = &cached
+            && (self.offline || upstream.is_fresh(&key))
+        {
+            return Ok((cached.clone(), CacheStatus::Hit));
+        }
+        if self.offline {
+            return Err(unknown());
+        }
+        let budget = if cached.is_some() {
+            self.timeout
+        } else {
+            FETCH_TIMEOUT.max(self.timeout)
+        };
+        let current = cached.as_ref().map(|cached| cached.digest.clone());
+        let outcome = tokio::time::timeout(
+            budget,
+            self.refresh_tag(upstream, index, &repository, tag, &key, current.as_ref()),
+        )
+        .await
+        .unwrap_or(Err(FetchError::Timeout(budget)));
+        match (outcome, cached) {
+            (Ok(None), Some(cached)) => {
+                upstream.confirmed(&key);
+                Ok((cached, CacheStatus::Hit))
+            }
+            (Ok(Some(fetched)), _) => {
+                upstream.confirmed(&key);
+                Ok((fetched.content(), CacheStatus::Miss))
+            }
+            (Ok(None), None) => Err(ApiError::internal(
+                "revalidate a tag",
+                "unchanged without a cached manifest",
+            )),
+            (Err(error @ FetchError::NotFound(_)), _) => {
+                Err(upstream.error(&error, ErrorCode::ManifestUnknown))
+            }
+            (Err(error), Some(cached)) => {
+                tracing::warn!(
+                    upstream = %upstream.name,
+                    reference = %key,
+                    %error,
+                    "the upstream failed to revalidate a tag; serving the cached manifest"
+                );
+                Ok((cached, CacheStatus::Stale))
+            }
+            (Err(error), None) => Err(upstream.error(&error, ErrorCode::ManifestUnknown)),
+        }
+    }
+
+    /// Asks the upstream what `tag` is: `None` when it is still `current`, else the new
+    /// manifest, fetched, stored and tagged `key`.
+    async fn refresh_tag(
+        &self,
+        upstream: &Arc<Upstream>,
+        index: usize,
+        repository: &str,
+        tag: &str,
+        key: &str,
+        current: Option<&Digest>,
+    ) -> Result<Option<Arc<Fetched>>, FetchError> {
+        if current.is_some() {
+            upstream.metrics.revalidated();
+        }
+        let head = upstream
+            .client
+            .head_manifest(&upstream.host, repository, tag)
+            .await
+            .map_err(|error| FetchError::from_client(&error))?;
+        let fetched = match head.digest {
+            Some(digest) if Some(&digest) == current => return Ok(None),
+            Some(digest) => self.fetch_manifest(index, repository, &digest).await?,
+            // No digest in the answer: fetch by tag and compare.
+            None => {
+                let fetched = fetch_and_store(upstream, self.store(), repository, tag).await?;
+                if Some(&fetched.digest) == current {
+                    return Ok(None);
+                }
+                Arc::new(fetched)
+            }
+        };
+        let store = self.store().clone();
+        let name = key
+            .rsplit_once(':')
+            .map(|(name, _)| name.to_owned())
+            .unwrap_or_default();
+        let (tagged, descriptor, host) = (
+            key.to_owned(),
+            descriptor_of(&fetched),
+            upstream.host.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            name_manifest(&store, &name, Some(tagged), descriptor, &host)
+        })
+        .await
+        .map_err(|error| FetchError::Store(error.to_string()))?
+        .map_err(|error| FetchError::Store(error.to_string()))?;
+        tracing::info!(upstream = %upstream.name, reference = %key, digest = %fetched.digest, "cached a tag");
+        Ok(Some(fetched))
+    }
+
+    /// A blob for an upstream's namespace.
+    async fn upstream_blob(
+        &self,
+        upstream: &Arc<Upstream>,
+        store_repo: &RepoPath,
+        digest: &Digest,
+        request: BlobRequest,
+    ) -> Result<(BlobContent, CacheStatus), ApiError> {
+        match self.local.blob(store_repo, digest, request).await {
+            Ok(served) => return Ok((served.content, CacheStatus::Hit)),
+            Err(error) if error.code == ErrorCode::BlobUnknown => {}
+            Err(error) => return Err(error),
+        }
+        let unknown = || {
+            ApiError::new(
+                ErrorCode::BlobUnknown,
+                format!("blob {digest} is not in the registry"),
+            )
+            .with_detail(serde_json::json!({ "digest": digest.to_string() }))
+        };
+        if self.offline {
+            return Err(unknown());
+        }
+        let repository = self
+            .local
+            .names()
+            .reference(store_repo, "latest")?
+            .repository()
+            .to_owned();
+        let resolve = |size: u64| match request.range {
+            Some(range) => range
+                .resolve(size)
+                .map(Some)
+                .ok_or_else(|| range_not_satisfiable(size)),
+            None => Ok(None),
+        };
+        if request.head {
+            let size = match self.fills.get(digest).and_then(|fill| fill.known_size()) {
+                Some(size) => size,
+                None => tokio::time::timeout(
+                    FETCH_TIMEOUT,
+                    upstream
+                        .client
+                        .head_blob(&upstream.host, &repository, digest),
+                )
+                .await
+                .map_err(|_| FetchError::Timeout(FETCH_TIMEOUT))
+                .and_then(|answer| answer.map_err(|error| FetchError::from_client(&error)))
+                .map_err(|error| upstream.error(&error, ErrorCode::BlobUnknown))?,
+            };
+            let range = resolve(size)?;
+            return Ok((
+                BlobContent {
+                    size,
+                    range,
+                    body: None,
+                },
+                CacheStatus::Miss,
+            ));
+        }
+        let source = FillSource {
+            client: upstream.client.clone(),
+            registry: upstream.host.clone(),
+            repository,
+            metrics: upstream.metrics.clone(),
+            open_timeout: FETCH_TIMEOUT,
+        };
+        let (fill, joined) = self.fills.join_or_start(digest, self.store(), source);
+        if joined {
+            upstream.metrics.follower_joined();
+        }
+        let size = fill
+            .size()
+            .await
+            .map_err(|error| upstream.error(&error, ErrorCode::BlobUnknown))?;
+        let range = resolve(size)?;
+        let span = range.clone().unwrap_or(0..size);
+        Ok((
+            BlobContent {
+                size,
+                range,
+                body: Some(fill.follow(span)),
+            },
+            CacheStatus::Miss,
+        ))
+    }
+}
+
+/// The `index.json` descriptor of a fetched manifest.
+fn descriptor_of(fetched: &Fetched) -> Descriptor {
+    Descriptor::new(
+        fetched.media_type.clone(),
+        fetched.digest.clone(),
+        fetched.bytes.len() as u64,
+    )
+}
+
+/// Fetches a manifest by tag or digest (verified against the digest it names, or against
+/// `Docker-Content-Digest`), checks that it parses, and stores its exact bytes (unnamed).
+async fn fetch_and_store(
+    upstream: &Upstream,
+    store: &Store,
+    repository: &str,
+    reference: &str,
+) -> Result<Fetched, FetchError> {
+    let expected: Option<Digest> = reference.parse().ok();
+    let fetched = tokio::time::timeout(
+        FETCH_TIMEOUT,
+        upstream
+            .client
+            .get_manifest(&upstream.host, repository, reference, expected.as_ref()),
+    )
+    .await
+    .map_err(|_| FetchError::Timeout(FETCH_TIMEOUT))?
+    .map_err(|error| FetchError::from_client(&error))?;
+    upstream.metrics.received(fetched.bytes.len() as u64);
+    let (media_type, _) = ManifestDocument::parse(&fetched.bytes, fetched.content_type.as_deref())
+        .map_err(|error| {
+            FetchError::Invalid(format!(
+                "{reference} is not a manifest sealer reads: {error}"
+            ))
+        })?;
+    let bytes = Bytes::from(fetched.bytes);
+    let digest = fetched.digest;
+    {
+        let (store, digest, bytes) = (store.clone(), digest.clone(), bytes.clone());
+        tokio::task::spawn_blocking(move || {
+            store
+                .blobs()
+                .put(&digest, Some(bytes.len() as u64), &mut &bytes[..])
+        })
+        .await
+        .map_err(|error| FetchError::Store(error.to_string()))?
+        .map_err(|error| match error {
+            StoreError::DigestMismatch { .. } => FetchError::DigestMismatch(error.to_string()),
+            other => FetchError::Store(other.to_string()),
+        })?;
+    }
+    Ok(Fetched {
+        digest,
+        media_type,
+        bytes,
+    })
+}
+
+/// Names a cached manifest in `index.json`: the tag `tagged` (replacing what it named), or
+/// for a manifest fetched by digest an unnamed entry of repository `name` (unless the
+/// repository has it already, directly or through an index).
+fn name_manifest(
+    store: &Store,
+    name: &str,
+    tagged: Option<String>,
+    mut descriptor: Descriptor,
+    host: &str,
+) -> Result<(), StoreError> {
+    descriptor
+        .annotations
+        .insert(UPSTREAM_ANNOTATION.to_owned(), host.to_owned());
+    if tagged.is_none() {
+        let index = store.index()?;
+        let mut known = false;
+        for entry in index
+            .manifests
+            .iter()
+            .filter(|entry| entry_repository(entry) == Some(name))
+        {
+            if entry.digest == descriptor.digest {
+                known = true;
+            } else if media_type::is_index(&entry.media_type)
+                && let Ok(ManifestDocument::Index(index)) = store.read_manifest(entry)
+            {
+                known |= index
+                    .manifests
+                    .iter()
+                    .any(|child| child.digest == descriptor.digest);
+            }
+            if known {
+                return Ok(());
+            }
+        }
+    }
+    store.update_index(|index| {
+        match &tagged {
+            Some(tagged) => {
+                descriptor
+                    .annotations
+                    .insert(REF_NAME_ANNOTATION.to_owned(), tagged.clone());
+                match index
+                    .manifests
+                    .iter_mut()
+                    .find(|entry| entry.ref_name() == Some(tagged.as_str()))
+                {
+                    Some(entry) => *entry = descriptor,
+                    None => index.manifests.push(descriptor),
+                }
+            }
+            None => {
+                let known = index.manifests.iter().any(|entry| {
+                    entry.digest == descriptor.digest && entry_repository(entry) == Some(name)
+                });
+                if !known {
+                    descriptor
+                        .annotations
+                        .insert(REPOSITORY_ANNOTATION.to_owned(), name.to_owned());
+                    index.manifests.push(descriptor);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+fn served<T>(content: T, repo: &RepoPath, cache: Option<CacheStatus>) -> Served<T> {
+    let mut meta = ResponseMeta::local(repo);
+    meta.cache = cache;
+    Served { content, meta }
+}
+
+#[async_trait::async_trait]
+impl ContentSource for PullThroughSource {
+    async fn manifest(
+        &self,
+        repo: &RepoPath,
+        reference: &ManifestRef,
+        request: &ManifestRequest,
+    ) -> Result<Served<ManifestContent>, ApiError> {
+        match self.target(repo) {
+            Target::Local => self.local.manifest(repo, reference, request).await,
+            Target::Unknown(namespace) => self
+                .local
+                .manifest(repo, reference, request)
+                .await
+                .map_err(|error| self.unknown_namespace(namespace, error)),
+            Target::Upstream(upstream, store_repo) => {
+                let (content, status) = self
+                    .upstream_manifest(upstream, repo, &store_repo, reference, request)
+                    .await?;
+                upstream.metrics.answered(status);
+                Ok(served(content, repo, Some(status)))
+            }
+        }
+    }
+
+    async fn blob(
+        &self,
+        repo: &RepoPath,
+        digest: &Digest,
+        request: BlobRequest,
+    ) -> Result<Served<BlobContent>, ApiError> {
+        match self.target(repo) {
+            Target::Local => self.local.blob(repo, digest, request).await,
+            Target::Unknown(namespace) => self
+                .local
+                .blob(repo, digest, request)
+                .await
+                .map_err(|error| self.unknown_namespace(namespace, error)),
+            Target::Upstream(upstream, store_repo) => {
+                let (content, status) = self
+                    .upstream_blob(upstream, &store_repo, digest, request)
+                    .await?;
+                upstream.metrics.answered(status);
+                Ok(served(content, repo, Some(status)))
+            }
+        }
+    }
+
+    async fn tags(&self, repo: &RepoPath) -> Result<Served<Vec<String>>, ApiError> {
+        match self.target(repo) {
+            Target::Local => self.local.tags(repo).await,
+            Target::Unknown(namespace) => self
+                .local
+                .tags(repo)
+                .await
+                .map_err(|error| self.unknown_namespace(namespace, error)),
+            Target::Upstream(_, store_repo) => {
+                let found = self.local.tags(&store_repo).await?;
+                Ok(served(found.content, repo, None))
+            }
+        }
+    }
+
+    async fn referrers(
+        &self,
+        repo: &RepoPath,
+        subject: &Digest,
+    ) -> Result<Served<Vec<Descriptor>>, ApiError> {
+        match self.target(repo) {
+            Target::Local | Target::Unknown(_) => self.local.referrers(repo, subject).await,
+            Target::Upstream(_, store_repo) => {
+                let found = self.local.referrers(&store_repo, subject).await?;
+                Ok(served(found.content, repo, None))
+            }
+        }
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics_text()
+    }
+}

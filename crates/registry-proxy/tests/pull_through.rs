@@ -1,0 +1,728 @@
+//! The pull-through cache in-process on a loopback port, in front of REAL docker-registry
+//! upstreams (tests/harness): several upstreams with the same repository path, one behind
+//! token auth; skopeo through path prefixes, raw HTTP with `?ns=`; one upstream GET for a
+//! 32-client herd; stale tags when an upstream is stopped or hangs; a corrupting upstream;
+//! a client that leaves; Range on a cold blob; offline mode; `/metrics`.
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    clippy::expect_used,
+    clippy::unwrap_used
+)]
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use sealer_image_store::{BlobStore, Digest, Store};
+use sealer_registry_proxy::{ServeError, ServerConfig, serve};
+use sealer_test_harness::{
+    Fault, FaultProxy, HttpResponse, ImageSpec, Registry, RegistryOptions, SeededImage,
+    TokenOptions, TokenServer, http_request, require_tools, run_ok, seed_image,
+};
+use serde_json::Value;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const SKOPEO: Duration = Duration::from_secs(120);
+
+/// A proxy on its own runtime thread, over a store directory.
+struct Proxy {
+    address: SocketAddr,
+    store: PathBuf,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
+}
+
+impl Proxy {
+    /// Serves `yaml` (a configuration; `storage` is added) over the store at `store`.
+    fn start(store: &Path, yaml: &str) -> Self {
+        let text = format!("storage: {}\n{yaml}", store.display());
+        let config = ServerConfig::parse(&text, Path::new("proxy.yaml")).unwrap();
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                address_tx.send(listener.local_addr().unwrap()).unwrap();
+                serve(&config, listener, async move {
+                    let _ = shutdown_rx.await;
+                })
+                .await
+            })
+        });
+        let address = address_rx
+            .recv_timeout(TIMEOUT)
+            .expect("the proxy did not start");
+        Self {
+            address,
+            store: store.to_path_buf(),
+            shutdown: Some(shutdown_tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn host(&self) -> String {
+        self.address.to_string()
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+        let url = format!("http://{}{path}", self.address);
+        http_request(method, &url, headers, &[], TIMEOUT).unwrap()
+    }
+
+    fn get(&self, path: &str) -> HttpResponse {
+        self.request("GET", path, &[])
+    }
+
+    /// The value of the series `series` (`name{labels}`) in `/metrics`.
+    fn metric(&self, series: &str) -> i64 {
+        let text = String::from_utf8(self.get("/metrics").body).unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} not in\n{text}"))
+    }
+
+    /// Waits (at most 30 s) until no fill runs for `upstream`.
+    fn wait_for_fills(&self, upstream: &str) {
+        let series = format!("sealer_proxy_fills_in_flight{{upstream=\"{upstream}\"}}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.metric(&series) != 0 {
+            assert!(Instant::now() < deadline, "fills still running");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap().unwrap();
+        }
+    }
+
+    fn open_store(&self) -> Store {
+        Store::open_dir(&self.store).unwrap()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// `upstreams:` YAML for `(name, url, extra keys)`.
+fn upstreams(list: &[(&str, &str, &str)]) -> String {
+    let mut yaml = String::from("upstreams:\n");
+    for (name, url, extra) in list {
+        yaml.push_str(&format!("  - name: {name}\n    url: {url}\n"));
+        for line in extra.lines() {
+            yaml.push_str(&format!("    {line}\n"));
+        }
+    }
+    yaml
+}
+
+fn digest_of(bytes: &[u8]) -> String {
+    Digest::sha256(bytes).to_string()
+}
+
+/// The layers of an image manifest: (digest, size).
+fn layers(manifest: &[u8]) -> Vec<(String, u64)> {
+    let value: Value = serde_json::from_slice(manifest).unwrap();
+    value["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|layer| {
+            (
+                layer["digest"].as_str().unwrap().to_owned(),
+                layer["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The biggest layer of `image` as its upstream serves it: (digest, bytes).
+fn biggest_layer(upstream: &Registry, repo: &str, image: &SeededImage) -> (String, Vec<u8>) {
+    let manifest = http_request(
+        "GET",
+        &format!(
+            "{}/v2/{repo}/manifests/{}",
+            upstream.url(),
+            image.manifest_digest
+        ),
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        &[],
+        TIMEOUT,
+    )
+    .unwrap();
+    let (digest, _) = layers(&manifest.body)
+        .into_iter()
+        .max_by_key(|(_, size)| *size)
+        .unwrap();
+    let blob = http_request(
+        "GET",
+        &format!("{}/v2/{repo}/blobs/{digest}", upstream.url()),
+        &[],
+        &[],
+        TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(digest_of(&blob.body), digest);
+    (digest, blob.body)
+}
+
+fn blob_stored(proxy: &Proxy, digest: &str) -> bool {
+    proxy
+        .open_store()
+        .blobs()
+        .stat(&digest.parse().unwrap())
+        .unwrap()
+        .is_some()
+}
+
+#[test]
+fn two_upstreams_with_the_same_repository_never_collide() {
+    require_tools!("skopeo", "docker-registry", "openssl");
+    let plain = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let tokens = TokenServer::start(TokenOptions::user("robot", "s3cret")).unwrap();
+    let guarded = Registry::start(RegistryOptions::token(&tokens)).unwrap();
+    let image_a = seed_image(
+        &plain.host(),
+        "team/app:1",
+        &ImageSpec::new("x", &[300_000, 2_000], 1),
+        None,
+    )
+    .unwrap();
+    let image_b = seed_image(
+        &guarded.host(),
+        "team/app:1",
+        &ImageSpec::new("x", &[200_000], 2),
+        Some(("robot", "s3cret")),
+    )
+    .unwrap();
+    assert_ne!(image_a.manifest_digest, image_b.manifest_digest);
+
+    let tokens_before = tokens.requests().len();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(
+        &dir.path().join("store"),
+        &format!(
+            "mode: read-write
+{}",
+            upstreams(&[
+                ("plain", &plain.url(), ""),
+                (
+                    "guarded",
+                    &guarded.url(),
+                    "credentials: {username: robot, password: s3cret}\ntag_ttl: 10m",
+                ),
+            ])
+        ),
+    );
+
+    // skopeo through path prefixes (aliases: a `host:port` is no valid path component).
+    for (alias, image) in [("plain", &image_a), ("guarded", &image_b)] {
+        let layout = dir.path().join(format!("layout-{alias}"));
+        run_ok(
+            "skopeo",
+            &[
+                "copy",
+                "--preserve-digests",
+                "--src-tls-verify=false",
+                &format!("docker://{}/{alias}/team/app:1", proxy.host()),
+                &format!("oci:{}:x", layout.display()),
+            ],
+            SKOPEO,
+        )
+        .unwrap();
+        let index: Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        assert_eq!(
+            index["manifests"][0]["digest"].as_str().unwrap(),
+            image.manifest_digest,
+            "{alias}"
+        );
+    }
+
+    // Stored under each upstream's host: no collision.
+    let store = proxy.open_store();
+    for (upstream, image) in [(&plain, &image_a), (&guarded, &image_b)] {
+        let entry = store
+            .lookup(&format!("{}/team/app:1", upstream.host()))
+            .unwrap();
+        assert_eq!(entry.descriptor.digest.to_string(), image.manifest_digest);
+    }
+
+    // Raw HTTP with ?ns= (containerd) and a host:port path prefix: OCI-Namespace, X-Cache.
+    for (upstream, image) in [(&plain, &image_a), (&guarded, &image_b)] {
+        let ns = upstream.host();
+        let response = proxy.request(
+            "GET",
+            &format!("/v2/team/app/manifests/1?ns={ns}"),
+            &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        );
+        assert_eq!(response.status, 200, "{ns}");
+        assert_eq!(response.header("oci-namespace"), Some(ns.as_str()));
+        assert_eq!(digest_of(&response.body), image.manifest_digest);
+        assert!(
+            matches!(response.header("x-cache"), Some("HIT" | "MISS")),
+            "{:?}",
+            response.header("x-cache")
+        );
+        for digest in &image.blob_digests {
+            let blob = proxy.get(&format!("/v2/team/app/blobs/{digest}?ns={ns}"));
+            assert_eq!(blob.status, 200);
+            assert!(blob.complete);
+            assert_eq!(&digest_of(&blob.body), digest);
+            assert_eq!(blob.header("x-cache"), Some("HIT"));
+            assert_eq!(blob.header("oci-namespace"), Some(ns.as_str()));
+        }
+        let prefixed = proxy.get(&format!("/v2/{ns}/team/app/manifests/1"));
+        assert_eq!(prefixed.status, 200);
+        assert_eq!(digest_of(&prefixed.body), image.manifest_digest);
+        assert_eq!(prefixed.header("oci-namespace"), None);
+    }
+
+    // Digests are immutable: served with no upstream traffic at all.
+    let before = (plain.access_log().len(), guarded.access_log().len());
+    for (upstream, image) in [(&plain, &image_a), (&guarded, &image_b)] {
+        let ns = upstream.host();
+        let manifest = proxy.get(&format!(
+            "/v2/{ns}/team/app/manifests/{}",
+            image.manifest_digest
+        ));
+        assert_eq!(manifest.status, 200);
+        assert_eq!(manifest.header("x-cache"), Some("HIT"));
+        for digest in &image.blob_digests {
+            let head = proxy.request("HEAD", &format!("/v2/{ns}/team/app/blobs/{digest}"), &[]);
+            assert_eq!(head.status, 200);
+            assert_eq!(head.header("x-cache"), Some("HIT"));
+        }
+    }
+    // The guarded upstream's tag is trusted for 10 minutes: no revalidation either.
+    let tagged = proxy.get("/v2/guarded/team/app/manifests/1");
+    assert_eq!(tagged.header("x-cache"), Some("HIT"));
+    assert_eq!(
+        (plain.access_log().len(), guarded.access_log().len()),
+        before
+    );
+    // The plain one revalidates every time (tag_ttl 0): one HEAD, still a hit.
+    let heads = || plain.count("HEAD", |path| path == "/v2/team/app/manifests/1");
+    let heads_before = heads();
+    let revalidated = proxy.get("/v2/plain/team/app/manifests/1");
+    assert_eq!(revalidated.header("x-cache"), Some("HIT"));
+    assert_eq!(heads(), heads_before + 1);
+
+    // Tokens are cached per scope: one token for the whole pull and everything since.
+    let scope = "repository:team/app:pull";
+    let token_requests = tokens.requests()[tokens_before..]
+        .iter()
+        .filter(|request| request.user.as_deref() == Some("robot"))
+        .filter(|request| request.scopes.iter().any(|s| s == scope))
+        .count();
+    assert_eq!(token_requests, 1, "{:?}", tokens.requests());
+    assert_eq!(
+        proxy.metric("sealer_proxy_upstream_token_fetches_total{upstream=\"guarded\"}"),
+        1
+    );
+
+    // Never an open proxy: a namespace that is no upstream is NAME_UNKNOWN.
+    let unknown = proxy.get("/v2/team/app/manifests/1?ns=registry.example.com");
+    assert_eq!(unknown.status, 404);
+    assert!(String::from_utf8_lossy(&unknown.body).contains("NAME_UNKNOWN"));
+    let unknown = proxy.get("/v2/registry.example.com/team/app/manifests/1");
+    assert_eq!(unknown.status, 404);
+    // Without a namespace and without a default upstream: the local store only.
+    let local = proxy.get("/v2/team/app/manifests/1");
+    assert_eq!(local.status, 404);
+    assert!(String::from_utf8_lossy(&local.body).contains("MANIFEST_UNKNOWN"));
+    // Pushes into an upstream's namespace would poison the cache; the local one is open.
+    let push = proxy.request("POST", "/v2/plain/team/app/blobs/uploads/", &[]);
+    assert_eq!(push.status, 403);
+    assert!(String::from_utf8_lossy(&push.body).contains("DENIED"));
+    let push = proxy.request("POST", "/v2/team/app/blobs/uploads/", &[]);
+    assert_eq!(push.status, 202);
+
+    assert!(proxy.metric("sealer_proxy_requests_total{upstream=\"plain\",cache=\"miss\"}") >= 1);
+    assert!(proxy.metric("sealer_proxy_requests_total{upstream=\"guarded\",cache=\"hit\"}") >= 1);
+}
+
+#[test]
+fn a_herd_of_32_cold_gets_makes_one_upstream_get() {
+    require_tools!("skopeo", "docker-registry");
+    let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let image = seed_image(
+        &upstream.host(),
+        "herd/app:1",
+        &ImageSpec::new("x", &[12 << 20], 3),
+        None,
+    )
+    .unwrap();
+    let (digest, expected) = biggest_layer(&upstream, "herd/app", &image);
+    let gets_before = upstream.blob_gets(Some(&digest));
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Arc::new(Proxy::start(
+        &dir.path().join("store"),
+        &format!(
+            "{}default_upstream: up\n",
+            upstreams(&[("up", &upstream.url(), "")])
+        ),
+    ));
+    let barrier = Arc::new(Barrier::new(32));
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let (proxy, barrier, digest) = (proxy.clone(), barrier.clone(), digest.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                // Without a namespace: the default upstream.
+                proxy.get(&format!("/v2/herd/app/blobs/{digest}"))
+            })
+        })
+        .collect();
+    let mut misses = 0;
+    for client in clients {
+        let response = client.join().unwrap();
+        assert_eq!(response.status, 200);
+        assert!(response.complete);
+        assert_eq!(response.body.len(), expected.len());
+        assert_eq!(digest_of(&response.body), digest);
+        misses += usize::from(response.header("x-cache") == Some("MISS"));
+    }
+    assert!(misses >= 1);
+    assert_eq!(upstream.blob_gets(Some(&digest)) - gets_before, 1);
+    assert_eq!(proxy.metric("sealer_proxy_fills_total{upstream=\"up\"}"), 1);
+    let followers = proxy.metric("sealer_proxy_fill_followers_total{upstream=\"up\"}");
+    assert!(
+        followers < misses as i64,
+        "{followers} followers, {misses} misses"
+    );
+    proxy.wait_for_fills("up");
+    assert!(blob_stored(&proxy, &digest));
+    let again = proxy.get(&format!("/v2/herd/app/blobs/{digest}"));
+    assert_eq!(again.header("x-cache"), Some("HIT"));
+    assert_eq!(upstream.blob_gets(Some(&digest)) - gets_before, 1);
+}
+
+#[test]
+fn a_cached_tag_is_served_stale_within_2s_when_the_upstream_is_down_or_hangs() {
+    require_tools!("skopeo", "docker-registry");
+    let mut upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let image = seed_image(
+        &upstream.host(),
+        "stale/app:1",
+        &ImageSpec::new("x", &[50_000], 4),
+        None,
+    )
+    .unwrap();
+    let fault = FaultProxy::in_front_of(&upstream.host(), Fault::None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Proxy::start(
+        &dir.path().join("store"),
+        &format!(
+            "{}upstream_timeout: 1s\n",
+            upstreams(&[("up", &fault.url(), "tag_ttl: 0")])
+        ),
+    );
+    let tag = "/v2/up/stale/app/manifests/1";
+    let first = proxy.get(tag);
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    assert_eq!(digest_of(&first.body), image.manifest_digest);
+    let blob = &image.blob_digests[0];
+    assert_eq!(
+        proxy.get(&format!("/v2/up/stale/app/blobs/{blob}")).status,
+        200
+    );
+
+    // Stopped: connections refused.
+    upstream.stop();
+    for _ in 0..2 {
+        let started = Instant::now();
+        let stale = proxy.get(tag);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(stale.status, 200);
+        assert_eq!(stale.header("x-cache"), Some("STALE"));
+        assert_eq!(digest_of(&stale.body), image.manifest_digest);
+    }
+    // Digests need no upstream at all.
+    let hit = proxy.get(&format!("/v2/up/stale/app/blobs/{blob}"));
+    assert_eq!(hit.header("x-cache"), Some("HIT"));
+    // Nothing cached: a spec error, quickly.
+    let started = Instant::now();
+    let cold = proxy.get("/v2/up/stale/app/manifests/2");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(cold.status, 502);
+    assert!(String::from_utf8_lossy(&cold.body).contains("\"code\":\"UNKNOWN\""));
+
+    // Restarted, then hanging: it accepts connections and never answers.
+    upstream.restart().unwrap();
+    assert_eq!(proxy.get(tag).header("x-cache"), Some("HIT"));
+    fault.set_fault(Fault::hang("/manifests/"));
+    for _ in 0..2 {
+        let started = Instant::now();
+        let stale = proxy.get(tag);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(stale.status, 200);
+        assert_eq!(stale.header("x-cache"), Some("STALE"));
+    }
+    assert!(proxy.metric("sealer_proxy_requests_total{upstream=\"up\",cache=\"stale\"}") >= 4);
+
+    // A new server over the same store starts and serves while the upstream is gone
+    // (connections refused).
+    proxy.stop();
+    upstream.stop();
+    let url = fault.url();
+    drop(fault);
+    let restarted = Proxy::start(
+        &dir.path().join("store"),
+        &format!(
+            "{}upstream_timeout: 1s\n",
+            upstreams(&[("up", &url, "tag_ttl: 0")])
+        ),
+    );
+    let stale = restarted.get(tag);
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.header("x-cache"), Some("STALE"));
+    assert_eq!(
+        restarted
+            .get(&format!("/v2/up/stale/app/blobs/{blob}"))
+            .header("x-cache"),
+        Some("HIT")
+    );
+}
+
+#[test]
+fn a_corrupting_upstream_fails_every_client_and_commits_nothing() {
+    require_tools!("skopeo", "docker-registry");
+    let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let image = seed_image(
+        &upstream.host(),
+        "flip/app:1",
+        &ImageSpec::new("x", &[3 << 20], 5),
+        None,
+    )
+    .unwrap();
+    let (digest, expected) = biggest_layer(&upstream, "flip/app", &image);
+    let fault = FaultProxy::in_front_of(
+        &upstream.host(),
+        Fault::flip_byte(&format!("/blobs/{digest}"), expected.len() as u64 / 2),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Arc::new(Proxy::start(
+        &dir.path().join("store"),
+        &upstreams(&[("up", &fault.url(), "")]),
+    ));
+    let path = format!("/v2/up/flip/app/blobs/{digest}");
+    let barrier = Arc::new(Barrier::new(8));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (proxy, barrier, path) = (proxy.clone(), barrier.clone(), path.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                proxy.get(&path)
+            })
+        })
+        .collect();
+    for client in clients {
+        let response = client.join().unwrap();
+        // Either cut (the hold-back) or refused: never a complete 200.
+        assert!(
+            response.status != 200 || !response.complete,
+            "a client got a complete body"
+        );
+        assert!(response.body.len() < expected.len());
+    }
+    assert!(fault.faults_applied() >= 1);
+    proxy.wait_for_fills("up");
+    assert!(!blob_stored(&proxy, &digest));
+    assert!(
+        proxy
+            .metric("sealer_proxy_fill_failures_total{upstream=\"up\",reason=\"digest_mismatch\"}")
+            >= 1
+    );
+    // The bytes arrived from another angle, the next fetch works.
+    fault.set_fault(Fault::None);
+    let good = proxy.get(&path);
+    assert_eq!(good.status, 200);
+    assert!(good.complete);
+    assert_eq!(good.body, expected);
+    proxy.wait_for_fills("up");
+    assert!(blob_stored(&proxy, &digest));
+}
+
+#[test]
+fn a_client_leaving_at_half_lets_the_fill_finish_and_a_broken_upstream_resumes() {
+    require_tools!("skopeo", "docker-registry");
+    let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let image = seed_image(
+        &upstream.host(),
+        "leave/app:1",
+        &ImageSpec::new("x", &[8 << 20], 6),
+        None,
+    )
+    .unwrap();
+    let (digest, expected) = biggest_layer(&upstream, "leave/app", &image);
+    // The upstream connection breaks at 60 %: the fill resumes with Range.
+    let fault = FaultProxy::in_front_of(
+        &upstream.host(),
+        Fault::cut_after(&format!("/blobs/{digest}"), expected.len() as u64 * 6 / 10),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(
+        &dir.path().join("store"),
+        &upstreams(&[("up", &fault.url(), "")]),
+    );
+    let gets_before = upstream.blob_gets(Some(&digest));
+
+    // A client that reads half the body and leaves.
+    let mut stream = TcpStream::connect(proxy.address).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        stream,
+        "GET /v2/up/leave/app/blobs/{digest} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        proxy.host()
+    )
+    .unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 64 * 1024];
+    while received.len() < expected.len() / 2 {
+        let read = stream.read(&mut buffer).unwrap();
+        assert!(read > 0, "the proxy closed early");
+        received.extend_from_slice(&buffer[..read]);
+    }
+    assert!(String::from_utf8_lossy(&received[..12]).contains("200"));
+    drop(stream);
+
+    proxy.wait_for_fills("up");
+    assert!(blob_stored(&proxy, &digest));
+    assert_eq!(fault.faults_applied(), 1);
+    let ranged = fault
+        .requests()
+        .iter()
+        .filter(|request| request.target.contains(&digest))
+        .count();
+    assert_eq!(ranged, 2, "{:?}", fault.requests());
+    let upstream_gets = upstream.blob_gets(Some(&digest)) - gets_before;
+    assert!(upstream_gets <= 2, "{upstream_gets}");
+    let hit = proxy.get(&format!("/v2/up/leave/app/blobs/{digest}"));
+    assert_eq!(hit.header("x-cache"), Some("HIT"));
+    assert!(hit.complete);
+    assert_eq!(hit.body, expected);
+    assert_eq!(
+        upstream.blob_gets(Some(&digest)) - gets_before,
+        upstream_gets
+    );
+}
+
+#[test]
+fn a_range_on_a_cold_blob_is_answered_from_the_fill() {
+    require_tools!("skopeo", "docker-registry");
+    let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let image = seed_image(
+        &upstream.host(),
+        "range/app:1",
+        &ImageSpec::new("x", &[2 << 20], 7),
+        None,
+    )
+    .unwrap();
+    let (digest, expected) = biggest_layer(&upstream, "range/app", &image);
+    let gets_before = upstream.blob_gets(Some(&digest));
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(
+        &dir.path().join("store"),
+        &upstreams(&[("up", &upstream.url(), "")]),
+    );
+    let path = format!("/v2/{}/range/app/blobs/{digest}", upstream.host());
+    let response = proxy.request("GET", &path, &[("Range", "bytes=1000-1999")]);
+    assert_eq!(response.status, 206);
+    assert!(response.complete);
+    assert_eq!(response.header("x-cache"), Some("MISS"));
+    assert_eq!(
+        response.header("content-range"),
+        Some(format!("bytes 1000-1999/{}", expected.len()).as_str())
+    );
+    assert_eq!(response.body, &expected[1000..2000]);
+    // The whole blob was fetched and cached (never a partial object).
+    proxy.wait_for_fills("up");
+    assert!(blob_stored(&proxy, &digest));
+    let tail = proxy.request("GET", &path, &[("Range", "bytes=-100")]);
+    assert_eq!(tail.status, 206);
+    assert_eq!(tail.header("x-cache"), Some("HIT"));
+    assert_eq!(tail.body, &expected[expected.len() - 100..]);
+    let outside = proxy.request("GET", &path, &[("Range", "bytes=99999999-")]);
+    assert_eq!(outside.status, 416);
+    assert_eq!(upstream.blob_gets(Some(&digest)) - gets_before, 1);
+}
+
+#[test]
+fn offline_mode_serves_the_cache_and_contacts_nobody() {
+    require_tools!("skopeo", "docker-registry");
+    let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let image = seed_image(
+        &upstream.host(),
+        "off/app:1",
+        &ImageSpec::new("x", &[40_000], 8),
+        None,
+    )
+    .unwrap();
+    let fault = FaultProxy::in_front_of(&upstream.host(), Fault::None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let yaml = upstreams(&[("up", &fault.url(), "")]);
+    let mut online = Proxy::start(&store, &yaml);
+    let manifest = online.get("/v2/up/off/app/manifests/1");
+    assert_eq!(manifest.status, 200);
+    for digest in &image.blob_digests {
+        let blob = online.get(&format!("/v2/up/off/app/blobs/{digest}"));
+        assert_eq!(blob.status, 200);
+        assert!(blob.complete);
+    }
+    online.wait_for_fills("up");
+    online.stop();
+
+    let seen = fault.requests().len();
+    let offline = Proxy::start(&store, &format!("{yaml}offline: true\n"));
+    let cached = offline.get("/v2/up/off/app/manifests/1");
+    assert_eq!(cached.status, 200);
+    assert_eq!(cached.header("x-cache"), Some("HIT"));
+    assert_eq!(digest_of(&cached.body), image.manifest_digest);
+    for digest in &image.blob_digests {
+        let blob = offline.get(&format!("/v2/up/off/app/blobs/{digest}"));
+        assert_eq!(blob.header("x-cache"), Some("HIT"));
+        assert_eq!(&digest_of(&blob.body), digest);
+    }
+    let missing = offline.get("/v2/up/off/app/manifests/2");
+    assert_eq!(missing.status, 404);
+    assert!(String::from_utf8_lossy(&missing.body).contains("MANIFEST_UNKNOWN"));
+    let zeros = format!("sha256:{}", "0".repeat(64));
+    let missing = offline.get(&format!("/v2/up/off/app/blobs/{zeros}"));
+    assert_eq!(missing.status, 404);
+    assert!(String::from_utf8_lossy(&missing.body).contains("BLOB_UNKNOWN"));
+    assert_eq!(
+        fault.requests().len(),
+        seen,
+        "offline contacted the upstream"
+    );
+}
