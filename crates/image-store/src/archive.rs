@@ -196,7 +196,8 @@ fn save_oci(
         }
     }
     let reach = store.reachable(&index.manifests)?;
-    if let Some((parent, child)) = reach.missing.first() {
+    // A partial image (a pull-through cache entry) cannot be exported either.
+    if let Some((parent, child)) = reach.missing.first().or(reach.absent_partial.first()) {
         return Err(StoreError::MissingChild {
             parent: parent.clone(),
             child: child.clone(),

@@ -37,9 +37,12 @@ impl Store {
                 .filter_map(|entry| entry.platform.clone())
                 .collect(),
             ManifestDocument::Image(manifest) => {
-                config_platform(&self.read_verified(&manifest.config.digest)?)
-                    .into_iter()
-                    .collect()
+                match self.read_verified(&manifest.config.digest) {
+                    Ok(config) => config_platform(&config).into_iter().collect(),
+                    // A partial (pull-through cached) image whose config was never fetched.
+                    Err(StoreError::BlobNotFound(_)) => Vec::new(),
+                    Err(error) => return Err(error),
+                }
             }
         };
         Ok(ImageSummary {

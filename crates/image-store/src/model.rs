@@ -49,6 +49,12 @@ pub mod media_type {
 /// The annotation that names an entry of an OCI layout's `index.json`.
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 
+/// The annotation (value `true`) of an `index.json` entry whose image may lack blobs by
+/// design: a pull-through cache entry, where only what clients asked for was fetched.
+/// [`crate::Store::reachable`] counts the absent blobs below such an entry as
+/// [`crate::Reachability::absent_partial`], not as missing.
+pub const PARTIAL_ANNOTATION: &str = "io.sealer.image.partial";
+
 /// A content descriptor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

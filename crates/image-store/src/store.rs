@@ -80,6 +80,9 @@ pub struct FsckReport {
     pub missing: Vec<(Digest, Digest)>,
     /// Platforms of multi-arch images that were not fetched (not an error).
     pub absent_platforms: usize,
+    /// Blobs of partial (pull-through cached) images that were never fetched (not an
+    /// error).
+    pub absent_partial: usize,
     /// Blobs no image refers to (`prune` removes them).
     pub unreferenced: usize,
     /// Leftovers of interrupted writes (`prune` removes them).
@@ -445,20 +448,30 @@ impl Store {
     }
 
     /// Every blob reachable from `roots`, and the blobs they need that are absent. Index
-    /// entries that are absent are partial multi-arch images, counted separately.
+    /// entries that are absent are partial multi-arch images, counted separately, as are
+    /// the absent blobs below a root annotated [`crate::model::PARTIAL_ANNOTATION`].
     pub fn reachable(&self, roots: &[Descriptor]) -> Result<Reachability> {
         let mut reach = Reachability::default();
-        let mut pending: Vec<(Descriptor, Option<Digest>, bool)> = roots
+        let mut pending: Vec<(Descriptor, Option<Digest>, bool, bool)> = roots
             .iter()
-            .map(|root| (root.clone(), None, false))
+            .map(|root| {
+                let partial = root
+                    .annotations
+                    .get(crate::model::PARTIAL_ANNOTATION)
+                    .is_some_and(|value| value == "true");
+                (root.clone(), None, false, partial)
+            })
             .collect();
-        while let Some((descriptor, parent, from_index)) = pending.pop() {
+        while let Some((descriptor, parent, from_index, partial)) = pending.pop() {
             if reach.present.contains(&descriptor.digest) {
                 continue;
             }
             if self.blobs.stat(&descriptor.digest)?.is_none() {
                 match (parent, from_index) {
                     (Some(_), true) => reach.absent_platforms += 1,
+                    (Some(parent), false) if partial => reach
+                        .absent_partial
+                        .push((parent, descriptor.digest.clone())),
                     (Some(parent), false) => {
                         reach.missing.push((parent, descriptor.digest.clone()))
                     }
@@ -473,7 +486,12 @@ impl Store {
                 let document = self.read_manifest(&descriptor)?;
                 let is_index = matches!(document, ManifestDocument::Index(_));
                 for child in document.children() {
-                    pending.push((child.clone(), Some(descriptor.digest.clone()), is_index));
+                    pending.push((
+                        child.clone(),
+                        Some(descriptor.digest.clone()),
+                        is_index,
+                        partial,
+                    ));
                 }
             }
         }
@@ -605,6 +623,7 @@ impl Store {
         };
         report.missing = reach.missing;
         report.absent_platforms = reach.absent_platforms;
+        report.absent_partial = reach.absent_partial.len();
         report.unreferenced = blobs
             .iter()
             .filter(|digest| !reach.present.contains(digest))
@@ -625,6 +644,10 @@ pub struct Reachability {
     pub missing: Vec<(Digest, Digest)>,
     /// Index entries not present (platforms never fetched).
     pub absent_platforms: usize,
+    /// Blobs not present below partial entries (a pull-through cache fetched only what was
+    /// asked for): (referrer, absent blob). Not an inconsistency, but such an image cannot
+    /// be exported.
+    pub absent_partial: Vec<(Digest, Digest)>,
 }
 
 /// Whether a descriptor's media type is a manifest or index (whose children matter).

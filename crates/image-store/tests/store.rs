@@ -334,6 +334,49 @@ fn fsck_names_corrupt_and_missing_blobs() {
 }
 
 #[test]
+fn partial_entries_lack_blobs_without_being_inconsistent() {
+    for (_dir, store) in both() {
+        write_image(&store, &ImageSpec::new("a:1", &[10_000], 6)).unwrap();
+        let resolved = store.resolve("a:1", None).unwrap();
+        let config = resolved.manifest.config.digest.clone();
+        let layer = resolved.manifest.layers[0].digest.clone();
+        store.fs().remove_file(&config.blob_path()).unwrap();
+        store.fs().remove_file(&layer.blob_path()).unwrap();
+        assert_eq!(store.fsck().unwrap().missing.len(), 2);
+        // Marked partial (a pull-through cache entry): absent blobs are expected.
+        store
+            .update_index(|index| {
+                index.manifests[0].annotations.insert(
+                    sealer_image_store::model::PARTIAL_ANNOTATION.to_owned(),
+                    "true".to_owned(),
+                );
+                Ok(())
+            })
+            .unwrap();
+        let report = store.fsck().unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(report.absent_partial, 2);
+        let entry = store.lookup("a:1").unwrap();
+        let summary = store.summary(&entry.descriptor).unwrap();
+        assert!(summary.platforms.is_empty());
+        assert_eq!(summary.size, resolved.manifest_descriptor.size);
+        // It cannot be exported.
+        let error = archive::save(
+            &store,
+            &["a:1".to_owned()],
+            &mut Vec::new(),
+            SaveOptions::default(),
+        )
+        .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains(&config.to_string()) || message.contains(&layer.to_string()),
+            "{message}"
+        );
+    }
+}
+
+#[test]
 fn a_failed_import_leaves_the_store_as_it_was() {
     for (_dir, store) in both() {
         write_image(&store, &ImageSpec::new("a:1", &[100], 5)).unwrap();

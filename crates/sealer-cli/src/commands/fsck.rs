@@ -31,6 +31,12 @@ pub fn run(store: &Store) -> Result<()> {
             report.absent_platforms
         );
     }
+    if report.absent_partial > 0 {
+        say!(
+            "{} blobs of pull-through cached images were never fetched (not an error)",
+            report.absent_partial
+        );
+    }
     if report.unreferenced > 0 || report.leftovers > 0 {
         say!(
             "{} unreferenced blobs and {} leftovers of interrupted writes (`sealer prune` removes them)",
