@@ -18,14 +18,15 @@
 //! nothing cached the answer is a 502/504 (`UNKNOWN`), or the upstream's 404. An upstream
 //! 404 for a cached tag is passed on (the upstream is authoritative when it answers).
 //!
-//! **Blob misses** go through [`crate::fill`]: one upstream `GET` per digest, streamed to
-//! every client while it is hashed and written, committed only on a digest match, the last
-//! bytes held back until then. Manifest misses by digest are fetched once (concurrent
+//! **Blob misses** go through the fill registry (module `fill`): one upstream `GET` per
+//! digest, streamed to every client while it is hashed and written, committed only on a
+//! digest match, the last bytes held back until then. Manifest misses by digest are fetched once (concurrent
 //! requests share the fetch), verified against the digest and stored byte-exact.
 //!
 //! Tag lists and referrers answer what the store holds. Cached entries of `index.json` are
-//! annotated [`UPSTREAM_ANNOTATION`]; their images may be partial (only the blobs clients
-//! asked for are fetched).
+//! annotated [`UPSTREAM_ANNOTATION`] and, as their images are partial by design (only the
+//! blobs clients asked for are fetched), `PARTIAL_ANNOTATION` (`fsck` does not count their
+//! absent blobs as missing).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
-use sealer_image_store::model::{REF_NAME_ANNOTATION, media_type};
+use sealer_image_store::model::{PARTIAL_ANNOTATION, REF_NAME_ANNOTATION, media_type};
 use sealer_image_store::{BlobStore, Descriptor, Digest, ManifestDocument, Store, StoreError};
 use sealer_registry_client::{
     ClientOptions, Credential, CredentialStore, RegistryClient, RetryPolicy,
@@ -722,6 +723,10 @@ fn name_manifest(
     descriptor
         .annotations
         .insert(UPSTREAM_ANNOTATION.to_owned(), host.to_owned());
+    // Only what clients ask for is fetched: fsck must not call the rest missing.
+    descriptor
+        .annotations
+        .insert(PARTIAL_ANNOTATION.to_owned(), "true".to_owned());
     if tagged.is_none() {
         let index = store.index()?;
         let mut known = false;
