@@ -340,7 +340,8 @@ pub struct CopyArgs<W: Text = Word> {
     pub sources: Vec<W>,
     /// The destination in the rootfs.
     pub dest: W,
-    /// Whether it was written as a JSON array (kept only to print it back the same way).
+    /// Whether it was written as a JSON array (kept only to print it back the same way;
+    /// always `false` once resolved).
     pub json_form: bool,
 }
 
@@ -359,7 +360,8 @@ pub struct KeyValues<W: Text = Word> {
     /// The pairs, in order (a later one wins).
     pub pairs: Vec<KeyValue<W>>,
     /// Whether it was written in the legacy `KEY value` form (one pair, the value being the
-    /// rest of the line); kept only to print it back the same way.
+    /// rest of the line); kept only to print it back the same way, always `false` once
+    /// resolved.
     pub legacy: bool,
 }
 
