@@ -447,3 +447,63 @@ fn a_real_context_rehashes_from_stat_alone() {
     assert_eq!(stat.stats().bytes_read, 0);
     eprintln!("no-op rehash of 500 files: {elapsed:?}");
 }
+
+/// The keys of a build's steps: (instruction text, input) after the seed.
+fn chain(seed: CacheKey, steps: &[(&str, InputDigest)]) -> Vec<CacheKey> {
+    let mut parent = seed;
+    steps
+        .iter()
+        .map(|(text, input)| {
+            parent = parent.next(text, input);
+            parent.clone()
+        })
+        .collect()
+}
+
+#[test]
+fn a_changed_source_rekeys_its_step_and_the_later_ones_only() {
+    let fs = context();
+    let mut stat = StatCache::new();
+    let steps = |fs: &dyn Fs, stat: &mut StatCache| {
+        vec![
+            ("ENV A=1", InputDigest::none()),
+            (
+                "COPY scripts/init.sh scripts/",
+                digest_of(fs, &["scripts/init.sh"], stat),
+            ),
+            (
+                "COPY manifests manifests",
+                digest_of(fs, &["manifests"], stat),
+            ),
+            ("RUN make", InputDigest::of_env([("A", "1")])),
+        ]
+    };
+    let base = CacheKey::base(&Digest::sha256(b"kubernetes:v1.22 amd64 manifest"));
+    let first = chain(base.clone(), &steps(&fs, &mut stat));
+    assert_eq!(
+        chain(base.clone(), &steps(&fs, &mut stat)),
+        first,
+        "a no-op rebuild reuses every key"
+    );
+
+    write(&fs, "manifests/sub/b.yaml", b"kind: Changed\n");
+    let changed = chain(base.clone(), &steps(&fs, &mut stat));
+    assert_eq!(
+        changed[..2],
+        first[..2],
+        "steps before the change keep their keys"
+    );
+    assert!(
+        changed[2..].iter().zip(&first[2..]).all(|(a, b)| a != b),
+        "the changed step and every later one are rebuilt"
+    );
+
+    let rebased = chain(
+        CacheKey::base(&Digest::sha256(b"kubernetes:v1.23 amd64 manifest")),
+        &steps(&fs, &mut stat),
+    );
+    assert!(
+        rebased.iter().zip(&changed).all(|(a, b)| a != b),
+        "a different base rebuilds every step"
+    );
+}
