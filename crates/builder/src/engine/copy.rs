@@ -1,0 +1,342 @@
+//! COPY/ADD/APP sources: glob expansion in the build context, Dockerfile destination rules.
+
+use std::path::{Path, PathBuf};
+
+use sealer_fs_abstraction::{FileKind, Fs, FsPath};
+
+use crate::engine::error::{BuildError, Result};
+use crate::engine::layer::{LayerTree, Node};
+use crate::kubefile::{AppType, Span};
+
+/// Whether `text` holds glob characters (`*`, `?`, `[`).
+fn is_glob(text: &str) -> bool {
+    text.contains(['*', '?', '['])
+}
+
+/// Matches one path component against a pattern component: `*` (any run of characters),
+/// `?` (one character), `[abc]`/`[a-z]`/`[!x]` (a class); everything else literally.
+pub(crate) fn matches(pattern: &str, name: &str) -> bool {
+    let pattern: Vec<char> = pattern.chars().collect();
+    let name: Vec<char> = name.chars().collect();
+    matches_from(&pattern, &name)
+}
+
+fn matches_from(pattern: &[char], name: &[char]) -> bool {
+    match pattern.first() {
+        None => name.is_empty(),
+        Some('*') => (0..=name.len()).any(|skip| matches_from(&pattern[1..], &name[skip..])),
+        Some('?') => !name.is_empty() && matches_from(&pattern[1..], &name[1..]),
+        Some('[') => {
+            let Some(close) = pattern
+                .iter()
+                .skip(1)
+                .position(|&c| c == ']')
+                .map(|i| i + 1)
+            else {
+                return name.first() == Some(&'[') && matches_from(&pattern[1..], &name[1..]);
+            };
+            let Some(&c) = name.first() else {
+                return false;
+            };
+            let mut class = &pattern[1..close];
+            let negated = matches!(class.first(), Some('!' | '^'));
+            if negated {
+                class = &class[1..];
+            }
+            let mut found = false;
+            let mut i = 0;
+            while i < class.len() {
+                if i + 2 < class.len() && class[i + 1] == '-' {
+                    found |= class[i] <= c && c <= class[i + 2];
+                    i += 3;
+                } else {
+                    found |= class[i] == c;
+                    i += 1;
+                }
+            }
+            found != negated && matches_from(&pattern[close + 1..], &name[1..])
+        }
+        Some(&literal) => name.first() == Some(&literal) && matches_from(&pattern[1..], &name[1..]),
+    }
+}
+
+/// A source as written, made relative to the context root (`/x` and `./x` mean `x`).
+fn relative_source(span: &Span, keyword: &str, source: &str) -> Result<FsPath> {
+    let trimmed = source.trim_start_matches('/');
+    let trimmed = if trimmed.is_empty() { "." } else { trimmed };
+    FsPath::new(Path::new(trimmed)).map_err(|error| {
+        BuildError::at(
+            span,
+            format!("{keyword} source {source:?} is not inside the build context: {error}"),
+        )
+    })
+}
+
+/// Expands the sources of a COPY/ADD/APP (`${ARCH}` already replaced) to paths of the build
+/// context, globs matched against the context's entries (sorted). A source that does not
+/// exist, matches nothing, or leaves the context (`..`, a symlink pointing outside) is an
+/// error naming the instruction.
+pub(crate) fn expand_sources(
+    context: &dyn Fs,
+    span: &Span,
+    keyword: &str,
+    sources: &[String],
+) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for source in sources {
+        let path = relative_source(span, keyword, source)?;
+        if !is_glob(source) {
+            check_source(context, span, keyword, source, path.as_path())?;
+            out.push(path.as_path().to_path_buf());
+            continue;
+        }
+        let components: Vec<String> = path
+            .as_path()
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let literal: PathBuf = components.iter().take_while(|c| !is_glob(c)).collect();
+        let start = if literal.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            literal.clone()
+        };
+        let depth = components.len();
+        let mut found = Vec::new();
+        if context.exists(&start)? {
+            for entry in context.walk(&start)? {
+                let parts: Vec<String> = entry
+                    .path
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                if parts.len() == depth
+                    && parts
+                        .iter()
+                        .zip(&components)
+                        .all(|(name, pattern)| matches(pattern, name))
+                {
+                    found.push(entry.path);
+                }
+            }
+        }
+        if found.is_empty() {
+            return Err(BuildError::at(
+                span,
+                format!("{keyword} source {source:?} matches no file of the build context"),
+            ));
+        }
+        for path in found {
+            check_source(context, span, keyword, source, &path)?;
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that `path` exists and, followed through symlinks, stays inside the context.
+fn check_source(
+    context: &dyn Fs,
+    span: &Span,
+    keyword: &str,
+    source: &str,
+    path: &Path,
+) -> Result<()> {
+    match context.metadata(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.is_not_found() => Err(BuildError::at(
+            span,
+            format!("{keyword} source {source:?} does not exist in the build context"),
+        )),
+        Err(error) => Err(BuildError::at(
+            span,
+            format!("{keyword} source {source:?} is not inside the build context: {error}"),
+        )),
+    }
+}
+
+/// The destination directory or file as a rootfs path (relative; empty for the root).
+fn dest_path(dest: &str) -> PathBuf {
+    dest.split('/')
+        .filter(|part| !part.is_empty() && *part != ".")
+        .collect()
+}
+
+/// Parses `--chmod=<octal>`.
+pub(crate) fn parse_chmod(span: &Span, chmod: Option<&str>) -> Result<Option<u32>> {
+    chmod
+        .map(|text| {
+            u32::from_str_radix(text, 8)
+                .ok()
+                .filter(|mode| *mode <= 0o7777)
+                .ok_or_else(|| {
+                    BuildError::at(
+                        span,
+                        format!("--chmod={text}: expected an octal mode like 0644"),
+                    )
+                })
+        })
+        .transpose()
+}
+
+/// Adds what `COPY <sources> <dest>` puts in the rootfs to `tree`, with Dockerfile rules:
+/// a directory source's contents go into `dest`; a file goes to `dest` itself, or into it
+/// when `dest` ends with `/` (or when there are several sources, which requires that `/`).
+/// A source symlink is followed (inside the context); symlinks below a directory source are
+/// copied as links.
+pub(crate) fn add_sources(
+    context: &dyn Fs,
+    tree: &mut LayerTree,
+    span: &Span,
+    keyword: &str,
+    sources: &[PathBuf],
+    dest: &str,
+    chmod: Option<u32>,
+) -> Result<()> {
+    let into_dir = dest.ends_with('/') || dest == "." || dest.is_empty();
+    if sources.len() > 1 && !into_dir {
+        return Err(BuildError::at(
+            span,
+            format!(
+                "{keyword} with more than one source file needs a directory destination ending with /, not {dest:?}"
+            ),
+        ));
+    }
+    let dest = dest_path(dest);
+    for source in sources {
+        let metadata = context.metadata(source)?;
+        match metadata.kind {
+            FileKind::Dir => {
+                if !dest.as_os_str().is_empty() {
+                    tree.insert(dest.clone(), Node::Dir(chmod.unwrap_or(0o755)));
+                }
+                for entry in context.walk(source)? {
+                    let relative = entry.path.strip_prefix(source).unwrap_or(&entry.path);
+                    let target = dest.join(relative);
+                    let node = match entry.metadata.kind {
+                        FileKind::Dir => Node::Dir(chmod.unwrap_or(entry.metadata.mode)),
+                        FileKind::File => Node::File {
+                            source: entry.path.clone(),
+                            mode: chmod.unwrap_or(entry.metadata.mode),
+                            len: entry.metadata.len,
+                        },
+                        FileKind::Symlink => Node::Symlink(context.read_link(&entry.path)?),
+                        FileKind::Other => {
+                            return Err(BuildError::at(
+                                span,
+                                format!(
+                                    "{keyword}: {} is a device, FIFO or socket",
+                                    entry.path.display()
+                                ),
+                            ));
+                        }
+                    };
+                    tree.insert(target, node);
+                }
+            }
+            FileKind::File => {
+                let target = if into_dir || dest.as_os_str().is_empty() {
+                    let name = source.file_name().map(PathBuf::from).unwrap_or_default();
+                    dest.join(name)
+                } else {
+                    dest.clone()
+                };
+                tree.insert(
+                    target,
+                    Node::File {
+                        source: source.clone(),
+                        mode: chmod.unwrap_or(metadata.mode),
+                        len: metadata.len,
+                    },
+                );
+            }
+            FileKind::Symlink | FileKind::Other => {
+                return Err(BuildError::at(
+                    span,
+                    format!(
+                        "{keyword}: {} is a device, FIFO or socket",
+                        source.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An app's detected type and its launch files (relative to its app directory).
+pub(crate) fn detect_app(tree: &LayerTree, app_dir: &Path) -> Option<(AppType, Vec<String>)> {
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    for (path, node) in tree.entries() {
+        let Ok(relative) = path.strip_prefix(app_dir) else {
+            continue;
+        };
+        if relative.as_os_str().is_empty() {
+            continue;
+        }
+        match node {
+            Node::Dir(_) => dirs.push(relative.to_path_buf()),
+            Node::File { .. } | Node::Symlink(_) => files.push(relative.to_path_buf()),
+            Node::Whiteout => {}
+        }
+    }
+    let has_file = |p: PathBuf| files.contains(&p);
+    let chart_dirs = std::iter::once(PathBuf::new()).chain(dirs.iter().cloned());
+    for dir in chart_dirs {
+        if has_file(dir.join("Chart.yaml"))
+            && has_file(dir.join("values.yaml"))
+            && dirs.contains(&dir.join("templates"))
+        {
+            let name = if dir.as_os_str().is_empty() {
+                ".".to_owned()
+            } else {
+                dir.to_string_lossy().into_owned()
+            };
+            return Some((AppType::Helm, vec![name]));
+        }
+    }
+    let with_ext = |exts: &[&str]| -> bool {
+        !files.is_empty()
+            && files.iter().all(|file| {
+                file.extension()
+                    .and_then(|ext| ext.to_str())
+                    .is_some_and(|ext| exts.contains(&ext))
+            })
+    };
+    let names = || {
+        files
+            .iter()
+            .map(|f| f.to_string_lossy().into_owned())
+            .collect()
+    };
+    if with_ext(&["yaml", "yml"]) {
+        return Some((AppType::Kube, names()));
+    }
+    if with_ext(&["sh"]) {
+        return Some((AppType::Shell, names()));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(matches("*.yaml", "a.yaml"));
+        assert!(!matches("*.yaml", "a.yml"));
+        assert!(matches("a?c", "abc"));
+        assert!(matches("[a-c]x", "bx"));
+        assert!(!matches("[!a-c]x", "bx"));
+        assert!(matches("*", ""));
+    }
+
+    #[test]
+    fn destinations() {
+        assert_eq!(dest_path("/manifests/"), PathBuf::from("manifests"));
+        assert_eq!(dest_path("."), PathBuf::new());
+        assert_eq!(dest_path("a//b"), PathBuf::from("a/b"));
+    }
+}

@@ -1,0 +1,205 @@
+//! A layer as a sorted set of entries, and its reproducible tar+gzip blob.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use flate2::{Compression, GzBuilder};
+use sealer_fs_abstraction::Fs;
+use sealer_fs_abstraction::tar::{PackOptions, TarWriter};
+use sealer_image_store::model::media_type;
+use sealer_image_store::{Algorithm, Descriptor, Digest, Hasher, Ingest};
+
+use crate::engine::error::{BuildError, Result};
+
+/// The gzip level of every layer (fixed: the level changes the bytes, hence the digest).
+const GZIP_LEVEL: u32 = 6;
+
+/// One entry of a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Node {
+    /// A directory with these permission bits.
+    Dir(u32),
+    /// A regular file read from `source` (a path of the layer's source `Fs`).
+    File {
+        /// Where its content is.
+        source: PathBuf,
+        /// Permission bits.
+        mode: u32,
+        /// Size in bytes.
+        len: u64,
+    },
+    /// A symlink, stored verbatim.
+    Symlink(PathBuf),
+    /// An OCI whiteout: the entry of this name in lower layers is deleted.
+    Whiteout,
+}
+
+/// The entries of a layer by their path in the rootfs (relative); sorted, so parents come
+/// before their children and the tar is the same whatever order they were added in.
+#[derive(Debug, Default)]
+pub(crate) struct LayerTree {
+    entries: BTreeMap<PathBuf, Node>,
+}
+
+impl LayerTree {
+    /// Adds (or replaces) an entry; its missing parent directories are added with mode 0755.
+    pub(crate) fn insert(&mut self, path: PathBuf, node: Node) {
+        self.add_parents(&path);
+        self.entries.insert(path, node);
+    }
+
+    /// Adds the parent directories of `path` that are not entries yet (mode 0755).
+    fn add_parents(&mut self, path: &Path) {
+        let mut parent = path.parent();
+        let mut missing = Vec::new();
+        while let Some(dir) = parent {
+            if dir.as_os_str().is_empty() {
+                break;
+            }
+            if !self.entries.contains_key(dir) {
+                missing.push(dir.to_path_buf());
+            }
+            parent = dir.parent();
+        }
+        for dir in missing {
+            self.entries.insert(dir, Node::Dir(0o755));
+        }
+    }
+
+    /// Sets the mode of every directory entry for which `mode_of` knows one (parents that
+    /// [`Self::insert`] added get their real mode).
+    pub(crate) fn set_dir_modes(&mut self, mode_of: impl Fn(&Path) -> Option<u32>) {
+        for (path, node) in &mut self.entries {
+            if let Node::Dir(mode) = node
+                && let Some(real) = mode_of(path)
+            {
+                *mode = real;
+            }
+        }
+    }
+
+    /// The entries, sorted by path.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&PathBuf, &Node)> {
+        self.entries.iter()
+    }
+}
+
+/// A layer blob staged in an ingest.
+#[derive(Debug, Clone)]
+pub(crate) struct BuiltLayer {
+    /// As the manifest lists it.
+    pub(crate) descriptor: Descriptor,
+    /// The digest of the uncompressed tar.
+    pub(crate) diff_id: Digest,
+}
+
+/// Hashes what goes through it (the uncompressed tar: the diff_id).
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Hasher,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.hasher.update(&buf[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes `tree` (file contents read from `fs`) as a tar with every mtime `mtime` and owner
+/// 0:0, gzip-compressed with a fixed level and an empty gzip header (no name, mtime 0, OS
+/// "unknown"), and stages it in `ingest`.
+pub(crate) fn write_layer(
+    tree: &LayerTree,
+    fs: &dyn Fs,
+    mtime: u64,
+    ingest: &Ingest<'_>,
+) -> Result<BuiltLayer> {
+    let gzip = GzBuilder::new()
+        .mtime(0)
+        .operating_system(255)
+        .write(Vec::new(), Compression::new(GZIP_LEVEL));
+    let hashing = HashingWriter {
+        inner: gzip,
+        hasher: Hasher::new(Algorithm::Sha256),
+    };
+    let options = PackOptions {
+        mtime: Some(mtime),
+        uid_gid: Some((0, 0)),
+    };
+    let mut writer = TarWriter::new(hashing, options);
+    for (path, node) in tree.entries() {
+        match node {
+            Node::Dir(mode) => writer.append_dir(path, *mode)?,
+            Node::File { source, mode, len } => {
+                let file = fs.open(source)?;
+                writer.append_reader(path, *mode, *len, file)?;
+            }
+            Node::Symlink(target) => writer.append_symlink(path, target)?,
+            Node::Whiteout => writer.append_file(path, 0, &[])?,
+        }
+    }
+    let hashing = writer.finish()?;
+    let diff_id = hashing.hasher.finish();
+    let compressed = hashing.inner.finish().map_err(|source| BuildError::Io {
+        what: "compressing a layer".to_owned(),
+        source,
+    })?;
+    let (digest, size) = ingest.put_unknown(
+        Algorithm::Sha256,
+        &mut compressed.as_slice() as &mut dyn Read,
+        "a built layer",
+    )?;
+    Ok(BuiltLayer {
+        descriptor: Descriptor::new(media_type::OCI_LAYER_GZIP, digest, size),
+        diff_id,
+    })
+}
+
+/// The whiteout name that deletes `path`: `<parent>/.wh.<name>`.
+pub(crate) fn whiteout_path(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?;
+    let mut whiteout = std::ffi::OsString::from(".wh.");
+    whiteout.push(name);
+    Some(match path.parent() {
+        Some(parent) => parent.join(whiteout),
+        None => PathBuf::from(whiteout),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parents_are_added_and_entries_sorted() {
+        let mut tree = LayerTree::default();
+        tree.insert(PathBuf::from("b/c/file"), Node::Whiteout);
+        tree.insert(PathBuf::from("a"), Node::Dir(0o700));
+        let paths: Vec<_> = tree.entries().map(|(p, _)| p.clone()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                PathBuf::from("a"),
+                PathBuf::from("b"),
+                PathBuf::from("b/c"),
+                PathBuf::from("b/c/file")
+            ]
+        );
+    }
+
+    #[test]
+    fn whiteout_names() {
+        assert_eq!(
+            whiteout_path(Path::new("etc/passwd")),
+            Some(PathBuf::from("etc/.wh.passwd"))
+        );
+        assert_eq!(whiteout_path(Path::new("x")), Some(PathBuf::from(".wh.x")));
+    }
+}

@@ -1,0 +1,103 @@
+//! Sealer's image metadata: the `sealer.image.extension` manifest annotation, and the image
+//! config's timestamps.
+
+use std::collections::BTreeMap;
+
+use sealer_image_store::Manifest;
+use serde::{Deserialize, Serialize};
+
+/// The manifest annotation holding sealer's metadata as JSON ([`ImageExtension`]).
+pub const EXTENSION_ANNOTATION: &str = "sealer.image.extension";
+
+/// The schema version written in [`ImageExtension::schema_version`].
+pub const EXTENSION_SCHEMA_VERSION: &str = "v1alpha1";
+
+/// Sealer's metadata of a cluster image: apps, launch, raw commands, global env.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ImageExtension {
+    /// [`EXTENSION_SCHEMA_VERSION`].
+    pub schema_version: String,
+    /// `kube-installer` (what sealer builds by default).
+    #[serde(rename = "type")]
+    pub image_type: String,
+    /// The apps (inherited from the base first, then this Kubefile's, in order).
+    pub applications: Vec<Application>,
+    /// What runs after the cluster is up.
+    pub launch: Launch,
+    /// The global environment (ENV).
+    pub env: BTreeMap<String, String>,
+}
+
+/// One app under `application/apps/<name>/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Application {
+    /// The app's name (its directory).
+    pub name: String,
+    /// `helm`, `kube`, `shell`, or empty when undetected (then `cmds` come from APPCMDS).
+    #[serde(rename = "type")]
+    pub app_type: String,
+    /// The files launched (relative to the app directory): a helm chart's directory, the
+    /// kube manifests, the shell scripts.
+    pub launchfiles: Vec<String>,
+    /// The launch commands: APPCMDS, else the defaults of its type.
+    pub cmds: Vec<String>,
+    /// Its environment (APPENV).
+    pub env: BTreeMap<String, String>,
+}
+
+/// LAUNCH and CMDS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Launch {
+    /// CMDS (and the deprecated CMD).
+    pub cmds: Vec<String>,
+    /// LAUNCH.
+    pub app_names: Vec<String>,
+}
+
+impl ImageExtension {
+    /// The extension of a manifest: `None` when it has no `sealer.image.extension`
+    /// annotation, an error message when it is not valid JSON of this shape.
+    pub fn of_manifest(manifest: &Manifest) -> Option<Result<Self, String>> {
+        let text = manifest.annotations.get(EXTENSION_ANNOTATION)?;
+        Some(serde_json::from_str(text).map_err(|error| {
+            format!("the {EXTENSION_ANNOTATION} annotation is not valid: {error}")
+        }))
+    }
+}
+
+/// `seconds` since the epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`).
+pub(crate) fn rfc3339(seconds: u64) -> String {
+    let days = seconds / 86_400;
+    let rest = seconds % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

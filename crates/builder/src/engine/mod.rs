@@ -1,0 +1,676 @@
+//! The build engine: a parsed Kubefile and a build context become a cluster image in the
+//! store.
+//!
+//! Per target platform: resolve the base (`FROM scratch`, or an image in the store, pulled
+//! through [`BuildOptions::pull`] when missing), inherit its layers (by descriptor), env,
+//! labels and sealer apps, then run the steps in order. Every COPY/ADD/APP/CNI/CSI/RUN step
+//! makes one layer, or reuses the cached one: its key (crate `sealer-layer-cache`) chains
+//! the base manifest digest (a constant for scratch), the layer format, and each layer
+//! step's canonical text and inputs (the files it reads; for RUN its environment).
+//!
+//! Layers are reproducible: entries sorted, every mtime `SOURCE_DATE_EPOCH` (or 0), owner
+//! 0:0, gzip at a fixed level with an empty header; the config's `created` and history
+//! times are the same epoch. So the same Kubefile and context give the same manifest digest
+//! on any machine.
+//!
+//! RUN runs `sh -c` on the build host in a temporary directory holding the rootfs so far
+//! (every layer unpacked with whiteouts), and only for the host's platform: a RUN step for
+//! another platform fails (the command would run with the host's binaries).
+//!
+//! Everything goes into one `Ingest`: a failed build names nothing and adds no blob; cache
+//! entries are recorded after the commit.
+
+mod copy;
+mod error;
+mod layer;
+mod metadata;
+mod run;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sealer_fs_abstraction::Fs;
+use sealer_image_store::model::media_type;
+use sealer_image_store::{
+    Descriptor, Digest, Index, Manifest, Platform, Reference, Store, StoreError,
+};
+use sealer_layer_cache::{CacheEntry, CacheKey, InputDigest, InputHasher, LayerCache};
+use serde_json::{Value, json};
+
+pub use error::{BuildError, Result};
+pub use metadata::{
+    Application, EXTENSION_ANNOTATION, EXTENSION_SCHEMA_VERSION, ImageExtension, Launch,
+};
+
+use crate::engine::copy::{add_sources, detect_app, expand_sources, parse_chmod};
+use crate::engine::layer::{BuiltLayer, LayerTree, write_layer};
+use crate::engine::run::Rootfs;
+use crate::kubefile::{
+    AppSource, AppType, BuildArgs, CNI_LABEL_PREFIX, CSI_LABEL_PREFIX, Instruction,
+    KUBE_VERSION_LABEL, Kubefile,
+};
+
+/// Pulls a missing base image into the store for one platform (the CLI passes a
+/// registry-client pull); returns a message on failure.
+pub type PullFn<'a> = &'a dyn Fn(&str, &Platform) -> std::result::Result<(), String>;
+
+/// How to build.
+#[derive(Default)]
+pub struct BuildOptions<'a> {
+    /// Names given to the result (none: an unnamed entry).
+    pub tags: Vec<Reference>,
+    /// `--build-arg` values.
+    pub build_args: BuildArgs,
+    /// `--label` values (they win over LABEL).
+    pub labels: BTreeMap<String, String>,
+    /// `--annotation` values: manifest annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Target platforms (empty: the host's). More than one makes an OCI index.
+    pub platforms: Vec<Platform>,
+    /// Build every layer even when the cache has it (the new layers are still recorded).
+    pub no_cache: bool,
+    /// `SOURCE_DATE_EPOCH`: every mtime and timestamp (default 0).
+    pub source_date_epoch: Option<u64>,
+    /// Pulls a base image that is not in the store.
+    pub pull: Option<PullFn<'a>>,
+}
+
+/// What a finished step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// Its layer came from the cache.
+    Cached,
+    /// Its layer was built.
+    Built(Duration),
+    /// It changes metadata only (no layer).
+    Metadata(Duration),
+}
+
+/// A step as reported to a [`BuildObserver`].
+#[derive(Debug, Clone)]
+pub struct StepInfo {
+    /// 1-based.
+    pub number: usize,
+    /// Steps of the Kubefile.
+    pub total: usize,
+    /// The platform being built.
+    pub platform: Platform,
+    /// The step's canonical text.
+    pub text: String,
+}
+
+/// Receives progress; the CLI prints it.
+pub trait BuildObserver {
+    /// A step starts.
+    fn step_started(&mut self, _step: &StepInfo) {}
+    /// A step finished.
+    fn step_finished(&mut self, _step: &StepInfo, _outcome: StepOutcome) {}
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default)]
+pub struct NoObserver;
+
+impl BuildObserver for NoObserver {}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    /// The image: a manifest, or an index for several platforms.
+    pub descriptor: Descriptor,
+    /// Each platform's manifest.
+    pub manifests: Vec<(Platform, Descriptor)>,
+    /// Every step, per platform, in order, with its outcome.
+    pub steps: Vec<(StepInfo, StepOutcome)>,
+    /// Layers built (not taken from the cache).
+    pub layers_built: usize,
+    /// Layers taken from the cache.
+    pub layers_cached: usize,
+}
+
+/// The state of one platform's image while its steps run.
+struct ImageState {
+    layers: Vec<Descriptor>,
+    diff_ids: Vec<Value>,
+    history: Vec<Value>,
+    labels: BTreeMap<String, String>,
+    extension: ImageExtension,
+    key: CacheKey,
+}
+
+/// Builds `kubefile` with the files of `context` (the build context: sources cannot leave
+/// it) into `store`.
+pub fn build(
+    kubefile: &Kubefile,
+    context: &dyn Fs,
+    store: &Store,
+    options: &BuildOptions<'_>,
+    observer: &mut dyn BuildObserver,
+) -> Result<BuildReport> {
+    let platforms = if options.platforms.is_empty() {
+        vec![Platform::host()]
+    } else {
+        options.platforms.clone()
+    };
+    let epoch = options.source_date_epoch.unwrap_or(0);
+    let cache = LayerCache::open(store)?;
+    let mut stat = cache.load_stat_cache(context)?;
+    let ingest = store.begin_ingest()?;
+    let base = kubefile.expand_from(&options.build_args)?;
+    let mut report = BuildReport {
+        descriptor: Descriptor::new(media_type::OCI_MANIFEST, Digest::sha256(b""), 0),
+        manifests: Vec::new(),
+        steps: Vec::new(),
+        layers_built: 0,
+        layers_cached: 0,
+    };
+    let mut new_entries: Vec<(CacheKey, CacheEntry)> = Vec::new();
+
+    for platform in &platforms {
+        let arch = platform.architecture.as_str();
+        let mut state = if base.node.is_scratch() {
+            ImageState {
+                layers: Vec::new(),
+                diff_ids: Vec::new(),
+                history: Vec::new(),
+                labels: BTreeMap::new(),
+                extension: ImageExtension::default(),
+                key: CacheKey::scratch(),
+            }
+        } else {
+            base_state(store, &base.node.image, platform, options)?
+        };
+        state.key = state.key.next(
+            &format!("# layers: tar+gzip, mtime {epoch}"),
+            &InputDigest::none(),
+        );
+        let base_env: Vec<(String, String)> = state
+            .extension
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let inherited: Vec<&str> = state
+            .extension
+            .applications
+            .iter()
+            .map(|app| app.name.as_str())
+            .collect();
+        kubefile.check_app_names(&inherited)?;
+        let expanded = kubefile.expand(&options.build_args, &base_env)?;
+        let total = expanded.steps.len();
+        let mut app_types: BTreeMap<String, AppType> = BTreeMap::new();
+
+        for (index, step) in expanded.steps.iter().enumerate() {
+            let span = &step.instruction.span;
+            let instruction = step.instruction.node.with_arch(arch);
+            let text = instruction.to_string();
+            let info = StepInfo {
+                number: index + 1,
+                total,
+                platform: platform.clone(),
+                text: text.clone(),
+            };
+            observer.step_started(&info);
+            let started = Instant::now();
+            let mut layer_step = |state: &mut ImageState,
+                                  key: CacheKey,
+                                  make: &mut dyn FnMut() -> Result<BuiltLayer>|
+             -> Result<StepOutcome> {
+                if !options.no_cache
+                    && let Some(entry) = cache.get(&key)?
+                {
+                    push_layer(state, &entry.layer, &entry.diff_id, &text, epoch);
+                    state.key = key;
+                    return Ok(StepOutcome::Cached);
+                }
+                let built = make()?;
+                push_layer(state, &built.descriptor, &built.diff_id, &text, epoch);
+                new_entries.push((
+                    key.clone(),
+                    CacheEntry {
+                        layer: built.descriptor,
+                        diff_id: built.diff_id,
+                        created_by: text.clone(),
+                    },
+                ));
+                state.key = key;
+                Ok(StepOutcome::Built(started.elapsed()))
+            };
+            let outcome = match &instruction {
+                Instruction::From(_) | Instruction::Arg(_) | Instruction::Maintainer(_) => {
+                    StepOutcome::Metadata(started.elapsed())
+                }
+                Instruction::Copy(copy) | Instruction::Add(copy) => {
+                    let keyword = instruction.keyword();
+                    if copy.sources.iter().any(|s| AppSource::parse(s).is_some()) {
+                        return Err(BuildError::at(
+                            span,
+                            format!(
+                                "{keyword} from a URL is not supported: use APP with http(s):// sources"
+                            ),
+                        ));
+                    }
+                    let chmod = parse_chmod(span, copy.chmod.as_deref())?;
+                    let sources = expand_sources(context, span, keyword, &copy.sources)?;
+                    let mut input = InputHasher::new();
+                    for source in &sources {
+                        input.add_path(context, source, &mut stat)?;
+                    }
+                    let key = state.key.next(&text, &input.finish());
+                    layer_step(&mut state, key, &mut || {
+                        let mut tree = LayerTree::default();
+                        add_sources(
+                            context, &mut tree, span, keyword, &sources, &copy.dest, chmod,
+                        )?;
+                        write_layer(&tree, context, epoch, &ingest)
+                    })?
+                }
+                Instruction::App(app) | Instruction::Cni(app) | Instruction::Csi(app) => {
+                    let keyword = instruction.keyword();
+                    let mut locals = Vec::new();
+                    for source in app.parsed_sources() {
+                        match source {
+                            AppSource::Local(path) => locals.push(path),
+                            AppSource::Remote(url) => {
+                                return Err(BuildError::at(
+                                    span,
+                                    format!(
+                                        "{keyword} {}: remote sources ({url}) are not supported yet; download them into the build context",
+                                        app.name
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                    let sources = expand_sources(context, span, keyword, &locals)?;
+                    let app_dir = PathBuf::from("application/apps").join(&app.name);
+                    let dest = format!("{}/", app_dir.display());
+                    let mut tree = LayerTree::default();
+                    add_sources(context, &mut tree, span, keyword, &sources, &dest, None)?;
+                    let detected = detect_app(&tree, &app_dir);
+                    let mut input = InputHasher::new();
+                    for source in &sources {
+                        input.add_path(context, source, &mut stat)?;
+                    }
+                    let key = state.key.next(&text, &input.finish());
+                    let outcome = layer_step(&mut state, key, &mut || {
+                        write_layer(&tree, context, epoch, &ingest)
+                    })?;
+                    let (app_type, files) = match detected {
+                        Some((app_type, files)) => {
+                            app_types.insert(app.name.clone(), app_type);
+                            (Some(app_type), files)
+                        }
+                        None => (None, Vec::new()),
+                    };
+                    let prefix = match &instruction {
+                        Instruction::Cni(_) => Some(CNI_LABEL_PREFIX),
+                        Instruction::Csi(_) => Some(CSI_LABEL_PREFIX),
+                        _ => None,
+                    };
+                    if let Some(prefix) = prefix {
+                        state
+                            .labels
+                            .insert(format!("{prefix}{}", app.name), "true".to_owned());
+                    }
+                    set_app(&mut state.extension, &app.name, app_type, files);
+                    outcome
+                }
+                Instruction::Run(command) => {
+                    let key = state
+                        .key
+                        .next(&text, &InputDigest::of_env(step.env.clone()));
+                    let layers = state.layers.clone();
+                    layer_step(&mut state, key, &mut || {
+                        let host = Platform::host();
+                        if platform.os != host.os || platform.architecture != host.architecture {
+                            return Err(BuildError::at(
+                                span,
+                                format!(
+                                    "RUN runs on the build host ({host}), so it cannot build for {platform}: build that platform on a {platform} host, or move the command's output into the build context and COPY it"
+                                ),
+                            ));
+                        }
+                        let rootfs = Rootfs::materialise(&ingest, &layers)?;
+                        let tree = rootfs.run(span, command, &step.env)?;
+                        write_layer(&tree, rootfs.fs(), epoch, &ingest)
+                    })?
+                }
+                Instruction::Env(_) => StepOutcome::Metadata(started.elapsed()),
+                Instruction::Label(pairs) => {
+                    for pair in &pairs.pairs {
+                        state.labels.insert(pair.key.clone(), pair.value.clone());
+                    }
+                    StepOutcome::Metadata(started.elapsed())
+                }
+                Instruction::KubeVersion(range) => {
+                    state
+                        .labels
+                        .insert(KUBE_VERSION_LABEL.to_owned(), range.clone());
+                    StepOutcome::Metadata(started.elapsed())
+                }
+                Instruction::AppCmds(cmds) => {
+                    app_entry(&mut state.extension, &cmds.app).cmds = cmds.commands.clone();
+                    StepOutcome::Metadata(started.elapsed())
+                }
+                Instruction::AppEnv(env) => {
+                    let entry = app_entry(&mut state.extension, &env.app);
+                    for pair in &env.vars {
+                        entry.env.insert(pair.key.clone(), pair.value.clone());
+                    }
+                    StepOutcome::Metadata(started.elapsed())
+                }
+                Instruction::Launch(apps) => {
+                    state.extension.launch.app_names = apps.clone();
+                    StepOutcome::Metadata(started.elapsed())
+                }
+                Instruction::Cmds(cmds) => {
+                    state.extension.launch.cmds = cmds.clone();
+                    StepOutcome::Metadata(started.elapsed())
+                }
+                Instruction::Cmd(command) => {
+                    let text = match command {
+                        crate::kubefile::Command::Shell(text) => text.clone(),
+                        crate::kubefile::Command::Exec(args) => args.join(" "),
+                    };
+                    state.extension.launch.cmds.push(text);
+                    StepOutcome::Metadata(started.elapsed())
+                }
+            };
+            if matches!(outcome, StepOutcome::Cached) {
+                report.layers_cached += 1;
+            } else if matches!(outcome, StepOutcome::Built(_)) {
+                report.layers_built += 1;
+            }
+            if let StepOutcome::Metadata(_) = outcome
+                && !matches!(instruction, Instruction::From(_) | Instruction::Arg(_))
+            {
+                state.history.push(json!({
+                    "created": metadata::rfc3339(epoch),
+                    "created_by": text,
+                    "empty_layer": true,
+                }));
+            }
+            observer.step_finished(&info, outcome);
+            report.steps.push((info, outcome));
+        }
+        kubefile.check_app_types(|name| app_types.get(name).copied())?;
+        state.extension.env = expanded.env.iter().cloned().collect();
+        for (key, value) in &options.labels {
+            state.labels.insert(key.clone(), value.clone());
+        }
+        let descriptor = write_image(&ingest, &state, platform, epoch, &options.annotations)?;
+        report.manifests.push((platform.clone(), descriptor));
+    }
+
+    report.descriptor = if report.manifests.len() == 1 {
+        let (_, descriptor) = &report.manifests[0];
+        descriptor.clone()
+    } else {
+        let mut index = Index::empty();
+        index.manifests = report
+            .manifests
+            .iter()
+            .map(|(platform, descriptor)| {
+                let mut entry = descriptor.clone();
+                entry.platform = Some(platform.clone());
+                entry
+            })
+            .collect();
+        let bytes = to_json(&index)?;
+        let digest = ingest.put_bytes(&bytes)?;
+        Descriptor::new(media_type::OCI_INDEX, digest, bytes.len() as u64)
+    };
+    let roots: Vec<(Option<Reference>, Descriptor)> = if options.tags.is_empty() {
+        vec![(None, report.descriptor.clone())]
+    } else {
+        options
+            .tags
+            .iter()
+            .map(|tag| (Some(tag.clone()), report.descriptor.clone()))
+            .collect()
+    };
+    ingest.commit(&roots)?;
+    for (key, entry) in &new_entries {
+        cache.put(key, entry)?;
+    }
+    cache.save_stat_cache(context, &mut stat)?;
+    Ok(report)
+}
+
+/// Appends a layer and its history entry.
+fn push_layer(
+    state: &mut ImageState,
+    layer: &Descriptor,
+    diff_id: &Digest,
+    text: &str,
+    epoch: u64,
+) {
+    state.layers.push(layer.clone());
+    state.diff_ids.push(Value::String(diff_id.to_string()));
+    state.history.push(json!({
+        "created": metadata::rfc3339(epoch),
+        "created_by": text,
+    }));
+}
+
+/// The app `name` of `extension`, added when missing.
+fn app_entry<'e>(extension: &'e mut ImageExtension, name: &str) -> &'e mut Application {
+    let position = match extension
+        .applications
+        .iter()
+        .position(|app| app.name == name)
+    {
+        Some(position) => position,
+        None => {
+            extension.applications.push(Application {
+                name: name.to_owned(),
+                ..Application::default()
+            });
+            extension.applications.len() - 1
+        }
+    };
+    &mut extension.applications[position]
+}
+
+/// Records a (re)defined app with its detected type, launch files and default commands.
+fn set_app(
+    extension: &mut ImageExtension,
+    name: &str,
+    app_type: Option<AppType>,
+    files: Vec<String>,
+) {
+    let dir = format!("application/apps/{name}");
+    let cmds = match app_type {
+        Some(AppType::Kube) => files
+            .iter()
+            .map(|file| format!("kubectl apply -f {dir}/{file}"))
+            .collect(),
+        Some(AppType::Helm) => files
+            .iter()
+            .map(|chart| {
+                let path = if chart == "." {
+                    dir.clone()
+                } else {
+                    format!("{dir}/{chart}")
+                };
+                format!("helm install {name} {path}")
+            })
+            .collect(),
+        Some(AppType::Shell) => files
+            .iter()
+            .map(|file| format!("bash {dir}/{file}"))
+            .collect(),
+        None => Vec::new(),
+    };
+    let entry = app_entry(extension, name);
+    entry.app_type = match app_type {
+        Some(AppType::Helm) => "helm",
+        Some(AppType::Kube) => "kube",
+        Some(AppType::Shell) => "shell",
+        None => "",
+    }
+    .to_owned();
+    entry.launchfiles = files;
+    entry.cmds = cmds;
+}
+
+/// The state inherited from the base image `reference` for `platform` (pulled when missing
+/// and a pull function is given).
+fn base_state(
+    store: &Store,
+    reference: &str,
+    platform: &Platform,
+    options: &BuildOptions<'_>,
+) -> Result<ImageState> {
+    let resolved = match store.resolve(reference, Some(platform)) {
+        Ok(resolved) => resolved,
+        Err(StoreError::ImageNotFound(_)) => {
+            let Some(pull) = options.pull else {
+                return Err(BuildError::Base {
+                    reference: reference.to_owned(),
+                    message: "not in the store (pull it first)".to_owned(),
+                });
+            };
+            pull(reference, platform).map_err(|message| BuildError::Base {
+                reference: reference.to_owned(),
+                message,
+            })?;
+            store.resolve(reference, Some(platform))?
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let config: Value = serde_json::from_slice(
+        &store.read_verified(&resolved.manifest.config.digest)?,
+    )
+    .map_err(|error| BuildError::Base {
+        reference: reference.to_owned(),
+        message: format!("its config is not valid JSON: {error}"),
+    })?;
+    let mut extension = match ImageExtension::of_manifest(&resolved.manifest) {
+        Some(Ok(extension)) => extension,
+        Some(Err(message)) => {
+            return Err(BuildError::Base {
+                reference: reference.to_owned(),
+                message,
+            });
+        }
+        None => ImageExtension::default(),
+    };
+    // The base's launch is not inherited (a Kubefile states its own); its apps and env are.
+    extension.launch = Launch::default();
+    if let Some(env) = config.pointer("/config/Env").and_then(Value::as_array) {
+        for pair in env.iter().filter_map(Value::as_str) {
+            if let Some((key, value)) = pair.split_once('=') {
+                extension.env.insert(key.to_owned(), value.to_owned());
+            }
+        }
+    }
+    let labels = config
+        .pointer("/config/Labels")
+        .and_then(Value::as_object)
+        .map(|labels| {
+            labels
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let diff_ids = config
+        .pointer("/rootfs/diff_ids")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if diff_ids.len() != resolved.manifest.layers.len() {
+        return Err(BuildError::Base {
+            reference: reference.to_owned(),
+            message: format!(
+                "its config lists {} diff_ids for {} layers",
+                diff_ids.len(),
+                resolved.manifest.layers.len()
+            ),
+        });
+    }
+    let history = config
+        .pointer("/history")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    Ok(ImageState {
+        layers: resolved.manifest.layers.clone(),
+        diff_ids,
+        history,
+        labels,
+        extension,
+        key: CacheKey::base(&resolved.manifest_descriptor.digest),
+    })
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|error| BuildError::Io {
+        what: "encoding JSON".to_owned(),
+        source: std::io::Error::other(error),
+    })
+}
+
+/// Writes the config and manifest of one platform's image; returns the manifest descriptor.
+fn write_image(
+    ingest: &sealer_image_store::Ingest<'_>,
+    state: &ImageState,
+    platform: &Platform,
+    epoch: u64,
+    annotations: &BTreeMap<String, String>,
+) -> Result<Descriptor> {
+    let env: Vec<String> = state
+        .extension
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let mut config = json!({
+        "created": metadata::rfc3339(epoch),
+        "architecture": platform.architecture,
+        "os": platform.os,
+    });
+    if let Some(variant) = &platform.variant {
+        config["variant"] = Value::String(variant.clone());
+    }
+    config["config"] = json!({ "Env": env, "Labels": state.labels });
+    config["rootfs"] = json!({ "type": "layers", "diff_ids": state.diff_ids });
+    config["history"] = Value::Array(state.history.clone());
+    let config_bytes = to_json(&config)?;
+    let config_digest = ingest.put_bytes(&config_bytes)?;
+    let mut extension = state.extension.clone();
+    extension.schema_version = EXTENSION_SCHEMA_VERSION.to_owned();
+    if extension.image_type.is_empty() {
+        extension.image_type = "kube-installer".to_owned();
+    }
+    let mut manifest_annotations = annotations.clone();
+    manifest_annotations.insert(
+        EXTENSION_ANNOTATION.to_owned(),
+        String::from_utf8(to_json(&extension)?).unwrap_or_default(),
+    );
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(media_type::OCI_MANIFEST.to_owned()),
+        artifact_type: None,
+        config: Descriptor::new(
+            media_type::OCI_CONFIG,
+            config_digest,
+            config_bytes.len() as u64,
+        ),
+        layers: state.layers.clone(),
+        subject: None,
+        annotations: manifest_annotations,
+        extra: serde_json::Map::new(),
+    };
+    let bytes = to_json(&manifest)?;
+    let digest = ingest.put_bytes(&bytes)?;
+    Ok(Descriptor::new(
+        media_type::OCI_MANIFEST,
+        digest,
+        bytes.len() as u64,
+    ))
+}

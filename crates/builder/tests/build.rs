@@ -1,0 +1,558 @@
+//! The build engine against a real store on a temporary directory: cache reuse, rebuild
+//! boundaries, reproducibility, context confinement, RUN whiteouts, multi-platform, skopeo.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use flate2::read::GzDecoder;
+use sealer_builder::engine::{
+    BuildError, BuildOptions, BuildReport, ImageExtension, NoObserver, StepOutcome, build,
+};
+use sealer_builder::kubefile::parse;
+use sealer_fs_abstraction::tar::{UnpackOptions, unpack};
+use sealer_fs_abstraction::{Fs, RealFs};
+use sealer_image_store::{ManifestDocument, Platform, Reference, Store};
+
+/// A build context on a temporary directory.
+struct Context {
+    dir: tempfile::TempDir,
+    fs: RealFs,
+}
+
+impl Context {
+    fn new(files: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fs = RealFs::open_root(dir.path()).expect("open context");
+        let context = Self { dir, fs };
+        for (path, content) in files {
+            context.write(path, content);
+        }
+        context
+    }
+
+    fn write(&self, path: &str, content: &str) {
+        let path = Path::new(path);
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            self.fs.create_dir_all(parent).expect("mkdir");
+        }
+        self.fs
+            .write_atomic(path, content.as_bytes())
+            .expect("write");
+    }
+
+    /// Sets every file's mtime to `seconds` since the epoch.
+    fn touch_all(&self, seconds: u64) {
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(seconds);
+        for entry in self.fs.walk(Path::new(".")).expect("walk") {
+            self.fs.set_modified(&entry.path, time).expect("set mtime");
+        }
+    }
+}
+
+struct TestStore {
+    dir: tempfile::TempDir,
+    store: Store,
+}
+
+fn store() -> TestStore {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_dir(dir.path()).expect("store");
+    TestStore { dir, store }
+}
+
+fn tag(name: &str) -> Reference {
+    name.parse().expect("reference")
+}
+
+fn options(tags: &[&str]) -> BuildOptions<'static> {
+    BuildOptions {
+        tags: tags.iter().map(|t| tag(t)).collect(),
+        ..BuildOptions::default()
+    }
+}
+
+fn try_build(
+    store: &Store,
+    context: &Context,
+    kubefile: &str,
+    options: &BuildOptions<'_>,
+) -> Result<BuildReport, BuildError> {
+    let kubefile = parse(kubefile, "Kubefile").expect("parse");
+    build(&kubefile, &context.fs, store, options, &mut NoObserver)
+}
+
+fn run_build(store: &Store, context: &Context, kubefile: &str, tags: &[&str]) -> BuildReport {
+    try_build(store, context, kubefile, &options(tags)).expect("build")
+}
+
+/// The outcome of each layer step: `true` when cached.
+fn layer_outcomes(report: &BuildReport) -> Vec<bool> {
+    report
+        .steps
+        .iter()
+        .filter_map(|(_, outcome)| match outcome {
+            StepOutcome::Cached => Some(true),
+            StepOutcome::Built(_) => Some(false),
+            StepOutcome::Metadata(_) => None,
+        })
+        .collect()
+}
+
+/// Every blob file of the store.
+fn blob_files(store: &TestStore) -> BTreeSet<String> {
+    let fs = RealFs::open_root(store.dir.path()).expect("open store");
+    fs.walk(Path::new("blobs"))
+        .expect("walk")
+        .into_iter()
+        .map(|entry| entry.path.display().to_string())
+        .collect()
+}
+
+const THREE_COPIES: &str = "\
+FROM scratch
+COPY a /a
+COPY b /b
+COPY c /c
+";
+
+fn abc() -> Context {
+    Context::new(&[("a", "A"), ("b", "B"), ("c", "C")])
+}
+
+#[test]
+fn a_no_op_rebuild_reuses_every_layer() {
+    let store = store();
+    let context = abc();
+    let first = run_build(&store.store, &context, THREE_COPIES, &["x:1"]);
+    assert_eq!(layer_outcomes(&first), vec![false, false, false]);
+    assert_eq!(first.layers_built, 3);
+    let blobs = blob_files(&store);
+    let second = run_build(&store.store, &context, THREE_COPIES, &["x:1"]);
+    assert_eq!(layer_outcomes(&second), vec![true, true, true]);
+    assert_eq!(second.layers_built, 0);
+    assert_eq!(second.descriptor.digest, first.descriptor.digest);
+    assert_eq!(blob_files(&store), blobs, "no blob was written");
+}
+
+#[test]
+fn no_cache_rebuilds_to_the_same_digest() {
+    let store = store();
+    let context = abc();
+    let first = run_build(&store.store, &context, THREE_COPIES, &["x:1"]);
+    let mut opts = options(&["x:1"]);
+    opts.no_cache = true;
+    let second = try_build(&store.store, &context, THREE_COPIES, &opts).expect("build");
+    assert_eq!(layer_outcomes(&second), vec![false, false, false]);
+    assert_eq!(second.descriptor.digest, first.descriptor.digest);
+}
+
+#[test]
+fn a_changed_copy_source_rebuilds_that_layer_and_the_later_ones_only() {
+    let store = store();
+    let context = abc();
+    let first = run_build(&store.store, &context, THREE_COPIES, &["x:1"]);
+    context.write("b", "B2");
+    let second = run_build(&store.store, &context, THREE_COPIES, &["x:1"]);
+    assert_eq!(layer_outcomes(&second), vec![true, false, false]);
+    assert_ne!(second.descriptor.digest, first.descriptor.digest);
+}
+
+#[test]
+fn a_different_base_rebuilds_every_layer() {
+    let store = store();
+    let base_context = Context::new(&[("base.txt", "one")]);
+    run_build(
+        &store.store,
+        &base_context,
+        "FROM scratch\nCOPY base.txt /\n",
+        &["base:1"],
+    );
+    let context = abc();
+    let child = "FROM base:1\nCOPY a /a\nCOPY b /b\n";
+    let first = run_build(&store.store, &context, child, &["child:1"]);
+    assert_eq!(layer_outcomes(&first), vec![false, false]);
+    assert_eq!(
+        layer_outcomes(&run_build(&store.store, &context, child, &["child:1"])),
+        vec![true, true]
+    );
+    base_context.write("base.txt", "two");
+    run_build(
+        &store.store,
+        &base_context,
+        "FROM scratch\nCOPY base.txt /\n",
+        &["base:1"],
+    );
+    let rebuilt = run_build(&store.store, &context, child, &["child:1"]);
+    assert_eq!(layer_outcomes(&rebuilt), vec![false, false]);
+    assert_ne!(rebuilt.descriptor.digest, first.descriptor.digest);
+}
+
+#[test]
+fn two_stores_and_different_mtimes_give_the_same_digest() {
+    let kubefile = "FROM scratch\nCOPY manifests /manifests/\nLABEL k=v\nCOPY a b /x/\n";
+    let files = [
+        ("manifests/app.yaml", "kind: Pod\n"),
+        ("a", "A"),
+        ("b", "B"),
+    ];
+    let one = Context::new(&files);
+    one.touch_all(1_000_000);
+    let two = Context::new(&files);
+    two.touch_all(2_000_000_000);
+    let first = run_build(&store().store, &one, kubefile, &["r:1"]);
+    let second = run_build(&store().store, &two, kubefile, &["r:1"]);
+    assert_eq!(first.descriptor.digest, second.descriptor.digest);
+    let mut opts = options(&["r:1"]);
+    opts.source_date_epoch = Some(1_700_000_000);
+    let dated = try_build(&store().store, &one, kubefile, &opts).expect("build");
+    assert_ne!(
+        dated.descriptor.digest, first.descriptor.digest,
+        "SOURCE_DATE_EPOCH counts"
+    );
+}
+
+#[test]
+fn sources_outside_the_context_are_refused() {
+    let outer = tempfile::tempdir().expect("tempdir");
+    let outer_fs = RealFs::open_root(outer.path()).expect("open");
+    outer_fs
+        .write_atomic(Path::new("secret"), b"s")
+        .expect("write");
+    outer_fs.create_dir_all(Path::new("ctx")).expect("mkdir");
+    outer_fs
+        .write_atomic(Path::new("ctx/ok"), b"ok")
+        .expect("write");
+    outer_fs
+        .symlink(Path::new("../secret"), Path::new("ctx/up"))
+        .expect("symlink");
+    let secret_abs = outer.path().join("secret");
+    outer_fs
+        .symlink(&secret_abs, Path::new("ctx/abs"))
+        .expect("symlink");
+    let context = Context {
+        fs: RealFs::open_root(outer.path().join("ctx")).expect("open ctx"),
+        dir: outer,
+    };
+    let store = store();
+    for (kubefile, source) in [
+        ("FROM scratch\nCOPY ../secret /x\n", "../secret"),
+        ("FROM scratch\nCOPY up /x\n", "up"),
+        ("FROM scratch\nCOPY abs /x\n", "abs"),
+        ("FROM scratch\nCOPY ok /\nAPP a local://up\n", "up"),
+    ] {
+        let error = try_build(&store.store, &context, kubefile, &options(&["e:1"]))
+            .expect_err(kubefile)
+            .to_string();
+        assert!(
+            error.contains("is not inside the build context") && error.contains(source),
+            "{kubefile}: {error}"
+        );
+        assert!(error.starts_with("Kubefile:"), "names the step: {error}");
+    }
+    assert!(
+        store.store.images().expect("images").is_empty(),
+        "a failed build names nothing"
+    );
+    let _ = &context.dir;
+}
+
+#[test]
+fn missing_sources_and_globs() {
+    let store = store();
+    let context = Context::new(&[("m/a.yaml", "a"), ("m/b.yaml", "b"), ("m/c.txt", "c")]);
+    let error = try_build(
+        &store.store,
+        &context,
+        "FROM scratch\nCOPY nope /x\n",
+        &options(&[]),
+    )
+    .expect_err("missing")
+    .to_string();
+    assert!(error.contains("does not exist"), "{error}");
+    let error = try_build(
+        &store.store,
+        &context,
+        "FROM scratch\nCOPY m/*.yaml /x\n",
+        &options(&[]),
+    )
+    .expect_err("two sources need a dir")
+    .to_string();
+    assert!(
+        error.contains("directory destination ending with /"),
+        "{error}"
+    );
+    let report = try_build(
+        &store.store,
+        &context,
+        "FROM scratch\nCOPY m/*.yaml /x/\n",
+        &options(&["g:1"]),
+    )
+    .expect("glob build");
+    let root = unpacked(&store.store, &report.descriptor.digest.to_string());
+    let fs = RealFs::open_root(root.path()).expect("open");
+    assert!(fs.exists(Path::new("x/a.yaml")).expect("stat"));
+    assert!(fs.exists(Path::new("x/b.yaml")).expect("stat"));
+    assert!(!fs.exists(Path::new("x/c.txt")).expect("stat"));
+}
+
+/// Unpacks every layer of `reference` (host platform) with whiteouts into a temp dir.
+fn unpacked(store: &Store, reference: &str) -> tempfile::TempDir {
+    let resolved = store.resolve(reference, None).expect("resolve");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = RealFs::open_root(dir.path()).expect("open");
+    let options = UnpackOptions {
+        whiteouts: true,
+        skip_special: true,
+        preserve_mtime: false,
+    };
+    for layer in &resolved.manifest.layers {
+        let blob = store.read_verified(&layer.digest).expect("layer");
+        unpack(
+            &fs,
+            Path::new("."),
+            GzDecoder::new(blob.as_slice()),
+            &options,
+        )
+        .expect("unpack");
+    }
+    dir
+}
+
+fn layer_names(store: &Store, digest: &sealer_image_store::Digest) -> Vec<String> {
+    let blob = store.read_verified(digest).expect("layer");
+    let mut archive = tar::Archive::new(GzDecoder::new(blob.as_slice()));
+    archive
+        .entries()
+        .expect("entries")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .path()
+                .expect("path")
+                .display()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_that_deletes_a_base_file_yields_a_whiteout() {
+    let store = store();
+    let context = Context::new(&[("etc/passwd", "root:x:0:0\n"), ("etc/keep", "k")]);
+    run_build(
+        &store.store,
+        &context,
+        "FROM scratch\nCOPY etc /etc\n",
+        &["base:1"],
+    );
+    let kubefile =
+        "FROM base:1\nENV GREETING=hello\nRUN rm etc/passwd && echo \"$GREETING\" > etc/new\n";
+    let report = run_build(&store.store, &context, kubefile, &["child:1"]);
+    let resolved = store.store.resolve("child:1", None).expect("resolve");
+    let run_layer = &resolved.manifest.layers[1];
+    let names = layer_names(&store.store, &run_layer.digest);
+    assert!(names.contains(&"etc/.wh.passwd".to_owned()), "{names:?}");
+    assert!(names.contains(&"etc/new".to_owned()), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n == "etc/keep"),
+        "unchanged files stay out: {names:?}"
+    );
+    let root = unpacked(&store.store, &report.descriptor.digest.to_string());
+    let fs = RealFs::open_root(root.path()).expect("open");
+    assert!(
+        !fs.exists(Path::new("etc/passwd")).expect("stat"),
+        "the whiteout hides it"
+    );
+    assert_eq!(fs.read(Path::new("etc/new")).expect("new"), b"hello\n");
+    assert_eq!(fs.read(Path::new("etc/keep")).expect("keep"), b"k");
+    // A no-op rebuild takes the RUN layer from the cache.
+    let again = run_build(&store.store, &context, kubefile, &["child:1"]);
+    assert_eq!(layer_outcomes(&again), vec![true]);
+    assert_eq!(again.descriptor.digest, report.descriptor.digest);
+}
+
+#[test]
+fn a_failing_run_names_its_step_and_changes_nothing() {
+    let store = store();
+    let context = Context::new(&[("a", "A")]);
+    let error = try_build(
+        &store.store,
+        &context,
+        "FROM scratch\nCOPY a /a\nRUN exit 3\n",
+        &options(&["f:1"]),
+    )
+    .expect_err("fails")
+    .to_string();
+    assert!(error.starts_with("Kubefile:3:1: RUN failed"), "{error}");
+    assert!(store.store.images().expect("images").is_empty());
+}
+
+const APP_KUBEFILE: &str = r#"FROM scratch
+KUBEVERSION >=1.20.0
+COPY manifests /manifests/
+APP nginx local://charts/nginx
+APP web local://web.yaml
+CNI calico local://calico.yaml
+APPENV web MODE=prod
+LAUNCH ["nginx", "web"]
+"#;
+
+fn app_context() -> Context {
+    Context::new(&[
+        ("manifests/ns.yaml", "kind: Namespace\n"),
+        ("charts/nginx/Chart.yaml", "name: nginx\n"),
+        ("charts/nginx/values.yaml", "image: nginx\n"),
+        (
+            "charts/nginx/templates/deployment.yaml",
+            "kind: Deployment\n",
+        ),
+        ("web.yaml", "kind: Deployment\n"),
+        ("calico.yaml", "kind: DaemonSet\n"),
+    ])
+}
+
+#[test]
+fn apps_labels_and_the_sealer_extension() {
+    let store = store();
+    let context = app_context();
+    let report = run_build(&store.store, &context, APP_KUBEFILE, &["apps:1"]);
+    let resolved = store.store.resolve("apps:1", None).expect("resolve");
+    let extension = ImageExtension::of_manifest(&resolved.manifest)
+        .expect("annotated")
+        .expect("valid");
+    let apps: Vec<(&str, &str)> = extension
+        .applications
+        .iter()
+        .map(|app| (app.name.as_str(), app.app_type.as_str()))
+        .collect();
+    assert_eq!(
+        apps,
+        vec![("nginx", "helm"), ("web", "kube"), ("calico", "kube")]
+    );
+    assert_eq!(extension.launch.app_names, vec!["nginx", "web"]);
+    assert_eq!(
+        extension.applications[0].cmds,
+        vec!["helm install nginx application/apps/nginx"]
+    );
+    assert_eq!(
+        extension.applications[1]
+            .env
+            .get("MODE")
+            .map(String::as_str),
+        Some("prod")
+    );
+    let config: serde_json::Value = serde_json::from_slice(
+        &store
+            .store
+            .read_verified(&resolved.manifest.config.digest)
+            .expect("config"),
+    )
+    .expect("json");
+    let labels = &config["config"]["Labels"];
+    assert_eq!(labels["cluster.alpha.sealer.io/kube-cni-calico"], "true");
+    assert_eq!(
+        labels["app.alpha.sealer.io/supported-kube-version"],
+        ">=1.20.0"
+    );
+    let root = unpacked(&store.store, &report.descriptor.digest.to_string());
+    let fs = RealFs::open_root(root.path()).expect("open");
+    for path in [
+        "manifests/ns.yaml",
+        "application/apps/nginx/Chart.yaml",
+        "application/apps/nginx/templates/deployment.yaml",
+        "application/apps/web/web.yaml",
+    ] {
+        assert!(fs.exists(Path::new(path)).expect("stat"), "{path}");
+    }
+    // A child inherits the apps: LAUNCH may name them.
+    let child = run_build(
+        &store.store,
+        &context,
+        "FROM apps:1\nLAUNCH [\"calico\"]\n",
+        &["child:1"],
+    );
+    let resolved = store.store.resolve("child:1", None).expect("resolve");
+    let extension = ImageExtension::of_manifest(&resolved.manifest)
+        .expect("annotated")
+        .expect("valid");
+    assert_eq!(extension.applications.len(), 3);
+    assert_eq!(extension.launch.app_names, vec!["calico"]);
+    assert_eq!(child.layers_built, 0);
+}
+
+#[test]
+fn several_platforms_make_an_index_and_foreign_runs_fail() {
+    let store = store();
+    let context = Context::new(&[("bin/amd64/tool", "x86"), ("bin/arm64/tool", "arm")]);
+    let mut opts = options(&["multi:1"]);
+    opts.platforms = vec![
+        Platform::new("linux", "amd64", None),
+        Platform::new("linux", "arm64", None),
+    ];
+    let report = try_build(
+        &store.store,
+        &context,
+        "FROM scratch\nCOPY bin/${ARCH}/tool /bin/tool\n",
+        &opts,
+    )
+    .expect("build");
+    let entry = store.store.lookup("multi:1").expect("lookup");
+    let ManifestDocument::Index(index) =
+        store.store.read_manifest(&entry.descriptor).expect("read")
+    else {
+        panic!("expected an index");
+    };
+    assert_eq!(index.manifests.len(), 2);
+    assert_eq!(report.manifests.len(), 2);
+    assert_ne!(report.manifests[0].1.digest, report.manifests[1].1.digest);
+    let host = Platform::host();
+    let foreign = if host.architecture == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    opts.platforms = vec![Platform::new("linux", foreign, None)];
+    let error = try_build(&store.store, &context, "FROM scratch\nRUN true\n", &opts)
+        .expect_err("foreign RUN")
+        .to_string();
+    assert!(error.contains("RUN runs on the build host"), "{error}");
+}
+
+#[test]
+fn skopeo_reads_the_result() {
+    if !sealer_test_harness::require_tool("skopeo") {
+        return;
+    }
+    let store = store();
+    let context = app_context();
+    run_build(&store.store, &context, APP_KUBEFILE, &["localhost/apps:v1"]);
+    let location = format!("oci:{}:localhost/apps:v1", store.dir.path().display());
+    let output = std::process::Command::new("skopeo")
+        .args(["inspect", &location])
+        .output()
+        .expect("run skopeo");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let inspected: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(inspected["Layers"].as_array().map(Vec::len), Some(4));
+    assert_eq!(
+        inspected["Labels"]["cluster.alpha.sealer.io/kube-cni-calico"],
+        "true"
+    );
+    let mut raw = Vec::new();
+    std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", &location])
+        .output()
+        .expect("run skopeo")
+        .stdout
+        .as_slice()
+        .read_to_end(&mut raw)
+        .expect("read");
+    assert!(String::from_utf8_lossy(&raw).contains("sealer.image.extension"));
+}
