@@ -25,6 +25,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Build a cluster image from a Kubefile and a build context.
+    Build(BuildArgs),
     /// List the images in the store.
     Images(ImagesArgs),
     /// Give an image another name.
@@ -79,7 +81,7 @@ pub struct ServeArgs {
 /// The container runtimes `sealer registry mirror-config` configures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum MirrorRuntime {
-    /// containerd: certs.d/<upstream>/hosts.toml (the upstream travels as `?ns=`).
+    /// containerd: `certs.d/<upstream>/hosts.toml` (the upstream travels as `?ns=`).
     Containerd,
     /// CRI-O, podman, skopeo, buildah: a registries.conf.d drop-in (the upstream travels as
     /// a path prefix).
@@ -231,6 +233,42 @@ pub struct RmiArgs {
     /// Names (removes that name), digests or short ids (remove every name of that image).
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<String>,
+}
+
+/// `sealer build`.
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// The Kubefile (default: CONTEXT/Kubefile).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// A name for the image (repeatable).
+    #[arg(short = 't', long = "tag", value_name = "NAME")]
+    pub tags: Vec<String>,
+    /// A build argument `KEY=VALUE` for the Kubefile's ARGs (repeatable).
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_args: Vec<String>,
+    /// An image label `KEY=VALUE` (repeatable; wins over LABEL).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// A manifest annotation `KEY=VALUE` (repeatable).
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
+    /// Target platforms, comma separated (`linux/amd64,linux/arm64`; default: this
+    /// machine's). Several make a multi-arch image; RUN works only for this machine's.
+    #[arg(long, value_name = "OS/ARCH[,…]")]
+    pub platform: Option<String>,
+    /// Build every layer again (the cache is still updated).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// No spinner.
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// The build context: the directory COPY and APP sources are read from (they cannot
+    /// leave it).
+    #[arg(value_name = "CONTEXT")]
+    pub context: PathBuf,
 }
 
 /// `sealer inspect`.
