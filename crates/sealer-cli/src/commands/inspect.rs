@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
+use sealer_builder::engine::ImageExtension;
 use sealer_image_store::{ManifestDocument, Store};
 use serde_json::{Value, json};
 
@@ -55,6 +56,9 @@ pub fn run(store: &Store, args: &InspectArgs) -> Result<()> {
     out["manifestDigest"] = json!(resolved.manifest_descriptor.digest.to_string());
     out["manifest"] = manifest;
     out["config"] = config;
+    if let Some(extension) = ImageExtension::of_manifest(&resolved.manifest) {
+        out["sealer"] = serde_json::to_value(extension.map_err(anyhow::Error::msg)?)?;
+    }
     say!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand; each wires arguments to library calls and prints the result.
 
+mod build;
 mod fsck;
 mod images;
 mod inspect;
@@ -28,6 +29,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let existing = || open_store(cli.root.as_deref(), Store::open_existing);
     let store = || open_store(cli.root.as_deref(), Store::open_dir);
     match cli.command {
+        Command::Build(args) => build::run(&store()?, &args),
         Command::Images(args) => images::run(&existing()?, &args),
         Command::Tag(args) => tag::run(&existing()?, &args),
         Command::Rmi(args) => rmi::run(&existing()?, &args),

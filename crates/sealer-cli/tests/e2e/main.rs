@@ -14,6 +14,7 @@
     clippy::unwrap_used
 )]
 
+mod build;
 mod corruption;
 mod crash;
 mod interop;

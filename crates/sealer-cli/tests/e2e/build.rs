@@ -1,0 +1,100 @@
+//! `sealer build` of the examples/ Kubefile: per-step output, the cache, reproducible
+//! digests across stores and context copies with other mtimes, skopeo reads the result.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::require_tools;
+use crate::support::{Sealer, arg, skopeo_inspect, temp};
+
+const TAG: &str = "localhost/nginx-cluster:v1";
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/nginx-cluster")
+}
+
+/// Copies a directory tree, giving every file the mtime `seconds`.
+fn copy_tree(from: &Path, to: &Path, seconds: u64) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &target, seconds);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+            let file = std::fs::File::options()
+                .write(true)
+                .open(&target)
+                .expect("open");
+            file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
+                .expect("mtime");
+        }
+    }
+}
+
+#[test]
+fn the_example_builds_reproducibly_and_rebuilds_from_the_cache() {
+    let one = temp();
+    let two = temp();
+    let context = temp();
+    copy_tree(&example(), context.path(), 1_234_567_890);
+    let first = Sealer::new(one.path());
+    let out = first.ok(&["build", "-t", TAG, arg(&example())]);
+    assert!(
+        out.contains("STEP 6/10: COPY manifests /manifests/"),
+        "{out}"
+    );
+    assert!(out.contains("3 layers built, 0 from the cache"), "{out}");
+    let digest = first.digest_of(TAG);
+    assert!(out.trim_end().ends_with(&digest), "{out}");
+
+    let again = first.ok(&["build", "-t", TAG, arg(&example())]);
+    assert_eq!(again.matches("  CACHED").count(), 3, "{again}");
+    assert!(
+        again.contains("0 layers built, 3 from the cache"),
+        "{again}"
+    );
+    assert_eq!(first.digest_of(TAG), digest);
+
+    let second = Sealer::new(two.path());
+    second.ok(&[
+        "build",
+        "-f",
+        arg(&context.path().join("Kubefile")),
+        "-t",
+        TAG,
+        arg(context.path()),
+    ]);
+    assert_eq!(
+        second.digest_of(TAG),
+        digest,
+        "same Kubefile and files, same digest"
+    );
+
+    let inspected = first.inspect(&[TAG]);
+    let apps = &inspected["sealer"]["applications"];
+    assert_eq!(apps[0]["name"], "nginx");
+    assert_eq!(apps[0]["type"], "helm");
+    assert_eq!(apps[1]["type"], "kube");
+    assert_eq!(inspected["sealer"]["launch"]["app_names"][0], "nginx");
+
+    require_tools!("skopeo");
+    let skopeo = skopeo_inspect(&[&format!("oci:{}:{TAG}", arg(one.path()))]);
+    assert_eq!(skopeo["Digest"], digest);
+    assert_eq!(skopeo["Layers"].as_array().map(Vec::len), Some(3));
+}
+
+#[test]
+fn build_errors_name_the_step() {
+    let store = temp();
+    let context = temp();
+    std::fs::write(
+        context.path().join("Kubefile"),
+        "FROM scratch\nCOPY ../etc /etc\n",
+    )
+    .expect("write");
+    let out = Sealer::new(store.path()).fails(&["build", "-t", "x:1", arg(context.path())]);
+    assert!(out.contains("Kubefile:2:1"), "{out}");
+    assert!(out.contains("is not inside the build context"), "{out}");
+}
