@@ -129,6 +129,21 @@ impl BlobUpload {
         Ok(())
     }
 
+    /// The digest of the bytes received so far with `algorithm`: the running SHA-256, or
+    /// for sha512 the file re-hashed. Nothing is stored: for checking the bytes before
+    /// [`Self::commit`] makes them durable (a registry serving a blob as it arrives releases
+    /// it to its clients once verified, without waiting for the fsync).
+    pub fn digest(&mut self, algorithm: Algorithm) -> Result<Digest> {
+        let id = self.id.clone();
+        self.file()?
+            .flush()
+            .map_err(|source| StoreError::io(format!("flush upload {id}"), source))?;
+        match algorithm {
+            Algorithm::Sha256 => Ok(self.hasher.clone().finish()),
+            Algorithm::Sha512 => self.rehash(Algorithm::Sha512),
+        }
+    }
+
     /// Verifies that the bytes received hash to `expected` (a sha512 digest re-hashes the
     /// file), fsyncs them and moves them into `blobs/`. Returns the blob's size. When the
     /// blob is already in the store the upload is discarded and the stored blob kept. On a

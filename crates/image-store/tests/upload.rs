@@ -141,3 +141,33 @@ fn gc_removes_dead_uploads_but_never_a_live_one() {
         assert!(upload_files(&store).is_empty());
     }
 }
+
+#[test]
+fn a_live_upload_can_be_read_and_verified_before_its_commit() {
+    for (_dir, store) in both() {
+        let data = b"served while it arrives".repeat(100);
+        let mut upload = store.begin_upload().unwrap();
+        upload.write_all(&data[..1000]).unwrap();
+        let mut reader = store.open_upload(upload.id()).unwrap();
+        let mut read = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut read).unwrap();
+        assert_eq!(read, &data[..1000]);
+        upload.write_all(&data[1000..]).unwrap();
+        for algorithm in [Algorithm::Sha256, Algorithm::Sha512] {
+            assert_eq!(
+                upload.digest(algorithm).unwrap(),
+                Digest::of(algorithm, &data)
+            );
+        }
+        let id = upload.id().to_owned();
+        let digest = Digest::sha256(&data);
+        upload.commit(&digest).unwrap();
+        assert_eq!(store.read_verified(&digest).unwrap(), data);
+        // Committed: the upload's file is gone.
+        assert!(matches!(
+            store.open_upload(&id),
+            Err(StoreError::Fs(error)) if error.is_not_found()
+        ));
+        assert!(store.open_upload("../index.json").is_err());
+    }
+}
