@@ -9,10 +9,10 @@
 //! from the upload's file (a late joiner, a slow client), then follows live, woken by a
 //! `watch` channel whenever bytes arrive or the fill ends.
 //!
-//! Every follower **holds back its last piece** until the fill has verified the digest and
-//! committed the blob into `blobs/`: on a mismatch nothing is committed and every follower
-//! ends with an error instead, so the response is cut and no client ever receives a complete
-//! body of wrong bytes. The fill then leaves the registry and the next request starts a new
+//! Every follower **holds back its last piece** until the fill has verified the digest (the
+//! commit — fsync, rename into `blobs/` — follows, off the clients' critical path): on a
+//! mismatch nothing is committed and every follower ends with an error instead, so the
+//! response is cut and no client ever receives a complete body of wrong bytes. The fill then leaves the registry and the next request starts a new
 //! one. A range is served from the same fill (the fill always fetches the whole blob; no
 //! partial object is cached), with the same hold-back.
 
@@ -166,6 +166,9 @@ impl Fills {
 enum Outcome {
     #[default]
     Running,
+    /// Every byte arrived and the digest matches; the commit (fsync, rename into `blobs/`)
+    /// is under way. Followers may deliver their last piece.
+    Verified,
     /// Verified and in `blobs/`.
     Committed,
     /// Nothing was stored.
@@ -297,7 +300,7 @@ enum Step {
     Read(Option<String>, u64),
     /// Nothing new yet.
     Wait,
-    /// Everything is delivered but the held piece, and the blob is verified.
+    /// Everything is taken but the held piece, and the blob is verified.
     Finish,
     /// The fill failed.
     Fail(FetchError),
@@ -372,13 +375,14 @@ impl Follower {
     }
 
     fn step(&self, state: &FillState) -> Step {
-        let committed = match &state.outcome {
+        let (verified, committed) = match &state.outcome {
             Outcome::Failed(error) => return Step::Fail(error.clone()),
-            Outcome::Committed => true,
-            Outcome::Running => false,
+            Outcome::Committed => (true, true),
+            Outcome::Verified => (true, false),
+            Outcome::Running => (false, false),
         };
         if self.pos >= self.end {
-            return if committed { Step::Finish } else { Step::Wait };
+            return if verified { Step::Finish } else { Step::Wait };
         }
         if let Some(bytes) = state.ring_slice(self.pos, self.end) {
             return Step::Data(bytes);
@@ -560,16 +564,18 @@ fn write(
                         upload.size()
                     )));
                 }
-                return match upload.commit(&fill.digest) {
-                    Ok(_) => Ok(()),
-                    Err(StoreError::DigestMismatch { actual, .. }) => {
-                        Err(FetchError::DigestMismatch(format!(
-                            "the upstream's bytes hash to {actual}, not {}",
-                            fill.digest
-                        )))
-                    }
-                    Err(error) => Err(store_error(error)),
-                };
+                // Verified, the followers may finish; the fsync is not their business.
+                let actual = upload
+                    .digest(fill.digest.algorithm())
+                    .map_err(store_error)?;
+                if actual != fill.digest {
+                    return Err(FetchError::DigestMismatch(format!(
+                        "the upstream's bytes hash to {actual}, not {}",
+                        fill.digest
+                    )));
+                }
+                fill.update(|state| state.outcome = Outcome::Verified);
+                return upload.commit(&fill.digest).map(|_| ()).map_err(store_error);
             }
         }
     }

@@ -12,6 +12,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use axum::serve::ListenerExt as _;
 use sealer_image_store::Store;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -200,6 +201,15 @@ impl Registry {
                 drain_bounded(server.into_future(), on_signal, drain).await
             }
             None => {
+                // Responses are written in pieces (headers, then body chunks as they come,
+                // a pull-through miss's last piece after its digest is verified): without
+                // TCP_NODELAY, Nagle holds a small piece back until the client's delayed ACK
+                // (40 ms).
+                let listener = listener.tap_io(|tcp| {
+                    if let Err(error) = tcp.set_nodelay(true) {
+                        tracing::debug!(%error, "cannot set TCP_NODELAY");
+                    }
+                });
                 let server = axum::serve(listener, router).with_graceful_shutdown(shutdown);
                 drain_bounded(server.into_future(), on_signal, drain).await
             }

@@ -76,6 +76,12 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // Responses are written in pieces (headers, then body chunks as they come):
+                // without this, Nagle holds a small last piece back until the client's
+                // delayed ACK (40 ms).
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+                }
                 let acceptor = acceptor.clone();
                 let sender = sender.clone();
                 tokio::spawn(async move {
