@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use flate2::{Compression, GzBuilder};
 use sealer_fs_abstraction::Fs;
@@ -114,17 +115,54 @@ impl<W: Write> Write for HashingWriter<W> {
 
 /// Writes `tree` (file contents read from `fs`) as a tar with every mtime `mtime` and owner
 /// 0:0, gzip-compressed with a fixed level and an empty gzip header (no name, mtime 0, OS
-/// "unknown"), and stages it in `ingest`.
+/// "unknown"), and stages it in `ingest`. The tar is made on a second thread and streamed
+/// into the ingest through a small channel, so a layer is never held in memory whole.
 pub(crate) fn write_layer(
     tree: &LayerTree,
     fs: &dyn Fs,
     mtime: u64,
     ingest: &Ingest<'_>,
 ) -> Result<BuiltLayer> {
+    let (sender, receiver) = mpsc::sync_channel::<Vec<u8>>(PIPE_DEPTH);
+    let (staged, diff_id) = std::thread::scope(|scope| {
+        let producer = scope.spawn(move || write_tar(tree, fs, mtime, ChannelWriter { sender }));
+        let mut reader = ChannelReader {
+            receiver,
+            current: Vec::new(),
+            offset: 0,
+        };
+        let staged = ingest.put_unknown(Algorithm::Sha256, &mut reader, "a built layer");
+        // Unblock the producer if staging stopped early (its sends then fail).
+        drop(reader);
+        let produced = producer.join().unwrap_or_else(|_| {
+            Err(BuildError::Io {
+                what: "writing a layer".to_owned(),
+                source: io::Error::other("the layer writer thread panicked"),
+            })
+        });
+        (staged, produced)
+    });
+    // The producer's error says why the stream ended early; report it first.
+    let diff_id = diff_id?;
+    let (digest, size) = staged?;
+    Ok(BuiltLayer {
+        descriptor: Descriptor::new(media_type::OCI_LAYER_GZIP, digest, size),
+        diff_id,
+    })
+}
+
+/// Chunks in flight between the tar writer and the ingest.
+const PIPE_DEPTH: usize = 8;
+/// Size of one chunk.
+const CHUNK: usize = 256 * 1024;
+
+/// Writes the tar+gzip stream of `tree` to `out`; returns the diff_id.
+fn write_tar(tree: &LayerTree, fs: &dyn Fs, mtime: u64, out: ChannelWriter) -> Result<Digest> {
+    let buffered = io::BufWriter::with_capacity(CHUNK, out);
     let gzip = GzBuilder::new()
         .mtime(0)
         .operating_system(255)
-        .write(Vec::new(), Compression::new(GZIP_LEVEL));
+        .write(buffered, Compression::new(GZIP_LEVEL));
     let hashing = HashingWriter {
         inner: gzip,
         hasher: Hasher::new(Algorithm::Sha256),
@@ -147,19 +185,59 @@ pub(crate) fn write_layer(
     }
     let hashing = writer.finish()?;
     let diff_id = hashing.hasher.finish();
-    let compressed = hashing.inner.finish().map_err(|source| BuildError::Io {
+    let compress_error = |source| BuildError::Io {
         what: "compressing a layer".to_owned(),
         source,
-    })?;
-    let (digest, size) = ingest.put_unknown(
-        Algorithm::Sha256,
-        &mut compressed.as_slice() as &mut dyn Read,
-        "a built layer",
-    )?;
-    Ok(BuiltLayer {
-        descriptor: Descriptor::new(media_type::OCI_LAYER_GZIP, digest, size),
-        diff_id,
-    })
+    };
+    let mut buffered = hashing.inner.finish().map_err(compress_error)?;
+    buffered.flush().map_err(compress_error)?;
+    Ok(diff_id)
+}
+
+/// The writing end of the layer pipe.
+struct ChannelWriter {
+    sender: mpsc::SyncSender<Vec<u8>>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        self.sender
+            .send(buf.to_vec())
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the layer reader stopped"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The reading end of the layer pipe: ends when the writer is dropped.
+struct ChannelReader {
+    receiver: mpsc::Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    offset: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.offset == self.current.len() {
+            match self.receiver.recv() {
+                Ok(chunk) => {
+                    self.current = chunk;
+                    self.offset = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.offset);
+        buf[..n].copy_from_slice(&self.current[self.offset..self.offset + n]);
+        self.offset += n;
+        Ok(n)
+    }
 }
 
 /// The whiteout name that deletes `path`: `<parent>/.wh.<name>`.
