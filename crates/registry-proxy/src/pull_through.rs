@@ -13,10 +13,11 @@
 //! without any upstream contact (`X-Cache: HIT`). **Tags** are revalidated with a `HEAD`
 //! once their upstream's `tag_ttl` has passed (`0`: every time, `never`: not at all): the
 //! same digest → `HIT`; another → that manifest alone is fetched, stored and tagged
-//! (`MISS`; no other platform, no blob is prefetched). When the upstream fails or does
-//! not answer within `upstream_timeout`, the cached manifest is served as `STALE`; with
-//! nothing cached the answer is a 502/504 (`UNKNOWN`), or the upstream's 404. An upstream
-//! 404 for a cached tag is passed on (the upstream is authoritative when it answers).
+//! (`MISS`; no other platform, no blob is prefetched); a tag never cached is fetched with a
+//! `GET` straight away. When the upstream fails or does not answer within
+//! `upstream_timeout`, the cached manifest is served as `STALE`; with nothing cached the
+//! answer is a 502/504 (`UNKNOWN`), or the upstream's 404. An upstream 404 for a cached tag
+//! is passed on (the upstream is authoritative when it answers).
 //!
 //! **Blob misses** go through the fill registry (module `fill`): one upstream `GET` per
 //! digest, streamed to every client while it is hashed and written, committed only on a
@@ -481,7 +482,14 @@ impl PullThroughSource {
         let current = cached.as_ref().map(|cached| cached.digest.clone());
         let outcome = tokio::time::timeout(
             budget,
-            self.refresh_tag(upstream, index, &repository, tag, &key, current.as_ref()),
+            self.refresh_tag(
+                upstream,
+                store_repo,
+                &repository,
+                tag,
+                &key,
+                current.as_ref(),
+            ),
         )
         .await
         .unwrap_or(Err(FetchError::Timeout(budget)));
@@ -515,41 +523,50 @@ impl PullThroughSource {
     }
 
     /// Asks the upstream what `tag` is: `None` when it is still `current`, else the new
-    /// manifest, fetched, stored and tagged `key`.
+    /// manifest, fetched, stored and tagged `key` (in repository `store_repo`).
     async fn refresh_tag(
         &self,
         upstream: &Arc<Upstream>,
-        index: usize,
+        store_repo: &RepoPath,
         repository: &str,
         tag: &str,
         key: &str,
         current: Option<&Digest>,
     ) -> Result<Option<Arc<Fetched>>, FetchError> {
-        if current.is_some() {
-            upstream.metrics.revalidated();
-        }
-        let head = upstream
-            .client
-            .head_manifest(&upstream.host, repository, tag)
-            .await
-            .map_err(|error| FetchError::from_client(&error))?;
-        let fetched = match head.digest {
-            Some(digest) if Some(&digest) == current => return Ok(None),
-            Some(digest) => self.fetch_manifest(index, repository, &digest).await?,
-            // No digest in the answer: fetch by tag and compare.
-            None => {
-                let fetched = fetch_and_store(upstream, self.store(), repository, tag).await?;
-                if Some(&fetched.digest) == current {
-                    return Ok(None);
+        let fetched = match current {
+            // Nothing cached: the manifest is needed anyway, skip the HEAD.
+            None => Arc::new(fetch_and_store(upstream, self.store(), repository, tag).await?),
+            Some(current) => {
+                upstream.metrics.revalidated();
+                let head = upstream
+                    .client
+                    .head_manifest(&upstream.host, repository, tag)
+                    .await
+                    .map_err(|error| FetchError::from_client(&error))?;
+                match head.digest {
+                    Some(digest) if &digest == current => return Ok(None),
+                    Some(digest) => {
+                        let index = self.by_host[&upstream.host];
+                        self.fetch_manifest(index, repository, &digest).await?
+                    }
+                    // No digest in the answer: fetch by tag and compare.
+                    None => {
+                        let fetched =
+                            fetch_and_store(upstream, self.store(), repository, tag).await?;
+                        if &fetched.digest == current {
+                            return Ok(None);
+                        }
+                        Arc::new(fetched)
+                    }
                 }
-                Arc::new(fetched)
             }
         };
         let store = self.store().clone();
-        let name = key
-            .rsplit_once(':')
-            .map(|(name, _)| name.to_owned())
-            .unwrap_or_default();
+        let name = self
+            .local
+            .names()
+            .name(store_repo)
+            .map_err(|error| FetchError::Invalid(error.message))?;
         let (tagged, descriptor, host) = (
             key.to_owned(),
             descriptor_of(&fetched),
