@@ -132,7 +132,10 @@ impl Fills {
     ) -> (Arc<Fill>, bool) {
         let fill = {
             let mut running = self.lock();
-            if let Some(fill) = running.get(digest) {
+            // A fill that failed is about to leave the registry: start afresh.
+            if let Some(fill) = running.get(digest)
+                && !matches!(fill.lock().outcome, Outcome::Failed(_))
+            {
                 return (fill.clone(), true);
             }
             let (changed, _) = watch::channel(());
