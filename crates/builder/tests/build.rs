@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use flate2::read::GzDecoder;
 use sealer_builder::engine::{
-    BuildError, BuildOptions, BuildReport, ImageExtension, NoObserver, StepOutcome, build,
+    BuildError, BuildOptions, BuildReport, ImageExtension, LayerCompression, NoObserver,
+    StepOutcome, build,
 };
 use sealer_builder::kubefile::parse;
 use sealer_fs_abstraction::tar::{UnpackOptions, unpack};
@@ -519,6 +520,33 @@ fn several_platforms_make_an_index_and_foreign_runs_fail() {
         .expect_err("foreign RUN")
         .to_string();
     assert!(error.contains("RUN runs on the build host"), "{error}");
+}
+
+#[test]
+fn zstd_layers_are_reproducible_and_run_reads_them() {
+    let context = Context::new(&[("etc/passwd", "root\n"), ("a", "A")]);
+    let kubefile = "FROM scratch\nCOPY etc /etc\nRUN rm etc/passwd\n";
+    let mut opts = options(&["z:1"]);
+    opts.compression = LayerCompression::Zstd;
+    let one = store();
+    let first = try_build(&one.store, &context, kubefile, &opts).expect("build");
+    let second = try_build(&store().store, &context, kubefile, &opts).expect("build");
+    assert_eq!(first.descriptor.digest, second.descriptor.digest);
+    let resolved = one.store.resolve("z:1", None).expect("resolve");
+    assert!(
+        resolved
+            .manifest
+            .layers
+            .iter()
+            .all(|layer| layer.media_type == "application/vnd.oci.image.layer.v1.tar+zstd")
+    );
+    let gzip = try_build(&one.store, &context, kubefile, &options(&["g:1"])).expect("build");
+    assert_eq!(
+        layer_outcomes(&gzip),
+        vec![false, false],
+        "the compression is in the key"
+    );
+    assert_ne!(gzip.descriptor.digest, first.descriptor.digest);
 }
 
 #[test]

@@ -235,6 +235,15 @@ pub struct RmiArgs {
     pub images: Vec<String>,
 }
 
+/// Layer compressions of `sealer build`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LayerCompressionArg {
+    /// `application/vnd.oci.image.layer.v1.tar+gzip`.
+    Gzip,
+    /// `application/vnd.oci.image.layer.v1.tar+zstd`.
+    Zstd,
+}
+
 /// `sealer build`.
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
@@ -260,6 +269,9 @@ pub struct BuildArgs {
     /// Build every layer again (the cache is still updated).
     #[arg(long)]
     pub no_cache: bool,
+    /// Layer compression: gzip (read everywhere) or zstd (smaller, faster; containerd ≥ 1.5).
+    #[arg(long, value_enum, default_value_t = LayerCompressionArg::Gzip)]
+    pub compression: LayerCompressionArg,
     /// No spinner.
     #[arg(short, long)]
     pub quiet: bool,

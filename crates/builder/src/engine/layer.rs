@@ -15,6 +15,37 @@ use crate::engine::error::{BuildError, Result};
 
 /// The gzip level of every layer (fixed: the level changes the bytes, hence the digest).
 const GZIP_LEVEL: u32 = 6;
+/// The zstd level of every layer (fixed, single-threaded: the output is deterministic for
+/// the libzstd version Cargo.lock pins).
+const ZSTD_LEVEL: i32 = 3;
+
+/// How layers are compressed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LayerCompression {
+    /// gzip (level 6, empty header): what every registry and runtime reads.
+    #[default]
+    Gzip,
+    /// zstd (level 3): smaller and faster; needs containerd ≥ 1.5 / recent CRI-O and podman.
+    Zstd,
+}
+
+impl LayerCompression {
+    /// The layer media type.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Self::Gzip => media_type::OCI_LAYER_GZIP,
+            Self::Zstd => media_type::OCI_LAYER_ZSTD,
+        }
+    }
+
+    /// `gzip` or `zstd`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+        }
+    }
+}
 
 /// One entry of a layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,18 +145,20 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 /// Writes `tree` (file contents read from `fs`) as a tar with every mtime `mtime` and owner
-/// 0:0, gzip-compressed with a fixed level and an empty gzip header (no name, mtime 0, OS
+/// 0:0, compressed with a fixed level (gzip with an empty header: no name, mtime 0, OS
 /// "unknown"), and stages it in `ingest`. The tar is made on a second thread and streamed
 /// into the ingest through a small channel, so a layer is never held in memory whole.
 pub(crate) fn write_layer(
     tree: &LayerTree,
     fs: &dyn Fs,
     mtime: u64,
+    compression: LayerCompression,
     ingest: &Ingest<'_>,
 ) -> Result<BuiltLayer> {
     let (sender, receiver) = mpsc::sync_channel::<Vec<u8>>(PIPE_DEPTH);
     let (staged, diff_id) = std::thread::scope(|scope| {
-        let producer = scope.spawn(move || write_tar(tree, fs, mtime, ChannelWriter { sender }));
+        let producer =
+            scope.spawn(move || write_tar(tree, fs, mtime, compression, ChannelWriter { sender }));
         let mut reader = ChannelReader {
             receiver,
             current: Vec::new(),
@@ -146,9 +179,54 @@ pub(crate) fn write_layer(
     let diff_id = diff_id?;
     let (digest, size) = staged?;
     Ok(BuiltLayer {
-        descriptor: Descriptor::new(media_type::OCI_LAYER_GZIP, digest, size),
+        descriptor: Descriptor::new(compression.media_type(), digest, size),
         diff_id,
     })
+}
+
+/// A compressing writer of either kind.
+enum Compressor<W: Write> {
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> Compressor<W> {
+    fn new(compression: LayerCompression, out: W) -> io::Result<Self> {
+        Ok(match compression {
+            LayerCompression::Gzip => Self::Gzip(
+                GzBuilder::new()
+                    .mtime(0)
+                    .operating_system(255)
+                    .write(out, Compression::new(GZIP_LEVEL)),
+            ),
+            LayerCompression::Zstd => {
+                Self::Zstd(zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?)
+            }
+        })
+    }
+
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Self::Gzip(encoder) => encoder.finish(),
+            Self::Zstd(encoder) => encoder.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Compressor<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Gzip(encoder) => encoder.write(buf),
+            Self::Zstd(encoder) => encoder.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Gzip(encoder) => encoder.flush(),
+            Self::Zstd(encoder) => encoder.flush(),
+        }
+    }
 }
 
 /// Chunks in flight between the tar writer and the ingest.
@@ -157,12 +235,19 @@ const PIPE_DEPTH: usize = 8;
 const CHUNK: usize = 256 * 1024;
 
 /// Writes the tar+gzip stream of `tree` to `out`; returns the diff_id.
-fn write_tar(tree: &LayerTree, fs: &dyn Fs, mtime: u64, out: ChannelWriter) -> Result<Digest> {
+fn write_tar(
+    tree: &LayerTree,
+    fs: &dyn Fs,
+    mtime: u64,
+    compression: LayerCompression,
+    out: ChannelWriter,
+) -> Result<Digest> {
     let buffered = io::BufWriter::with_capacity(CHUNK, out);
-    let gzip = GzBuilder::new()
-        .mtime(0)
-        .operating_system(255)
-        .write(buffered, Compression::new(GZIP_LEVEL));
+    let compress_error = |source| BuildError::Io {
+        what: "compressing a layer".to_owned(),
+        source,
+    };
+    let gzip = Compressor::new(compression, buffered).map_err(compress_error)?;
     let hashing = HashingWriter {
         inner: gzip,
         hasher: Hasher::new(Algorithm::Sha256),
@@ -185,10 +270,6 @@ fn write_tar(tree: &LayerTree, fs: &dyn Fs, mtime: u64, out: ChannelWriter) -> R
     }
     let hashing = writer.finish()?;
     let diff_id = hashing.hasher.finish();
-    let compress_error = |source| BuildError::Io {
-        what: "compressing a layer".to_owned(),
-        source,
-    };
     let mut buffered = hashing.inner.finish().map_err(compress_error)?;
     buffered.flush().map_err(compress_error)?;
     Ok(diff_id)

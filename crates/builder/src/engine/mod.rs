@@ -9,7 +9,7 @@
 //! step's canonical text and inputs (the files it reads; for RUN its environment).
 //!
 //! Layers are reproducible: entries sorted, every mtime `SOURCE_DATE_EPOCH` (or 0), owner
-//! 0:0, gzip at a fixed level with an empty header; the config's `created` and history
+//! 0:0, gzip at a fixed level with an empty header (or zstd at a fixed level); the config's `created` and history
 //! times are the same epoch. So the same Kubefile and context give the same manifest digest
 //! on any machine.
 //!
@@ -39,6 +39,7 @@ use sealer_layer_cache::{CacheEntry, CacheKey, InputDigest, InputHasher, LayerCa
 use serde_json::{Value, json};
 
 pub use error::{BuildError, Result};
+pub use layer::LayerCompression;
 pub use metadata::{
     Application, EXTENSION_ANNOTATION, EXTENSION_SCHEMA_VERSION, ImageExtension, Launch,
 };
@@ -72,6 +73,8 @@ pub struct BuildOptions<'a> {
     pub no_cache: bool,
     /// `SOURCE_DATE_EPOCH`: every mtime and timestamp (default 0).
     pub source_date_epoch: Option<u64>,
+    /// Layer compression (default gzip).
+    pub compression: LayerCompression,
     /// Pulls a base image that is not in the store.
     pub pull: Option<PullFn<'a>>,
 }
@@ -182,7 +185,10 @@ pub fn build(
             base_state(store, &base.node.image, platform, options)?
         };
         state.key = state.key.next(
-            &format!("# layers: tar+gzip, mtime {epoch}"),
+            &format!(
+                "# layers: tar+{}, mtime {epoch}",
+                options.compression.name()
+            ),
             &InputDigest::none(),
         );
         let base_env: Vec<(String, String)> = state
@@ -264,7 +270,7 @@ pub fn build(
                         add_sources(
                             context, &mut tree, span, keyword, &sources, &copy.dest, chmod,
                         )?;
-                        write_layer(&tree, context, epoch, &ingest)
+                        write_layer(&tree, context, epoch, options.compression, &ingest)
                     })?
                 }
                 Instruction::App(app) | Instruction::Cni(app) | Instruction::Csi(app) => {
@@ -296,7 +302,7 @@ pub fn build(
                     }
                     let key = state.key.next(&text, &input.finish());
                     let outcome = layer_step(&mut state, key, &mut || {
-                        write_layer(&tree, context, epoch, &ingest)
+                        write_layer(&tree, context, epoch, options.compression, &ingest)
                     })?;
                     let (app_type, files) = match detected {
                         Some((app_type, files)) => {
@@ -335,7 +341,7 @@ pub fn build(
                         }
                         let rootfs = Rootfs::materialise(&ingest, &layers)?;
                         let tree = rootfs.run(span, command, &step.env)?;
-                        write_layer(&tree, rootfs.fs(), epoch, &ingest)
+                        write_layer(&tree, rootfs.fs(), epoch, options.compression, &ingest)
                     })?
                 }
                 Instruction::Env(_) => StepOutcome::Metadata(started.elapsed()),

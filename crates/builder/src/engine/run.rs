@@ -56,6 +56,14 @@ impl Rootfs {
                 media_type::OCI_LAYER_GZIP | media_type::DOCKER_LAYER_GZIP => {
                     Box::new(MultiGzDecoder::new(blob))
                 }
+                media_type::OCI_LAYER_ZSTD => {
+                    Box::new(zstd::stream::read::Decoder::new(blob).map_err(|source| {
+                        BuildError::Io {
+                            what: format!("reading zstd layer {}", layer.digest),
+                            source,
+                        }
+                    })?)
+                }
                 other => {
                     return Err(BuildError::Options(format!(
                         "RUN cannot unpack layer {} of media type {other}",

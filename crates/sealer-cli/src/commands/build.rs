@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sealer_builder::engine::{BuildObserver, BuildOptions, StepInfo, StepOutcome, build};
+use sealer_builder::engine::{
+    BuildObserver, BuildOptions, LayerCompression, StepInfo, StepOutcome, build,
+};
 use sealer_builder::kubefile::{self, DEFAULT_NAME};
 use sealer_fs_abstraction::RealFs;
 use sealer_image_store::{Platform, Reference, Store};
 use sealer_registry_client::{NoProgress, PlatformSelection};
 
 use super::{registry_client, runtime, split_file};
-use crate::cli::BuildArgs;
+use crate::cli::{BuildArgs, LayerCompressionArg};
 
 /// Prints one line per finished step; a spinner on stderr while a step runs (terminals
 /// only).
@@ -138,6 +140,10 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
         platforms,
         no_cache: args.no_cache,
         source_date_epoch,
+        compression: match args.compression {
+            LayerCompressionArg::Gzip => LayerCompression::Gzip,
+            LayerCompressionArg::Zstd => LayerCompression::Zstd,
+        },
         pull: Some(&pull),
     };
     let mut steps = Steps {
