@@ -522,6 +522,75 @@ fn a_connection_cut_mid_blob_resumes_with_range() {
 }
 
 #[test]
+fn single_reads_head_get_and_a_blob_download_that_resumes() {
+    require_tools!("docker-registry", "skopeo");
+    let registry = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let seeded = seed_image(
+        &registry.host(),
+        "single/app:1",
+        &ImageSpec::new("unused:1", &[2 << 20], 62),
+        None,
+    )
+    .unwrap();
+    let big = seeded.platforms[0].blob_digests.last().unwrap().clone();
+    let proxy = FaultProxy::in_front_of(&registry.host(), Fault::cut_after(&big, 1 << 20)).unwrap();
+    let host = proxy.host();
+    let client = RegistryClient::new(ClientOptions {
+        credentials: CredentialStore::anonymous(),
+        base_urls: [(host.clone(), format!("http://{host}/"))].into(),
+        ..ClientOptions::default()
+    })
+    .unwrap();
+    let (head, manifest, size, (bytes, resumes)) = run(async {
+        let head = client
+            .head_manifest(&host, "single/app", "1")
+            .await
+            .unwrap();
+        let manifest = client
+            .get_manifest(&host, "single/app", "1", None)
+            .await
+            .unwrap();
+        let size = client
+            .head_blob(&host, "single/app", &digest(&big))
+            .await
+            .unwrap();
+        let mut download = client
+            .get_blob(&host, "single/app", &digest(&big), 0)
+            .await
+            .unwrap();
+        assert_eq!(download.size(), Some(size));
+        let mut bytes = Vec::new();
+        while let Some(chunk) = download.chunk().await.unwrap() {
+            bytes.extend_from_slice(&chunk);
+        }
+        (head, manifest, size, (bytes, download.resumes()))
+    });
+    assert_eq!(head.digest.unwrap().to_string(), seeded.manifest_digest);
+    assert_eq!(head.size, Some(manifest.bytes.len() as u64));
+    assert_eq!(manifest.digest.to_string(), seeded.manifest_digest);
+    assert_eq!(bytes.len() as u64, size);
+    assert_eq!(Digest::sha256(&bytes).to_string(), big);
+    assert_eq!((proxy.faults_applied(), resumes), (1, 1));
+    // Only the proxy's address was used: no HTTPS probe went anywhere.
+    assert!(
+        proxy
+            .requests()
+            .iter()
+            .all(|r| r.target.starts_with("/v2/single/app/"))
+    );
+    let stats = client.stats();
+    assert_eq!(stats.token_fetches, 0);
+    assert!(stats.requests >= 5, "{stats:?}");
+    // A configured base URL may not be plain HTTP to a host that is not loopback.
+    let refused = RegistryClient::new(ClientOptions {
+        credentials: CredentialStore::anonymous(),
+        base_urls: [("quay.io".to_owned(), "http://quay.io/".to_owned())].into(),
+        ..ClientOptions::default()
+    });
+    assert!(matches!(refused, Err(ClientError::Url { .. })));
+}
+
+#[test]
 fn a_failed_pull_leaves_the_store_unchanged() {
     require_tools!("docker-registry", "skopeo");
     let registry = Registry::start(RegistryOptions::anonymous()).unwrap();
