@@ -3,19 +3,26 @@
 use anyhow::{Context, Result};
 use indicatif::BinaryBytes;
 use sealer_image_store::Store;
+use sealer_layer_cache::LayerCache;
 
 pub fn run(store: &Store) -> Result<()> {
+    let pruning = || format!("pruning {}", store.location().display());
+    // Build-cache entries whose layer no image uses go first; the layers of the entries left
+    // (used by images, or added by a concurrent build meanwhile) are kept by the sweep.
+    let cache = LayerCache::open(store).with_context(pruning)?;
+    let cached = cache.prune_unused().with_context(pruning)?;
     let report = store
-        .gc()
-        .with_context(|| format!("pruning {}", store.location().display()))?;
+        .gc_with_extra_roots(&cache.layer_digests().with_context(pruning)?)
+        .with_context(pruning)?;
     for digest in &report.removed {
         say!("removed {digest}");
     }
     say!(
-        "Removed {} blobs ({}), {} leftovers of interrupted writes",
+        "Removed {} blobs ({}), {} leftovers of interrupted writes, {} build cache entries",
         report.removed.len(),
         BinaryBytes(report.bytes),
-        report.leftovers
+        report.leftovers,
+        cached.removed
     );
     Ok(())
 }

@@ -98,3 +98,28 @@ fn build_errors_name_the_step() {
     assert!(out.contains("Kubefile:2:1"), "{out}");
     assert!(out.contains("is not inside the build context"), "{out}");
 }
+
+#[test]
+fn prune_drops_the_cache_of_removed_images_only() {
+    let store = temp();
+    let sealer = Sealer::new(store.path());
+    sealer.ok(&["build", "-t", TAG, arg(&example())]);
+    let out = sealer.ok(&["prune"]);
+    assert!(out.contains("Removed 0 blobs"), "{out}");
+    assert!(out.contains(", 0 build cache entries"), "{out}");
+    let again = sealer.ok(&["build", "-t", TAG, arg(&example())]);
+    assert!(
+        again.contains("0 layers built, 3 from the cache"),
+        "{again}"
+    );
+
+    sealer.ok(&["rmi", TAG]);
+    let out = sealer.ok(&["prune"]);
+    assert!(out.contains(", 3 build cache entries"), "{out}");
+    let rebuilt = sealer.ok(&["build", "-t", TAG, arg(&example())]);
+    assert!(
+        rebuilt.contains("3 layers built, 0 from the cache"),
+        "{rebuilt}"
+    );
+    sealer.ok(&["fsck"]);
+}
