@@ -376,6 +376,54 @@ fn a_run_that_deletes_a_base_file_yields_a_whiteout() {
 }
 
 #[test]
+fn a_run_layer_holds_exactly_the_changes() {
+    let store = store();
+    let context = Context::new(&[
+        ("opt/tree/a", "a"),
+        ("opt/tree/sub/b", "b"),
+        ("opt/script", "echo"),
+        ("opt/same", "same"),
+    ]);
+    run_build(
+        &store.store,
+        &context,
+        "FROM scratch\nCOPY opt /opt\n",
+        &["base:1"],
+    );
+    let kubefile = "FROM base:1\nRUN rm -r opt/tree && chmod 0755 opt/script && ln -s /etc/os-release opt/link && mkdir -p opt/new/dir\n";
+    run_build(&store.store, &context, kubefile, &["child:1"]);
+    let resolved = store.store.resolve("child:1", None).expect("resolve");
+    let names = layer_names(&store.store, &resolved.manifest.layers[1].digest);
+    assert_eq!(
+        names,
+        vec![
+            "opt/",
+            "opt/.wh.tree",
+            "opt/link",
+            "opt/new/",
+            "opt/new/dir/",
+            "opt/script"
+        ],
+        "one whiteout for the deleted tree, the mode change, the new link and dirs"
+    );
+    let root = unpacked(&store.store, "child:1");
+    let fs = RealFs::open_root(root.path()).expect("open");
+    assert!(!fs.exists(Path::new("opt/tree")).expect("stat"));
+    assert_eq!(
+        fs.read_link(Path::new("opt/link")).expect("link"),
+        Path::new("/etc/os-release"),
+        "absolute symlinks are stored verbatim"
+    );
+    assert_eq!(
+        fs.symlink_metadata(Path::new("opt/script"))
+            .expect("stat")
+            .mode
+            & 0o777,
+        0o755
+    );
+}
+
+#[test]
 fn a_failing_run_names_its_step_and_changes_nothing() {
     let store = store();
     let context = Context::new(&[("a", "A")]);
