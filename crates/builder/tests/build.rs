@@ -299,6 +299,33 @@ fn missing_sources_and_globs() {
     assert!(!fs.exists(Path::new("x/c.txt")).expect("stat"));
 }
 
+#[test]
+fn a_file_copied_onto_an_image_directory_goes_into_it() {
+    let store = store();
+    let context = Context::new(&[("bin/sh", "sh"), ("tool", "t"), ("extra.yaml", "x")]);
+    run_build(
+        &store.store,
+        &context,
+        "FROM scratch\nCOPY bin /bin\n",
+        &["base:1"],
+    );
+    let kubefile = "FROM base:1\nCOPY tool /bin\nCOPY extra.yaml /manifests/\nCOPY tool manifests\nCOPY tool /single\n";
+    let report = run_build(&store.store, &context, kubefile, &["child:1"]);
+    let root = unpacked(&store.store, &report.descriptor.digest.to_string());
+    let fs = RealFs::open_root(root.path()).expect("open");
+    assert_eq!(fs.read(Path::new("bin/tool")).expect("bin/tool"), b"t");
+    assert_eq!(fs.read(Path::new("bin/sh")).expect("bin/sh"), b"sh");
+    assert_eq!(
+        fs.read(Path::new("manifests/tool"))
+            .expect("manifests/tool"),
+        b"t"
+    );
+    assert_eq!(
+        fs.read(Path::new("single")).expect("a new name is a file"),
+        b"t"
+    );
+}
+
 /// Unpacks every layer of `reference` (host platform) with whiteouts into a temp dir.
 fn unpacked(store: &Store, reference: &str) -> tempfile::TempDir {
     let resolved = store.resolve(reference, None).expect("resolve");

@@ -181,7 +181,8 @@ pub(crate) fn parse_chmod(span: &Span, chmod: Option<&str>) -> Result<Option<u32
 
 /// Adds what `COPY <sources> <dest>` puts in the rootfs to `tree`, with Dockerfile rules:
 /// a directory source's contents go into `dest`; a file goes to `dest` itself, or into it
-/// when `dest` ends with `/` (or when there are several sources, which requires that `/`).
+/// when `dest` ends with `/` (or when there are several sources, which requires that `/`;
+/// the engine adds the `/` when `dest` is a directory of the image so far).
 /// A source symlink is followed (inside the context); symlinks below a directory source are
 /// copied as links.
 pub(crate) fn add_sources(

@@ -46,7 +46,7 @@ pub use metadata::{
 
 use crate::engine::copy::{add_sources, detect_app, expand_sources, parse_chmod};
 use crate::engine::layer::{BuiltLayer, LayerTree, write_layer};
-use crate::engine::run::Rootfs;
+use crate::engine::run::{Rootfs, is_dir_in_layers};
 use crate::kubefile::{
     AppSource, AppType, BuildArgs, CNI_LABEL_PREFIX, CSI_LABEL_PREFIX, Instruction,
     KUBE_VERSION_LABEL, Kubefile,
@@ -265,11 +265,22 @@ pub fn build(
                         input.add_path(context, source, &mut stat)?;
                     }
                     let key = state.key.next(&text, &input.finish());
+                    let layers = state.layers.clone();
                     layer_step(&mut state, key, &mut || {
+                        // Docker's rule: a file copied onto a directory of the image goes
+                        // into it, even without a trailing `/`.
+                        let single_file = matches!(sources.as_slice(), [source]
+                            if context.metadata(source)?.kind == sealer_fs_abstraction::FileKind::File);
+                        let dest = if single_file
+                            && !copy.dest.ends_with('/')
+                            && is_dir_in_layers(&ingest, &layers, &copy.dest)?
+                        {
+                            format!("{}/", copy.dest)
+                        } else {
+                            copy.dest.clone()
+                        };
                         let mut tree = LayerTree::default();
-                        add_sources(
-                            context, &mut tree, span, keyword, &sources, &copy.dest, chmod,
-                        )?;
+                        add_sources(context, &mut tree, span, keyword, &sources, &dest, chmod)?;
                         write_layer(&tree, context, epoch, options.compression, &ingest)
                     })?
                 }

@@ -18,6 +18,80 @@ use crate::kubefile::{Command, Span};
 /// The `PATH` a RUN gets unless its environment sets one.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The uncompressed tar stream of a layer staged in `ingest` or stored.
+pub(crate) fn layer_reader(ingest: &Ingest<'_>, layer: &Descriptor) -> Result<Box<dyn Read>> {
+    let blob = ingest.open(&layer.digest)?;
+    Ok(match layer.media_type.as_str() {
+        media_type::OCI_LAYER | media_type::DOCKER_LAYER => blob,
+        media_type::OCI_LAYER_GZIP | media_type::DOCKER_LAYER_GZIP => {
+            Box::new(MultiGzDecoder::new(blob))
+        }
+        media_type::OCI_LAYER_ZSTD => Box::new(zstd::stream::read::Decoder::new(blob).map_err(
+            |source| BuildError::Io {
+                what: format!("reading zstd layer {}", layer.digest),
+                source,
+            },
+        )?),
+        other => {
+            return Err(BuildError::Options(format!(
+                "cannot read layer {} of media type {other}",
+                layer.digest
+            )));
+        }
+    })
+}
+
+/// Whether `path` (a rootfs path as written in a Kubefile) is a directory in the image made
+/// of `layers`: their tar headers are read in order, whiteouts applied.
+pub(crate) fn is_dir_in_layers(
+    ingest: &Ingest<'_>,
+    layers: &[Descriptor],
+    path: &str,
+) -> Result<bool> {
+    let wanted: PathBuf = path
+        .split('/')
+        .filter(|part| !part.is_empty() && *part != ".")
+        .collect();
+    if wanted.as_os_str().is_empty() {
+        return Ok(true);
+    }
+    let read_error = |source| BuildError::Io {
+        what: "reading a layer's entries".to_owned(),
+        source,
+    };
+    let mut state: Option<bool> = None;
+    for layer in layers {
+        let mut archive = tar::Archive::new(layer_reader(ingest, layer)?);
+        for entry in archive.entries().map_err(read_error)? {
+            let entry = entry.map_err(read_error)?;
+            let name: PathBuf = entry
+                .path()
+                .map_err(read_error)?
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect();
+            let file_name = name.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let parent = name.parent().map(Path::to_path_buf).unwrap_or_default();
+            if file_name == ".wh..wh..opq" {
+                if wanted.starts_with(&parent) && wanted != parent {
+                    state = None;
+                }
+            } else if let Some(deleted) = file_name.strip_prefix(".wh.") {
+                if wanted.starts_with(parent.join(deleted)) {
+                    state = None;
+                }
+            } else if name == wanted {
+                state = Some(entry.header().entry_type().is_dir());
+            } else if wanted.starts_with(&name) && !entry.header().entry_type().is_dir() {
+                state = None;
+            } else if name.starts_with(&wanted) {
+                state = Some(true);
+            }
+        }
+    }
+    Ok(state == Some(true))
+}
+
 /// What a path is, as compared before and after a RUN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
@@ -50,27 +124,7 @@ impl Rootfs {
             preserve_mtime: false,
         };
         for layer in layers {
-            let blob = ingest.open(&layer.digest)?;
-            let reader: Box<dyn Read> = match layer.media_type.as_str() {
-                media_type::OCI_LAYER | media_type::DOCKER_LAYER => blob,
-                media_type::OCI_LAYER_GZIP | media_type::DOCKER_LAYER_GZIP => {
-                    Box::new(MultiGzDecoder::new(blob))
-                }
-                media_type::OCI_LAYER_ZSTD => {
-                    Box::new(zstd::stream::read::Decoder::new(blob).map_err(|source| {
-                        BuildError::Io {
-                            what: format!("reading zstd layer {}", layer.digest),
-                            source,
-                        }
-                    })?)
-                }
-                other => {
-                    return Err(BuildError::Options(format!(
-                        "RUN cannot unpack layer {} of media type {other}",
-                        layer.digest
-                    )));
-                }
-            };
+            let reader = layer_reader(ingest, layer)?;
             unpack(&fs, Path::new("."), reader, &options)?;
         }
         Ok(Self { _dir: dir, fs })
