@@ -123,3 +123,37 @@ fn prune_drops_the_cache_of_removed_images_only() {
     );
     sealer.ok(&["fsck"]);
 }
+
+#[test]
+fn a_missing_base_is_pulled_and_its_apps_inherited() {
+    require_tools!("docker-registry");
+    let registry =
+        sealer_test_harness::Registry::start(sealer_test_harness::RegistryOptions::anonymous())
+            .expect("registry");
+    let one = temp();
+    let two = temp();
+    let base = format!("{}/team/nginx-cluster:v1", registry.host());
+    let first = Sealer::new(one.path());
+    first.ok(&["build", "-t", &base, arg(&example())]);
+    first.ok(&["push", &base]);
+
+    let context = temp();
+    std::fs::write(context.path().join("extra.yaml"), "kind: ConfigMap\n").expect("write");
+    std::fs::write(
+        context.path().join("Kubefile"),
+        format!("FROM {base}\nCOPY extra.yaml /manifests/\nLAUNCH [\"hello\"]\n"),
+    )
+    .expect("write");
+    let second = Sealer::new(two.path());
+    let out = second.ok(&["build", "-t", "localhost/child:v1", arg(context.path())]);
+    assert!(out.contains("1 layers built"), "{out}");
+    let inspected = second.inspect(&["localhost/child:v1"]);
+    assert_eq!(inspected["sealer"]["applications"][1]["name"], "hello");
+    assert_eq!(inspected["sealer"]["launch"]["app_names"][0], "hello");
+    assert_eq!(
+        inspected["manifest"]["layers"].as_array().map(Vec::len),
+        Some(4),
+        "the base's three layers and one more"
+    );
+    second.ok(&["fsck"]);
+}
