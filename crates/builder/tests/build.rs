@@ -560,6 +560,54 @@ fn apps_labels_and_the_sealer_extension() {
 }
 
 #[test]
+fn remote_app_sources_come_through_the_fetch_hook_and_key_on_their_content() {
+    let store = store();
+    let context = Context::new(&[("local.yaml", "kind: Service\n")]);
+    let kubefile = "FROM scratch\nAPP web local://local.yaml https://example.com/m/web.yaml?v=1\nLAUNCH [\"web\"]\n";
+    let error = try_build(&store.store, &context, kubefile, &options(&["w:1"]))
+        .expect_err("no fetch hook")
+        .to_string();
+    assert!(
+        error.contains("cannot be downloaded by this build"),
+        "{error}"
+    );
+    let content = std::cell::RefCell::new(b"kind: Deployment\n".to_vec());
+    let fetch = |url: &str| -> Result<Vec<u8>, String> {
+        assert_eq!(url, "https://example.com/m/web.yaml?v=1");
+        Ok(content.borrow().clone())
+    };
+    let mut opts = options(&["w:1"]);
+    opts.fetch = Some(&fetch);
+    let first = try_build(&store.store, &context, kubefile, &opts).expect("build");
+    assert_eq!(layer_outcomes(&first), vec![false]);
+    let resolved = store.store.resolve("w:1", None).expect("resolve");
+    let extension = ImageExtension::of_manifest(&resolved.manifest)
+        .expect("annotated")
+        .expect("valid");
+    assert_eq!(extension.applications[0].app_type, "kube");
+    assert_eq!(
+        extension.applications[0].launchfiles,
+        vec!["local.yaml", "web.yaml"]
+    );
+    let again = try_build(&store.store, &context, kubefile, &opts).expect("build");
+    assert_eq!(layer_outcomes(&again), vec![true], "same content: cached");
+    *content.borrow_mut() = b"kind: StatefulSet\n".to_vec();
+    let changed = try_build(&store.store, &context, kubefile, &opts).expect("build");
+    assert_eq!(
+        layer_outcomes(&changed),
+        vec![false],
+        "new content: rebuilt"
+    );
+    let root = unpacked(&store.store, "w:1");
+    let fs = RealFs::open_root(root.path()).expect("open");
+    assert_eq!(
+        fs.read(Path::new("application/apps/web/web.yaml"))
+            .expect("downloaded"),
+        b"kind: StatefulSet\n"
+    );
+}
+
+#[test]
 fn several_platforms_make_an_index_and_foreign_runs_fail() {
     let store = store();
     let context = Context::new(&[("bin/amd64/tool", "x86"), ("bin/arm64/tool", "arm")]);

@@ -278,7 +278,9 @@ pub(crate) fn detect_app(tree: &LayerTree, app_dir: &Path) -> Option<(AppType, V
         }
         match node {
             Node::Dir(_) => dirs.push(relative.to_path_buf()),
-            Node::File { .. } | Node::Symlink(_) => files.push(relative.to_path_buf()),
+            Node::File { .. } | Node::Symlink(_) | Node::Data(..) => {
+                files.push(relative.to_path_buf())
+            }
             Node::Whiteout => {}
         }
     }

@@ -63,6 +63,8 @@ pub(crate) enum Node {
     },
     /// A symlink, stored verbatim.
     Symlink(PathBuf),
+    /// A regular file with this content (a downloaded source) and permission bits.
+    Data(std::sync::Arc<[u8]>, u32),
     /// An OCI whiteout: the entry of this name in lower layers is deleted.
     Whiteout,
 }
@@ -265,6 +267,7 @@ fn write_tar(
                 writer.append_reader(path, *mode, *len, file)?;
             }
             Node::Symlink(target) => writer.append_symlink(path, target)?,
+            Node::Data(data, mode) => writer.append_file(path, *mode, data)?,
             Node::Whiteout => writer.append_file(path, 0, &[])?,
         }
     }

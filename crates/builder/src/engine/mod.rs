@@ -45,7 +45,7 @@ pub use metadata::{
 };
 
 use crate::engine::copy::{add_sources, detect_app, expand_sources, parse_chmod};
-use crate::engine::layer::{BuiltLayer, LayerTree, write_layer};
+use crate::engine::layer::{BuiltLayer, LayerTree, Node, write_layer};
 use crate::engine::run::{Rootfs, is_dir_in_layers};
 use crate::kubefile::{
     AppSource, AppType, BuildArgs, CNI_LABEL_PREFIX, CSI_LABEL_PREFIX, Instruction,
@@ -55,6 +55,10 @@ use crate::kubefile::{
 /// Pulls a missing base image into the store for one platform (the CLI passes a
 /// registry-client pull); returns a message on failure.
 pub type PullFn<'a> = &'a dyn Fn(&str, &Platform) -> std::result::Result<(), String>;
+
+/// Downloads a remote app source (an `http(s)://` URL) whole; returns a message on failure.
+/// The content is part of the step's cache key, so the download happens on every build.
+pub type FetchFn<'a> = &'a dyn Fn(&str) -> std::result::Result<Vec<u8>, String>;
 
 /// How to build.
 #[derive(Default)]
@@ -77,6 +81,8 @@ pub struct BuildOptions<'a> {
     pub compression: LayerCompression,
     /// Pulls a base image that is not in the store.
     pub pull: Option<PullFn<'a>>,
+    /// Downloads the `http(s)://` sources of APP/CNI/CSI (none: they are refused).
+    pub fetch: Option<FetchFn<'a>>,
 }
 
 /// What a finished step did.
@@ -287,18 +293,11 @@ pub fn build(
                 Instruction::App(app) | Instruction::Cni(app) | Instruction::Csi(app) => {
                     let keyword = instruction.keyword();
                     let mut locals = Vec::new();
+                    let mut remotes = Vec::new();
                     for source in app.parsed_sources() {
                         match source {
                             AppSource::Local(path) => locals.push(path),
-                            AppSource::Remote(url) => {
-                                return Err(BuildError::at(
-                                    span,
-                                    format!(
-                                        "{keyword} {}: remote sources ({url}) are not supported yet; download them into the build context",
-                                        app.name
-                                    ),
-                                ));
-                            }
+                            AppSource::Remote(url) => remotes.push(url),
                         }
                     }
                     let sources = expand_sources(context, span, keyword, &locals)?;
@@ -306,11 +305,37 @@ pub fn build(
                     let dest = format!("{}/", app_dir.display());
                     let mut tree = LayerTree::default();
                     add_sources(context, &mut tree, span, keyword, &sources, &dest, None)?;
-                    let detected = detect_app(&tree, &app_dir);
                     let mut input = InputHasher::new();
                     for source in &sources {
                         input.add_path(context, source, &mut stat)?;
                     }
+                    for url in &remotes {
+                        let name = remote_file_name(url).ok_or_else(|| {
+                            BuildError::at(
+                                span,
+                                format!("{keyword} {}: {url} names no file", app.name),
+                            )
+                        })?;
+                        let Some(fetch) = options.fetch else {
+                            return Err(BuildError::at(
+                                span,
+                                format!(
+                                    "{keyword} {}: remote sources ({url}) cannot be downloaded by this build",
+                                    app.name
+                                ),
+                            ));
+                        };
+                        let data = fetch(url).map_err(|message| {
+                            BuildError::at(
+                                span,
+                                format!("{keyword} {}: downloading {url}: {message}", app.name),
+                            )
+                        })?;
+                        input.add_bytes("remote", url.as_bytes());
+                        input.add_bytes("content", Digest::sha256(&data).to_string().as_bytes());
+                        tree.insert(app_dir.join(name), Node::Data(data.into(), 0o644));
+                    }
+                    let detected = detect_app(&tree, &app_dir);
                     let key = state.key.next(&text, &input.finish());
                     let outcome = layer_step(&mut state, key, &mut || {
                         write_layer(&tree, context, epoch, options.compression, &ingest)
@@ -455,6 +480,15 @@ pub fn build(
     }
     cache.save_stat_cache(context, &mut stat)?;
     Ok(report)
+}
+
+/// The file name a downloaded source gets: the last segment of the URL's path.
+fn remote_file_name(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = rest.split(['?', '#']).next().unwrap_or("");
+    let (_, path) = path.split_once('/')?;
+    let name = path.rsplit('/').next()?;
+    (!name.is_empty() && name != "." && name != "..").then(|| name.to_owned())
 }
 
 /// Appends a layer and its history entry.
@@ -690,4 +724,20 @@ fn write_image(
         digest,
         bytes.len() as u64,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remote_file_name;
+
+    #[test]
+    fn remote_file_names() {
+        assert_eq!(
+            remote_file_name("https://x.io/a/calico.yaml?x=1#f").as_deref(),
+            Some("calico.yaml")
+        );
+        assert_eq!(remote_file_name("https://x.io/").as_deref(), None);
+        assert_eq!(remote_file_name("https://x.io").as_deref(), None);
+        assert_eq!(remote_file_name("http://x.io/a/..").as_deref(), None);
+    }
 }

@@ -145,6 +145,9 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
             LayerCompressionArg::Zstd => LayerCompression::Zstd,
         },
         pull: Some(&pull),
+        // Remote (http(s)://) app sources need a downloader; until registry-client offers
+        // one, the engine refuses them with a message naming the step.
+        fetch: None,
     };
     let mut steps = Steps {
         spinner: None,
