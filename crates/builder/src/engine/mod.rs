@@ -701,7 +701,10 @@ fn write_image(
     let mut manifest_annotations = annotations.clone();
     manifest_annotations.insert(
         EXTENSION_ANNOTATION.to_owned(),
-        String::from_utf8(to_json(&extension)?).unwrap_or_default(),
+        serde_json::to_string(&extension).map_err(|error| BuildError::Io {
+            what: "encoding JSON".to_owned(),
+            source: std::io::Error::other(error),
+        })?,
     );
     let manifest = Manifest {
         schema_version: 2,
