@@ -11,6 +11,7 @@ macro_rules! say {
 
 mod cli;
 mod commands;
+mod download;
 mod progress;
 
 use std::process::ExitCode;

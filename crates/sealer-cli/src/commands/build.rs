@@ -17,6 +17,7 @@ use sealer_registry_client::{NoProgress, PlatformSelection};
 
 use super::{registry_client, runtime, split_file};
 use crate::cli::{BuildArgs, LayerCompressionArg};
+use crate::download::Downloader;
 
 /// Prints one line per finished step; a spinner on stderr while a step runs (terminals
 /// only).
@@ -132,6 +133,19 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
             .map(|_| ())
             .map_err(|e| format!("pulling: {e}"))
     };
+    let downloader = std::cell::OnceCell::new();
+    let fetch = |url: &str| -> Result<Vec<u8>, String> {
+        let downloader = match downloader.get() {
+            Some(downloader) => downloader,
+            None => {
+                let made =
+                    Downloader::new(&args.registry.ca_files).map_err(|e| format!("{e:#}"))?;
+                downloader.get_or_init(|| made)
+            }
+        };
+        eprintln!("Downloading {url}");
+        downloader.get(url).map_err(|e| format!("{e:#}"))
+    };
     let options = BuildOptions {
         tags,
         build_args: pairs("--build-arg", &args.build_args)?,
@@ -145,9 +159,7 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
             LayerCompressionArg::Zstd => LayerCompression::Zstd,
         },
         pull: Some(&pull),
-        // Remote (http(s)://) app sources need a downloader; until registry-client offers
-        // one, the engine refuses them with a message naming the step.
-        fetch: None,
+        fetch: Some(&fetch),
     };
     let mut steps = Steps {
         spinner: None,

@@ -157,3 +157,68 @@ fn a_missing_base_is_pulled_and_its_apps_inherited() {
     );
     second.ok(&["fsck"]);
 }
+
+/// Serves `body` at `/web.yaml` (404 elsewhere) on a loopback port, for `requests`
+/// connections; returns the base URL.
+fn serve_once(body: &'static str, requests: usize) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(requests) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let response = if request_line.starts_with("GET /web.yaml ") {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_owned()
+            };
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    url
+}
+
+#[test]
+fn remote_app_sources_are_downloaded() {
+    let url = serve_once("kind: Deployment\n", 3);
+    let store = temp();
+    let context = temp();
+    std::fs::write(
+        context.path().join("Kubefile"),
+        format!("FROM scratch\nAPP web {url}/web.yaml\nLAUNCH [\"web\"]\n"),
+    )
+    .expect("write");
+    let sealer = Sealer::new(store.path());
+    let out = sealer.ok(&["build", "-t", "localhost/web:v1", arg(context.path())]);
+    assert!(out.contains("1 layers built"), "{out}");
+    let again = sealer.ok(&["build", "-t", "localhost/web:v1", arg(context.path())]);
+    assert!(
+        again.contains("0 layers built, 1 from the cache"),
+        "{again}"
+    );
+    let inspected = sealer.inspect(&["localhost/web:v1"]);
+    assert_eq!(inspected["sealer"]["applications"][0]["type"], "kube");
+    assert_eq!(
+        inspected["sealer"]["applications"][0]["launchfiles"][0],
+        "web.yaml"
+    );
+
+    std::fs::write(
+        context.path().join("Kubefile"),
+        format!("FROM scratch\nAPP web {url}/missing.yaml\n"),
+    )
+    .expect("write");
+    let out = sealer.fails(&["build", "-t", "localhost/web:v2", arg(context.path())]);
+    assert!(out.contains("Kubefile:2:1") && out.contains("404"), "{out}");
+}

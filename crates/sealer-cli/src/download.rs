@@ -1,0 +1,88 @@
+//! Downloads of `http(s)://` app sources for `sealer build` (the engine's fetch hook):
+//! the system's CA certificates (plus `--ca-file`s), redirects followed (never from HTTPS
+//! to plain HTTP), a size limit, an error for any non-2xx status.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
+use sealer_fs_abstraction::{Fs as _, RealFs};
+
+/// Largest app source downloaded (they are manifests and scripts, held in memory).
+pub const MAX_DOWNLOAD: u64 = 256 << 20;
+
+/// A downloader with its own runtime.
+pub struct Downloader {
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+impl Downloader {
+    /// A downloader trusting the system CAs and `ca_files`.
+    pub fn new(ca_files: &[PathBuf]) -> Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        for path in ca_files {
+            let name = path
+                .file_name()
+                .with_context(|| format!("{} does not name a file", path.display()))?;
+            let dir = match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => std::path::Path::new("."),
+            };
+            let bytes = RealFs::open_root(dir)?.read(std::path::Path::new(name))?;
+            for certificate in CertificateDer::pem_slice_iter(&bytes) {
+                roots
+                    .add(certificate.with_context(|| format!("CA file {}", path.display()))?)
+                    .with_context(|| format!("CA file {}", path.display()))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let redirect = reqwest::redirect::Policy::custom(|attempt| {
+            let downgrade = attempt.url().scheme() == "http"
+                && attempt.previous().iter().any(|url| url.scheme() == "https");
+            if downgrade || attempt.previous().len() > 10 {
+                attempt.error("refusing the redirect (to plain HTTP, or too many)")
+            } else {
+                attempt.follow()
+            }
+        });
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(60))
+            .redirect(redirect)
+            .build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        Ok(Self { runtime, client })
+    }
+
+    /// The body of `url`, at most [`MAX_DOWNLOAD`] bytes.
+    pub fn get(&self, url: &str) -> Result<Vec<u8>> {
+        self.runtime.block_on(async {
+            let mut response = self.client.get(url).send().await?;
+            let status = response.status();
+            if !status.is_success() {
+                bail!("HTTP {status}");
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await? {
+                body.extend_from_slice(&chunk);
+                if body.len() as u64 > MAX_DOWNLOAD {
+                    bail!("larger than {MAX_DOWNLOAD} bytes");
+                }
+            }
+            Ok(body)
+        })
+    }
+}
