@@ -1,3 +1,275 @@
 //! Finds every container image a cluster needs in Kubernetes YAML, Helm charts, image lists
 //! and application directories, with the file and line that asked for each.
+//!
+//! The scan is structural: every document of every YAML file is parsed into a tree whose
+//! scalars keep their source text (`tag: 1.20` is `1.20`, not the number 1.2). Rules:
+//!
+//! * [`Rule::PodSpec`]: `image` of `containers`, `initContainers` and `ephemeralContainers`
+//!   in the pod template of every workload kind (Pod, Deployment, StatefulSet, DaemonSet,
+//!   ReplicaSet, Job, CronJob, ReplicationController, PodTemplate; `List` items too).
+//! * [`Rule::ImageField`]: any other `image:` string anywhere (CRDs, operators, values).
+//! * [`Rule::HelmValues`]: `{registry, repository, tag, digest}` / `{repository, tag}` mappings
+//!   (a lone `repository` under an `image` key); in a chart an absent or empty `tag` is the
+//!   chart's `appVersion`.
+//! * [`Rule::TemplateLine`]: `image:` lines of templates that are not YAML (Helm templates);
+//!   templated values (`{{`, `${`) are warnings, never dropped silently.
+//! * [`Rule::ImageList`]: image list files (one reference per line, `#` comments, blanks).
+//!
+//! What is scanned, below the root: `manifests/` (`*.yaml`, `*.yml`, `*.tmpl`, `*.txt` image
+//! lists, `imageList`), `charts/`, `application/apps/` (YAML, charts, `imageList`), and the
+//! root's `imageList`. A root with none of these is scanned whole like `manifests/`. A
+//! directory holding `Chart.yaml` is a Helm chart (its `values.yaml`, `templates/`, `crds/`
+//! and subcharts under `charts/`); `.tgz` charts are read in memory. References are
+//! normalised (`nginx` → `docker.io/library/nginx:latest`) and deduplicated, each keeping
+//! every place that asked for it.
 #![deny(missing_docs)]
+
+mod rules;
+mod tree;
+mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use sealer_fs_abstraction::{Fs, FsError};
+use sealer_image_store::Reference;
+use serde::Serialize;
+
+pub use tree::scan;
+
+/// What to scan besides the tree.
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    /// Image lists whose images are added (`--image-list`).
+    pub image_lists: Vec<ImageListFile>,
+    /// Image lists whose images are removed from the result (`--ignored-image-list`). An
+    /// entry without tag or digest removes every tag of its repository.
+    pub ignored_image_lists: Vec<ImageListFile>,
+}
+
+/// An image list given from outside the scanned tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageListFile {
+    /// How the file is named in provenance and warnings.
+    pub name: String,
+    /// Its content.
+    pub text: String,
+}
+
+impl ImageListFile {
+    /// Reads `path` from `fs`; the name is `fs`'s display path of it.
+    pub fn read(fs: &dyn Fs, path: &Path) -> Result<Self, ScanError> {
+        let name = fs.display_path(path).display().to_string();
+        let data = fs.read(path)?;
+        let text = String::from_utf8(data).map_err(|_| ScanError::NotUtf8 {
+            path: fs.display_path(path),
+        })?;
+        Ok(Self { name, text })
+    }
+}
+
+/// Why a scan failed (problems inside single files are [`Warning`]s instead).
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The tree could not be read.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// An image list given explicitly is not UTF-8.
+    #[error("{} is not UTF-8 text", path.display())]
+    NotUtf8 {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// The rule that found an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rule {
+    /// A container of a workload's pod template.
+    PodSpec,
+    /// An `image:` string elsewhere (CRDs, operators, values).
+    ImageField,
+    /// A Helm-values `{registry, repository, tag, digest}` mapping.
+    HelmValues,
+    /// An `image:` line of a template that is not YAML.
+    TemplateLine,
+    /// A line of an image list file in the tree.
+    ImageList,
+    /// A line of an image list given with `--image-list`.
+    ExtraImageList,
+}
+
+impl Rule {
+    /// The rule's name, as in JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PodSpec => "pod-spec",
+            Self::ImageField => "image-field",
+            Self::HelmValues => "helm-values",
+            Self::TemplateLine => "template-line",
+            Self::ImageList => "image-list",
+            Self::ExtraImageList => "extra-image-list",
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where an image was asked for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Provenance {
+    /// The file, relative to the scanned root (`charts/a-1.0.tgz!/a/values.yaml` inside an
+    /// archive; the given name for `--image-list` files).
+    pub file: String,
+    /// The 1-based line.
+    pub line: usize,
+    /// The rule that matched.
+    pub rule: Rule,
+}
+
+impl fmt::Display for Provenance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{} ({})", self.file, self.line, self.rule)
+    }
+}
+
+/// One image and every place that asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The normalised reference (digests kept).
+    #[serde(serialize_with = "display")]
+    pub reference: Reference,
+    /// Where it was found, in scan order.
+    pub sources: Vec<Provenance>,
+}
+
+/// Something that looked like an image but could not be used, or a file that could not be
+/// scanned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Warning {
+    /// The file, as in [`Provenance::file`].
+    pub file: String,
+    /// The 1-based line, when the problem has one.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.file, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// The result of [`scan`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ScanReport {
+    /// The images, sorted by reference.
+    pub images: Vec<Finding>,
+    /// Problems, in scan order.
+    pub warnings: Vec<Warning>,
+}
+
+fn display<T: fmt::Display, S: serde::Serializer>(
+    value: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
+/// Gathers findings (deduplicated by reference) and warnings.
+#[derive(Debug, Default)]
+pub(crate) struct Collector {
+    images: BTreeMap<String, Finding>,
+    warnings: Vec<Warning>,
+}
+
+impl Collector {
+    /// Records `text` as an image: a finding if it is a valid reference, else a warning.
+    pub(crate) fn image(&mut self, text: &str, file: &str, line: usize, rule: Rule) {
+        let text = text.trim();
+        if text.contains("{{") || text.contains("${") || text.contains("$(") {
+            self.warn(
+                file,
+                Some(line),
+                format!("templated image {text:?} (not resolved; render it or list it)"),
+            );
+            return;
+        }
+        let reference = match text.parse::<Reference>() {
+            Ok(reference) => reference,
+            Err(error) => {
+                self.warn(file, Some(line), error.to_string());
+                return;
+            }
+        };
+        let provenance = Provenance {
+            file: file.to_owned(),
+            line,
+            rule,
+        };
+        let finding = self
+            .images
+            .entry(reference.to_string())
+            .or_insert_with(|| Finding {
+                reference,
+                sources: Vec::new(),
+            });
+        if !finding.sources.contains(&provenance) {
+            finding.sources.push(provenance);
+        }
+    }
+
+    /// Records a warning.
+    pub(crate) fn warn(&mut self, file: &str, line: Option<usize>, message: String) {
+        tracing::debug!(file, ?line, %message, "scan warning");
+        self.warnings.push(Warning {
+            file: file.to_owned(),
+            line,
+            message,
+        });
+    }
+
+    /// Removes the images of an ignore list: exact references, or every tag and digest of a
+    /// repository for an entry written without tag or digest.
+    pub(crate) fn ignore(&mut self, list: &ImageListFile) {
+        for (index, line) in list.text.lines().enumerate() {
+            let entry = line.split('#').next().unwrap_or_default().trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let reference = match entry.parse::<Reference>() {
+                Ok(reference) => reference,
+                Err(error) => {
+                    self.warn(&list.name, Some(index + 1), error.to_string());
+                    continue;
+                }
+            };
+            let last = entry.rsplit('/').next().unwrap_or(entry);
+            let bare = !last.contains(':') && !entry.contains('@');
+            self.images.retain(|_, finding| {
+                if bare {
+                    finding.reference.name() != reference.name()
+                } else {
+                    finding.reference != reference
+                }
+            });
+        }
+    }
+
+    fn finish(self) -> ScanReport {
+        ScanReport {
+            images: self.images.into_values().collect(),
+            warnings: self.warnings,
+        }
+    }
+}

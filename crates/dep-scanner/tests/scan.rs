@@ -1,0 +1,318 @@
+//! The scanner against the fixture cluster tree (tests/fixtures/cluster) and `.tgz` charts built
+//! here: exact findings, rules and lines.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::Path;
+
+use sealer_dep_scanner::{ImageListFile, Rule, ScanOptions, ScanReport, scan};
+use sealer_fs_abstraction::{Fs, RealFs};
+
+const D1: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
+const D2: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000002";
+
+fn fixture() -> RealFs {
+    RealFs::open_root(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cluster")).unwrap()
+}
+
+/// `(reference, [(file, line, rule)])`.
+type Image = (String, Vec<(String, usize, Rule)>);
+
+/// One [`Image`] per finding.
+fn images(report: &ScanReport) -> Vec<Image> {
+    report
+        .images
+        .iter()
+        .map(|finding| {
+            (
+                finding.reference.to_string(),
+                finding
+                    .sources
+                    .iter()
+                    .map(|source| (source.file.clone(), source.line, source.rule))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn warnings(report: &ScanReport) -> Vec<(String, Option<usize>, String)> {
+    report
+        .warnings
+        .iter()
+        .map(|warning| (warning.file.clone(), warning.line, warning.message.clone()))
+        .collect()
+}
+
+fn one(reference: &str, sources: &[(&str, usize, Rule)]) -> (String, Vec<(String, usize, Rule)>) {
+    (
+        reference.to_owned(),
+        sources
+            .iter()
+            .map(|(file, line, rule)| ((*file).to_owned(), *line, *rule))
+            .collect(),
+    )
+}
+
+const INSTALL: &str = "manifests/install.yaml";
+const CRS: &str = "manifests/crs/instances.yaml";
+const LIST: &str = "manifests/imageList";
+const VALUES: &str = "charts/web/values.yaml";
+const TEMPLATE: &str = "charts/web/templates/deployment.yaml";
+
+#[test]
+fn fixture_cluster_findings_are_exact() {
+    let report = scan(&fixture(), &ScanOptions::default()).unwrap();
+    use Rule::*;
+    let expected = vec![
+        one(
+            "docker.io/bitnami/postgresql:16.2.0",
+            &[(CRS, 7, ImageField)],
+        ),
+        // `tag: ""` in a chart's values: the chart's appVersion.
+        one("docker.io/demo/web:2.4.1", &[(VALUES, 3, HelmValues)]),
+        one(
+            "docker.io/fluent/fluent-bit:3.0.4",
+            &[(TEMPLATE, 16, TemplateLine)],
+        ),
+        one("docker.io/library/alpine:3.19", &[(CRS, 15, PodSpec)]),
+        one("docker.io/library/busybox:1.36", &[(CRS, 15, PodSpec)]),
+        one(
+            "docker.io/library/busybox:latest",
+            &[(LIST, 6, ImageList), (INSTALL, 59, PodSpec)],
+        ),
+        // Unquoted `tag: 1.20` stays 1.20.
+        one("docker.io/library/nginx:1.20", &[(VALUES, 11, HelmValues)]),
+        // Only from the list: the ConfigMap's `defaultImage` and text block are not image keys.
+        one("docker.io/library/nginx:1.25", &[(LIST, 3, ImageList)]),
+        one(
+            "docker.io/prom/postgres-exporter:v0.15.0",
+            &[(CRS, 9, ImageField)],
+        ),
+        one(
+            "gcr.io/kubebuilder/kube-rbac-proxy:v0.15.0",
+            &[(INSTALL, 41, PodSpec)],
+        ),
+        one("ghcr.io/demo/controller:v1.4.0", &[(INSTALL, 37, PodSpec)]),
+        one(
+            &format!("ghcr.io/demo/exporter@{D2}"),
+            &[(VALUES, 16, HelmValues)],
+        ),
+        one("quay.io/a/b:1.2", &[(VALUES, 8, HelmValues)]),
+        one("quay.io/demo/backup:1.20", &[(CRS, 12, HelmValues)]),
+        one("quay.io/demo/migrate:v1.4.0", &[(INSTALL, 33, PodSpec)]),
+        one(
+            "quay.io/prometheus/node-exporter:v1.8.0",
+            &[("application/apps/monitoring/node-exporter.yaml", 8, PodSpec)],
+        ),
+        one(
+            &format!("registry.k8s.io/kubectl:v1.30.0@{D1}"),
+            &[(INSTALL, 76, PodSpec)],
+        ),
+        one("registry.k8s.io/pause:3.9", &[(LIST, 4, ImageList)]),
+    ];
+    assert_eq!(images(&report), expected);
+
+    let warnings = warnings(&report);
+    let places: Vec<(&str, Option<usize>)> = warnings
+        .iter()
+        .map(|(file, line, _)| (file.as_str(), *line))
+        .collect();
+    assert_eq!(
+        places,
+        [(CRS, Some(22)), (CRS, Some(24)), (TEMPLATE, Some(14))],
+        "{warnings:#?}"
+    );
+    assert!(warnings[0].2.contains("templated image \"${CACHE_IMAGE}\""));
+    assert!(warnings[1].2.contains("Not A Valid:Image"));
+    assert!(warnings[2].2.contains("{{ .Values.image.repository }}"));
+}
+
+#[test]
+fn image_lists_add_and_ignore() {
+    let options = ScanOptions {
+        image_lists: vec![ImageListFile {
+            name: "extra.txt".to_owned(),
+            text: "# extra\nquay.io/extra/one:1\n\nbusybox\n".to_owned(),
+        }],
+        ignored_image_lists: vec![ImageListFile {
+            name: "ignored.txt".to_owned(),
+            // A bare name drops every tag; a tagged one only that tag.
+            text: "busybox # all tags\nnginx:1.20\nquay.io/demo/migrate:v9\n".to_owned(),
+        }],
+    };
+    let report = scan(&fixture(), &options).unwrap();
+    let references: Vec<String> = report
+        .images
+        .iter()
+        .map(|finding| finding.reference.to_string())
+        .collect();
+    assert!(references.contains(&"quay.io/extra/one:1".to_owned()));
+    assert!(!references.iter().any(|r| r.contains("library/busybox")));
+    assert!(!references.contains(&"docker.io/library/nginx:1.20".to_owned()));
+    assert!(references.contains(&"docker.io/library/nginx:1.25".to_owned()));
+    assert!(references.contains(&"quay.io/demo/migrate:v1.4.0".to_owned()));
+    let extra = report
+        .images
+        .iter()
+        .find(|finding| finding.reference.to_string() == "quay.io/extra/one:1")
+        .unwrap();
+    assert_eq!(extra.sources[0].file, "extra.txt");
+    assert_eq!(extra.sources[0].line, 2);
+    assert_eq!(extra.sources[0].rule, Rule::ExtraImageList);
+}
+
+/// A gzip'd tar of `(path, content)` entries, as `helm package` writes.
+fn tgz(entries: &[(&str, &str)]) -> Vec<u8> {
+    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut builder = tar::Builder::new(encoder);
+    for (path, content) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder
+            .append_data(&mut header, path, content.as_bytes())
+            .unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+#[test]
+fn tgz_charts_and_subcharts_are_read_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = RealFs::open_root(dir.path()).unwrap();
+    fs.create_dir_all(Path::new("charts")).unwrap();
+    let sub = tgz(&[
+        (
+            "db/Chart.yaml",
+            "apiVersion: v2\nname: db\nversion: 1.0.0\nappVersion: 16.1\n",
+        ),
+        (
+            "db/values.yaml",
+            "image:\n  repository: postgres\n  tag: ''\n",
+        ),
+    ]);
+    // The subchart travels as a .tgz inside the parent .tgz.
+    let mut parent = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    for (path, content) in [
+        (
+            "app/Chart.yaml",
+            "apiVersion: v2\nname: app\nversion: 2.0.0\n",
+        ),
+        (
+            "app/values.yaml",
+            "image:\n  registry: quay.io\n  repository: org/app\n  tag: 1.10\n",
+        ),
+        (
+            "app/templates/job.yaml",
+            "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {{ .Release.Name }}\nspec:\n  template:\n    spec:\n      containers:\n      - name: x\n        image: \"alpine:3.20\"\n",
+        ),
+        ("app/README.md", "image: not-scanned:1\n"),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        parent
+            .append_data(&mut header, path, content.as_bytes())
+            .unwrap();
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_size(sub.len() as u64);
+    header.set_mode(0o644);
+    parent
+        .append_data(&mut header, "app/charts/db-1.0.0.tgz", sub.as_slice())
+        .unwrap();
+    let parent = parent.into_inner().unwrap().finish().unwrap();
+    let mut file = fs.create(Path::new("charts/app-2.0.0.tgz")).unwrap();
+    file.write_all(&parent).unwrap();
+    drop(file);
+    // Not a chart: reported, not silently skipped.
+    let mut file = fs.create(Path::new("charts/other.tgz")).unwrap();
+    file.write_all(&tgz(&[("x/readme.yaml", "a: b\n")]))
+        .unwrap();
+    drop(file);
+
+    let report = scan(&fs, &ScanOptions::default()).unwrap();
+    use Rule::*;
+    assert_eq!(
+        images(&report),
+        vec![
+            one(
+                "docker.io/library/alpine:3.20",
+                // `{{ .Release.Name }}` happens to be valid YAML: the structural rules apply.
+                &[("charts/app-2.0.0.tgz!/app/templates/job.yaml", 10, PodSpec)],
+            ),
+            // appVersion 16.1, unquoted, stays "16.1".
+            one(
+                "docker.io/library/postgres:16.1",
+                &[(
+                    "charts/app-2.0.0.tgz!/app/charts/db-1.0.0.tgz!/db/values.yaml",
+                    2,
+                    HelmValues
+                )],
+            ),
+            one(
+                "quay.io/org/app:1.10",
+                &[("charts/app-2.0.0.tgz!/app/values.yaml", 3, HelmValues)],
+            ),
+        ]
+    );
+    assert_eq!(
+        warnings(&report),
+        vec![(
+            "charts/other.tgz".to_owned(),
+            None,
+            "not scanned: an archive without Chart.yaml".to_owned()
+        )]
+    );
+}
+
+#[test]
+fn a_plain_directory_is_scanned_whole_and_bad_yaml_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = RealFs::open_root(dir.path()).unwrap();
+    fs.write_atomic(
+        Path::new("app.yml"),
+        b"kind: List\nitems:\n- kind: StatefulSet\n  spec:\n    template:\n      spec:\n        containers:\n        - {name: a, image: \"redis:7.2\"}\n",
+    )
+    .unwrap();
+    fs.write_atomic(Path::new("bad.yaml"), b"a: [b\nc: d\n")
+        .unwrap();
+    fs.write_atomic(Path::new("images.txt"), b"# none\nquay.io/x/y:2\n")
+        .unwrap();
+    let report = scan(&fs, &ScanOptions::default()).unwrap();
+    use Rule::*;
+    assert_eq!(
+        images(&report),
+        vec![
+            one("docker.io/library/redis:7.2", &[("app.yml", 8, PodSpec)]),
+            one("quay.io/x/y:2", &[("images.txt", 2, ImageList)]),
+        ]
+    );
+    let warnings = warnings(&report);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].0, "bad.yaml");
+    assert!(
+        warnings[0].2.starts_with("not scanned: not YAML"),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn the_report_serialises_to_json() {
+    let report = scan(&fixture(), &ScanOptions::default()).unwrap();
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(
+        json["images"][0]["reference"],
+        "docker.io/bitnami/postgresql:16.2.0"
+    );
+    assert_eq!(
+        json["images"][0]["sources"][0],
+        serde_json::json!({"file": CRS, "line": 7, "rule": "image-field"})
+    );
+    assert_eq!(json["warnings"][0]["line"], 22);
+}
