@@ -51,6 +51,9 @@ pub enum Command {
     Login(LoginArgs),
     /// Remove a registry's saved credentials.
     Logout(LogoutArgs),
+    /// List the container images a cluster image's tree needs (manifests, charts, image
+    /// lists, application/apps), with the file and line asking for each.
+    Scan(ScanArgs),
     /// Run an OCI registry over the store.
     Registry {
         /// What to do.
@@ -216,6 +219,23 @@ pub struct ImagesArgs {
     /// Show full digests.
     #[arg(long)]
     pub digests: bool,
+}
+
+/// `sealer scan`.
+#[derive(Debug, clap::Args)]
+pub struct ScanArgs {
+    /// The tree to scan (a build context or an unpacked cluster image root).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Add the images of this list (one per line, `#` comments).
+    #[arg(long = "image-list", value_name = "FILE")]
+    pub image_lists: Vec<PathBuf>,
+    /// Leave out the images of this list (a name without tag leaves out all its tags).
+    #[arg(long = "ignored-image-list", value_name = "FILE")]
+    pub ignored_image_lists: Vec<PathBuf>,
 }
 
 /// `sealer tag`.

@@ -13,6 +13,7 @@ mod push;
 mod registry;
 mod rmi;
 mod save;
+mod scan;
 mod tag;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Push(args) => push::run(&existing()?, &args),
         Command::Login(args) => login::login(&args),
         Command::Logout(args) => login::logout(&args),
+        Command::Scan(args) => scan::run(&args),
         Command::Registry { command } => registry::run(cli.root.as_deref(), &command),
     }
 }

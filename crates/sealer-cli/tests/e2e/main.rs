@@ -22,5 +22,6 @@ mod lifecycle;
 mod mirror_config;
 mod registry;
 mod roundtrip;
+mod scan;
 mod serve;
 mod support;
