@@ -619,10 +619,15 @@ fn several_platforms_make_an_index_and_foreign_runs_fail() {
     let report = try_build(
         &store.store,
         &context,
-        "FROM scratch\nCOPY bin/${ARCH}/tool /bin/tool\n",
+        "FROM scratch\nCOPY bin /all/\nCOPY bin/${ARCH}/tool /bin/tool\n",
         &opts,
     )
     .expect("build");
+    assert_eq!(
+        layer_outcomes(&report),
+        vec![false, false, true, false],
+        "the second platform reuses the layer of the step without ${{ARCH}}"
+    );
     let entry = store.store.lookup("multi:1").expect("lookup");
     let ManifestDocument::Index(index) =
         store.store.read_manifest(&entry.descriptor).expect("read")

@@ -230,6 +230,13 @@ pub fn build(
                                   key: CacheKey,
                                   make: &mut dyn FnMut() -> Result<BuiltLayer>|
              -> Result<StepOutcome> {
+                // A layer this build already made (another platform's identical step).
+                if let Some((_, entry)) = new_entries.iter().find(|(made, _)| *made == key) {
+                    let entry = entry.clone();
+                    push_layer(state, &entry.layer, &entry.diff_id, &text, epoch);
+                    state.key = key;
+                    return Ok(StepOutcome::Cached);
+                }
                 if !options.no_cache
                     && let Some(entry) = cache.get(&key)?
                 {
