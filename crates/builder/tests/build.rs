@@ -608,6 +608,66 @@ fn remote_app_sources_come_through_the_fetch_hook_and_key_on_their_content() {
 }
 
 #[test]
+fn add_extracts_archives_and_downloads_urls() {
+    let store = store();
+    let context = Context::new(&[("notes.txt", "n")]);
+    // A gzipped tar made with the tar crate, written into the context.
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(5);
+    header.set_mode(0o755);
+    header.set_cksum();
+    builder
+        .append_data(&mut header, "bin/kubectl", &b"#!/sh"[..])
+        .expect("append");
+    let tar = builder.into_inner().expect("tar");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar).expect("gzip");
+    let gz = gz.finish().expect("gzip");
+    context
+        .fs
+        .write_atomic(Path::new("tools.tar.gz"), &gz)
+        .expect("write");
+    let fetch = |url: &str| -> Result<Vec<u8>, String> {
+        assert_eq!(url, "https://example.com/calico.yaml");
+        Ok(b"kind: DaemonSet\n".to_vec())
+    };
+    let mut opts = options(&["add:1"]);
+    opts.fetch = Some(&fetch);
+    let kubefile = "FROM scratch\nADD tools.tar.gz /opt\nADD notes.txt https://example.com/calico.yaml /docs/\n";
+    let report = try_build(&store.store, &context, kubefile, &opts).expect("build");
+    let root = unpacked(&store.store, &report.descriptor.digest.to_string());
+    let fs = RealFs::open_root(root.path()).expect("open");
+    assert_eq!(
+        fs.read(Path::new("opt/bin/kubectl")).expect("extracted"),
+        b"#!/sh"
+    );
+    assert_eq!(
+        fs.symlink_metadata(Path::new("opt/bin/kubectl"))
+            .expect("stat")
+            .mode
+            & 0o777,
+        0o755
+    );
+    assert_eq!(fs.read(Path::new("docs/notes.txt")).expect("copied"), b"n");
+    assert_eq!(
+        fs.read(Path::new("docs/calico.yaml")).expect("downloaded"),
+        b"kind: DaemonSet\n"
+    );
+    let again = try_build(&store.store, &context, kubefile, &opts).expect("build");
+    assert_eq!(layer_outcomes(&again), vec![true, true]);
+    let error = try_build(
+        &store.store,
+        &context,
+        "FROM scratch\nCOPY https://example.com/calico.yaml /x\n",
+        &opts,
+    )
+    .expect_err("COPY of a URL")
+    .to_string();
+    assert!(error.contains("COPY cannot download a URL"), "{error}");
+}
+
+#[test]
 fn several_platforms_make_an_index_and_foreign_runs_fail() {
     let store = store();
     let context = Context::new(&[("bin/amd64/tool", "x86"), ("bin/arm64/tool", "arm")]);

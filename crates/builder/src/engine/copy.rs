@@ -156,7 +156,7 @@ fn check_source(
 }
 
 /// The destination directory or file as a rootfs path (relative; empty for the root).
-fn dest_path(dest: &str) -> PathBuf {
+pub(crate) fn dest_path(dest: &str) -> PathBuf {
     dest.split('/')
         .filter(|part| !part.is_empty() && *part != ".")
         .collect()
@@ -265,6 +265,99 @@ pub(crate) fn add_sources(
     Ok(())
 }
 
+/// Whether the context file `path` is a tar archive ADD extracts: a plain tar (`ustar` at
+/// offset 257), or gzip/zstd-compressed with a `.tar.gz`, `.tgz`, `.tar.zst` name.
+pub(crate) fn is_archive(context: &dyn Fs, path: &Path) -> Result<bool> {
+    if context.metadata(path)?.kind != FileKind::File {
+        return Ok(false);
+    }
+    let mut head = [0u8; 512];
+    let mut file = context.open(path)?;
+    let mut filled = 0;
+    while filled < head.len() {
+        let read = std::io::Read::read(&mut file, &mut head[filled..]).map_err(|source| {
+            BuildError::Io {
+                what: format!("reading {}", path.display()),
+                source,
+            }
+        })?;
+        if read == 0 {
+            break;
+        }
+        filled += read;
+    }
+    let name = path.to_string_lossy();
+    let compressed_name = [".tar.gz", ".tgz", ".tar.zst"]
+        .iter()
+        .any(|ext| name.ends_with(ext));
+    let gzip = head.starts_with(&[0x1f, 0x8b]);
+    let zstd = head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+    Ok((filled == 512 && &head[257..262] == b"ustar") || (compressed_name && (gzip || zstd)))
+}
+
+/// Extracts the archive `path` of the context into a new temporary directory (confined:
+/// `..` names, links out and device nodes are refused or skipped) and adds its entries to
+/// `tree` under `dest`. The returned directory must live until the layer is written.
+pub(crate) fn add_archive(
+    context: &dyn Fs,
+    tree: &mut LayerTree,
+    span: &Span,
+    path: &Path,
+    dest: &str,
+) -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("sealer-build-add-")
+        .tempdir()
+        .map_err(|source| BuildError::Io {
+            what: "creating a temporary directory".to_owned(),
+            source,
+        })?;
+    let fs: std::sync::Arc<dyn Fs> =
+        std::sync::Arc::new(sealer_fs_abstraction::RealFs::open_root(dir.path())?);
+    let file = context.open(path)?;
+    let mut head = std::io::BufReader::new(file);
+    let magic = std::io::BufRead::fill_buf(&mut head).map_err(|source| BuildError::Io {
+        what: format!("reading {}", path.display()),
+        source,
+    })?;
+    let reader: Box<dyn std::io::Read> = if magic.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::MultiGzDecoder::new(head))
+    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(
+            zstd::stream::read::Decoder::new(head).map_err(|source| BuildError::Io {
+                what: format!("reading {}", path.display()),
+                source,
+            })?,
+        )
+    } else {
+        Box::new(head)
+    };
+    let options = sealer_fs_abstraction::tar::UnpackOptions {
+        whiteouts: false,
+        skip_special: true,
+        preserve_mtime: false,
+    };
+    sealer_fs_abstraction::tar::unpack(fs.as_ref(), Path::new("."), reader, &options)
+        .map_err(|error| BuildError::at(span, format!("ADD {}: {error}", path.display())))?;
+    let dest = dest_path(dest);
+    for entry in fs.walk(Path::new("."))? {
+        let target = dest.join(&entry.path);
+        let node = match entry.metadata.kind {
+            FileKind::Dir => Node::Dir(entry.metadata.mode),
+            FileKind::File => Node::Extern {
+                fs: fs.clone(),
+                source: entry.path.clone(),
+                mode: entry.metadata.mode,
+                len: entry.metadata.len,
+            },
+            FileKind::Symlink => Node::Symlink(fs.read_link(&entry.path)?),
+            FileKind::Other => continue,
+        };
+        tree.insert(target, node);
+    }
+    Ok(dir)
+}
+
 /// An app's detected type and its launch files (relative to its app directory).
 pub(crate) fn detect_app(tree: &LayerTree, app_dir: &Path) -> Option<(AppType, Vec<String>)> {
     let mut files = Vec::new();
@@ -278,7 +371,7 @@ pub(crate) fn detect_app(tree: &LayerTree, app_dir: &Path) -> Option<(AppType, V
         }
         match node {
             Node::Dir(_) => dirs.push(relative.to_path_buf()),
-            Node::File { .. } | Node::Symlink(_) | Node::Data(..) => {
+            Node::File { .. } | Node::Symlink(_) | Node::Data(..) | Node::Extern { .. } => {
                 files.push(relative.to_path_buf())
             }
             Node::Whiteout => {}

@@ -48,7 +48,7 @@ impl LayerCompression {
 }
 
 /// One entry of a layer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Node {
     /// A directory with these permission bits.
     Dir(u32),
@@ -65,6 +65,17 @@ pub(crate) enum Node {
     Symlink(PathBuf),
     /// A regular file with this content (a downloaded source) and permission bits.
     Data(std::sync::Arc<[u8]>, u32),
+    /// A regular file of another `Fs` than the layer's source (an extracted ADD archive).
+    Extern {
+        /// Where it is.
+        fs: std::sync::Arc<dyn Fs>,
+        /// Its path there.
+        source: PathBuf,
+        /// Permission bits.
+        mode: u32,
+        /// Size in bytes.
+        len: u64,
+    },
     /// An OCI whiteout: the entry of this name in lower layers is deleted.
     Whiteout,
 }
@@ -268,6 +279,15 @@ fn write_tar(
             }
             Node::Symlink(target) => writer.append_symlink(path, target)?,
             Node::Data(data, mode) => writer.append_file(path, *mode, data)?,
+            Node::Extern {
+                fs,
+                source,
+                mode,
+                len,
+            } => {
+                let file = fs.open(source)?;
+                writer.append_reader(path, *mode, *len, file)?;
+            }
             Node::Whiteout => writer.append_file(path, 0, &[])?,
         }
     }

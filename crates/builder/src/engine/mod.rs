@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use sealer_fs_abstraction::Fs;
+use sealer_fs_abstraction::{FileKind, Fs};
 use sealer_image_store::model::media_type;
 use sealer_image_store::{
     Descriptor, Digest, Index, Manifest, Platform, Reference, Store, StoreError,
@@ -44,7 +44,9 @@ pub use metadata::{
     Application, EXTENSION_ANNOTATION, EXTENSION_SCHEMA_VERSION, ImageExtension, Launch,
 };
 
-use crate::engine::copy::{add_sources, detect_app, expand_sources, parse_chmod};
+use crate::engine::copy::{
+    add_archive, add_sources, dest_path, detect_app, expand_sources, is_archive, parse_chmod,
+};
 use crate::engine::layer::{BuiltLayer, LayerTree, Node, write_layer};
 use crate::engine::run::{Rootfs, is_dir_in_layers};
 use crate::kubefile::{
@@ -263,27 +265,58 @@ pub fn build(
                 }
                 Instruction::Copy(copy) | Instruction::Add(copy) => {
                     let keyword = instruction.keyword();
-                    if copy.sources.iter().any(|s| AppSource::parse(s).is_some()) {
+                    let is_add = matches!(instruction, Instruction::Add(_));
+                    let (urls, locals): (Vec<String>, Vec<String>) =
+                        copy.sources.iter().cloned().partition(|source| {
+                            matches!(AppSource::parse(source), Some(AppSource::Remote(_)))
+                        });
+                    if !urls.is_empty() && !is_add {
                         return Err(BuildError::at(
                             span,
-                            format!(
-                                "{keyword} from a URL is not supported: use APP with http(s):// sources"
-                            ),
+                            "COPY cannot download a URL: use ADD, or APP with http(s):// sources",
                         ));
                     }
                     let chmod = parse_chmod(span, copy.chmod.as_deref())?;
-                    let sources = expand_sources(context, span, keyword, &copy.sources)?;
+                    let sources = expand_sources(context, span, keyword, &locals)?;
                     let mut input = InputHasher::new();
                     for source in &sources {
                         input.add_path(context, source, &mut stat)?;
+                    }
+                    let mut downloads = Vec::new();
+                    for url in &urls {
+                        let name = remote_file_name(url).ok_or_else(|| {
+                            BuildError::at(span, format!("ADD {url} names no file"))
+                        })?;
+                        let fetch = options.fetch.ok_or_else(|| {
+                            BuildError::at(span, format!("ADD {url}: this build cannot download"))
+                        })?;
+                        let data = fetch(url).map_err(|message| {
+                            BuildError::at(span, format!("ADD downloading {url}: {message}"))
+                        })?;
+                        input.add_bytes("remote", url.as_bytes());
+                        input.add_bytes("content", Digest::sha256(&data).to_string().as_bytes());
+                        downloads.push((name, data));
+                    }
+                    let count = sources.len() + downloads.len();
+                    if count > 1 && !copy.dest.ends_with('/') {
+                        return Err(BuildError::at(
+                            span,
+                            format!(
+                                "{keyword} with more than one source file needs a directory destination ending with /, not {:?}",
+                                copy.dest
+                            ),
+                        ));
                     }
                     let key = state.key.next(&text, &input.finish());
                     let layers = state.layers.clone();
                     layer_step(&mut state, key, &mut || {
                         // Docker's rule: a file copied onto a directory of the image goes
                         // into it, even without a trailing `/`.
-                        let single_file = matches!(sources.as_slice(), [source]
-                            if context.metadata(source)?.kind == sealer_fs_abstraction::FileKind::File);
+                        let single_file = count == 1
+                            && match sources.as_slice() {
+                                [source] => context.metadata(source)?.kind == FileKind::File,
+                                _ => true,
+                            };
                         let dest = if single_file
                             && !copy.dest.ends_with('/')
                             && is_dir_in_layers(&ingest, &layers, &copy.dest)?
@@ -293,8 +326,35 @@ pub fn build(
                             copy.dest.clone()
                         };
                         let mut tree = LayerTree::default();
-                        add_sources(context, &mut tree, span, keyword, &sources, &dest, chmod)?;
-                        write_layer(&tree, context, epoch, options.compression, &ingest)
+                        let mut plain = Vec::new();
+                        let mut extracted = Vec::new();
+                        for source in &sources {
+                            if is_add && is_archive(context, source)? {
+                                let into = format!("{}/", dest.trim_end_matches('/'));
+                                extracted
+                                    .push(add_archive(context, &mut tree, span, source, &into)?);
+                            } else {
+                                plain.push(source.clone());
+                            }
+                        }
+                        if !plain.is_empty() {
+                            add_sources(context, &mut tree, span, keyword, &plain, &dest, chmod)?;
+                        }
+                        for (name, data) in &downloads {
+                            let target = if dest.ends_with('/') {
+                                dest_path(&dest).join(name)
+                            } else {
+                                dest_path(&dest)
+                            };
+                            tree.insert(
+                                target,
+                                Node::Data(data.clone().into(), chmod.unwrap_or(0o600)),
+                            );
+                        }
+                        let written =
+                            write_layer(&tree, context, epoch, options.compression, &ingest);
+                        drop(extracted);
+                        written
                     })?
                 }
                 Instruction::App(app) | Instruction::Cni(app) | Instruction::Csi(app) => {
