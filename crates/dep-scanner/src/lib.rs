@@ -14,6 +14,7 @@
 //! * [`Rule::TemplateLine`]: `image:` lines of templates that are not YAML (Helm templates);
 //!   templated values (`{{`, `${`) are warnings, never dropped silently.
 //! * [`Rule::ImageList`]: image list files (one reference per line, `#` comments, blanks).
+//! * [`Rule::HelmTemplate`]: with [`ScanOptions::helm`], charts rendered by `helm template`.
 //!
 //! What is scanned, below the root: `manifests/` (`*.yaml`, `*.yml`, `*.tmpl`, `*.txt` image
 //! lists, `imageList`), `charts/`, `application/apps/` (YAML, charts, `imageList`), and the
@@ -46,6 +47,10 @@ pub struct ScanOptions {
     /// Image lists whose images are removed from the result (`--ignored-image-list`). An
     /// entry without tag or digest removes every tag of its repository.
     pub ignored_image_lists: Vec<ImageListFile>,
+    /// The `helm` binary that renders the charts of the tree (`helm template`, default
+    /// values) besides the static rules; when it cannot be started, charts are only scanned
+    /// statically. `None`: never render. Needs an `Fs` whose display paths are real paths.
+    pub helm: Option<PathBuf>,
 }
 
 /// An image list given from outside the scanned tree.
@@ -99,6 +104,9 @@ pub enum Rule {
     ImageList,
     /// A line of an image list given with `--image-list`.
     ExtraImageList,
+    /// A chart rendered by `helm template` with its default values; the line is in the
+    /// rendered output of the template named by the file.
+    HelmTemplate,
 }
 
 impl Rule {
@@ -111,6 +119,7 @@ impl Rule {
             Self::TemplateLine => "template-line",
             Self::ImageList => "image-list",
             Self::ExtraImageList => "extra-image-list",
+            Self::HelmTemplate => "helm-template",
         }
     }
 }

@@ -29,6 +29,14 @@ pub(crate) struct Context<'a> {
     pub(crate) file: &'a str,
     /// The tag of a values shape without one (a chart's `appVersion`).
     pub(crate) default_tag: Option<&'a str>,
+    /// The rule every finding is credited to instead (rendered charts).
+    pub(crate) rule: Option<Rule>,
+}
+
+impl Context<'_> {
+    fn rule(&self, rule: Rule) -> Rule {
+        self.rule.unwrap_or(rule)
+    }
 }
 
 /// Finds the images of one document: pod templates of workloads, then every other `image:`
@@ -62,7 +70,7 @@ pub(crate) fn scan_document(document: &Node, context: &Context<'_>, collector: &
                 .filter_map(|container| container.get("image"))
             {
                 if let Some(text) = present(image) {
-                    collector.image(text, context.file, image.line, Rule::PodSpec);
+                    collector.image(text, context.file, image.line, context.rule(Rule::PodSpec));
                     claimed.insert(image);
                 }
             }
@@ -100,7 +108,12 @@ fn walk(
                     && !claimed.contains(&std::ptr::from_ref(value))
                     && let Some(text) = present(value)
                 {
-                    collector.image(text, context.file, value.line, Rule::ImageField);
+                    collector.image(
+                        text,
+                        context.file,
+                        value.line,
+                        context.rule(Rule::ImageField),
+                    );
                 }
                 walk(value, key, context, claimed, collector);
             }
@@ -144,7 +157,12 @@ fn values_shape(
         text.push('@');
         text.push_str(digest);
     }
-    collector.image(&text, context.file, repository_node.line, Rule::HelmValues);
+    collector.image(
+        &text,
+        context.file,
+        repository_node.line,
+        context.rule(Rule::HelmValues),
+    );
 }
 
 /// Line-based fallback for templates that are not YAML (Go templates): the value of each

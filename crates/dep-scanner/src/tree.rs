@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use sealer_fs_abstraction::{FileKind, Fs};
 
@@ -22,6 +23,9 @@ const MAX_NESTING: usize = 8;
 /// lists of `options`.
 pub fn scan(fs: &dyn Fs, options: &ScanOptions) -> Result<ScanReport, ScanError> {
     let mut collector = Collector::default();
+    let mut renderer = Renderer {
+        helm: options.helm.clone(),
+    };
     let mut found_area = false;
     for (area, text_lists) in [
         ("manifests", true),
@@ -30,7 +34,7 @@ pub fn scan(fs: &dyn Fs, options: &ScanOptions) -> Result<ScanReport, ScanError>
     ] {
         if is_dir(fs, Path::new(area))? {
             found_area = true;
-            scan_tree(fs, area, text_lists, &mut collector)?;
+            scan_tree(fs, area, text_lists, &mut renderer, &mut collector)?;
         }
     }
     if is_file(fs, Path::new("imageList"))? {
@@ -40,7 +44,7 @@ pub fn scan(fs: &dyn Fs, options: &ScanOptions) -> Result<ScanReport, ScanError>
         }
     }
     if !found_area {
-        scan_tree(fs, ".", true, &mut collector)?;
+        scan_tree(fs, ".", true, &mut renderer, &mut collector)?;
     }
     for list in &options.image_lists {
         rules::scan_image_list(&list.text, &list.name, Rule::ExtraImageList, &mut collector);
@@ -143,6 +147,7 @@ fn scan_tree(
     fs: &dyn Fs,
     dir: &str,
     text_lists: bool,
+    renderer: &mut Renderer,
     collector: &mut Collector,
 ) -> Result<(), ScanError> {
     let mut files = Vec::new();
@@ -198,17 +203,105 @@ fn scan_tree(
                 }
             }
             Some(Kind::Archive) => {
-                if let Some(data) = read_bytes(fs, Path::new(&path), collector)? {
-                    scan_archive(&data, &path, 0, collector);
+                if let Some(data) = read_bytes(fs, Path::new(&path), collector)?
+                    && scan_archive(&data, &path, 0, collector)
+                {
+                    renderer.render(fs, &path, true, collector);
                 }
             }
             None => {}
         }
     }
-    for files in charts.into_values() {
+    for (root, files) in charts {
         scan_chart_files(&files, "", 0, collector);
+        renderer.render(fs, &root, false, collector);
     }
     Ok(())
+}
+
+/// Renders charts with `helm template` when a helm binary is configured and starts.
+struct Renderer {
+    helm: Option<PathBuf>,
+}
+
+impl Renderer {
+    /// Renders the chart at `path` (a directory, or a `.tgz` when `archive`) and scans the
+    /// output; a failed render is a warning.
+    fn render(&mut self, fs: &dyn Fs, path: &str, archive: bool, collector: &mut Collector) {
+        let Some(helm) = &self.helm else { return };
+        let file = if path.is_empty() { "." } else { path };
+        let chart = fs.display_path(Path::new(file));
+        let output = Command::new(helm)
+            .args(["template", "sealer-scan"])
+            .arg(&chart)
+            .stdin(Stdio::null())
+            .output();
+        let output = match output {
+            Ok(output) => output,
+            Err(error) => {
+                // Optional: without helm, charts are scanned statically only.
+                tracing::debug!(helm = %helm.display(), %error, "helm not available");
+                self.helm = None;
+                return;
+            }
+        };
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            collector.warn(
+                file,
+                None,
+                format!("helm template failed: {}", stderr.trim()),
+            );
+            return;
+        }
+        let Some(text) = text_of(output.stdout, file, collector) else {
+            return;
+        };
+        for (source, chunk) in rendered_sources(&text) {
+            let shown = if archive {
+                format!("{path}!/{source}")
+            } else {
+                let inner = source.split_once('/').map_or(source, |(_, rest)| rest);
+                if path.is_empty() {
+                    inner.to_owned()
+                } else {
+                    format!("{path}/{inner}")
+                }
+            };
+            match yaml::parse_documents(&chunk) {
+                Ok(documents) => {
+                    let context = Context {
+                        file: &shown,
+                        default_tag: None,
+                        rule: Some(Rule::HelmTemplate),
+                    };
+                    for document in &documents {
+                        rules::scan_document(document, &context, collector);
+                    }
+                }
+                Err(error) => collector.warn(
+                    &shown,
+                    Some(error.line),
+                    format!("rendered by helm, not YAML ({})", error.message),
+                ),
+            }
+        }
+    }
+}
+
+/// Splits `helm template` output at its `# Source: <chart>/<path>` lines: each template's
+/// rendered text, its line 1 being the line after the marker.
+fn rendered_sources(text: &str) -> Vec<(&str, String)> {
+    let mut sources: Vec<(&str, String)> = Vec::new();
+    for line in text.lines() {
+        if let Some(source) = line.strip_prefix("# Source: ") {
+            sources.push((source.trim(), String::new()));
+        } else if let Some((_, chunk)) = sources.last_mut() {
+            chunk.push_str(line);
+            chunk.push('\n');
+        }
+    }
+    sources
 }
 
 /// The chart directory of a `Chart.yaml` path (`""` for the top).
@@ -239,7 +332,11 @@ fn chart_file_wanted(path: &str) -> bool {
 fn scan_yaml(text: &str, file: &str, default_tag: Option<&str>, collector: &mut Collector) {
     match yaml::parse_documents(text) {
         Ok(documents) => {
-            let context = Context { file, default_tag };
+            let context = Context {
+                file,
+                default_tag,
+                rule: None,
+            };
             for document in &documents {
                 rules::scan_document(document, &context, collector);
             }
@@ -324,15 +421,15 @@ fn scan_chart_files(
     }
 }
 
-/// Scans a `.tgz` Helm chart, read in memory (never unpacked).
-fn scan_archive(data: &[u8], file: &str, depth: usize, collector: &mut Collector) {
+/// Scans a `.tgz` Helm chart, read in memory (never unpacked); whether it was one.
+fn scan_archive(data: &[u8], file: &str, depth: usize, collector: &mut Collector) -> bool {
     if depth > MAX_NESTING {
         collector.warn(
             file,
             None,
             "not scanned: subcharts nested too deep".to_owned(),
         );
-        return;
+        return false;
     }
     match read_archive(data) {
         Ok(files) => {
@@ -342,11 +439,15 @@ fn scan_archive(data: &[u8], file: &str, depth: usize, collector: &mut Collector
                     None,
                     "not scanned: an archive without Chart.yaml".to_owned(),
                 );
-                return;
+                return false;
             }
             scan_chart_files(&files, &format!("{file}!/"), depth, collector);
+            true
         }
-        Err(message) => collector.warn(file, None, format!("not scanned: {message}")),
+        Err(message) => {
+            collector.warn(file, None, format!("not scanned: {message}"));
+            false
+        }
     }
 }
 

@@ -140,6 +140,7 @@ fn image_lists_add_and_ignore() {
             // A bare name drops every tag; a tagged one only that tag.
             text: "busybox # all tags\nnginx:1.20\nquay.io/demo/migrate:v9\n".to_owned(),
         }],
+        helm: None,
     };
     let report = scan(&fixture(), &options).unwrap();
     let references: Vec<String> = report
@@ -315,4 +316,101 @@ fn the_report_serialises_to_json() {
         serde_json::json!({"file": CRS, "line": 7, "rule": "image-field"})
     );
     assert_eq!(json["warnings"][0]["line"], 22);
+}
+
+/// A stand-in for `helm`: renders the fixture's chart as helm would, or fails.
+const FAKE_HELM: &str = r#"#!/bin/sh
+[ "$1" = template ] && [ "$2" = sealer-scan ] || exit 2
+case "$3" in
+  */charts/web) ;;
+  *) echo "Error: unexpected chart $3" >&2; exit 1 ;;
+esac
+[ -n "$FAIL" ] && { echo "Error: boom" >&2; exit 1; }
+cat <<'OUT'
+---
+# Source: web/templates/deployment.yaml
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: sealer-scan-web
+spec:
+  template:
+    spec:
+      containers:
+        - name: web
+          image: "demo/web:2.4.1"
+        - name: log-shipper
+          image: docker.io/fluent/fluent-bit:3.0.4 # pinned
+OUT
+"#;
+
+#[test]
+fn charts_are_rendered_by_helm_when_it_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let tools = RealFs::open_root(dir.path()).unwrap();
+    tools
+        .write_atomic(Path::new("helm"), FAKE_HELM.as_bytes())
+        .unwrap();
+    tools.set_permissions(Path::new("helm"), 0o755).unwrap();
+    let helm = dir.path().join("helm");
+    let options = ScanOptions {
+        helm: Some(helm.clone()),
+        ..ScanOptions::default()
+    };
+    let report = scan(&fixture(), &options).unwrap();
+    let images = images(&report);
+    use Rule::*;
+    let find = |reference: &str| images.iter().find(|(r, _)| r == reference).unwrap().clone();
+    assert_eq!(
+        find("docker.io/demo/web:2.4.1"),
+        one(
+            "docker.io/demo/web:2.4.1",
+            &[(VALUES, 3, HelmValues), (TEMPLATE, 10, HelmTemplate)]
+        )
+    );
+    assert_eq!(
+        find("docker.io/fluent/fluent-bit:3.0.4"),
+        one(
+            "docker.io/fluent/fluent-bit:3.0.4",
+            &[(TEMPLATE, 16, TemplateLine), (TEMPLATE, 12, HelmTemplate)]
+        )
+    );
+    assert_eq!(report.images.len(), 18);
+
+    // helm failing is a warning; the static findings stay.
+    let failing = dir.path().join("failing-helm");
+    tools
+        .write_atomic(
+            Path::new("failing-helm"),
+            FAKE_HELM.replace("[ -n \"$FAIL\" ] && ", "").as_bytes(),
+        )
+        .unwrap();
+    tools
+        .set_permissions(Path::new("failing-helm"), 0o755)
+        .unwrap();
+    let report = scan(
+        &fixture(),
+        &ScanOptions {
+            helm: Some(failing),
+            ..ScanOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(report.images.len(), 18);
+    let last = report.warnings.last().unwrap();
+    assert_eq!(
+        (last.file.as_str(), last.line, last.message.as_str()),
+        ("charts/web", None, "helm template failed: Error: boom")
+    );
+
+    // A helm that cannot be started: the static scan alone, no warning.
+    let report = scan(
+        &fixture(),
+        &ScanOptions {
+            helm: Some(dir.path().join("no-such-helm")),
+            ..ScanOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(report, scan(&fixture(), &ScanOptions::default()).unwrap());
 }

@@ -236,6 +236,9 @@ pub struct ScanArgs {
     /// Leave out the images of this list (a name without tag leaves out all its tags).
     #[arg(long = "ignored-image-list", value_name = "FILE")]
     pub ignored_image_lists: Vec<PathBuf>,
+    /// Do not render charts with `helm template` even when helm is on PATH.
+    #[arg(long)]
+    pub no_helm: bool,
 }
 
 /// `sealer tag`.

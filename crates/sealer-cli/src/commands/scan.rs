@@ -10,6 +10,8 @@ pub fn run(args: &ScanArgs) -> Result<()> {
     let options = ScanOptions {
         image_lists: read_lists(&args.image_lists)?,
         ignored_image_lists: read_lists(&args.ignored_image_lists)?,
+        // Charts are also rendered when helm is on PATH (skipped quietly otherwise).
+        helm: (!args.no_helm).then(|| "helm".into()),
     };
     let fs =
         RealFs::open_root(&args.dir).with_context(|| format!("opening {}", args.dir.display()))?;
