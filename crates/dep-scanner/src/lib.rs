@@ -6,7 +6,8 @@
 //!
 //! * [`Rule::PodSpec`]: `image` of `containers`, `initContainers` and `ephemeralContainers`
 //!   in the pod template of every workload kind (Pod, Deployment, StatefulSet, DaemonSet,
-//!   ReplicaSet, Job, CronJob, ReplicationController, PodTemplate; `List` items too).
+//!   ReplicaSet, Job, CronJob, ReplicationController, PodTemplate; `List` items too), and
+//!   the `image.reference` of image volumes.
 //! * [`Rule::ImageField`]: any other `image:` string anywhere (CRDs, operators, values).
 //! * [`Rule::HelmValues`]: `{registry, repository, tag, digest}` / `{repository, tag}` mappings
 //!   (a lone `repository` under an `image` key); in a chart an absent or empty `tag` is the
@@ -252,7 +253,7 @@ impl Collector {
     /// repository for an entry written without tag or digest.
     pub(crate) fn ignore(&mut self, list: &ImageListFile) {
         for (index, line) in list.text.lines().enumerate() {
-            let entry = line.split('#').next().unwrap_or_default().trim();
+            let entry = rules::strip_comment(line).trim();
             if entry.is_empty() {
                 continue;
             }

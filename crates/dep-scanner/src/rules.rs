@@ -75,6 +75,22 @@ pub(crate) fn scan_document(document: &Node, context: &Context<'_>, collector: &
                 }
             }
         }
+        // Image volumes (Kubernetes 1.31+): `volumes[].image.reference`.
+        if let Some(Node {
+            value: Value::Seq(volumes),
+            ..
+        }) = spec.and_then(|spec| spec.get("volumes"))
+        {
+            for reference in volumes
+                .iter()
+                .filter_map(|volume| volume.get("image")?.get("reference"))
+            {
+                if let Some(text) = present(reference) {
+                    let rule = context.rule(Rule::PodSpec);
+                    collector.image(text, context.file, reference.line, rule);
+                }
+            }
+        }
     }
     walk(document, None, context, &claimed, collector);
 }
@@ -195,7 +211,7 @@ pub(crate) fn scan_image_list(text: &str, file: &str, rule: Rule, collector: &mu
 }
 
 /// The text before a `#` that starts a comment (at the start or after a blank).
-fn strip_comment(text: &str) -> &str {
+pub(crate) fn strip_comment(text: &str) -> &str {
     let bytes = text.as_bytes();
     for (at, byte) in bytes.iter().enumerate() {
         if *byte == b'#' && (at == 0 || bytes[at - 1].is_ascii_whitespace()) {

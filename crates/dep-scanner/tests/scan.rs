@@ -278,7 +278,7 @@ fn a_plain_directory_is_scanned_whole_and_bad_yaml_is_a_warning() {
     let fs = RealFs::open_root(dir.path()).unwrap();
     fs.write_atomic(
         Path::new("app.yml"),
-        b"kind: List\nitems:\n- kind: StatefulSet\n  spec:\n    template:\n      spec:\n        containers:\n        - {name: a, image: \"redis:7.2\"}\n",
+        b"kind: List\nitems:\n- kind: StatefulSet\n  spec:\n    template:\n      spec:\n        containers:\n        - {name: a, image: \"redis:7.2\"}\n        volumes:\n        - name: data\n          image: {reference: quay.io/x/data:1, pullPolicy: IfNotPresent}\n",
     )
     .unwrap();
     fs.write_atomic(Path::new("bad.yaml"), b"a: [b\nc: d\n")
@@ -291,6 +291,8 @@ fn a_plain_directory_is_scanned_whole_and_bad_yaml_is_a_warning() {
         images(&report),
         vec![
             one("docker.io/library/redis:7.2", &[("app.yml", 8, PodSpec)]),
+            // An image volume.
+            one("quay.io/x/data:1", &[("app.yml", 11, PodSpec)]),
             one("quay.io/x/y:2", &[("images.txt", 2, ImageList)]),
         ]
     );
