@@ -59,7 +59,10 @@ pub(crate) fn parse_documents(text: &str) -> Result<Vec<Node>, ParseError> {
     for event in Parser::new_from_str(text) {
         let (event, span) = event.map_err(|error| ParseError {
             line: error.marker().line(),
-            message: error.info(),
+            message: match error.info() {
+                info if info.is_empty() => format!("{:?}", error.kind()),
+                info => info,
+            },
         })?;
         let line = span.start.line();
         let finished = match event {
@@ -161,5 +164,8 @@ mod tests {
         );
         let error = parse_documents("a: b\n c: [\n").unwrap_err();
         assert!(error.line >= 2, "{error:?}");
+        // Nesting is bounded by the parser (no deep recursion in the tree walks).
+        let error = parse_documents(&"[".repeat(100_000)).unwrap_err();
+        assert!(!error.message.is_empty(), "{error:?}");
     }
 }

@@ -299,9 +299,10 @@ fn a_plain_directory_is_scanned_whole_and_bad_yaml_is_a_warning() {
     let warnings = warnings(&report);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert_eq!(warnings[0].0, "bad.yaml");
-    assert!(
-        warnings[0].2.starts_with("not scanned: not YAML"),
-        "{warnings:?}"
+    assert_eq!(warnings[0].1, Some(2));
+    assert_eq!(
+        warnings[0].2,
+        "not scanned: not YAML (illegal placement of ':' indicator)"
     );
 }
 
