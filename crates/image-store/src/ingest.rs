@@ -59,21 +59,9 @@ struct Staged {
 
 impl<'s> Ingest<'s> {
     pub(crate) fn begin(store: &'s Store) -> Result<Self> {
-        let fs = store.fs();
-        fs.create_dir_all(Path::new(INGEST_DIR))?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_nanos())
-            .unwrap_or_default();
-        let id = format!(
-            "{}-{nanos}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let lock_path = Path::new(INGEST_DIR).join(format!("{id}.lock"));
-        let lock = fs.lock(&lock_path)?;
+        let (id, lock_path, lock) = store.begin_work(INGEST_DIR)?;
         let dir = Path::new(INGEST_DIR).join(&id);
-        fs.create_dir(&dir)?;
+        store.fs().create_dir(&dir)?;
         Ok(Self {
             store,
             dir,

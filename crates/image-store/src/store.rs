@@ -552,6 +552,23 @@ impl Store {
         Ok(removed)
     }
 
+    /// Starts a work item under `dir` (`ingest` or `uploads`): a unique id and its lock file,
+    /// held for as long as the writer lives so that `gc` can tell it from a crash leftover.
+    /// Returns the id, the lock file's path and the held lock.
+    pub(crate) fn begin_work(&self, dir: &str) -> Result<(String, PathBuf, Box<dyn LockGuard>)> {
+        static WORK_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        self.fs.create_dir_all(Path::new(dir))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_nanos())
+            .unwrap_or_default();
+        let sequence = WORK_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{}-{nanos}-{sequence}", std::process::id());
+        let lock_path = Path::new(dir).join(format!("{id}.lock"));
+        let lock = self.fs.lock(&lock_path)?;
+        Ok((id, lock_path, lock))
+    }
+
     /// Work items (import staging directories, upload files) under `dir` whose writer is
     /// gone, removed when `remove` is set; returns how many. Each item `<id>` has a lock file
     /// `<id>.lock` that its live writer holds; a crashed writer released it when it died.

@@ -7,7 +7,6 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use sealer_fs_abstraction::{LockGuard, ReadFile, WriteFile};
 
@@ -17,7 +16,6 @@ use crate::error::{Result, StoreError};
 use crate::store::Store;
 
 use crate::store::UPLOAD_DIR;
-static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// One blob being uploaded in pieces; see the module documentation. Owns a clone of the
 /// [`Store`] handle, so it can outlive the request that started it.
@@ -66,18 +64,7 @@ impl Store {
 impl BlobUpload {
     fn begin(store: Store) -> Result<Self> {
         let fs = store.fs().clone();
-        fs.create_dir_all(Path::new(UPLOAD_DIR))?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_nanos())
-            .unwrap_or_default();
-        let id = format!(
-            "{}-{nanos}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let lock_path = Path::new(UPLOAD_DIR).join(format!("{id}.lock"));
-        let lock = fs.lock(&lock_path)?;
+        let (id, lock_path, lock) = store.begin_work(UPLOAD_DIR)?;
         let path = Path::new(UPLOAD_DIR).join(&id);
         let file = match fs.create_new(&path) {
             Ok(file) => file,
