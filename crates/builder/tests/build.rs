@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use flate2::read::GzDecoder;
 use sealer_builder::engine::{
-    BuildError, BuildOptions, BuildReport, ImageExtension, LayerCompression, NoObserver,
+    BuildError, BuildMode, BuildOptions, BuildReport, ImageExtension, LayerCompression, NoObserver,
     StepOutcome, build,
 };
 use sealer_builder::kubefile::parse;
@@ -71,6 +71,8 @@ fn tag(name: &str) -> Reference {
 fn options(tags: &[&str]) -> BuildOptions<'static> {
     BuildOptions {
         tags: tags.iter().map(|t| tag(t)).collect(),
+        // The images of these manifests are not pulled (tests/deps.rs covers full mode).
+        build_mode: BuildMode::Lite,
         ..BuildOptions::default()
     }
 }

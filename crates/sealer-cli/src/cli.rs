@@ -258,6 +258,15 @@ pub struct RmiArgs {
     pub images: Vec<String>,
 }
 
+/// `sealer build --build-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BuildModeArg {
+    /// Pull the images the cluster needs into a `registry/` layer.
+    Full,
+    /// No image pulls, no `registry/` layer.
+    Lite,
+}
+
 /// Layer compressions of `sealer build`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LayerCompressionArg {
@@ -295,6 +304,10 @@ pub struct BuildArgs {
     /// Layer compression: gzip (read everywhere) or zstd (smaller, faster; containerd ≥ 1.5).
     #[arg(long, value_enum, default_value_t = LayerCompressionArg::Gzip)]
     pub compression: LayerCompressionArg,
+    /// full: pull every image the rootfs needs (manifests/, charts/, application/apps/,
+    /// imageList) and carry them in a `registry/` layer; lite: skip that.
+    #[arg(long, value_enum, default_value_t = BuildModeArg::Full)]
+    pub build_mode: BuildModeArg,
     /// No spinner.
     #[arg(short, long)]
     pub quiet: bool,

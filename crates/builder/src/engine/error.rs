@@ -42,6 +42,15 @@ pub enum BuildError {
         /// Why.
         message: String,
     },
+    /// An image the rootfs needs (found by the image scan) is not in the store and could not
+    /// be pulled (`--build-mode lite` skips them).
+    #[error("dependency image {reference}: {message}")]
+    Dependency {
+        /// The image.
+        reference: String,
+        /// Why.
+        message: String,
+    },
     /// An option is invalid.
     #[error("{0}")]
     Options(String),

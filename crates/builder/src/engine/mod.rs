@@ -17,10 +17,19 @@
 //! (every layer unpacked with whiteouts), and only for the host's platform: a RUN step for
 //! another platform fails (the command would run with the host's binaries).
 //!
+//! After the steps (unless [`BuildMode::Lite`]), the rootfs's manifests/, charts/,
+//! application/apps/ and imageList are scanned for images (crate `sealer-dep-scanner`); each
+//! one the base's `registry/` does not already hold is pulled for the platform through
+//! [`BuildOptions::pull`] when the store lacks it, and ONE layer holds them under `registry/`
+//! as an OCI image layout keyed by full references, its blobs streamed from the store; it is
+//! cached by the sorted `reference@digest` list. The list goes into the
+//! [`CONTAINER_IMAGES_ANNOTATION`] manifest annotation.
+//!
 //! Everything goes into one `Ingest`: a failed build names nothing and adds no blob; cache
 //! entries are recorded after the commit.
 
 mod copy;
+mod deps;
 mod error;
 mod layer;
 mod metadata;
@@ -38,6 +47,7 @@ use sealer_image_store::{
 use sealer_layer_cache::{CacheEntry, CacheKey, InputDigest, InputHasher, LayerCache};
 use serde_json::{Value, json};
 
+pub use deps::{CONTAINER_IMAGES_ANNOTATION, ContainerImage, container_images};
 pub use error::{BuildError, Result};
 pub use layer::LayerCompression;
 pub use metadata::{
@@ -85,6 +95,19 @@ pub struct BuildOptions<'a> {
     pub pull: Option<PullFn<'a>>,
     /// Downloads the `http(s)://` sources of APP/CNI/CSI (none: they are refused).
     pub fetch: Option<FetchFn<'a>>,
+    /// Whether the images the rootfs needs are pulled and carried in a `registry/` layer.
+    pub build_mode: BuildMode,
+}
+
+/// `--build-mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BuildMode {
+    /// After the steps, scan the rootfs, pull every image it needs for the platform, and add
+    /// one layer holding them under `registry/` (an OCI image layout).
+    #[default]
+    Full,
+    /// No image scan, pull or `registry/` layer.
+    Lite,
 }
 
 /// What a finished step did.
@@ -148,6 +171,8 @@ struct ImageState {
     labels: BTreeMap<String, String>,
     extension: ImageExtension,
     key: CacheKey,
+    /// The dependency images of the base's `registry/` (its annotation).
+    images: Vec<ContainerImage>,
 }
 
 /// Builds `kubefile` with the files of `context` (the build context: sources cannot leave
@@ -188,6 +213,7 @@ pub fn build(
                 labels: BTreeMap::new(),
                 extension: ImageExtension::default(),
                 key: CacheKey::scratch(),
+                images: Vec::new(),
             }
         } else {
             base_state(store, &base.node.image, platform, options)?
@@ -510,7 +536,69 @@ pub fn build(
         for (key, value) in &options.labels {
             state.labels.insert(key.clone(), value.clone());
         }
-        let descriptor = write_image(&ingest, &state, platform, epoch, &options.annotations)?;
+        let mut annotations = options.annotations.clone();
+        if options.build_mode == BuildMode::Full {
+            let inherited = state
+                .images
+                .iter()
+                .map(|image| image.image.clone())
+                .collect();
+            let images = deps::collect(
+                store,
+                &ingest,
+                &state.layers,
+                platform,
+                &inherited,
+                options.pull,
+            )?;
+            if !images.is_empty() {
+                let text = deps::cache_text(&images);
+                let key = state.key.next(&text, &InputDigest::none());
+                let made = new_entries
+                    .iter()
+                    .find(|(made, _)| *made == key)
+                    .map(|(_, entry)| entry.clone());
+                let cached = match made {
+                    Some(entry) => Some(entry),
+                    None if !options.no_cache => cache.get(&key)?,
+                    None => None,
+                };
+                if let Some(entry) = cached {
+                    push_layer(&mut state, &entry.layer, &entry.diff_id, &text, epoch);
+                    report.layers_cached += 1;
+                } else {
+                    let tree = deps::registry_tree(store, &images)?;
+                    let built = write_layer(
+                        &tree,
+                        store.fs().as_ref(),
+                        epoch,
+                        options.compression,
+                        &ingest,
+                    )?;
+                    push_layer(&mut state, &built.descriptor, &built.diff_id, &text, epoch);
+                    new_entries.push((
+                        key.clone(),
+                        CacheEntry {
+                            layer: built.descriptor,
+                            diff_id: built.diff_id,
+                            created_by: text.clone(),
+                        },
+                    ));
+                    report.layers_built += 1;
+                }
+                state.key = key;
+                state
+                    .images
+                    .extend(images.into_iter().map(|image| image.entry));
+            }
+        }
+        if !state.images.is_empty() {
+            annotations.insert(
+                CONTAINER_IMAGES_ANNOTATION.to_owned(),
+                to_json_string(&state.images)?,
+            );
+        }
+        let descriptor = write_image(&ingest, &state, platform, epoch, &annotations)?;
         report.manifests.push((platform.clone(), descriptor));
     }
 
@@ -711,6 +799,10 @@ fn base_state(
             ),
         });
     }
+    let images = container_images(&resolved.manifest).map_err(|message| BuildError::Base {
+        reference: reference.to_owned(),
+        message,
+    })?;
     let history = config
         .pointer("/history")
         .and_then(Value::as_array)
@@ -723,6 +815,14 @@ fn base_state(
         labels,
         extension,
         key: CacheKey::base(&resolved.manifest_descriptor.digest),
+        images,
+    })
+}
+
+fn to_json_string(value: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string(value).map_err(|error| BuildError::Io {
+        what: "encoding JSON".to_owned(),
+        source: std::io::Error::other(error),
     })
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sealer_builder::engine::{
-    BuildObserver, BuildOptions, LayerCompression, StepInfo, StepOutcome, build,
+    BuildMode, BuildObserver, BuildOptions, LayerCompression, StepInfo, StepOutcome, build,
 };
 use sealer_builder::kubefile::{self, DEFAULT_NAME};
 use sealer_fs_abstraction::RealFs;
@@ -16,7 +16,7 @@ use sealer_image_store::{Platform, Reference, Store};
 use sealer_registry_client::{NoProgress, PlatformSelection};
 
 use super::{registry_client, runtime, split_file};
-use crate::cli::{BuildArgs, LayerCompressionArg};
+use crate::cli::{BuildArgs, BuildModeArg, LayerCompressionArg};
 use crate::download::Downloader;
 
 /// Prints one line per finished step; a spinner on stderr while a step runs (terminals
@@ -160,6 +160,10 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
         },
         pull: Some(&pull),
         fetch: Some(&fetch),
+        build_mode: match args.build_mode {
+            BuildModeArg::Full => BuildMode::Full,
+            BuildModeArg::Lite => BuildMode::Lite,
+        },
     };
     let mut steps = Steps {
         spinner: None,

@@ -40,7 +40,7 @@ fn the_example_builds_reproducibly_and_rebuilds_from_the_cache() {
     let context = temp();
     copy_tree(&example(), context.path(), 1_234_567_890);
     let first = Sealer::new(one.path());
-    let out = first.ok(&["build", "-t", TAG, arg(&example())]);
+    let out = first.ok(&["build", "--build-mode", "lite", "-t", TAG, arg(&example())]);
     assert!(
         out.contains("STEP 6/10: COPY manifests /manifests/"),
         "{out}"
@@ -49,7 +49,7 @@ fn the_example_builds_reproducibly_and_rebuilds_from_the_cache() {
     let digest = first.digest_of(TAG);
     assert!(out.trim_end().ends_with(&digest), "{out}");
 
-    let again = first.ok(&["build", "-t", TAG, arg(&example())]);
+    let again = first.ok(&["build", "--build-mode", "lite", "-t", TAG, arg(&example())]);
     assert_eq!(again.matches("  CACHED").count(), 3, "{again}");
     assert!(
         again.contains("0 layers built, 3 from the cache"),
@@ -60,6 +60,8 @@ fn the_example_builds_reproducibly_and_rebuilds_from_the_cache() {
     let second = Sealer::new(two.path());
     second.ok(&[
         "build",
+        "--build-mode",
+        "lite",
         "-f",
         arg(&context.path().join("Kubefile")),
         "-t",
@@ -94,7 +96,14 @@ fn build_errors_name_the_step() {
         "FROM scratch\nCOPY ../etc /etc\n",
     )
     .expect("write");
-    let out = Sealer::new(store.path()).fails(&["build", "-t", "x:1", arg(context.path())]);
+    let out = Sealer::new(store.path()).fails(&[
+        "build",
+        "--build-mode",
+        "lite",
+        "-t",
+        "x:1",
+        arg(context.path()),
+    ]);
     assert!(out.contains("Kubefile:2:1"), "{out}");
     assert!(out.contains("is not inside the build context"), "{out}");
 }
@@ -103,11 +112,11 @@ fn build_errors_name_the_step() {
 fn prune_drops_the_cache_of_removed_images_only() {
     let store = temp();
     let sealer = Sealer::new(store.path());
-    sealer.ok(&["build", "-t", TAG, arg(&example())]);
+    sealer.ok(&["build", "--build-mode", "lite", "-t", TAG, arg(&example())]);
     let out = sealer.ok(&["prune"]);
     assert!(out.contains("Removed 0 blobs"), "{out}");
     assert!(out.contains(", 0 build cache entries"), "{out}");
-    let again = sealer.ok(&["build", "-t", TAG, arg(&example())]);
+    let again = sealer.ok(&["build", "--build-mode", "lite", "-t", TAG, arg(&example())]);
     assert!(
         again.contains("0 layers built, 3 from the cache"),
         "{again}"
@@ -116,7 +125,7 @@ fn prune_drops_the_cache_of_removed_images_only() {
     sealer.ok(&["rmi", TAG]);
     let out = sealer.ok(&["prune"]);
     assert!(out.contains(", 3 build cache entries"), "{out}");
-    let rebuilt = sealer.ok(&["build", "-t", TAG, arg(&example())]);
+    let rebuilt = sealer.ok(&["build", "--build-mode", "lite", "-t", TAG, arg(&example())]);
     assert!(
         rebuilt.contains("3 layers built, 0 from the cache"),
         "{rebuilt}"
@@ -134,7 +143,14 @@ fn a_missing_base_is_pulled_and_its_apps_inherited() {
     let two = temp();
     let base = format!("{}/team/nginx-cluster:v1", registry.host());
     let first = Sealer::new(one.path());
-    first.ok(&["build", "-t", &base, arg(&example())]);
+    first.ok(&[
+        "build",
+        "--build-mode",
+        "lite",
+        "-t",
+        &base,
+        arg(&example()),
+    ]);
     first.ok(&["push", &base]);
 
     let context = temp();
@@ -145,7 +161,14 @@ fn a_missing_base_is_pulled_and_its_apps_inherited() {
     )
     .expect("write");
     let second = Sealer::new(two.path());
-    let out = second.ok(&["build", "-t", "localhost/child:v1", arg(context.path())]);
+    let out = second.ok(&[
+        "build",
+        "--build-mode",
+        "lite",
+        "-t",
+        "localhost/child:v1",
+        arg(context.path()),
+    ]);
     assert!(out.contains("1 layers built"), "{out}");
     let inspected = second.inspect(&["localhost/child:v1"]);
     assert_eq!(inspected["sealer"]["applications"][1]["name"], "hello");
@@ -200,9 +223,23 @@ fn remote_app_sources_are_downloaded() {
     )
     .expect("write");
     let sealer = Sealer::new(store.path());
-    let out = sealer.ok(&["build", "-t", "localhost/web:v1", arg(context.path())]);
+    let out = sealer.ok(&[
+        "build",
+        "--build-mode",
+        "lite",
+        "-t",
+        "localhost/web:v1",
+        arg(context.path()),
+    ]);
     assert!(out.contains("1 layers built"), "{out}");
-    let again = sealer.ok(&["build", "-t", "localhost/web:v1", arg(context.path())]);
+    let again = sealer.ok(&[
+        "build",
+        "--build-mode",
+        "lite",
+        "-t",
+        "localhost/web:v1",
+        arg(context.path()),
+    ]);
     assert!(
         again.contains("0 layers built, 1 from the cache"),
         "{again}"
@@ -219,6 +256,13 @@ fn remote_app_sources_are_downloaded() {
         format!("FROM scratch\nAPP web {url}/missing.yaml\n"),
     )
     .expect("write");
-    let out = sealer.fails(&["build", "-t", "localhost/web:v2", arg(context.path())]);
+    let out = sealer.fails(&[
+        "build",
+        "--build-mode",
+        "lite",
+        "-t",
+        "localhost/web:v2",
+        arg(context.path()),
+    ]);
     assert!(out.contains("Kubefile:2:1") && out.contains("404"), "{out}");
 }

@@ -1,0 +1,190 @@
+//! Dependency images: after the steps, the rootfs is scanned (crate `sealer-dep-scanner`),
+//! every image found is pulled into the store for the platform (through the build's pull
+//! hook, only when the store lacks it), and one layer holds them under `registry/` as an OCI
+//! image layout whose `org.opencontainers.image.ref.name` is the full source reference (so
+//! `quay.io/a/b:1` and `docker.io/a/b:1` never collide). Blobs are streamed from the store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sealer_dep_scanner::{ScanOptions, scan};
+use sealer_fs_abstraction::{FileKind, Fs};
+use sealer_image_store::{Descriptor, Index, Ingest, Manifest, Platform, Store, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::PullFn;
+use crate::engine::error::{BuildError, Result};
+use crate::engine::layer::{LayerTree, Node};
+use crate::engine::run::Rootfs;
+
+/// The manifest annotation listing the images a cluster image carries in `registry/`.
+pub const CONTAINER_IMAGES_ANNOTATION: &str = "sealer.image.container.images";
+
+/// One entry of [`CONTAINER_IMAGES_ANNOTATION`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ContainerImage {
+    /// The full source reference.
+    pub image: String,
+    /// The app whose files name it (empty: not an app's).
+    #[serde(rename = "appName", default)]
+    pub app_name: String,
+    /// `os/arch[/variant]`.
+    #[serde(default)]
+    pub platform: String,
+}
+
+/// The images listed by a manifest's [`CONTAINER_IMAGES_ANNOTATION`] (none when absent).
+pub fn container_images(manifest: &Manifest) -> std::result::Result<Vec<ContainerImage>, String> {
+    match manifest.annotations.get(CONTAINER_IMAGES_ANNOTATION) {
+        None => Ok(Vec::new()),
+        Some(text) => serde_json::from_str(text)
+            .map_err(|error| format!("{CONTAINER_IMAGES_ANNOTATION} is not valid: {error}")),
+    }
+}
+
+/// A dependency image resolved in the store for one platform.
+pub(crate) struct DepImage {
+    pub(crate) entry: ContainerImage,
+    pub(crate) manifest_descriptor: Descriptor,
+    pub(crate) manifest: Manifest,
+}
+
+/// Scans the rootfs made of `layers` and resolves every image found (not already in
+/// `inherited`) for `platform` in the store, pulling the missing ones through `pull`.
+pub(crate) fn collect(
+    store: &Store,
+    ingest: &Ingest<'_>,
+    layers: &[Descriptor],
+    platform: &Platform,
+    inherited: &BTreeSet<String>,
+    pull: Option<PullFn<'_>>,
+) -> Result<Vec<DepImage>> {
+    let rootfs = Rootfs::materialise(ingest, layers)?;
+    let fs = rootfs.fs();
+    let mut any = false;
+    for (area, kind) in [
+        ("manifests", FileKind::Dir),
+        ("charts", FileKind::Dir),
+        ("application/apps", FileKind::Dir),
+        ("imageList", FileKind::File),
+    ] {
+        if fs.exists(Path::new(area))? && fs.metadata(Path::new(area))?.kind == kind {
+            any = true;
+        }
+    }
+    if !any {
+        return Ok(Vec::new());
+    }
+    let report = scan(fs, &ScanOptions::default()).map_err(|error| BuildError::Io {
+        what: "scanning the rootfs for images".to_owned(),
+        source: std::io::Error::other(error.to_string()),
+    })?;
+    for warning in &report.warnings {
+        tracing::warn!(file = %warning.file, line = ?warning.line, message = %warning.message, "image scan");
+    }
+    let mut images = Vec::new();
+    for finding in &report.images {
+        let reference = finding.reference.to_string();
+        if inherited.contains(&reference) {
+            continue;
+        }
+        let app_name = finding
+            .sources
+            .iter()
+            .find_map(|source| {
+                let rest = source.file.strip_prefix("application/apps/")?;
+                rest.split_once('/').map(|(app, _)| app.to_owned())
+            })
+            .unwrap_or_default();
+        let resolved = match store.resolve(&reference, Some(platform)) {
+            Ok(resolved) => resolved,
+            Err(StoreError::ImageNotFound(_)) => {
+                let Some(pull) = pull else {
+                    return Err(BuildError::Dependency {
+                        reference,
+                        message:
+                            "not in the store (pull it first, or build with --build-mode lite)"
+                                .to_owned(),
+                    });
+                };
+                pull(&reference, platform).map_err(|message| BuildError::Dependency {
+                    reference: reference.clone(),
+                    message,
+                })?;
+                store.resolve(&reference, Some(platform))?
+            }
+            Err(error) => return Err(error.into()),
+        };
+        images.push(DepImage {
+            entry: ContainerImage {
+                image: reference,
+                app_name,
+                platform: platform.to_string(),
+            },
+            manifest_descriptor: resolved.manifest_descriptor,
+            manifest: resolved.manifest,
+        });
+    }
+    Ok(images)
+}
+
+/// The canonical text keying the registry layer: every reference with its manifest digest,
+/// sorted.
+pub(crate) fn cache_text(images: &[DepImage]) -> String {
+    let mut lines: Vec<String> = images
+        .iter()
+        .map(|image| format!("{}@{}", image.entry.image, image.manifest_descriptor.digest))
+        .collect();
+    lines.sort();
+    format!("# registry: {}", lines.join(" "))
+}
+
+/// The `registry/` layer: `oci-layout`, `index.json` (one entry per image, its
+/// `org.opencontainers.image.ref.name` the full reference) and the blobs, read from `store`.
+pub(crate) fn registry_tree(store: &Store, images: &[DepImage]) -> Result<LayerTree> {
+    let mut tree = LayerTree::default();
+    let root = PathBuf::from("registry");
+    let store_fs: Arc<dyn Fs> = Arc::clone(store.fs());
+    let mut blobs: BTreeMap<String, Descriptor> = BTreeMap::new();
+    let mut index = Index::empty();
+    let mut sorted: Vec<&DepImage> = images.iter().collect();
+    sorted.sort_by(|a, b| a.entry.image.cmp(&b.entry.image));
+    for image in sorted {
+        let mut entry = image.manifest_descriptor.clone();
+        entry.annotations.insert(
+            "org.opencontainers.image.ref.name".to_owned(),
+            image.entry.image.clone(),
+        );
+        index.manifests.push(entry);
+        for descriptor in std::iter::once(&image.manifest_descriptor)
+            .chain(std::iter::once(&image.manifest.config))
+            .chain(image.manifest.layers.iter())
+        {
+            blobs.insert(descriptor.digest.to_string(), descriptor.clone());
+        }
+    }
+    for descriptor in blobs.values() {
+        let source = descriptor.digest.blob_path();
+        let len = store_fs.metadata(&source)?.len;
+        tree.insert(
+            root.join(&source),
+            Node::Extern {
+                fs: Arc::clone(&store_fs),
+                source,
+                mode: 0o644,
+                len,
+            },
+        );
+    }
+    tree.insert(
+        root.join("oci-layout"),
+        Node::Data(br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec().into(), 0o644),
+    );
+    let bytes = serde_json::to_vec(&index).map_err(|error| BuildError::Io {
+        what: "encoding JSON".to_owned(),
+        source: std::io::Error::other(error),
+    })?;
+    tree.insert(root.join("index.json"), Node::Data(bytes.into(), 0o644));
+    Ok(tree)
+}

@@ -1,0 +1,200 @@
+//! Dependency images (`--build-mode full`): the images the manifests name are pulled into the
+//! store and carried in one `registry/` layer (an OCI layout keyed by full references), listed
+//! in the `sealer.image.container.images` annotation; a rebuild downloads nothing.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use flate2::read::GzDecoder;
+use sealer_builder::engine::{
+    BuildMode, BuildOptions, BuildReport, CONTAINER_IMAGES_ANNOTATION, ContainerImage, NoObserver,
+    build, container_images,
+};
+use sealer_builder::kubefile::parse;
+use sealer_fs_abstraction::tar::{UnpackOptions, unpack};
+use sealer_fs_abstraction::{Fs, RealFs};
+use sealer_image_store::{Manifest, ManifestDocument, Platform, Reference, Store};
+use sealer_registry_client::{
+    ClientOptions, CredentialStore, NoProgress, PlatformSelection, RegistryClient,
+};
+use sealer_test_harness::{ImageSpec, Registry, RegistryOptions, require_tools, seed_image};
+
+fn amd64() -> Platform {
+    Platform::new("linux", "amd64", None)
+}
+
+/// Builds `kubefile` in `context` into `store` as `localhost/deps:1`, pulling with a real
+/// registry client.
+fn build_with(store: &Store, context: &RealFs, mode: BuildMode) -> BuildReport {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = RegistryClient::new(ClientOptions {
+        credentials: CredentialStore::anonymous(),
+        read_timeout: Duration::from_secs(20),
+        ..ClientOptions::default()
+    })
+    .unwrap();
+    let pull = |reference: &str, platform: &Platform| -> Result<(), String> {
+        let image: Reference = reference.parse().map_err(|e| format!("{e}"))?;
+        runtime
+            .block_on(client.pull(
+                store,
+                &image,
+                PlatformSelection::Only(platform.clone()),
+                &NoProgress,
+            ))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let kubefile = parse(
+        "FROM scratch\nCOPY manifests /manifests/\nCOPY imageList /imageList\n",
+        "Kubefile",
+    )
+    .unwrap();
+    let options = BuildOptions {
+        tags: vec!["localhost/deps:1".parse().unwrap()],
+        platforms: vec![amd64()],
+        pull: Some(&pull),
+        build_mode: mode,
+        ..BuildOptions::default()
+    };
+    build(&kubefile, context, store, &options, &mut NoObserver).expect("build")
+}
+
+fn manifest(store: &Store, report: &BuildReport) -> Manifest {
+    match store.read_manifest(&report.descriptor).unwrap() {
+        ManifestDocument::Image(manifest) => *manifest,
+        ManifestDocument::Index(_) => panic!("one platform makes a manifest"),
+    }
+}
+
+#[test]
+fn manifests_images_are_carried_in_a_registry_layer() {
+    require_tools!("docker-registry", "skopeo");
+    let a = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let b = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let seeded_a = seed_image(
+        &a.host(),
+        "team/app:1",
+        &ImageSpec::new("unused:1", &[4096, 20_000], 1),
+        None,
+    )
+    .unwrap();
+    let seeded_b = seed_image(
+        &b.host(),
+        "team/app:1",
+        &ImageSpec::new("unused:1", &[8192], 2),
+        None,
+    )
+    .unwrap();
+    assert_ne!(seeded_a.manifest_digest, seeded_b.manifest_digest);
+    let ref_a = format!("{}/team/app:1", a.host());
+    let ref_b = format!("{}/team/app:1", b.host());
+
+    let context_dir = tempfile::tempdir().unwrap();
+    let context = RealFs::open_root(context_dir.path()).unwrap();
+    context.create_dir_all(Path::new("manifests")).unwrap();
+    context
+        .write_atomic(
+            Path::new("manifests/app.yaml"),
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\nspec:\n  template:\n    spec:\n      containers:\n      - name: a\n        image: {ref_a}\n      - name: b\n        image: \"{ref_b}\"\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    context
+        .write_atomic(
+            Path::new("imageList"),
+            format!("# again\n{ref_a}\n").as_bytes(),
+        )
+        .unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open_dir(store_dir.path()).unwrap();
+
+    let first = build_with(&store, &context, BuildMode::Full);
+    let image = manifest(&store, &first);
+    assert_eq!(
+        image.layers.len(),
+        3,
+        "two COPY layers and the registry layer"
+    );
+    assert!(a.blob_gets(None) > 0 && b.blob_gets(None) > 0);
+
+    // The annotation lists both, with their full references.
+    let listed = container_images(&image).unwrap();
+    let mut expected: Vec<ContainerImage> = [&ref_a, &ref_b]
+        .iter()
+        .map(|image| ContainerImage {
+            image: (*image).clone(),
+            app_name: String::new(),
+            platform: "linux/amd64".to_owned(),
+        })
+        .collect();
+    expected.sort();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected);
+    assert!(image.annotations.contains_key(CONTAINER_IMAGES_ANNOTATION));
+
+    // The registry layer is an OCI layout holding both refs, digests as seeded.
+    let layer = image.layers.last().unwrap();
+    let unpacked = tempfile::tempdir().unwrap();
+    let target = RealFs::open_root(unpacked.path()).unwrap();
+    let blob = store.fs().open(&layer.digest.blob_path()).unwrap();
+    let options = UnpackOptions {
+        whiteouts: true,
+        skip_special: true,
+        preserve_mtime: false,
+    };
+    unpack(&target, Path::new("."), GzDecoder::new(blob), &options).unwrap();
+    let layout = Store::open_dir(&unpacked.path().join("registry")).unwrap();
+    for (reference, seeded) in [(&ref_a, &seeded_a), (&ref_b, &seeded_b)] {
+        let resolved = layout.resolve(reference, Some(&amd64())).unwrap();
+        assert_eq!(
+            resolved.manifest_descriptor.digest.to_string(),
+            seeded.manifest_digest
+        );
+        layout
+            .read_verified(&resolved.manifest_descriptor.digest)
+            .unwrap();
+        layout
+            .read_verified(&resolved.manifest.config.digest)
+            .unwrap();
+        for layer in &resolved.manifest.layers {
+            layout.read_verified(&layer.digest).unwrap();
+        }
+    }
+    let names: Vec<String> = layout
+        .index()
+        .unwrap()
+        .manifests
+        .iter()
+        .filter_map(|entry| entry.ref_name().map(str::to_owned))
+        .collect();
+    let mut both = vec![ref_a.clone(), ref_b.clone()];
+    both.sort();
+    assert_eq!(names, both, "index entries sorted by reference");
+
+    // A rebuild downloads nothing and reuses the registry layer.
+    let (gets_a, gets_b) = (a.blob_gets(None), b.blob_gets(None));
+    let second = build_with(&store, &context, BuildMode::Full);
+    assert_eq!(second.descriptor.digest, first.descriptor.digest);
+    assert_eq!(second.layers_built, 0);
+    assert_eq!(a.blob_gets(None), gets_a);
+    assert_eq!(b.blob_gets(None), gets_b);
+
+    // Lite: no registry layer, no annotation.
+    let lite = build_with(&store, &context, BuildMode::Lite);
+    let lite_image = manifest(&store, &lite);
+    assert_eq!(lite_image.layers.len(), 2);
+    assert!(
+        !lite_image
+            .annotations
+            .contains_key(CONTAINER_IMAGES_ANNOTATION)
+    );
+}
