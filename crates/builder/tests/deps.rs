@@ -27,6 +27,23 @@ fn amd64() -> Platform {
 /// Builds `kubefile` in `context` into `store` as `localhost/deps:1`, pulling with a real
 /// registry client.
 fn build_with(store: &Store, context: &RealFs, mode: BuildMode) -> BuildReport {
+    build_file(
+        store,
+        context,
+        mode,
+        "FROM scratch\nCOPY manifests /manifests/\nCOPY imageList /imageList\n",
+        "localhost/deps:1",
+    )
+}
+
+/// Builds `kubefile` as `tag`, pulling with a real registry client.
+fn build_file(
+    store: &Store,
+    context: &RealFs,
+    mode: BuildMode,
+    kubefile: &str,
+    tag: &str,
+) -> BuildReport {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -50,13 +67,9 @@ fn build_with(store: &Store, context: &RealFs, mode: BuildMode) -> BuildReport {
             .map(|_| ())
             .map_err(|e| e.to_string())
     };
-    let kubefile = parse(
-        "FROM scratch\nCOPY manifests /manifests/\nCOPY imageList /imageList\n",
-        "Kubefile",
-    )
-    .unwrap();
+    let kubefile = parse(kubefile, "Kubefile").unwrap();
     let options = BuildOptions {
-        tags: vec!["localhost/deps:1".parse().unwrap()],
+        tags: vec![tag.parse().unwrap()],
         platforms: vec![amd64()],
         pull: Some(&pull),
         build_mode: mode,
@@ -185,6 +198,25 @@ fn manifests_images_are_carried_in_a_registry_layer() {
     let second = build_with(&store, &context, BuildMode::Full);
     assert_eq!(second.descriptor.digest, first.descriptor.digest);
     assert_eq!(second.layers_built, 0);
+    assert_eq!(a.blob_gets(None), gets_a);
+    assert_eq!(b.blob_gets(None), gets_b);
+
+    // A child image: the base's registry/ already holds both, nothing is added, the list is
+    // inherited.
+    context
+        .write_atomic(Path::new("extra.yaml"), b"kind: ConfigMap\n")
+        .unwrap();
+    let child = build_file(
+        &store,
+        &context,
+        BuildMode::Full,
+        "FROM localhost/deps:1\nCOPY extra.yaml /manifests/\n",
+        "localhost/child:1",
+    );
+    let child_image = manifest(&store, &child);
+    assert_eq!(child_image.layers.len(), 4, "the base's three and the COPY");
+    assert_eq!(child_image.layers[..3], image.layers[..]);
+    assert_eq!(container_images(&child_image).unwrap(), listed);
     assert_eq!(a.blob_gets(None), gets_a);
     assert_eq!(b.blob_gets(None), gets_b);
 
