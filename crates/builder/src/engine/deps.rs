@@ -59,6 +59,7 @@ pub(crate) fn collect(
     platform: &Platform,
     inherited: &BTreeSet<String>,
     pull: Option<PullFn<'_>>,
+    helm: Option<PathBuf>,
 ) -> Result<Vec<DepImage>> {
     let rootfs = Rootfs::materialise(ingest, layers)?;
     let fs = rootfs.fs();
@@ -76,7 +77,11 @@ pub(crate) fn collect(
     if !any {
         return Ok(Vec::new());
     }
-    let report = scan(fs, &ScanOptions::default()).map_err(|error| BuildError::Io {
+    let options = ScanOptions {
+        helm,
+        ..ScanOptions::default()
+    };
+    let report = scan(fs, &options).map_err(|error| BuildError::Io {
         what: "scanning the rootfs for images".to_owned(),
         source: std::io::Error::other(error.to_string()),
     })?;

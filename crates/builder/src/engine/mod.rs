@@ -97,6 +97,9 @@ pub struct BuildOptions<'a> {
     pub fetch: Option<FetchFn<'a>>,
     /// Whether the images the rootfs needs are pulled and carried in a `registry/` layer.
     pub build_mode: BuildMode,
+    /// The `helm` binary the image scan renders charts with (`None`: charts are only read
+    /// statically; a helm that cannot start is skipped).
+    pub helm: Option<PathBuf>,
 }
 
 /// `--build-mode`.
@@ -550,6 +553,7 @@ pub fn build(
                 platform,
                 &inherited,
                 options.pull,
+                options.helm.clone(),
             )?;
             if !images.is_empty() {
                 let text = deps::cache_text(&images);

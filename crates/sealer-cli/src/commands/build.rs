@@ -164,6 +164,8 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
             BuildModeArg::Full => BuildMode::Full,
             BuildModeArg::Lite => BuildMode::Lite,
         },
+        // The image scan also renders charts when helm is on PATH (skipped otherwise).
+        helm: Some("helm".into()),
     };
     let mut steps = Steps {
         spinner: None,
