@@ -6,7 +6,7 @@
 
 use bytes::{Buf, Bytes};
 use futures_util::Stream;
-use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, RANGE};
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, RANGE};
 use reqwest::{Method, Response, StatusCode, Url};
 use sealer_image_store::Digest;
 use sealer_image_store::model::media_type;
@@ -15,7 +15,7 @@ use crate::client::{
     ClientError, DOCKER_CONTENT_DIGEST, FetchedManifest, MANIFEST_ACCEPT, RegistryClient, Request,
     Scope, status_error,
 };
-use crate::pull::parse_content_range;
+use crate::pull::check_resumed_range;
 
 /// What a `HEAD` of a manifest told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,26 +292,11 @@ impl BlobDownload {
                 Ok(response)
             }
             StatusCode::PARTIAL_CONTENT if self.offset > 0 => {
-                let range = response
-                    .headers()
-                    .get(CONTENT_RANGE)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(parse_content_range);
-                match range {
-                    Some((start, total))
-                        if start == self.offset
-                            && (self.size.is_none() || total.is_none() || total == self.size) =>
-                    {
-                        self.size = self.size.or(total);
-                        self.skip = 0;
-                        Ok(response)
-                    }
-                    _ => Err(protocol(format!(
-                        "asked for bytes {}-, got Content-Range {:?}",
-                        self.offset,
-                        response.headers().get(CONTENT_RANGE)
-                    ))),
-                }
+                let total = check_resumed_range(response.headers(), self.offset, self.size)
+                    .map_err(protocol)?;
+                self.size = self.size.or(total);
+                self.skip = 0;
+                Ok(response)
             }
             _ => Err(status_error(Method::GET, response).await),
         }

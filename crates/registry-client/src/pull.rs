@@ -528,25 +528,14 @@ impl BlobReader<'_> {
                 Ok(response)
             }
             StatusCode::PARTIAL_CONTENT if self.offset > 0 => {
-                let range = response
-                    .headers()
-                    .get(CONTENT_RANGE)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(parse_content_range);
-                match range {
-                    Some((start, total))
-                        if start == self.offset && total.is_none_or(|t| t == self.size) =>
-                    {
+                match check_resumed_range(response.headers(), self.offset, Some(self.size)) {
+                    Ok(_) => {
                         self.skip = 0;
                         Ok(response)
                     }
-                    _ => Err(ReadFailure::Restart(ClientError::Protocol {
+                    Err(reason) => Err(ReadFailure::Restart(ClientError::Protocol {
                         url: self.url.clone().to_string(),
-                        reason: format!(
-                            "asked for bytes {}-, got Content-Range {:?}",
-                            self.offset,
-                            response.headers().get(CONTENT_RANGE)
-                        ),
+                        reason,
                     })),
                 }
             }
@@ -627,6 +616,30 @@ impl Read for BlobReader<'_> {
                 Err(Next::Open(failure)) => return Err(self.fail(failure)),
             }
         }
+    }
+}
+
+/// Checks a `206` answer to `Range: bytes=OFFSET-`: its `Content-Range` must start at
+/// `offset` and agree with the blob's `size` when both are known. Returns the total it
+/// states, or why the answer cannot continue the download.
+pub(crate) fn check_resumed_range(
+    headers: &reqwest::header::HeaderMap,
+    offset: u64,
+    size: Option<u64>,
+) -> Result<Option<u64>, String> {
+    let header = headers.get(CONTENT_RANGE);
+    match header
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_content_range)
+    {
+        Some((start, total))
+            if start == offset && (size.is_none() || total.is_none() || total == size) =>
+        {
+            Ok(total)
+        }
+        _ => Err(format!(
+            "asked for bytes {offset}-, got Content-Range {header:?}"
+        )),
     }
 }
 
