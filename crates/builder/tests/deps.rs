@@ -14,7 +14,11 @@ use sealer_builder::engine::{
 use sealer_builder::kubefile::parse;
 use sealer_fs_abstraction::tar::{UnpackOptions, unpack};
 use sealer_fs_abstraction::{Fs, RealFs};
-use sealer_image_store::{Manifest, ManifestDocument, Platform, Reference, Store};
+use sealer_image_store::model::PARTIAL_ANNOTATION;
+use sealer_image_store::{
+    EMBEDDED_LAYOUT_ANNOTATION, Manifest, ManifestDocument, Platform, Reference, Store,
+    load_embedded,
+};
 use sealer_registry_client::{
     ClientOptions, CredentialStore, NoProgress, PlatformSelection, RegistryClient,
 };
@@ -97,13 +101,10 @@ fn manifests_images_are_carried_in_a_registry_layer() {
         None,
     )
     .unwrap();
-    let seeded_b = seed_image(
-        &b.host(),
-        "team/app:1",
-        &ImageSpec::new("unused:1", &[8192], 2),
-        None,
-    )
-    .unwrap();
+    // B's is multi-arch: the cluster image keeps its index (clients pin that digest).
+    let mut spec_b = ImageSpec::new("unused:1", &[8192], 2);
+    spec_b.platforms.push(Platform::new("linux", "arm64", None));
+    let seeded_b = seed_image(&b.host(), "team/app:1", &spec_b, None).unwrap();
     assert_ne!(seeded_a.manifest_digest, seeded_b.manifest_digest);
     let ref_a = format!("{}/team/app:1", a.host());
     let ref_b = format!("{}/team/app:1", b.host());
@@ -166,11 +167,24 @@ fn manifests_images_are_carried_in_a_registry_layer() {
     };
     unpack(&target, Path::new("."), GzDecoder::new(blob), &options).unwrap();
     let layout = Store::open_dir(&unpacked.path().join("registry")).unwrap();
+    assert_eq!(
+        layer
+            .annotations
+            .get(EMBEDDED_LAYOUT_ANNOTATION)
+            .map(String::as_str),
+        Some("registry")
+    );
     for (reference, seeded) in [(&ref_a, &seeded_a), (&ref_b, &seeded_b)] {
         let resolved = layout.resolve(reference, Some(&amd64())).unwrap();
+        assert_eq!(resolved.top.digest.to_string(), seeded.manifest_digest);
         assert_eq!(
             resolved.manifest_descriptor.digest.to_string(),
-            seeded.manifest_digest
+            seeded.platforms[0].manifest_digest
+        );
+        // Only the build platform is carried: a multi-arch entry says it is partial.
+        assert_eq!(
+            resolved.top.annotations.contains_key(PARTIAL_ANNOTATION),
+            seeded.platforms.len() > 1
         );
         layout
             .read_verified(&resolved.manifest_descriptor.digest)
@@ -192,6 +206,27 @@ fn manifests_images_are_carried_in_a_registry_layer() {
     let mut both = vec![ref_a.clone(), ref_b.clone()];
     both.sort();
     assert_eq!(names, both, "index entries sorted by reference");
+
+    // `load_embedded` imports them into an empty store under their source names.
+    let served_dir = tempfile::tempdir().unwrap();
+    let served = Store::open_dir(served_dir.path()).unwrap();
+    let loaded = load_embedded(&store, "localhost/deps:1", &served, None).unwrap();
+    assert_eq!(loaded.layers, 1);
+    assert_eq!(
+        loaded.images,
+        vec![
+            (ref_a.clone(), seeded_a.manifest_digest.parse().unwrap()),
+            (ref_b.clone(), seeded_b.manifest_digest.parse().unwrap()),
+        ]
+    );
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let check = served.fsck().unwrap();
+    assert!(check.is_clean(), "{check:?}");
+    let again = load_embedded(&store, "localhost/deps:1", &served, None).unwrap();
+    assert_eq!(
+        again.commit.blobs_added, 0,
+        "a second import writes nothing"
+    );
 
     // A rebuild downloads nothing and reuses the registry layer.
     let (gets_a, gets_b) = (a.blob_gets(None), b.blob_gets(None));

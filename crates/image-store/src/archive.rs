@@ -122,6 +122,11 @@ pub struct SaveReport {
     pub bytes: u64,
 }
 
+/// The first bytes of a gzip stream.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// The first bytes of a zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
 /// Options of [`load`] and [`load_layout`].
 #[derive(Clone, Copy)]
 pub struct LoadOptions<'a> {
@@ -129,6 +134,9 @@ pub struct LoadOptions<'a> {
     pub name: Option<&'a Reference>,
     /// Progress sink (bytes of archive read).
     pub progress: &'a dyn Progress,
+    /// For [`load`]: read the layout under this directory of the archive (`registry` for a
+    /// cluster image's `registry/` layer) and ignore the entries outside it.
+    pub directory: Option<&'a str>,
 }
 
 impl Default for LoadOptions<'_> {
@@ -136,6 +144,7 @@ impl Default for LoadOptions<'_> {
         Self {
             name: None,
             progress: &NoProgress,
+            directory: None,
         }
     }
 }
@@ -572,12 +581,16 @@ pub fn load(store: &Store, input: &mut dyn Read, options: LoadOptions<'_>) -> Re
     if head.is_empty() {
         return Err(invalid("archive", "it is empty"));
     }
-    let gzip = head.starts_with(&[0x1f, 0x8b]);
-    let reader: Box<dyn Read + '_> = if gzip {
+    let reader: Box<dyn Read + '_> = if head.starts_with(&GZIP_MAGIC) {
         Box::new(flate2::read::MultiGzDecoder::new(buffered))
+    } else if head.starts_with(&ZSTD_MAGIC) {
+        Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(ArchiveError::Read)?)
     } else {
         Box::new(buffered)
     };
+    let prefix = options
+        .directory
+        .map(|directory| format!("{}/", directory.trim_matches('/')));
     let mut archive = tar::Archive::new(reader);
     let ingest = store.begin_ingest()?;
     let mut oci_index: Option<Vec<u8>> = None;
@@ -590,13 +603,20 @@ pub fn load(store: &Store, input: &mut dyn Read, options: LoadOptions<'_>) -> Re
     for entry in entries {
         let mut entry =
             entry.map_err(|error| invalid("archive", format!("not a valid tar: {error}")))?;
-        count += 1;
         let path = entry
             .path()
             .map_err(|error| invalid("archive", format!("entry with an invalid name: {error}")))?
             .to_string_lossy()
             .trim_start_matches("./")
             .to_owned();
+        let path = match &prefix {
+            None => path,
+            Some(prefix) => match path.strip_prefix(prefix.as_str()) {
+                Some(inside) => inside.to_owned(),
+                None => continue,
+            },
+        };
+        count += 1;
         match entry.header().entry_type() {
             tar::EntryType::Regular | tar::EntryType::Continuous => {}
             // Directories carry nothing; links and devices have no place in an image archive.
@@ -631,7 +651,10 @@ pub fn load(store: &Store, input: &mut dyn Read, options: LoadOptions<'_>) -> Re
         }
     }
     if count == 0 {
-        return Err(invalid("archive", "not a tar archive, or an empty one"));
+        return Err(match options.directory {
+            Some(directory) => invalid("archive", format!("it has no file under {directory}/")),
+            None => invalid("archive", "not a tar archive, or an empty one"),
+        });
     }
     if let Some(index) = oci_index {
         if !saw_layout {

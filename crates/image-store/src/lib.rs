@@ -15,6 +15,7 @@
 pub mod archive;
 mod blob;
 mod digest;
+pub mod embedded;
 mod error;
 mod images;
 mod ingest;
@@ -27,6 +28,7 @@ mod upload;
 
 pub use blob::{BlobStore, FsBlobStore, PutOutcome};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use embedded::{EMBEDDED_LAYOUT_ANNOTATION, EmbeddedReport, load_embedded};
 pub use error::{Result, StoreError};
 pub use images::ImageSummary;
 pub use ingest::{CommitReport, Ingest};

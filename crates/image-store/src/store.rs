@@ -32,7 +32,7 @@ pub(crate) const UPLOAD_DIR: &str = "uploads";
 /// Directories of in-progress work whose crash leftovers `gc` removes.
 const WORK_DIRS: [&str; 2] = [INGEST_DIR, UPLOAD_DIR];
 /// Nested indexes deeper than this are refused.
-const MAX_INDEX_DEPTH: usize = 8;
+pub(crate) const MAX_INDEX_DEPTH: usize = 8;
 
 /// An image named in the store's `index.json`.
 #[derive(Debug, Clone, PartialEq)]

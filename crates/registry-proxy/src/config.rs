@@ -310,6 +310,11 @@ pub struct ServerConfig {
     /// Never contact upstreams; serve what is cached.
     #[serde(default)]
     pub offline: bool,
+    /// Cluster images in the store whose carried images (their `registry/` layer) are
+    /// served: imported under their source names when the server starts, and pinned (their
+    /// tags are never revalidated upstream).
+    #[serde(default)]
+    pub images: Vec<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -342,6 +347,7 @@ impl Default for ServerConfig {
             default_upstream: None,
             upstream_timeout: default_upstream_timeout(),
             offline: false,
+            images: Vec::new(),
         }
     }
 }

@@ -243,6 +243,15 @@ pub enum ServeError {
         /// Why.
         reason: String,
     },
+    /// The images a cluster image carries could not be imported.
+    #[error("serving the images carried by {image}: {source}")]
+    Embedded {
+        /// The cluster image.
+        image: String,
+        /// Why.
+        #[source]
+        source: sealer_image_store::archive::ArchiveError,
+    },
     /// The configuration names no store, and none was given otherwise.
     #[error("no storage: set `storage` in the configuration (or the CLI's --root)")]
     NoStorage,

@@ -29,7 +29,7 @@
 //! blobs clients asked for are fetched), `PARTIAL_ANNOTATION` (`fsck` does not count their
 //! absent blobs as missing).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -224,6 +224,9 @@ pub struct PullThroughSource {
     fills: Arc<Fills>,
     /// Manifest fetches by digest in flight.
     fetches: InFlight,
+    /// Tags (store references) answered from the store without revalidation: the images a
+    /// served cluster image carries.
+    pinned: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for PullThroughSource {
@@ -275,7 +278,16 @@ impl PullThroughSource {
             timeout: config.upstream_timeout.0,
             fills: Arc::default(),
             fetches: Arc::default(),
+            pinned: BTreeSet::new(),
         })
+    }
+
+    /// Answers the tags `references` (store references, `host/repository:tag`) from the
+    /// store without asking their upstream: the images a cluster image carries are the
+    /// versions it was built and tested with.
+    pub fn with_pinned(mut self, references: impl IntoIterator<Item = String>) -> Self {
+        self.pinned.extend(references);
+        self
     }
 
     /// The Prometheus text of the cache's metrics (served at `/metrics`).
@@ -467,7 +479,7 @@ impl PullThroughSource {
         };
         let key = names.reference(store_repo, tag)?.to_string();
         if let Some(cached) = &cached
-            && (self.offline || upstream.is_fresh(&key))
+            && (self.offline || self.pinned.contains(&key) || upstream.is_fresh(&key))
         {
             return Ok((cached.clone(), CacheStatus::Hit));
         }

@@ -13,7 +13,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::serve::ListenerExt as _;
-use sealer_image_store::Store;
+use sealer_image_store::{Store, load_embedded};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
@@ -98,11 +98,12 @@ impl Registry {
             })
             .collect();
         let names = StoreNames::new(&config.local_namespace.0, aliases);
+        let pinned = import_carried_images(&store, &config.images)?;
         let local = Arc::new(LocalSource::new(store.clone(), names.clone()));
         let source: Arc<dyn ContentSource> = if config.upstreams.is_empty() {
             local.clone()
         } else {
-            Arc::new(PullThroughSource::new(config, local.clone())?)
+            Arc::new(PullThroughSource::new(config, local.clone())?.with_pinned(pinned))
         };
         let upstream_hosts = config
             .upstreams
@@ -217,6 +218,40 @@ impl Registry {
         reaper.abort();
         result
     }
+}
+
+/// Imports the images each of `cluster_images` carries (see
+/// [`sealer_image_store::embedded`]) into `store`; returns their references.
+fn import_carried_images(
+    store: &Store,
+    cluster_images: &[String],
+) -> Result<BTreeSet<String>, ServeError> {
+    let mut carried = BTreeSet::new();
+    for image in cluster_images {
+        let report =
+            load_embedded(store, image, store, None).map_err(|source| ServeError::Embedded {
+                image: image.clone(),
+                source,
+            })?;
+        for warning in &report.warnings {
+            tracing::warn!(cluster_image = %image, "{warning}");
+        }
+        if report.layers == 0 {
+            tracing::warn!(cluster_image = %image, "it carries no images (built with --build-mode lite?)");
+        }
+        for (name, digest) in &report.images {
+            tracing::info!(cluster_image = %image, image = %name, %digest, "serving a carried image");
+        }
+        tracing::info!(
+            cluster_image = %image,
+            images = report.images.len(),
+            blobs_added = report.commit.blobs_added,
+            bytes_added = report.commit.bytes_added,
+            "imported the carried images"
+        );
+        carried.extend(report.images.into_iter().map(|(name, _)| name));
+    }
+    Ok(carried)
 }
 
 /// Runs `server`; once `on_signal` fires, waits at most `drain` more for it to finish.

@@ -74,11 +74,26 @@ pub enum RegistryCommand {
 
 /// `sealer registry serve`.
 #[derive(Debug, clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("what_to_serve")
+        .required(true)
+        .multiple(true)
+        .args(["config", "images"])
+))]
 pub struct ServeArgs {
     /// The server configuration (YAML or TOML; see examples/registry.yaml). Its `storage`
-    /// defaults to the store of --root.
+    /// defaults to the store of --root. Without it: read-only, no upstreams (offline).
     #[arg(long, value_name = "FILE")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
+    /// Serve the images this cluster image (in the store) carries in its registry/ layer,
+    /// by `?ns=HOST` and by path prefix (`/v2/HOST/REPOSITORY/…`); repeatable. With
+    /// upstreams in --config, what is missing is proxied; without, nothing leaves the host.
+    #[arg(long = "image", value_name = "CLUSTER_IMAGE")]
+    pub images: Vec<String>,
+    /// The address to listen on (overrides the configuration's `listen`; default
+    /// 127.0.0.1:5000).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// The container runtimes `sealer registry mirror-config` configures.

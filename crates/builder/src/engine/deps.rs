@@ -10,13 +10,24 @@ use std::sync::Arc;
 
 use sealer_dep_scanner::{ScanOptions, scan};
 use sealer_fs_abstraction::{FileKind, Fs};
-use sealer_image_store::{Descriptor, Index, Ingest, Manifest, Platform, Store, StoreError};
+use sealer_image_store::model::{PARTIAL_ANNOTATION, REF_NAME_ANNOTATION};
+use sealer_image_store::{
+    Descriptor, Index, Ingest, Manifest, ManifestDocument, Platform, Store, StoreError,
+    choose_platform,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::PullFn;
 use crate::engine::error::{BuildError, Result};
 use crate::engine::layer::{LayerTree, Node};
 use crate::engine::run::Rootfs;
+
+/// The directory of the dependency images' OCI layout in a cluster image's rootfs (the
+/// value of the layer's `EMBEDDED_LAYOUT_ANNOTATION`).
+pub const REGISTRY_DIR: &str = "registry";
+
+/// Indexes nested deeper than this are refused.
+const MAX_INDEX_DEPTH: usize = 8;
 
 /// The manifest annotation listing the images a cluster image carries in `registry/`.
 pub const CONTAINER_IMAGES_ANNOTATION: &str = "sealer.image.container.images";
@@ -46,6 +57,12 @@ pub fn container_images(manifest: &Manifest) -> std::result::Result<Vec<Containe
 /// A dependency image resolved in the store for one platform.
 pub(crate) struct DepImage {
     pub(crate) entry: ContainerImage,
+    /// What the reference names: the image manifest, or the index (of a multi-arch image)
+    /// whose digest clients pin.
+    pub(crate) top: Descriptor,
+    /// The indexes from `top` down to the platform's manifest (empty for a single-platform
+    /// image).
+    pub(crate) indexes: Vec<Descriptor>,
     pub(crate) manifest_descriptor: Descriptor,
     pub(crate) manifest: Manifest,
 }
@@ -121,12 +138,20 @@ pub(crate) fn collect(
             }
             Err(error) => return Err(error.into()),
         };
+        let indexes = index_chain(store, &resolved.top, platform, &reference)?;
+        let top = Descriptor::new(
+            resolved.top.media_type.clone(),
+            resolved.top.digest.clone(),
+            resolved.top.size,
+        );
         images.push(DepImage {
             entry: ContainerImage {
                 image: reference,
                 app_name,
                 platform: platform.to_string(),
             },
+            top,
+            indexes,
             manifest_descriptor: resolved.manifest_descriptor,
             manifest: resolved.manifest,
         });
@@ -134,12 +159,48 @@ pub(crate) fn collect(
     Ok(images)
 }
 
-/// The canonical text keying the registry layer: every reference with its manifest digest,
-/// sorted.
+/// The indexes from `top` down to the image manifest chosen for `platform` (as
+/// `Store::resolve` chose it).
+fn index_chain(
+    store: &Store,
+    top: &Descriptor,
+    platform: &Platform,
+    reference: &str,
+) -> Result<Vec<Descriptor>> {
+    let mut chain = Vec::new();
+    let mut current = top.clone();
+    for _ in 0..MAX_INDEX_DEPTH {
+        match store.read_manifest(&current)? {
+            ManifestDocument::Image(_) => return Ok(chain),
+            ManifestDocument::Index(index) => {
+                let next = choose_platform(&index, platform).cloned().ok_or_else(|| {
+                    BuildError::Dependency {
+                        reference: reference.to_owned(),
+                        message: format!("no {platform} image in {}", current.digest),
+                    }
+                })?;
+                chain.push(current);
+                current = next;
+            }
+        }
+    }
+    Err(BuildError::Dependency {
+        reference: reference.to_owned(),
+        message: format!("indexes nested deeper than {MAX_INDEX_DEPTH}"),
+    })
+}
+
+/// The canonical text keying the registry layer: every reference with its top and
+/// manifest digests, sorted.
 pub(crate) fn cache_text(images: &[DepImage]) -> String {
     let mut lines: Vec<String> = images
         .iter()
-        .map(|image| format!("{}@{}", image.entry.image, image.manifest_descriptor.digest))
+        .map(|image| {
+            format!(
+                "{}@{}@{}",
+                image.entry.image, image.top.digest, image.manifest_descriptor.digest
+            )
+        })
         .collect();
     lines.sort();
     format!("# registry: {}", lines.join(" "))
@@ -147,22 +208,31 @@ pub(crate) fn cache_text(images: &[DepImage]) -> String {
 
 /// The `registry/` layer: `oci-layout`, `index.json` (one entry per image, its
 /// `org.opencontainers.image.ref.name` the full reference) and the blobs, read from `store`.
+/// A multi-arch image keeps its index (clients pin its digest), marked partial: only the
+/// build platform's image is carried.
 pub(crate) fn registry_tree(store: &Store, images: &[DepImage]) -> Result<LayerTree> {
     let mut tree = LayerTree::default();
-    let root = PathBuf::from("registry");
+    let root = PathBuf::from(REGISTRY_DIR);
     let store_fs: Arc<dyn Fs> = Arc::clone(store.fs());
     let mut blobs: BTreeMap<String, Descriptor> = BTreeMap::new();
     let mut index = Index::empty();
     let mut sorted: Vec<&DepImage> = images.iter().collect();
     sorted.sort_by(|a, b| a.entry.image.cmp(&b.entry.image));
     for image in sorted {
-        let mut entry = image.manifest_descriptor.clone();
-        entry.annotations.insert(
-            "org.opencontainers.image.ref.name".to_owned(),
-            image.entry.image.clone(),
-        );
+        let mut entry = image.top.clone();
+        entry
+            .annotations
+            .insert(REF_NAME_ANNOTATION.to_owned(), image.entry.image.clone());
+        if !image.indexes.is_empty() {
+            entry
+                .annotations
+                .insert(PARTIAL_ANNOTATION.to_owned(), "true".to_owned());
+        }
         index.manifests.push(entry);
-        for descriptor in std::iter::once(&image.manifest_descriptor)
+        for descriptor in image
+            .indexes
+            .iter()
+            .chain(std::iter::once(&image.manifest_descriptor))
             .chain(std::iter::once(&image.manifest.config))
             .chain(image.manifest.layers.iter())
         {

@@ -42,12 +42,13 @@ use std::time::{Duration, Instant};
 use sealer_fs_abstraction::{FileKind, Fs};
 use sealer_image_store::model::media_type;
 use sealer_image_store::{
-    Descriptor, Digest, Index, Manifest, Platform, Reference, Store, StoreError,
+    Descriptor, Digest, EMBEDDED_LAYOUT_ANNOTATION, Index, Manifest, Platform, Reference, Store,
+    StoreError,
 };
 use sealer_layer_cache::{CacheEntry, CacheKey, InputDigest, InputHasher, LayerCache};
 use serde_json::{Value, json};
 
-pub use deps::{CONTAINER_IMAGES_ANNOTATION, ContainerImage, container_images};
+pub use deps::{CONTAINER_IMAGES_ANNOTATION, ContainerImage, REGISTRY_DIR, container_images};
 pub use error::{BuildError, Result};
 pub use layer::LayerCompression;
 pub use metadata::{
@@ -572,13 +573,18 @@ pub fn build(
                     report.layers_cached += 1;
                 } else {
                     let tree = deps::registry_tree(store, &images)?;
-                    let built = write_layer(
+                    let mut built = write_layer(
                         &tree,
                         store.fs().as_ref(),
                         epoch,
                         options.compression,
                         &ingest,
                     )?;
+                    // Marks the layer for `load_embedded` (`registry serve --image`).
+                    built.descriptor.annotations.insert(
+                        EMBEDDED_LAYOUT_ANNOTATION.to_owned(),
+                        deps::REGISTRY_DIR.to_owned(),
+                    );
                     push_layer(&mut state, &built.descriptor, &built.diff_id, &text, epoch);
                     new_entries.push((
                         key.clone(),

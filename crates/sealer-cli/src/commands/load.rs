@@ -22,6 +22,7 @@ pub fn run(store: &Store, args: &LoadArgs) -> Result<()> {
     let options = LoadOptions {
         name: name.as_ref(),
         progress: &bar,
+        ..LoadOptions::default()
     };
     let report = if metadata.kind == FileKind::Dir {
         let context = || format!("loading OCI layout {}", input.display());

@@ -11,7 +11,14 @@ use crate::cli::RegistryCommand;
 pub fn run(root: Option<&Path>, command: &RegistryCommand) -> Result<()> {
     match command {
         RegistryCommand::Serve(args) => {
-            let mut config = ServerConfig::load(&args.config)?;
+            let mut config = match &args.config {
+                Some(path) => ServerConfig::load(path)?,
+                None => ServerConfig::default(),
+            };
+            config.images.extend(args.images.iter().cloned());
+            if let Some(listen) = args.listen {
+                config.listen = listen;
+            }
             if config.storage.is_none() {
                 config.storage = Some(match root {
                     Some(root) => root.to_path_buf(),
@@ -25,7 +32,10 @@ pub fn run(root: Option<&Path>, command: &RegistryCommand) -> Result<()> {
                     &config,
                     sealer_registry_proxy::shutdown_signal(),
                 ))
-                .with_context(|| format!("serving {}", args.config.display()))
+                .with_context(|| match &args.config {
+                    Some(path) => format!("serving {}", path.display()),
+                    None => format!("serving on {}", config.listen),
+                })
         }
         RegistryCommand::MirrorConfig(args) => super::mirror_config::run(args),
     }

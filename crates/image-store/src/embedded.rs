@@ -1,0 +1,144 @@
+//! Images carried inside another image: a layer that holds an OCI image layout under a
+//! directory (a cluster image's `registry/`), marked on its descriptor with
+//! [`EMBEDDED_LAYOUT_ANNOTATION`]. [`load_embedded`] imports them into a store under their
+//! own names (the full source references), so that a registry serving that store serves
+//! them.
+
+use std::collections::BTreeMap;
+
+use crate::archive::{self, ArchiveError, LoadOptions, NoProgress, Progress};
+use crate::blob::BlobStore;
+use crate::digest::Digest;
+use crate::error::StoreError;
+use crate::ingest::CommitReport;
+use crate::model::{Descriptor, ManifestDocument, Platform};
+use crate::store::{MAX_INDEX_DEPTH, Store};
+
+/// The annotation of a layer descriptor whose layer holds an OCI image layout; its value is
+/// the directory of the layout inside the layer (`registry`).
+pub const EMBEDDED_LAYOUT_ANNOTATION: &str = "io.sealer.image.layer.oci-layout";
+
+/// A layer that carries an OCI image layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddedLayout {
+    /// The platform of the image manifest it belongs to (`None`: a single-platform image).
+    pub platform: Option<Platform>,
+    /// The layer.
+    pub layer: Descriptor,
+    /// The layout's directory inside the layer.
+    pub directory: String,
+}
+
+/// What [`load_embedded`] imported.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EmbeddedReport {
+    /// The layers read.
+    pub layers: usize,
+    /// Every image, by name, with its top digest (sorted by name).
+    pub images: Vec<(String, Digest)>,
+    /// Images without a usable name (they are stored unnamed), and names carried with two
+    /// different digests (the later layer's wins).
+    pub warnings: Vec<String>,
+    /// What the commits added, summed.
+    pub commit: CommitReport,
+}
+
+/// The layers of `reference` (every platform of a multi-arch image) that carry an OCI
+/// image layout, base layers first.
+pub fn embedded_layouts(store: &Store, reference: &str) -> Result<Vec<EmbeddedLayout>, StoreError> {
+    let entry = store.lookup(reference)?;
+    let mut found = Vec::new();
+    let mut pending = vec![(entry.descriptor, 0usize)];
+    while let Some((descriptor, depth)) = pending.pop() {
+        if depth >= MAX_INDEX_DEPTH {
+            return Err(StoreError::ImageNotFound(format!(
+                "{reference}: indexes nested deeper than {MAX_INDEX_DEPTH}"
+            )));
+        }
+        match store.read_manifest(&descriptor)? {
+            ManifestDocument::Index(index) => {
+                // Platforms absent from the store (a partial image) carry nothing here.
+                for child in index.manifests.iter().rev() {
+                    if store.blobs().stat(&child.digest)?.is_some() {
+                        pending.push((child.clone(), depth + 1));
+                    }
+                }
+            }
+            ManifestDocument::Image(manifest) => {
+                for layer in &manifest.layers {
+                    if let Some(directory) = layer.annotations.get(EMBEDDED_LAYOUT_ANNOTATION) {
+                        found.push(EmbeddedLayout {
+                            platform: descriptor.platform.clone(),
+                            layer: layer.clone(),
+                            directory: directory.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Imports the images that the layers of `reference` in `source` carry (see
+/// [`embedded_layouts`]) into `target` (which may be `source` itself), named by their
+/// layouts' `org.opencontainers.image.ref.name`. Each layer is one all-or-nothing import
+/// whose blobs are verified; blobs `target` already has are not written again. `progress`
+/// counts the bytes of the layers read.
+pub fn load_embedded(
+    source: &Store,
+    reference: &str,
+    target: &Store,
+    progress: Option<&dyn Progress>,
+) -> Result<EmbeddedReport, ArchiveError> {
+    let layouts = embedded_layouts(source, reference)?;
+    let progress = progress.unwrap_or(&NoProgress);
+    progress.set_total(layouts.iter().map(|layout| layout.layer.size).sum());
+    let mut report = EmbeddedReport::default();
+    let mut names: BTreeMap<String, Digest> = BTreeMap::new();
+    for layout in &layouts {
+        let mut blob = source.blobs().open(&layout.layer.digest)?;
+        let options = LoadOptions {
+            progress,
+            directory: Some(&layout.directory),
+            ..LoadOptions::default()
+        };
+        let loaded = archive::load(target, &mut blob, options).map_err(|error| {
+            let at = match &layout.platform {
+                Some(platform) => format!("{reference} ({platform})"),
+                None => reference.to_owned(),
+            };
+            ArchiveError::Invalid {
+                entry: format!(
+                    "the {}/ layer {} of {at}",
+                    layout.directory, layout.layer.digest
+                ),
+                reason: error.to_string(),
+            }
+        })?;
+        report.layers += 1;
+        report.warnings.extend(loaded.warnings);
+        report.commit.blobs_added += loaded.commit.blobs_added;
+        report.commit.bytes_added += loaded.commit.bytes_added;
+        report.commit.blobs_reused += loaded.commit.blobs_reused;
+        report.commit.absent_platforms += loaded.commit.absent_platforms;
+        for (name, digest) in loaded.images {
+            let Some(name) = name else {
+                report
+                    .warnings
+                    .push(format!("image {digest} has no name; it is stored unnamed"));
+                continue;
+            };
+            if let Some(earlier) = names.get(&name)
+                && *earlier != digest
+            {
+                report.warnings.push(format!(
+                    "{name} is carried as {earlier} and as {digest}; {digest} is served"
+                ));
+            }
+            names.insert(name, digest);
+        }
+    }
+    report.images = names.into_iter().collect();
+    Ok(report)
+}
