@@ -24,7 +24,7 @@ use std::str::FromStr;
 use serde::Deserialize as _;
 
 use crate::config::{ServerConfig, UpstreamConfig, UpstreamUrl};
-use crate::route::normalise_host;
+use crate::route::{host_path_component, normalise_host};
 
 /// Docker Hub's registry host, as image references name it.
 const DOCKER_HUB: &str = "docker.io";
@@ -363,7 +363,7 @@ fn crio(upstreams: &[&MirrorUpstream], endpoint: &Endpoint) -> MirrorConfig {
         }
         text.push_str(&format!(
             "\n[[registry.mirror]]\nlocation = {}\n",
-            toml_string(&format!("{}/{host}", endpoint.host))
+            toml_string(&format!("{}/{}", endpoint.host, host_path_component(&host)))
         ));
         if endpoint.is_plain_http() {
             text.push_str("insecure = true\n");
@@ -427,7 +427,13 @@ fn docker(
     if !others.is_empty() {
         let examples: Vec<String> = others
             .iter()
-            .map(|host| format!("{host}/<repo> as {}/{host}/<repo>", endpoint.host))
+            .map(|host| {
+                format!(
+                    "{host}/<repo> as {}/{}/<repo>",
+                    endpoint.host,
+                    host_path_component(host)
+                )
+            })
             .collect();
         notes.push(format!(
             "Docker mirrors only Docker Hub (moby#18818): pull the other upstreams by prefix \
@@ -604,7 +610,8 @@ mod tests {
             );
             let mirrors = registry["mirror"].as_array().unwrap();
             assert_eq!(mirrors.len(), 1);
-            let location = format!("10.0.0.2:5000/{host}");
+            // References allow no `:` in their path: a port travels as `_`.
+            let location = format!("10.0.0.2:5000/{}", host.replace(':', "_"));
             assert_eq!(mirrors[0]["location"].as_str(), Some(location.as_str()));
             assert_eq!(mirrors[0]["insecure"].as_bool(), Some(true));
         }
@@ -640,7 +647,7 @@ mod tests {
             "{notes}"
         );
         assert!(
-            notes.contains("10.0.0.2:5000/10.0.0.5:5000/<repo>"),
+            notes.contains("10.0.0.2:5000/10.0.0.5_5000/<repo>"),
             "{notes}"
         );
         assert!(!notes.contains("default_upstream"), "{notes}");

@@ -6,7 +6,8 @@
 //! The upstream namespace of a request (which registry a pull-through cache would ask) comes
 //! from `?ns=<host>` (containerd's `hosts.toml` mirrors), or from a first path component
 //! that is a registry host (`/v2/quay.io/coreos/etcd/…`, podman/CRI-O mirrors and Docker
-//! prefix names) or a configured upstream alias.
+//! prefix names; a host with a port as `registry.lan_5000`, see [`host_path_component`]) or
+//! a configured upstream alias.
 
 use std::collections::BTreeSet;
 
@@ -408,12 +409,13 @@ impl RouteParser {
                     }),
                     rest,
                 ),
-                Some((first, rest))
-                    if first.contains('.') || first.contains(':') || first == "localhost" =>
-                {
-                    let host = normalise_host(first).ok_or_else(|| {
-                        invalid(name, format!("{first:?} is not a registry host"))
-                    })?;
+                Some((first, rest)) if names_a_host(first) => {
+                    let host = host_of_path_component(first)
+                        .as_deref()
+                        .and_then(normalise_host)
+                        .ok_or_else(|| {
+                            invalid(name, format!("{first:?} is not a registry host"))
+                        })?;
                     (
                         Some(Namespace {
                             name: host,
@@ -432,6 +434,39 @@ impl RouteParser {
             path_name: name.to_owned(),
         })
     }
+}
+
+/// Whether a first path component names a registry host: it has a `.` or a `:`, is
+/// `localhost`, or is the path form of a host with a port ([`host_path_component`]).
+fn names_a_host(component: &str) -> bool {
+    let host = component
+        .rsplit_once('_')
+        .filter(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(component, |(host, _)| host);
+    host.contains('.') || component.contains(':') || host == "localhost"
+}
+
+/// The registry host a first path component names: itself, or for the path form of a host
+/// with a port (`registry.lan_5000`) the host (`registry.lan:5000`). `None` when it names
+/// none.
+pub fn host_of_path_component(component: &str) -> Option<String> {
+    if !names_a_host(component) {
+        return None;
+    }
+    Some(match component.rsplit_once('_') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{host}:{port}")
+        }
+        _ => component.to_owned(),
+    })
+}
+
+/// How a registry host is written as the first path component of a prefix name
+/// (`<mirror>/<host>/<repository>`): as it is, except that a port's `:` becomes `_`,
+/// because image references allow no `:` in their path (`registry.lan:5000` →
+/// `registry.lan_5000`; host names never contain `_`, so this is unambiguous).
+pub fn host_path_component(host: &str) -> String {
+    host.replace(':', "_")
 }
 
 /// Parses a request with no upstream aliases configured; see [`RouteParser::parse`].
@@ -792,6 +827,18 @@ mod tests {
                 "127.0.0.1:5000",
                 "a/b",
             ),
+            // The form clients can write: references allow no `:` in their path.
+            (
+                "/v2/127.0.0.1_5000/a/b/manifests/v3",
+                "127.0.0.1:5000",
+                "a/b",
+            ),
+            ("/v2/localhost_5000/a/manifests/v3", "localhost:5000", "a"),
+            (
+                "/v2/registry.lan_443/team/app/manifests/v3",
+                "registry.lan:443",
+                "team/app",
+            ),
         ] {
             let route = get(path).unwrap();
             assert_eq!(repo_ns(&route), Some(ns), "{path}");
@@ -801,6 +848,21 @@ mod tests {
                 NamespaceVia::PathHost
             );
         }
+        // `_` is no port separator unless what precedes it names a host.
+        for path in [
+            "/v2/team_2/app/manifests/v3",
+            "/v2/localhost_x/app/manifests/v3",
+        ] {
+            let route = get(path).unwrap();
+            assert_eq!(repo_ns(&route), None, "{path}");
+        }
+        assert_eq!(host_path_component("127.0.0.1:5000"), "127.0.0.1_5000");
+        assert_eq!(host_path_component("quay.io"), "quay.io");
+        assert_eq!(
+            host_of_path_component("127.0.0.1_5000").as_deref(),
+            Some("127.0.0.1:5000")
+        );
+        assert_eq!(host_of_path_component("team_2"), None);
         // A single component is a repository, even with a dot.
         let route = get("/v2/my.app/manifests/v3").unwrap();
         assert_eq!(repo_ns(&route), None);

@@ -1,0 +1,284 @@
+//! The offline journey (issue 6), end to end with real parts: two docker-registry upstreams
+//! seeded with generated images; `sealer build` of examples/offline-journey (rendered with
+//! the upstreams' addresses) carries every image its manifests and chart name; `sealer save`;
+//! the upstreams are stopped and tripwires listen on their ports; `sealer load` into an
+//! empty store; `sealer registry serve --image`; skopeo pulls every dependency through it by
+//! tag and by digest with path prefixes, `?ns=` answers like containerd's mirrors expect,
+//! every digest equals the original, and nothing connects to the upstreams.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+use std::fs::File;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sealer_e2e::{Tripwire, sealer_binary, workspace_root};
+use sealer_image_store::Platform;
+use sealer_test_harness::{
+    ImageSpec, Registry, RegistryOptions, SeededImage, free_port, http_get, http_request,
+    require_tools, run_bounded, seed_image,
+};
+use sha2::{Digest as _, Sha256};
+
+const STEP_TIMEOUT: Duration = Duration::from_secs(300);
+const CLUSTER_IMAGE: &str = "localhost/journey/cluster:v1";
+const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// Runs `sealer --root ROOT ARGS…` to success; returns stdout.
+fn sealer(root: &Path, args: &[&str]) -> String {
+    let mut command = Command::new(sealer_binary().unwrap());
+    command
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env_remove("SEALER_ROOT")
+        .env_remove("RUST_LOG");
+    let output = run_bounded(&mut command, STEP_TIMEOUT).unwrap();
+    assert!(
+        output.status.success(),
+        "sealer {}\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn skopeo(args: &[&str]) -> Vec<u8> {
+    let output = run_bounded(Command::new("skopeo").args(args), STEP_TIMEOUT).unwrap();
+    assert!(
+        output.status.success(),
+        "skopeo {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Copies `from` into `to`, replacing the example's placeholder registries.
+fn render(from: &Path, to: &Path, replacements: &[(&str, String)]) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            render(&entry.path(), &target, replacements);
+        } else {
+            let mut text = std::fs::read_to_string(entry.path()).unwrap();
+            for (placeholder, value) in replacements {
+                text = text.replace(placeholder, value);
+            }
+            std::fs::write(target, text).unwrap();
+        }
+    }
+}
+
+/// `sealer registry serve --image` on a free port, its log in `log`; returns once `/v2/`
+/// answers.
+fn serve(root: &Path, log: &Path) -> (Child, u16) {
+    let port = free_port().unwrap();
+    let child = Command::new(sealer_binary().unwrap())
+        .arg("--root")
+        .arg(root)
+        .args(["registry", "serve", "--image", CLUSTER_IMAGE, "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let base = format!("http://127.0.0.1:{port}/v2/");
+    while http_get(&base, Duration::from_secs(2))
+        .map(|response| response.status)
+        .ok()
+        != Some(200)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the registry did not start:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, port)
+}
+
+struct Dependency {
+    reference: String,
+    seeded: SeededImage,
+}
+
+impl Dependency {
+    /// `HOST/REPOSITORY` and the tag.
+    fn parts(&self) -> (&str, &str) {
+        self.reference.rsplit_once(':').unwrap()
+    }
+}
+
+#[test]
+fn cluster_image_carries_its_images_and_serves_them_offline() {
+    require_tools!("docker-registry", "skopeo");
+    let work = tempfile::tempdir().unwrap();
+    let mut upstream_a = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let mut upstream_b = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let (host_a, host_b) = (upstream_a.host(), upstream_b.host());
+
+    // Generated images; journey/web:1.0 exists in both registries with different content,
+    // A's for two platforms (the cluster image keeps its index, clients pin that digest).
+    let mut web_a = ImageSpec::new("unused:1", &[300_000, 20_000], 11);
+    web_a.platforms = vec![
+        Platform::new("linux", "amd64", None),
+        Platform::new("linux", "arm64", None),
+    ];
+    let seeds = [
+        (&host_a, "journey/web:1.0", web_a),
+        (
+            &host_b,
+            "journey/web:1.0",
+            ImageSpec::new("unused:1", &[200_000], 12),
+        ),
+        (
+            &host_b,
+            "journey/tools:2.1",
+            ImageSpec::new("unused:1", &[50_000, 9_000], 13),
+        ),
+        (
+            &host_a,
+            "journey/agent:0.3",
+            ImageSpec::new("unused:1", &[80_000], 14),
+        ),
+    ];
+    let dependencies: Vec<Dependency> = seeds
+        .iter()
+        .map(|(host, path, spec)| Dependency {
+            reference: format!("{host}/{path}"),
+            seeded: seed_image(host, path, spec, None).unwrap(),
+        })
+        .collect();
+    assert_ne!(
+        dependencies[0].seeded.manifest_digest,
+        dependencies[1].seeded.manifest_digest
+    );
+
+    // Build the example, rendered with the upstreams' addresses.
+    let context = work.path().join("context");
+    render(
+        &workspace_root().join("examples/offline-journey"),
+        &context,
+        &[
+            ("upstream-a.invalid", host_a.clone()),
+            ("upstream-b.invalid", host_b.clone()),
+        ],
+    );
+    let build_root = work.path().join("build-store");
+    sealer(
+        &build_root,
+        &["build", "-t", CLUSTER_IMAGE, context.to_str().unwrap()],
+    );
+    let inspected: serde_json::Value =
+        serde_json::from_str(&sealer(&build_root, &["inspect", CLUSTER_IMAGE])).unwrap();
+    let listed = inspected.to_string();
+    for dependency in &dependencies {
+        assert!(
+            listed.contains(&dependency.reference),
+            "{} not listed in {inspected:#}",
+            dependency.reference
+        );
+    }
+    let archive = work.path().join("cluster.tar");
+    sealer(
+        &build_root,
+        &["save", "-o", archive.to_str().unwrap(), CLUSTER_IMAGE],
+    );
+
+    // The upstreams go away; anything that still tries them trips a wire.
+    upstream_a.stop();
+    upstream_b.stop();
+    let wires = [
+        Tripwire::arm(format!("127.0.0.1:{}", upstream_a.port()).parse().unwrap()).unwrap(),
+        Tripwire::arm(format!("127.0.0.1:{}", upstream_b.port()).parse().unwrap()).unwrap(),
+    ];
+
+    // An empty store on the "air-gapped" side: load, then serve what the image carries.
+    let site_root = work.path().join("site-store");
+    sealer(&site_root, &["load", "-i", archive.to_str().unwrap()]);
+    let log = work.path().join("serve.log");
+    let (mut server, port) = serve(&site_root, &log);
+    let mirror = format!("127.0.0.1:{port}");
+
+    for dependency in &dependencies {
+        let (name, tag) = dependency.parts();
+        let original = &dependency.seeded.manifest_digest;
+        // By tag, path prefix (CRI-O/podman mirrors, Docker prefix names): the host's port
+        // travels as `_PORT`, references allow no `:` in their path.
+        let (host, repository) = name.split_once('/').unwrap();
+        let prefixed = format!("{mirror}/{}/{repository}", host.replace(':', "_"));
+        let raw = skopeo(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{prefixed}:{tag}"),
+        ]);
+        assert_eq!(
+            &sha256_digest(&raw),
+            original,
+            "{} by tag",
+            dependency.reference
+        );
+        // By digest: the whole image (this platform's) is copied and verified by skopeo.
+        let out = work
+            .path()
+            .join(format!("pulled-{}", sha256_digest(name.as_bytes())));
+        skopeo(&[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{prefixed}@{original}"),
+            &format!("oci:{}:pulled", out.display()),
+        ]);
+        let pulled = skopeo(&["inspect", "--raw", &format!("oci:{}:pulled", out.display())]);
+        let platform = &dependency.seeded.platforms[0];
+        assert_eq!(
+            sha256_digest(&pulled),
+            platform.manifest_digest,
+            "{} by digest",
+            dependency.reference
+        );
+        // `?ns=` (containerd's hosts.toml mirrors).
+        let response = http_request(
+            "GET",
+            &format!("http://{mirror}/v2/{repository}/manifests/{tag}?ns={host}"),
+            &[("Accept", ACCEPT)],
+            &[],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(response.status, 200, "{} by ns", dependency.reference);
+        assert_eq!(
+            response.header("Docker-Content-Digest"),
+            Some(original.as_str())
+        );
+        assert_eq!(sha256_digest(&response.body), *original);
+    }
+
+    for wire in &wires {
+        assert_eq!(
+            wire.connections(),
+            0,
+            "something connected to the stopped upstream {}",
+            wire.addr()
+        );
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let served_log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        served_log.contains("imported the carried images"),
+        "{served_log}"
+    );
+}
