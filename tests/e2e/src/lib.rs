@@ -6,19 +6,26 @@
 // Test code: it drives real processes and sockets directly.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use sealer_test_harness::run_bounded;
+use sealer_test_harness::{free_port, http_get, run_bounded};
 
 /// The journeys' result type.
 pub type Result<T> = anyhow::Result<T>;
+
+/// Bound on one `sealer` command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Bound on a registry server's start (it imports the carried images first).
+const SERVE_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Bound on building the binary (a no-op when `cargo test --workspace` built it already).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -133,5 +140,110 @@ impl Drop for Tripwire {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Runs `sealer --root ROOT ARGS…` (bounded) and returns its stdout; fails with both
+/// outputs unless it succeeds.
+pub fn run_sealer(root: &Path, args: &[&str]) -> Result<String> {
+    let mut command = Command::new(sealer_binary()?);
+    command
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env_remove("SEALER_ROOT")
+        .env_remove("RUST_LOG");
+    let output = run_bounded(&mut command, COMMAND_TIMEOUT)?;
+    if !output.status.success() {
+        bail!(
+            "sealer {}\nstdout:\n{}\nstderr:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// A running `sealer --root ROOT registry serve ARGS… --listen 127.0.0.1:PORT`, its log
+/// in a file; killed when dropped.
+#[derive(Debug)]
+pub struct Served {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Served {
+    /// Starts it on a free port, its stderr in `log`; returns once `/v2/` answers 200.
+    pub fn start(root: &Path, args: &[&str], log: &Path) -> Result<Self> {
+        let port = free_port()?;
+        let child = Command::new(sealer_binary()?)
+            .arg("--root")
+            .arg(root)
+            .args(["registry", "serve"])
+            .args(args)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .env_remove("SEALER_ROOT")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(File::create(log)?)
+            .spawn()?;
+        let mut served = Self {
+            child,
+            port,
+            log: log.to_owned(),
+        };
+        let deadline = Instant::now() + SERVE_START_TIMEOUT;
+        let base = format!("http://127.0.0.1:{port}/v2/");
+        loop {
+            if http_get(&base, Duration::from_secs(2)).is_ok_and(|answer| answer.status == 200) {
+                return Ok(served);
+            }
+            if let Some(status) = served.child.try_wait()? {
+                bail!("the registry exited ({status}):\n{}", served.log());
+            }
+            if Instant::now() >= deadline {
+                bail!("the registry did not start:\n{}", served.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_tripwire_counts_connections() {
+        let port = free_port().unwrap();
+        let wire = Tripwire::arm(format!("127.0.0.1:{port}").parse().unwrap()).unwrap();
+        assert_eq!(wire.connections(), 0);
+        let _first = std::net::TcpStream::connect(wire.addr()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while wire.connections() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(wire.connections(), 1);
     }
 }

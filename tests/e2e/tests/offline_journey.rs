@@ -8,16 +8,15 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-use std::fs::File;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use sealer_e2e::{Tripwire, sealer_binary, workspace_root};
+use sealer_e2e::{Served, Tripwire, run_sealer, workspace_root};
 use sealer_image_store::Platform;
 use sealer_test_harness::{
-    ImageSpec, Registry, RegistryOptions, SeededImage, free_port, http_get, http_request,
-    require_tools, run_bounded, seed_image,
+    ImageSpec, Registry, RegistryOptions, SeededImage, http_request, require_tools, run_bounded,
+    seed_image,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -25,24 +24,8 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 const CLUSTER_IMAGE: &str = "localhost/journey/cluster:v1";
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
-/// Runs `sealer --root ROOT ARGS…` to success; returns stdout.
 fn sealer(root: &Path, args: &[&str]) -> String {
-    let mut command = Command::new(sealer_binary().unwrap());
-    command
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .env_remove("SEALER_ROOT")
-        .env_remove("RUST_LOG");
-    let output = run_bounded(&mut command, STEP_TIMEOUT).unwrap();
-    assert!(
-        output.status.success(),
-        "sealer {}\nstdout:\n{}\nstderr:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    run_sealer(root, args).unwrap()
 }
 
 fn skopeo(args: &[&str]) -> Vec<u8> {
@@ -76,37 +59,6 @@ fn render(from: &Path, to: &Path, replacements: &[(&str, String)]) {
             std::fs::write(target, text).unwrap();
         }
     }
-}
-
-/// `sealer registry serve --image` on a free port, its log in `log`; returns once `/v2/`
-/// answers.
-fn serve(root: &Path, log: &Path) -> (Child, u16) {
-    let port = free_port().unwrap();
-    let child = Command::new(sealer_binary().unwrap())
-        .arg("--root")
-        .arg(root)
-        .args(["registry", "serve", "--image", CLUSTER_IMAGE, "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let base = format!("http://127.0.0.1:{port}/v2/");
-    while http_get(&base, Duration::from_secs(2))
-        .map(|response| response.status)
-        .ok()
-        != Some(200)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the registry did not start:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, port)
 }
 
 struct Dependency {
@@ -208,9 +160,13 @@ fn cluster_image_carries_its_images_and_serves_them_offline() {
     // An empty store on the "air-gapped" side: load, then serve what the image carries.
     let site_root = work.path().join("site-store");
     sealer(&site_root, &["load", "-i", archive.to_str().unwrap()]);
-    let log = work.path().join("serve.log");
-    let (mut server, port) = serve(&site_root, &log);
-    let mirror = format!("127.0.0.1:{port}");
+    let server = Served::start(
+        &site_root,
+        &["--image", CLUSTER_IMAGE],
+        &work.path().join("serve.log"),
+    )
+    .unwrap();
+    let mirror = server.host();
 
     for dependency in &dependencies {
         let (name, tag) = dependency.parts();
@@ -274,9 +230,7 @@ fn cluster_image_carries_its_images_and_serves_them_offline() {
             wire.addr()
         );
     }
-    let _ = server.kill();
-    let _ = server.wait();
-    let served_log = std::fs::read_to_string(&log).unwrap();
+    let served_log = server.log();
     assert!(
         served_log.contains("imported the carried images"),
         "{served_log}"

@@ -27,6 +27,9 @@ pub enum LayerCompression {
     Gzip,
     /// zstd (level 3): smaller and faster; needs containerd ≥ 1.5 / recent CRI-O and podman.
     Zstd,
+    /// A plain tar: for content that is compressed already (the `registry/` layer of
+    /// dependency images), where compressing again costs time and saves nothing.
+    Uncompressed,
 }
 
 impl LayerCompression {
@@ -35,6 +38,7 @@ impl LayerCompression {
         match self {
             Self::Gzip => media_type::OCI_LAYER_GZIP,
             Self::Zstd => media_type::OCI_LAYER_ZSTD,
+            Self::Uncompressed => media_type::OCI_LAYER,
         }
     }
 
@@ -43,6 +47,7 @@ impl LayerCompression {
         match self {
             Self::Gzip => "gzip",
             Self::Zstd => "zstd",
+            Self::Uncompressed => "none",
         }
     }
 }
@@ -197,10 +202,11 @@ pub(crate) fn write_layer(
     })
 }
 
-/// A compressing writer of either kind.
+/// A compressing writer of any kind.
 enum Compressor<W: Write> {
     Gzip(flate2::write::GzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
+    Plain(W),
 }
 
 impl<W: Write> Compressor<W> {
@@ -215,6 +221,7 @@ impl<W: Write> Compressor<W> {
             LayerCompression::Zstd => {
                 Self::Zstd(zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?)
             }
+            LayerCompression::Uncompressed => Self::Plain(out),
         })
     }
 
@@ -222,6 +229,7 @@ impl<W: Write> Compressor<W> {
         match self {
             Self::Gzip(encoder) => encoder.finish(),
             Self::Zstd(encoder) => encoder.finish(),
+            Self::Plain(out) => Ok(out),
         }
     }
 }
@@ -231,6 +239,7 @@ impl<W: Write> Write for Compressor<W> {
         match self {
             Self::Gzip(encoder) => encoder.write(buf),
             Self::Zstd(encoder) => encoder.write(buf),
+            Self::Plain(out) => out.write(buf),
         }
     }
 
@@ -238,6 +247,7 @@ impl<W: Write> Write for Compressor<W> {
         match self {
             Self::Gzip(encoder) => encoder.flush(),
             Self::Zstd(encoder) => encoder.flush(),
+            Self::Plain(out) => out.flush(),
         }
     }
 }

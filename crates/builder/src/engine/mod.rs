@@ -573,11 +573,12 @@ pub fn build(
                     report.layers_cached += 1;
                 } else {
                     let tree = deps::registry_tree(store, &images)?;
+                    // Its blobs are compressed already: compressing them again only costs.
                     let mut built = write_layer(
                         &tree,
                         store.fs().as_ref(),
                         epoch,
-                        options.compression,
+                        LayerCompression::Uncompressed,
                         &ingest,
                     )?;
                     // Marks the layer for `load_embedded` (`registry serve --image`).
