@@ -12,8 +12,9 @@ use crate::store::Store;
 /// What `sealer images` shows of an image besides its name and digest.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ImageSummary {
-    /// The platforms of an index's entries, or the one platform of a single manifest (from
-    /// its config; empty when the config names none, as for artifacts).
+    /// The platforms of an index's entries that are in the store, or the one platform of a
+    /// single manifest (from its config; empty when the config names none, as for
+    /// artifacts).
     pub platforms: Vec<Platform>,
     /// Bytes of the distinct blobs the image reaches that are in the store (manifests,
     /// configs and layers).
@@ -31,11 +32,18 @@ impl Store {
             size += self.blobs().stat(digest)?.unwrap_or(0);
         }
         let platforms = match self.read_manifest(descriptor)? {
-            ManifestDocument::Index(index) => index
-                .manifests
-                .iter()
-                .filter_map(|entry| entry.platform.clone())
-                .collect(),
+            // Only the platforms whose image is here (a partial image lacks some).
+            ManifestDocument::Index(index) => {
+                let mut present = Vec::new();
+                for entry in &index.manifests {
+                    if let Some(platform) = &entry.platform
+                        && self.blobs().stat(&entry.digest)?.is_some()
+                    {
+                        present.push(platform.clone());
+                    }
+                }
+                present
+            }
             ManifestDocument::Image(manifest) => {
                 match self.read_verified(&manifest.config.digest) {
                     Ok(config) => config_platform(&config).into_iter().collect(),

@@ -167,6 +167,13 @@ fn cluster_image_carries_its_images_and_serves_them_offline() {
     )
     .unwrap();
     let mirror = server.host();
+    // The carried multi-arch image is there for the build's platform only, and says so.
+    let listing = sealer(&site_root, &["images"]);
+    let web_a = listing
+        .lines()
+        .find(|line| line.starts_with(&format!("{host_a}/journey/web ")))
+        .unwrap_or_else(|| panic!("{listing}"));
+    assert!(web_a.contains("(+1 absent)"), "{listing}");
 
     for dependency in &dependencies {
         let (name, tag) = dependency.parts();

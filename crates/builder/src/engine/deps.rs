@@ -103,7 +103,11 @@ pub(crate) fn collect(
         source: std::io::Error::other(error.to_string()),
     })?;
     for warning in &report.warnings {
-        tracing::warn!(file = %warning.file, line = ?warning.line, message = %warning.message, "image scan");
+        let at = match warning.line {
+            Some(line) => format!("{}:{line}", warning.file),
+            None => warning.file.to_string(),
+        };
+        tracing::warn!("image scan: {at}: {}", warning.message);
     }
     let mut images = Vec::new();
     for finding in &report.images {

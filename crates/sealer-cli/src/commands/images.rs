@@ -67,7 +67,10 @@ fn platforms(summary: &ImageSummary) -> String {
         return "-".to_owned();
     }
     let names: Vec<String> = summary.platforms.iter().map(ToString::to_string).collect();
-    names.join(",")
+    match summary.absent_platforms {
+        0 => names.join(","),
+        absent => format!("{} (+{absent} absent)", names.join(",")),
+    }
 }
 
 fn to_json(entry: &ImageEntry, summary: &ImageSummary) -> serde_json::Value {
