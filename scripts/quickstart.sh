@@ -379,6 +379,10 @@ stop_process serve
 echo "the store now holds them under their source names:"
 run sealer --root "$node_store" images
 
+step "what the cluster's nodes need to pull through it: one containerd hosts.toml per registry"
+run sealer --root "$node_store" registry mirror-config --runtime containerd \
+    --endpoint "http://$serve" --image "$cluster"
+
 step "summary"
 row='%-36s %-20s %-20s %-20s %s\n'
 short() { printf '%s' "${1:0:19}"; }

@@ -114,7 +114,7 @@ pub enum MirrorRuntime {
     clap::ArgGroup::new("upstream_source")
         .required(true)
         .multiple(true)
-        .args(["config", "upstreams"])
+        .args(["config", "upstreams", "images"])
 ))]
 pub struct MirrorConfigArgs {
     /// The runtime to configure.
@@ -130,6 +130,10 @@ pub struct MirrorConfigArgs {
     /// `http://10.0.0.5:5000`; repeatable).
     #[arg(long = "upstream", value_name = "HOST|URL")]
     pub upstreams: Vec<String>,
+    /// Mirror every registry whose images this cluster image (in the store of --root)
+    /// carries, as `registry serve --image` serves them (repeatable).
+    #[arg(long = "image", value_name = "CLUSTER_IMAGE")]
+    pub images: Vec<String>,
     /// Write the files under this directory (`/etc/containerd`, `/etc/containers`,
     /// `/etc/docker`) instead of printing them.
     #[arg(short, long, value_name = "DIR")]

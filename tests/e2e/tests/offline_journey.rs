@@ -229,6 +229,33 @@ fn cluster_image_carries_its_images_and_serves_them_offline() {
         assert_eq!(sha256_digest(&response.body), *original);
     }
 
+    // The nodes' containerd: one hosts.toml per registry the cluster image carries.
+    let certs = work.path().join("containerd");
+    sealer(
+        &site_root,
+        &[
+            "registry",
+            "mirror-config",
+            "--runtime",
+            "containerd",
+            "--endpoint",
+            &format!("http://{mirror}"),
+            "--image",
+            CLUSTER_IMAGE,
+            "--output",
+            certs.to_str().unwrap(),
+        ],
+    );
+    for host in [&host_a, &host_b] {
+        let hosts_toml =
+            std::fs::read_to_string(certs.join("certs.d").join(host).join("hosts.toml"))
+                .unwrap_or_else(|error| panic!("hosts.toml of {host}: {error}"));
+        assert!(
+            hosts_toml.contains(&format!("http://{mirror}")),
+            "{hosts_toml}"
+        );
+    }
+
     for wire in &wires {
         assert_eq!(
             wire.connections(),

@@ -12,8 +12,8 @@ use sealer_dep_scanner::{ScanOptions, scan};
 use sealer_fs_abstraction::{FileKind, Fs};
 use sealer_image_store::model::{PARTIAL_ANNOTATION, REF_NAME_ANNOTATION};
 use sealer_image_store::{
-    Descriptor, Index, Ingest, Manifest, ManifestDocument, Platform, Store, StoreError,
-    choose_platform,
+    BlobStore, Descriptor, Index, Ingest, Manifest, ManifestDocument, Platform, Store,
+    StoreError, choose_platform,
 };
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +52,40 @@ pub fn container_images(manifest: &Manifest) -> std::result::Result<Vec<Containe
         Some(text) => serde_json::from_str(text)
             .map_err(|error| format!("{CONTAINER_IMAGES_ANNOTATION} is not valid: {error}")),
     }
+}
+
+/// The images the cluster image `reference` in `store` carries, as its manifests'
+/// [`CONTAINER_IMAGES_ANNOTATION`] lists them (every platform present in the store), sorted
+/// and deduplicated.
+pub fn carried_images(store: &Store, reference: &str) -> Result<Vec<ContainerImage>> {
+    let entry = store.lookup(reference)?;
+    let mut pending = vec![(entry.descriptor, 0usize)];
+    let mut found = BTreeSet::new();
+    while let Some((descriptor, depth)) = pending.pop() {
+        if depth >= MAX_INDEX_DEPTH {
+            return Err(BuildError::Metadata {
+                reference: reference.to_owned(),
+                message: format!("indexes nested deeper than {MAX_INDEX_DEPTH}"),
+            });
+        }
+        match store.read_manifest(&descriptor)? {
+            ManifestDocument::Index(index) => {
+                for child in index.manifests {
+                    if store.blobs().stat(&child.digest)?.is_some() {
+                        pending.push((child, depth + 1));
+                    }
+                }
+            }
+            ManifestDocument::Image(manifest) => {
+                let listed = container_images(&manifest).map_err(|message| BuildError::Metadata {
+                    reference: reference.to_owned(),
+                    message,
+                })?;
+                found.extend(listed);
+            }
+        }
+    }
+    Ok(found.into_iter().collect())
 }
 
 /// A dependency image resolved in the store for one platform.

@@ -42,6 +42,14 @@ pub enum BuildError {
         /// Why.
         message: String,
     },
+    /// An image's sealer metadata (its annotations) cannot be read.
+    #[error("image {reference}: {message}")]
+    Metadata {
+        /// The image.
+        reference: String,
+        /// What is wrong.
+        message: String,
+    },
     /// An image the rootfs needs (found by the image scan) is not in the store and could not
     /// be pulled (`--build-mode lite` skips them).
     #[error("dependency image {reference}: {message}")]

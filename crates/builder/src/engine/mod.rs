@@ -48,7 +48,9 @@ use sealer_image_store::{
 use sealer_layer_cache::{CacheEntry, CacheKey, InputDigest, InputHasher, LayerCache};
 use serde_json::{Value, json};
 
-pub use deps::{CONTAINER_IMAGES_ANNOTATION, ContainerImage, REGISTRY_DIR, container_images};
+pub use deps::{
+    CONTAINER_IMAGES_ANNOTATION, ContainerImage, REGISTRY_DIR, carried_images, container_images,
+};
 pub use error::{BuildError, Result};
 pub use layer::LayerCompression;
 pub use metadata::{

@@ -1,13 +1,18 @@
 //! `sealer registry mirror-config`.
 
+use std::collections::BTreeSet;
+use std::path::Path;
+
 use anyhow::{Context, Result, bail};
+use sealer_builder::engine::carried_images;
 use sealer_fs_abstraction::{Fs, RealFs};
+use sealer_image_store::{Reference, Store};
 use sealer_registry_proxy::ServerConfig;
 use sealer_registry_proxy::mirror_config::{self, Endpoint, MirrorUpstream, Runtime};
 
 use crate::cli::{MirrorConfigArgs, MirrorRuntime};
 
-pub fn run(args: &MirrorConfigArgs) -> Result<()> {
+pub fn run(root: Option<&Path>, args: &MirrorConfigArgs) -> Result<()> {
     let endpoint: Endpoint = args.endpoint.parse()?;
     let runtime = match args.runtime {
         MirrorRuntime::Containerd => Runtime::Containerd,
@@ -23,6 +28,24 @@ pub fn run(args: &MirrorConfigArgs) -> Result<()> {
     }
     for text in &args.upstreams {
         upstreams.push(text.parse()?);
+    }
+    if !args.images.is_empty() {
+        let store = super::open_store(root, Store::open_existing)?;
+        let mut hosts = BTreeSet::new();
+        for image in &args.images {
+            for carried in carried_images(&store, image)? {
+                hosts.insert(carried.image.parse::<Reference>()?.registry().to_owned());
+            }
+        }
+        for host in hosts {
+            let upstream: MirrorUpstream = host.parse()?;
+            if !upstreams
+                .iter()
+                .any(|known| known.registry_host() == upstream.registry_host())
+            {
+                upstreams.push(upstream);
+            }
+        }
     }
     let generated =
         mirror_config::generate(runtime, &upstreams, default_upstream.as_deref(), &endpoint)?;

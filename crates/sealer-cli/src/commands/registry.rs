@@ -37,6 +37,6 @@ pub fn run(root: Option<&Path>, command: &RegistryCommand) -> Result<()> {
                     None => format!("serving on {}", config.listen),
                 })
         }
-        RegistryCommand::MirrorConfig(args) => super::mirror_config::run(args),
+        RegistryCommand::MirrorConfig(args) => super::mirror_config::run(root, args),
     }
 }
