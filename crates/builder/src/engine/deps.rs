@@ -12,8 +12,8 @@ use sealer_dep_scanner::{ScanOptions, scan};
 use sealer_fs_abstraction::{FileKind, Fs};
 use sealer_image_store::model::{PARTIAL_ANNOTATION, REF_NAME_ANNOTATION};
 use sealer_image_store::{
-    BlobStore, Descriptor, Index, Ingest, Manifest, ManifestDocument, Platform, Store,
-    StoreError, choose_platform,
+    BlobStore, Descriptor, Index, Ingest, Manifest, ManifestDocument, Platform, Store, StoreError,
+    choose_platform,
 };
 use serde::{Deserialize, Serialize};
 
@@ -77,10 +77,11 @@ pub fn carried_images(store: &Store, reference: &str) -> Result<Vec<ContainerIma
                 }
             }
             ManifestDocument::Image(manifest) => {
-                let listed = container_images(&manifest).map_err(|message| BuildError::Metadata {
-                    reference: reference.to_owned(),
-                    message,
-                })?;
+                let listed =
+                    container_images(&manifest).map_err(|message| BuildError::Metadata {
+                        reference: reference.to_owned(),
+                        message,
+                    })?;
                 found.extend(listed);
             }
         }
