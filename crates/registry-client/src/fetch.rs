@@ -6,7 +6,7 @@
 
 use bytes::{Buf, Bytes};
 use futures_util::Stream;
-use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, RANGE};
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, RANGE};
 use reqwest::{Method, Response, StatusCode, Url};
 use sealer_image_store::Digest;
 use sealer_image_store::model::media_type;
@@ -15,7 +15,6 @@ use crate::client::{
     ClientError, DOCKER_CONTENT_DIGEST, FetchedManifest, MANIFEST_ACCEPT, RegistryClient, Request,
     Scope, status_error,
 };
-use crate::pull::check_resumed_range;
 
 /// What a `HEAD` of a manifest told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -300,5 +299,63 @@ impl BlobDownload {
             }
             _ => Err(status_error(Method::GET, response).await),
         }
+    }
+}
+
+/// Checks a `206` answer to `Range: bytes=OFFSET-`: its `Content-Range` must start at
+/// `offset` and agree with the blob's `size` when both are known. Returns the total it
+/// states, or why the answer cannot continue the download.
+fn check_resumed_range(
+    headers: &reqwest::header::HeaderMap,
+    offset: u64,
+    size: Option<u64>,
+) -> Result<Option<u64>, String> {
+    let header = headers.get(CONTENT_RANGE);
+    match header
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_content_range)
+    {
+        Some((start, total))
+            if start == offset && (size.is_none() || total.is_none() || total == size) =>
+        {
+            Ok(total)
+        }
+        _ => Err(format!(
+            "asked for bytes {offset}-, got Content-Range {header:?}"
+        )),
+    }
+}
+
+/// `bytes START-END/TOTAL` → (START, TOTAL), TOTAL `None` for `*`.
+fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end: u64 = end.trim().parse().ok()?;
+    if end < start {
+        return None;
+    }
+    let total = match total.trim() {
+        "*" => None,
+        total => Some(total.parse().ok()?),
+    };
+    Some((start, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            Some((100, Some(200)))
+        );
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
+        assert_eq!(parse_content_range("bytes */200"), None);
+        assert_eq!(parse_content_range("bytes 9-5/10"), None);
+        assert_eq!(parse_content_range("items 1-2/3"), None);
     }
 }

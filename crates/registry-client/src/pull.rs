@@ -17,8 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use bytes::{Buf, Bytes};
-use reqwest::header::{CONTENT_RANGE, RANGE};
-use reqwest::{Method, Response, StatusCode, Url};
 use sealer_image_store::model::ManifestError;
 use sealer_image_store::{
     CommitReport, Descriptor, Digest, Ingest, Manifest, ManifestDocument, Platform, Reference,
@@ -26,7 +24,8 @@ use sealer_image_store::{
 };
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-use crate::client::{ClientError, FetchedManifest, RegistryClient, Request, Scope, status_error};
+use crate::client::{ClientError, FetchedManifest, RegistryClient, Scope};
+use crate::fetch::BlobDownload;
 use crate::progress::{BlobOutcome, TransferProgress};
 
 /// Indexes nested deeper than this are refused.
@@ -244,7 +243,6 @@ impl RegistryClient {
                 handle: &handle,
                 store,
                 reference,
-                scope: &scope,
                 manifests: &manifests,
                 blobs: &blobs,
                 top: &top_descriptor,
@@ -356,11 +354,6 @@ impl RegistryClient {
                 ..Stats::default()
             });
         }
-        let url = job.handle.block_on(self.api_url(
-            job.reference.registry(),
-            job.reference.repository(),
-            &format!("blobs/{digest}"),
-        ))?;
         job.progress.blob_started(digest, blob.size);
         let policy = &self.inner.options.retries;
         let mut resumes = 0;
@@ -370,14 +363,12 @@ impl RegistryClient {
             let mut reader = BlobReader {
                 client: self,
                 job,
-                url: url.clone(),
                 digest,
                 size: blob.size,
                 cancel,
-                response: None,
+                download: None,
                 pending: Bytes::new(),
                 offset: 0,
-                skip: 0,
                 resumes: 0,
                 failure: None,
             };
@@ -423,7 +414,6 @@ struct Staging<'a> {
     handle: &'a Handle,
     store: &'a Store,
     reference: &'a Reference,
-    scope: &'a Scope,
     manifests: &'a [FetchedManifest],
     blobs: &'a [Descriptor],
     top: &'a Descriptor,
@@ -451,33 +441,35 @@ enum ReadFailure {
     Cancelled,
 }
 
-/// An [`io::Read`] over a blob's HTTP body, fed to [`Ingest::put`]. It opens the request on
-/// the first read, drives the async response from this (non-runtime) thread, and when the
-/// connection breaks or the body ends early it asks again with `Range: bytes=OFFSET-` and
-/// carries on (a server that ignores the range and sends everything has the bytes already
-/// delivered skipped). Exactly `size` bytes are delivered; the store checks the digest.
+impl ReadFailure {
+    /// What a failed [`BlobDownload`] means for the blob: a broken transfer (its resumes used
+    /// up, a range the registry cannot serve, a body of the wrong length) may work from the
+    /// start; a refusal (404, 401, …) will not.
+    fn of(error: ClientError) -> Self {
+        match &error {
+            ClientError::Transport { .. } | ClientError::Protocol { .. } => Self::Restart(error),
+            ClientError::Status { status: 416, .. } => Self::Restart(error),
+            _ => Self::Fatal(error),
+        }
+    }
+}
+
+/// An [`io::Read`] over a [`BlobDownload`] (which resumes with `Range` after a broken
+/// connection), fed to [`Ingest::put`] from a worker thread that drives the download on the
+/// runtime. Exactly `size` bytes are delivered; the store checks the digest.
 struct BlobReader<'a> {
     client: &'a RegistryClient,
     job: &'a Staging<'a>,
-    url: Url,
     digest: &'a Digest,
     size: u64,
     cancel: &'a AtomicBool,
-    response: Option<Response>,
+    /// Opened on the first read.
+    download: Option<BlobDownload>,
     pending: Bytes,
     /// Bytes delivered so far.
     offset: u64,
-    /// Bytes of the current response to drop (a `200` to a ranged request).
-    skip: u64,
     resumes: u32,
     failure: Option<ReadFailure>,
-}
-
-enum Next {
-    /// The request could not be (re)opened.
-    Open(ReadFailure),
-    /// The body broke.
-    Body(reqwest::Error),
 }
 
 impl BlobReader<'_> {
@@ -490,78 +482,26 @@ impl BlobReader<'_> {
         io::Error::other(message)
     }
 
-    async fn next_chunk(&mut self) -> Result<Option<Bytes>, Next> {
-        if self.response.is_none() {
-            self.response = Some(self.open().await.map_err(Next::Open)?);
-        }
-        match self.response.as_mut() {
-            Some(response) => response.chunk().await.map_err(Next::Body),
-            None => Ok(None),
-        }
-    }
-
-    async fn open(&mut self) -> Result<Response, ReadFailure> {
-        let job = self.job;
-        let mut request = Request::new(
-            Method::GET,
-            job.reference.registry(),
-            self.url.clone(),
-            job.scope,
-        );
-        if self.offset > 0 {
-            request = request
-                .header(RANGE, &format!("bytes={}-", self.offset))
-                .map_err(ReadFailure::Fatal)?;
-        }
-        let response = self
-            .client
-            .send(request)
-            .await
-            .map_err(ReadFailure::Fatal)?;
-        let status = response.status();
-        match status {
-            StatusCode::OK => {
-                self.skip = self.offset;
-                if self.offset > 0 {
-                    tracing::info!(digest = %self.digest, offset = self.offset, "the registry ignored Range; skipping what is already staged");
-                }
-                Ok(response)
+    /// The next bytes of the blob (`None` at the end of the body).
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, ClientError> {
+        let download = match &mut self.download {
+            Some(download) => download,
+            None => {
+                let reference = self.job.reference;
+                let download = self
+                    .client
+                    .get_blob(reference.registry(), reference.repository(), self.digest, 0)
+                    .await?;
+                self.download.insert(download)
             }
-            StatusCode::PARTIAL_CONTENT if self.offset > 0 => {
-                match check_resumed_range(response.headers(), self.offset, Some(self.size)) {
-                    Ok(_) => {
-                        self.skip = 0;
-                        Ok(response)
-                    }
-                    Err(reason) => Err(ReadFailure::Restart(ClientError::Protocol {
-                        url: self.url.clone().to_string(),
-                        reason,
-                    })),
-                }
-            }
-            StatusCode::RANGE_NOT_SATISFIABLE => Err(ReadFailure::Restart(
-                status_error(Method::GET, response).await,
-            )),
-            _ => Err(ReadFailure::Fatal(
-                status_error(Method::GET, response).await,
-            )),
+        };
+        let resumes = download.resumes();
+        let chunk = download.chunk().await;
+        if download.resumes() > resumes {
+            self.resumes += download.resumes() - resumes;
+            self.job.progress.blob_restarted(self.digest, self.offset);
         }
-    }
-
-    /// After a broken body: resume, or give up when resumed too often.
-    fn resume(&mut self, error: ClientError) -> Result<(), io::Error> {
-        self.response = None;
-        if self.resumes >= self.client.inner.options.max_resumes {
-            return Err(self.fail(ReadFailure::Restart(error)));
-        }
-        self.resumes += 1;
-        tracing::warn!(digest = %self.digest, offset = self.offset, %error, "connection broke; resuming");
-        self.job.progress.blob_restarted(self.digest, self.offset);
-        let wait = self.client.inner.options.retries.backoff(self.resumes);
-        self.job
-            .handle
-            .block_on(async { tokio::time::sleep(wait).await });
-        Ok(())
+        chunk
     }
 }
 
@@ -585,11 +525,6 @@ impl Read for BlobReader<'_> {
             let handle = self.job.handle;
             match handle.block_on(self.next_chunk()) {
                 Ok(Some(mut chunk)) => {
-                    if self.skip > 0 {
-                        let dropped = self.skip.min(chunk.len() as u64);
-                        chunk.advance(dropped as usize);
-                        self.skip -= dropped;
-                    }
                     let wanted = self.size - self.offset;
                     if chunk.len() as u64 > wanted {
                         chunk.truncate(wanted as usize);
@@ -598,81 +533,16 @@ impl Read for BlobReader<'_> {
                 }
                 Ok(None) => {
                     let error = ClientError::Protocol {
-                        url: self.url.clone().to_string(),
+                        url: format!("blob {}", self.digest),
                         reason: format!(
-                            "the body ended after {} of {} bytes",
+                            "the registry's blob ended after {} of {} bytes",
                             self.offset, self.size
                         ),
                     };
-                    self.resume(error)?;
+                    return Err(self.fail(ReadFailure::Restart(error)));
                 }
-                Err(Next::Body(source)) => {
-                    let error = ClientError::Transport {
-                        request: format!("{} {}", Method::GET, self.url.clone()),
-                        source,
-                    };
-                    self.resume(error)?;
-                }
-                Err(Next::Open(failure)) => return Err(self.fail(failure)),
+                Err(error) => return Err(self.fail(ReadFailure::of(error))),
             }
         }
-    }
-}
-
-/// Checks a `206` answer to `Range: bytes=OFFSET-`: its `Content-Range` must start at
-/// `offset` and agree with the blob's `size` when both are known. Returns the total it
-/// states, or why the answer cannot continue the download.
-pub(crate) fn check_resumed_range(
-    headers: &reqwest::header::HeaderMap,
-    offset: u64,
-    size: Option<u64>,
-) -> Result<Option<u64>, String> {
-    let header = headers.get(CONTENT_RANGE);
-    match header
-        .and_then(|value| value.to_str().ok())
-        .and_then(parse_content_range)
-    {
-        Some((start, total))
-            if start == offset && (size.is_none() || total.is_none() || total == size) =>
-        {
-            Ok(total)
-        }
-        _ => Err(format!(
-            "asked for bytes {offset}-, got Content-Range {header:?}"
-        )),
-    }
-}
-
-/// `bytes START-END/TOTAL` → (START, TOTAL), TOTAL `None` for `*`.
-pub(crate) fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
-    let rest = value.trim().strip_prefix("bytes")?.trim_start();
-    let (range, total) = rest.split_once('/')?;
-    let (start, end) = range.split_once('-')?;
-    let start: u64 = start.trim().parse().ok()?;
-    let end: u64 = end.trim().parse().ok()?;
-    if end < start {
-        return None;
-    }
-    let total = match total.trim() {
-        "*" => None,
-        total => Some(total.parse().ok()?),
-    };
-    Some((start, total))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_ranges() {
-        assert_eq!(
-            parse_content_range("bytes 100-199/200"),
-            Some((100, Some(200)))
-        );
-        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
-        assert_eq!(parse_content_range("bytes */200"), None);
-        assert_eq!(parse_content_range("bytes 9-5/10"), None);
-        assert_eq!(parse_content_range("items 1-2/3"), None);
     }
 }
