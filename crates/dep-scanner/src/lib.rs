@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 
 mod rules;
+mod template;
 mod tree;
 mod yaml;
 
@@ -108,6 +109,9 @@ pub enum Rule {
     /// A chart rendered by `helm template` with its default values; the line is in the
     /// rendered output of the template named by the file.
     HelmTemplate,
+    /// A chart template's `image:` whose `{{ .Values… }}` (and `.Chart.AppVersion`,
+    /// `default`) were resolved from the chart's own values.yaml and Chart.yaml.
+    TemplateValues,
 }
 
 impl Rule {
@@ -121,6 +125,7 @@ impl Rule {
             Self::ImageList => "image-list",
             Self::ExtraImageList => "extra-image-list",
             Self::HelmTemplate => "helm-template",
+            Self::TemplateValues => "template-values",
         }
     }
 }
@@ -201,12 +206,24 @@ fn display<T: fmt::Display, S: serde::Serializer>(
 pub(crate) struct Collector {
     images: BTreeMap<String, Finding>,
     warnings: Vec<Warning>,
+    /// While a chart's templates are scanned: what their `{{ .Values… }}` resolve with.
+    pub(crate) chart_values: Option<template::ChartValues>,
 }
 
 impl Collector {
     /// Records `text` as an image: a finding if it is a valid reference, else a warning.
     pub(crate) fn image(&mut self, text: &str, file: &str, line: usize, rule: Rule) {
         let text = text.trim();
+        if text.contains("{{")
+            && let Some(resolved) = self
+                .chart_values
+                .as_ref()
+                .and_then(|values| values.resolve(text))
+            // A value that is a template itself (`tpl`) is not followed.
+            && !resolved.contains("{{")
+        {
+            return self.image(&resolved, file, line, Rule::TemplateValues);
+        }
         if text.contains("{{") || text.contains("${") || text.contains("$(") {
             self.warn(
                 file,

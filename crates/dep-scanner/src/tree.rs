@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use sealer_fs_abstraction::{FileKind, Fs};
 
 use crate::rules::{self, Context};
+use crate::template::ChartValues;
 use crate::yaml;
 use crate::{Collector, Rule, ScanError, ScanOptions, ScanReport};
 
@@ -365,23 +366,35 @@ fn scan_chart_files(
     // Innermost first.
     roots.sort_by_key(|root| std::cmp::Reverse(root.len()));
     let mut app_versions: BTreeMap<&str, Option<String>> = BTreeMap::new();
+    let mut chart_values: BTreeMap<&str, ChartValues> = BTreeMap::new();
     for root in &roots {
-        let chart_yaml = if root.is_empty() {
-            "Chart.yaml".to_owned()
-        } else {
-            format!("{root}/Chart.yaml")
+        let in_chart = |name: &str| {
+            if root.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{root}/{name}")
+            }
         };
-        let version = files
-            .get(&chart_yaml)
-            .and_then(|data| std::str::from_utf8(data).ok())
-            .and_then(|text| yaml::parse_documents(text).ok())
-            .and_then(|documents| {
-                documents
-                    .first()
-                    .and_then(|document| document.get("appVersion"))
-                    .and_then(|node| node.as_str())
-                    .map(str::to_owned)
-            });
+        let first_document = |name: &str| {
+            files
+                .get(&in_chart(name))
+                .and_then(|data| std::str::from_utf8(data).ok())
+                .and_then(|text| yaml::parse_documents(text).ok())
+                .and_then(|documents| documents.into_iter().next())
+        };
+        let version = first_document("Chart.yaml").and_then(|document| {
+            document
+                .get("appVersion")
+                .and_then(|node| node.as_str())
+                .map(str::to_owned)
+        });
+        chart_values.insert(
+            root,
+            ChartValues {
+                values: first_document("values.yaml"),
+                app_version: version.clone(),
+            },
+        );
         app_versions.insert(root, version);
     }
     for (path, data) in files {
@@ -416,7 +429,9 @@ fn scan_chart_files(
         if inner == "values.yaml" {
             scan_yaml(&text, &file, default_tag.as_deref(), collector);
         } else {
+            collector.chart_values = chart_values.get(root.as_str()).cloned();
             scan_yaml(&text, &file, None, collector);
+            collector.chart_values = None;
         }
     }
 }
