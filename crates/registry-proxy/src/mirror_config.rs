@@ -172,14 +172,29 @@ impl From<&UpstreamConfig> for MirrorUpstream {
     }
 }
 
+/// Whether `host[:port]` names this machine (`localhost`, `127.0.0.0/8`, `[::1]`).
+fn is_loopback_host(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => authority.split(':').next().unwrap_or(authority),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl FromStr for MirrorUpstream {
     type Err = MirrorConfigError;
 
-    /// `quay.io` (HTTPS assumed), `https://quay.io` or `http://10.0.0.5:5000`; the name is
+    /// `quay.io` (HTTPS assumed, plain HTTP for a loopback host such as `127.0.0.1:5000`,
+    /// as registry clients do), `https://quay.io` or `http://10.0.0.5:5000`; the name is
     /// the host.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let url_text = if text.contains("://") {
             text.to_owned()
+        } else if is_loopback_host(text) {
+            format!("http://{text}")
         } else {
             format!("https://{text}")
         };
@@ -535,6 +550,17 @@ mod tests {
         assert_eq!(hub.registry_host(), "docker.io");
         let lab: MirrorUpstream = "http://127.0.0.1:5001".parse().unwrap();
         assert_eq!(lab.registry_host(), "127.0.0.1:5001");
+        // A bare loopback host is plain HTTP, as registry clients treat it; others HTTPS.
+        for (text, plain) in [
+            ("127.0.0.1:5001", true),
+            ("localhost:5000", true),
+            ("[::1]:5000", true),
+            ("10.0.0.5:5000", false),
+            ("quay.io", false),
+        ] {
+            let upstream: MirrorUpstream = text.parse().unwrap();
+            assert_eq!(upstream.is_plain_http(), plain, "{text}");
+        }
         assert!("quay.io/coreos".parse::<MirrorUpstream>().is_err());
         assert!("ftp://quay.io".parse::<MirrorUpstream>().is_err());
         assert!("quay".parse::<MirrorUpstream>().is_err());
