@@ -152,7 +152,8 @@ impl Default for LoadOptions<'_> {
 /// What a load added.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadReport {
-    /// The images, by name when they have one, with their top digest.
+    /// The images, by name when they have one (`repository@digest` for a digest-pinned
+    /// one, which is stored unnamed), with their top digest.
     pub images: Vec<(Option<String>, Digest)>,
     /// Blob accounting.
     pub commit: CommitReport,
@@ -752,6 +753,9 @@ fn commit_oci_index(
             }
             (_, Some(ref_name)) => match ref_name.parse::<Reference>() {
                 Ok(reference) if reference.tag().is_some() => Some(reference),
+                // `repository@digest` (a digest-pinned image): stored as an unnamed entry,
+                // reported by that name.
+                Ok(reference) if reference.digest() == Some(&descriptor.digest) => Some(reference),
                 _ => {
                     report.warnings.push(format!(
                         "image {} is named {ref_name:?}, which is not an image reference; it is loaded unnamed (use --name)",
@@ -785,7 +789,10 @@ fn finish_load(
     report.commit = ingest.commit(&roots)?;
     report.images = roots
         .into_iter()
-        .map(|(name, descriptor)| (name.and_then(|name| name.tagged_name()), descriptor.digest))
+        .map(|(name, descriptor)| {
+            let shown = name.map(|name| name.tagged_name().unwrap_or_else(|| name.to_string()));
+            (shown, descriptor.digest)
+        })
         .collect();
     Ok(report)
 }

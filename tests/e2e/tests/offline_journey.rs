@@ -62,14 +62,22 @@ fn render(from: &Path, to: &Path, replacements: &[(&str, String)]) {
 }
 
 struct Dependency {
-    reference: String,
+    /// `HOST/REPOSITORY`.
+    name: String,
+    tag: String,
     seeded: SeededImage,
+    /// Named by digest only in the manifests (`HOST/REPOSITORY@sha256:…`).
+    pinned: bool,
 }
 
 impl Dependency {
-    /// `HOST/REPOSITORY` and the tag.
-    fn parts(&self) -> (&str, &str) {
-        self.reference.rsplit_once(':').unwrap()
+    /// The reference the cluster's manifests use.
+    fn reference(&self) -> String {
+        if self.pinned {
+            format!("{}@{}", self.name, self.seeded.manifest_digest)
+        } else {
+            format!("{}:{}", self.name, self.tag)
+        }
     }
 }
 
@@ -105,12 +113,23 @@ fn cluster_image_carries_its_images_and_serves_them_offline() {
             "journey/agent:0.3",
             ImageSpec::new("unused:1", &[80_000], 14),
         ),
+        // Only ever named by digest (added to the manifests below).
+        (
+            &host_a,
+            "journey/pinned:0.1",
+            ImageSpec::new("unused:1", &[60_000], 15),
+        ),
     ];
     let dependencies: Vec<Dependency> = seeds
         .iter()
-        .map(|(host, path, spec)| Dependency {
-            reference: format!("{host}/{path}"),
-            seeded: seed_image(host, path, spec, None).unwrap(),
+        .map(|(host, path, spec)| {
+            let (repository, tag) = path.split_once(':').unwrap();
+            Dependency {
+                name: format!("{host}/{repository}"),
+                tag: tag.to_owned(),
+                seeded: seed_image(host, path, spec, None).unwrap(),
+                pinned: repository.ends_with("/pinned"),
+            }
         })
         .collect();
     assert_ne!(
@@ -128,6 +147,18 @@ fn cluster_image_carries_its_images_and_serves_them_offline() {
             ("upstream-b.invalid", host_b.clone()),
         ],
     );
+    let pinned = dependencies
+        .iter()
+        .find(|dependency| dependency.pinned)
+        .unwrap();
+    std::fs::write(
+        context.join("manifests/pinned.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: pinned\nspec:\n  containers:\n    - name: pinned\n      image: {}\n",
+            pinned.reference()
+        ),
+    )
+    .unwrap();
     let build_root = work.path().join("build-store");
     sealer(
         &build_root,
@@ -138,9 +169,9 @@ fn cluster_image_carries_its_images_and_serves_them_offline() {
     let listed = inspected.to_string();
     for dependency in &dependencies {
         assert!(
-            listed.contains(&dependency.reference),
+            listed.contains(&dependency.reference()),
             "{} not listed in {inspected:#}",
-            dependency.reference
+            dependency.reference()
         );
     }
     let archive = work.path().join("cluster.tar");
@@ -176,28 +207,27 @@ fn cluster_image_carries_its_images_and_serves_them_offline() {
     assert!(web_a.contains("(+1 absent)"), "{listing}");
 
     for dependency in &dependencies {
-        let (name, tag) = dependency.parts();
+        let reference = dependency.reference();
         let original = &dependency.seeded.manifest_digest;
-        // By tag, path prefix (CRI-O/podman mirrors, Docker prefix names): the host's port
-        // travels as `_PORT`, references allow no `:` in their path.
-        let (host, repository) = name.split_once('/').unwrap();
+        // Path prefix (CRI-O/podman mirrors, Docker prefix names): the host's port travels
+        // as `_PORT`, references allow no `:` in their path.
+        let (host, repository) = dependency.name.split_once('/').unwrap();
         let prefixed = format!("{mirror}/{}/{repository}", host.replace(':', "_"));
-        let raw = skopeo(&[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{prefixed}:{tag}"),
-        ]);
-        assert_eq!(
-            &sha256_digest(&raw),
-            original,
-            "{} by tag",
-            dependency.reference
-        );
+        let mut by = vec![original.clone()];
+        if !dependency.pinned {
+            by.push(dependency.tag.clone());
+            let raw = skopeo(&[
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                &format!("docker://{prefixed}:{}", dependency.tag),
+            ]);
+            assert_eq!(&sha256_digest(&raw), original, "{reference} by tag");
+        }
         // By digest: the whole image (this platform's) is copied and verified by skopeo.
         let out = work
             .path()
-            .join(format!("pulled-{}", sha256_digest(name.as_bytes())));
+            .join(format!("pulled-{}", sha256_digest(reference.as_bytes())));
         skopeo(&[
             "copy",
             "--src-tls-verify=false",
@@ -209,24 +239,25 @@ fn cluster_image_carries_its_images_and_serves_them_offline() {
         assert_eq!(
             sha256_digest(&pulled),
             platform.manifest_digest,
-            "{} by digest",
-            dependency.reference
+            "{reference} by digest"
         );
-        // `?ns=` (containerd's hosts.toml mirrors).
-        let response = http_request(
-            "GET",
-            &format!("http://{mirror}/v2/{repository}/manifests/{tag}?ns={host}"),
-            &[("Accept", ACCEPT)],
-            &[],
-            Duration::from_secs(10),
-        )
-        .unwrap();
-        assert_eq!(response.status, 200, "{} by ns", dependency.reference);
-        assert_eq!(
-            response.header("Docker-Content-Digest"),
-            Some(original.as_str())
-        );
-        assert_eq!(sha256_digest(&response.body), *original);
+        // `?ns=` (containerd's hosts.toml mirrors), by tag and by digest.
+        for manifest in &by {
+            let response = http_request(
+                "GET",
+                &format!("http://{mirror}/v2/{repository}/manifests/{manifest}?ns={host}"),
+                &[("Accept", ACCEPT)],
+                &[],
+                Duration::from_secs(10),
+            )
+            .unwrap();
+            assert_eq!(response.status, 200, "{reference} by ns, {manifest}");
+            assert_eq!(
+                response.header("Docker-Content-Digest"),
+                Some(original.as_str())
+            );
+            assert_eq!(sha256_digest(&response.body), *original);
+        }
     }
 
     // The nodes' containerd: one hosts.toml per registry the cluster image carries.
@@ -269,4 +300,7 @@ fn cluster_image_carries_its_images_and_serves_them_offline() {
         served_log.contains("imported the carried images"),
         "{served_log}"
     );
+    // The digest-pinned image is served under its reference, with no complaint.
+    assert!(served_log.contains(&pinned.reference()), "{served_log}");
+    assert!(!served_log.contains("WARN"), "{served_log}");
 }
