@@ -13,11 +13,12 @@ use sealer_builder::engine::{
 use sealer_builder::kubefile::{self, DEFAULT_NAME};
 use sealer_fs_abstraction::RealFs;
 use sealer_image_store::{Platform, Reference, Store};
-use sealer_registry_client::{NoProgress, PlatformSelection};
+use sealer_registry_client::PlatformSelection;
 
 use super::{registry_client, runtime, split_file};
 use crate::cli::{BuildArgs, BuildModeArg, LayerCompressionArg};
 use crate::download::Downloader;
+use crate::progress::Transfers;
 
 /// Prints one line per finished step; a spinner on stderr while a step runs (terminals
 /// only).
@@ -117,21 +118,28 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
         ),
         _ => None,
     };
+    let pull_runtime = std::cell::OnceCell::new();
     let pull = |reference: &str, platform: &Platform| -> Result<(), String> {
         let image: Reference = reference.parse().map_err(|e| format!("{e}"))?;
         let client =
             registry_client(image.registry(), &args.registry, 4).map_err(|e| format!("{e:#}"))?;
+        let runtime = match pull_runtime.get() {
+            Some(runtime) => runtime,
+            None => {
+                let made = runtime().map_err(|e| format!("{e:#}"))?;
+                pull_runtime.get_or_init(|| made)
+            }
+        };
         eprintln!("Pulling {image} ({platform})");
-        runtime()
-            .map_err(|e| format!("{e:#}"))?
-            .block_on(client.pull(
-                store,
-                &image,
-                PlatformSelection::Only(platform.clone()),
-                &NoProgress,
-            ))
-            .map(|_| ())
-            .map_err(|e| format!("pulling: {e}"))
+        let progress = Transfers::new(args.quiet);
+        let pulled = runtime.block_on(client.pull(
+            store,
+            &image,
+            PlatformSelection::Only(platform.clone()),
+            &progress,
+        ));
+        progress.clear();
+        pulled.map(|_| ()).map_err(|e| format!("pulling: {e}"))
     };
     let downloader = std::cell::OnceCell::new();
     let fetch = |url: &str| -> Result<Vec<u8>, String> {
