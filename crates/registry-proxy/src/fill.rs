@@ -17,26 +17,26 @@
 //! partial object is cached), with the same hold-back.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{Read as _, Seek as _, SeekFrom};
+use std::io::{Seek as _, SeekFrom};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use sealer_fs_abstraction::ReadFile;
 use sealer_image_store::{BlobStore, BlobUpload, Digest, Store, StoreError};
 use sealer_registry_client::{ClientError, RegistryClient};
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::{FailureReason, UpstreamMetrics};
 use crate::source::BlobStream;
+use crate::stream::{READ_CHUNK, read_chunk};
 
 /// Bytes of recent chunks a fill keeps in memory for its followers (beyond that, chunks
 /// already on disk are dropped and late readers read the upload's file).
 const RING_CAPACITY: usize = 8 << 20;
 /// Chunks queued between the fill and its writer thread.
 const WRITE_QUEUE: usize = 16;
-/// The largest piece a follower reads from a file at once.
-const FILE_READ: u64 = 1 << 20;
 
 /// Why fetching from an upstream failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,8 +248,15 @@ impl Fill {
     }
 
     fn update(&self, change: impl FnOnce(&mut FillState)) {
+        self.update_if(true, change);
+    }
+
+    /// Changes the state, and wakes the followers when `notify`.
+    fn update_if(&self, notify: bool, change: impl FnOnce(&mut FillState)) {
         change(&mut self.lock());
-        self.changed.send_replace(());
+        if notify {
+            self.changed.send_replace(());
+        }
     }
 
     /// The blob's size, once the upstream told it (or the fill failed before that).
@@ -287,6 +294,7 @@ impl Fill {
             end: span.end,
             held: None,
             done: false,
+            file: None,
         };
         Box::pin(futures_util::stream::unfold(
             follower,
@@ -319,6 +327,8 @@ struct Follower {
     /// The last piece taken, not yet delivered.
     held: Option<Bytes>,
     done: bool,
+    /// The file read last, when the ring no longer held what was next.
+    file: Option<OpenFile>,
 }
 
 impl Follower {
@@ -401,32 +411,75 @@ impl Follower {
         }
     }
 
-    /// Reads from `pos` (at most [`FILE_READ`] bytes, up to `upto`) from the upload's file
-    /// or the committed blob; `None` when the upload's file is gone.
-    async fn read(&self, upload: Option<String>, upto: u64) -> std::io::Result<Option<Bytes>> {
+    /// Reads from `pos` (at most [`READ_CHUNK`] bytes, up to `upto`) from the upload's file
+    /// or the committed blob; `None` when the upload's file is gone. The file stays open for
+    /// the next read (an open upload file stays readable after its rename into `blobs/`).
+    async fn read(&mut self, upload: Option<String>, upto: u64) -> std::io::Result<Option<Bytes>> {
         let store = self.fill.store.clone();
         let digest = self.fill.digest.clone();
         let pos = self.pos;
-        let len = (upto - pos).min(FILE_READ);
-        tokio::task::spawn_blocking(move || {
-            let opened = match &upload {
-                Some(id) => store.open_upload(id),
-                None => store.blobs().open(&digest),
-            };
-            let mut file = match opened {
-                Ok(file) => file,
-                Err(StoreError::Fs(error)) if upload.is_some() && error.is_not_found() => {
-                    return Ok(None);
+        let want = usize::try_from((upto - pos).min(READ_CHUNK as u64)).unwrap_or(READ_CHUNK);
+        let open = self.file.take().filter(|open| open.upload == upload);
+        let (open, read) = tokio::task::spawn_blocking(move || {
+            let mut open = match open {
+                Some(open) => open,
+                None => {
+                    let opened = match &upload {
+                        Some(id) => store.open_upload(id),
+                        None => store.blobs().open(&digest),
+                    };
+                    match opened {
+                        Ok(file) => OpenFile {
+                            upload,
+                            file,
+                            pos: 0,
+                        },
+                        Err(StoreError::Fs(error)) if upload.is_some() && error.is_not_found() => {
+                            return (None, Ok(None));
+                        }
+                        Err(error) => {
+                            return (None, Err(std::io::Error::other(error.to_string())));
+                        }
+                    }
                 }
-                Err(error) => return Err(std::io::Error::other(error.to_string())),
             };
-            file.seek(SeekFrom::Start(pos))?;
-            let mut buffer = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
-            file.read_exact(&mut buffer)?;
-            Ok(Some(Bytes::from(buffer)))
+            let read = open.read_at(pos, want);
+            (Some(open), read.map(Some))
         })
         .await
-        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)?;
+        if read.is_ok() {
+            self.file = open;
+        }
+        read
+    }
+}
+
+/// A file a follower reads (the upload's or the committed blob), kept open between reads.
+struct OpenFile {
+    /// The upload it belongs to; `None`: the committed blob.
+    upload: Option<String>,
+    file: Box<dyn ReadFile>,
+    /// The file's position.
+    pos: u64,
+}
+
+impl OpenFile {
+    /// Exactly `want` bytes from `pos` (the caller knows they are written).
+    fn read_at(&mut self, pos: u64, want: usize) -> std::io::Result<Bytes> {
+        if self.pos != pos {
+            self.file.seek(SeekFrom::Start(pos))?;
+            self.pos = pos;
+        }
+        let chunk = read_chunk(&mut self.file, want)?.unwrap_or_default();
+        self.pos += chunk.len() as u64;
+        if chunk.len() != want {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the blob file is shorter than what was written",
+            ));
+        }
+        Ok(chunk)
     }
 }
 
@@ -551,11 +604,20 @@ fn write(
     size: u64,
 ) -> Result<(), FetchError> {
     let store_error = |error: StoreError| FetchError::Store(error.to_string());
+    // Written bytes not announced yet: followers are woken by every chunk received, so
+    // the writer wakes them only every READ_CHUNK bytes (for those reading the file, once
+    // the upstream is done) and when the digest is verified.
+    let mut unannounced = 0usize;
     while let Some(message) = receiver.blocking_recv() {
         match message {
             Write::Chunk(chunk) => {
                 upload.write_all(&chunk).map_err(store_error)?;
-                fill.update(|state| {
+                unannounced += chunk.len();
+                let announce = unannounced >= READ_CHUNK;
+                if announce {
+                    unannounced = 0;
+                }
+                fill.update_if(announce, |state| {
                     state.written += chunk.len() as u64;
                     state.evict();
                 });
@@ -590,6 +652,58 @@ fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt as _;
+
+    async fn collect(mut stream: BlobStream) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk.unwrap());
+        }
+        bytes
+    }
+
+    /// Followers behind the ring read the upload's file, then the committed blob, in
+    /// pieces of at most READ_CHUNK from wherever their span starts, and deliver the last
+    /// piece only once the digest is verified.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn followers_behind_the_ring_read_the_upload_file_and_then_the_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_dir(dir.path()).unwrap();
+        let data: Vec<u8> = (0..3 * READ_CHUNK + 12_345)
+            .map(|i| (i * 7 + i / 4096) as u8)
+            .collect();
+        let size = data.len() as u64;
+        let digest = Digest::sha256(&data);
+        let mut upload = store.begin_upload().unwrap();
+        upload.write_all(&data).unwrap();
+        let (changed, _) = watch::channel(());
+        let fill = Arc::new(Fill {
+            digest: digest.clone(),
+            store: store.clone(),
+            // Everything is on disk and the ring holds none of it.
+            state: Mutex::new(FillState {
+                size: Some(size),
+                upload: Some(upload.id().to_owned()),
+                received: size,
+                written: size,
+                ..FillState::default()
+            }),
+            changed,
+        });
+        let whole = tokio::spawn(collect(fill.follow(0..size)));
+        let from = READ_CHUNK as u64 + 999;
+        let ranged = tokio::spawn(collect(fill.follow(from..size - 5)));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Not verified yet: both are waiting with their last piece held.
+        assert!(!whole.is_finished() && !ranged.is_finished());
+        upload.commit(&digest).unwrap();
+        fill.update(|state| state.outcome = Outcome::Committed);
+        assert_eq!(whole.await.unwrap(), data);
+        assert_eq!(ranged.await.unwrap(), &data[from as usize..data.len() - 5]);
+        // A follower starting after the commit reads the blob.
+        let late = collect(fill.follow(17..size)).await;
+        assert_eq!(late, &data[17..]);
+    }
 
     #[test]
     fn the_ring_serves_what_it_holds_and_evicts_only_what_is_on_disk() {

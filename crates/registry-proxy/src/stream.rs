@@ -3,6 +3,7 @@
 //! blocking thread. Neither buffers more than a few chunks.
 
 use std::io::Read;
+use std::sync::{Mutex, PoisonError};
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -13,11 +14,67 @@ use tokio::sync::mpsc;
 
 use crate::source::BlobStream;
 
-/// Bytes per chunk read from a blob file.
-const READ_CHUNK: usize = 256 * 1024;
+/// Bytes per chunk read from a blob file: large enough that the reading thread hands few
+/// chunks over (each is a wakeup of the response's task) and hyper sends each with few
+/// `writev`s.
+pub(crate) const READ_CHUNK: usize = 1 << 20;
 /// Chunks in flight between the reading thread and the response (and between the request
 /// and the writing thread).
 const CHANNEL_DEPTH: usize = 4;
+/// Buffers kept for reuse, process-wide (at most this many × [`READ_CHUNK`] bytes idle).
+const POOL_BUFFERS: usize = 64;
+
+/// Buffers of [`READ_CHUNK`] bytes that were sent and dropped, ready to be read into
+/// again: no allocation, page faults or zeroing per chunk.
+static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// A filled buffer handed out as [`Bytes`] (zero-copy, [`Bytes::from_owner`]); its memory
+/// goes back to [`POOL`] when the last `Bytes` of it is dropped (once hyper has sent it).
+struct PooledChunk {
+    buffer: Vec<u8>,
+    len: usize,
+}
+
+impl AsRef<[u8]> for PooledChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.buffer[..self.len]
+    }
+}
+
+impl Drop for PooledChunk {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.buffer);
+        let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.len() < POOL_BUFFERS {
+            pool.push(buffer);
+        }
+    }
+}
+
+/// A buffer of [`READ_CHUNK`] initialised bytes, from the pool when it has one.
+fn pooled_buffer() -> Vec<u8> {
+    let reused = POOL.lock().unwrap_or_else(PoisonError::into_inner).pop();
+    reused.unwrap_or_else(|| vec![0u8; READ_CHUNK])
+}
+
+/// Reads up to `want` (at most [`READ_CHUNK`]) bytes of `file` into a pooled buffer:
+/// `Ok(None)` at the end of the file, else the bytes read (fewer than `want` only at the
+/// end of the file).
+pub(crate) fn read_chunk(file: &mut dyn Read, want: usize) -> std::io::Result<Option<Bytes>> {
+    let mut buffer = pooled_buffer();
+    let want = want.min(buffer.len());
+    let read = read_full(file, &mut buffer[..want]);
+    // Wrapped at once, so that the buffer returns to the pool on every path.
+    let mut chunk = PooledChunk { buffer, len: 0 };
+    match read {
+        Ok(0) => Ok(None),
+        Ok(len) => {
+            chunk.len = len;
+            Ok(Some(Bytes::from_owner(chunk)))
+        }
+        Err(error) => Err(error),
+    }
+}
 
 /// Streams `len` bytes of `file` (positioned already) from a blocking thread. A file that
 /// ends early yields an error, so the response is cut rather than cleanly short.
@@ -29,16 +86,14 @@ pub fn file_stream(mut file: Box<dyn ReadFile>, len: u64) -> BlobStream {
             let want = usize::try_from(remaining)
                 .unwrap_or(usize::MAX)
                 .min(READ_CHUNK);
-            let mut buffer = vec![0u8; want];
-            let item = match read_full(&mut file, &mut buffer) {
-                Ok(0) => Err(std::io::Error::new(
+            let item = match read_chunk(&mut file, want) {
+                Ok(None) => Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "the blob file is shorter than its size",
                 )),
-                Ok(read) => {
-                    buffer.truncate(read);
-                    remaining -= read as u64;
-                    Ok(Bytes::from(buffer))
+                Ok(Some(chunk)) => {
+                    remaining -= chunk.len() as u64;
+                    Ok(chunk)
                 }
                 Err(error) => Err(error),
             };
@@ -130,5 +185,45 @@ pub async fn pump(
                 std::io::Error::other(join.to_string()),
             ))),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn file_streams_deliver_every_byte_and_fail_on_a_short_file() {
+        let data: Vec<u8> = (0..2 * READ_CHUNK + 777).map(|i| (i % 251) as u8).collect();
+        for round in 0..3 {
+            // Later rounds read into buffers that went back to the pool.
+            let mut stream =
+                file_stream(Box::new(std::io::Cursor::new(data.clone())), 5000 + round);
+            let mut read = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                read.extend_from_slice(&chunk.unwrap());
+            }
+            assert_eq!(read, &data[..5000 + round as usize]);
+            let whole = file_stream(
+                Box::new(std::io::Cursor::new(data.clone())),
+                data.len() as u64,
+            );
+            let chunks: Vec<Bytes> = whole.map(|chunk| chunk.unwrap()).collect().await;
+            assert!(chunks.iter().all(|chunk| chunk.len() <= READ_CHUNK));
+            assert_eq!(chunks.concat(), data);
+        }
+        let short = file_stream(
+            Box::new(std::io::Cursor::new(data.clone())),
+            data.len() as u64 + 1,
+        );
+        let items: Vec<std::io::Result<Bytes>> = short.collect().await;
+        let (last, rest) = items.split_last().unwrap();
+        assert!(last.is_err());
+        assert_eq!(
+            rest.iter()
+                .map(|chunk| chunk.as_ref().unwrap().len())
+                .sum::<usize>(),
+            data.len()
+        );
     }
 }
