@@ -18,10 +18,13 @@ use crate::source::BlobStream;
 /// chunks over (each is a wakeup of the response's task) and hyper sends each with few
 /// `writev`s.
 pub(crate) const READ_CHUNK: usize = 1 << 20;
-/// Chunks in flight between the reading thread and the response (and between the request
-/// and the writing thread).
+/// Chunks queued between the reading thread and the response: with the one being read and
+/// the one hyper is sending, a response holds at most 4 MiB (more depth did not help).
+const READ_DEPTH: usize = 2;
+/// Chunks in flight between a request body and the thread writing it to an upload.
 const CHANNEL_DEPTH: usize = 4;
-/// Buffers kept for reuse, process-wide (at most this many × [`READ_CHUNK`] bytes idle).
+/// Buffers kept for reuse, process-wide (at most this many × [`READ_CHUNK`] bytes idle:
+/// what 16 responses at full speed hold).
 const POOL_BUFFERS: usize = 64;
 
 /// Buffers of [`READ_CHUNK`] bytes that were sent and dropped, ready to be read into
@@ -79,7 +82,7 @@ pub(crate) fn read_chunk(file: &mut dyn Read, want: usize) -> std::io::Result<Op
 /// Streams `len` bytes of `file` (positioned already) from a blocking thread. A file that
 /// ends early yields an error, so the response is cut rather than cleanly short.
 pub fn file_stream(mut file: Box<dyn ReadFile>, len: u64) -> BlobStream {
-    let (sender, receiver) = mpsc::channel::<std::io::Result<Bytes>>(CHANNEL_DEPTH);
+    let (sender, receiver) = mpsc::channel::<std::io::Result<Bytes>>(READ_DEPTH);
     tokio::task::spawn_blocking(move || {
         let mut remaining = len;
         while remaining > 0 {
