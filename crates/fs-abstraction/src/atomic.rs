@@ -4,7 +4,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Fs, FsError, FsPath, Result, WriteFile};
+use crate::{Fs, FsError, FsPath, Result, WriteBehind, WriteFile};
 
 /// A file being written to a temporary name next to its destination. [`AtomicFile::commit`]
 /// makes it appear at the destination in one step; dropping it without committing removes the
@@ -13,7 +13,8 @@ pub struct AtomicFile<'fs, F: Fs + ?Sized> {
     fs: &'fs F,
     temp: PathBuf,
     dest: PathBuf,
-    file: Option<Box<dyn WriteFile>>,
+    /// Written behind ([`WriteBehind`]): it is synced on commit.
+    file: Option<WriteBehind>,
     /// Whether the temporary file is still there to clean up (until the rename succeeded).
     pending: bool,
 }
@@ -45,7 +46,7 @@ impl<'fs, F: Fs + ?Sized> AtomicFile<'fs, F> {
             fs,
             temp,
             dest: dest_path.as_path().to_path_buf(),
-            file: Some(file),
+            file: Some(WriteBehind::new(file)),
             pending: true,
         })
     }
@@ -89,6 +90,13 @@ impl<F: Fs + ?Sized> Write for AtomicFile<'_, F> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self.file.as_mut() {
             Some(file) => file.write(buf),
+            None => Err(io::Error::other("write after commit")),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(file) => file.write_all(buf),
             None => Err(io::Error::other("write after commit")),
         }
     }

@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::{AtomicFile, FileKind, Fs, FsError, TEMP_PREFIX};
+use crate::{
+    AtomicFile, FileKind, Fs, FsError, TEMP_PREFIX, WRITE_BEHIND_CHUNK, WriteBehind, WriteFile,
+};
 
 /// A fresh backend for one case.
 pub struct Env {
@@ -288,6 +290,7 @@ cases! {
     hard_link_shares_inode,
     lock_excludes_until_drop,
     atomic_file_abandoned_leaves_old_content,
+    write_behind_keeps_content,
     rename_semantics,
     remove_file_semantics,
     remove_dir_semantics,
@@ -531,6 +534,42 @@ pub fn atomic_file_abandoned_leaves_old_content(env: &Env) {
     file.commit().unwrap();
     assert_eq!(read(fs, "conf"), b"secret");
     assert_eq!(fs.metadata(p("conf")).unwrap().mode, 0o600);
+}
+
+/// Starting writeback (directly, or through [`WriteBehind`] and [`AtomicFile`]) is a hint:
+/// content is the same whatever ranges it is asked for, and readable before the sync.
+pub fn write_behind_keeps_content(env: &Env) {
+    let fs = &*env.fs;
+    let chunk = usize::try_from(WRITE_BEHIND_CHUNK).unwrap();
+    // Two and a half chunks, in uneven writes, so writeback starts mid-write.
+    let data: Vec<u8> = (0..chunk * 5 / 2).map(|i| (i % 251) as u8).collect();
+    let mut file = WriteBehind::new(fs.create_new(p("behind")).unwrap());
+    for piece in data.chunks(chunk / 3 + 7) {
+        file.write_all(piece).unwrap();
+    }
+    file.flush().unwrap();
+    assert_eq!(read(fs, "behind"), data);
+    file.sync_all().unwrap();
+    drop(file);
+    assert_eq!(read(fs, "behind"), data);
+
+    let mut file = fs.create(p("direct")).unwrap();
+    file.write_all(b"0123456789").unwrap();
+    file.start_writeback(0, 0).unwrap();
+    file.start_writeback(3, 4).unwrap();
+    file.start_writeback(0, 1 << 40).unwrap();
+    file.start_writeback(1 << 30, 10).unwrap();
+    file.write_all(b"abc").unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    assert_eq!(read(fs, "direct"), b"0123456789abc");
+
+    let mut file = AtomicFile::create(fs, p("atomic")).unwrap();
+    for piece in data.chunks(chunk - 1) {
+        file.write_all(piece).unwrap();
+    }
+    file.commit().unwrap();
+    assert_eq!(read(fs, "atomic"), data);
 }
 
 pub fn escape_absolute_symlink(env: &Env) {

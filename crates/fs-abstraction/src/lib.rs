@@ -25,6 +25,7 @@ mod mem;
 mod path;
 mod real;
 pub mod tar;
+mod write_behind;
 
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -35,6 +36,7 @@ pub use error::FsError;
 pub use mem::MemFs;
 pub use path::FsPath;
 pub use real::RealFs;
+pub use write_behind::{WRITE_BEHIND_CHUNK, WriteBehind};
 
 /// Result of file operations.
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
@@ -47,6 +49,15 @@ impl<T: Read + Seek + Send> ReadFile for T {}
 pub trait WriteFile: Write + Send {
     /// Flushes data and metadata to stable storage (`fsync`).
     fn sync_all(&mut self) -> std::io::Result<()>;
+
+    /// Asks for `len` bytes from `offset`, already written, to go to stable storage in the
+    /// background, without waiting: a later [`WriteFile::sync_all`] then has little left to
+    /// do. Only a hint: it guarantees nothing about durability, and the default does nothing
+    /// (there is no storage behind [`MemFs`]). [`WriteBehind`] calls it as a file grows.
+    fn start_writeback(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
 }
 
 /// What a directory entry is. Symlinks are never followed when this is reported by

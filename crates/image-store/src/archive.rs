@@ -11,7 +11,7 @@
 //! the whole archive was read and found complete.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -576,18 +576,35 @@ impl<R: Read> Read for ProgressReader<'_, R> {
 /// format is recognised from the entries: `index.json` (OCI, also in Docker 25+ saves)
 /// wins over `manifest.json`.
 pub fn load(store: &Store, input: &mut dyn Read, options: LoadOptions<'_>) -> Result<LoadReport> {
-    let mut buffered =
-        BufReader::with_capacity(COPY_BUFFER, ProgressReader::new(input, options.progress));
-    let head = buffered.fill_buf().map_err(ArchiveError::Read)?;
+    let mut counted = ProgressReader::new(input, options.progress);
+    // Only the magic is read ahead: a plain tar is then read with no buffer in between (its
+    // blob content goes from `input` straight into the staging copy's buffers).
+    let mut head = [0u8; ZSTD_MAGIC.len()];
+    let mut sniffed = 0;
+    while sniffed < head.len() {
+        match counted.read(&mut head[sniffed..]) {
+            Ok(0) => break,
+            Ok(read) => sniffed += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(ArchiveError::Read(error)),
+        }
+    }
+    let head = &head[..sniffed];
     if head.is_empty() {
         return Err(invalid("archive", "it is empty"));
     }
+    let whole = head.chain(counted);
     let reader: Box<dyn Read + '_> = if head.starts_with(&GZIP_MAGIC) {
-        Box::new(flate2::read::MultiGzDecoder::new(buffered))
+        Box::new(flate2::bufread::MultiGzDecoder::new(
+            BufReader::with_capacity(COPY_BUFFER, whole),
+        ))
     } else if head.starts_with(&ZSTD_MAGIC) {
-        Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(ArchiveError::Read)?)
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(COPY_BUFFER, whole))
+                .map_err(ArchiveError::Read)?,
+        )
     } else {
-        Box::new(buffered)
+        Box::new(whole)
     };
     let prefix = options
         .directory

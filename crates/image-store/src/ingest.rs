@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use sealer_fs_abstraction::{LockGuard, ReadFile};
+use sealer_fs_abstraction::{LockGuard, ReadFile, WriteBehind, WriteFile};
 
 use crate::blob::{BlobStore, PutOutcome, check_content, copy_hashing};
 use crate::digest::{Algorithm, Digest};
@@ -183,7 +183,8 @@ impl<'s> Ingest<'s> {
         limit: Option<u64>,
         what: &dyn Fn() -> String,
     ) -> Result<(Digest, u64)> {
-        let mut file = self.store.fs().create_new(path)?;
+        // Synced below: written behind, so the sync does not wait for the whole blob.
+        let mut file = WriteBehind::new(self.store.fs().create_new(path)?);
         let written = copy_hashing(data, &mut file, algorithm, limit, what)?;
         file.flush()
             .and_then(|()| file.sync_all())

@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use sealer_fs_abstraction::{LockGuard, ReadFile, WriteFile};
+use sealer_fs_abstraction::{LockGuard, ReadFile, WriteBehind, WriteFile};
 
 use crate::blob::{BlobStore, COPY_BUFFER};
 use crate::digest::{Algorithm, Digest, Hasher};
@@ -80,7 +80,8 @@ impl BlobUpload {
             path,
             lock_path,
             lock: Some(lock),
-            file: Some(file),
+            // Synced on commit: written behind, so the sync does not wait for the whole blob.
+            file: Some(Box::new(WriteBehind::new(file))),
             hasher: Hasher::new(Algorithm::Sha256),
             size: 0,
         })

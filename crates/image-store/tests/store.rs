@@ -541,6 +541,59 @@ fn corrupt_or_truncated_archives_change_nothing() {
     );
 }
 
+/// Yields at most `step` bytes per read: the format sniffing must not rely on full reads.
+struct Trickle<'a> {
+    data: &'a [u8],
+    step: usize,
+}
+
+impl Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let len = buf.len().min(self.step).min(self.data.len());
+        buf[..len].copy_from_slice(&self.data[..len]);
+        self.data = &self.data[len..];
+        Ok(len)
+    }
+}
+
+#[test]
+fn plain_gzip_and_zstd_archives_load_from_short_reads() {
+    let (_dir, source) = real_store();
+    let image = write_image(
+        &source,
+        &ImageSpec::new("example.com/app:1", &[300_000], 12),
+    )
+    .unwrap();
+    let mut plain = Vec::new();
+    archive::save(
+        &source,
+        &["example.com/app:1".to_owned()],
+        &mut plain,
+        SaveOptions::default(),
+    )
+    .unwrap();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gzip, &plain).unwrap();
+    let gzip = gzip.finish().unwrap();
+    let zstd = zstd::stream::encode_all(&plain[..], 1).unwrap();
+    for bytes in [&plain, &gzip, &zstd] {
+        for step in [1, 3, 1 << 20] {
+            let target = mem_store();
+            let mut input = Trickle { data: bytes, step };
+            let report = archive::load(&target, &mut input, LoadOptions::default()).unwrap();
+            assert_eq!(
+                report.images,
+                vec![(Some("example.com/app:1".to_owned()), image.digest.clone())]
+            );
+            assert!(target.fsck().unwrap().is_clean());
+        }
+    }
+    // Inputs shorter than any magic are refused, not misread.
+    for short in [&b""[..], b"\x1f", b"\x28\xb5\x2f"] {
+        assert!(archive::load(&mem_store(), &mut &short[..], LoadOptions::default()).is_err());
+    }
+}
+
 #[test]
 fn layout_directories_load() {
     let (dir, source) = real_store();
