@@ -227,6 +227,21 @@ fn manifests_images_are_carried_in_a_registry_layer() {
         again.commit.blobs_added, 0,
         "a second import writes nothing"
     );
+    assert!(again.warnings.is_empty(), "{:?}", again.warnings);
+    // A tag of the target moved by the import is named in a warning.
+    let b_entry = served.lookup(&ref_b).unwrap().descriptor;
+    served.tag(&ref_a.parse().unwrap(), &b_entry).unwrap();
+    let moved = load_embedded(&store, "localhost/deps:1", &served, None).unwrap();
+    assert_eq!(moved.warnings.len(), 1, "{:?}", moved.warnings);
+    assert!(
+        moved.warnings[0].starts_with(&format!("{ref_a} pointed to {}", seeded_b.manifest_digest)),
+        "{:?}",
+        moved.warnings
+    );
+    assert_eq!(
+        served.lookup(&ref_a).unwrap().descriptor.digest.to_string(),
+        seeded_a.manifest_digest
+    );
 
     // A rebuild downloads nothing and reuses the registry layer.
     let (gets_a, gets_b) = (a.blob_gets(None), b.blob_gets(None));

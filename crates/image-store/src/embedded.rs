@@ -36,8 +36,9 @@ pub struct EmbeddedReport {
     pub layers: usize,
     /// Every image, by name, with its top digest (sorted by name).
     pub images: Vec<(String, Digest)>,
-    /// Images without a usable name (they are stored unnamed), and names carried with two
-    /// different digests (the later layer's wins).
+    /// Images without a usable name (they are stored unnamed), names carried with two
+    /// different digests (the later layer's wins), and tags of the target that the import
+    /// moved to another digest.
     pub warnings: Vec<String>,
     /// What the commits added, summed.
     pub commit: CommitReport,
@@ -96,6 +97,12 @@ pub fn load_embedded(
     progress.set_total(layouts.iter().map(|layout| layout.layer.size).sum());
     let mut report = EmbeddedReport::default();
     let mut names: BTreeMap<String, Digest> = BTreeMap::new();
+    // What the target's tags pointed to before, to say which ones the import moves.
+    let before: BTreeMap<String, Digest> = target
+        .images()?
+        .into_iter()
+        .filter_map(|entry| Some((entry.name?, entry.descriptor.digest)))
+        .collect();
     for layout in &layouts {
         let mut blob = source.blobs().open(&layout.layer.digest)?;
         let options = LoadOptions {
@@ -137,6 +144,15 @@ pub fn load_embedded(
                 ));
             }
             names.insert(name, digest);
+        }
+    }
+    for (name, digest) in &names {
+        if let Some(earlier) = before.get(name)
+            && earlier != digest
+        {
+            report.warnings.push(format!(
+                "{name} pointed to {earlier}; it now names {digest}, the image {reference} carries"
+            ));
         }
     }
     report.images = names.into_iter().collect();
