@@ -11,8 +11,8 @@ use crate::blob::BlobStore;
 use crate::digest::Digest;
 use crate::error::StoreError;
 use crate::ingest::CommitReport;
-use crate::model::{Descriptor, ManifestDocument, Platform};
-use crate::store::{MAX_INDEX_DEPTH, Store};
+use crate::model::{Descriptor, Platform};
+use crate::store::Store;
 
 /// The annotation of a layer descriptor whose layer holds an OCI image layout; its value is
 /// the directory of the layout inside the layer (`registry`).
@@ -47,34 +47,15 @@ pub struct EmbeddedReport {
 /// The layers of `reference` (every platform of a multi-arch image) that carry an OCI
 /// image layout, base layers first.
 pub fn embedded_layouts(store: &Store, reference: &str) -> Result<Vec<EmbeddedLayout>, StoreError> {
-    let entry = store.lookup(reference)?;
     let mut found = Vec::new();
-    let mut pending = vec![(entry.descriptor, 0usize)];
-    while let Some((descriptor, depth)) = pending.pop() {
-        if depth >= MAX_INDEX_DEPTH {
-            return Err(StoreError::ImageNotFound(format!(
-                "{reference}: indexes nested deeper than {MAX_INDEX_DEPTH}"
-            )));
-        }
-        match store.read_manifest(&descriptor)? {
-            ManifestDocument::Index(index) => {
-                // Platforms absent from the store (a partial image) carry nothing here.
-                for child in index.manifests.iter().rev() {
-                    if store.blobs().stat(&child.digest)?.is_some() {
-                        pending.push((child.clone(), depth + 1));
-                    }
-                }
-            }
-            ManifestDocument::Image(manifest) => {
-                for layer in &manifest.layers {
-                    if let Some(directory) = layer.annotations.get(EMBEDDED_LAYOUT_ANNOTATION) {
-                        found.push(EmbeddedLayout {
-                            platform: descriptor.platform.clone(),
-                            layer: layer.clone(),
-                            directory: directory.clone(),
-                        });
-                    }
-                }
+    for (descriptor, manifest) in store.image_manifests(reference)? {
+        for layer in &manifest.layers {
+            if let Some(directory) = layer.annotations.get(EMBEDDED_LAYOUT_ANNOTATION) {
+                found.push(EmbeddedLayout {
+                    platform: descriptor.platform.clone(),
+                    layer: layer.clone(),
+                    directory: directory.clone(),
+                });
             }
         }
     }

@@ -32,7 +32,7 @@ pub(crate) const UPLOAD_DIR: &str = "uploads";
 /// Directories of in-progress work whose crash leftovers `gc` removes.
 const WORK_DIRS: [&str; 2] = [INGEST_DIR, UPLOAD_DIR];
 /// Nested indexes deeper than this are refused.
-pub(crate) const MAX_INDEX_DEPTH: usize = 8;
+const MAX_INDEX_DEPTH: usize = 8;
 
 /// An image named in the store's `index.json`.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +50,9 @@ pub struct ResolvedImage {
     pub name: Option<String>,
     /// The entry the reference named (an index for multi-arch images).
     pub top: Descriptor,
+    /// The indexes walked from `top` down to the manifest (empty for a single-platform
+    /// image), `top` first.
+    pub indexes: Vec<Descriptor>,
     /// The single-platform manifest chosen.
     pub manifest_descriptor: Descriptor,
     /// That manifest, parsed.
@@ -421,30 +424,61 @@ impl Store {
         let entry = self.lookup(reference)?;
         let wanted = platform.cloned().unwrap_or_else(Platform::host);
         let mut current = entry.descriptor.clone();
+        let mut indexes = Vec::new();
         for _ in 0..MAX_INDEX_DEPTH {
             match self.read_manifest(&current)? {
                 ManifestDocument::Image(manifest) => {
                     return Ok(ResolvedImage {
                         name: entry.name,
                         top: entry.descriptor,
+                        indexes,
                         manifest_descriptor: current,
                         manifest: *manifest,
                     });
                 }
                 ManifestDocument::Index(index) => {
-                    current = choose_platform(&index, &wanted).cloned().ok_or_else(|| {
+                    let next = choose_platform(&index, &wanted).cloned().ok_or_else(|| {
                         StoreError::PlatformNotFound {
                             reference: reference.to_owned(),
                             platform: wanted.to_string(),
                             available: platforms_of(&index),
                         }
                     })?;
+                    indexes.push(std::mem::replace(&mut current, next));
                 }
             }
         }
         Err(StoreError::ImageNotFound(format!(
             "{reference}: indexes nested too deeply"
         )))
+    }
+
+    /// Every image manifest `reference` names that is in the store: the image itself, or
+    /// each platform of a multi-arch image whose manifest is present (its descriptor carries
+    /// the platform the index gives it).
+    pub fn image_manifests(&self, reference: &str) -> Result<Vec<(Descriptor, Manifest)>> {
+        let entry = self.lookup(reference)?;
+        let mut found = Vec::new();
+        let mut pending = vec![(entry.descriptor, 0usize)];
+        while let Some((descriptor, depth)) = pending.pop() {
+            if depth >= MAX_INDEX_DEPTH {
+                return Err(StoreError::ImageNotFound(format!(
+                    "{reference}: indexes nested too deeply"
+                )));
+            }
+            match self.read_manifest(&descriptor)? {
+                ManifestDocument::Image(manifest) => found.push((descriptor, *manifest)),
+                ManifestDocument::Index(index) => {
+                    // In index order (the stack pops the last pushed first).
+                    for child in index.manifests.into_iter().rev() {
+                        if self.blobs.stat(&child.digest)?.is_some() {
+                            pending.push((child, depth + 1));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Every blob reachable from `roots`, and the blobs they need that are absent. Index

@@ -261,6 +261,32 @@ fn multi_arch_images_resolve_per_platform() {
         ManifestDocument::Index(index) => assert_eq!(index.manifests.len(), 2),
         ManifestDocument::Image(_) => panic!("expected an index"),
     }
+    // The walk down is recorded, and every platform's manifest can be listed.
+    assert_eq!(amd.indexes, vec![amd.top.clone()]);
+    let manifests = store.image_manifests("example.com/multi:1").unwrap();
+    let listed: Vec<(String, Digest)> = manifests
+        .iter()
+        .map(|(descriptor, _)| {
+            (
+                descriptor.platform.as_ref().unwrap().to_string(),
+                descriptor.digest.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (
+                "linux/amd64".to_owned(),
+                amd.manifest_descriptor.digest.clone()
+            ),
+            (
+                "linux/arm64/v8".to_owned(),
+                arm.manifest_descriptor.digest.clone()
+            ),
+        ]
+    );
+    assert_eq!(manifests[1].1, arm.manifest);
 }
 
 #[test]

@@ -11,10 +11,7 @@ use std::sync::Arc;
 use sealer_dep_scanner::{ScanOptions, scan};
 use sealer_fs_abstraction::{FileKind, Fs};
 use sealer_image_store::model::{PARTIAL_ANNOTATION, REF_NAME_ANNOTATION};
-use sealer_image_store::{
-    BlobStore, Descriptor, Index, Ingest, Manifest, ManifestDocument, Platform, Store, StoreError,
-    choose_platform,
-};
+use sealer_image_store::{Descriptor, Index, Ingest, Manifest, Platform, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::PullFn;
@@ -25,9 +22,6 @@ use crate::engine::run::Rootfs;
 /// The directory of the dependency images' OCI layout in a cluster image's rootfs (the
 /// value of the layer's `EMBEDDED_LAYOUT_ANNOTATION`).
 pub const REGISTRY_DIR: &str = "registry";
-
-/// Indexes nested deeper than this are refused.
-const MAX_INDEX_DEPTH: usize = 8;
 
 /// The manifest annotation listing the images a cluster image carries in `registry/`.
 pub const CONTAINER_IMAGES_ANNOTATION: &str = "sealer.image.container.images";
@@ -58,33 +52,13 @@ pub fn container_images(manifest: &Manifest) -> std::result::Result<Vec<Containe
 /// [`CONTAINER_IMAGES_ANNOTATION`] lists them (every platform present in the store), sorted
 /// and deduplicated.
 pub fn carried_images(store: &Store, reference: &str) -> Result<Vec<ContainerImage>> {
-    let entry = store.lookup(reference)?;
-    let mut pending = vec![(entry.descriptor, 0usize)];
     let mut found = BTreeSet::new();
-    while let Some((descriptor, depth)) = pending.pop() {
-        if depth >= MAX_INDEX_DEPTH {
-            return Err(BuildError::Metadata {
-                reference: reference.to_owned(),
-                message: format!("indexes nested deeper than {MAX_INDEX_DEPTH}"),
-            });
-        }
-        match store.read_manifest(&descriptor)? {
-            ManifestDocument::Index(index) => {
-                for child in index.manifests {
-                    if store.blobs().stat(&child.digest)?.is_some() {
-                        pending.push((child, depth + 1));
-                    }
-                }
-            }
-            ManifestDocument::Image(manifest) => {
-                let listed =
-                    container_images(&manifest).map_err(|message| BuildError::Metadata {
-                        reference: reference.to_owned(),
-                        message,
-                    })?;
-                found.extend(listed);
-            }
-        }
+    for (_, manifest) in store.image_manifests(reference)? {
+        let listed = container_images(&manifest).map_err(|message| BuildError::Metadata {
+            reference: reference.to_owned(),
+            message,
+        })?;
+        found.extend(listed);
     }
     Ok(found.into_iter().collect())
 }
@@ -177,7 +151,6 @@ pub(crate) fn collect(
             }
             Err(error) => return Err(error.into()),
         };
-        let indexes = index_chain(store, &resolved.top, platform, &reference)?;
         let top = Descriptor::new(
             resolved.top.media_type.clone(),
             resolved.top.digest.clone(),
@@ -190,43 +163,12 @@ pub(crate) fn collect(
                 platform: platform.to_string(),
             },
             top,
-            indexes,
+            indexes: resolved.indexes,
             manifest_descriptor: resolved.manifest_descriptor,
             manifest: resolved.manifest,
         });
     }
     Ok(images)
-}
-
-/// The indexes from `top` down to the image manifest chosen for `platform` (as
-/// `Store::resolve` chose it).
-fn index_chain(
-    store: &Store,
-    top: &Descriptor,
-    platform: &Platform,
-    reference: &str,
-) -> Result<Vec<Descriptor>> {
-    let mut chain = Vec::new();
-    let mut current = top.clone();
-    for _ in 0..MAX_INDEX_DEPTH {
-        match store.read_manifest(&current)? {
-            ManifestDocument::Image(_) => return Ok(chain),
-            ManifestDocument::Index(index) => {
-                let next = choose_platform(&index, platform).cloned().ok_or_else(|| {
-                    BuildError::Dependency {
-                        reference: reference.to_owned(),
-                        message: format!("no {platform} image in {}", current.digest),
-                    }
-                })?;
-                chain.push(current);
-                current = next;
-            }
-        }
-    }
-    Err(BuildError::Dependency {
-        reference: reference.to_owned(),
-        message: format!("indexes nested deeper than {MAX_INDEX_DEPTH}"),
-    })
 }
 
 /// The canonical text keying the registry layer: every reference with its top and
