@@ -9,16 +9,14 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use sealer_e2e::{Served, Tripwire, run_sealer, workspace_root};
-use sealer_image_store::Platform;
+use sealer_image_store::{Digest, Platform};
 use sealer_test_harness::{
-    ImageSpec, Registry, RegistryOptions, SeededImage, http_request, require_tools, run_bounded,
+    ImageSpec, Registry, RegistryOptions, SeededImage, http_request, require_tools, run_ok,
     seed_image,
 };
-use sha2::{Digest as _, Sha256};
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 const CLUSTER_IMAGE: &str = "localhost/journey/cluster:v1";
@@ -29,18 +27,11 @@ fn sealer(root: &Path, args: &[&str]) -> String {
 }
 
 fn skopeo(args: &[&str]) -> Vec<u8> {
-    let output = run_bounded(Command::new("skopeo").args(args), STEP_TIMEOUT).unwrap();
-    assert!(
-        output.status.success(),
-        "skopeo {}\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
+    run_ok("skopeo", args, STEP_TIMEOUT).unwrap()
 }
 
 fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    Digest::sha256(bytes).to_string()
 }
 
 /// Copies `from` into `to`, replacing the example's placeholder registries.

@@ -4,27 +4,22 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-use std::process::Command;
 use std::time::Duration;
 
 use sealer_e2e::{Served, run_sealer};
+use sealer_image_store::Digest;
 use sealer_test_harness::{
-    ImageSpec, Registry, RegistryOptions, require_tools, run_bounded, seed_image,
+    ImageSpec, Registry, RegistryOptions, require_tools, run_ok, seed_image,
 };
-use sha2::{Digest as _, Sha256};
 
 fn skopeo_raw_digest(reference: &str) -> String {
-    let output = run_bounded(
-        Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", reference]),
+    let raw = run_ok(
+        "skopeo",
+        &["inspect", "--raw", "--tls-verify=false", reference],
         Duration::from_secs(120),
     )
     .unwrap();
-    assert!(
-        output.status.success(),
-        "skopeo inspect {reference}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    format!("sha256:{}", hex::encode(Sha256::digest(&output.stdout)))
+    Digest::sha256(&raw).to_string()
 }
 
 #[test]
