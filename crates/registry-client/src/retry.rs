@@ -47,11 +47,26 @@ impl RetryPolicy {
         base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
     }
 
-    /// The wait the server asked for, if any and acceptable: `None` means "use
-    /// [`Self::backoff`]", `Some(Err(wait))` means "too long".
+    /// The wait the server asked for (seconds, or an HTTP date), if any and acceptable:
+    /// `None` means "use [`Self::backoff`]", `Some(Err(wait))` means "too long".
     pub fn retry_after(&self, headers: &HeaderMap) -> Option<Result<Duration, Duration>> {
+        self.retry_after_at(headers, SystemTime::now())
+    }
+
+    /// [`Self::retry_after`] with `now` given (a date in the past means no wait).
+    fn retry_after_at(
+        &self,
+        headers: &HeaderMap,
+        now: SystemTime,
+    ) -> Option<Result<Duration, Duration>> {
         let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-        let wait = Duration::from_secs(value.parse::<u64>().ok()?);
+        let wait = match value.parse::<u64>() {
+            Ok(seconds) => Duration::from_secs(seconds),
+            Err(_) => httpdate::parse_http_date(value)
+                .ok()?
+                .duration_since(now)
+                .unwrap_or_default(),
+        };
         Some(if wait <= self.max_retry_after {
             Ok(wait)
         } else {
@@ -101,10 +116,25 @@ mod tests {
             policy.retry_after(&headers),
             Some(Err(Duration::from_secs(3600)))
         );
+        // An HTTP date: the time until then (none once it has passed).
         headers.insert(
             RETRY_AFTER,
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
         );
+        let date = UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        assert_eq!(
+            policy.retry_after_at(&headers, date - Duration::from_secs(7)),
+            Some(Ok(Duration::from_secs(7)))
+        );
+        assert_eq!(
+            policy.retry_after_at(&headers, date + Duration::from_secs(7)),
+            Some(Ok(Duration::ZERO))
+        );
+        assert_eq!(
+            policy.retry_after_at(&headers, date - Duration::from_secs(7200)),
+            Some(Err(Duration::from_secs(7200)))
+        );
+        headers.insert(RETRY_AFTER, "soon".parse().unwrap());
         assert_eq!(policy.retry_after(&headers), None);
         assert!(is_retryable_status(StatusCode::SERVICE_UNAVAILABLE));
         assert!(is_retryable_status(StatusCode::TOO_MANY_REQUESTS));
