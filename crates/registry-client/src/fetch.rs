@@ -6,14 +6,16 @@
 
 use bytes::{Buf, Bytes};
 use futures_util::Stream;
-use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, RANGE};
+use reqwest::header::{
+    ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, LINK, RANGE,
+};
 use reqwest::{Method, Response, StatusCode, Url};
 use sealer_image_store::Digest;
 use sealer_image_store::model::media_type;
 
 use crate::client::{
     ClientError, DOCKER_CONTENT_DIGEST, FetchedManifest, MANIFEST_ACCEPT, RegistryClient, Request,
-    Scope, status_error,
+    Scope, read_limited, status_error,
 };
 
 /// What a `HEAD` of a manifest told.
@@ -102,6 +104,48 @@ impl RegistryClient {
         })
     }
 
+    /// `GET /v2/REPOSITORY/tags/list`, following `Link: <…>; rel="next"` pages (at most
+    /// [`MAX_TAG_PAGES`] of at most 4 MiB each): every tag, sorted. An unknown repository is a
+    /// [`ClientError::Status`] 404.
+    pub async fn list_tags(
+        &self,
+        registry: &str,
+        repository: &str,
+    ) -> Result<Vec<String>, ClientError> {
+        let scope = Scope::pull(repository);
+        let mut url = self.api_url(registry, repository, "tags/list").await?;
+        let mut tags = Vec::new();
+        for _ in 0..MAX_TAG_PAGES {
+            let response = self
+                .send_ok(Request::new(Method::GET, registry, url.clone(), &scope))
+                .await?;
+            let next = next_page(response.headers(), &url);
+            let body = read_limited(response, MAX_TAG_PAGE)
+                .await
+                .map_err(|source| ClientError::Transport {
+                    request: format!("{} {url}", Method::GET),
+                    source,
+                })?
+                .ok_or_else(|| ClientError::Protocol {
+                    url: url.to_string(),
+                    reason: format!("a tag list page larger than {MAX_TAG_PAGE} bytes"),
+                })?;
+            let page: TagPage =
+                serde_json::from_slice(&body).map_err(|error| ClientError::Protocol {
+                    url: url.to_string(),
+                    reason: format!("not a tag list: {error}"),
+                })?;
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(next) => url = next,
+                None => break,
+            }
+        }
+        tags.sort();
+        tags.dedup();
+        Ok(tags)
+    }
+
     /// Starts downloading a blob from byte `offset` (0: all of it): sends the `GET`
     /// (`Range: bytes=OFFSET-` when `offset > 0`) and returns once the answer's head has
     /// arrived, so [`BlobDownload::size`] is known. The bytes are not verified here: the
@@ -132,6 +176,37 @@ impl RegistryClient {
         download.response = Some(response);
         Ok(download)
     }
+}
+
+/// The most pages [`RegistryClient::list_tags`] follows.
+pub const MAX_TAG_PAGES: usize = 1000;
+
+/// The largest tag list page read.
+const MAX_TAG_PAGE: u64 = 4 << 20;
+
+/// One page of a tag list.
+#[derive(Debug, serde::Deserialize)]
+struct TagPage {
+    /// `null` for a repository without tags.
+    tags: Option<Vec<String>>,
+}
+
+/// The next page of a paginated answer: its `Link: <URL>; rel="next"` (relative to `url`),
+/// on the same host only.
+fn next_page(headers: &HeaderMap, url: &Url) -> Option<Url> {
+    headers
+        .get_all(LINK)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .find_map(|link| {
+            let (target, params) = link.trim().strip_prefix('<')?.split_once('>')?;
+            let next = params
+                .split(';')
+                .any(|param| matches!(param.trim(), "rel=\"next\"" | "rel=next"));
+            next.then(|| url.join(target).ok()).flatten()
+        })
+        .filter(|next| next.host_str() == url.host_str() && next.port() == url.port())
 }
 
 /// A blob being downloaded (see [`RegistryClient::get_blob`]): [`Self::chunk`] yields the
@@ -346,6 +421,30 @@ fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_pages_follow_link_on_the_same_host() {
+        let url = Url::parse("http://127.0.0.1:5000/v2/a/tags/list").unwrap();
+        let mut headers = HeaderMap::new();
+        assert_eq!(next_page(&headers, &url), None);
+        headers.insert(
+            LINK,
+            "</v2/a/tags/list?last=b&n=2>; rel=\"next\"".parse().unwrap(),
+        );
+        assert_eq!(
+            next_page(&headers, &url).unwrap().as_str(),
+            "http://127.0.0.1:5000/v2/a/tags/list?last=b&n=2"
+        );
+        headers.insert(
+            LINK,
+            "<http://elsewhere:5000/v2/a/tags/list?last=b>; rel=\"next\""
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(next_page(&headers, &url), None);
+        headers.insert(LINK, "</v2/a/tags/list?last=b>; rel=\"prev\"".parse().unwrap());
+        assert_eq!(next_page(&headers, &url), None);
+    }
 
     #[test]
     fn content_ranges() {

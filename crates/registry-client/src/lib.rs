@@ -60,7 +60,7 @@ pub use client::{
     MANIFEST_ACCEPT, RegistryClient, normalize_registry,
 };
 pub use credentials::{Credential, CredentialError, CredentialStore};
-pub use fetch::{BlobDownload, ManifestHead};
+pub use fetch::{BlobDownload, MAX_TAG_PAGES, ManifestHead};
 pub use progress::{BlobOutcome, NoProgress, TransferProgress};
 pub use pull::{PlatformSelection, PullError, PullReport};
 pub use push::{PushError, PushReport};

@@ -534,6 +534,53 @@ impl PullThroughSource {
         }
     }
 
+    /// The tags of an upstream's repository: the upstream's list (within `upstream_timeout`)
+    /// with the cached tags added (`MISS`); the cached ones alone when the upstream fails or
+    /// in offline mode (`STALE`, `HIT`).
+    async fn upstream_tags(
+        &self,
+        upstream: &Arc<Upstream>,
+        store_repo: &RepoPath,
+    ) -> Result<(Vec<String>, CacheStatus), ApiError> {
+        let cached = self.local.tags(store_repo).await;
+        if self.offline {
+            return cached.map(|found| (found.content, CacheStatus::Hit));
+        }
+        let repository = self
+            .local
+            .names()
+            .reference(store_repo, "latest")?
+            .repository()
+            .to_owned();
+        let listed = tokio::time::timeout(
+            self.timeout,
+            upstream.client.list_tags(&upstream.host, &repository),
+        )
+        .await
+        .map_err(|_| FetchError::Timeout(self.timeout))
+        .and_then(|listed| listed.map_err(|error| FetchError::from_client(&error)));
+        match (listed, cached) {
+            (Ok(mut tags), cached) => {
+                if let Ok(cached) = cached {
+                    tags.extend(cached.content);
+                }
+                tags.sort();
+                tags.dedup();
+                Ok((tags, CacheStatus::Miss))
+            }
+            (Err(error), Ok(cached)) => {
+                tracing::warn!(
+                    upstream = %upstream.name,
+                    %repository,
+                    %error,
+                    "the upstream failed to list tags; serving the cached ones"
+                );
+                Ok((cached.content, CacheStatus::Stale))
+            }
+            (Err(error), Err(_)) => Err(upstream.error(&error, ErrorCode::NameUnknown)),
+        }
+    }
+
     /// Asks the upstream what `tag` is: `None` when it is still `current`, else the new
     /// manifest, fetched, stored and tagged `key` (in repository `store_repo`).
     async fn refresh_tag(
@@ -872,9 +919,10 @@ impl ContentSource for PullThroughSource {
                 .tags(repo)
                 .await
                 .map_err(|error| self.unknown_namespace(namespace, error)),
-            Target::Upstream(_, store_repo) => {
-                let found = self.local.tags(&store_repo).await?;
-                Ok(served(found.content, repo, None))
+            Target::Upstream(upstream, store_repo) => {
+                let (tags, status) = self.upstream_tags(upstream, &store_repo).await?;
+                upstream.metrics.answered(status);
+                Ok(served(tags, repo, Some(status)))
             }
         }
     }

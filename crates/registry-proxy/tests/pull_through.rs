@@ -760,3 +760,69 @@ fn offline_mode_serves_the_cache_and_contacts_nobody() {
         "offline contacted the upstream"
     );
 }
+
+#[test]
+fn tag_lists_come_from_the_upstream_and_from_the_cache_when_it_is_down() {
+    require_tools!("skopeo", "docker-registry");
+    let mut upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
+    for (tag, seed) in [("1", 31), ("2", 32), ("3", 33)] {
+        seed_image(
+            &upstream.host(),
+            &format!("tags/app:{tag}"),
+            &ImageSpec::new("x", &[1_000], seed),
+            None,
+        )
+        .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(
+        &dir.path().join("store"),
+        &format!(
+            "{}upstream_timeout: 1s\n",
+            upstreams(&[("up", &upstream.url(), "")])
+        ),
+    );
+    let tags = |response: &HttpResponse| -> Vec<String> {
+        let body: Value = serde_json::from_slice(&response.body).unwrap();
+        body["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|tag| tag.as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Only tag 1 is cached; the list is the upstream's.
+    assert_eq!(proxy.get("/v2/up/tags/app/manifests/1").status, 200);
+    let listed = proxy.get("/v2/up/tags/app/tags/list");
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.header("x-cache"), Some("MISS"));
+    assert_eq!(tags(&listed), ["1", "2", "3"]);
+    // Paginated by the server as usual.
+    let page = proxy.get("/v2/up/tags/app/tags/list?n=2");
+    assert_eq!(tags(&page), ["1", "2"]);
+    assert!(
+        page.header("link")
+            .is_some_and(|link| link.contains("last=2"))
+    );
+
+    // The upstream stopped: the cached tags, quickly.
+    upstream.stop();
+    let started = Instant::now();
+    let stale = proxy.get("/v2/up/tags/app/tags/list");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.header("x-cache"), Some("STALE"));
+    assert_eq!(tags(&stale), ["1"]);
+    // A repository never cached: an error, not an empty list.
+    let unknown = proxy.get("/v2/up/tags/other/tags/list");
+    assert_eq!(
+        unknown.status,
+        502,
+        "{}",
+        String::from_utf8_lossy(&unknown.body)
+    );
+}
