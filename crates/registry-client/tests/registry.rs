@@ -326,6 +326,59 @@ fn token_auth_pull_asks_one_token_per_scope() {
     );
 }
 
+#[test]
+fn an_identity_token_is_exchanged_with_the_oauth2_refresh_grant() {
+    require_tools!("docker-registry", "skopeo", "openssl");
+    let tokens = TokenServer::start(TokenOptions {
+        refresh_tokens: vec![("refresh-erin".to_owned(), "erin".to_owned())],
+        ..TokenOptions::user("erin", "pw")
+    })
+    .unwrap();
+    let registry = Registry::start(RegistryOptions::token(&tokens)).unwrap();
+    let host = registry.host();
+    let seeded = seed_image(
+        &host,
+        "secure/id:1",
+        &ImageSpec::new("unused:1", &[2_000], 41),
+        Some(("erin", "pw")),
+    )
+    .unwrap();
+    let seeding_requests = tokens.requests().len();
+
+    // docker's config.json after an OAuth2 login: an identity token, no password.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        format!(r#"{{"auths": {{"{host}": {{"identitytoken": "refresh-erin"}}}}}}"#),
+    )
+    .unwrap();
+    let with_config = client(CredentialStore::with_docker_config_dir(dir.path()));
+    let (_dir, store) = new_store();
+    let image = reference(&host, "secure/id:1");
+    let report =
+        run(with_config.pull(&store, &image, PlatformSelection::Host, &NoProgress)).unwrap();
+    assert_eq!(report.digest.to_string(), seeded.manifest_digest);
+    let ours: Vec<_> = tokens.requests().split_off(seeding_requests);
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(ours[0].grant.as_deref(), Some("refresh_token"));
+    assert_eq!(ours[0].user.as_deref(), Some("erin"));
+    assert_eq!(ours[0].scopes, vec!["repository:secure/id:pull".to_owned()]);
+    assert_consistent(&store);
+
+    // An identity token the server does not know: refused, nothing stored.
+    std::fs::write(
+        dir.path().join("config.json"),
+        format!(r#"{{"auths": {{"{host}": {{"identitytoken": "revoked"}}}}}}"#),
+    )
+    .unwrap();
+    let refused = client(CredentialStore::with_docker_config_dir(dir.path()));
+    let (_empty_dir, empty) = new_store();
+    let error =
+        run(refused.pull(&empty, &image, PlatformSelection::Host, &NoProgress)).unwrap_err();
+    assert!(error.to_string().contains("401"), "{error}");
+    assert!(empty.images().unwrap().is_empty());
+}
+
 /// `skopeo inspect --raw docker://REF` → the sha256 of what it printed.
 fn skopeo_raw_digest(image: &str) -> String {
     let mut command = std::process::Command::new("skopeo");

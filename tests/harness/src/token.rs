@@ -1,6 +1,7 @@
 //! A token realm for docker-registry's `auth: token`: answers
-//! `GET /token?service=…&scope=…&account=…` with an RS256 JWT that distribution verifies
-//! against the certificate this server made at start.
+//! `GET /token?service=…&scope=…&account=…` (basic credentials or anonymous) and the OAuth2
+//! `POST /token` with `grant_type=refresh_token` (docker's identity tokens) with an RS256 JWT
+//! that distribution verifies against the certificate this server made at start.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -53,6 +54,9 @@ pub struct TokenOptions {
     pub repositories: Option<Vec<String>>,
     /// The service name (`aud`); the registry is configured with the same.
     pub service: String,
+    /// Accepted OAuth2 refresh tokens (docker's `identitytoken`) and the account each one
+    /// stands for: `POST /token` with `grant_type=refresh_token`.
+    pub refresh_tokens: Vec<(String, String)>,
 }
 
 impl Default for TokenOptions {
@@ -63,6 +67,7 @@ impl Default for TokenOptions {
             expires_in_secs: 300,
             repositories: None,
             service: DEFAULT_SERVICE.to_owned(),
+            refresh_tokens: Vec::new(),
         }
     }
 }
@@ -87,8 +92,11 @@ pub struct TokenRequest {
     pub service: Option<String>,
     /// The `account` parameter.
     pub account: Option<String>,
-    /// The user of valid basic credentials, `None` when anonymous or refused.
+    /// The user of valid basic credentials or refresh token, `None` when anonymous or
+    /// refused.
     pub user: Option<String>,
+    /// `grant_type` of a `POST` (`refresh_token`); `None` for a `GET`.
+    pub grant: Option<String>,
     /// The answer's status (200, 401, 404, …).
     pub status: u16,
     /// When it arrived.
@@ -277,7 +285,7 @@ fn serve(shared: &Shared, stream: TcpStream) -> Result<()> {
             headers.insert(name, value.trim().to_owned());
         }
     }
-    // Drain a body (never used) so that closing does not reset the connection.
+    // Read the body (a POST's form) so that closing does not reset the connection either.
     let mut body = vec![0u8; content_length.min(1 << 20)];
     let _ = reader.read_exact(&mut body);
 
@@ -285,7 +293,12 @@ fn serve(shared: &Shared, stream: TcpStream) -> Result<()> {
     let method = parts.next().unwrap_or_default();
     let target = parts.next().unwrap_or_default();
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let params = parse_query(query);
+    // A POST carries its parameters as a form body.
+    let params = if method == "POST" {
+        parse_query(&String::from_utf8_lossy(&body))
+    } else {
+        parse_query(query)
+    };
     let param = |key: &str| {
         params
             .iter()
@@ -303,6 +316,7 @@ fn serve(shared: &Shared, stream: TcpStream) -> Result<()> {
         service: param("service"),
         account: param("account"),
         user: None,
+        grant: (method == "POST").then(|| param("grant_type").unwrap_or_default()),
         status: 200,
         at: SystemTime::now(),
     };
@@ -316,8 +330,27 @@ fn serve(shared: &Shared, stream: TcpStream) -> Result<()> {
             pair.split_once(':')
                 .map(|(user, password)| (user.to_owned(), password.to_owned()))
         });
-    let answer = if method != "GET" || path != "/token" {
+    let answer = if path != "/token" || !matches!(method, "GET" | "POST") {
         Err(404)
+    } else if method == "POST" {
+        let account = (record.grant.as_deref() == Some("refresh_token"))
+            .then(|| param("refresh_token"))
+            .flatten()
+            .and_then(|refresh| {
+                shared
+                    .options
+                    .refresh_tokens
+                    .iter()
+                    .find(|(token, _)| *token == refresh)
+                    .map(|(_, account)| account.clone())
+            });
+        match account {
+            Some(account) => {
+                record.user = Some(account);
+                Ok(false)
+            }
+            None => Err(401),
+        }
     } else {
         match credentials {
             Some((user, password)) => {
