@@ -429,7 +429,9 @@ mod tests {
         assert_eq!(next_page(&headers, &url), None);
         headers.insert(
             LINK,
-            "</v2/a/tags/list?last=b&n=2>; rel=\"next\"".parse().unwrap(),
+            "</v2/a/tags/list?last=b&n=2>; rel=\"next\""
+                .parse()
+                .unwrap(),
         );
         assert_eq!(
             next_page(&headers, &url).unwrap().as_str(),
@@ -442,7 +444,10 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(next_page(&headers, &url), None);
-        headers.insert(LINK, "</v2/a/tags/list?last=b>; rel=\"prev\"".parse().unwrap());
+        headers.insert(
+            LINK,
+            "</v2/a/tags/list?last=b>; rel=\"prev\"".parse().unwrap(),
+        );
         assert_eq!(next_page(&headers, &url), None);
     }
 
