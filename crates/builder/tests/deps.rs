@@ -212,7 +212,7 @@ fn manifests_images_are_carried_in_a_registry_layer() {
     let served_dir = tempfile::tempdir().unwrap();
     let served = Store::open_dir(served_dir.path()).unwrap();
     let loaded = load_embedded(&store, "localhost/deps:1", &served, None).unwrap();
-    assert_eq!(loaded.layers, 1);
+    assert_eq!((loaded.layers, loaded.layers_held), (1, 0));
     let mut expected_images = vec![
         (ref_a.clone(), seeded_a.manifest_digest.parse().unwrap()),
         (ref_b.clone(), seeded_b.manifest_digest.parse().unwrap()),
@@ -228,10 +228,14 @@ fn manifests_images_are_carried_in_a_registry_layer() {
         "a second import writes nothing"
     );
     assert!(again.warnings.is_empty(), "{:?}", again.warnings);
+    // Everything held already: the layer is not read again, the same images are reported.
+    assert_eq!(again.layers_held, 1);
+    assert_eq!(again.images, loaded.images);
     // A tag of the target moved by the import is named in a warning.
     let b_entry = served.lookup(&ref_b).unwrap().descriptor;
     served.tag(&ref_a.parse().unwrap(), &b_entry).unwrap();
     let moved = load_embedded(&store, "localhost/deps:1", &served, None).unwrap();
+    assert_eq!(moved.layers_held, 0, "a moved tag means importing again");
     assert_eq!(moved.warnings.len(), 1, "{:?}", moved.warnings);
     assert!(
         moved.warnings[0].starts_with(&format!("{ref_a} pointed to {}", seeded_b.manifest_digest)),
@@ -242,6 +246,14 @@ fn manifests_images_are_carried_in_a_registry_layer() {
         served.lookup(&ref_a).unwrap().descriptor.digest.to_string(),
         seeded_a.manifest_digest
     );
+    // A blob lost from the target: the layer is read again and the blob comes back.
+    let lost: sealer_image_store::Digest = seeded_b.platforms[0].blob_digests[1].parse().unwrap();
+    served.fs().remove_file(&lost.blob_path()).unwrap();
+    let repaired = load_embedded(&store, "localhost/deps:1", &served, None).unwrap();
+    assert_eq!(repaired.layers_held, 0);
+    assert_eq!(repaired.commit.blobs_added, 1);
+    let check = served.fsck().unwrap();
+    assert!(check.is_clean(), "{check:?}");
 
     // A rebuild downloads nothing and reuses the registry layer.
     let (gets_a, gets_b) = (a.blob_gets(None), b.blob_gets(None));

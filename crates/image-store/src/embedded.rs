@@ -5,14 +5,16 @@
 //! them.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 
 use crate::archive::{self, ArchiveError, LoadOptions, NoProgress, Progress};
 use crate::blob::BlobStore;
 use crate::digest::Digest;
 use crate::error::StoreError;
 use crate::ingest::CommitReport;
-use crate::model::{Descriptor, Platform};
-use crate::store::Store;
+use crate::model::{Descriptor, Index, Platform, media_type};
+use crate::reference::Reference;
+use crate::store::{MAX_MANIFEST_SIZE, Store};
 
 /// The annotation of a layer descriptor whose layer holds an OCI image layout; its value is
 /// the directory of the layout inside the layer (`registry`).
@@ -32,8 +34,10 @@ pub struct EmbeddedLayout {
 /// What [`load_embedded`] imported.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EmbeddedReport {
-    /// The layers read.
+    /// The layers that carry images.
     pub layers: usize,
+    /// Of those, the layers whose images the target held already, exactly: not read again.
+    pub layers_held: usize,
     /// Every image, by name, with its top digest (sorted by name).
     pub images: Vec<(String, Digest)>,
     /// Images without a usable name (they are stored unnamed), names carried with two
@@ -85,6 +89,13 @@ pub fn load_embedded(
         .filter_map(|entry| Some((entry.name?, entry.descriptor.digest)))
         .collect();
     for layout in &layouts {
+        report.layers += 1;
+        if let Some(images) = held_already(source, layout, target) {
+            report.layers_held += 1;
+            progress.advance(layout.layer.size);
+            record(&mut report, &mut names, images);
+            continue;
+        }
         let mut blob = source.blobs().open(&layout.layer.digest)?;
         let options = LoadOptions {
             progress,
@@ -104,28 +115,12 @@ pub fn load_embedded(
                 reason: error.to_string(),
             }
         })?;
-        report.layers += 1;
         report.warnings.extend(loaded.warnings);
         report.commit.blobs_added += loaded.commit.blobs_added;
         report.commit.bytes_added += loaded.commit.bytes_added;
         report.commit.blobs_reused += loaded.commit.blobs_reused;
         report.commit.absent_platforms += loaded.commit.absent_platforms;
-        for (name, digest) in loaded.images {
-            let Some(name) = name else {
-                report
-                    .warnings
-                    .push(format!("image {digest} has no name; it is stored unnamed"));
-                continue;
-            };
-            if let Some(earlier) = names.get(&name)
-                && *earlier != digest
-            {
-                report.warnings.push(format!(
-                    "{name} is carried as {earlier} and as {digest}; {digest} is served"
-                ));
-            }
-            names.insert(name, digest);
-        }
+        record(&mut report, &mut names, loaded.images);
     }
     for (name, digest) in &names {
         if let Some(earlier) = before.get(name)
@@ -138,4 +133,89 @@ pub fn load_embedded(
     }
     report.images = names.into_iter().collect();
     Ok(report)
+}
+
+/// Adds a layer's images to `names`, warning about unnamed ones and names carried twice with
+/// different digests.
+fn record(
+    report: &mut EmbeddedReport,
+    names: &mut BTreeMap<String, Digest>,
+    images: Vec<(Option<String>, Digest)>,
+) {
+    for (name, digest) in images {
+        let Some(name) = name else {
+            report
+                .warnings
+                .push(format!("image {digest} has no name; it is stored unnamed"));
+            continue;
+        };
+        if let Some(earlier) = names.get(&name)
+            && *earlier != digest
+        {
+            report.warnings.push(format!(
+                "{name} is carried as {earlier} and as {digest}; {digest} is served"
+            ));
+        }
+        names.insert(name, digest);
+    }
+}
+
+/// The images of `layout` when `target` holds them all already, exactly (each name on its
+/// digest, every blob the layer carries present), so the layer need not be read again:
+/// its `index.json` is found by seeking over the entries of the plain tar. `None` means
+/// "import it" (a compressed layer, a name moved or missing, a blob absent, anything
+/// unexpected).
+fn held_already(
+    source: &Store,
+    layout: &EmbeddedLayout,
+    target: &Store,
+) -> Option<Vec<(Option<String>, Digest)>> {
+    if !matches!(
+        layout.layer.media_type.as_str(),
+        media_type::OCI_LAYER | media_type::DOCKER_LAYER
+    ) {
+        return None;
+    }
+    let file = source.blobs().open(&layout.layer.digest).ok()?;
+    let mut archive = tar::Archive::new(file);
+    let wanted = format!("{}/index.json", layout.directory.trim_matches('/'));
+    let mut index_bytes = None;
+    for entry in archive.entries_with_seek().ok()? {
+        let entry = entry.ok()?;
+        let path = entry.path().ok()?.to_string_lossy().into_owned();
+        if path.trim_start_matches("./") == wanted {
+            let mut bytes = Vec::new();
+            entry
+                .take(MAX_MANIFEST_SIZE + 1)
+                .read_to_end(&mut bytes)
+                .ok()?;
+            index_bytes = Some(bytes);
+            break;
+        }
+    }
+    let index: Index = serde_json::from_slice(&index_bytes?).ok()?;
+    let mut images = Vec::new();
+    for entry in &index.manifests {
+        let name = match entry.ref_name() {
+            Some(text) => {
+                let reference = text.parse::<Reference>().ok()?;
+                let held = target.lookup(text).ok()?;
+                if held.descriptor.digest != entry.digest {
+                    return None;
+                }
+                Some(
+                    reference
+                        .tagged_name()
+                        .unwrap_or_else(|| reference.to_string()),
+                )
+            }
+            None => {
+                target.lookup(&entry.digest.to_string()).ok()?;
+                None
+            }
+        };
+        images.push((name, entry.digest.clone()));
+    }
+    let reach = target.reachable(&index.manifests).ok()?;
+    (reach.missing.is_empty() && reach.absent_partial.is_empty()).then_some(images)
 }

@@ -245,6 +245,8 @@ fn import_carried_images(
         tracing::info!(
             cluster_image = %image,
             images = report.images.len(),
+            layers = report.layers,
+            layers_held_already = report.layers_held,
             blobs_added = report.commit.blobs_added,
             bytes_added = report.commit.bytes_added,
             "imported the carried images"

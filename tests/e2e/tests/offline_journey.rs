@@ -294,4 +294,34 @@ fn cluster_image_carries_its_images_and_serves_them_offline() {
     // The digest-pinned image is served under its reference, with no complaint.
     assert!(served_log.contains(&pinned.reference()), "{served_log}");
     assert!(!served_log.contains("WARN"), "{served_log}");
+    assert!(served_log.contains("layers_held_already=0"), "{served_log}");
+
+    // A restart finds everything held already: the registry layer is not read again, and
+    // the images are served as before.
+    drop(server);
+    let restarted = Served::start(
+        &site_root,
+        &["--image", CLUSTER_IMAGE],
+        &work.path().join("serve-again.log"),
+    )
+    .unwrap();
+    let log = restarted.log();
+    assert!(log.contains("layers_held_already=1"), "{log}");
+    let web = &dependencies[0];
+    let (host, repository) = web.name.split_once('/').unwrap();
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!(
+            "docker://{}/{}/{repository}:{}",
+            restarted.host(),
+            host.replace(':', "_"),
+            web.tag
+        ),
+    ]);
+    assert_eq!(sha256_digest(&raw), web.seeded.manifest_digest);
+    for wire in &wires {
+        assert_eq!(wire.connections(), 0);
+    }
 }
