@@ -435,10 +435,7 @@ impl PullThroughSource {
     ) -> Result<(ManifestContent, CacheStatus), ApiError> {
         let cached = self.cached_manifest(store_repo, reference, request).await?;
         let names = self.local.names();
-        let repository = names
-            .reference(store_repo, "latest")?
-            .repository()
-            .to_owned();
+        let repository = self.upstream_repository(store_repo)?;
         let index = self.by_host[&upstream.host];
         let unknown = || {
             ApiError::new(
@@ -534,6 +531,17 @@ impl PullThroughSource {
         }
     }
 
+    /// The repository path to ask the upstream for (`library/nginx` for Docker Hub's
+    /// `nginx`), as the store names `store_repo`.
+    fn upstream_repository(&self, store_repo: &RepoPath) -> Result<String, ApiError> {
+        Ok(self
+            .local
+            .names()
+            .reference(store_repo, "latest")?
+            .repository()
+            .to_owned())
+    }
+
     /// The tags of an upstream's repository: the upstream's list (within `upstream_timeout`)
     /// with the cached tags added (`MISS`); the cached ones alone when the upstream fails or
     /// in offline mode (`STALE`, `HIT`).
@@ -546,12 +554,7 @@ impl PullThroughSource {
         if self.offline {
             return cached.map(|found| (found.content, CacheStatus::Hit));
         }
-        let repository = self
-            .local
-            .names()
-            .reference(store_repo, "latest")?
-            .repository()
-            .to_owned();
+        let repository = self.upstream_repository(store_repo)?;
         let listed = tokio::time::timeout(
             self.timeout,
             upstream.client.list_tags(&upstream.host, &repository),
@@ -664,12 +667,7 @@ impl PullThroughSource {
         if self.offline {
             return Err(unknown());
         }
-        let repository = self
-            .local
-            .names()
-            .reference(store_repo, "latest")?
-            .repository()
-            .to_owned();
+        let repository = self.upstream_repository(store_repo)?;
         let resolve = |size: u64| match request.range {
             Some(range) => range
                 .resolve(size)
