@@ -39,13 +39,25 @@ fn build_with(store: &Store, context: &RealFs, mode: BuildMode) -> BuildReport {
     )
 }
 
-/// Builds `kubefile` as `tag`, pulling with a real registry client.
+/// Builds `kubefile` as `tag` for amd64, pulling with a real registry client.
 fn build_file(
     store: &Store,
     context: &RealFs,
     mode: BuildMode,
     kubefile: &str,
     tag: &str,
+) -> BuildReport {
+    build_for(store, context, mode, kubefile, tag, vec![amd64()])
+}
+
+/// Builds `kubefile` as `tag` for `platforms`, pulling with a real registry client.
+fn build_for(
+    store: &Store,
+    context: &RealFs,
+    mode: BuildMode,
+    kubefile: &str,
+    tag: &str,
+    platforms: Vec<Platform>,
 ) -> BuildReport {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -73,7 +85,7 @@ fn build_file(
     let kubefile = parse(kubefile, "Kubefile").unwrap();
     let options = BuildOptions {
         tags: vec![tag.parse().unwrap()],
-        platforms: vec![amd64()],
+        platforms,
         pull: Some(&pull),
         build_mode: mode,
         ..BuildOptions::default()
@@ -291,4 +303,71 @@ fn manifests_images_are_carried_in_a_registry_layer() {
             .annotations
             .contains_key(CONTAINER_IMAGES_ANNOTATION)
     );
+}
+
+#[test]
+fn a_multi_platform_cluster_image_carries_each_platform_and_serves_them_together() {
+    require_tools!("docker-registry", "skopeo");
+    let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let mut spec = ImageSpec::new("unused:1", &[3_000, 7_000], 51);
+    spec.platforms.push(Platform::new("linux", "arm64", None));
+    let seeded = seed_image(&upstream.host(), "multi/app:2", &spec, None).unwrap();
+    let reference = format!("{}/multi/app:2", upstream.host());
+
+    let context_dir = tempfile::tempdir().unwrap();
+    let context = RealFs::open_root(context_dir.path()).unwrap();
+    context
+        .write_atomic(Path::new("imageList"), format!("{reference}\n").as_bytes())
+        .unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open_dir(store_dir.path()).unwrap();
+    let arm64 = Platform::new("linux", "arm64", None);
+    build_for(
+        &store,
+        &context,
+        BuildMode::Full,
+        "FROM scratch\nCOPY imageList /imageList\n",
+        "localhost/multi-cluster:1",
+        vec![amd64(), arm64.clone()],
+    );
+
+    // Each platform's image carries that platform's image; served together, the index
+    // (the digest clients pin) has both, and nothing is missing.
+    let served_dir = tempfile::tempdir().unwrap();
+    let served = Store::open_dir(served_dir.path()).unwrap();
+    let loaded = load_embedded(&store, "localhost/multi-cluster:1", &served, None).unwrap();
+    assert_eq!(loaded.layers, 2);
+    assert_eq!(
+        loaded.images,
+        vec![(reference.clone(), seeded.manifest_digest.parse().unwrap())]
+    );
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let platforms: Vec<String> = served
+        .image_manifests(&reference)
+        .unwrap()
+        .into_iter()
+        .map(|(descriptor, _)| descriptor.platform.unwrap().to_string())
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    for (platform, expected) in [
+        (amd64(), &seeded.platforms[0]),
+        (arm64, &seeded.platforms[1]),
+    ] {
+        let resolved = served.resolve(&reference, Some(&platform)).unwrap();
+        assert_eq!(
+            resolved.manifest_descriptor.digest.to_string(),
+            expected.manifest_digest
+        );
+    }
+    let entry = served.lookup(&reference).unwrap();
+    let reach = served.reachable(&[entry.descriptor]).unwrap();
+    assert!(
+        reach.missing.is_empty() && reach.absent_partial.is_empty(),
+        "{reach:?}"
+    );
+    assert_eq!(reach.absent_platforms, 0);
+    // Imported again: both layers are held already, neither is read.
+    let again = load_embedded(&store, "localhost/multi-cluster:1", &served, None).unwrap();
+    assert_eq!((again.layers, again.layers_held), (2, 2));
+    assert_eq!(again.images, loaded.images);
 }

@@ -162,7 +162,7 @@ fn record(
 
 /// The images of `layout` when `target` holds them all already, exactly (each name on its
 /// digest, every blob the layer carries present), so the layer need not be read again:
-/// its `index.json` is found by seeking over the entries of the plain tar. `None` means
+/// its entries are listed by seeking over the plain tar, only `index.json` is read. `None` means
 /// "import it" (a compressed layer, a name moved or missing, a blob absent, anything
 /// unexpected).
 fn held_already(
@@ -178,20 +178,35 @@ fn held_already(
     }
     let file = source.blobs().open(&layout.layer.digest).ok()?;
     let mut archive = tar::Archive::new(file);
-    let wanted = format!("{}/index.json", layout.directory.trim_matches('/'));
+    let directory = format!("{}/", layout.directory.trim_matches('/'));
     let mut index_bytes = None;
+    let mut carried = Vec::new();
     for entry in archive.entries_with_seek().ok()? {
         let entry = entry.ok()?;
         let path = entry.path().ok()?.to_string_lossy().into_owned();
-        if path.trim_start_matches("./") == wanted {
+        let Some(inside) = path.trim_start_matches("./").strip_prefix(&directory) else {
+            continue;
+        };
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        if inside == "index.json" {
             let mut bytes = Vec::new();
             entry
                 .take(MAX_MANIFEST_SIZE + 1)
                 .read_to_end(&mut bytes)
                 .ok()?;
             index_bytes = Some(bytes);
-            break;
+        } else if let Some((algorithm, hex)) = inside
+            .strip_prefix("blobs/")
+            .and_then(|rest| rest.split_once('/'))
+        {
+            carried.push(format!("{algorithm}:{hex}").parse::<Digest>().ok()?);
         }
+    }
+    // Every blob the layer carries (other platforms' included) must be there already.
+    for digest in &carried {
+        target.blobs().stat(digest).ok()??;
     }
     let index: Index = serde_json::from_slice(&index_bytes?).ok()?;
     let mut images = Vec::new();
@@ -216,6 +231,5 @@ fn held_already(
         };
         images.push((name, entry.digest.clone()));
     }
-    let reach = target.reachable(&index.manifests).ok()?;
-    (reach.missing.is_empty() && reach.absent_partial.is_empty()).then_some(images)
+    Some(images)
 }

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use sealer_dep_scanner::{ScanOptions, scan};
 use sealer_fs_abstraction::{FileKind, Fs};
 use sealer_image_store::model::{PARTIAL_ANNOTATION, REF_NAME_ANNOTATION};
-use sealer_image_store::{Descriptor, Index, Ingest, Manifest, Platform, Store, StoreError};
+use sealer_image_store::{
+    BlobStore, Descriptor, Index, Ingest, Manifest, Platform, ResolvedImage, Store, StoreError,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::PullFn;
@@ -132,15 +134,22 @@ pub(crate) fn collect(
                 rest.split_once('/').map(|(app, _)| app.to_owned())
             })
             .unwrap_or_default();
-        let resolved = match store.resolve(&reference, Some(platform)) {
-            Ok(resolved) => resolved,
-            Err(StoreError::ImageNotFound(_)) => {
+        // Present only when this platform's image is complete: a multi-arch image pulled
+        // for another platform (an earlier platform of this build) lacks it.
+        let present = match store.resolve(&reference, Some(platform)) {
+            Ok(resolved) if is_complete(store, &resolved)? => Some(resolved),
+            Ok(_) | Err(StoreError::ImageNotFound(_) | StoreError::BlobNotFound(_)) => None,
+            Err(error) => return Err(error.into()),
+        };
+        let resolved = match present {
+            Some(resolved) => resolved,
+            None => {
                 let Some(pull) = pull else {
                     return Err(BuildError::Dependency {
                         reference,
-                        message:
-                            "not in the store (pull it first, or build with --build-mode lite)"
-                                .to_owned(),
+                        message: format!(
+                            "not in the store for {platform} (pull it first, or build with --build-mode lite)"
+                        ),
                     });
                 };
                 pull(&reference, platform).map_err(|message| BuildError::Dependency {
@@ -149,7 +158,6 @@ pub(crate) fn collect(
                 })?;
                 store.resolve(&reference, Some(platform))?
             }
-            Err(error) => return Err(error.into()),
         };
         let top = Descriptor::new(
             resolved.top.media_type.clone(),
@@ -169,6 +177,16 @@ pub(crate) fn collect(
         });
     }
     Ok(images)
+}
+
+/// Whether the config and every layer of a resolved image are in the store.
+fn is_complete(store: &Store, resolved: &ResolvedImage) -> Result<bool> {
+    for blob in std::iter::once(&resolved.manifest.config).chain(&resolved.manifest.layers) {
+        if store.blobs().stat(&blob.digest)?.is_none() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The canonical text keying the registry layer: every reference with its top and
