@@ -17,12 +17,15 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use sealer_image_store::{BlobStore, Digest, Store};
-use sealer_registry_proxy::{ServeError, ServerConfig, serve};
+use sealer_registry_proxy::ServerConfig;
 use sealer_test_harness::{
     Fault, FaultProxy, HttpResponse, ImageSpec, Registry, RegistryOptions, SeededImage,
     TokenOptions, TokenServer, http_request, require_tools, run_ok, seed_image,
 };
 use serde_json::Value;
+
+mod common;
+use common::InProcess;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const SKOPEO: Duration = Duration::from_secs(120);
@@ -31,8 +34,7 @@ const SKOPEO: Duration = Duration::from_secs(120);
 struct Proxy {
     address: SocketAddr,
     store: PathBuf,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
+    server: InProcess,
 }
 
 impl Proxy {
@@ -40,31 +42,11 @@ impl Proxy {
     fn start(store: &Path, yaml: &str) -> Self {
         let text = format!("storage: {}\n{yaml}", store.display());
         let config = ServerConfig::parse(&text, Path::new("proxy.yaml")).unwrap();
-        let (address_tx, address_rx) = std::sync::mpsc::channel();
-        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                address_tx.send(listener.local_addr().unwrap()).unwrap();
-                serve(&config, listener, async move {
-                    let _ = shutdown_rx.await;
-                })
-                .await
-            })
-        });
-        let address = address_rx
-            .recv_timeout(TIMEOUT)
-            .expect("the proxy did not start");
+        let server = InProcess::start(config, TIMEOUT);
         Self {
-            address,
+            address: server.address,
             store: store.to_path_buf(),
-            shutdown: Some(shutdown_tx),
-            thread: Some(thread),
+            server,
         }
     }
 
@@ -100,24 +82,11 @@ impl Proxy {
     }
 
     fn stop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            thread.join().unwrap().unwrap();
-        }
+        self.server.stop().unwrap();
     }
 
     fn open_store(&self) -> Store {
         Store::open_dir(&self.store).unwrap()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
     }
 }
 

@@ -15,9 +15,12 @@ use std::time::{Duration, Instant};
 use sealer_image_store::testing::{ImageSpec, write_image};
 use sealer_image_store::{Algorithm, Digest, Platform, Store};
 use sealer_registry_proxy::config::{AuthConfig, TlsConfig};
-use sealer_registry_proxy::{Mode, ServeError, ServerConfig, serve};
+use sealer_registry_proxy::{Mode, ServeError, ServerConfig};
 use sealer_test_harness::{HttpResponse, http_request, require_tools, run_bounded, run_ok};
 use serde_json::{Value, json};
+
+mod common;
+use common::InProcess;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const SKOPEO: Duration = Duration::from_secs(120);
@@ -28,8 +31,7 @@ const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 struct TestServer {
     address: SocketAddr,
     store: PathBuf,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
+    server: InProcess,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -55,31 +57,11 @@ impl TestServer {
 
     fn run(config: ServerConfig) -> Self {
         let store = config.storage.clone().unwrap();
-        let (address_tx, address_rx) = std::sync::mpsc::channel();
-        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                address_tx.send(listener.local_addr().unwrap()).unwrap();
-                serve(&config, listener, async move {
-                    let _ = shutdown_rx.await;
-                })
-                .await
-            })
-        });
-        let address = address_rx
-            .recv_timeout(TIMEOUT)
-            .expect("the server did not start");
+        let server = InProcess::start(config, TIMEOUT);
         Self {
-            address,
+            address: server.address,
             store,
-            shutdown: Some(shutdown_tx),
-            thread: Some(thread),
+            server,
             _dir: None,
         }
     }
@@ -108,13 +90,7 @@ impl TestServer {
 
     /// Signals shutdown and waits for `serve` to return.
     fn stop(&mut self) -> Result<(), ServeError> {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        match self.thread.take() {
-            Some(thread) => thread.join().unwrap(),
-            None => Ok(()),
-        }
+        self.server.stop()
     }
 }
 

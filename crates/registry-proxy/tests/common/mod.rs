@@ -1,0 +1,66 @@
+//! A registry server in-process on a loopback port, on its own runtime thread: what the
+//! integration tests run against.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sealer_registry_proxy::{ServeError, ServerConfig, serve};
+
+/// A server started by [`InProcess::start`]; signalled to stop when dropped.
+pub struct InProcess {
+    /// Where it listens.
+    pub address: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
+}
+
+impl InProcess {
+    /// Binds `127.0.0.1:0` and serves `config` on a two-thread runtime; returns once the
+    /// address is known (at most `timeout`).
+    pub fn start(config: ServerConfig, timeout: Duration) -> Self {
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                address_tx.send(listener.local_addr().unwrap()).unwrap();
+                serve(&config, listener, async move {
+                    let _ = shutdown_rx.await;
+                })
+                .await
+            })
+        });
+        let address = address_rx
+            .recv_timeout(timeout)
+            .expect("the server did not start");
+        Self {
+            address,
+            shutdown: Some(shutdown_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Signals shutdown and waits for `serve` to return (`Ok` when already stopped).
+    pub fn stop(&mut self) -> Result<(), ServeError> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread.join().unwrap(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
