@@ -252,17 +252,7 @@ impl CredentialStore {
         if let Some(path) = self.docker_config_path()
             && let Some(config) = read_json(&path)?
         {
-            let helper = config
-                .get("credHelpers")
-                .and_then(Value::as_object)
-                .and_then(|helpers| {
-                    helpers
-                        .iter()
-                        .find(|(key, _)| key_host(key) == registry)
-                        .and_then(|(_, helper)| helper.as_str())
-                });
-            let store = config.get("credsStore").and_then(Value::as_str);
-            for helper in helper.into_iter().chain(store) {
+            for helper in helpers_for(&config, registry) {
                 match self.helper_get(helper, registry) {
                     Ok(Some(credential)) => return Ok(Some(credential)),
                     Ok(None) => {}
@@ -456,7 +446,9 @@ fn existing_key(config: &Value, registry: &str) -> Option<String> {
         .cloned()
 }
 
-fn helper_for(config: &Value, registry: &str) -> Option<String> {
+/// The credential helpers of `config` for `registry`, in the order to ask them: its
+/// `credHelpers` entry, then `credsStore`.
+fn helpers_for<'c>(config: &'c Value, registry: &str) -> impl Iterator<Item = &'c str> {
     let specific = config
         .get("credHelpers")
         .and_then(Value::as_object)
@@ -466,8 +458,14 @@ fn helper_for(config: &Value, registry: &str) -> Option<String> {
                 .find(|(key, _)| key_host(key) == registry)
                 .and_then(|(_, helper)| helper.as_str())
         });
-    specific
-        .or_else(|| config.get("credsStore").and_then(Value::as_str))
+    let store = config.get("credsStore").and_then(Value::as_str);
+    specific.into_iter().chain(store)
+}
+
+/// The helper that stores `registry`'s credentials (the first of [`helpers_for`]).
+fn helper_for(config: &Value, registry: &str) -> Option<String> {
+    helpers_for(config, registry)
+        .next()
         .filter(|helper| !helper.is_empty())
         .map(str::to_owned)
 }
