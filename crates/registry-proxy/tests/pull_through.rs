@@ -90,6 +90,19 @@ impl Proxy {
     }
 }
 
+/// An anonymous docker-registry holding one synthetic image at `path` (`repo:tag`).
+fn seeded_upstream(path: &str, layer_sizes: &[u64], seed: u64) -> (Registry, SeededImage) {
+    let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let image = seed_image(
+        &upstream.host(),
+        path,
+        &ImageSpec::new("x", layer_sizes, seed),
+        None,
+    )
+    .unwrap();
+    (upstream, image)
+}
+
 /// `upstreams:` YAML for `(name, url, extra keys)`.
 fn upstreams(list: &[(&str, &str, &str)]) -> String {
     let mut yaml = String::from("upstreams:\n");
@@ -362,14 +375,7 @@ fn two_upstreams_with_the_same_repository_never_collide() {
 #[test]
 fn a_herd_of_32_cold_gets_makes_one_upstream_get() {
     require_tools!("skopeo", "docker-registry");
-    let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
-    let image = seed_image(
-        &upstream.host(),
-        "herd/app:1",
-        &ImageSpec::new("x", &[12 << 20], 3),
-        None,
-    )
-    .unwrap();
+    let (upstream, image) = seeded_upstream("herd/app:1", &[12 << 20], 3);
     let (digest, expected) = biggest_layer(&upstream, "herd/app", &image);
     let gets_before = upstream.blob_gets(Some(&digest));
     let dir = tempfile::tempdir().unwrap();
@@ -518,14 +524,7 @@ fn a_cached_tag_is_served_stale_within_2s_when_the_upstream_is_down_or_hangs() {
 #[test]
 fn a_corrupting_upstream_fails_every_client_and_commits_nothing() {
     require_tools!("skopeo", "docker-registry");
-    let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
-    let image = seed_image(
-        &upstream.host(),
-        "flip/app:1",
-        &ImageSpec::new("x", &[3 << 20], 5),
-        None,
-    )
-    .unwrap();
+    let (upstream, image) = seeded_upstream("flip/app:1", &[3 << 20], 5);
     let (digest, expected) = biggest_layer(&upstream, "flip/app", &image);
     let fault = FaultProxy::in_front_of(
         &upstream.host(),
@@ -577,14 +576,7 @@ fn a_corrupting_upstream_fails_every_client_and_commits_nothing() {
 #[test]
 fn a_client_leaving_at_half_lets_the_fill_finish_and_a_broken_upstream_resumes() {
     require_tools!("skopeo", "docker-registry");
-    let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
-    let image = seed_image(
-        &upstream.host(),
-        "leave/app:1",
-        &ImageSpec::new("x", &[8 << 20], 6),
-        None,
-    )
-    .unwrap();
+    let (upstream, image) = seeded_upstream("leave/app:1", &[8 << 20], 6);
     let (digest, expected) = biggest_layer(&upstream, "leave/app", &image);
     // The upstream connection breaks at 60 %: the fill resumes with Range.
     let fault = FaultProxy::in_front_of(
@@ -642,14 +634,7 @@ fn a_client_leaving_at_half_lets_the_fill_finish_and_a_broken_upstream_resumes()
 #[test]
 fn a_range_on_a_cold_blob_is_answered_from_the_fill() {
     require_tools!("skopeo", "docker-registry");
-    let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
-    let image = seed_image(
-        &upstream.host(),
-        "range/app:1",
-        &ImageSpec::new("x", &[2 << 20], 7),
-        None,
-    )
-    .unwrap();
+    let (upstream, image) = seeded_upstream("range/app:1", &[2 << 20], 7);
     let (digest, expected) = biggest_layer(&upstream, "range/app", &image);
     let gets_before = upstream.blob_gets(Some(&digest));
     let dir = tempfile::tempdir().unwrap();
@@ -682,14 +667,7 @@ fn a_range_on_a_cold_blob_is_answered_from_the_fill() {
 #[test]
 fn offline_mode_serves_the_cache_and_contacts_nobody() {
     require_tools!("skopeo", "docker-registry");
-    let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
-    let image = seed_image(
-        &upstream.host(),
-        "off/app:1",
-        &ImageSpec::new("x", &[40_000], 8),
-        None,
-    )
-    .unwrap();
+    let (upstream, image) = seeded_upstream("off/app:1", &[40_000], 8);
     let fault = FaultProxy::in_front_of(&upstream.host(), Fault::None).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
