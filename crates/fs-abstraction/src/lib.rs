@@ -58,6 +58,16 @@ pub trait WriteFile: Write + Send {
         let _ = (offset, len);
         Ok(())
     }
+
+    /// Cuts the file to its first `len` bytes and moves the write position to `len`: what
+    /// undoes a failed append. The default refuses (`Unsupported`).
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        let _ = len;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this file cannot be truncated",
+        ))
+    }
 }
 
 /// What a directory entry is. Symlinks are never followed when this is reported by

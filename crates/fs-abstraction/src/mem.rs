@@ -612,6 +612,20 @@ impl WriteFile for MemWriter {
     fn sync_all(&mut self) -> io::Result<()> {
         Ok(())
     }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        let len = usize::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length too large"))?;
+        let mut tree = self.fs.tree();
+        let node = tree.node_mut(self.ino)?;
+        let NodeData::File(data) = &mut node.data else {
+            return Err(is_a_directory());
+        };
+        Arc::make_mut(data).resize(len, 0);
+        self.pos = len;
+        node.mtime = SystemTime::now();
+        Ok(())
+    }
 }
 
 impl Drop for MemWriter {

@@ -202,6 +202,12 @@ impl WriteFile for cap_std::fs::File {
         let _ = (offset, len);
         Ok(())
     }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.set_len(len)?;
+        io::Seek::seek(self, io::SeekFrom::Start(len))?;
+        Ok(())
+    }
 }
 
 /// Holds an open file whose `flock` is released on drop.

@@ -79,4 +79,11 @@ impl WriteFile for WriteBehind {
     fn start_writeback(&mut self, offset: u64, len: u64) -> io::Result<()> {
         self.file.start_writeback(offset, len)
     }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.file.truncate(len)?;
+        self.written = len;
+        self.started = self.started.min(len);
+        Ok(())
+    }
 }

@@ -38,4 +38,4 @@ pub use store::{
     FsckReport, GcReport, ImageEntry, MAX_MANIFEST_SIZE, Reachability, ResolvedImage, Store,
     choose_platform, is_manifest_type, platforms_of,
 };
-pub use upload::BlobUpload;
+pub use upload::{BlobUpload, UploadCheckpoint};

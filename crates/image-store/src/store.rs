@@ -586,6 +586,18 @@ impl Store {
         Ok(removed)
     }
 
+    /// Removes what crashed writers left in `ingest/` and `uploads/` (staging directories and
+    /// upload files whose lock file nobody holds any more; live ones are kept): for a server
+    /// to call when it opens the store, instead of waiting for a `gc`. Returns how many
+    /// items were removed.
+    pub fn sweep_abandoned_work(&self) -> Result<usize> {
+        let mut removed = 0;
+        for dir in WORK_DIRS {
+            removed += self.abandoned_work(dir, true)?;
+        }
+        Ok(removed)
+    }
+
     /// Starts a work item under `dir` (`ingest` or `uploads`): a unique id and its lock file,
     /// held for as long as the writer lives so that `gc` can tell it from a crash leftover.
     /// Returns the id, the lock file's path and the held lock.

@@ -39,6 +39,30 @@ impl std::fmt::Debug for BlobUpload {
     }
 }
 
+/// What an upload held at one moment, to go back to with [`BlobUpload::rollback`] when the
+/// piece appended after it failed (a registry PATCH whose body was cut or disagreed with its
+/// `Content-Range`): its size and the running hash of exactly those bytes.
+#[derive(Clone)]
+pub struct UploadCheckpoint {
+    size: u64,
+    hasher: Hasher,
+}
+
+impl std::fmt::Debug for UploadCheckpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadCheckpoint")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UploadCheckpoint {
+    /// The upload's size at the checkpoint.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
 impl Store {
     /// Starts an incremental blob upload in `uploads/<id>`.
     pub fn begin_upload(&self) -> Result<BlobUpload> {
@@ -114,6 +138,41 @@ impl BlobUpload {
             .map_err(|source| StoreError::io(format!("write upload {id}"), source))?;
         self.hasher.update(data);
         self.size += data.len() as u64;
+        Ok(())
+    }
+
+    /// The current size and running hash, for [`Self::rollback`].
+    pub fn checkpoint(&self) -> UploadCheckpoint {
+        UploadCheckpoint {
+            size: self.size,
+            hasher: self.hasher.clone(),
+        }
+    }
+
+    /// Goes back to `checkpoint` (taken from this upload): the file is cut to the size it had
+    /// then and the running hash restored, so the bytes appended since are forgotten as if
+    /// never sent and a later [`Self::commit`] verifies exactly what is kept. A checkpoint
+    /// beyond the current size is refused. On an error the upload is unusable: drop it.
+    pub fn rollback(&mut self, checkpoint: UploadCheckpoint) -> Result<()> {
+        let id = self.id.clone();
+        if checkpoint.size > self.size {
+            return Err(StoreError::io(
+                format!("roll back upload {id}"),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "the checkpoint ({} bytes) is beyond the upload's {} bytes",
+                        checkpoint.size, self.size
+                    ),
+                ),
+            ));
+        }
+        let file = self.file()?;
+        file.flush()
+            .and_then(|()| file.truncate(checkpoint.size))
+            .map_err(|source| StoreError::io(format!("roll back upload {id}"), source))?;
+        self.size = checkpoint.size;
+        self.hasher = checkpoint.hasher;
         Ok(())
     }
 

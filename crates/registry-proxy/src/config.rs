@@ -89,6 +89,113 @@ impl<'de> Deserialize<'de> for ConfigDuration {
     }
 }
 
+/// A size in bytes written `10GiB`, `512MiB`, `64KiB`, `2GB`, `100MB` or as a number of
+/// bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let invalid = || format!("invalid size {text:?}: expected e.g. 10GiB, 512MiB or bytes");
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number.parse().map_err(|_| invalid())?;
+        let multiplier: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            "kB" | "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            other => {
+                return Err(format!(
+                    "invalid size unit {other:?} in {text:?}: use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB"
+                ));
+            }
+        };
+        number
+            .checked_mul(multiplier)
+            .map(Self)
+            .ok_or_else(|| format!("size {text:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = StringOrNumber::deserialize(deserializer)?.0;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Bounds on pushes (`uploads:`), so that no client can take the upload sessions, the disk
+/// or the open files of the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadLimits {
+    /// Upload sessions open at once, all clients together (each holds two open files).
+    pub max_sessions: usize,
+    /// Upload sessions open at once per client: per user when authenticated, else per
+    /// client IP address.
+    pub max_sessions_per_client: usize,
+    /// The largest blob a client may push.
+    pub max_blob_size: ByteSize,
+    /// A session nobody used for this long is dropped and its file removed.
+    pub idle_timeout: ConfigDuration,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        Self {
+            max_sessions: 1024,
+            max_sessions_per_client: 64,
+            max_blob_size: ByteSize(64 << 30),
+            idle_timeout: ConfigDuration(Duration::from_secs(600)),
+        }
+    }
+}
+
+/// Connection handling (`server:`): timeouts that close connections of clients that send
+/// too slowly or not at all, and a bound on connections at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionLimits {
+    /// Connections served at once; more wait in the listen backlog until one closes.
+    /// `None`: the open-file limit less 256 (for store files), at most 16384.
+    pub max_connections: Option<usize>,
+    /// A request head (request line and headers) must arrive within this; on a keep-alive
+    /// connection it runs from the end of the previous response, so it also closes idle
+    /// HTTP/1 connections.
+    pub header_read_timeout: ConfigDuration,
+    /// A connection with no request in progress and no bytes moving for this long is
+    /// closed (HTTP/1 keep-alive and HTTP/2 alike).
+    pub idle_timeout: ConfigDuration,
+    /// A request body that delivers nothing for this long fails the request (its upload
+    /// changes nothing).
+    pub body_timeout: ConfigDuration,
+    /// Bound on a TLS handshake.
+    pub tls_handshake_timeout: ConfigDuration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            header_read_timeout: ConfigDuration(Duration::from_secs(30)),
+            idle_timeout: ConfigDuration(Duration::from_secs(60)),
+            body_timeout: ConfigDuration(Duration::from_secs(60)),
+            tls_handshake_timeout: ConfigDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
 /// How long a cached tag is trusted before it is revalidated upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TagTtl {
@@ -315,6 +422,12 @@ pub struct ServerConfig {
     /// tags are never revalidated upstream).
     #[serde(default)]
     pub images: Vec<String>,
+    /// Bounds on pushes.
+    #[serde(default)]
+    pub uploads: UploadLimits,
+    /// Connection timeouts and the connection cap.
+    #[serde(default)]
+    pub server: ConnectionLimits,
 }
 
 fn default_listen() -> SocketAddr {
@@ -348,6 +461,8 @@ impl Default for ServerConfig {
             upstream_timeout: default_upstream_timeout(),
             offline: false,
             images: Vec::new(),
+            uploads: UploadLimits::default(),
+            server: ConnectionLimits::default(),
         }
     }
 }
@@ -473,6 +588,35 @@ impl ServerConfig {
                 "upstream_timeout",
                 "upstream_timeout must be more than 0".to_owned(),
             ));
+        }
+        let positive = [
+            ("max_sessions", self.uploads.max_sessions as u64),
+            (
+                "max_sessions_per_client",
+                self.uploads.max_sessions_per_client as u64,
+            ),
+            ("max_blob_size", self.uploads.max_blob_size.0),
+            (
+                "max_connections",
+                self.server.max_connections.unwrap_or(1) as u64,
+            ),
+        ];
+        let durations = [
+            ("idle_timeout", self.uploads.idle_timeout),
+            ("header_read_timeout", self.server.header_read_timeout),
+            ("idle_timeout", self.server.idle_timeout),
+            ("body_timeout", self.server.body_timeout),
+            ("tls_handshake_timeout", self.server.tls_handshake_timeout),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err((key, format!("{key} must be more than 0")));
+            }
+        }
+        for (key, value) in durations {
+            if value.0.is_zero() {
+                return Err((key, format!("{key} must be more than 0")));
+            }
         }
         Ok(())
     }
@@ -652,5 +796,39 @@ mod tests {
         assert!(error.to_string().starts_with("x.toml:1: "), "{error}");
         let error = ServerConfig::parse("{}", Path::new("x.json")).unwrap_err();
         assert!(error.to_string().contains(".yaml"), "{error}");
+    }
+
+    #[test]
+    fn upload_and_connection_limits() {
+        let config = yaml(
+            "uploads:\n  max_sessions_per_client: 8\n  max_blob_size: 10GiB\n  idle_timeout: 2m\n\
+             server:\n  max_connections: 100\n  header_read_timeout: 5s\n",
+        )
+        .unwrap();
+        assert_eq!(config.uploads.max_sessions_per_client, 8);
+        assert_eq!(config.uploads.max_sessions, 1024);
+        assert_eq!(config.uploads.max_blob_size, ByteSize(10 << 30));
+        assert_eq!(config.uploads.idle_timeout.0, Duration::from_secs(120));
+        assert_eq!(config.server.max_connections, Some(100));
+        assert_eq!(config.server.header_read_timeout.0, Duration::from_secs(5));
+        assert_eq!(config.server.body_timeout.0, Duration::from_secs(60));
+        for (text, bytes) in [("1024", 1024), ("3MB", 3_000_000), ("2 KiB", 2048)] {
+            assert_eq!(text.parse::<ByteSize>().unwrap(), ByteSize(bytes));
+        }
+        for text in ["", "GiB", "5 parsecs", "99999999999TiB"] {
+            assert!(text.parse::<ByteSize>().is_err(), "{text}");
+        }
+        let error = yaml("uploads:\n  max_blob_size: 0\n").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("registry.yaml:2: max_blob_size"),
+            "{error}"
+        );
+        let error = yaml("server:\n  idle_time: 5s\n").unwrap_err();
+        assert!(
+            error.to_string().starts_with("registry.yaml:2: "),
+            "{error}"
+        );
     }
 }

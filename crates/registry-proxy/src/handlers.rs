@@ -520,6 +520,34 @@ fn pump_error(error: PumpError) -> ApiError {
             "the body is longer than its Content-Range",
         )
         .with_status(StatusCode::RANGE_NOT_SATISFIABLE),
+        PumpError::OverMaxSize(max) => too_big(max),
+    }
+}
+
+/// 413: the blob would be larger than `uploads.max_blob_size`.
+fn too_big(max: u64) -> ApiError {
+    ApiError::new(
+        ErrorCode::SizeInvalid,
+        format!(
+            "the blob is larger than this registry accepts ({max} bytes, uploads.max_blob_size)"
+        ),
+    )
+    .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+}
+
+/// The request's `Content-Length`, when it has a valid one.
+fn content_length(parts: &Parts) -> Option<u64> {
+    header_text(&parts.headers, header::CONTENT_LENGTH).and_then(|text| text.parse().ok())
+}
+
+/// Drops an upload (which removes its file) on a blocking thread.
+async fn discard(upload: Option<sealer_image_store::BlobUpload>) {
+    if let Some(upload) = upload {
+        let _ = blocking("discard an upload", move || {
+            drop(upload);
+            Ok(())
+        })
+        .await;
     }
 }
 
@@ -547,13 +575,18 @@ async fn commit_upload(
     .await
 }
 
+/// `POST …/blobs/uploads/`: a mount, a monolithic upload (`?digest=`), or a new session
+/// counted against `owner` (the client's user or address).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn start_upload(
     state: &AppState,
+    parts: &Parts,
     body: Body,
     repo: RepoPath,
     digest: Option<Digest>,
     mount: Option<Digest>,
     from: Option<String>,
+    owner: String,
 ) -> Result<Response, ApiError> {
     let name = state.names.name(&repo)?;
     if let Some(mount) = mount {
@@ -572,17 +605,30 @@ pub(crate) async fn start_upload(
         }
         tracing::debug!(digest = %mount, "mount source absent: starting an upload instead");
     }
+    let max = state.uploads.limits().max_blob_size.0;
+    if digest.is_some() && content_length(parts).is_some_and(|length| length > max) {
+        return Err(too_big(max));
+    }
     let upload = begin_upload(&state.store).await?;
     if let Some(digest) = digest {
-        let (upload, written) = pump(upload, body, None).await;
-        written.map_err(pump_error)?;
+        let (upload, written) = pump(upload, body, None, max).await;
+        if let Err(error) = written {
+            discard(upload).await;
+            return Err(pump_error(error));
+        }
         let upload = upload.ok_or_else(|| ApiError::internal("monolithic upload", "lost"))?;
         let size = commit_upload(upload, &digest).await?;
         tracing::info!(repository = %repo.path_name, %digest, size, "blob uploaded");
         return Ok(blob_created(&repo, &digest));
     }
-    let id = state.uploads.insert(name, upload)?;
-    Ok(upload_accepted(StatusCode::ACCEPTED, &repo, &id, 0))
+    match state.uploads.insert(name, owner, upload) {
+        Ok(id) => Ok(upload_accepted(StatusCode::ACCEPTED, &repo, &id, 0)),
+        Err(refused) => {
+            let (error, upload) = *refused;
+            discard(Some(upload)).await;
+            Err(error)
+        }
+    }
 }
 
 pub(crate) async fn upload(
@@ -603,6 +649,7 @@ pub(crate) async fn upload(
             format!("upload {id} failed earlier; start again"),
         )
     };
+    let max = state.uploads.limits().max_blob_size.0;
     match op {
         UploadOp::Status => {
             let size = session.upload.as_ref().ok_or_else(broken)?.size();
@@ -610,13 +657,7 @@ pub(crate) async fn upload(
         }
         UploadOp::Cancel => {
             state.uploads.remove(&id);
-            let upload = session.upload.take();
-            // Dropping an upload removes its file.
-            blocking("cancel an upload", move || {
-                drop(upload);
-                Ok(())
-            })
-            .await?;
+            discard(session.upload.take()).await;
             Ok(empty(StatusCode::NO_CONTENT))
         }
         UploadOp::Patch => {
@@ -640,35 +681,78 @@ pub(crate) async fn upload(
                     return Err(out_of_order());
                 }
                 let length = end - start + 1;
-                let content_length = header_text(&parts.headers, header::CONTENT_LENGTH)
-                    .and_then(|text| text.parse::<u64>().ok());
-                if content_length.is_some_and(|content_length| content_length != length) {
+                if content_length(parts).is_some_and(|content_length| content_length != length) {
                     return Err(out_of_order());
                 }
                 limit = Some(length);
             }
-            let upload = session.upload.take().ok_or_else(broken)?;
-            let (upload, written) = pump(upload, body, limit).await;
-            let failed_store = upload.is_none();
-            session.upload = upload;
-            if failed_store {
+            let announced = limit.or_else(|| content_length(parts));
+            if announced.is_some_and(|announced| size.saturating_add(announced) > max) {
                 state.uploads.remove(&id);
+                discard(session.upload.take()).await;
+                return Err(too_big(max));
             }
-            let written = written.map_err(pump_error)?;
-            if limit.is_some_and(|limit| limit != written) {
-                return Err(ApiError::new(
+            let upload = session.upload.take().ok_or_else(broken)?;
+            let checkpoint = upload.checkpoint();
+            let (upload, written) = pump(upload, body, limit, max).await;
+            let Some(upload) = upload else {
+                // The store failed: the upload is unusable.
+                state.uploads.remove(&id);
+                return Err(written.map_or_else(pump_error, |_| broken()));
+            };
+            let failure = match written {
+                Err(PumpError::OverMaxSize(max)) => {
+                    state.uploads.remove(&id);
+                    discard(Some(upload)).await;
+                    return Err(too_big(max));
+                }
+                Err(error) => Some(pump_error(error)),
+                Ok(written) if limit.is_some_and(|limit| limit != written) => Some(ApiError::new(
                     ErrorCode::SizeInvalid,
                     format!("the chunk has {written} bytes, not the announced {limit:?}"),
-                ));
+                )),
+                Ok(_) => None,
+            };
+            if let Some(error) = failure {
+                // A failed PATCH changes nothing: the upload goes back to where it was, and
+                // the client may send the chunk again.
+                let mut upload = upload;
+                let rolled_back = blocking("roll back an upload", move || {
+                    upload
+                        .rollback(checkpoint)
+                        .map(|()| upload)
+                        .map_err(|error| ApiError::internal("roll back an upload", error))
+                })
+                .await;
+                match rolled_back {
+                    Ok(upload) => session.upload = Some(upload),
+                    Err(rollback) => {
+                        state.uploads.remove(&id);
+                        tracing::warn!(%rollback, "dropped an upload that could not be rolled back");
+                    }
+                }
+                return Err(error
+                    .with_header(header::RANGE, &upload_range(size))
+                    .with_header(DOCKER_UPLOAD_UUID, &id));
             }
-            let size = session.upload.as_ref().map_or(0, |upload| upload.size());
+            let size = upload.size();
+            session.upload = Some(upload);
             Ok(upload_accepted(StatusCode::ACCEPTED, &repo, &id, size))
         }
         UploadOp::Finish(digest) => {
             let upload = session.upload.take().ok_or_else(broken)?;
             state.uploads.remove(&id);
-            let (upload, written) = pump(upload, body, None).await;
-            written.map_err(pump_error)?;
+            if content_length(parts)
+                .is_some_and(|length| upload.size().saturating_add(length) > max)
+            {
+                discard(Some(upload)).await;
+                return Err(too_big(max));
+            }
+            let (upload, written) = pump(upload, body, None, max).await;
+            if let Err(error) = written {
+                discard(upload).await;
+                return Err(pump_error(error));
+            }
             let upload = upload.ok_or_else(broken)?;
             let size = commit_upload(upload, &digest).await?;
             tracing::info!(repository = %repo.path_name, %digest, size, "blob uploaded");

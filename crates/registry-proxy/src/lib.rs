@@ -26,6 +26,7 @@
 mod auth;
 pub mod catalog;
 pub mod config;
+mod conn;
 mod error;
 mod fill;
 mod handlers;

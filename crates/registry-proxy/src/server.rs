@@ -12,7 +12,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use axum::serve::ListenerExt as _;
 use sealer_image_store::{Store, load_embedded};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -20,15 +19,16 @@ use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::auth::Htpasswd;
-use crate::config::{Mode, ServerConfig};
+use crate::config::{ConnectionLimits, Mode, ServerConfig};
+use crate::conn::{PeerAddr, accept_loop, max_connections, raise_open_file_limit};
 use crate::error::{ApiError, ErrorCode, ServeError};
 use crate::handlers;
 use crate::local::LocalSource;
 use crate::pull_through::PullThroughSource;
 use crate::route::{BlobOp, ManifestOp, Route, RouteParser, normalise_host};
 use crate::source::{ContentSource, StoreNames};
-use crate::tls::{TlsListener, acceptor};
-use crate::uploads::{UPLOAD_IDLE_TIMEOUT, Uploads};
+use crate::tls::acceptor;
+use crate::uploads::Uploads;
 
 /// Client authentication settings.
 #[derive(Debug)]
@@ -58,6 +58,7 @@ pub(crate) struct AppState {
 /// [`Registry::serve`] it or mount [`Registry::router`].
 pub struct Registry {
     state: AppState,
+    connections: ConnectionLimits,
 }
 
 impl std::fmt::Debug for Registry {
@@ -80,6 +81,19 @@ impl Registry {
             path: root.clone(),
             source,
         })?;
+        // Uploads and imports a crashed server left behind (their lock files are free).
+        let swept = store
+            .sweep_abandoned_work()
+            .map_err(|source| ServeError::Store {
+                path: root.clone(),
+                source,
+            })?;
+        if swept > 0 {
+            tracing::info!(
+                removed = swept,
+                "removed uploads and imports a crashed process left"
+            );
+        }
         let auth = match &config.auth {
             Some(auth) => Some(Auth {
                 htpasswd: Arc::new(Htpasswd::load(&auth.htpasswd)?),
@@ -120,12 +134,13 @@ impl Registry {
                 names,
                 source,
                 upstream_hosts,
-                uploads: Arc::new(Uploads::default()),
+                uploads: Arc::new(Uploads::new(config.uploads)),
                 local: local.clone(),
                 parser: RouteParser::new(config.upstreams.iter().map(|u| u.name.clone())),
                 read_only: config.mode == Mode::ReadOnly,
                 auth,
             },
+            connections: config.server,
         })
     }
 
@@ -153,6 +168,16 @@ impl Registry {
             .with_state(state)
             // Blobs are streamed; manifests are capped by the handler.
             .layer(DefaultBodyLimit::disable())
+            // Every answer, errors and metrics included: no browser guesses another type.
+            .layer(axum::middleware::map_response(
+                |mut response: Response| async {
+                    response.headers_mut().insert(
+                        header::X_CONTENT_TYPE_OPTIONS,
+                        HeaderValue::from_static("nosniff"),
+                    );
+                    response
+                },
+            ))
             .layer(
                 TraceLayer::new_for_http()
                     .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
@@ -172,48 +197,55 @@ impl Registry {
     ) -> Result<(), ServeError> {
         let uploads = self.state.uploads.clone();
         let reaper = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(Duration::from_secs(60));
+            let mut ticks = tokio::time::interval(uploads.reap_interval());
             loop {
                 ticks.tick().await;
-                let reaped = uploads.reap(UPLOAD_IDLE_TIMEOUT);
-                if reaped > 0 {
-                    tracing::info!(reaped, "dropped idle upload sessions");
+                let reaped = uploads.reap();
+                if !reaped.is_empty() {
+                    tracing::info!(reaped = reaped.len(), "dropped idle upload sessions");
+                    // Dropping an upload removes its file.
+                    let _ = tokio::task::spawn_blocking(move || drop(reaped)).await;
                 }
             }
         });
+        let limits = self.connections;
+        let max_connections = max_connections(limits.max_connections, raise_open_file_limit());
+        tracing::info!(max_connections, "connection limit");
         let router = self.router();
-        let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
-        let shutdown = async move {
-            shutdown.await;
-            tracing::info!(
-                ?drain,
-                "shutting down: no new connections, draining requests"
-            );
-            let _ = signalled.send(());
-        };
-        let result = match tls {
-            Some(acceptor) => {
-                let listener =
-                    TlsListener::new(listener, acceptor).map_err(|source| ServeError::Io {
-                        context: "TLS listener".to_owned(),
-                        source,
-                    })?;
-                let server = axum::serve(listener, router).with_graceful_shutdown(shutdown);
-                drain_bounded(server.into_future(), on_signal, drain).await
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let accepting = tokio::spawn(accept_loop(
+            listener,
+            tls,
+            router,
+            limits,
+            max_connections,
+            stopped,
+        ));
+        shutdown.await;
+        tracing::info!(
+            ?drain,
+            "shutting down: no new connections, draining requests"
+        );
+        let _ = stop.send(true);
+        let result = match accepting.await {
+            Ok(mut connections) => {
+                let drained = tokio::time::timeout(drain, async {
+                    while connections.join_next().await.is_some() {}
+                })
+                .await;
+                if drained.is_err() {
+                    tracing::warn!(
+                        ?drain,
+                        "requests still running after the drain timeout; cut"
+                    );
+                }
+                // Dropping the set aborts what is left.
+                Ok(())
             }
-            None => {
-                // Responses are written in pieces (headers, then body chunks as they come,
-                // a pull-through miss's last piece after its digest is verified): without
-                // TCP_NODELAY, Nagle holds a small piece back until the client's delayed ACK
-                // (40 ms).
-                let listener = listener.tap_io(|tcp| {
-                    if let Err(error) = tcp.set_nodelay(true) {
-                        tracing::debug!(%error, "cannot set TCP_NODELAY");
-                    }
-                });
-                let server = axum::serve(listener, router).with_graceful_shutdown(shutdown);
-                drain_bounded(server.into_future(), on_signal, drain).await
-            }
+            Err(error) => Err(ServeError::Io {
+                context: "serving".to_owned(),
+                source: std::io::Error::other(error.to_string()),
+            }),
         };
         reaper.abort();
         result
@@ -254,38 +286,6 @@ fn import_carried_images(
         carried.extend(report.images.into_iter().map(|(name, _)| name));
     }
     Ok(carried)
-}
-
-/// Runs `server`; once `on_signal` fires, waits at most `drain` more for it to finish.
-async fn drain_bounded(
-    server: impl Future<Output = std::io::Result<()>>,
-    on_signal: tokio::sync::oneshot::Receiver<()>,
-    drain: Duration,
-) -> Result<(), ServeError> {
-    let io = |source| ServeError::Io {
-        context: "serving".to_owned(),
-        source,
-    };
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => return result.map_err(io),
-        signal = on_signal => {
-            if signal.is_err() {
-                // The server ended without a signal: its result is coming.
-                return server.await.map_err(io);
-            }
-        }
-    }
-    match tokio::time::timeout(drain, server).await {
-        Ok(result) => result.map_err(io),
-        Err(_) => {
-            tracing::warn!(
-                ?drain,
-                "requests still running after the drain timeout; cut"
-            );
-            Ok(())
-        }
-    }
 }
 
 /// Opens the registry of `config` and serves it on `listener` until `shutdown`.
@@ -368,35 +368,51 @@ async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Respons
     response
 }
 
+/// Whom an upload session counts against: the authenticated user, else the client's IP
+/// address (every port of one host together).
+fn upload_owner(user: Option<String>, parts: &Parts) -> String {
+    match (user, parts.extensions.get::<PeerAddr>()) {
+        (Some(user), _) => format!("user {user}"),
+        (None, Some(PeerAddr(peer))) => format!("address {}", peer.ip()),
+        // Served without the accept loop (a router mounted elsewhere): one client.
+        (None, None) => "unknown".to_owned(),
+    }
+}
+
 fn is_write(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-async fn authorize(state: &AppState, request: &Parts) -> Result<(), ApiError> {
+/// Checks the request's credentials; returns the authenticated user (`None`: anonymous).
+async fn authorize(state: &AppState, request: &Parts) -> Result<Option<String>, ApiError> {
     let Some(auth) = &state.auth else {
-        return Ok(());
+        return Ok(None);
     };
     let header = request
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
+    // `GET /v2/` is how clients learn whether to send credentials: answering it 200 to an
+    // anonymous client makes docker and skopeo push without them (and fail on the upload's
+    // 401). With anonymous pulls, manifests, blobs and tags still answer without them.
+    let base = matches!(request.uri.path(), "/v2" | "/v2/");
     // Credentials, when given, must be right even where none are needed.
-    if header.is_none() && auth.anonymous_pull && !is_write(&request.method) {
-        return Ok(());
+    if header.is_none() && auth.anonymous_pull && !is_write(&request.method) && !base {
+        return Ok(None);
     }
-    let valid = match header {
+    let user = match header {
         Some(header) => {
             // bcrypt is slow on a cache miss: keep it off the async threads.
             let htpasswd = auth.htpasswd.clone();
-            tokio::task::spawn_blocking(move || htpasswd.check(Some(&header)))
+            tokio::task::spawn_blocking(move || htpasswd.authenticate(Some(&header)))
                 .await
                 .map_err(|error| ApiError::internal("checking credentials", error))?
         }
-        None => false,
+        None => None,
     };
-    if valid {
-        return Ok(());
+    if user.is_some() {
+        return Ok(user);
     }
     Err(
         ApiError::new(ErrorCode::Unauthorized, "authentication required").with_header(
@@ -459,7 +475,7 @@ fn refuse_upstream_writes(state: &AppState, route: &Route) -> Result<(), ApiErro
 
 async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
-    authorize(state, &parts).await?;
+    let user = authorize(state, &parts).await?;
     let route = state
         .parser
         .parse(&parts.method, parts.uri.path(), parts.uri.query())?;
@@ -483,7 +499,10 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
             digest,
             mount,
             from,
-        } => handlers::start_upload(state, body, repo, digest, mount, from).await,
+        } => {
+            let owner = upload_owner(user, &parts);
+            handlers::start_upload(state, &parts, body, repo, digest, mount, from, owner).await
+        }
         Route::Upload { repo, id, op } => handlers::upload(state, &parts, body, repo, id, op).await,
         Route::Tags { repo, n, last } => handlers::tags(state, repo, n, last).await,
         Route::Referrers {

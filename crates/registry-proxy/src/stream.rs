@@ -135,15 +135,20 @@ pub enum PumpError {
     Store(StoreError),
     /// The body was longer than `limit`.
     TooLarge,
+    /// The upload would grow past the largest blob allowed (the bound, in bytes).
+    OverMaxSize(u64),
 }
 
-/// Appends `body` to `upload` on a blocking thread, refusing more than `limit` bytes.
-/// Returns the upload (unless the store failed, which makes it unusable) and the outcome.
+/// Appends `body` to `upload` on a blocking thread, refusing more than `limit` bytes and
+/// growing the upload past `max_size` bytes. Returns the upload (unless the store failed,
+/// which makes it unusable) and the outcome; on an error, what arrived before it is written.
 pub async fn pump(
     upload: BlobUpload,
     body: Body,
     limit: Option<u64>,
+    max_size: u64,
 ) -> (Option<BlobUpload>, Result<u64, PumpError>) {
+    let room = max_size.saturating_sub(upload.size());
     let (sender, mut receiver) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let writer = tokio::task::spawn_blocking(move || {
         let mut upload = upload;
@@ -165,6 +170,10 @@ pub async fn pump(
                 received += chunk.len() as u64;
                 if limit.is_some_and(|limit| received > limit) {
                     outcome = Err(PumpError::TooLarge);
+                    break;
+                }
+                if received > room {
+                    outcome = Err(PumpError::OverMaxSize(max_size));
                     break;
                 }
                 if sender.send(chunk).await.is_err() {

@@ -1,22 +1,14 @@
-//! TLS with rustls (ring provider): the server configuration from PEM files, and a
-//! listener that completes handshakes off the accept loop (a slow client never holds up the
-//! others) and hands finished connections to axum.
+//! TLS with rustls (ring provider): the server configuration from PEM files. Handshakes
+//! run in each connection's own task, bounded by `server.tls_handshake_timeout` (see the
+//! accept loop), so a slow client never holds up the others.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 use crate::config::{ConfigError, TlsConfig, read_text};
-
-/// Bound on one TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds the rustls server configuration of `tls` (HTTP/2 and HTTP/1.1 offered by ALPN).
 pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, ConfigError> {
@@ -49,69 +41,4 @@ pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, ConfigError> {
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// A listener whose connections are TLS sessions, for `axum::serve`.
-pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    /// Accepts on `listener` and handshakes with `acceptor`, each connection in its own task.
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
-        let local = listener.local_addr()?;
-        let (sender, ready) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    accepted = listener.accept() => accepted,
-                    () = sender.closed() => return,
-                };
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                // Responses are written in pieces (headers, then body chunks as they come):
-                // without this, Nagle holds a small last piece back until the client's
-                // delayed ACK (40 ms).
-                if let Err(error) = stream.set_nodelay(true) {
-                    tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
-                }
-                let acceptor = acceptor.clone();
-                let sender = sender.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = sender.send((tls, peer)).await;
-                        }
-                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(Self { ready, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(connection) => connection,
-            // The accept task ended (it never does while the listener lives).
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
 }

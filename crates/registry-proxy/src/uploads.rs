@@ -1,20 +1,19 @@
 //! Upload sessions: `POST …/blobs/uploads/` starts one, `PATCH` appends, `PUT ?digest=`
 //! commits, `DELETE` cancels. Each holds a [`BlobUpload`] (its bytes are in the store's
-//! `uploads/`). Sessions live in memory: a restarted server has none, and `gc` removes the
-//! files they left. Sessions idle for longer than an hour are dropped.
+//! `uploads/`). Sessions live in memory: a restarted server has none, and the files a
+//! crashed one left are removed when the next one opens the store. Bounded by
+//! [`UploadLimits`]: sessions at once, all clients together and per client, and how long
+//! one may stay idle before it is dropped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use axum::http::header;
 use sealer_image_store::BlobUpload;
 
+use crate::config::UploadLimits;
 use crate::error::{ApiError, ErrorCode};
-
-/// Sessions idle longer than this are dropped (their file removed).
-pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-/// At most this many sessions at once (each holds two open files); more get 429.
-pub const MAX_SESSIONS: usize = 1024;
 
 /// One upload session.
 #[derive(Debug)]
@@ -30,33 +29,91 @@ pub struct Session {
 /// A session, locked while a request works on it.
 pub type SharedSession = Arc<tokio::sync::Mutex<Session>>;
 
+/// A live session and the client it counts against.
+#[derive(Debug)]
+struct Entry {
+    owner: String,
+    session: SharedSession,
+}
+
 /// Every live session by id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Uploads {
-    sessions: Mutex<HashMap<String, SharedSession>>,
+    sessions: Mutex<HashMap<String, Entry>>,
+    limits: UploadLimits,
 }
 
 impl Uploads {
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, SharedSession>> {
+    /// No sessions yet, bounded by `limits`.
+    pub fn new(limits: UploadLimits) -> Self {
+        Self {
+            sessions: Mutex::new(HashMap::new()),
+            limits,
+        }
+    }
+
+    /// The bounds in force.
+    pub fn limits(&self) -> &UploadLimits {
+        &self.limits
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a new session for `name`; returns its id (a random UUID).
-    pub fn insert(&self, name: String, upload: BlobUpload) -> Result<String, ApiError> {
-        let id = random_uuid()?;
+    /// Registers a new session for `name`, counted against `owner` (the client: its user or
+    /// its address); returns its id (a random UUID). Over the global or the owner's limit:
+    /// 429 with `Retry-After`; the upload is handed back for the caller to drop (which
+    /// removes its file) off the async threads.
+    pub fn insert(
+        &self,
+        name: String,
+        owner: String,
+        upload: BlobUpload,
+    ) -> Result<String, Box<(ApiError, BlobUpload)>> {
+        let id = match random_uuid() {
+            Ok(id) => id,
+            Err(error) => return Err(Box::new((error, upload))),
+        };
         let mut sessions = self.sessions();
-        if sessions.len() >= MAX_SESSIONS {
-            return Err(ApiError::new(
-                ErrorCode::TooManyRequests,
-                format!("{MAX_SESSIONS} uploads are in progress; finish or cancel some"),
-            ));
+        let limit = &self.limits;
+        let refused = if sessions.len() >= limit.max_sessions {
+            Some(format!(
+                "{} uploads are in progress; finish or cancel some",
+                limit.max_sessions
+            ))
+        } else if sessions
+            .values()
+            .filter(|entry| entry.owner == owner)
+            .count()
+            >= limit.max_sessions_per_client
+        {
+            Some(format!(
+                "this client has {} uploads in progress; finish or cancel some",
+                limit.max_sessions_per_client
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refused {
+            // Idle sessions are dropped after the idle timeout: a slot frees by then at most.
+            let retry = limit.idle_timeout.0.as_secs().clamp(1, 60);
+            let error = ApiError::new(ErrorCode::TooManyRequests, message)
+                .with_header(header::RETRY_AFTER, &retry.to_string());
+            return Err(Box::new((error, upload)));
         }
         let session = Session {
             name,
             upload: Some(upload),
             touched: Instant::now(),
         };
-        sessions.insert(id.clone(), Arc::new(tokio::sync::Mutex::new(session)));
+        sessions.insert(
+            id.clone(),
+            Entry {
+                owner,
+                session: Arc::new(tokio::sync::Mutex::new(session)),
+            },
+        );
         Ok(id)
     }
 
@@ -68,7 +125,11 @@ impl Uploads {
                 format!("upload {id} is not in progress"),
             )
         };
-        let session = self.sessions().get(id).cloned().ok_or_else(unknown)?;
+        let session = self
+            .sessions()
+            .get(id)
+            .map(|entry| entry.session.clone())
+            .ok_or_else(unknown)?;
         if session.lock().await.name != name {
             return Err(unknown());
         }
@@ -80,15 +141,28 @@ impl Uploads {
         self.sessions().remove(id);
     }
 
-    /// Drops sessions idle for longer than `idle` (not those in use); returns how many.
-    pub fn reap(&self, idle: Duration) -> usize {
-        let mut sessions = self.sessions();
-        let before = sessions.len();
-        sessions.retain(|_, session| match session.try_lock() {
-            Ok(session) => session.touched.elapsed() <= idle,
-            Err(_) => true,
+    /// Takes out the sessions idle for longer than the idle timeout (not those in use), for
+    /// the caller to drop off the async threads (dropping one removes its file).
+    pub fn reap(&self) -> Vec<SharedSession> {
+        let idle = self.limits.idle_timeout.0;
+        let mut reaped = Vec::new();
+        self.sessions().retain(|_, entry| {
+            let keep = match entry.session.try_lock() {
+                Ok(session) => session.touched.elapsed() <= idle,
+                Err(_) => true,
+            };
+            if !keep {
+                reaped.push(entry.session.clone());
+            }
+            keep
         });
-        before - sessions.len()
+        reaped
+    }
+
+    /// How often [`Self::reap`] should run: often enough that a session lives at most a
+    /// little longer than the idle timeout.
+    pub fn reap_interval(&self) -> Duration {
+        (self.limits.idle_timeout.0 / 4).clamp(Duration::from_millis(50), Duration::from_secs(30))
     }
 }
 

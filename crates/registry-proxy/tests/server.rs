@@ -1180,15 +1180,19 @@ fn htpasswd_auth_challenges_refuses_and_admits() {
                 anonymous_pull,
             });
         });
+        // `/v2/` challenges anonymous clients even with anonymous pulls, so that pushing
+        // clients learn to send credentials; the pulls themselves need none.
         let anonymous = server.get("/v2/");
+        assert_error(&anonymous, 401, "UNAUTHORIZED");
+        assert_eq!(
+            anonymous.header("www-authenticate"),
+            Some("Basic realm=\"sealer-test\", charset=\"UTF-8\"")
+        );
+        let anonymous_tags = server.get("/v2/a/tags/list");
         if anonymous_pull {
-            assert_eq!(anonymous.status, 200);
+            assert_error(&anonymous_tags, 404, "NAME_UNKNOWN");
         } else {
-            assert_error(&anonymous, 401, "UNAUTHORIZED");
-            assert_eq!(
-                anonymous.header("www-authenticate"),
-                Some("Basic realm=\"sealer-test\", charset=\"UTF-8\"")
-            );
+            assert_error(&anonymous_tags, 401, "UNAUTHORIZED");
         }
         let wrong = basic("bob:nope");
         assert_error(
