@@ -129,6 +129,13 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(data).into()
 }
 
+/// Whether an `Authorization` header is basic credentials with an empty user and password
+/// (`Basic Og==`): what skopeo and podman send without credentials after a basic challenge,
+/// which means anonymous.
+pub(crate) fn empty_credentials(header: &str) -> bool {
+    basic_credentials(header).is_some_and(|(user, password)| user.is_empty() && password.is_empty())
+}
+
 /// `Basic base64(user:password)` → (user, password).
 fn basic_credentials(header: &str) -> Option<(String, String)> {
     let (scheme, encoded) = header.trim().split_once(' ')?;
@@ -164,6 +171,9 @@ mod tests {
         assert!(!file.check(Some("Bearer x")));
         assert!(!file.check(Some("Basic !!!")));
         assert!(!file.check(None));
+        assert!(empty_credentials(&header("", "")));
+        assert!(!empty_credentials(&header("alice", "")));
+        assert!(!empty_credentials("Bearer x"));
         assert_eq!(
             file.authenticate(Some(&header("alice", "secret"))),
             Some("alice".to_owned())

@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use crate::auth::Htpasswd;
+use crate::auth::{Htpasswd, empty_credentials};
 use crate::config::{ConnectionLimits, Mode, ServerConfig};
 use crate::conn::{PeerAddr, accept_loop, max_connections, raise_open_file_limit};
 use crate::error::{ApiError, ErrorCode, ServeError};
@@ -392,6 +392,7 @@ async fn authorize(state: &AppState, request: &Parts) -> Result<Option<String>, 
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
+        .filter(|header| !empty_credentials(header))
         .map(str::to_owned);
     // `GET /v2/` is how clients learn whether to send credentials: answering it 200 to an
     // anonymous client makes docker and skopeo push without them (and fail on the upload's
