@@ -291,6 +291,7 @@ cases! {
     lock_excludes_until_drop,
     atomic_file_abandoned_leaves_old_content,
     write_behind_keeps_content,
+    truncate_cuts_and_moves_the_write_position,
     rename_semantics,
     remove_file_semantics,
     remove_dir_semantics,
@@ -570,6 +571,31 @@ pub fn write_behind_keeps_content(env: &Env) {
     }
     file.commit().unwrap();
     assert_eq!(read(fs, "atomic"), data);
+}
+
+/// [`WriteFile::truncate`] (directly and through [`WriteBehind`]) cuts the file and the
+/// next write continues at the cut.
+pub fn truncate_cuts_and_moves_the_write_position(env: &Env) {
+    let fs = &*env.fs;
+    let mut file = fs.create_new(p("cut")).unwrap();
+    file.write_all(b"0123456789").unwrap();
+    file.truncate(4).unwrap();
+    file.write_all(b"ab").unwrap();
+    file.flush().unwrap();
+    assert_eq!(read(fs, "cut"), b"0123ab");
+    drop(file);
+
+    let chunk = usize::try_from(WRITE_BEHIND_CHUNK).unwrap();
+    let data: Vec<u8> = (0..chunk + 100).map(|i| (i % 251) as u8).collect();
+    let mut file = WriteBehind::new(fs.create_new(p("behind-cut")).unwrap());
+    file.write_all(&data).unwrap();
+    file.truncate(10).unwrap();
+    file.write_all(b"xyz").unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    let mut expected = data[..10].to_vec();
+    expected.extend_from_slice(b"xyz");
+    assert_eq!(read(fs, "behind-cut"), expected);
 }
 
 pub fn escape_absolute_symlink(env: &Env) {

@@ -171,3 +171,39 @@ fn a_live_upload_can_be_read_and_verified_before_its_commit() {
         assert!(store.open_upload("../index.json").is_err());
     }
 }
+
+#[test]
+fn a_rollback_forgets_the_bytes_after_its_checkpoint() {
+    for (_dir, store) in both() {
+        let mut upload = store.begin_upload().unwrap();
+        upload.write_all(b"0123456789").unwrap();
+        let checkpoint = upload.checkpoint();
+        assert_eq!(checkpoint.size(), 10);
+        upload.write_all(b"a piece that failed").unwrap();
+        upload.rollback(checkpoint.clone()).unwrap();
+        assert_eq!(upload.size(), 10);
+        // The same checkpoint again, with nothing written since: nothing changes.
+        upload.rollback(checkpoint).unwrap();
+        let mut read = Vec::new();
+        std::io::Read::read_to_end(&mut store.open_upload(upload.id()).unwrap(), &mut read)
+            .unwrap();
+        assert_eq!(read, b"0123456789");
+        // A checkpoint beyond the upload is refused.
+        let mut other = store.begin_upload().unwrap();
+        other.write_all(b"0123456789abcdef").unwrap();
+        assert!(upload.rollback(other.checkpoint()).is_err());
+        drop(other);
+        upload.write_all(b"ABCDEFGHIJ").unwrap();
+        let data = b"0123456789ABCDEFGHIJ";
+        let digest = Digest::sha256(data);
+        assert_eq!(upload.digest(Algorithm::Sha256).unwrap(), digest);
+        let sha512 = Digest::of(Algorithm::Sha512, data);
+        assert_eq!(upload.digest(Algorithm::Sha512).unwrap(), sha512);
+        assert_eq!(upload.commit(&digest).unwrap(), 20);
+        let mut stored = Vec::new();
+        std::io::Read::read_to_end(&mut store.blobs().open(&digest).unwrap(), &mut stored).unwrap();
+        assert_eq!(stored, data);
+        assert_eq!(upload_files(&store), Vec::<String>::new());
+        assert!(store.fsck().unwrap().corrupt.is_empty());
+    }
+}

@@ -802,7 +802,8 @@ mod tests {
     fn upload_and_connection_limits() {
         let config = yaml(
             "uploads:\n  max_sessions_per_client: 8\n  max_blob_size: 10GiB\n  idle_timeout: 2m\n\
-             server:\n  max_connections: 100\n  header_read_timeout: 5s\n",
+             server:\n  max_connections: 100\n  header_read_timeout: 5s\n  idle_timeout: 61s\n\
+             \x20 body_timeout: 62s\n  tls_handshake_timeout: 3s\n",
         )
         .unwrap();
         assert_eq!(config.uploads.max_sessions_per_client, 8);
@@ -811,7 +812,16 @@ mod tests {
         assert_eq!(config.uploads.idle_timeout.0, Duration::from_secs(120));
         assert_eq!(config.server.max_connections, Some(100));
         assert_eq!(config.server.header_read_timeout.0, Duration::from_secs(5));
-        assert_eq!(config.server.body_timeout.0, Duration::from_secs(60));
+        assert_eq!(config.server.idle_timeout.0, Duration::from_secs(61));
+        assert_eq!(config.server.body_timeout.0, Duration::from_secs(62));
+        assert_eq!(
+            config.server.tls_handshake_timeout.0,
+            Duration::from_secs(3)
+        );
+        let defaults = yaml("{}").unwrap();
+        assert_eq!(defaults.server.max_connections, None);
+        assert_eq!(defaults.server.body_timeout.0, Duration::from_secs(60));
+        assert_eq!(defaults.uploads.max_blob_size, ByteSize(64 << 30));
         for (text, bytes) in [("1024", 1024), ("3MB", 3_000_000), ("2 KiB", 2048)] {
             assert_eq!(text.parse::<ByteSize>().unwrap(), ByteSize(bytes));
         }
