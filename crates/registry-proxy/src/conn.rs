@@ -97,13 +97,14 @@ pub(crate) async fn accept_loop(
     let permits = Arc::new(Semaphore::new(max_connections));
     let mut connections = JoinSet::new();
     loop {
+        // Finished connections leave their result in the set until joined.
+        while connections.try_join_next().is_some() {}
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },
             () = stopped(&mut stop) => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
