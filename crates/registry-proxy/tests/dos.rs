@@ -356,7 +356,7 @@ fn an_upload_over_the_maximum_size_is_refused_and_its_file_removed() {
 #[test]
 fn idle_upload_sessions_are_reaped_with_their_files() {
     let server = TestServer::with(|config| {
-        config.uploads.idle_timeout = ConfigDuration(Duration::from_millis(300));
+        config.uploads.idle_timeout = ConfigDuration(Duration::from_secs(1));
     });
     let location = start_session(&server, "team/a");
     assert_eq!(patch(&server, &location, 0, b"some bytes").status, 202);
