@@ -515,6 +515,48 @@ fn connections_over_the_cap_wait_until_idle_ones_are_closed() {
     assert_eq!(read_response(&mut ninth).status, 200);
 }
 
+#[test]
+fn a_stalled_tls_handshake_is_closed_within_its_timeout() {
+    require_tools!("openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    let cert = dir.path().join("cert.pem");
+    run_ok(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+        TIMEOUT,
+    )
+    .unwrap();
+    let server = TestServer::with(|config| {
+        config.tls = Some(sealer_registry_proxy::config::TlsConfig {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+        config.server.tls_handshake_timeout = ConfigDuration(Duration::from_millis(500));
+        config.server.idle_timeout = ConfigDuration(Duration::from_secs(60));
+    });
+    // The first bytes of a ClientHello record header, then nothing.
+    let mut stream = TcpStream::connect(server.address()).unwrap();
+    stream.write_all(&[0x16, 0x03, 0x01]).unwrap();
+    assert!(closed_by_server(&mut stream));
+}
+
 // ---- a failed PATCH changes nothing ----
 
 /// Sends a chunked `PATCH` whose body is `pieces` (each its own chunk, sent apart).
