@@ -94,7 +94,7 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
             .with_context(|| format!("reading {}/{DEFAULT_NAME}", args.context.display()))?,
     };
     for warning in &kubefile.warnings {
-        eprintln!("{warning}");
+        tell!("{warning}");
     }
     let platforms = match &args.platform {
         Some(list) => list
@@ -130,7 +130,7 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
                 pull_runtime.get_or_init(|| made)
             }
         };
-        eprintln!("Pulling {image} ({platform})");
+        tell!("Pulling {image} ({platform})");
         let progress = Transfers::new(args.quiet);
         let pulled = runtime.block_on(client.pull(
             store,
@@ -151,7 +151,7 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
                 downloader.get_or_init(|| made)
             }
         };
-        eprintln!("Downloading {url}");
+        tell!("Downloading {url}");
         downloader.get(url).map_err(|e| format!("{e:#}"))
     };
     let options = BuildOptions {
