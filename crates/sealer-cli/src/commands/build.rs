@@ -142,7 +142,7 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
         pulled.map(|_| ()).map_err(|e| format!("pulling: {e}"))
     };
     let downloader = std::cell::OnceCell::new();
-    let fetch = |url: &str| -> Result<Vec<u8>, String> {
+    let fetch = |url: &str, into: &mut dyn std::io::Write| -> Result<(), String> {
         let downloader = match downloader.get() {
             Some(downloader) => downloader,
             None => {
@@ -152,7 +152,7 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
             }
         };
         tell!("Downloading {url}");
-        downloader.get(url).map_err(|e| format!("{e:#}"))
+        downloader.get_into(url, into).map_err(|e| format!("{e:#}"))
     };
     let options = BuildOptions {
         tags,
