@@ -327,11 +327,7 @@ pub fn build(
                         input.add_path(context, source, &mut stat)?;
                     }
                     // Downloads are streamed into files here, removed after the step.
-                    let scratch = if urls.is_empty() {
-                        None
-                    } else {
-                        Some(scratch_dir("sealer-build-download-")?)
-                    };
+                    let mut scratch = None;
                     let mut downloads = Vec::new();
                     for (index, url) in urls.iter().enumerate() {
                         let name = remote_file_name(url).ok_or_else(|| {
@@ -340,8 +336,13 @@ pub fn build(
                         let fetch = options.fetch.ok_or_else(|| {
                             BuildError::at(span, format!("ADD {url}: this build cannot download"))
                         })?;
-                        let Some((_, fs)) = &scratch else {
-                            continue;
+                        let fs = match &scratch {
+                            Some((_, fs)) => std::sync::Arc::clone(fs),
+                            None => {
+                                let (dir, fs) = scratch_dir("sealer-build-download-")?;
+                                scratch = Some((dir, std::sync::Arc::clone(&fs)));
+                                fs
+                            }
                         };
                         let file = PathBuf::from(index.to_string());
                         let (len, digest) =
@@ -350,7 +351,7 @@ pub fn build(
                             })?;
                         input.add_bytes("remote", url.as_bytes());
                         input.add_bytes("content", digest.to_string().as_bytes());
-                        downloads.push((name, fs.clone(), file, len));
+                        downloads.push((name, fs, file, len));
                     }
                     let count = sources.len() + downloads.len();
                     if count > 1 && !copy.dest.ends_with('/') {
