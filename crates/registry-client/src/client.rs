@@ -1023,7 +1023,7 @@ pub fn normalize_registry(input: &str) -> Result<String, ClientError> {
     let host = trimmed.split('/').next().unwrap_or(trimmed);
     let probe = format!("{host}/x");
     let reference: sealer_image_store::Reference = probe.parse().map_err(|_| ClientError::Url {
-        url: input.to_owned(),
+        url: redact_url(input),
         reason: "not a registry host".to_owned(),
     })?;
     // `nginx/x` would parse with docker.io as registry: the host must have been taken.
@@ -1034,7 +1034,7 @@ pub fn normalize_registry(input: &str) -> Result<String, ClientError> {
     );
     if registry != host && !is_hub_alias {
         return Err(ClientError::Url {
-            url: input.to_owned(),
+            url: redact_url(input),
             reason: "not a registry host (it needs a `.`, a `:port` or to be `localhost`)"
                 .to_owned(),
         });
@@ -1215,6 +1215,14 @@ mod tests {
         assert_eq!(normalize_registry("quay.io").unwrap(), "quay.io");
         assert!(normalize_registry("nginx").is_err());
         assert!(normalize_registry("bad host").is_err());
+        // A password typed into the URL stays out of the message.
+        let error = normalize_registry("https://u:hunter2@registry.example.com")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !error.contains("hunter2") && error.contains("u:***@"),
+            "{error}"
+        );
         assert_eq!(api_host("docker.io"), "registry-1.docker.io");
     }
 
