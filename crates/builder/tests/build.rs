@@ -574,9 +574,9 @@ fn remote_app_sources_come_through_the_fetch_hook_and_key_on_their_content() {
         "{error}"
     );
     let content = std::cell::RefCell::new(b"kind: Deployment\n".to_vec());
-    let fetch = |url: &str| -> Result<Vec<u8>, String> {
+    let fetch = |url: &str, into: &mut dyn std::io::Write| -> Result<(), String> {
         assert_eq!(url, "https://example.com/m/web.yaml?v=1");
-        Ok(content.borrow().clone())
+        into.write_all(&content.borrow()).map_err(|e| e.to_string())
     };
     let mut opts = options(&["w:1"]);
     opts.fetch = Some(&fetch);
@@ -630,9 +630,10 @@ fn add_extracts_archives_and_downloads_urls() {
         .fs
         .write_atomic(Path::new("tools.tar.gz"), &gz)
         .expect("write");
-    let fetch = |url: &str| -> Result<Vec<u8>, String> {
+    let fetch = |url: &str, into: &mut dyn std::io::Write| -> Result<(), String> {
         assert_eq!(url, "https://example.com/calico.yaml");
-        Ok(b"kind: DaemonSet\n".to_vec())
+        into.write_all(b"kind: DaemonSet\n")
+            .map_err(|e| e.to_string())
     };
     let mut opts = options(&["add:1"]);
     opts.fetch = Some(&fetch);
@@ -667,6 +668,115 @@ fn add_extracts_archives_and_downloads_urls() {
     .expect_err("COPY of a URL")
     .to_string();
     assert!(error.contains("COPY cannot download a URL"), "{error}");
+}
+
+/// A plain tar of `entries`: (path, entry type, content).
+fn tar_of(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, kind, data) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(*kind);
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, path, *data)
+            .expect("append");
+    }
+    builder.into_inner().expect("tar")
+}
+
+#[test]
+fn add_refuses_whiteout_names_in_archives() {
+    let store = store();
+    let context = Context::new(&[("etc/keep.conf", "base")]);
+    context
+        .fs
+        .write_atomic(
+            Path::new("patch.tar"),
+            &tar_of(&[
+                ("etc/new.conf", tar::EntryType::Regular, b"new"),
+                ("etc/.wh.keep.conf", tar::EntryType::Regular, b""),
+            ]),
+        )
+        .expect("write");
+    run_build(
+        &store.store,
+        &context,
+        "FROM scratch\nCOPY etc /etc\n",
+        &["base:1"],
+    );
+    let blobs = blob_files(&store);
+    let error = try_build(
+        &store.store,
+        &context,
+        "FROM base:1\nADD patch.tar /\n",
+        &options(&["patched:1"]),
+    )
+    .expect_err("a whiteout in an ADDed archive")
+    .to_string();
+    assert!(
+        error.contains("ADD patch.tar") && error.contains("etc/.wh.keep.conf"),
+        "{error}"
+    );
+    assert!(error.contains("whiteout"), "{error}");
+    assert!(store.store.lookup("patched:1").is_err());
+    assert_eq!(blob_files(&store), blobs, "a failed build stores nothing");
+}
+
+#[test]
+fn add_skips_special_files_of_archives_with_a_warning_each() {
+    let store = store();
+    let context = Context::new(&[]);
+    context
+        .fs
+        .write_atomic(
+            Path::new("dev.tar"),
+            &tar_of(&[
+                ("opt/tool", tar::EntryType::Regular, b"bin"),
+                ("opt/pipe", tar::EntryType::Fifo, b""),
+                ("dev/null", tar::EntryType::Char, b""),
+                ("dev/sda", tar::EntryType::Block, b""),
+            ]),
+        )
+        .expect("write");
+    let report = try_build(
+        &store.store,
+        &context,
+        "FROM scratch\nADD dev.tar /\n",
+        &options(&["dev:1"]),
+    )
+    .expect("build");
+    for name in ["opt/pipe", "dev/null", "dev/sda"] {
+        assert_eq!(
+            report
+                .warnings
+                .iter()
+                .filter(|warning| warning.contains(name) && warning.contains("ADD dev.tar"))
+                .count(),
+            1,
+            "{name}: {:?}",
+            report.warnings
+        );
+    }
+    assert_eq!(report.warnings.len(), 3, "{:?}", report.warnings);
+    let layer = &store
+        .store
+        .resolve("dev:1", None)
+        .expect("resolve")
+        .manifest
+        .layers[0];
+    let names = layer_names(&store.store, &layer.digest);
+    assert!(
+        names.iter().any(|name| name.ends_with("opt/tool")),
+        "{names:?}"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|name| name.ends_with("pipe") || name.ends_with("null") || name.ends_with("sda")),
+        "{names:?}"
+    );
 }
 
 #[test]

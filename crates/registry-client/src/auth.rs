@@ -35,6 +35,15 @@ pub enum AuthError {
         /// Why.
         reason: String,
     },
+    /// A plain-HTTP token realm of an HTTPS registry: credentials would cross the network
+    /// unencrypted.
+    #[error(
+        "the token realm {realm} would receive credentials in cleartext; the registry is https"
+    )]
+    CleartextRealm {
+        /// The realm.
+        realm: String,
+    },
     /// The token request failed on the network.
     #[error("token request to {realm} failed: {source}")]
     TokenRequest {
@@ -266,6 +275,14 @@ pub fn realm_may_see_credentials(registry_host: &str, realm: &Url) -> bool {
     }
 }
 
+/// Whether sending credentials to `realm` would downgrade them to cleartext: the registry
+/// (`registry_url`, any URL of its API) is HTTPS and the realm is not. A plain-HTTP
+/// registry (loopback, `--insecure`) may use a plain-HTTP realm: its own requests carry
+/// the credentials in cleartext anyway.
+pub fn realm_downgrades_credentials(registry_url: &Url, realm: &Url) -> bool {
+    registry_url.scheme() == "https" && realm.scheme() != "https"
+}
+
 /// Whether `domain` is more than a public suffix (a small built-in list of the common
 /// two-label suffixes; sealer carries no public suffix list).
 fn is_registrable(domain: &str) -> bool {
@@ -491,6 +508,33 @@ mod tests {
                 "{registry} {realm}"
             );
         }
+    }
+
+    #[test]
+    fn an_https_registry_keeps_credentials_off_plain_http_realms() {
+        let url = |text: &str| Url::parse(text).unwrap();
+        let https = url("https://127.0.0.1:5000/v2/");
+        let http = url("http://127.0.0.1:5000/v2/");
+        assert!(realm_downgrades_credentials(
+            &https,
+            &url("http://127.0.0.1:5001/token")
+        ));
+        assert!(!realm_downgrades_credentials(
+            &https,
+            &url("https://127.0.0.1:5001/token")
+        ));
+        assert!(!realm_downgrades_credentials(
+            &http,
+            &url("http://127.0.0.1:5001/token")
+        ));
+        let message = AuthError::CleartextRealm {
+            realm: "http://127.0.0.1:5001/token".to_owned(),
+        }
+        .to_string();
+        assert!(
+            message.contains("cleartext; the registry is https"),
+            "{message}"
+        );
     }
 
     #[test]

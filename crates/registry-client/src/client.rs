@@ -18,8 +18,12 @@ use sealer_fs_abstraction::{Fs, RealFs};
 use sealer_image_store::model::media_type;
 use sealer_image_store::{Digest, Hasher, MAX_MANIFEST_SIZE};
 
-use crate::auth::{AuthError, Challenge, Token, TokenCache, TokenKey, realm_may_see_credentials};
+use crate::auth::{
+    AuthError, Challenge, Token, TokenCache, TokenKey, realm_downgrades_credentials,
+    realm_may_see_credentials,
+};
 use crate::credentials::{Credential, CredentialError, CredentialStore};
+use crate::redact::redact_url;
 use crate::retry::{RetryPolicy, is_retryable_error, is_retryable_status};
 
 /// The manifest media types sealer accepts, in `Accept` order.
@@ -224,10 +228,16 @@ impl PlainHttpPolicy {
 /// Parses and checks a configured base URL (see [`ClientOptions::base_urls`]).
 fn base_url_of(base: &str, plain_http: &PlainHttpPolicy) -> Result<Url, ClientError> {
     let invalid = |reason: String| ClientError::Url {
-        url: base.to_owned(),
+        url: redact_url(base),
         reason,
     };
     let url = Url::parse(base).map_err(|error| invalid(error.to_string()))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        // Request URLs are built from the base, so every message would carry them.
+        return Err(invalid(
+            "a registry base URL holds no credentials: configure them separately".to_owned(),
+        ));
+    }
     if url.host_str().is_none()
         || url.query().is_some()
         || url.fragment().is_some()
@@ -721,10 +731,16 @@ impl RegistryClient {
                 let realm_url = self.realm_url(&realm)?;
                 let registry_host = host_of(api_host(request.registry));
                 let credential = match credential {
+                    Some(_) if realm_downgrades_credentials(&request.url, &realm_url) => {
+                        return Err(AuthError::CleartextRealm {
+                            realm: redact_url(&realm),
+                        }
+                        .into());
+                    }
                     Some(_) if !realm_may_see_credentials(registry_host, &realm_url) => {
                         if request.credential.is_some() {
                             return Err(AuthError::Realm {
-                                realm,
+                                realm: redact_url(&realm),
                                 reason: format!(
                                     "it is not within {registry_host}'s domain, so it may not see its credentials"
                                 ),
@@ -771,14 +787,14 @@ impl RegistryClient {
 
     fn realm_url(&self, realm: &str) -> Result<Url, AuthError> {
         let url = Url::parse(realm).map_err(|error| AuthError::Realm {
-            realm: realm.to_owned(),
+            realm: redact_url(realm),
             reason: error.to_string(),
         })?;
         match url.scheme() {
             "https" => Ok(url),
             "http" if self.inner.plain_http.allows_url(&url) => Ok(url),
             _ => Err(AuthError::Realm {
-                realm: realm.to_owned(),
+                realm: redact_url(realm),
                 reason:
                     "a token realm must be https (plain HTTP only on loopback or insecure hosts)"
                         .to_owned(),
@@ -795,7 +811,7 @@ impl RegistryClient {
         scopes: &[String],
         credential: Option<&Credential>,
     ) -> Result<Token, ClientError> {
-        let realm_text = realm.to_string();
+        let realm_text = redact_url(realm.as_str());
         let policy = &self.inner.options.retries;
         let mut attempt = 0;
         loop {
@@ -854,9 +870,10 @@ impl RegistryClient {
                     continue;
                 }
                 Err(source) => {
+                    // The realm is named (redacted) already; reqwest would print it whole.
                     return Err(AuthError::TokenRequest {
                         realm: realm_text,
-                        source,
+                        source: source.without_url(),
                     }
                     .into());
                 }
@@ -879,7 +896,7 @@ impl RegistryClient {
                 .await
                 .map_err(|source| AuthError::TokenRequest {
                     realm: realm_text.clone(),
-                    source,
+                    source: source.without_url(),
                 })?
                 .ok_or_else(|| AuthError::TokenResponse {
                     realm: realm_text.clone(),
@@ -1006,7 +1023,7 @@ pub fn normalize_registry(input: &str) -> Result<String, ClientError> {
     let host = trimmed.split('/').next().unwrap_or(trimmed);
     let probe = format!("{host}/x");
     let reference: sealer_image_store::Reference = probe.parse().map_err(|_| ClientError::Url {
-        url: input.to_owned(),
+        url: redact_url(input),
         reason: "not a registry host".to_owned(),
     })?;
     // `nginx/x` would parse with docker.io as registry: the host must have been taken.
@@ -1017,7 +1034,7 @@ pub fn normalize_registry(input: &str) -> Result<String, ClientError> {
     );
     if registry != host && !is_hub_alias {
         return Err(ClientError::Url {
-            url: input.to_owned(),
+            url: redact_url(input),
             reason: "not a registry host (it needs a `.`, a `:port` or to be `localhost`)"
                 .to_owned(),
         });
@@ -1198,6 +1215,14 @@ mod tests {
         assert_eq!(normalize_registry("quay.io").unwrap(), "quay.io");
         assert!(normalize_registry("nginx").is_err());
         assert!(normalize_registry("bad host").is_err());
+        // A password typed into the URL stays out of the message.
+        let error = normalize_registry("https://u:hunter2@registry.example.com")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !error.contains("hunter2") && error.contains("u:***@"),
+            "{error}"
+        );
         assert_eq!(api_host("docker.io"), "registry-1.docker.io");
     }
 

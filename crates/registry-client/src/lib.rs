@@ -53,6 +53,7 @@ mod fetch;
 mod progress;
 mod pull;
 mod push;
+mod redact;
 mod retry;
 
 pub use client::{
@@ -64,4 +65,5 @@ pub use fetch::{BlobDownload, MAX_TAG_PAGES, ManifestHead};
 pub use progress::{BlobOutcome, NoProgress, TransferProgress};
 pub use pull::{PlatformSelection, PullError, PullReport};
 pub use push::{PushError, PushReport};
+pub use redact::redact_url;
 pub use retry::RetryPolicy;

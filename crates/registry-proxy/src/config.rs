@@ -13,6 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sealer_fs_abstraction::RealFs;
+use sealer_registry_client::redact_url;
 use serde::Deserialize;
 
 use crate::route::normalise_host;
@@ -330,11 +331,18 @@ impl fmt::Display for UpstreamUrl {
 impl<'de> Deserialize<'de> for UpstreamUrl {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
+        // A password written into the URL stays out of every message.
+        let shown = redact_url(&text);
         let invalid =
-            |reason: &str| serde::de::Error::custom(format!("upstream url {text:?}: {reason}"));
+            |reason: &str| serde::de::Error::custom(format!("upstream url {shown:?}: {reason}"));
         let (scheme, rest) = text
             .split_once("://")
             .ok_or_else(|| invalid("expected http://HOST or https://HOST"))?;
+        if rest.split('/').next().unwrap_or(rest).contains('@') {
+            return Err(invalid(
+                "credentials do not belong in the url: give them as `credentials: {username, password}`",
+            ));
+        }
         if scheme != "http" && scheme != "https" {
             return Err(invalid("the scheme must be http or https"));
         }
@@ -738,6 +746,29 @@ mod tests {
         assert_eq!(config.upstreams[1].url.to_string(), "https://quay.io");
         assert!(!format!("{:?}", config.upstreams[1].credentials).contains("\"p\""));
         assert_eq!(config.upstream_timeout.0, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn passwords_in_upstream_urls_are_never_echoed() {
+        for url in [
+            "https://u:hunter2@127.0.0.1:1/",
+            "https://u:hunter2@127.0.0.1:1/path",
+            "ftp://u:hunter2@127.0.0.1:1",
+            "https://u:hunter2@",
+        ] {
+            let error = yaml(&format!("upstreams:\n  - name: a\n    url: {url}\n")).unwrap_err();
+            let message = error.to_string();
+            assert!(!message.contains("hunter2"), "{message}");
+            assert!(message.contains("u:***@"), "{message}");
+            let error = ServerConfig::parse(
+                &format!("[[upstreams]]\nname = \"a\"\nurl = \"{url}\"\n"),
+                Path::new("r.toml"),
+            )
+            .unwrap_err();
+            assert!(!error.to_string().contains("hunter2"), "{error}");
+        }
+        let error = yaml("upstreams:\n  - name: a\n    url: https://u:p@a.io\n").unwrap_err();
+        assert!(error.to_string().contains("credentials:"), "{error}");
     }
 
     #[test]

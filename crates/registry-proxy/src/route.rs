@@ -474,13 +474,81 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
     RouteParser::default().parse(method, path, query)
 }
 
-/// A registry host as references normalise it (`index.docker.io` → `docker.io`), or
-/// `None` when `host` is not one.
+/// A registry host in its one canonical spelling, or `None` when `host` is not a registry
+/// host or is written in an ambiguous form. Every namespace check compares canonical
+/// names, so a variant spelling of an upstream is that upstream (and write-protected),
+/// never another, writable namespace:
+///
+/// * letters are lowercased and one trailing dot is dropped (`DOCKER.IO.` → `docker.io`);
+/// * Docker Hub's API hosts are `docker.io` (`index.docker.io`, `registry-1.docker.io`);
+/// * IPv4 addresses must be dotted decimal without leading zeros; the other forms that
+///   resolvers accept (`127.000.000.001`, `2130706433`, octal, hex, `127.1`) are refused;
+/// * ports are digits without a leading zero (`:015801` is refused);
+/// * IPv6 addresses are written as `std` prints them, in brackets (`[::1]:5000`).
 pub fn normalise_host(host: &str) -> Option<String> {
-    let parsed = Reference::new(host, "x", Some("t"), None).ok()?;
-    let registry = parsed.registry();
-    let docker_alias = matches!(host, "index.docker.io" | "registry-1.docker.io");
-    (registry == host || docker_alias).then(|| registry.to_owned())
+    let (name, port) = split_host_port(host)?;
+    let port = match port {
+        None => String::new(),
+        Some(port) => format!(":{}", canonical_port(port)?),
+    };
+    if let Some(inner) = name.strip_prefix('[') {
+        let address: std::net::Ipv6Addr = inner.strip_suffix(']')?.parse().ok()?;
+        let canonical = format!("[{address}]{port}");
+        let parsed = Reference::new(&canonical, "x", Some("t"), None).ok()?;
+        return (parsed.registry() == canonical).then_some(canonical);
+    }
+    let name = name.to_ascii_lowercase();
+    let name = name.strip_suffix('.').unwrap_or(&name);
+    if name.is_empty()
+        || name.ends_with('.')
+        || (looks_numeric(name) && name.parse::<std::net::Ipv4Addr>().is_err())
+    {
+        return None;
+    }
+    let name = match name {
+        "index.docker.io" | "registry-1.docker.io" if port.is_empty() => "docker.io",
+        other => other,
+    };
+    let canonical = format!("{name}{port}");
+    let parsed = Reference::new(&canonical, "x", Some("t"), None).ok()?;
+    (parsed.registry() == canonical).then_some(canonical)
+}
+
+/// `host[:port]` split at the port's `:` (after an IPv6 address's `]`); `None` when there
+/// are more colons than that.
+fn split_host_port(host: &str) -> Option<(&str, Option<&str>)> {
+    if host.starts_with('[') {
+        let end = host.find(']')?;
+        let (address, rest) = host.split_at(end + 1);
+        return match rest.strip_prefix(':') {
+            Some(port) => Some((address, Some(port))),
+            None if rest.is_empty() => Some((address, None)),
+            None => None,
+        };
+    }
+    match host.split_once(':') {
+        Some((_, port)) if port.contains(':') => None,
+        Some((name, port)) => Some((name, Some(port))),
+        None => Some((host, None)),
+    }
+}
+
+/// A port as digits without a leading zero, 1 to 65535.
+fn canonical_port(port: &str) -> Option<u16> {
+    if port.is_empty() || port.starts_with('0') || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    port.parse().ok().filter(|port| *port != 0)
+}
+
+/// Whether resolvers would read `name` as an IPv4 address (the WHATWG URL rule: its last
+/// label is a number, decimal or `0x` hex), so that it must be dotted decimal to be used.
+fn looks_numeric(name: &str) -> bool {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    let hex = last
+        .strip_prefix("0x")
+        .is_some_and(|digits| digits.bytes().all(|b| b.is_ascii_hexdigit()));
+    hex || (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn parse_reference(text: &str) -> Result<ManifestRef, RouteError> {
@@ -900,6 +968,83 @@ mod tests {
             get("/v2/bad_host.io:x/a/manifests/v3"),
             Err(RouteError::NameInvalid { .. })
         ));
+    }
+
+    #[test]
+    fn host_variants_are_canonical_or_refused() {
+        for (variant, canonical) in [
+            ("DOCKER.IO", "docker.io"),
+            ("docker.io.", "docker.io"),
+            ("Registry-1.Docker.IO.", "docker.io"),
+            ("QUAY.io:5000", "quay.io:5000"),
+            ("127.0.0.1:15801", "127.0.0.1:15801"),
+            ("LOCALHOST:5000", "localhost:5000"),
+            ("[::1]:5000", "[::1]:5000"),
+            ("[0:0:0:0:0:0:0:1]:5000", "[::1]:5000"),
+            ("[FE80::A]:443", "[fe80::a]:443"),
+        ] {
+            assert_eq!(
+                normalise_host(variant).as_deref(),
+                Some(canonical),
+                "{variant}"
+            );
+        }
+        for refused in [
+            "127.000.000.001",
+            "127.0.0.01",
+            "2130706433",
+            "0x7f000001",
+            "0x7f.0.0.1",
+            "0177.0.0.1",
+            "127.1",
+            "127.0.0.1:015801",
+            "127.0.0.1:0",
+            "127.0.0.1:65536",
+            "127.0.0.1:+1",
+            "docker.io..",
+            "a:1:2",
+            "[::1]5000",
+            "[::g]",
+            "",
+        ] {
+            assert_eq!(normalise_host(refused), None, "{refused}");
+        }
+
+        // Each spelling reaches the same namespace (or is refused) by `?ns=` and by path.
+        let query = |ns: &str| {
+            parse(
+                &Method::PUT,
+                "/v2/library/nginx/manifests/1",
+                Some(&format!("ns={ns}")),
+            )
+            .map(|route| repo_ns(&route).map(str::to_owned))
+        };
+        assert_eq!(query("DOCKER.IO").unwrap().as_deref(), Some("docker.io"));
+        assert_eq!(query("docker.io.").unwrap().as_deref(), Some("docker.io"));
+        assert!(matches!(
+            query("127.000.000.001:15801"),
+            Err(RouteError::NameInvalid { .. })
+        ));
+        assert!(matches!(
+            query("127.0.0.1:015801"),
+            Err(RouteError::NameInvalid { .. })
+        ));
+        let path = |prefix: &str| {
+            get(&format!("/v2/{prefix}/library/nginx/manifests/1"))
+                .map(|route| repo_ns(&route).map(str::to_owned))
+        };
+        assert_eq!(path("DOCKER.IO").unwrap().as_deref(), Some("docker.io"));
+        assert_eq!(path("docker.io.").unwrap().as_deref(), Some("docker.io"));
+        assert_eq!(
+            path("127.0.0.1_15801").unwrap().as_deref(),
+            Some("127.0.0.1:15801")
+        );
+        for refused in ["127.000.000.001_15801", "127.0.0.1_015801", "0x7f.0.0.1"] {
+            assert!(
+                matches!(path(refused), Err(RouteError::NameInvalid { .. })),
+                "{refused}"
+            );
+        }
     }
 
     fn repo_ns(route: &Route) -> Option<&str> {

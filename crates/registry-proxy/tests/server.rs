@@ -1161,6 +1161,58 @@ fn read_only_mode_denies_writes() {
 }
 
 #[test]
+fn host_spellings_of_an_upstream_are_write_protected_or_refused() {
+    let upstreams = ServerConfig::parse(
+        "upstreams:\n  - name: hub\n    url: https://registry-1.docker.io\n\
+         \x20 - name: near\n    url: http://127.0.0.1:15801\n",
+        Path::new("registry.yaml"),
+    )
+    .unwrap()
+    .upstreams;
+    let server = TestServer::with(|config| config.upstreams = upstreams);
+    let denied = [
+        "/v2/library/nginx/manifests/1?ns=DOCKER.IO",
+        "/v2/library/nginx/manifests/1?ns=docker.io.",
+        "/v2/DOCKER.IO/library/nginx/manifests/1",
+        "/v2/docker.io./library/nginx/manifests/1",
+        "/v2/a/manifests/1?ns=127.0.0.1:15801",
+        "/v2/127.0.0.1_15801/a/manifests/1",
+    ];
+    let refused = [
+        "/v2/a/manifests/1?ns=127.000.000.001:15801",
+        "/v2/a/manifests/1?ns=127.0.0.1:015801",
+        "/v2/a/manifests/1?ns=2130706433:15801",
+        "/v2/127.000.000.001_15801/a/manifests/1",
+        "/v2/127.0.0.1_015801/a/manifests/1",
+        "/v2/0x7f.0.0.1_15801/a/manifests/1",
+    ];
+    let manifest = [("Content-Type", OCI_MANIFEST)];
+    for path in denied {
+        let answer = server.request("PUT", path, &manifest, b"{}");
+        assert_error(&answer, 403, "DENIED");
+        let upload = path.replace("manifests/1", "blobs/uploads/");
+        assert_error(&server.request("POST", &upload, &[], &[]), 403, "DENIED");
+    }
+    for path in refused {
+        let answer = server.request("PUT", path, &manifest, b"{}");
+        assert_error(&answer, 400, "NAME_INVALID");
+        let upload = path.replace("manifests/1", "blobs/uploads/");
+        assert_error(
+            &server.request("POST", &upload, &[], &[]),
+            400,
+            "NAME_INVALID",
+        );
+    }
+    // The local namespace stays writable.
+    assert_eq!(
+        server
+            .request("POST", "/v2/a/blobs/uploads/", &[], &[])
+            .status,
+        202
+    );
+}
+
+#[test]
 fn htpasswd_auth_challenges_refuses_and_admits() {
     use base64::Engine as _;
     let dir = tempfile::tempdir().unwrap();

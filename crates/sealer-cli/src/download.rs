@@ -2,6 +2,7 @@
 //! the system's CA certificates (plus `--ca-file`s), redirects followed (never from HTTPS
 //! to plain HTTP), a size limit, an error for any non-2xx status.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
 use sealer_fs_abstraction::{Fs as _, RealFs};
 
-/// Largest app source downloaded (they are manifests and scripts, held in memory).
+/// Largest source downloaded (APP sources are held in memory, ADD downloads are streamed
+/// to a file).
 pub const MAX_DOWNLOAD: u64 = 256 << 20;
 
 /// A downloader with its own runtime.
@@ -67,22 +69,30 @@ impl Downloader {
         Ok(Self { runtime, client })
     }
 
-    /// The body of `url`, at most [`MAX_DOWNLOAD`] bytes.
-    pub fn get(&self, url: &str) -> Result<Vec<u8>> {
+    /// Writes the body of `url` into `into` as it arrives (at most [`MAX_DOWNLOAD`] bytes;
+    /// a body shorter or longer than its `Content-Length` is an error).
+    pub fn get_into(&self, url: &str, into: &mut dyn Write) -> Result<()> {
         self.runtime.block_on(async {
             let mut response = self.client.get(url).send().await?;
             let status = response.status();
             if !status.is_success() {
                 bail!("HTTP {status}");
             }
-            let mut body = Vec::new();
+            let declared = response.content_length();
+            let mut received: u64 = 0;
             while let Some(chunk) = response.chunk().await? {
-                body.extend_from_slice(&chunk);
-                if body.len() as u64 > MAX_DOWNLOAD {
+                received += chunk.len() as u64;
+                if received > MAX_DOWNLOAD {
                     bail!("larger than {MAX_DOWNLOAD} bytes");
                 }
+                into.write_all(&chunk).context("storing the download")?;
             }
-            Ok(body)
+            if let Some(declared) = declared
+                && declared != received
+            {
+                bail!("the server announced {declared} bytes but sent {received}");
+            }
+            Ok(())
         })
     }
 }

@@ -9,6 +9,15 @@ macro_rules! say {
     }};
 }
 
+/// `eprintln!` that never panics: a closed stderr (`sealer … 2>&1 | head -1`) leaves
+/// nowhere to report to, so the line is dropped.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod cli;
 mod commands;
 mod download;
@@ -33,7 +42,7 @@ fn main() -> ExitCode {
         // `sealer images | head -1`: the reader has seen enough.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {}", error_chain(&error));
+            tell!("error: {}", error_chain(&error));
             ExitCode::FAILURE
         }
     }

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use sealer_fs_abstraction::{FileKind, Fs, FsPath};
+use sealer_image_store::{Algorithm, Digest, Hasher};
 
 use crate::engine::error::{BuildError, Result};
 use crate::engine::layer::{LayerTree, Node};
@@ -296,24 +297,23 @@ pub(crate) fn is_archive(context: &dyn Fs, path: &Path) -> Result<bool> {
 }
 
 /// Extracts the archive `path` of the context into a new temporary directory (confined:
-/// `..` names, links out and device nodes are refused or skipped) and adds its entries to
-/// `tree` under `dest`. The returned directory must live until the layer is written.
+/// `..` names and links out are refused) and adds its entries to `tree` under `dest`. The
+/// returned directory must live until the layer is written.
+///
+/// What an archive may hold is content, not layer format: an entry named `.wh.*` (an OCI
+/// whiteout) is an error naming the archive and the entry, because written into the layer
+/// it would delete a file of the base (Docker copies it as a plain file, which hides that
+/// file just the same). Device nodes, FIFOs and sockets are skipped, each one named in
+/// `warnings`: a cluster image has no use for them (`RUN mknod` makes one if needed).
 pub(crate) fn add_archive(
     context: &dyn Fs,
     tree: &mut LayerTree,
     span: &Span,
     path: &Path,
     dest: &str,
+    warnings: &mut Vec<String>,
 ) -> Result<tempfile::TempDir> {
-    let dir = tempfile::Builder::new()
-        .prefix("sealer-build-add-")
-        .tempdir()
-        .map_err(|source| BuildError::Io {
-            what: "creating a temporary directory".to_owned(),
-            source,
-        })?;
-    let fs: std::sync::Arc<dyn Fs> =
-        std::sync::Arc::new(sealer_fs_abstraction::RealFs::open_root(dir.path())?);
+    let (dir, fs) = scratch_dir("sealer-build-add-")?;
     let file = context.open(path)?;
     let mut head = std::io::BufReader::new(file);
     let magic = std::io::BufRead::fill_buf(&mut head).map_err(|source| BuildError::Io {
@@ -337,10 +337,34 @@ pub(crate) fn add_archive(
         skip_special: true,
         preserve_mtime: false,
     };
-    sealer_fs_abstraction::tar::unpack(fs.as_ref(), Path::new("."), reader, &options)
-        .map_err(|error| BuildError::at(span, format!("ADD {}: {error}", path.display())))?;
+    let unpacked =
+        sealer_fs_abstraction::tar::unpack(fs.as_ref(), Path::new("."), reader, &options)
+            .map_err(|error| BuildError::at(span, format!("ADD {}: {error}", path.display())))?;
+    for skipped in &unpacked.skipped {
+        let warning = format!(
+            "{span}: ADD {}: skipped {skipped}: device nodes, FIFOs and sockets are not added",
+            path.display()
+        );
+        tracing::warn!("{warning}");
+        warnings.push(warning);
+    }
     let dest = dest_path(dest);
     for entry in fs.walk(Path::new("."))? {
+        let whiteout = entry
+            .path
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with(".wh."));
+        if whiteout {
+            return Err(BuildError::at(
+                span,
+                format!(
+                    "ADD {}: entry {} is a whiteout name (.wh.*), which would delete files of \
+                     the base image; whiteouts belong to layers, not to ADDed archives",
+                    path.display(),
+                    entry.path.display()
+                ),
+            ));
+        }
         let target = dest.join(&entry.path);
         let node = match entry.metadata.kind {
             FileKind::Dir => Node::Dir(entry.metadata.mode),
@@ -356,6 +380,67 @@ pub(crate) fn add_archive(
         tree.insert(target, node);
     }
     Ok(dir)
+}
+
+/// Streams `url` through `fetch` into `file` of `fs` (written atomically, hashed on the
+/// way: no buffer holds the whole body); returns its size and SHA-256 digest once the file
+/// on disk has that size.
+pub(crate) fn download_into(
+    fetch: crate::engine::FetchFn<'_>,
+    url: &str,
+    fs: &dyn Fs,
+    file: &Path,
+) -> std::result::Result<(u64, Digest), String> {
+    let mut out = sealer_fs_abstraction::AtomicFile::create(fs, file).map_err(|e| e.to_string())?;
+    let mut hashing = HashingWriter {
+        inner: &mut out,
+        hasher: Hasher::new(Algorithm::Sha256),
+        len: 0,
+    };
+    fetch(url, &mut hashing)?;
+    std::io::Write::flush(&mut hashing).map_err(|e| e.to_string())?;
+    let HashingWriter { hasher, len, .. } = hashing;
+    out.commit().map_err(|e| e.to_string())?;
+    let stored = fs.metadata(file).map_err(|e| e.to_string())?.len;
+    if stored != len {
+        return Err(format!("{len} bytes received but {stored} stored"));
+    }
+    Ok((len, hasher.finish()))
+}
+
+/// A writer that hashes and counts what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Hasher,
+    len: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.hasher.update(&buf[..written]);
+        self.len += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A new temporary directory of the build (removed when the returned guard drops) and a
+/// confined handle on it.
+pub(crate) fn scratch_dir(prefix: &str) -> Result<(tempfile::TempDir, std::sync::Arc<dyn Fs>)> {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|source| BuildError::Io {
+            what: "creating a temporary directory".to_owned(),
+            source,
+        })?;
+    let fs: std::sync::Arc<dyn Fs> =
+        std::sync::Arc::new(sealer_fs_abstraction::RealFs::open_root(dir.path())?);
+    Ok((dir, fs))
 }
 
 /// An app's detected type and its launch files (relative to its app directory).

@@ -13,6 +13,12 @@
 //! times are the same epoch. So the same Kubefile and context give the same manifest digest
 //! on any machine.
 //!
+//! ADD extracts local tar archives (gzip, zstd or plain) and streams `http(s)://` sources
+//! into a scratch file. An archive entry named `.wh.*` is an error (it would be a whiteout
+//! deleting a file of the base); device nodes, FIFOs and sockets in an archive are skipped,
+//! each named in [`BuildReport::warnings`] (see ARCHITECTURE.md, "What ADD takes from an
+//! archive").
+//!
 //! RUN runs `sh -c` on the build host in a temporary directory holding the rootfs so far
 //! (every layer unpacked with whiteouts), and only for the host's platform: a RUN step for
 //! another platform fails (the command would run with the host's binaries).
@@ -58,7 +64,8 @@ pub use metadata::{
 };
 
 use crate::engine::copy::{
-    add_archive, add_sources, dest_path, detect_app, expand_sources, is_archive, parse_chmod,
+    add_archive, add_sources, dest_path, detect_app, download_into, expand_sources, is_archive,
+    parse_chmod, scratch_dir,
 };
 use crate::engine::layer::{BuiltLayer, LayerTree, Node, write_layer};
 use crate::engine::run::{Rootfs, is_dir_in_layers};
@@ -71,9 +78,11 @@ use crate::kubefile::{
 /// registry-client pull); returns a message on failure.
 pub type PullFn<'a> = &'a dyn Fn(&str, &Platform) -> std::result::Result<(), String>;
 
-/// Downloads a remote app source (an `http(s)://` URL) whole; returns a message on failure.
-/// The content is part of the step's cache key, so the download happens on every build.
-pub type FetchFn<'a> = &'a dyn Fn(&str) -> std::result::Result<Vec<u8>, String>;
+/// Downloads a remote source (an `http(s)://` URL of ADD or APP/CNI/CSI) into the writer,
+/// as it arrives; returns a message on failure. ADD streams it into a file of the build's
+/// scratch directory (memory stays bounded whatever the size); the content is part of the
+/// step's cache key, so the download happens on every build.
+pub type FetchFn<'a> = &'a dyn Fn(&str, &mut dyn std::io::Write) -> std::result::Result<(), String>;
 
 /// How to build.
 #[derive(Default)]
@@ -167,6 +176,8 @@ pub struct BuildReport {
     pub layers_built: usize,
     /// Layers taken from the cache.
     pub layers_cached: usize,
+    /// What the build skipped and why (special files in ADDed archives), also logged.
+    pub warnings: Vec<String>,
 }
 
 /// The state of one platform's image while its steps run.
@@ -206,6 +217,7 @@ pub fn build(
         steps: Vec::new(),
         layers_built: 0,
         layers_cached: 0,
+        warnings: Vec::new(),
     };
     let mut new_entries: Vec<(CacheKey, CacheEntry)> = Vec::new();
 
@@ -314,20 +326,32 @@ pub fn build(
                     for source in &sources {
                         input.add_path(context, source, &mut stat)?;
                     }
+                    // Downloads are streamed into files here, removed after the step.
+                    let mut scratch = None;
                     let mut downloads = Vec::new();
-                    for url in &urls {
+                    for (index, url) in urls.iter().enumerate() {
                         let name = remote_file_name(url).ok_or_else(|| {
                             BuildError::at(span, format!("ADD {url} names no file"))
                         })?;
                         let fetch = options.fetch.ok_or_else(|| {
                             BuildError::at(span, format!("ADD {url}: this build cannot download"))
                         })?;
-                        let data = fetch(url).map_err(|message| {
-                            BuildError::at(span, format!("ADD downloading {url}: {message}"))
-                        })?;
+                        let fs = match &scratch {
+                            Some((_, fs)) => std::sync::Arc::clone(fs),
+                            None => {
+                                let (dir, fs) = scratch_dir("sealer-build-download-")?;
+                                scratch = Some((dir, std::sync::Arc::clone(&fs)));
+                                fs
+                            }
+                        };
+                        let file = PathBuf::from(index.to_string());
+                        let (len, digest) =
+                            download_into(fetch, url, fs.as_ref(), &file).map_err(|message| {
+                                BuildError::at(span, format!("ADD downloading {url}: {message}"))
+                            })?;
                         input.add_bytes("remote", url.as_bytes());
-                        input.add_bytes("content", Digest::sha256(&data).to_string().as_bytes());
-                        downloads.push((name, data));
+                        input.add_bytes("content", digest.to_string().as_bytes());
+                        downloads.push((name, fs, file, len));
                     }
                     let count = sources.len() + downloads.len();
                     if count > 1 && !copy.dest.ends_with('/') {
@@ -341,7 +365,8 @@ pub fn build(
                     }
                     let key = state.key.next(&text, &input.finish());
                     let layers = state.layers.clone();
-                    layer_step(&mut state, key, &mut || {
+                    let mut warnings = Vec::new();
+                    let outcome = layer_step(&mut state, key, &mut || {
                         // Docker's rule: a file copied onto a directory of the image goes
                         // into it, even without a trailing `/`.
                         let single_file = count == 1
@@ -363,8 +388,14 @@ pub fn build(
                         for source in &sources {
                             if is_add && is_archive(context, source)? {
                                 let into = format!("{}/", dest.trim_end_matches('/'));
-                                extracted
-                                    .push(add_archive(context, &mut tree, span, source, &into)?);
+                                extracted.push(add_archive(
+                                    context,
+                                    &mut tree,
+                                    span,
+                                    source,
+                                    &into,
+                                    &mut warnings,
+                                )?);
                             } else {
                                 plain.push(source.clone());
                             }
@@ -372,7 +403,7 @@ pub fn build(
                         if !plain.is_empty() {
                             add_sources(context, &mut tree, span, keyword, &plain, &dest, chmod)?;
                         }
-                        for (name, data) in &downloads {
+                        for (name, fs, file, len) in &downloads {
                             let target = if dest.ends_with('/') {
                                 dest_path(&dest).join(name)
                             } else {
@@ -380,14 +411,22 @@ pub fn build(
                             };
                             tree.insert(
                                 target,
-                                Node::Data(data.clone().into(), chmod.unwrap_or(0o600)),
+                                Node::Extern {
+                                    fs: fs.clone(),
+                                    source: file.clone(),
+                                    mode: chmod.unwrap_or(0o600),
+                                    len: *len,
+                                },
                             );
                         }
                         let written =
                             write_layer(&tree, context, epoch, options.compression, &ingest);
                         drop(extracted);
                         written
-                    })?
+                    })?;
+                    drop(scratch);
+                    report.warnings.append(&mut warnings);
+                    outcome
                 }
                 Instruction::App(app) | Instruction::Cni(app) | Instruction::Csi(app) => {
                     let keyword = instruction.keyword();
@@ -424,7 +463,10 @@ pub fn build(
                                 ),
                             ));
                         };
-                        let data = fetch(url).map_err(|message| {
+                        // App sources are manifests and scripts: read whole, as the app
+                        // type detection reads them.
+                        let mut data = Vec::new();
+                        fetch(url, &mut data).map_err(|message| {
                             BuildError::at(
                                 span,
                                 format!("{keyword} {}: downloading {url}: {message}", app.name),

@@ -94,7 +94,7 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
             .with_context(|| format!("reading {}/{DEFAULT_NAME}", args.context.display()))?,
     };
     for warning in &kubefile.warnings {
-        eprintln!("{warning}");
+        tell!("{warning}");
     }
     let platforms = match &args.platform {
         Some(list) => list
@@ -130,7 +130,7 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
                 pull_runtime.get_or_init(|| made)
             }
         };
-        eprintln!("Pulling {image} ({platform})");
+        tell!("Pulling {image} ({platform})");
         let progress = Transfers::new(args.quiet);
         let pulled = runtime.block_on(client.pull(
             store,
@@ -142,7 +142,7 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
         pulled.map(|_| ()).map_err(|e| format!("pulling: {e}"))
     };
     let downloader = std::cell::OnceCell::new();
-    let fetch = |url: &str| -> Result<Vec<u8>, String> {
+    let fetch = |url: &str, into: &mut dyn std::io::Write| -> Result<(), String> {
         let downloader = match downloader.get() {
             Some(downloader) => downloader,
             None => {
@@ -151,8 +151,8 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
                 downloader.get_or_init(|| made)
             }
         };
-        eprintln!("Downloading {url}");
-        downloader.get(url).map_err(|e| format!("{e:#}"))
+        tell!("Downloading {url}");
+        downloader.get_into(url, into).map_err(|e| format!("{e:#}"))
     };
     let options = BuildOptions {
         tags,

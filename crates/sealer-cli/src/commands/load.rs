@@ -40,7 +40,7 @@ pub fn run(store: &Store, args: &LoadArgs) -> Result<()> {
 
 fn print_report(report: &LoadReport) -> Result<()> {
     for warning in &report.warnings {
-        eprintln!("warning: {warning}");
+        tell!("warning: {warning}");
     }
     for (name, digest) in &report.images {
         match name {
@@ -56,7 +56,7 @@ fn print_report(report: &LoadReport) -> Result<()> {
         commit.blobs_reused
     );
     if commit.absent_platforms > 0 {
-        eprintln!(
+        tell!(
             "warning: {} platforms of multi-arch images were not in the input and are not loaded",
             commit.absent_platforms
         );

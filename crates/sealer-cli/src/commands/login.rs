@@ -17,7 +17,7 @@ pub fn login(args: &LoginArgs) -> Result<()> {
         bail!("give the password on standard input with --password-stdin (sealer never prompts)");
     }
     if std::io::stdin().is_terminal() {
-        eprintln!("Reading the password from standard input (end with Ctrl-D)");
+        tell!("Reading the password from standard input (end with Ctrl-D)");
     }
     let mut password = String::new();
     std::io::stdin()

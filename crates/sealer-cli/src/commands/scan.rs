@@ -18,7 +18,7 @@ pub fn run(args: &ScanArgs) -> Result<()> {
     let report = sealer_dep_scanner::scan(&fs, &options)
         .with_context(|| format!("scanning {}", args.dir.display()))?;
     for warning in &report.warnings {
-        eprintln!("warning: {warning}");
+        tell!("warning: {warning}");
     }
     if args.json {
         say!("{}", serde_json::to_string_pretty(&report)?);

@@ -184,6 +184,12 @@ fn a_missing_base_is_pulled_and_its_apps_inherited() {
 /// Serves `body` at `/web.yaml` (404 elsewhere) on a loopback port, for `requests`
 /// connections; returns the base URL.
 fn serve_once(body: &'static str, requests: usize) -> String {
+    serve_bytes("/web.yaml", body.as_bytes().to_vec(), requests)
+}
+
+/// Serves `body` at `path` (404 elsewhere) on a loopback port, for `requests` connections;
+/// returns the base URL.
+fn serve_bytes(path: &'static str, body: Vec<u8>, requests: usize) -> String {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
@@ -197,19 +203,83 @@ fn serve_once(body: &'static str, requests: usize) -> String {
             while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
                 line.clear();
             }
-            let response = if request_line.starts_with("GET /web.yaml ") {
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            if request_line.starts_with(&format!("GET {path} ")) {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
-                )
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body);
             } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_owned()
-            };
-            let _ = stream.write_all(response.as_bytes());
+                let _ = stream.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
         }
     });
     url
+}
+
+#[test]
+fn a_large_add_download_arrives_whole() {
+    use sha2::{Digest as _, Sha256};
+    // 8 MiB of a pattern no buffer of the chain divides evenly.
+    let body: Vec<u8> = (0..8u32 << 20)
+        .map(|index| (index.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let expected = hex::encode(Sha256::digest(&body));
+    let url = serve_bytes("/tools/big.bin", body, 2);
+    let store = temp();
+    let context = temp();
+    std::fs::write(
+        context.path().join("Kubefile"),
+        format!("FROM scratch\nADD {url}/tools/big.bin /opt/\n"),
+    )
+    .expect("write");
+    let sealer = Sealer::new(store.path());
+    // A temporary directory of its own: the download's scratch file must be gone after.
+    let scratch = temp();
+    let output = sealer
+        .command(&[
+            "build",
+            "--build-mode",
+            "lite",
+            "-t",
+            "localhost/big:v1",
+            arg(context.path()),
+        ])
+        .env("TMPDIR", scratch.path())
+        .output()
+        .expect("run sealer");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(scratch.path())
+        .expect("scratch dir")
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let inspected = sealer.inspect(&["localhost/big:v1"]);
+    let layer = inspected["manifest"]["layers"][0]["digest"]
+        .as_str()
+        .expect("a layer")
+        .to_owned();
+    let blob = std::fs::File::open(sealer.blob_path(&layer)).expect("layer blob");
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(blob));
+    let mut found = None;
+    for entry in archive.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let name = entry.path().expect("path").display().to_string();
+        if name.trim_start_matches("./") == "opt/big.bin" {
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut content).expect("read entry");
+            found = Some(hex::encode(Sha256::digest(&content)));
+        }
+    }
+    assert_eq!(found.as_deref(), Some(expected.as_str()));
 }
 
 #[test]

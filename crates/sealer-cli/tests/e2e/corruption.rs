@@ -154,3 +154,50 @@ fn not_an_archive_is_refused_clearly() {
     assert!(message.contains(arg(&missing)), "{message}");
     assert_eq!(target.images(), Vec::new());
 }
+
+/// `count` single-platform images that share their first layer (same seed); returns that
+/// layer's digest.
+fn images_sharing_a_layer(sealer: &Sealer, count: u64) -> String {
+    for index in 0..count {
+        build_image(
+            &sealer.root,
+            &format!("docker.io/library/shared{index}:1"),
+            &[amd64()],
+            &[20_000, 1_000 + index],
+            7,
+        );
+    }
+    let inspect = sealer.inspect(&["docker.io/library/shared0:1"]);
+    inspect["manifest"]["layers"][0]["digest"]
+        .as_str()
+        .expect("a layer")
+        .to_owned()
+}
+
+#[test]
+fn a_blob_missing_under_many_manifests_is_one_line() {
+    let work = temp();
+    let sealer = Sealer::new(work.path().join("store"));
+    let shared = images_sharing_a_layer(&sealer, 12);
+    std::fs::remove_file(sealer.blob_path(&shared)).expect("remove blob");
+    let report = sealer.fails(&["fsck"]);
+    let lines: Vec<&str> = report
+        .lines()
+        .filter(|line| line.contains(&shared))
+        .collect();
+    // One report line, and the error summary naming the blob once.
+    assert_eq!(lines.len(), 2, "{report}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "missing blob {shared}: needed by 12 manifests (sha256:"
+        )),
+        "{report}"
+    );
+    assert_eq!(lines[0].matches("sha256:").count(), 1 + 3, "{report}");
+    assert!(lines[0].ends_with(", …)"), "{report}");
+    assert_eq!(
+        report.matches(&format!("missing {shared}")).count(),
+        1,
+        "{report}"
+    );
+}

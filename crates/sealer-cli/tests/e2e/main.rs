@@ -20,6 +20,7 @@ mod crash;
 mod interop;
 mod lifecycle;
 mod mirror_config;
+mod pipes;
 mod registry;
 mod roundtrip;
 mod scan;
