@@ -640,7 +640,10 @@ fn write(
                     )));
                 }
                 fill.update(|state| state.outcome = Outcome::Verified);
-                return upload.commit(&fill.digest).map(|_| ()).map_err(store_error);
+                upload.commit(&fill.digest).map_err(store_error)?;
+                // The cached manifest that needs it may be gone already: keep it a while.
+                fill.store.hold_fresh(&fill.digest).map_err(store_error)?;
+                return Ok(());
             }
         }
     }
