@@ -4,7 +4,7 @@
 //! 201 and not deleted still pulls and `fsck` is clean.
 //!
 //! Run: `cargo bench -p sealer-registry-proxy --bench soak`.
-#![allow(clippy::disallowed_methods, clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods, clippy::expect_used, clippy::unwrap_used)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;

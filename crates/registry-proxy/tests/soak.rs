@@ -2,7 +2,7 @@
 //! pulls, manifest and blob deletes from several clients while GC and prune run in a loop;
 //! afterwards every image answered 201 and not deleted pulls with its digest and `fsck` is
 //! clean.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod common;
 mod soak_driver;

@@ -176,7 +176,7 @@ fn collect_garbage(store: &Store, stop: &AtomicBool, gcs: &AtomicUsize) -> Optio
     let deadline = Instant::now() + Duration::from_secs(3600);
     let mut runs = 0u64;
     while !stop.load(Ordering::Relaxed) && runs < 10_000_000 && Instant::now() < deadline {
-        let options = if runs % 2 == 0 {
+        let options = if runs.is_multiple_of(2) {
             GcOptions {
                 keep_fresh: Duration::ZERO,
                 ..GcOptions::default()
