@@ -1602,8 +1602,37 @@ fn pushed_blobs_are_held_fresh_until_their_manifest_names_them() {
         })
         .unwrap();
     assert!(report.removed.is_empty(), "{report:?}");
+    assert!(
+        std::fs::read_dir(server.store.join("holds"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "holds older than the grace are removed"
+    );
     assert_pulls(&server, "team/app", "v1", &Digest::sha256(&bytes));
     assert_fsck_clean(&server.store);
+
+    // A mount holds the blob again: an old hold is renewed.
+    let mounted = push_blob(&server, "team/app", b"a blob mounted much later");
+    let hold = server
+        .store
+        .join("holds")
+        .join(format!("sha256-{}", mounted.hex()));
+    std::fs::File::options()
+        .write(true)
+        .open(&hold)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
+        .unwrap();
+    let response = server.request(
+        "POST",
+        &format!("/v2/team/other/blobs/uploads/?mount={mounted}&from=team/app"),
+        &[],
+        &[],
+    );
+    assert_eq!(response.status, 201, "{response:?}");
+    assert!(store.gc().unwrap().removed.is_empty());
+
     // An unheld, unreferenced blob goes at once with the default grace.
     let loose = Digest::sha256(b"loose");
     store.blobs().put(&loose, None, &mut &b"loose"[..]).unwrap();
