@@ -1732,9 +1732,15 @@ fn manifest_pushes_racing_gc_never_answer_201_for_a_broken_image() {
                     })
                     .unwrap();
                 runs += 1;
-                // Pauses of varying length (0 to 40 ms, about a push), so that pushes get
-                // through and the GCs land at every point of them.
-                std::thread::sleep(Duration::from_millis((runs % 9) as u64 * 5));
+                // Pauses of varying length (0 to 40 ms, about a push), so that the GCs land
+                // at every point of the pushes, and a longer one now and then, so that
+                // pushes get through on a loaded machine too.
+                let pause = if runs % 10 == 0 {
+                    150
+                } else {
+                    (runs % 9) as u64 * 5
+                };
+                std::thread::sleep(Duration::from_millis(pause));
             }
             runs
         })
