@@ -1735,7 +1735,7 @@ fn manifest_pushes_racing_gc_never_answer_201_for_a_broken_image() {
                 // Pauses of varying length (0 to 40 ms, about a push), so that the GCs land
                 // at every point of the pushes, and a longer one now and then, so that
                 // pushes get through on a loaded machine too.
-                let pause = if runs % 10 == 0 {
+                let pause = if runs.is_multiple_of(10) {
                     150
                 } else {
                     (runs % 9) as u64 * 5

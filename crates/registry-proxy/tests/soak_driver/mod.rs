@@ -190,7 +190,11 @@ fn collect_garbage(store: &Store, stop: &AtomicBool, gcs: &AtomicUsize) -> Optio
         runs += 1;
         gcs.fetch_add(1, Ordering::Relaxed);
         // A longer pause now and then lets pushes through on a loaded machine too.
-        let pause = if runs % 10 == 0 { 150 } else { runs % 9 * 5 };
+        let pause = if runs.is_multiple_of(10) {
+            150
+        } else {
+            runs % 9 * 5
+        };
         std::thread::sleep(Duration::from_millis(pause));
     }
     None
