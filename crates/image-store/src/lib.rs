@@ -17,6 +17,7 @@ mod blob;
 mod digest;
 pub mod embedded;
 mod error;
+mod holds;
 mod images;
 mod ingest;
 pub mod model;
@@ -30,12 +31,13 @@ pub use blob::{BlobStore, FsBlobStore, PutOutcome};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use embedded::{EMBEDDED_LAYOUT_ANNOTATION, EmbeddedReport, load_embedded};
 pub use error::{Result, StoreError};
+pub use holds::{DEFAULT_KEEP_FRESH, GcOptions};
 pub use images::ImageSummary;
 pub use ingest::{CommitReport, Ingest};
 pub use model::{Descriptor, Index, Manifest, ManifestDocument, Platform};
 pub use reference::{Reference, ReferenceError};
 pub use store::{
-    FsckReport, GcReport, ImageEntry, MAX_MANIFEST_SIZE, Reachability, ResolvedImage, Store,
-    choose_platform, is_manifest_type, platforms_of,
+    FsckReport, GcGuard, GcReport, ImageEntry, MAX_MANIFEST_SIZE, Reachability, ResolvedImage,
+    Store, choose_platform, is_manifest_type, platforms_of,
 };
 pub use upload::{BlobUpload, UploadCheckpoint};

@@ -9,6 +9,7 @@ use sealer_fs_abstraction::{FileKind, Fs, LockGuard, RealFs};
 use crate::blob::{BlobStore, FsBlobStore};
 use crate::digest::{Digest, Hasher};
 use crate::error::{Result, StoreError};
+use crate::holds::GcOptions;
 use crate::ingest::Ingest;
 use crate::model::{
     Descriptor, Index, Manifest, ManifestDocument, Platform, REF_NAME_ANNOTATION, media_type,
@@ -59,6 +60,18 @@ pub struct ResolvedImage {
     pub manifest: Manifest,
 }
 
+/// The GC lock, held until dropped: see [`Store::gc_lock`].
+#[must_use = "the GC lock is released when the guard is dropped"]
+pub struct GcGuard {
+    _lock: Box<dyn LockGuard>,
+}
+
+impl std::fmt::Debug for GcGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GcGuard")
+    }
+}
+
 /// What [`Store::gc`] removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcReport {
@@ -68,6 +81,8 @@ pub struct GcReport {
     pub bytes: u64,
     /// Leftovers of interrupted writes removed.
     pub leftovers: usize,
+    /// Unreferenced blobs kept because they are fresh ([`Store::hold_fresh`]).
+    pub kept_fresh: usize,
 }
 
 /// What [`Store::fsck`] found.
@@ -208,9 +223,17 @@ impl Store {
         Ingest::begin(self)
     }
 
-    /// Takes the lock prune holds while it sweeps.
-    pub(crate) fn gc_lock(&self) -> Result<Box<dyn LockGuard>> {
-        Ok(self.fs.lock(Path::new(GC_LOCK))?)
+    /// Takes the GC lock (blocking until it is free), which every GC holds for its whole
+    /// mark and sweep, and imports and uploads hold while they commit. While the returned
+    /// guard lives no GC runs (in this process or another), so a blob found present stays
+    /// present and an `index.json` entry written then is seen by the next GC: a registry
+    /// holds it across "check that a manifest's blobs are present, name the manifest".
+    /// Not reentrant: do not call anything that takes it (a commit, a GC, [`Store::hold_fresh`])
+    /// while holding it.
+    pub fn gc_lock(&self) -> Result<GcGuard> {
+        Ok(GcGuard {
+            _lock: self.fs.lock(Path::new(GC_LOCK))?,
+        })
     }
 
     // ---- index.json ----
@@ -534,11 +557,13 @@ impl Store {
 
     // ---- maintenance ----
 
-    /// Mark and sweep: removes every blob no `index.json` entry reaches, and leftovers of
-    /// interrupted writes. Holds the GC lock, so ingests commit before or after, never
+    /// Mark and sweep with the default [`GcOptions`]: removes every blob no `index.json`
+    /// entry reaches, unless it was held fresh ([`Store::hold_fresh`]) within
+    /// [`crate::DEFAULT_KEEP_FRESH`], and leftovers of interrupted writes. Holds the GC
+    /// lock, so ingests, uploads and registry manifest pushes commit before or after, never
     /// during.
     pub fn gc(&self) -> Result<GcReport> {
-        self.gc_with_extra_roots(&[])
+        self.gc_with(&GcOptions::default())
     }
 
     /// [`gc`](Self::gc) that also keeps the blobs `extra_roots`, as they are (a manifest
@@ -546,13 +571,27 @@ impl Store {
     /// build cache's entries (`sealer_layer_cache::LayerCache::layer_digests`), which no
     /// `index.json` entry may reach yet.
     pub fn gc_with_extra_roots(&self, extra_roots: &[Digest]) -> Result<GcReport> {
+        self.gc_with(&GcOptions {
+            extra_roots: extra_roots.to_vec(),
+            ..GcOptions::default()
+        })
+    }
+
+    /// Mark and sweep under the GC lock, keeping what `options` says besides what
+    /// `index.json` reaches; removes holds older than [`GcOptions::keep_fresh`].
+    pub fn gc_with(&self, options: &GcOptions) -> Result<GcReport> {
         let _gc = self.gc_lock()?;
         let roots = self.index()?.manifests;
         let reach = self.reachable(&roots)?;
-        let extra: BTreeSet<&Digest> = extra_roots.iter().collect();
+        let extra: BTreeSet<&Digest> = options.extra_roots.iter().collect();
+        let fresh = self.fresh_holds(options.keep_fresh)?;
         let mut report = GcReport::default();
         for digest in self.blobs.list()? {
             if reach.present.contains(&digest) || extra.contains(&digest) {
+                continue;
+            }
+            if fresh.contains(&digest) {
+                report.kept_fresh += 1;
                 continue;
             }
             let size = self.blobs.stat(&digest)?.unwrap_or(0);

@@ -193,7 +193,8 @@ impl BlobUpload {
 
     /// Verifies that the bytes received hash to `expected` (a sha512 digest re-hashes the
     /// file), fsyncs them and moves them into `blobs/`. Returns the blob's size. When the
-    /// blob is already in the store the upload is discarded and the stored blob kept. On a
+    /// blob is already in the store the upload is discarded and the stored blob kept. Either
+    /// way the blob is held fresh ([`Store::hold_fresh`]) under the same GC lock. On a
     /// mismatch nothing is stored and the upload is removed.
     pub fn commit(mut self, expected: &Digest) -> Result<u64> {
         let id = self.id.clone();
@@ -225,6 +226,9 @@ impl BlobUpload {
             self.store.blobs().sync()?;
             tracing::debug!(digest = %expected, size = self.size, "stored uploaded blob");
         }
+        // Held within the same GC lock as the rename: no prune can fall between the two
+        // and remove the blob before the push names it in a manifest.
+        self.store.write_hold(expected)?;
         Ok(self.size)
     }
 

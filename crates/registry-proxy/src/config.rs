@@ -400,6 +400,14 @@ pub struct ServerConfig {
     /// read-only (default) or read-write.
     #[serde(default)]
     pub mode: Mode,
+    /// Whether `DELETE /v2/<repo>/blobs/<digest>` is served (read-write mode only); off, it
+    /// is answered 405 `UNSUPPORTED`, as distribution does by default. On, a blob delete
+    /// never breaks an image: a blob another repository's image (or a cached upstream
+    /// image) uses is kept, one this repository's own manifests use is refused (409
+    /// `DENIED`: delete the manifest first), and only a blob nothing uses is removed (see
+    /// [`crate::LocalSource::delete_blob`]).
+    #[serde(default)]
+    pub delete_blobs: bool,
     /// The registry host under which repositories requested without a namespace are
     /// stored (`team/app` → `localhost/team/app`).
     #[serde(default = "default_namespace")]
@@ -460,6 +468,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             storage: None,
             mode: Mode::default(),
+            delete_blobs: false,
             local_namespace: default_namespace(),
             auth: None,
             tls: None,

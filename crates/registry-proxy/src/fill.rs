@@ -640,7 +640,10 @@ fn write(
                     )));
                 }
                 fill.update(|state| state.outcome = Outcome::Verified);
-                return upload.commit(&fill.digest).map(|_| ()).map_err(store_error);
+                // Held fresh by the commit: the cached manifest that needs it may be gone
+                // already, so GC keeps it a while.
+                upload.commit(&fill.digest).map_err(store_error)?;
+                return Ok(());
             }
         }
     }

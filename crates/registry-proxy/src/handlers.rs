@@ -10,7 +10,7 @@ use futures_util::StreamExt as _;
 use sealer_image_store::model::{REF_NAME_ANNOTATION, media_type};
 use sealer_image_store::{
     Algorithm, BlobStore, Descriptor, Digest, MAX_MANIFEST_SIZE, ManifestDocument, Store,
-    StoreError,
+    StoreError, is_manifest_type,
 };
 
 use crate::catalog::{REPOSITORY_ANNOTATION, entry_repository};
@@ -129,12 +129,51 @@ async fn get_manifest(
         _ => (StatusCode::OK, Body::empty()).into_response(),
     };
     let headers = response.headers_mut();
-    set(headers, header::CONTENT_TYPE, &content.media_type);
+    set(
+        headers,
+        header::CONTENT_TYPE,
+        served_manifest_type(&content.media_type),
+    );
     set(headers, header::CONTENT_LENGTH, &content.size.to_string());
     set(headers, DOCKER_CONTENT_DIGEST, &content.digest.to_string());
     set(headers, header::ETAG, &format!("\"{}\"", content.digest));
     apply_meta(headers, &served.meta);
     Ok(response)
+}
+
+/// The Content-Type a stored manifest is served with: its media type, unless that is no
+/// manifest or index type (a store written before pushes were checked, where `text/html`
+/// would make a browser render it): then `application/octet-stream`, which no client
+/// renders and no manifest client accepts as a manifest either.
+fn served_manifest_type(stored: &str) -> &str {
+    if is_manifest_type(stored) {
+        stored
+    } else {
+        tracing::warn!(stored, "a stored manifest has no manifest media type");
+        "application/octet-stream"
+    }
+}
+
+/// The manifest media types a push may use, as its Content-Type and as its `mediaType`.
+const MANIFEST_TYPES: [&str; 4] = [
+    media_type::OCI_MANIFEST,
+    media_type::OCI_INDEX,
+    media_type::DOCKER_MANIFEST,
+    media_type::DOCKER_MANIFEST_LIST,
+];
+
+/// Refuses a media type that is no manifest or index type (`what` says where it was).
+fn check_manifest_type(what: &str, kind: &str) -> Result<(), ApiError> {
+    if is_manifest_type(kind) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::ManifestInvalid,
+        format!(
+            "{what} {kind:?} is not a manifest media type: expected one of {}",
+            MANIFEST_TYPES.join(", ")
+        ),
+    ))
 }
 
 /// Reads a body of at most `limit` bytes.
@@ -206,6 +245,14 @@ async fn put_manifest(
 
 /// Validates and stores a pushed manifest, and names it: a tag entry, or an unnamed entry
 /// annotated with the repository for a push by digest. Returns its digest and subject.
+///
+/// The media type (the Content-Type, where it is not absent or `application/json`, and the
+/// body's `mediaType`) must be a manifest or index type: it is what clients are served as
+/// Content-Type. Storing the bytes, checking that every blob the manifest refers to is
+/// present (config and layers; every child of an index: pushes are complete) and naming it
+/// happen under the store's GC lock, so a prune runs wholly before (and a blob it removed
+/// is answered `MANIFEST_BLOB_UNKNOWN`) or wholly after (and keeps what the entry reaches):
+/// a success means the image is complete and stays so.
 pub(crate) fn store_manifest(
     store: &Store,
     name: &str,
@@ -215,14 +262,19 @@ pub(crate) fn store_manifest(
     content_type: Option<String>,
 ) -> Result<(Digest, Option<Digest>), ApiError> {
     let invalid = |message: String| ApiError::new(ErrorCode::ManifestInvalid, message);
-    let declared =
-        content_type.filter(|kind| media_type::is_index(kind) || media_type::is_manifest(kind));
+    // As distribution: no Content-Type, or a generic JSON one, leaves the body to say.
+    let declared = content_type.filter(|kind| kind != "application/json");
+    if let Some(declared) = &declared {
+        check_manifest_type("the Content-Type", declared)?;
+    }
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|error| invalid(format!("the manifest is not JSON: {error}")))?;
-    if let (Some(declared), Some(own)) = (
-        &declared,
-        value.get("mediaType").and_then(serde_json::Value::as_str),
-    ) && declared != own
+    let own = value.get("mediaType").and_then(serde_json::Value::as_str);
+    if let Some(own) = own {
+        check_manifest_type("the manifest's mediaType", own)?;
+    }
+    if let (Some(declared), Some(own)) = (&declared, own)
+        && declared != own
     {
         return Err(invalid(format!(
             "Content-Type {declared} differs from the manifest's mediaType {own}"
@@ -230,6 +282,7 @@ pub(crate) fn store_manifest(
     }
     let (kind, document) = ManifestDocument::parse(bytes, declared.as_deref())
         .map_err(|error| invalid(error.to_string()))?;
+    check_manifest_type("the manifest's media type", &kind)?;
     let digest = match reference {
         ManifestRef::Digest(expected) => {
             let actual = Digest::of(expected.algorithm(), bytes);
@@ -243,16 +296,6 @@ pub(crate) fn store_manifest(
         }
         ManifestRef::Tag(_) => Digest::sha256(bytes),
     };
-    let mut entry = store
-        .put_manifest(bytes, Some(&kind))
-        .map_err(|error| ApiError::from_store("store a manifest", error))?;
-    if digest.algorithm() != Algorithm::Sha256 {
-        store
-            .blobs()
-            .put(&digest, Some(bytes.len() as u64), &mut &bytes[..])
-            .map_err(|error| ApiError::from_store("store a manifest", error))?;
-        entry.digest = digest.clone();
-    }
     let (subject, children) = match &document {
         ManifestDocument::Image(manifest) => (manifest.subject.clone(), Vec::new()),
         ManifestDocument::Index(index) => (
@@ -264,6 +307,34 @@ pub(crate) fn store_manifest(
                 .collect(),
         ),
     };
+    let _gc = store
+        .gc_lock()
+        .map_err(|error| ApiError::internal("take the GC lock", error))?;
+    for child in &children {
+        let present = store
+            .blobs()
+            .stat(child)
+            .map_err(|error| ApiError::internal("stat a manifest", error))?;
+        if present.is_none() {
+            return Err(ApiError::from_store(
+                "store a manifest",
+                StoreError::MissingChild {
+                    parent: digest.clone(),
+                    child: child.clone(),
+                },
+            ));
+        }
+    }
+    let mut entry = store
+        .put_manifest(bytes, Some(&kind))
+        .map_err(|error| ApiError::from_store("store a manifest", error))?;
+    if digest.algorithm() != Algorithm::Sha256 {
+        store
+            .blobs()
+            .put(&digest, Some(bytes.len() as u64), &mut &bytes[..])
+            .map_err(|error| ApiError::from_store("store a manifest", error))?;
+        entry.digest = digest.clone();
+    }
     store
         .update_index(|index| {
             // Manifests an index now reaches need no entry of their own in this repository.
@@ -348,7 +419,10 @@ async fn delete_manifest(
 }
 
 /// Removes this repository's entries for `digest`, then the manifest itself when nothing
-/// else refers to it (another repository's entry, or an index).
+/// else refers to it (another repository's entry, or an index), under the GC lock (so no
+/// push names an index over it meanwhile). A digest no entry of this repository points to
+/// is `MANIFEST_UNKNOWN` here, wherever else it is stored; one that only an index of this
+/// repository holds is refused (409 `DENIED`): delete the index first.
 fn delete_manifest_digest(
     store: &Store,
     name: &str,
@@ -356,18 +430,36 @@ fn delete_manifest_digest(
     unknown: impl FnOnce() -> ApiError,
 ) -> Result<(), ApiError> {
     let internal = |error: StoreError| ApiError::internal("delete a manifest", error);
-    let removed = store
+    let _gc = store.gc_lock().map_err(internal)?;
+    let roots = store.index().map_err(internal)?.manifests;
+    let own: Vec<Descriptor> = roots
+        .iter()
+        .filter(|entry| entry_repository(entry) == Some(name))
+        .cloned()
+        .collect();
+    if !own.iter().any(|entry| &entry.digest == digest) {
+        for entry in &own {
+            if referenced(store, std::slice::from_ref(entry), digest)? {
+                let index = entry
+                    .ref_name()
+                    .map_or_else(|| entry.digest.to_string(), str::to_owned);
+                return Err(ApiError::new(
+                    ErrorCode::Denied,
+                    format!("manifest {digest} belongs to index {index}: delete the index first"),
+                )
+                .with_status(StatusCode::CONFLICT));
+            }
+        }
+        return Err(unknown());
+    }
+    store
         .update_index(|index| {
-            let before = index.manifests.len();
             index.manifests.retain(|entry| {
                 !(&entry.digest == digest && entry_repository(entry) == Some(name))
             });
-            Ok(before - index.manifests.len())
+            Ok(())
         })
         .map_err(internal)?;
-    if removed == 0 && read_manifest(store, digest, None)?.is_none() {
-        return Err(unknown());
-    }
     let roots = store.index().map_err(internal)?.manifests;
     if !referenced(store, &roots, digest)? {
         store.blobs().delete(digest).map_err(internal)?;
@@ -413,22 +505,8 @@ pub(crate) async fn blob(
     op: BlobOp,
 ) -> Result<Response, ApiError> {
     if op == BlobOp::Delete {
-        let store = state.store.clone();
-        let target = digest.clone();
-        let existed = blocking("delete a blob", move || {
-            store
-                .blobs()
-                .delete(&target)
-                .map_err(|error| ApiError::internal("delete a blob", error))
-        })
-        .await?;
-        if !existed {
-            return Err(ApiError::new(
-                ErrorCode::BlobUnknown,
-                format!("blob {digest} is not in the registry"),
-            ));
-        }
-        tracing::info!(repository = %repo.path_name, %digest, "blob deleted");
+        let outcome = state.local.delete_blob(&repo, &digest).await?;
+        tracing::info!(repository = %repo.path_name, %digest, ?outcome, "blob delete");
         return Ok(empty(StatusCode::ACCEPTED));
     }
     let head = op == BlobOp::Head;
@@ -575,6 +653,27 @@ async fn commit_upload(
     .await
 }
 
+/// Holds a blob a push just mounted as fresh ([`Store::hold_fresh`]; an upload's commit holds
+/// its blob itself), so that prune keeps it until the push names its manifest. When a prune
+/// removed it in between, the push is told to send it again.
+async fn hold_fresh(store: &Store, digest: &Digest) -> Result<(), ApiError> {
+    let store = store.clone();
+    let target = digest.clone();
+    let held = blocking("hold a blob", move || {
+        store
+            .hold_fresh(&target)
+            .map_err(|error| ApiError::internal("hold a blob", error))
+    })
+    .await?;
+    if held {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::BlobUploadUnknown,
+        format!("blob {digest} was removed by a concurrent prune: upload it again"),
+    ))
+}
+
 /// `POST …/blobs/uploads/`: a mount, a monolithic upload (`?digest=`), or a new session
 /// counted against `owner` (the client's user or address).
 #[allow(clippy::too_many_arguments)]
@@ -600,6 +699,7 @@ pub(crate) async fn start_upload(
         })
         .await?;
         if present.is_some() {
+            hold_fresh(&state.store, &mount).await?;
             tracing::info!(repository = %repo.path_name, digest = %mount, ?from, "blob mounted");
             return Ok(blob_created(&repo, &mount));
         }
@@ -755,7 +855,7 @@ pub(crate) async fn upload(
             }
             let upload = upload.ok_or_else(broken)?;
             let size = commit_upload(upload, &digest).await?;
-            tracing::info!(repository = %repo.path_name, %digest, size, "blob uploaded");
+                tracing::info!(repository = %repo.path_name, %digest, size, "blob uploaded");
             Ok(blob_created(&repo, &digest))
         }
     }

@@ -45,7 +45,7 @@ mod uploads;
 pub use auth::Htpasswd;
 pub use config::{ConfigError, Mode, ServerConfig};
 pub use error::{ApiError, ErrorCode, ServeError};
-pub use local::LocalSource;
+pub use local::{BlobDeleted, LocalSource};
 pub use pull_through::PullThroughSource;
 pub use route::{Route, RouteError, RouteParser, parse};
 pub use server::{Registry, run, serve, shutdown_signal};

@@ -3,6 +3,7 @@
 use std::io::{Seek, SeekFrom};
 use std::sync::Arc;
 
+use axum::http::StatusCode;
 use bytes::Bytes;
 use sealer_image_store::{
     BlobStore, Descriptor, Digest, MAX_MANIFEST_SIZE, ManifestDocument, Store, StoreError,
@@ -24,6 +25,17 @@ pub struct LocalSource {
     store: Store,
     names: StoreNames,
     referrers: Arc<Referrers>,
+    delete_blobs: bool,
+}
+
+/// What [`LocalSource::delete_blob`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobDeleted {
+    /// Nothing used the blob: its file is gone.
+    Removed,
+    /// Another repository's image (or a cached upstream image) uses it: the file stays,
+    /// and goes through GC once nothing uses it.
+    Kept,
 }
 
 impl LocalSource {
@@ -33,7 +45,15 @@ impl LocalSource {
             store,
             names,
             referrers: Arc::new(Referrers::new()),
+            delete_blobs: false,
         }
+    }
+
+    /// The same source with blob deletes allowed or not (the `delete_blobs` setting; off
+    /// by default): see [`Self::delete_blob`].
+    pub fn with_blob_deletes(mut self, allowed: bool) -> Self {
+        self.delete_blobs = allowed;
+        self
     }
 
     /// The store.
@@ -67,6 +87,79 @@ impl LocalSource {
         let reference = reference.clone();
         blocking("store a manifest", move || {
             crate::handlers::store_manifest(&store, &name, tagged, &reference, &bytes, content_type)
+        })
+        .await
+    }
+}
+
+impl LocalSource {
+    /// `DELETE /v2/<repo>/blobs/<digest>`. The store has no per-repository blob links, so a
+    /// delete drops `repo`'s claim on the blob without ever breaking another repository's
+    /// image. Under the GC lock (no push names a manifest meanwhile):
+    ///
+    /// * blob deletes are off (`delete_blobs: false`) → 405 `UNSUPPORTED`;
+    /// * the blob is absent → 404 `BLOB_UNKNOWN`;
+    /// * an entry of `repo` (a tag, or a manifest pushed by digest) reaches it → 409
+    ///   `DENIED` naming that manifest: delete the manifest first;
+    /// * an entry of another repository, a cached upstream image, or an unnamed entry
+    ///   reaches it → [`BlobDeleted::Kept`] (202; GC removes it once nothing does);
+    /// * nothing reaches it → its file is removed, [`BlobDeleted::Removed`] (202). A push
+    ///   still uploading its blobs then gets 400 `MANIFEST_BLOB_UNKNOWN` for its manifest,
+    ///   never a 201 for a broken image.
+    pub async fn delete_blob(
+        &self,
+        repo: &RepoPath,
+        digest: &Digest,
+    ) -> Result<BlobDeleted, ApiError> {
+        if !self.delete_blobs {
+            return Err(ApiError::new(
+                ErrorCode::Unsupported,
+                "blob deletes are disabled: set `delete_blobs: true` in the registry \
+                 configuration to allow them",
+            ));
+        }
+        let name = self.names.name(repo)?;
+        let path_name = repo.path_name.clone();
+        let store = self.store.clone();
+        let digest = digest.clone();
+        blocking("delete a blob", move || {
+            let internal = |error: StoreError| ApiError::internal("delete a blob", error);
+            let _gc = store.gc_lock().map_err(internal)?;
+            if store.blobs().stat(&digest).map_err(internal)?.is_none() {
+                return Err(ApiError::new(
+                    ErrorCode::BlobUnknown,
+                    format!("blob {digest} is not in the registry"),
+                )
+                .with_detail(serde_json::json!({ "digest": digest.to_string() })));
+            }
+            let mut used_elsewhere = false;
+            for entry in store.index().map_err(internal)?.manifests {
+                let reach = store
+                    .reachable(std::slice::from_ref(&entry))
+                    .map_err(internal)?;
+                if !reach.present.contains(&digest) {
+                    continue;
+                }
+                if entry_repository(&entry) == Some(name.as_str()) {
+                    let manifest = entry
+                        .ref_name()
+                        .map_or_else(|| entry.digest.to_string(), str::to_owned);
+                    return Err(ApiError::new(
+                        ErrorCode::Denied,
+                        format!(
+                            "blob {digest} is used by manifest {manifest} of repository \
+                             {path_name}: delete the manifest first"
+                        ),
+                    )
+                    .with_status(StatusCode::CONFLICT));
+                }
+                used_elsewhere = true;
+            }
+            if used_elsewhere {
+                return Ok(BlobDeleted::Kept);
+            }
+            store.blobs().delete(&digest).map_err(internal)?;
+            Ok(BlobDeleted::Removed)
         })
         .await
     }

@@ -37,7 +37,9 @@ use bytes::Bytes;
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
 use sealer_image_store::model::{PARTIAL_ANNOTATION, REF_NAME_ANNOTATION, media_type};
-use sealer_image_store::{BlobStore, Descriptor, Digest, ManifestDocument, Store, StoreError};
+use sealer_image_store::{
+    BlobStore, Descriptor, Digest, ManifestDocument, Store, StoreError, is_manifest_type,
+};
 use sealer_registry_client::{
     ClientOptions, Credential, CredentialStore, RegistryClient, RetryPolicy,
 };
@@ -761,14 +763,22 @@ async fn fetch_and_store(
                 "{reference} is not a manifest sealer reads: {error}"
             ))
         })?;
+    // The media type becomes the Content-Type clients get: only manifest types.
+    if !is_manifest_type(&media_type) {
+        return Err(FetchError::Invalid(format!(
+            "{reference} has media type {media_type}, not a manifest or index type"
+        )));
+    }
     let bytes = Bytes::from(fetched.bytes);
     let digest = fetched.digest;
     {
-        let (store, digest, bytes) = (store.clone(), digest.clone(), bytes.clone());
-        tokio::task::spawn_blocking(move || {
+        let (store, target, bytes) = (store.clone(), digest.clone(), bytes.clone());
+        let held = tokio::task::spawn_blocking(move || {
             store
                 .blobs()
-                .put(&digest, Some(bytes.len() as u64), &mut &bytes[..])
+                .put(&target, Some(bytes.len() as u64), &mut &bytes[..])?;
+            // Held until it is named, so a GC in between does not remove it.
+            store.hold_fresh(&target)
         })
         .await
         .map_err(|error| FetchError::Store(error.to_string()))?
@@ -776,6 +786,11 @@ async fn fetch_and_store(
             StoreError::DigestMismatch { .. } => FetchError::DigestMismatch(error.to_string()),
             other => FetchError::Store(other.to_string()),
         })?;
+        if !held {
+            return Err(FetchError::Store(format!(
+                "manifest {digest} was removed by a concurrent prune before it was named"
+            )));
+        }
     }
     Ok(Fetched {
         digest,

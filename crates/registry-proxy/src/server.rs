@@ -113,7 +113,9 @@ impl Registry {
             .collect();
         let names = StoreNames::new(&config.local_namespace.0, aliases);
         let pinned = import_carried_images(&store, &config.images)?;
-        let local = Arc::new(LocalSource::new(store.clone(), names.clone()));
+        let local = Arc::new(
+            LocalSource::new(store.clone(), names.clone()).with_blob_deletes(config.delete_blobs),
+        );
         let source: Arc<dyn ContentSource> = if config.upstreams.is_empty() {
             local.clone()
         } else {

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sealer_image_store::testing::{ImageSpec, write_image};
-use sealer_image_store::{Algorithm, Digest, Platform, Store};
+use sealer_image_store::{Algorithm, BlobStore, Digest, GcOptions, Platform, Store};
 use sealer_registry_proxy::config::{AuthConfig, TlsConfig};
 use sealer_registry_proxy::{Mode, ServeError, ServerConfig};
 use sealer_test_harness::{HttpResponse, http_request, require_tools, run_bounded, run_ok};
@@ -485,7 +485,7 @@ fn base_endpoint_and_spec_errors() {
 
 #[test]
 fn monolithic_uploads_and_ranged_blob_reads() {
-    let server = TestServer::start();
+    let server = TestServer::with(|config| config.delete_blobs = true);
     let data: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
     let digest = Digest::sha256(&data);
     let response = server.request(
@@ -566,7 +566,7 @@ fn monolithic_uploads_and_ranged_blob_reads() {
     let back = server.get(&format!("/v2/team/app/blobs/{sha512}"));
     assert_eq!(back.body, b"sha512 content");
 
-    // DELETE: 202, then gone; again: 404.
+    // DELETE of a blob nothing uses: 202, then gone; again: 404.
     let delete = server.request("DELETE", &path, &[], &[]);
     assert_eq!(delete.status, 202);
     assert_error(&server.get(&path), 404, "BLOB_UNKNOWN");
@@ -1389,4 +1389,440 @@ fn shutdown_lets_an_in_flight_download_finish() {
     drop(stream);
     let (_server, result) = stopping.join().unwrap();
     result.unwrap();
+}
+
+// ---- deletes, GC and prune (issue 10) ----
+
+/// Pushes an image of `blobs` (config first, then layers; each pushed now) to
+/// `repo:reference`; returns the manifest digest. The response must be 201.
+fn push_image_of(server: &TestServer, repo: &str, reference: &str, blobs: &[&[u8]]) -> Digest {
+    let digests: Vec<Digest> = blobs
+        .iter()
+        .map(|data| push_blob(server, repo, data))
+        .collect();
+    let layers: Vec<(&Digest, usize)> = digests[1..]
+        .iter()
+        .zip(&blobs[1..])
+        .map(|(digest, data)| (digest, data.len()))
+        .collect();
+    let bytes = manifest(
+        (
+            &digests[0],
+            blobs[0].len(),
+            "application/vnd.oci.image.config.v1+json",
+        ),
+        &layers,
+        json!({}),
+    );
+    let response = put_manifest(server, repo, reference, &bytes, OCI_MANIFEST);
+    assert_eq!(response.status, 201, "{response:?}");
+    Digest::sha256(&bytes)
+}
+
+/// Pulls `repo:reference` over HTTP: the manifest (its digest checked), then every blob it
+/// names, each hashed. Panics with what failed.
+fn assert_pulls(server: &TestServer, repo: &str, reference: &str, digest: &Digest) {
+    let response = server.get(&format!("/v2/{repo}/manifests/{reference}"));
+    assert_eq!(response.status, 200, "{repo}:{reference}: {response:?}");
+    assert_eq!(
+        &Digest::sha256(&response.body),
+        digest,
+        "{repo}:{reference}"
+    );
+    let manifest: Value = serde_json::from_slice(&response.body).unwrap();
+    let blobs = std::iter::once(&manifest["config"])
+        .chain(manifest["layers"].as_array().unwrap())
+        .map(|descriptor| descriptor["digest"].as_str().unwrap().to_owned());
+    for blob in blobs {
+        let response = server.get(&format!("/v2/{repo}/blobs/{blob}"));
+        assert_eq!(response.status, 200, "{repo}:{reference} blob {blob}");
+        assert_eq!(Digest::sha256(&response.body).to_string(), blob);
+    }
+}
+
+fn assert_fsck_clean(store_dir: &Path) {
+    let report = Store::open_dir(store_dir).unwrap().fsck().unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}
+
+#[test]
+fn blob_deletes_are_refused_by_default() {
+    let server = TestServer::start();
+    let digest = push_blob(&server, "team/app", b"a blob");
+    let response = server.request("DELETE", &format!("/v2/team/app/blobs/{digest}"), &[], &[]);
+    assert_error(&response, 405, "UNSUPPORTED");
+    assert!(
+        String::from_utf8_lossy(&response.body).contains("delete_blobs"),
+        "the message names the setting: {response:?}"
+    );
+    assert_eq!(
+        server.get(&format!("/v2/team/app/blobs/{digest}")).status,
+        200
+    );
+}
+
+#[test]
+fn blob_deletes_never_break_another_repositorys_image() {
+    let server = TestServer::with(|config| config.delete_blobs = true);
+    let shared: &[u8] = b"a layer both images use";
+    let image_x = push_image_of(
+        &server,
+        "x",
+        "v1",
+        &[b"{\"os\":\"linux\",\"of\":\"x\"}", shared, b"x's own layer"],
+    );
+    let image_y = push_image_of(
+        &server,
+        "y",
+        "v1",
+        &[b"{\"os\":\"linux\",\"of\":\"y\"}", shared],
+    );
+    let shared_digest = Digest::sha256(shared);
+    let delete = |repo: &str, digest: &Digest| {
+        server.request("DELETE", &format!("/v2/{repo}/blobs/{digest}"), &[], &[])
+    };
+
+    // x's own manifest uses it: refused, naming the manifest.
+    let response = delete("x", &shared_digest);
+    assert_error(&response, 409, "DENIED");
+    assert!(
+        String::from_utf8_lossy(&response.body).contains("localhost/x:v1"),
+        "{response:?}"
+    );
+    // Another repository, or a namespace that looks like an upstream's: accepted, kept.
+    assert_eq!(delete("z", &shared_digest).status, 202);
+    assert_eq!(delete("quay.io/coreos/etcd", &shared_digest).status, 202);
+    assert_eq!(delete("z", &image_y).status, 202, "y's manifest as a blob");
+    assert_pulls(&server, "y", "v1", &image_y);
+    assert_pulls(&server, "x", "v1", &image_x);
+    assert_fsck_clean(&server.store);
+
+    // Once y's manifest is gone, x still holds the layer: a delete through y keeps it.
+    assert_eq!(
+        server
+            .request("DELETE", &format!("/v2/y/manifests/{image_y}"), &[], &[])
+            .status,
+        202
+    );
+    assert_eq!(delete("y", &shared_digest).status, 202);
+    assert_pulls(&server, "x", "v1", &image_x);
+    assert_fsck_clean(&server.store);
+
+    // A blob nothing uses goes; then it is unknown.
+    let loose = push_blob(&server, "z", b"nobody uses this");
+    assert_eq!(delete("z", &loose).status, 202);
+    assert_error(
+        &server.get(&format!("/v2/z/blobs/{loose}")),
+        404,
+        "BLOB_UNKNOWN",
+    );
+    assert_error(&delete("z", &loose), 404, "BLOB_UNKNOWN");
+}
+
+#[test]
+fn manifest_deletes_only_touch_the_repository_that_holds_the_manifest() {
+    let server = TestServer::start();
+    let image = push_image_of(&server, "y", "v1", &[b"{\"os\":\"linux\"}", b"layer"]);
+    // By digest and by tag in a repository that does not hold it: unknown, nothing changes.
+    assert_error(
+        &server.request("DELETE", &format!("/v2/x/manifests/{image}"), &[], &[]),
+        404,
+        "MANIFEST_UNKNOWN",
+    );
+    assert_error(
+        &server.request("DELETE", "/v2/x/manifests/v1", &[], &[]),
+        404,
+        "MANIFEST_UNKNOWN",
+    );
+    assert_pulls(&server, "y", "v1", &image);
+    assert_fsck_clean(&server.store);
+
+    // A platform manifest that only an index of the repository holds: delete the index first.
+    let child_bytes = server.get(&format!("/v2/y/manifests/{image}")).body;
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{
+            "mediaType": OCI_MANIFEST,
+            "digest": image.to_string(),
+            "size": child_bytes.len(),
+            "platform": {"os": "linux", "architecture": "amd64"},
+        }],
+    }))
+    .unwrap();
+    assert_eq!(
+        put_manifest(
+            &server,
+            "multi",
+            &image.to_string(),
+            &child_bytes,
+            OCI_MANIFEST
+        )
+        .status,
+        201
+    );
+    assert_eq!(
+        put_manifest(&server, "multi", "v1", &index, OCI_INDEX).status,
+        201
+    );
+    assert_error(
+        &server.request("DELETE", &format!("/v2/multi/manifests/{image}"), &[], &[]),
+        409,
+        "DENIED",
+    );
+    assert_pulls(&server, "multi", &image.to_string(), &image);
+}
+
+#[test]
+fn manifest_media_types_are_checked_and_served_safely() {
+    let server = TestServer::start();
+    let config = push_blob(&server, "team/app", b"{\"os\":\"linux\"}");
+    let valid = manifest(
+        (&config, 15, "application/vnd.oci.image.config.v1+json"),
+        &[],
+        json!({}),
+    );
+    // A Content-Type that is no manifest type.
+    let response = put_manifest(&server, "team/app", "html", &valid, "text/html");
+    assert_error(&response, 400, "MANIFEST_INVALID");
+    assert!(
+        String::from_utf8_lossy(&response.body).contains(OCI_MANIFEST),
+        "the accepted types are named: {response:?}"
+    );
+    // A body that declares itself text/html, sent without a Content-Type.
+    let html = manifest(
+        (&config, 15, "application/vnd.oci.image.config.v1+json"),
+        &[],
+        json!({"mediaType": "text/html"}),
+    );
+    let response = server.request("PUT", "/v2/team/app/manifests/html", &[], &html);
+    assert_error(&response, 400, "MANIFEST_INVALID");
+    assert_error(
+        &server.get("/v2/team/app/manifests/html"),
+        404,
+        "MANIFEST_UNKNOWN",
+    );
+    // An artifact whose artifactType is text/html: stored, served as a manifest.
+    let artifact = manifest(
+        (&config, 15, "application/vnd.oci.image.config.v1+json"),
+        &[],
+        json!({"artifactType": "text/html"}),
+    );
+    assert_eq!(
+        put_manifest(&server, "team/app", "artifact", &artifact, OCI_MANIFEST).status,
+        201
+    );
+    let get = server.get("/v2/team/app/manifests/artifact");
+    assert_eq!(get.status, 200);
+    assert_eq!(get.header("content-type"), Some(OCI_MANIFEST));
+
+    // An entry an older store recorded with another type is served as opaque bytes.
+    let store = Store::open_dir(&server.store).unwrap();
+    let mut descriptor = store
+        .lookup("localhost/team/app:artifact")
+        .unwrap()
+        .descriptor;
+    descriptor.media_type = "text/html".to_owned();
+    store
+        .tag(&"localhost/team/app:old".parse().unwrap(), &descriptor)
+        .unwrap();
+    let old = server.get("/v2/team/app/manifests/old");
+    assert_eq!(old.status, 200);
+    assert_eq!(old.header("content-type"), Some("application/octet-stream"));
+}
+
+#[test]
+fn pushed_blobs_are_held_fresh_until_their_manifest_names_them() {
+    let server = TestServer::start();
+    let config = push_blob(&server, "team/app", b"{\"os\":\"linux\"}");
+    let layer = push_blob(&server, "team/app", b"a layer pushed before its manifest");
+    let store = Store::open_dir(&server.store).unwrap();
+    // The default grace keeps both (a prune between the layers and the manifest).
+    let report = store.gc().unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert_eq!(report.kept_fresh, 2);
+    let bytes = manifest(
+        (&config, 15, "application/vnd.oci.image.config.v1+json"),
+        &[(&layer, 34)],
+        json!({}),
+    );
+    assert_eq!(
+        put_manifest(&server, "team/app", "v1", &bytes, OCI_MANIFEST).status,
+        201
+    );
+    // Named now: kept without any grace; the holds are gone.
+    let report = store
+        .gc_with(&GcOptions {
+            keep_fresh: Duration::ZERO,
+            ..GcOptions::default()
+        })
+        .unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert!(
+        std::fs::read_dir(server.store.join("holds"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "holds older than the grace are removed"
+    );
+    assert_pulls(&server, "team/app", "v1", &Digest::sha256(&bytes));
+    assert_fsck_clean(&server.store);
+
+    // A mount holds the blob again: an old hold is renewed.
+    let mounted = push_blob(&server, "team/app", b"a blob mounted much later");
+    let hold = server
+        .store
+        .join("holds")
+        .join(format!("sha256-{}", mounted.hex()));
+    std::fs::File::options()
+        .write(true)
+        .open(&hold)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
+        .unwrap();
+    let response = server.request(
+        "POST",
+        &format!("/v2/team/other/blobs/uploads/?mount={mounted}&from=team/app"),
+        &[],
+        &[],
+    );
+    assert_eq!(response.status, 201, "{response:?}");
+    assert!(store.gc().unwrap().removed.is_empty());
+
+    // An unheld, unreferenced blob goes at once with the default grace.
+    let loose = Digest::sha256(b"loose");
+    store.blobs().put(&loose, None, &mut &b"loose"[..]).unwrap();
+    assert_eq!(store.gc().unwrap().removed, vec![loose]);
+}
+
+#[test]
+fn manifests_whose_blobs_are_absent_are_refused_and_not_named() {
+    let server = TestServer::start();
+    let config = push_blob(&server, "team/app", b"{\"os\":\"linux\"}");
+    let absent = Digest::sha256(b"never pushed");
+    let bytes = manifest(
+        (&config, 15, "application/vnd.oci.image.config.v1+json"),
+        &[(&absent, 12)],
+        json!({}),
+    );
+    assert_error(
+        &put_manifest(&server, "team/app", "v1", &bytes, OCI_MANIFEST),
+        400,
+        "MANIFEST_BLOB_UNKNOWN",
+    );
+    // An index whose platform manifest was never pushed.
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": absent.to_string(), "size": 12}],
+    }))
+    .unwrap();
+    assert_error(
+        &put_manifest(&server, "team/app", "multi", &index, OCI_INDEX),
+        400,
+        "MANIFEST_BLOB_UNKNOWN",
+    );
+    let store = Store::open_dir(&server.store).unwrap();
+    assert!(store.images().unwrap().is_empty());
+    assert_fsck_clean(&server.store);
+}
+
+/// Pushes `blobs` and a manifest over them to `repo:tag` as a client that retries a
+/// refused blob or manifest (a concurrent prune removed a blob) a few times. Returns the
+/// manifest's digest when its PUT answered 201.
+fn push_retrying(server: &TestServer, repo: &str, tag: &str, blobs: &[Vec<u8>]) -> Option<Digest> {
+    let layers: Vec<(Digest, usize)> = blobs[1..]
+        .iter()
+        .map(|data| (Digest::sha256(data), data.len()))
+        .collect();
+    let layer_refs: Vec<(&Digest, usize)> = layers.iter().map(|(d, n)| (d, *n)).collect();
+    let config = Digest::sha256(&blobs[0]);
+    let bytes = manifest(
+        (
+            &config,
+            blobs[0].len(),
+            "application/vnd.oci.image.config.v1+json",
+        ),
+        &layer_refs,
+        json!({}),
+    );
+    for _attempt in 0..10 {
+        for data in blobs {
+            let digest = Digest::sha256(data);
+            server.request(
+                "POST",
+                &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
+                &[],
+                data,
+            );
+        }
+        let response = put_manifest(server, repo, tag, &bytes, OCI_MANIFEST);
+        if response.status == 201 {
+            return Some(Digest::sha256(&bytes));
+        }
+        assert_error(&response, 400, "MANIFEST_BLOB_UNKNOWN");
+    }
+    None
+}
+
+#[test]
+fn manifest_pushes_racing_gc_never_answer_201_for_a_broken_image() {
+    const ROUNDS: usize = 40;
+    let server = TestServer::start();
+    let store = Store::open_dir(&server.store).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The worst case: no grace at all, a GC after another.
+    let collector = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + TIMEOUT;
+            let mut runs = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && runs < 1_000_000
+                && Instant::now() < deadline
+            {
+                store
+                    .gc_with(&GcOptions {
+                        keep_fresh: Duration::ZERO,
+                        ..GcOptions::default()
+                    })
+                    .unwrap();
+                runs += 1;
+                // Pauses of varying length (0 to 40 ms, about a push), so that the GCs land
+                // at every point of the pushes, and a longer one now and then, so that
+                // pushes get through on a loaded machine too.
+                let pause = if runs.is_multiple_of(10) {
+                    150
+                } else {
+                    (runs % 9) as u64 * 5
+                };
+                std::thread::sleep(Duration::from_millis(pause));
+            }
+            runs
+        })
+    };
+    let mut created = Vec::new();
+    for round in 0..ROUNDS {
+        let blobs = vec![
+            format!("{{\"os\":\"linux\",\"round\":{round}}}").into_bytes(),
+            format!("layer one of round {round}").into_bytes(),
+            format!("layer two of round {round}").into_bytes(),
+        ];
+        let tag = format!("r{round}");
+        if let Some(digest) = push_retrying(&server, "race", &tag, &blobs) {
+            created.push((tag, digest));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let runs = collector.join().unwrap();
+    assert!(runs > 0);
+    assert!(!created.is_empty(), "no push got through");
+    eprintln!(
+        "{} of {ROUNDS} pushes answered 201 against {runs} GCs",
+        created.len()
+    );
+    for (tag, digest) in &created {
+        assert_pulls(&server, "race", tag, digest);
+    }
+    assert_fsck_clean(&server.store);
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use sealer_registry_proxy::config::ConfigDuration;
 
 /// sealer: build, store, share and serve cluster images.
 #[derive(Debug, Parser)]
@@ -40,7 +41,7 @@ pub enum Command {
     /// Read images from an archive file or an OCI layout directory.
     Load(LoadArgs),
     /// Remove content no image refers to, and leftovers of interrupted writes.
-    Prune,
+    Prune(PruneArgs),
     /// Re-hash every blob and check that every image is complete.
     Fsck,
     /// Download an image from a registry into the store.
@@ -141,6 +142,17 @@ pub struct MirrorConfigArgs {
     /// Replace existing files whose content differs (refused otherwise).
     #[arg(long, requires = "output")]
     pub force: bool,
+}
+
+/// `sealer prune`.
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    /// Keep unreferenced blobs that `sealer registry serve` received this recently (an
+    /// uploaded layer whose manifest is still to come, a mounted or cached blob): 500ms,
+    /// 30s, 5m, 1h, or seconds; 0 keeps none. Blobs the CLI pulled or loaded are never
+    /// held, so they go at once.
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub keep_fresh: ConfigDuration,
 }
 
 /// Options shared by the commands that talk to registries.

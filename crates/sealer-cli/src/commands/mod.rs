@@ -37,7 +37,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(args) => inspect::run(&existing()?, &args),
         Command::Save(args) => save::run(&existing()?, &args),
         Command::Load(args) => load::run(&store()?, &args),
-        Command::Prune => prune::run(&existing()?),
+        Command::Prune(args) => prune::run(&existing()?, &args),
         Command::Fsck => fsck::run(&existing()?),
         Command::Pull(args) => pull::run(&store()?, &args),
         Command::Push(args) => push::run(&existing()?, &args),

@@ -2,18 +2,22 @@
 
 use anyhow::{Context, Result};
 use indicatif::BinaryBytes;
-use sealer_image_store::Store;
+use sealer_image_store::{GcOptions, Store};
 use sealer_layer_cache::LayerCache;
 
-pub fn run(store: &Store) -> Result<()> {
+use crate::cli::PruneArgs;
+
+pub fn run(store: &Store, args: &PruneArgs) -> Result<()> {
     let pruning = || format!("pruning {}", store.location().display());
     // Build-cache entries whose layer no image uses go first; the layers of the entries left
     // (used by images, or added by a concurrent build meanwhile) are kept by the sweep.
     let cache = LayerCache::open(store).with_context(pruning)?;
     let cached = cache.prune_unused().with_context(pruning)?;
-    let report = store
-        .gc_with_extra_roots(&cache.layer_digests().with_context(pruning)?)
-        .with_context(pruning)?;
+    let options = GcOptions {
+        keep_fresh: args.keep_fresh.0,
+        extra_roots: cache.layer_digests().with_context(pruning)?,
+    };
+    let report = store.gc_with(&options).with_context(pruning)?;
     for digest in &report.removed {
         say!("removed {digest}");
     }
@@ -24,5 +28,12 @@ pub fn run(store: &Store) -> Result<()> {
         report.leftovers,
         cached.removed
     );
+    if report.kept_fresh > 0 {
+        say!(
+            "Kept {} unreferenced blobs a registry received within {:?} (--keep-fresh)",
+            report.kept_fresh,
+            args.keep_fresh.0
+        );
+    }
     Ok(())
 }

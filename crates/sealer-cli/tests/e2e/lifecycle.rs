@@ -177,3 +177,37 @@ fn images_table_lists_short_digests_platforms_and_sizes() {
     );
     assert!(sealer.ok(&["images", "--digests"]).contains(&single));
 }
+
+#[test]
+fn prune_keeps_blobs_a_registry_just_received_unless_keep_fresh_is_0() {
+    use sealer_image_store::{BlobStore, Digest};
+
+    let work = temp();
+    let sealer = Sealer::new(work.path().join("store"));
+    let store = Store::open_dir(&sealer.root).expect("store");
+    let put = |data: &[u8]| {
+        let digest = Digest::sha256(data);
+        store
+            .blobs()
+            .put(&digest, None, &mut &data[..])
+            .expect("put");
+        digest
+    };
+    // As `sealer registry serve` does for an uploaded layer whose manifest is to come.
+    let uploaded = put(b"a layer pushed a moment ago");
+    assert!(store.hold_fresh(&uploaded).expect("hold"));
+    put(b"a blob nothing holds");
+
+    let out = sealer.ok(&["prune"]);
+    assert!(out.contains("Removed 1 blobs"), "{out}");
+    assert!(out.contains("Kept 1 unreferenced blobs"), "{out}");
+    assert_eq!(sealer.blobs(), vec![uploaded.hex().to_owned()]);
+
+    let refused = sealer.run(&["prune", "--keep-fresh", "soon"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("invalid duration"));
+
+    let out = sealer.ok(&["prune", "--keep-fresh", "0"]);
+    assert!(out.contains("Removed 1 blobs"), "{out}");
+    assert!(sealer.blobs().is_empty());
+}
