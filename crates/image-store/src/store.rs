@@ -1,10 +1,11 @@
 //! The [`Store`]: an OCI image layout on an [`Fs`] with tags, resolution, GC and fsck.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
-use sealer_fs_abstraction::{FileKind, Fs, LockGuard, RealFs};
+use sealer_fs_abstraction::{FileKind, Fs, LockGuard, Metadata, RealFs};
 
 use crate::blob::{BlobStore, FsBlobStore};
 use crate::digest::{Digest, Hasher};
@@ -33,6 +34,12 @@ pub(crate) const UPLOAD_DIR: &str = "uploads";
 const WORK_DIRS: [&str; 2] = [INGEST_DIR, UPLOAD_DIR];
 /// Nested indexes deeper than this are refused.
 const MAX_INDEX_DEPTH: usize = 8;
+/// Where `fsck` moves blobs whose content does not hash to their name.
+pub const QUARANTINE_DIR: &str = "quarantine";
+/// An `index.json` modified less than this before it was read may be rewritten within the
+/// same timestamp tick (coarse clocks, 1 s or 2 s on some filesystems) with the same
+/// length and a reused inode: its stamp is not trusted, the file is read again.
+const RACY_STAMP_WINDOW: Duration = Duration::from_secs(2);
 
 /// An image named in the store's `index.json`.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,6 +97,11 @@ pub struct FsckReport {
     pub unreferenced: usize,
     /// Leftovers of interrupted writes (`prune` removes them).
     pub leftovers: usize,
+    /// Corrupt blobs moved out of `blobs/` to `quarantine/<algorithm>-<hex>` (so that the
+    /// next load or pull fetches them again): (blob, where it is now, relative to the
+    /// store root). A corrupt blob missing here could not be moved (a read-only store) and
+    /// is still counted present.
+    pub quarantined: Vec<(Digest, PathBuf)>,
 }
 
 impl FsckReport {
@@ -110,6 +122,127 @@ impl FsckReport {
 pub struct Store {
     fs: Arc<dyn Fs>,
     blobs: FsBlobStore,
+    /// The last `index.json` read or written, shared by clones.
+    index_cache: Arc<IndexCache>,
+}
+
+/// `index.json` parsed, with its entries found by name and by digest in O(1). Obtained from
+/// [`Store::index_snapshot`]; immutable, so it can be held while the store changes.
+#[derive(Debug)]
+pub struct IndexSnapshot {
+    index: Index,
+    by_name: HashMap<String, usize>,
+    by_digest: HashMap<Digest, usize>,
+}
+
+impl IndexSnapshot {
+    fn new(index: Index) -> Self {
+        let mut by_name = HashMap::with_capacity(index.manifests.len());
+        let mut by_digest = HashMap::with_capacity(index.manifests.len());
+        for (at, entry) in index.manifests.iter().enumerate() {
+            // The first entry wins, as a scan in order would find it.
+            if let Some(name) = entry.ref_name() {
+                by_name.entry(name.to_owned()).or_insert(at);
+            }
+            by_digest.entry(entry.digest.clone()).or_insert(at);
+        }
+        Self {
+            index,
+            by_name,
+            by_digest,
+        }
+    }
+
+    /// The whole `index.json`.
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// The entry named `name` (a full reference with its tag:
+    /// `docker.io/library/nginx:latest`).
+    pub fn by_name(&self, name: &str) -> Option<&Descriptor> {
+        self.by_name
+            .get(name)
+            .and_then(|&at| self.index.manifests.get(at))
+    }
+
+    /// The first entry (named or not) that points to `digest`.
+    pub fn by_digest(&self, digest: &Digest) -> Option<&Descriptor> {
+        self.by_digest
+            .get(digest)
+            .and_then(|&at| self.index.manifests.get(at))
+    }
+}
+
+/// What identifies one version of `index.json` without reading it. Every write replaces
+/// the file by a rename, so a new version is a new inode (and usually a new time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct IndexStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl IndexStamp {
+    fn of(metadata: &Metadata) -> Self {
+        Self {
+            dev: metadata.dev,
+            ino: metadata.ino,
+            len: metadata.len,
+            modified: metadata.modified,
+        }
+    }
+
+    /// Whether a later write could leave the same stamp (see [`RACY_STAMP_WINDOW`]).
+    fn is_racy(&self, now: SystemTime) -> bool {
+        self.modified
+            .and_then(|modified| now.duration_since(modified).ok())
+            .is_none_or(|age| age < RACY_STAMP_WINDOW)
+    }
+}
+
+/// A snapshot of `index.json` and the stamp of the file it was read from.
+struct CachedIndex {
+    stamp: IndexStamp,
+    /// Set when the stamp was taken too soon after the write to be trusted.
+    racy: bool,
+    snapshot: Arc<IndexSnapshot>,
+}
+
+#[derive(Default)]
+struct IndexCache(Mutex<Option<CachedIndex>>);
+
+impl IndexCache {
+    fn get(&self, stamp: &IndexStamp) -> Option<Arc<IndexSnapshot>> {
+        let cached = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        cached
+            .as_ref()
+            .filter(|cached| !cached.racy && &cached.stamp == stamp)
+            .map(|cached| cached.snapshot.clone())
+    }
+
+    fn clear(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    fn set(&self, stamp: IndexStamp, snapshot: Arc<IndexSnapshot>) {
+        let racy = stamp.is_racy(SystemTime::now());
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(CachedIndex {
+            stamp,
+            racy,
+            snapshot,
+        });
+    }
+}
+
+impl std::fmt::Debug for IndexCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cached = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("IndexCache")
+            .field("stamp", &cached.as_ref().map(|cached| &cached.stamp))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -118,6 +251,7 @@ impl Store {
         let store = Self {
             blobs: FsBlobStore::new(fs.clone()),
             fs,
+            index_cache: Arc::default(),
         };
         store.init()?;
         Ok(store)
@@ -215,8 +349,32 @@ impl Store {
 
     // ---- index.json ----
 
-    /// The current `index.json`.
+    /// The current `index.json` (a copy: [`Store::index_snapshot`] shares it instead).
     pub fn index(&self) -> Result<Index> {
+        Ok(self.index_snapshot()?.index().clone())
+    }
+
+    /// The current `index.json`, parsed and indexed. It is read again only when the file
+    /// changed since it was last read or written through this store or a clone of it (its
+    /// inode, length or modification time differ: another process wrote it), so a lookup
+    /// costs one `stat`, however many entries there are.
+    pub fn index_snapshot(&self) -> Result<Arc<IndexSnapshot>> {
+        let stamp = self.index_stamp()?;
+        if let Some(snapshot) = self.index_cache.get(&stamp) {
+            return Ok(snapshot);
+        }
+        // Stamped before reading: the content is at least as new as the stamp, so a
+        // write in between shows up as a changed stamp at the next call.
+        let snapshot = Arc::new(IndexSnapshot::new(self.read_index_file()?));
+        self.index_cache.set(stamp, snapshot.clone());
+        Ok(snapshot)
+    }
+
+    fn index_stamp(&self) -> Result<IndexStamp> {
+        Ok(IndexStamp::of(&self.fs.metadata(Path::new(INDEX_JSON))?))
+    }
+
+    fn read_index_file(&self) -> Result<Index> {
         let bytes = self.fs.read(Path::new(INDEX_JSON))?;
         serde_json::from_slice(&bytes).map_err(|error| {
             self.layout_error(INDEX_JSON, format!("not a valid image index: {error}"))
@@ -234,9 +392,22 @@ impl Store {
     /// concurrent updates (from other processes too) are never lost.
     pub fn update_index<T>(&self, change: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
         let _lock = self.fs.lock(Path::new(INDEX_LOCK))?;
-        let mut index = self.index()?;
+        // Read from the file, never the cache: a stale base would lose another process's
+        // update.
+        let mut index = self.read_index_file()?;
         let result = change(&mut index)?;
         self.write_index(&index)?;
+        // Stamped under the lock, so the stamp is this write's: readers see it at once.
+        match self.index_stamp() {
+            Ok(stamp) => self
+                .index_cache
+                .set(stamp, Arc::new(IndexSnapshot::new(index))),
+            // The write happened; the next read goes to the file.
+            Err(error) => {
+                tracing::debug!(%error, "cannot stamp the index.json just written");
+                self.index_cache.clear();
+            }
+        }
         Ok(result)
     }
 
@@ -353,28 +524,31 @@ impl Store {
     /// `docker.io/library/nginx:latest`), `name@digest`, a digest, or a unique prefix of
     /// the digest of a stored entry (as listed by `sealer images`).
     pub fn lookup(&self, reference: &str) -> Result<ImageEntry> {
-        let entries = self.images()?;
+        let snapshot = self.index_snapshot()?;
         if let Ok(digest) = reference.parse::<Digest>() {
-            return self.entry_for_digest(&entries, &digest, reference);
+            return self.entry_for_digest(&snapshot, &digest, reference);
         }
         if let Ok(parsed) = reference.parse::<Reference>() {
             if let Some(digest) = parsed.digest() {
-                return self.entry_for_digest(&entries, digest, reference);
+                return self.entry_for_digest(&snapshot, digest, reference);
             }
             if let Some(tagged) = parsed.tagged_name()
-                && let Some(entry) = entries
-                    .iter()
-                    .find(|entry| entry.name.as_deref() == Some(tagged.as_str()))
+                && let Some(descriptor) = snapshot.by_name(&tagged)
             {
-                return Ok(entry.clone());
+                return Ok(ImageEntry {
+                    name: Some(tagged),
+                    descriptor: descriptor.clone(),
+                });
             }
         }
         let prefix = reference.strip_prefix("sha256:").unwrap_or(reference);
         if prefix.len() >= 4 && prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let matches: BTreeMap<&Digest, &ImageEntry> = entries
+            let matches: BTreeMap<&Digest, &Descriptor> = snapshot
+                .index()
+                .manifests
                 .iter()
-                .filter(|entry| entry.descriptor.digest.hex().starts_with(prefix))
-                .map(|entry| (&entry.descriptor.digest, entry))
+                .filter(|entry| entry.digest.hex().starts_with(prefix))
+                .map(|entry| (&entry.digest, entry))
                 .collect();
             match matches.len() {
                 0 => {}
@@ -382,7 +556,10 @@ impl Store {
                     return matches
                         .into_values()
                         .next()
-                        .cloned()
+                        .map(|descriptor| ImageEntry {
+                            name: descriptor.ref_name().map(str::to_owned),
+                            descriptor: descriptor.clone(),
+                        })
                         .ok_or_else(|| StoreError::ImageNotFound(reference.to_owned()));
                 }
                 _ => return Err(StoreError::Ambiguous(reference.to_owned())),
@@ -393,17 +570,14 @@ impl Store {
 
     fn entry_for_digest(
         &self,
-        entries: &[ImageEntry],
+        snapshot: &IndexSnapshot,
         digest: &Digest,
         reference: &str,
     ) -> Result<ImageEntry> {
-        if let Some(entry) = entries
-            .iter()
-            .find(|entry| &entry.descriptor.digest == digest)
-        {
+        if let Some(descriptor) = snapshot.by_digest(digest) {
             return Ok(ImageEntry {
                 name: None,
-                descriptor: entry.descriptor.clone(),
+                descriptor: descriptor.clone(),
             });
         }
         // Not named, but it may be a manifest inside a multi-arch image.
