@@ -813,11 +813,19 @@ impl Store {
     }
 
     /// Re-hashes every blob, and checks that everything `index.json` reaches is present.
+    ///
+    /// A blob whose content does not hash to its name (flipped bits, a truncated file) is
+    /// moved to `quarantine/<algorithm>-<hex>` (kept for inspection), so it no longer
+    /// counts as present: it is reported as corrupt, and as missing where an image needs
+    /// it, until a load or pull fetches it again.
     pub fn fsck(&self) -> Result<FsckReport> {
         let mut report = FsckReport::default();
         let mut buffer = vec![0u8; crate::blob::COPY_BUFFER];
         let blobs = self.blobs.list()?;
+        let mut suspects = Vec::new();
         for digest in &blobs {
+            // Which file was hashed: a copy renamed over it meanwhile is not quarantined.
+            let hashed = self.fs.metadata(&digest.blob_path())?;
             let mut file = self.blobs.open(digest)?;
             let mut hasher = Hasher::new(digest.algorithm());
             loop {
@@ -832,9 +840,10 @@ impl Store {
             report.checked += 1;
             if &hasher.finish() != digest {
                 tracing::debug!(%digest, "blob content does not match its digest");
-                report.corrupt.push(digest.clone());
+                suspects.push((digest.clone(), hashed));
             }
         }
+        self.quarantine_corrupt(suspects, &mut report);
         let roots = self.index()?.manifests;
         let reach = match self.reachable(&roots) {
             Ok(reach) => reach,
@@ -852,11 +861,74 @@ impl Store {
         report.unreferenced = blobs
             .iter()
             .filter(|digest| !reach.present.contains(digest))
+            .filter(|digest| !report.quarantined.iter().any(|(moved, _)| moved == *digest))
             .count();
         report.leftovers = self.blobs.leftover_temp_files()?.len()
             + self.abandoned_work(INGEST_DIR, false)?
             + self.abandoned_work(UPLOAD_DIR, false)?;
         Ok(report)
+    }
+}
+
+impl Store {
+    /// Moves the blobs fsck found corrupt to [`QUARANTINE_DIR`] under the GC lock (an
+    /// import adopting a replacement holds it too), recording them in `report`. A blob
+    /// replaced since it was hashed is left alone (a replacement was verified); one that
+    /// cannot be moved (a read-only store) is reported corrupt only.
+    fn quarantine_corrupt(&self, suspects: Vec<(Digest, Metadata)>, report: &mut FsckReport) {
+        if suspects.is_empty() {
+            return;
+        }
+        let gc_guard = match self.gc_lock() {
+            Ok(guard) => Some(guard),
+            Err(error) => {
+                tracing::warn!(%error, "cannot take the GC lock: corrupt blobs stay in place");
+                None
+            }
+        };
+        for (digest, hashed) in suspects {
+            if gc_guard.is_none() {
+                report.corrupt.push(digest);
+                continue;
+            }
+            match self.quarantine_blob(&digest, &hashed) {
+                Ok(Some(moved_to)) => {
+                    tracing::warn!(%digest, to = %moved_to.display(), "quarantined a corrupt blob");
+                    report.corrupt.push(digest.clone());
+                    report.quarantined.push((digest, moved_to));
+                }
+                Ok(None) => {
+                    tracing::info!(%digest, "a corrupt blob was replaced while fsck ran");
+                }
+                Err(error) => {
+                    tracing::warn!(%digest, %error, "cannot quarantine a corrupt blob");
+                    report.corrupt.push(digest);
+                }
+            }
+        }
+    }
+
+    /// Renames one corrupt blob into [`QUARANTINE_DIR`], unless the file at its path is no
+    /// longer the one that was hashed. Returns where it went.
+    fn quarantine_blob(&self, digest: &Digest, hashed: &Metadata) -> Result<Option<PathBuf>> {
+        let path = digest.blob_path();
+        let now = match self.fs.metadata(&path) {
+            Ok(now) => now,
+            Err(error) if error.is_not_found() => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        if (now.dev, now.ino) != (hashed.dev, hashed.ino) {
+            return Ok(None);
+        }
+        let dir = Path::new(QUARANTINE_DIR);
+        self.fs.create_dir_all(dir)?;
+        let target = dir.join(format!("{}-{}", digest.algorithm().name(), digest.hex()));
+        self.fs.rename(&path, &target)?;
+        self.fs.sync_dir(dir)?;
+        if let Some(blob_dir) = path.parent() {
+            self.fs.sync_dir(blob_dir)?;
+        }
+        Ok(Some(target))
     }
 }
 
