@@ -194,10 +194,11 @@ impl IndexStamp {
         }
     }
 
-    /// Whether a later write could leave the same stamp (see [`RACY_STAMP_WINDOW`]).
-    fn is_racy(&self, now: SystemTime) -> bool {
+    /// Whether a write after `stamped_at` could leave the same stamp (see
+    /// [`RACY_STAMP_WINDOW`]).
+    fn is_racy(&self, stamped_at: SystemTime) -> bool {
         self.modified
-            .and_then(|modified| now.duration_since(modified).ok())
+            .and_then(|modified| stamped_at.duration_since(modified).ok())
             .is_none_or(|age| age < RACY_STAMP_WINDOW)
     }
 }
@@ -226,8 +227,10 @@ impl IndexCache {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
-    fn set(&self, stamp: IndexStamp, snapshot: Arc<IndexSnapshot>) {
-        let racy = stamp.is_racy(SystemTime::now());
+    /// Caches `snapshot`, read from the file `stamp` describes, which was taken at
+    /// `stamped_at`.
+    fn set(&self, stamp: IndexStamp, stamped_at: SystemTime, snapshot: Arc<IndexSnapshot>) {
+        let racy = stamp.is_racy(stamped_at);
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(CachedIndex {
             stamp,
             racy,
@@ -359,6 +362,7 @@ impl Store {
     /// inode, length or modification time differ: another process wrote it), so a lookup
     /// costs one `stat`, however many entries there are.
     pub fn index_snapshot(&self) -> Result<Arc<IndexSnapshot>> {
+        let stamped_at = SystemTime::now();
         let stamp = self.index_stamp()?;
         if let Some(snapshot) = self.index_cache.get(&stamp) {
             return Ok(snapshot);
@@ -366,7 +370,7 @@ impl Store {
         // Stamped before reading: the content is at least as new as the stamp, so a
         // write in between shows up as a changed stamp at the next call.
         let snapshot = Arc::new(IndexSnapshot::new(self.read_index_file()?));
-        self.index_cache.set(stamp, snapshot.clone());
+        self.index_cache.set(stamp, stamped_at, snapshot.clone());
         Ok(snapshot)
     }
 
@@ -398,10 +402,12 @@ impl Store {
         let result = change(&mut index)?;
         self.write_index(&index)?;
         // Stamped under the lock, so the stamp is this write's: readers see it at once.
+        let stamped_at = SystemTime::now();
         match self.index_stamp() {
-            Ok(stamp) => self
-                .index_cache
-                .set(stamp, Arc::new(IndexSnapshot::new(index))),
+            Ok(stamp) => {
+                self.index_cache
+                    .set(stamp, stamped_at, Arc::new(IndexSnapshot::new(index)))
+            }
             // The write happened; the next read goes to the file.
             Err(error) => {
                 tracing::debug!(%error, "cannot stamp the index.json just written");

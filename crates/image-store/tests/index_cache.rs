@@ -84,7 +84,7 @@ fn a_change_by_another_store_on_the_same_root_is_seen() {
 
 #[test]
 fn lookup_among_many_entries_finds_the_right_one() {
-    const TAGS: usize = 50_000;
+    const TAGS: usize = 20_000;
     for (_dir, store, _) in two_stores_on_one_root() {
         let shared = write_image(&store, &ImageSpec::new("example.com/base:1", &[100], 1)).unwrap();
         let other = write_image(&store, &ImageSpec::new("example.com/other:1", &[100], 2)).unwrap();
@@ -99,15 +99,17 @@ fn lookup_among_many_entries_finds_the_right_one() {
         store
             .update_index(|index| {
                 for tag in 0..TAGS {
-                    let target = if tag == 31_337 { &other } else { &shared };
+                    let target = if tag == 13_337 { &other } else { &shared };
                     index.manifests.push(named(tag, target));
                 }
                 Ok(())
             })
             .unwrap();
+        // Trusted from now on: the lookups below share one parse.
+        backdate_index(&store);
 
-        let found = store.lookup("example.com/many:t31337").unwrap();
-        assert_eq!(found.name.as_deref(), Some("example.com/many:t31337"));
+        let found = store.lookup("example.com/many:t13337").unwrap();
+        assert_eq!(found.name.as_deref(), Some("example.com/many:t13337"));
         assert_eq!(found.descriptor.digest, other.digest);
         let last = store
             .lookup(&format!("example.com/many:t{}", TAGS - 1))
@@ -130,7 +132,7 @@ fn lookup_among_many_entries_finds_the_right_one() {
         );
         assert_eq!(
             store
-                .resolve("example.com/many:t31337", None)
+                .resolve("example.com/many:t13337", None)
                 .unwrap()
                 .top
                 .digest,
