@@ -266,6 +266,19 @@ fn manifests_images_are_carried_in_a_registry_layer() {
     assert_eq!(repaired.commit.blobs_added, 1);
     let check = served.fsck().unwrap();
     assert!(check.is_clean(), "{check:?}");
+    // A blob truncated in the target is not held either: the layer is read again and the
+    // verified blob replaces the short one.
+    let whole = served.fs().read(&lost.blob_path()).unwrap();
+    served
+        .fs()
+        .write_atomic(&lost.blob_path(), &whole[..whole.len() / 2])
+        .unwrap();
+    let repaired = load_embedded(&store, "localhost/deps:1", &served, None).unwrap();
+    assert_eq!(repaired.layers_held, 0);
+    assert_eq!(repaired.commit.blobs_added, 1);
+    assert_eq!(served.fs().read(&lost.blob_path()).unwrap(), whole);
+    let check = served.fsck().unwrap();
+    assert!(check.is_clean(), "{check:?}");
 
     // A rebuild downloads nothing and reuses the registry layer.
     let (gets_a, gets_b) = (a.blob_gets(None), b.blob_gets(None));
@@ -274,6 +287,20 @@ fn manifests_images_are_carried_in_a_registry_layer() {
     assert_eq!(second.layers_built, 0);
     assert_eq!(a.blob_gets(None), gets_a);
     assert_eq!(b.blob_gets(None), gets_b);
+
+    // A truncated blob of a dependency image makes it incomplete: the rebuild pulls that
+    // blob again (one GET), and the same image comes out.
+    let cut: sealer_image_store::Digest = seeded_a.blob_digests[1].parse().unwrap();
+    let whole = store.fs().read(&cut.blob_path()).unwrap();
+    store
+        .fs()
+        .write_atomic(&cut.blob_path(), &whole[..whole.len() / 2])
+        .unwrap();
+    let third = build_with(&store, &context, BuildMode::Full);
+    assert_eq!(third.descriptor.digest, first.descriptor.digest);
+    assert_eq!(a.blob_gets(None), gets_a + 1);
+    assert_eq!(store.fs().read(&cut.blob_path()).unwrap(), whole);
+    let gets_a = a.blob_gets(None);
 
     // A child image: the base's registry/ already holds both, nothing is added, the list is
     // inherited.

@@ -956,7 +956,7 @@ pub fn load_layout(store: &Store, source: &dyn Fs, options: LoadOptions<'_>) -> 
             continue;
         }
         let path: PathBuf = descriptor.digest.blob_path();
-        if ingest.contains(&descriptor.digest)?.is_none() {
+        if !ingest.present(&descriptor.digest, descriptor.size)? {
             let file = match source.open(&path) {
                 Ok(file) => file,
                 // A platform of a multi-arch image that was not copied.

@@ -34,8 +34,9 @@ pub trait BlobStore: Send + Sync {
     /// Stores the bytes of `data` under `expected` if they hash to it (and have
     /// `expected_size` bytes, when given). The bytes are hashed while written to a temporary
     /// file that is renamed into place only on a match: on any mismatch or error nothing is
-    /// stored. When the blob is already present, `data` is not read. Concurrent puts of one
-    /// blob are safe.
+    /// stored. When the blob is already present (with `expected_size` bytes, when given),
+    /// `data` is not read; a stored copy of another size is replaced. Concurrent puts of
+    /// one blob are safe.
     fn put(
         &self,
         expected: &Digest,
@@ -312,11 +313,19 @@ impl BlobStore for FsBlobStore {
         expected_size: Option<u64>,
         data: &mut dyn Read,
     ) -> Result<PutOutcome> {
-        if let Some(size) = self.stat(expected)? {
-            return Ok(PutOutcome {
-                size,
-                existed: true,
-            });
+        match (self.stat(expected)?, expected_size) {
+            // A stored copy of another size is damaged: the verified one replaces it.
+            (Some(stored), Some(size)) if stored != size => {
+                tracing::warn!(digest = %expected, expected = size, stored,
+                    "a stored blob has the wrong size; replacing it");
+            }
+            (Some(size), _) => {
+                return Ok(PutOutcome {
+                    size,
+                    existed: true,
+                });
+            }
+            (None, _) => {}
         }
         let path = expected.blob_path();
         let dir = Path::new("blobs").join(expected.algorithm().name());

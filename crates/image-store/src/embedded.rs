@@ -201,12 +201,16 @@ fn held_already(
             .strip_prefix("blobs/")
             .and_then(|rest| rest.split_once('/'))
         {
-            carried.push(format!("{algorithm}:{hex}").parse::<Digest>().ok()?);
+            let digest = format!("{algorithm}:{hex}").parse::<Digest>().ok()?;
+            carried.push((digest, entry.size()));
         }
     }
-    // Every blob the layer carries (other platforms' included) must be there already.
-    for digest in &carried {
-        target.blobs().stat(digest).ok()??;
+    // Every blob the layer carries (other platforms' included) must be there already, with
+    // its size: a truncated copy is replaced by importing the layer.
+    for (digest, size) in &carried {
+        if target.blobs().stat(digest).ok()? != Some(*size) {
+            return None;
+        }
     }
     let index: Index = serde_json::from_slice(&index_bytes?).ok()?;
     let mut images = Vec::new();

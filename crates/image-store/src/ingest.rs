@@ -54,7 +54,8 @@ pub struct Ingest<'s> {
 #[derive(Default)]
 struct Staged {
     staged: BTreeMap<Digest, (PathBuf, u64)>,
-    relied_on: BTreeSet<Digest>,
+    /// Blobs of the store this import counts on, with their size then.
+    relied_on: BTreeMap<Digest, u64>,
 }
 
 impl<'s> Ingest<'s> {
@@ -77,16 +78,51 @@ impl<'s> Ingest<'s> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The size of a blob staged here or already in the store.
+    /// The size of a blob staged here or already in the store. A stored blob may have the
+    /// wrong size (truncated): [`Ingest::present`] is what decides whether to fetch it.
     pub fn contains(&self, digest: &Digest) -> Result<Option<u64>> {
         if let Some((_, size)) = self.state().staged.get(digest) {
             return Ok(Some(*size));
         }
         let size = self.store.blobs().stat(digest)?;
-        if size.is_some() {
-            self.state().relied_on.insert(digest.clone());
+        if let Some(size) = size {
+            self.state().relied_on.insert(digest.clone(), size);
         }
         Ok(size)
+    }
+
+    /// Whether the blob `digest` of `size` bytes need not be fetched: it is staged here, or
+    /// stored with exactly that size. A stored blob of another size is damaged (a
+    /// truncated file): it is not present, and the verified blob staged instead replaces
+    /// it at commit. A staged blob of another size is an error (two descriptors of one
+    /// digest disagree).
+    pub fn present(&self, digest: &Digest, size: u64) -> Result<bool> {
+        if let Some((_, staged)) = self.state().staged.get(digest) {
+            if *staged != size {
+                return Err(StoreError::SizeMismatch {
+                    digest: digest.clone(),
+                    expected: size,
+                    actual: *staged,
+                });
+            }
+            return Ok(true);
+        }
+        match self.store.blobs().stat(digest)? {
+            Some(stored) if stored == size => {
+                self.state().relied_on.insert(digest.clone(), size);
+                Ok(true)
+            }
+            Some(stored) => {
+                tracing::warn!(
+                    %digest,
+                    expected = size,
+                    stored,
+                    "a stored blob has the wrong size; fetching it again to replace it"
+                );
+                Ok(false)
+            }
+            None => Ok(false),
+        }
     }
 
     fn staging_path(&self, digest: &Digest) -> PathBuf {
@@ -102,16 +138,13 @@ impl<'s> Ingest<'s> {
         expected_size: Option<u64>,
         data: &mut dyn Read,
     ) -> Result<PutOutcome> {
-        if let Some(size) = self.contains(expected)? {
-            if let Some(expected_size) = expected_size
-                && expected_size != size
-            {
-                return Err(StoreError::SizeMismatch {
-                    digest: expected.clone(),
-                    expected: expected_size,
-                    actual: size,
-                });
-            }
+        let present = match expected_size {
+            Some(expected_size) => self
+                .present(expected, expected_size)?
+                .then_some(expected_size),
+            None => self.contains(expected)?,
+        };
+        if let Some(size) = present {
             return Ok(PutOutcome {
                 size,
                 existed: true,
@@ -158,7 +191,7 @@ impl<'s> Ingest<'s> {
                 return Err(error);
             }
         };
-        if self.contains(&digest)?.is_some() {
+        if self.present(&digest, size)? {
             self.discard(&temp);
         } else {
             let path = self.staging_path(&digest);
@@ -253,7 +286,7 @@ impl<'s> Ingest<'s> {
             if needed.contains(&descriptor.digest) {
                 continue;
             }
-            if self.contains(&descriptor.digest)?.is_none() {
+            if !self.present(&descriptor.digest, descriptor.size)? {
                 match parent {
                     Some(_) if from_index => {
                         report.absent_platforms += 1;
@@ -280,13 +313,17 @@ impl<'s> Ingest<'s> {
 
         let _gc = self.store.gc_lock()?;
         let state = std::mem::take(&mut *self.state());
-        for digest in &state.relied_on {
-            if needed.contains(digest) && self.store.blobs().stat(digest)?.is_none() {
+        for (digest, size) in &state.relied_on {
+            if needed.contains(digest)
+                && !state.staged.contains_key(digest)
+                && self.store.blobs().stat(digest)? != Some(*size)
+            {
                 return Err(StoreError::RemovedConcurrently(digest.clone()));
             }
         }
         for (digest, (path, size)) in &state.staged {
             if needed.contains(digest) {
+                // Renamed over a damaged stored copy, if there is one.
                 self.store.blobs().adopt(path, digest)?;
                 report.blobs_added += 1;
                 report.bytes_added += size;

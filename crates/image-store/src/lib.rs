@@ -37,7 +37,7 @@ pub use ingest::{CommitReport, Ingest};
 pub use model::{Descriptor, Index, Manifest, ManifestDocument, Platform};
 pub use reference::{Reference, ReferenceError};
 pub use store::{
-    FsckReport, GcGuard, GcReport, ImageEntry, MAX_MANIFEST_SIZE, Reachability, ResolvedImage,
-    Store, choose_platform, is_manifest_type, platforms_of,
+    FsckReport, GcGuard, GcReport, ImageEntry, IndexSnapshot, MAX_MANIFEST_SIZE, QUARANTINE_DIR,
+    Reachability, ResolvedImage, Store, choose_platform, is_manifest_type, platforms_of,
 };
 pub use upload::{BlobUpload, UploadCheckpoint};

@@ -1,10 +1,11 @@
 //! The [`Store`]: an OCI image layout on an [`Fs`] with tags, resolution, GC and fsck.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
-use sealer_fs_abstraction::{FileKind, Fs, LockGuard, RealFs};
+use sealer_fs_abstraction::{FileKind, Fs, LockGuard, Metadata, RealFs};
 
 use crate::blob::{BlobStore, FsBlobStore};
 use crate::digest::{Digest, Hasher};
@@ -34,6 +35,12 @@ pub(crate) const UPLOAD_DIR: &str = "uploads";
 const WORK_DIRS: [&str; 2] = [INGEST_DIR, UPLOAD_DIR];
 /// Nested indexes deeper than this are refused.
 const MAX_INDEX_DEPTH: usize = 8;
+/// Where `fsck` moves blobs whose content does not hash to their name.
+pub const QUARANTINE_DIR: &str = "quarantine";
+/// An `index.json` modified less than this before it was read may be rewritten within the
+/// same timestamp tick (coarse clocks, 1 s or 2 s on some filesystems) with the same
+/// length and a reused inode: its stamp is not trusted, the file is read again.
+const RACY_STAMP_WINDOW: Duration = Duration::from_secs(2);
 
 /// An image named in the store's `index.json`.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +112,11 @@ pub struct FsckReport {
     pub unreferenced: usize,
     /// Leftovers of interrupted writes (`prune` removes them).
     pub leftovers: usize,
+    /// Corrupt blobs moved out of `blobs/` to `quarantine/<algorithm>-<hex>` (so that the
+    /// next load or pull fetches them again): (blob, where it is now, relative to the
+    /// store root). A corrupt blob missing here could not be moved (a read-only store) and
+    /// is still counted present.
+    pub quarantined: Vec<(Digest, PathBuf)>,
 }
 
 impl FsckReport {
@@ -125,6 +137,130 @@ impl FsckReport {
 pub struct Store {
     fs: Arc<dyn Fs>,
     blobs: FsBlobStore,
+    /// The last `index.json` read or written, shared by clones.
+    index_cache: Arc<IndexCache>,
+}
+
+/// `index.json` parsed, with its entries found by name and by digest in O(1). Obtained from
+/// [`Store::index_snapshot`]; immutable, so it can be held while the store changes.
+#[derive(Debug)]
+pub struct IndexSnapshot {
+    index: Index,
+    by_name: HashMap<String, usize>,
+    by_digest: HashMap<Digest, usize>,
+}
+
+impl IndexSnapshot {
+    fn new(index: Index) -> Self {
+        let mut by_name = HashMap::with_capacity(index.manifests.len());
+        let mut by_digest = HashMap::with_capacity(index.manifests.len());
+        for (at, entry) in index.manifests.iter().enumerate() {
+            // The first entry wins, as a scan in order would find it.
+            if let Some(name) = entry.ref_name() {
+                by_name.entry(name.to_owned()).or_insert(at);
+            }
+            by_digest.entry(entry.digest.clone()).or_insert(at);
+        }
+        Self {
+            index,
+            by_name,
+            by_digest,
+        }
+    }
+
+    /// The whole `index.json`.
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// The entry named `name` (a full reference with its tag:
+    /// `docker.io/library/nginx:latest`).
+    pub fn by_name(&self, name: &str) -> Option<&Descriptor> {
+        self.by_name
+            .get(name)
+            .and_then(|&at| self.index.manifests.get(at))
+    }
+
+    /// The first entry (named or not) that points to `digest`.
+    pub fn by_digest(&self, digest: &Digest) -> Option<&Descriptor> {
+        self.by_digest
+            .get(digest)
+            .and_then(|&at| self.index.manifests.get(at))
+    }
+}
+
+/// What identifies one version of `index.json` without reading it. Every write replaces
+/// the file by a rename, so a new version is a new inode (and usually a new time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct IndexStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl IndexStamp {
+    fn of(metadata: &Metadata) -> Self {
+        Self {
+            dev: metadata.dev,
+            ino: metadata.ino,
+            len: metadata.len,
+            modified: metadata.modified,
+        }
+    }
+
+    /// Whether a write after `stamped_at` could leave the same stamp (see
+    /// [`RACY_STAMP_WINDOW`]).
+    fn is_racy(&self, stamped_at: SystemTime) -> bool {
+        self.modified
+            .and_then(|modified| stamped_at.duration_since(modified).ok())
+            .is_none_or(|age| age < RACY_STAMP_WINDOW)
+    }
+}
+
+/// A snapshot of `index.json` and the stamp of the file it was read from.
+struct CachedIndex {
+    stamp: IndexStamp,
+    /// Set when the stamp was taken too soon after the write to be trusted.
+    racy: bool,
+    snapshot: Arc<IndexSnapshot>,
+}
+
+#[derive(Default)]
+struct IndexCache(Mutex<Option<CachedIndex>>);
+
+impl IndexCache {
+    fn get(&self, stamp: &IndexStamp) -> Option<Arc<IndexSnapshot>> {
+        let cached = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        cached
+            .as_ref()
+            .filter(|cached| !cached.racy && &cached.stamp == stamp)
+            .map(|cached| cached.snapshot.clone())
+    }
+
+    fn clear(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Caches `snapshot`, read from the file `stamp` describes, which was taken at
+    /// `stamped_at`.
+    fn set(&self, stamp: IndexStamp, stamped_at: SystemTime, snapshot: Arc<IndexSnapshot>) {
+        let racy = stamp.is_racy(stamped_at);
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(CachedIndex {
+            stamp,
+            racy,
+            snapshot,
+        });
+    }
+}
+
+impl std::fmt::Debug for IndexCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cached = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("IndexCache")
+            .field("stamp", &cached.as_ref().map(|cached| &cached.stamp))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -133,6 +269,7 @@ impl Store {
         let store = Self {
             blobs: FsBlobStore::new(fs.clone()),
             fs,
+            index_cache: Arc::default(),
         };
         store.init()?;
         Ok(store)
@@ -238,8 +375,33 @@ impl Store {
 
     // ---- index.json ----
 
-    /// The current `index.json`.
+    /// The current `index.json` (a copy: [`Store::index_snapshot`] shares it instead).
     pub fn index(&self) -> Result<Index> {
+        Ok(self.index_snapshot()?.index().clone())
+    }
+
+    /// The current `index.json`, parsed and indexed. It is read again only when the file
+    /// changed since it was last read or written through this store or a clone of it (its
+    /// inode, length or modification time differ: another process wrote it), so a lookup
+    /// costs one `stat`, however many entries there are.
+    pub fn index_snapshot(&self) -> Result<Arc<IndexSnapshot>> {
+        let stamped_at = SystemTime::now();
+        let stamp = self.index_stamp()?;
+        if let Some(snapshot) = self.index_cache.get(&stamp) {
+            return Ok(snapshot);
+        }
+        // Stamped before reading: the content is at least as new as the stamp, so a
+        // write in between shows up as a changed stamp at the next call.
+        let snapshot = Arc::new(IndexSnapshot::new(self.read_index_file()?));
+        self.index_cache.set(stamp, stamped_at, snapshot.clone());
+        Ok(snapshot)
+    }
+
+    fn index_stamp(&self) -> Result<IndexStamp> {
+        Ok(IndexStamp::of(&self.fs.metadata(Path::new(INDEX_JSON))?))
+    }
+
+    fn read_index_file(&self) -> Result<Index> {
         let bytes = self.fs.read(Path::new(INDEX_JSON))?;
         serde_json::from_slice(&bytes).map_err(|error| {
             self.layout_error(INDEX_JSON, format!("not a valid image index: {error}"))
@@ -257,9 +419,24 @@ impl Store {
     /// concurrent updates (from other processes too) are never lost.
     pub fn update_index<T>(&self, change: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
         let _lock = self.fs.lock(Path::new(INDEX_LOCK))?;
-        let mut index = self.index()?;
+        // Read from the file, never the cache: a stale base would lose another process's
+        // update.
+        let mut index = self.read_index_file()?;
         let result = change(&mut index)?;
         self.write_index(&index)?;
+        // Stamped under the lock, so the stamp is this write's: readers see it at once.
+        let stamped_at = SystemTime::now();
+        match self.index_stamp() {
+            Ok(stamp) => {
+                self.index_cache
+                    .set(stamp, stamped_at, Arc::new(IndexSnapshot::new(index)))
+            }
+            // The write happened; the next read goes to the file.
+            Err(error) => {
+                tracing::debug!(%error, "cannot stamp the index.json just written");
+                self.index_cache.clear();
+            }
+        }
         Ok(result)
     }
 
@@ -376,28 +553,31 @@ impl Store {
     /// `docker.io/library/nginx:latest`), `name@digest`, a digest, or a unique prefix of
     /// the digest of a stored entry (as listed by `sealer images`).
     pub fn lookup(&self, reference: &str) -> Result<ImageEntry> {
-        let entries = self.images()?;
+        let snapshot = self.index_snapshot()?;
         if let Ok(digest) = reference.parse::<Digest>() {
-            return self.entry_for_digest(&entries, &digest, reference);
+            return self.entry_for_digest(&snapshot, &digest, reference);
         }
         if let Ok(parsed) = reference.parse::<Reference>() {
             if let Some(digest) = parsed.digest() {
-                return self.entry_for_digest(&entries, digest, reference);
+                return self.entry_for_digest(&snapshot, digest, reference);
             }
             if let Some(tagged) = parsed.tagged_name()
-                && let Some(entry) = entries
-                    .iter()
-                    .find(|entry| entry.name.as_deref() == Some(tagged.as_str()))
+                && let Some(descriptor) = snapshot.by_name(&tagged)
             {
-                return Ok(entry.clone());
+                return Ok(ImageEntry {
+                    name: Some(tagged),
+                    descriptor: descriptor.clone(),
+                });
             }
         }
         let prefix = reference.strip_prefix("sha256:").unwrap_or(reference);
         if prefix.len() >= 4 && prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let matches: BTreeMap<&Digest, &ImageEntry> = entries
+            let matches: BTreeMap<&Digest, &Descriptor> = snapshot
+                .index()
+                .manifests
                 .iter()
-                .filter(|entry| entry.descriptor.digest.hex().starts_with(prefix))
-                .map(|entry| (&entry.descriptor.digest, entry))
+                .filter(|entry| entry.digest.hex().starts_with(prefix))
+                .map(|entry| (&entry.digest, entry))
                 .collect();
             match matches.len() {
                 0 => {}
@@ -405,7 +585,10 @@ impl Store {
                     return matches
                         .into_values()
                         .next()
-                        .cloned()
+                        .map(|descriptor| ImageEntry {
+                            name: descriptor.ref_name().map(str::to_owned),
+                            descriptor: descriptor.clone(),
+                        })
                         .ok_or_else(|| StoreError::ImageNotFound(reference.to_owned()));
                 }
                 _ => return Err(StoreError::Ambiguous(reference.to_owned())),
@@ -416,17 +599,14 @@ impl Store {
 
     fn entry_for_digest(
         &self,
-        entries: &[ImageEntry],
+        snapshot: &IndexSnapshot,
         digest: &Digest,
         reference: &str,
     ) -> Result<ImageEntry> {
-        if let Some(entry) = entries
-            .iter()
-            .find(|entry| &entry.descriptor.digest == digest)
-        {
+        if let Some(descriptor) = snapshot.by_digest(digest) {
             return Ok(ImageEntry {
                 name: None,
-                descriptor: entry.descriptor.clone(),
+                descriptor: descriptor.clone(),
             });
         }
         // Not named, but it may be a manifest inside a multi-arch image.
@@ -622,6 +802,14 @@ impl Store {
         for dir in WORK_DIRS {
             removed += self.abandoned_work(dir, true)?;
         }
+        // Corrupt blobs fsck set aside for inspection: prune is where space is given back.
+        let quarantine = Path::new(QUARANTINE_DIR);
+        if self.fs.exists(quarantine)? {
+            for entry in self.fs.read_dir(quarantine)? {
+                self.fs.remove_file(&quarantine.join(&entry.name))?;
+                removed += 1;
+            }
+        }
         Ok(removed)
     }
 
@@ -690,11 +878,19 @@ impl Store {
     }
 
     /// Re-hashes every blob, and checks that everything `index.json` reaches is present.
+    ///
+    /// A blob whose content does not hash to its name (flipped bits, a truncated file) is
+    /// moved to `quarantine/<algorithm>-<hex>` (kept for inspection), so it no longer
+    /// counts as present: it is reported as corrupt, and as missing where an image needs
+    /// it, until a load or pull fetches it again.
     pub fn fsck(&self) -> Result<FsckReport> {
         let mut report = FsckReport::default();
         let mut buffer = vec![0u8; crate::blob::COPY_BUFFER];
         let blobs = self.blobs.list()?;
+        let mut suspects = Vec::new();
         for digest in &blobs {
+            // Which file was hashed: a copy renamed over it meanwhile is not quarantined.
+            let hashed = self.fs.metadata(&digest.blob_path())?;
             let mut file = self.blobs.open(digest)?;
             let mut hasher = Hasher::new(digest.algorithm());
             loop {
@@ -709,9 +905,10 @@ impl Store {
             report.checked += 1;
             if &hasher.finish() != digest {
                 tracing::debug!(%digest, "blob content does not match its digest");
-                report.corrupt.push(digest.clone());
+                suspects.push((digest.clone(), hashed));
             }
         }
+        self.quarantine_corrupt(suspects, &mut report);
         let roots = self.index()?.manifests;
         let reach = match self.reachable(&roots) {
             Ok(reach) => reach,
@@ -729,11 +926,74 @@ impl Store {
         report.unreferenced = blobs
             .iter()
             .filter(|digest| !reach.present.contains(digest))
+            .filter(|digest| !report.quarantined.iter().any(|(moved, _)| moved == *digest))
             .count();
         report.leftovers = self.blobs.leftover_temp_files()?.len()
             + self.abandoned_work(INGEST_DIR, false)?
             + self.abandoned_work(UPLOAD_DIR, false)?;
         Ok(report)
+    }
+}
+
+impl Store {
+    /// Moves the blobs fsck found corrupt to [`QUARANTINE_DIR`] under the GC lock (an
+    /// import adopting a replacement holds it too), recording them in `report`. A blob
+    /// replaced since it was hashed is left alone (a replacement was verified); one that
+    /// cannot be moved (a read-only store) is reported corrupt only.
+    fn quarantine_corrupt(&self, suspects: Vec<(Digest, Metadata)>, report: &mut FsckReport) {
+        if suspects.is_empty() {
+            return;
+        }
+        let gc_guard = match self.gc_lock() {
+            Ok(guard) => Some(guard),
+            Err(error) => {
+                tracing::warn!(%error, "cannot take the GC lock: corrupt blobs stay in place");
+                None
+            }
+        };
+        for (digest, hashed) in suspects {
+            if gc_guard.is_none() {
+                report.corrupt.push(digest);
+                continue;
+            }
+            match self.quarantine_blob(&digest, &hashed) {
+                Ok(Some(moved_to)) => {
+                    tracing::warn!(%digest, to = %moved_to.display(), "quarantined a corrupt blob");
+                    report.corrupt.push(digest.clone());
+                    report.quarantined.push((digest, moved_to));
+                }
+                Ok(None) => {
+                    tracing::info!(%digest, "a corrupt blob was replaced while fsck ran");
+                }
+                Err(error) => {
+                    tracing::warn!(%digest, %error, "cannot quarantine a corrupt blob");
+                    report.corrupt.push(digest);
+                }
+            }
+        }
+    }
+
+    /// Renames one corrupt blob into [`QUARANTINE_DIR`], unless the file at its path is no
+    /// longer the one that was hashed. Returns where it went.
+    fn quarantine_blob(&self, digest: &Digest, hashed: &Metadata) -> Result<Option<PathBuf>> {
+        let path = digest.blob_path();
+        let now = match self.fs.metadata(&path) {
+            Ok(now) => now,
+            Err(error) if error.is_not_found() => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        if (now.dev, now.ino) != (hashed.dev, hashed.ino) {
+            return Ok(None);
+        }
+        let dir = Path::new(QUARANTINE_DIR);
+        self.fs.create_dir_all(dir)?;
+        let target = dir.join(format!("{}-{}", digest.algorithm().name(), digest.hex()));
+        self.fs.rename(&path, &target)?;
+        self.fs.sync_dir(dir)?;
+        if let Some(blob_dir) = path.parent() {
+            self.fs.sync_dir(blob_dir)?;
+        }
+        Ok(Some(target))
     }
 }
 

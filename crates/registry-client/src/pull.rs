@@ -338,15 +338,8 @@ impl RegistryClient {
         cancel: &AtomicBool,
     ) -> Result<Stats, PullError> {
         let digest = &blob.digest;
-        if let Some(size) = ingest.contains(digest)? {
-            if size != blob.size {
-                return Err(StoreError::SizeMismatch {
-                    digest: digest.clone(),
-                    expected: blob.size,
-                    actual: size,
-                }
-                .into());
-            }
+        // A stored copy of the wrong size (truncated) is fetched again and replaced.
+        if ingest.present(digest, blob.size)? {
             job.progress
                 .blob_finished(digest, BlobOutcome::AlreadyPresent);
             return Ok(Stats {

@@ -179,6 +179,60 @@ fn anonymous_pull_stores_the_image_byte_exact() {
     assert!(error.to_string().contains("MANIFEST_UNKNOWN"), "{error}");
 }
 
+#[test]
+fn a_truncated_or_corrupt_blob_is_fetched_again_by_the_next_pull() {
+    require_tools!("docker-registry", "skopeo");
+    let registry = Registry::start(RegistryOptions::anonymous()).unwrap();
+    seed_image(
+        &registry.host(),
+        "team/repair:1",
+        &ImageSpec::new("unused:1", &[1024, 200_000, 50_000], 12),
+        None,
+    )
+    .unwrap();
+    let (_dir, store) = new_store();
+    let image = reference(&registry.host(), "team/repair:1");
+    run(anonymous().pull(&store, &image, PlatformSelection::Host, &NoProgress)).unwrap();
+    let layers = store
+        .resolve(&image.to_string(), None)
+        .unwrap()
+        .manifest
+        .layers;
+    let (truncated, corrupted) = (&layers[1], &layers[2]);
+
+    // Truncated: the wrong size alone makes it absent, no fsck needed.
+    let bytes = store.fs().read(&truncated.digest.blob_path()).unwrap();
+    store
+        .fs()
+        .write_atomic(&truncated.digest.blob_path(), &bytes[..bytes.len() / 3])
+        .unwrap();
+    let report =
+        run(anonymous().pull(&store, &image, PlatformSelection::Host, &NoProgress)).unwrap();
+    assert_eq!(report.blobs_fetched, 1);
+    assert_eq!(report.bytes_fetched, truncated.size);
+    assert_eq!(
+        store.blobs().stat(&truncated.digest).unwrap(),
+        Some(truncated.size)
+    );
+    assert_consistent(&store);
+
+    // One byte flipped, same size: fsck finds it and quarantines it, the pull replaces it.
+    let mut bytes = store.fs().read(&corrupted.digest.blob_path()).unwrap();
+    bytes[100] ^= 0x40;
+    store
+        .fs()
+        .write_atomic(&corrupted.digest.blob_path(), &bytes)
+        .unwrap();
+    let fsck = store.fsck().unwrap();
+    assert_eq!(fsck.corrupt, vec![corrupted.digest.clone()]);
+    assert_eq!(fsck.quarantined.len(), 1, "{fsck:?}");
+    let report =
+        run(anonymous().pull(&store, &image, PlatformSelection::Host, &NoProgress)).unwrap();
+    assert_eq!(report.blobs_fetched, 1);
+    assert_eq!(report.bytes_fetched, corrupted.size);
+    assert_consistent(&store);
+}
+
 /// A docker config directory whose `config.json` holds `user:password` for `host`.
 fn docker_config(host: &str, user: &str, password: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -228,17 +228,15 @@ impl ContentSource for LocalSource {
                     let store = store.clone();
                     blocking("read index.json", move || {
                         store
-                            .index()
+                            .index_snapshot()
                             .map_err(|error| ApiError::internal("read index.json", error))
                     })
                     .await?
                 };
                 let entry = index
-                    .manifests
-                    .into_iter()
-                    .find(|entry| entry.ref_name() == Some(name.as_str()))
+                    .by_name(&name)
                     .ok_or_else(|| manifest_unknown(repo, reference))?;
-                (entry.digest, Some(entry.media_type))
+                (entry.digest.clone(), Some(entry.media_type.clone()))
             }
             ManifestRef::Digest(digest) => (digest.clone(), None),
         };
@@ -247,12 +245,10 @@ impl ContentSource for LocalSource {
             let listed = match listed {
                 Some(listed) => Some(listed),
                 None => store
-                    .index()
+                    .index_snapshot()
                     .map_err(|error| ApiError::internal("read index.json", error))?
-                    .manifests
-                    .into_iter()
-                    .find(|entry| entry.digest == read_digest)
-                    .map(|entry| entry.media_type),
+                    .by_digest(&read_digest)
+                    .map(|entry| entry.media_type.clone()),
             };
             read_manifest(&store, &read_digest, listed)
         })
@@ -333,13 +329,13 @@ impl ContentSource for LocalSource {
         let store = self.store.clone();
         let index = blocking("read index.json", move || {
             store
-                .index()
+                .index_snapshot()
                 .map_err(|error| ApiError::internal("read index.json", error))
         })
         .await?;
         let mut known = false;
         let mut tags: Vec<String> = Vec::new();
-        for entry in &index.manifests {
+        for entry in &index.index().manifests {
             if entry_repository(entry) == Some(name.as_str()) {
                 known = true;
             }

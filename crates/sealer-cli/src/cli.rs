@@ -42,7 +42,8 @@ pub enum Command {
     Load(LoadArgs),
     /// Remove content no image refers to, and leftovers of interrupted writes.
     Prune(PruneArgs),
-    /// Re-hash every blob and check that every image is complete.
+    /// Re-hash every blob (a corrupt one is moved to quarantine/, so that the next load or
+    /// pull fetches it again) and check that every image is complete.
     Fsck,
     /// Download an image from a registry into the store.
     Pull(PullArgs),

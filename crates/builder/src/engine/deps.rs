@@ -179,10 +179,11 @@ pub(crate) fn collect(
     Ok(images)
 }
 
-/// Whether the config and every layer of a resolved image are in the store.
+/// Whether the config and every layer of a resolved image are in the store, each with its
+/// size (a truncated blob is pulled again).
 fn is_complete(store: &Store, resolved: &ResolvedImage) -> Result<bool> {
     for blob in std::iter::once(&resolved.manifest.config).chain(&resolved.manifest.layers) {
-        if store.blobs().stat(&blob.digest)?.is_none() {
+        if store.blobs().stat(&blob.digest)? != Some(blob.size) {
             return Ok(false);
         }
     }

@@ -21,7 +21,13 @@ pub fn run(store: &Store) -> Result<()> {
         location.display()
     );
     for digest in &report.corrupt {
-        say!("corrupt blob {digest}: its content does not hash to its name");
+        match report.quarantined.iter().find(|(moved, _)| moved == digest) {
+            Some((_, moved_to)) => say!(
+                "corrupt blob {digest}: its content does not hash to its name (moved to {}; load or pull the image again)",
+                location.join(moved_to).display()
+            ),
+            None => say!("corrupt blob {digest}: its content does not hash to its name"),
+        }
     }
     let missing = group_missing(&report.missing);
     for blob in &missing {

@@ -29,6 +29,16 @@ fn a_corrupt_blob_fails_fsck_and_save() {
         report.contains(&format!("corrupt blob {layer}")),
         "{report}"
     );
+    // Moved aside, so that the next load or pull fetches it again.
+    let quarantined = sealer
+        .root
+        .join("quarantine")
+        .join(format!("sha256-{}", &layer[7..]));
+    assert!(
+        report.contains(&format!("(moved to {};", quarantined.display())),
+        "{report}"
+    );
+    assert!(quarantined.is_file() && !sealer.blob_path(&layer).exists());
     assert!(
         report.contains(&format!(
             "error: the store {} is inconsistent: corrupt {layer}",
