@@ -24,6 +24,10 @@ use crate::conn::PeerAddr;
 use crate::metrics::{RouteKind, ServerMetrics, method_label};
 use crate::server::AppState;
 
+/// The status recorded for a request whose client left before the answer was ready (the
+/// handler's future was dropped), as nginx logs it.
+const CLIENT_CLOSED: u16 = 499;
+
 /// The middleware (`axum::middleware::from_fn_with_state`).
 pub(crate) async fn observe(
     State(state): State<Arc<AppState>>,
@@ -48,25 +52,42 @@ pub(crate) async fn observe(
     // What handlers log while answering carries the request; the access line comes after.
     let span = tracing::info_span!("request", method, path = path.as_str());
     state.metrics.started();
-    let response = next.run(request).instrument(span).await;
-    let status = response.status().as_u16();
-    let record = Record {
+    let mut pending = Pending(Some(Record {
         metrics: state.metrics.clone(),
         started,
         client,
         method,
         route,
         path,
-        status,
+        status: CLIENT_CLOSED,
         user_agent,
         sent: 0,
-    };
-    response.map(|body| {
-        Body::new(ObservedBody {
-            body,
-            record: Some(record),
-        })
-    })
+    }));
+    let response = next.run(request).instrument(span).await;
+    match pending.0.take() {
+        Some(mut record) => {
+            record.status = response.status().as_u16();
+            response.map(|body| {
+                Body::new(ObservedBody {
+                    body,
+                    record: Some(record),
+                })
+            })
+        }
+        None => response,
+    }
+}
+
+/// A request whose response is not ready yet: recorded as [`CLIENT_CLOSED`] if the
+/// middleware's future is dropped before (hyper drops it when the connection closes).
+struct Pending(Option<Record>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(record) = self.0.take() {
+            record.finish(false);
+        }
+    }
 }
 
 /// One request, until its response body ends.

@@ -271,3 +271,56 @@ fn readyz_fails_while_the_store_index_cannot_be_read() {
     );
     server.server.stop().unwrap();
 }
+
+#[test]
+fn a_client_that_leaves_before_the_answer_is_counted_as_499() {
+    // An upstream that takes connections and never answers: the manifest fetch hangs.
+    let stuck = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig::parse(
+        &format!(
+            "storage: {}\nupstreams:\n  - name: stuck\n    url: http://{}\n",
+            dir.path().join("store").display(),
+            stuck.local_addr().unwrap()
+        ),
+        std::path::Path::new("registry.yaml"),
+    )
+    .unwrap();
+    let server = InProcess::start(config, TIMEOUT);
+    {
+        use std::io::Write as _;
+        let mut client = std::net::TcpStream::connect(server.address).unwrap();
+        client
+            .write_all(b"GET /v2/stuck/team/app/manifests/v1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        // The request is in the handler when the client goes.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let labels = [("method", "GET"), ("route", "manifest"), ("status", "499")];
+    let url = format!("http://{}/metrics", server.address);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text =
+            String::from_utf8(http_request("GET", &url, &[], &[], TIMEOUT).unwrap().body).unwrap();
+        let scrape = Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).unwrap();
+        if value(&scrape, "sealer_registry_requests_total", &labels) == Some(1.0)
+            || Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let scrape = Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).unwrap();
+    assert_eq!(
+        value(&scrape, "sealer_registry_requests_total", &labels),
+        Some(1.0),
+        "{text}"
+    );
+    // Nothing is left counted as running but this scrape.
+    assert_eq!(
+        value(&scrape, "sealer_registry_requests_in_flight", &[]),
+        Some(1.0),
+        "{text}"
+    );
+    drop(stuck);
+}
