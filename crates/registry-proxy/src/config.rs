@@ -446,6 +446,11 @@ pub struct ServerConfig {
     pub server: ConnectionLimits,
 }
 
+/// The documented configuration: every key with its default, commented (what
+/// `sealer registry config` prints; it is `examples/registry.yaml`, and it parses to
+/// [`ServerConfig::default`]).
+pub const DEFAULT_CONFIG: &str = include_str!("../examples/registry.yaml");
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 5000))
 }
@@ -755,6 +760,14 @@ mod tests {
         assert_eq!(config.upstreams[1].url.to_string(), "https://quay.io");
         assert!(!format!("{:?}", config.upstreams[1].credentials).contains("\"p\""));
         assert_eq!(config.upstream_timeout.0, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn the_documented_configuration_is_the_defaults() {
+        assert_eq!(
+            ServerConfig::parse(DEFAULT_CONFIG, Path::new("registry.yaml")).unwrap(),
+            ServerConfig::default()
+        );
     }
 
     #[test]

@@ -8,7 +8,11 @@
 //!   (one upstream `GET` per blob digest shared by every client, commit on a digest match,
 //!   tags revalidated per TTL, stale answers when an upstream fails) and reports
 //!   `X-Cache`/`OCI-Namespace` through [`ResponseMeta`]; its counters are served at
-//!   `/metrics`.
+//!   `/metrics`, after the server's own (requests by method, route kind and status,
+//!   latencies, bytes sent, `process_*`, build info), which every mode serves.
+//! * Operations: an access log line per request (client, method, path, status, bytes,
+//!   duration, user agent) at the end of its response; `/healthz` (liveness) and `/readyz`
+//!   (the store's index reads and its directory is writable), both without credentials.
 //! * [`Registry`]: the axum server — every endpoint of the distribution spec (pull, push
 //!   monolithic/chunked/streamed, mount, tags, referrers, deletes, Range), htpasswd basic
 //!   auth, read-only mode, TLS (rustls with ring), bounded graceful shutdown.
@@ -23,6 +27,7 @@
 
 #![deny(missing_docs)]
 
+mod access;
 mod auth;
 pub mod catalog;
 pub mod config;
@@ -30,6 +35,7 @@ mod conn;
 mod error;
 mod fill;
 mod handlers;
+mod health;
 mod local;
 mod metrics;
 pub mod mirror_config;
@@ -43,7 +49,7 @@ pub mod tls;
 mod uploads;
 
 pub use auth::Htpasswd;
-pub use config::{ConfigError, Mode, ServerConfig};
+pub use config::{ConfigError, DEFAULT_CONFIG, Mode, ServerConfig};
 pub use error::{ApiError, ErrorCode, ServeError};
 pub use local::{BlobDeleted, LocalSource};
 pub use pull_through::PullThroughSource;

@@ -1,13 +1,369 @@
-//! The pull-through cache's counters and their Prometheus text exposition (`GET /metrics`,
-//! format 0.0.4, written by hand). Every series is labelled with the upstream's configured
-//! name; the names are listed in ARCHITECTURE.md.
+//! `GET /metrics` (Prometheus text format 0.0.4, written by hand): the server's own
+//! [`ServerMetrics`] (every request by method, route kind and status, latencies, bytes sent,
+//! `process_*`, `sealer_build_info`), served whatever the [`crate::ContentSource`], followed
+//! by the source's (the pull-through cache's counters per upstream, labelled with the
+//! upstream's configured name). The names are listed in ARCHITECTURE.md.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
+use axum::http::Method;
+use sealer_fs_abstraction::{Fs, RealFs};
 use sealer_registry_client::ClientStats;
 
+use crate::route::{Route, RouteError, RouteParser};
 use crate::source::CacheStatus;
+
+/// Upper bounds (seconds) of the request latency buckets: from a manifest answered from the
+/// store (milliseconds) to a multi-GiB blob on a slow link (minutes).
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// What a request asked for (the `route` label): a small fixed set whatever clients send,
+/// so that no client can grow the series without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum RouteKind {
+    /// `/v2/`.
+    Base,
+    /// `/v2/<name>/manifests/<reference>`.
+    Manifest,
+    /// `/v2/<name>/blobs/<digest>`.
+    Blob,
+    /// `/v2/<name>/blobs/uploads/…`.
+    BlobUpload,
+    /// `/v2/<name>/tags/list`.
+    Tags,
+    /// `/v2/<name>/referrers/<digest>`.
+    Referrers,
+    /// `/metrics`.
+    Metrics,
+    /// `/healthz`.
+    Healthz,
+    /// `/readyz`.
+    Readyz,
+    /// A `/v2/…` request the parser refuses (bad name, digest or method).
+    Invalid,
+    /// Anything else (answered 404).
+    Other,
+}
+
+impl RouteKind {
+    /// The kind of a request, by the same parser that dispatches it.
+    pub(crate) fn classify(
+        parser: &RouteParser,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> Self {
+        match path {
+            "/metrics" => return Self::Metrics,
+            "/healthz" => return Self::Healthz,
+            "/readyz" => return Self::Readyz,
+            _ => {}
+        }
+        match parser.parse(method, path, query) {
+            Ok(Route::Base) => Self::Base,
+            Ok(Route::Manifest { .. }) => Self::Manifest,
+            Ok(Route::Blob { .. }) => Self::Blob,
+            Ok(Route::StartUpload { .. } | Route::Upload { .. }) => Self::BlobUpload,
+            Ok(Route::Tags { .. }) => Self::Tags,
+            Ok(Route::Referrers { .. }) => Self::Referrers,
+            Err(RouteError::NotFound(_)) => Self::Other,
+            Err(_) => Self::Invalid,
+        }
+    }
+
+    /// The label value.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Base => "base",
+            Self::Manifest => "manifest",
+            Self::Blob => "blob",
+            Self::BlobUpload => "blob_upload",
+            Self::Tags => "tags",
+            Self::Referrers => "referrers",
+            Self::Metrics => "metrics",
+            Self::Healthz => "healthz",
+            Self::Readyz => "readyz",
+            Self::Invalid => "invalid",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// The `method` label: the methods of the distribution API, every other one as `OTHER`.
+pub(crate) fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// Counts and bytes of the requests answered with one (method, route, status).
+#[derive(Debug, Default)]
+struct Answered {
+    requests: u64,
+    bytes: u64,
+}
+
+/// Latencies of one (method, route): requests per bucket (not cumulative), sum and count.
+#[derive(Debug, Default)]
+struct Latencies {
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Debug, Default)]
+struct Recorded {
+    answered: BTreeMap<(&'static str, RouteKind, u16), Answered>,
+    latencies: BTreeMap<(&'static str, RouteKind), Latencies>,
+}
+
+/// The server's own metrics: every request it answered, whatever the content source, and
+/// the process's resources.
+#[derive(Debug)]
+pub(crate) struct ServerMetrics {
+    recorded: Mutex<Recorded>,
+    in_flight: AtomicI64,
+    /// `/proc`, for `process_*` (`None` where there is none).
+    proc: Option<RealFs>,
+}
+
+impl ServerMetrics {
+    /// Empty counters; opens `/proc` for the process metrics where there is one.
+    pub(crate) fn new() -> Self {
+        let proc = if cfg!(target_os = "linux") {
+            RealFs::open_root("/proc")
+                .inspect_err(|error| tracing::warn!(%error, "no process metrics"))
+                .ok()
+        } else {
+            None
+        };
+        Self {
+            recorded: Mutex::default(),
+            in_flight: AtomicI64::new(0),
+            proc,
+        }
+    }
+
+    /// A request arrived.
+    pub(crate) fn started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request that [`Self::started`] ended: its response was sent (`bytes` of body) or
+    /// abandoned, `elapsed` after it arrived.
+    pub(crate) fn finished(
+        &self,
+        method: &'static str,
+        route: RouteKind,
+        status: u16,
+        bytes: u64,
+        elapsed: Duration,
+    ) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let seconds = elapsed.as_secs_f64();
+        let mut recorded = self.recorded.lock().unwrap_or_else(PoisonError::into_inner);
+        let answered = recorded
+            .answered
+            .entry((method, route, status))
+            .or_default();
+        answered.requests += 1;
+        answered.bytes += bytes;
+        let latencies = recorded.latencies.entry((method, route)).or_default();
+        if let Some(bucket) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            latencies.buckets[bucket] += 1;
+        }
+        latencies.sum += seconds;
+        latencies.count += 1;
+    }
+
+    /// The Prometheus text of the server's metrics. Reads `/proc`: call it where blocking
+    /// is allowed.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        {
+            let recorded = self.recorded.lock().unwrap_or_else(PoisonError::into_inner);
+            let labels = |method: &str, route: RouteKind, status: u16| {
+                format!(
+                    "method=\"{method}\",route=\"{}\",status=\"{status}\"",
+                    route.label()
+                )
+            };
+            family(
+                &mut out,
+                "sealer_registry_requests_total",
+                "counter",
+                "Requests answered, by method, route kind and status.",
+                recorded
+                    .answered
+                    .iter()
+                    .map(|((method, route, status), answered)| {
+                        (labels(method, *route, *status), answered.requests as i64)
+                    }),
+            );
+            family(
+                &mut out,
+                "sealer_registry_response_bytes_total",
+                "counter",
+                "Response body bytes sent, by method, route kind and status.",
+                recorded
+                    .answered
+                    .iter()
+                    .map(|((method, route, status), answered)| {
+                        (labels(method, *route, *status), answered.bytes as i64)
+                    }),
+            );
+            let name = "sealer_registry_request_duration_seconds";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Time from a request's arrival to the end of its response body."
+            );
+            let _ = writeln!(out, "# TYPE {name} histogram");
+            for ((method, route), latencies) in &recorded.latencies {
+                let labels = format!("method=\"{method}\",route=\"{}\"", route.label());
+                let mut cumulative = 0;
+                for (bound, count) in LATENCY_BUCKETS.iter().zip(latencies.buckets) {
+                    cumulative += count;
+                    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+                }
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
+                    latencies.count
+                );
+                let _ = writeln!(out, "{name}_sum{{{labels}}} {}", latencies.sum);
+                let _ = writeln!(out, "{name}_count{{{labels}}} {}", latencies.count);
+            }
+        }
+        gauge(
+            &mut out,
+            "sealer_registry_requests_in_flight",
+            "Requests arrived whose response has not ended yet.",
+            self.in_flight.load(Ordering::Relaxed) as f64,
+        );
+        family(
+            &mut out,
+            "sealer_build_info",
+            "gauge",
+            "Always 1; the version of the sealer registry serving.",
+            std::iter::once((format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1)),
+        );
+        if let Some(proc) = &self.proc {
+            for (name, kind, help, value) in process_metrics(proc) {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+                let _ = writeln!(out, "{name} {value}");
+            }
+        }
+        out
+    }
+}
+
+/// One unlabelled gauge.
+fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// `process_*` as the Prometheus client libraries name them, read from `/proc/self`
+/// (`proc` is rooted at `/proc`); each one that cannot be read is left out.
+fn process_metrics(proc: &RealFs) -> Vec<(&'static str, &'static str, &'static str, f64)> {
+    let mut metrics = Vec::new();
+    let read = |path: &str| {
+        proc.read(Path::new(path))
+            .ok()
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+    };
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    // The fields after the command name, which may itself hold spaces and parentheses;
+    // `fields[n - 3]` is field n of proc(5).
+    if let Some(stat) = read("self/stat")
+        && let Some(end) = stat.rfind(')')
+    {
+        let fields: Vec<&str> = stat[end + 1..].split_whitespace().collect();
+        let field = |n: usize| {
+            fields
+                .get(n - 3)
+                .and_then(|value| value.parse::<u64>().ok())
+        };
+        if let (Some(user), Some(system)) = (field(14), field(15)) {
+            metrics.push((
+                "process_cpu_seconds_total",
+                "counter",
+                "User and system CPU time spent, in seconds.",
+                (user + system) as f64 / ticks,
+            ));
+        }
+        if let Some(rss) = field(24) {
+            metrics.push((
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                (rss * rustix::param::page_size() as u64) as f64,
+            ));
+        }
+        if let Some(vsize) = field(23) {
+            metrics.push((
+                "process_virtual_memory_bytes",
+                "gauge",
+                "Virtual memory size in bytes.",
+                vsize as f64,
+            ));
+        }
+        if let Some(threads) = field(20) {
+            metrics.push((
+                "process_threads",
+                "gauge",
+                "Threads of the process.",
+                threads as f64,
+            ));
+        }
+        let boot = read("stat").and_then(|stat| {
+            stat.lines()
+                .find_map(|line| line.strip_prefix("btime "))
+                .and_then(|seconds| seconds.trim().parse::<u64>().ok())
+        });
+        if let (Some(boot), Some(start)) = (boot, field(22)) {
+            metrics.push((
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since the Unix epoch, in seconds.",
+                boot as f64 + start as f64 / ticks,
+            ));
+        }
+    }
+    if let Ok(fds) = proc.read_dir(Path::new("self/fd")) {
+        metrics.push((
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors.",
+            fds.len() as f64,
+        ));
+    }
+    if let Some(limit) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        metrics.push((
+            "process_max_fds",
+            "gauge",
+            "The limit on open file descriptors.",
+            limit as f64,
+        ));
+    }
+    metrics
+}
 
 /// Why a fill failed, for `sealer_proxy_fill_failures_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,15 +15,16 @@ use axum::routing::any;
 use sealer_image_store::{Store, load_embedded};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
-use tracing::Level;
 
+use crate::access::observe;
 use crate::auth::{Htpasswd, empty_credentials};
 use crate::config::{ConnectionLimits, Mode, ServerConfig};
 use crate::conn::{PeerAddr, accept_loop, max_connections, raise_open_file_limit};
 use crate::error::{ApiError, ErrorCode, ServeError};
 use crate::handlers;
+use crate::health::{healthz, readyz};
 use crate::local::LocalSource;
+use crate::metrics::ServerMetrics;
 use crate::pull_through::PullThroughSource;
 use crate::route::{BlobOp, ManifestOp, Route, RouteParser, normalise_host};
 use crate::source::{ContentSource, StoreNames};
@@ -48,9 +49,13 @@ pub(crate) struct AppState {
     pub(crate) local: Arc<LocalSource>,
     /// The namespaces (hosts and aliases) of the upstreams, where clients may not write.
     upstream_hosts: BTreeSet<String>,
-    parser: RouteParser,
+    pub(crate) parser: RouteParser,
     read_only: bool,
     auth: Option<Auth>,
+    /// Every request answered, whatever the source (`/metrics`).
+    pub(crate) metrics: Arc<ServerMetrics>,
+    /// Held while a `/readyz` check runs: one at a time.
+    pub(crate) readiness: tokio::sync::Mutex<()>,
 }
 
 /// A registry server over one store: build it with [`Registry::open`], optionally put a
@@ -141,6 +146,8 @@ impl Registry {
                 parser: RouteParser::new(config.upstreams.iter().map(|u| u.name.clone())),
                 read_only: config.mode == Mode::ReadOnly,
                 auth,
+                metrics: Arc::new(ServerMetrics::new()),
+                readiness: tokio::sync::Mutex::new(()),
             },
             connections: config.server,
         })
@@ -158,7 +165,8 @@ impl Registry {
         self
     }
 
-    /// The axum router: `/v2/` and `/v2/{*rest}`, everything else a JSON 404.
+    /// The axum router: `/v2/` and `/v2/{*rest}`, `/metrics`, `/healthz` and `/readyz`,
+    /// everything else a JSON 404; every request is counted and logged ([`observe`]).
     pub fn router(self) -> Router {
         let state = Arc::new(self.state);
         Router::new()
@@ -166,8 +174,10 @@ impl Registry {
             .route("/v2/", any(handle))
             .route("/v2/{*rest}", any(handle))
             .route("/metrics", any(metrics))
+            .route("/healthz", any(healthz))
+            .route("/readyz", any(readyz))
             .fallback(handle)
-            .with_state(state)
+            .with_state(state.clone())
             // Blobs are streamed; manifests are capped by the handler.
             .layer(DefaultBodyLimit::disable())
             // Every answer, errors and metrics included: no browser guesses another type.
@@ -180,12 +190,7 @@ impl Registry {
                     response
                 },
             ))
-            .layer(
-                TraceLayer::new_for_http()
-                    .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
-                    .on_request(())
-                    .on_response(DefaultOnResponse::new().level(Level::INFO)),
-            )
+            .layer(axum::middleware::from_fn_with_state(state, observe))
     }
 
     /// Serves on `listener` (TLS when `tls` is given) until `shutdown` completes, then stops
@@ -425,8 +430,8 @@ async fn authorize(state: &AppState, request: &Parts) -> Result<Option<String>, 
     )
 }
 
-/// `GET /metrics`: the source's metrics (Prometheus text), behind the same authentication
-/// as pulls.
+/// `GET /metrics`: the server's metrics, then the source's (Prometheus text), behind the
+/// same authentication as pulls.
 async fn metrics(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, _) = request.into_parts();
     let answer = async {
@@ -437,7 +442,13 @@ async fn metrics(State(state): State<Arc<AppState>>, request: Request) -> Respon
             ));
         }
         authorize(&state, &parts).await?;
-        let mut response = (StatusCode::OK, state.source.metrics()).into_response();
+        // The server's part reads /proc.
+        let server = state.metrics.clone();
+        let mut text = tokio::task::spawn_blocking(move || server.render())
+            .await
+            .map_err(|error| ApiError::internal("rendering the metrics", error))?;
+        text.push_str(&state.source.metrics());
+        let mut response = (StatusCode::OK, text).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

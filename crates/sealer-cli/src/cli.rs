@@ -18,9 +18,23 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// How log lines on stderr are written: text, or json (one object per line, for log
+    /// collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `TIMESTAMP LEVEL message key=value…`.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `message` and the fields.
+    Json,
 }
 
 /// The subcommands.
@@ -69,6 +83,9 @@ pub enum Command {
 pub enum RegistryCommand {
     /// Serve the store as an OCI distribution registry until SIGINT/SIGTERM.
     Serve(ServeArgs),
+    /// Print the configuration `registry serve` uses without --config: every key with its
+    /// default, commented (`sealer registry config > registry.yaml` to start one).
+    Config,
     /// Write the containerd, CRI-O/podman or Docker files that make a node pull the
     /// registry's upstreams through it.
     MirrorConfig(MirrorConfigArgs),
@@ -76,15 +93,10 @@ pub enum RegistryCommand {
 
 /// `sealer registry serve`.
 #[derive(Debug, clap::Args)]
-#[command(group(
-    clap::ArgGroup::new("what_to_serve")
-        .required(true)
-        .multiple(true)
-        .args(["config", "images"])
-))]
 pub struct ServeArgs {
-    /// The server configuration (YAML or TOML; see examples/registry.yaml). Its `storage`
-    /// defaults to the store of --root. Without it: read-only, no upstreams (offline).
+    /// The server configuration (YAML or TOML; `sealer registry config` prints every key).
+    /// Its `storage` defaults to the store of --root. Without it: the defaults, so the
+    /// store of --root read-only, no upstreams (offline), on 127.0.0.1:5000.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Serve the images this cluster image (in the store) carries in its registry/ layer,

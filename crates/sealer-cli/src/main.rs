@@ -36,7 +36,11 @@ fn main() -> ExitCode {
             command: cli::RegistryCommand::Serve(_)
         }
     );
-    init_logging(cli.verbose, if server { "info" } else { "warn" });
+    init_logging(
+        cli.verbose,
+        if server { "info" } else { "warn" },
+        cli.log_format,
+    );
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // `sealer images | head -1`: the reader has seen enough.
@@ -48,8 +52,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr: warnings (`quiet`) by default, more with each `-v`; `RUST_LOG` wins.
-fn init_logging(verbose: u8, quiet: &str) {
+/// Logs go to stderr, each line with its UTC time: warnings (`quiet`) by default, more with
+/// each `-v`; `RUST_LOG` wins. JSON lines carry the event's fields at the top level
+/// (`timestamp`, `level`, `message`, `status`, …) and the request span, if any, as `span`.
+fn init_logging(verbose: u8, quiet: &str, format: cli::LogFormat) {
     let level = match verbose {
         0 => quiet,
         1 => "info",
@@ -58,13 +64,21 @@ fn init_logging(verbose: u8, quiet: &str) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(verbose > 1)
-        .without_time()
-        .init();
+        .with_target(verbose > 1);
+    match format {
+        cli::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        cli::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {

@@ -286,6 +286,47 @@ fn cluster_image_carries_its_images_and_serves_them_offline() {
             wire.addr()
         );
     }
+    // What an operator watches in this offline mode: `/metrics` in Prometheus text, counting
+    // what the nodes pulled, and readiness.
+    let metrics = http_request(
+        "GET",
+        &format!("http://{mirror}/metrics"),
+        &[],
+        &[],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8(metrics.body).unwrap();
+    let scrape =
+        prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).unwrap();
+    let answered = |route: &str| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|sample| {
+                sample.metric == "sealer_registry_requests_total"
+                    && sample.labels.get("route") == Some(route)
+                    && sample.labels.get("status") == Some("200")
+            })
+            .map(|sample| match sample.value {
+                prometheus_parse::Value::Counter(count) => count,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert!(answered("manifest") >= dependencies.len() as f64, "{text}");
+    assert!(answered("blob") >= 1.0, "{text}");
+    let ready = http_request(
+        "GET",
+        &format!("http://{mirror}/readyz"),
+        &[],
+        &[],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(ready.status, 200, "{ready:?}");
+
     let served_log = server.log();
     assert!(
         served_log.contains("imported the carried images"),

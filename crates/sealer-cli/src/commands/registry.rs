@@ -1,10 +1,11 @@
-//! `sealer registry serve` (and the dispatch of `sealer registry mirror-config`).
+//! `sealer registry serve`, `sealer registry config` (and the dispatch of
+//! `sealer registry mirror-config`).
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use sealer_image_store::Store;
-use sealer_registry_proxy::ServerConfig;
+use sealer_registry_proxy::{DEFAULT_CONFIG, ServerConfig};
 
 use crate::cli::RegistryCommand;
 
@@ -13,7 +14,13 @@ pub fn run(root: Option<&Path>, command: &RegistryCommand) -> Result<()> {
         RegistryCommand::Serve(args) => {
             let mut config = match &args.config {
                 Some(path) => ServerConfig::load(path)?,
-                None => ServerConfig::default(),
+                None => {
+                    tracing::info!(
+                        "no --config: serving with the defaults (read-only, no upstreams); \
+                         `sealer registry config` prints them"
+                    );
+                    ServerConfig::default()
+                }
             };
             config.images.extend(args.images.iter().cloned());
             if let Some(listen) = args.listen {
@@ -36,6 +43,10 @@ pub fn run(root: Option<&Path>, command: &RegistryCommand) -> Result<()> {
                     Some(path) => format!("serving {}", path.display()),
                     None => format!("serving on {}", config.listen),
                 })
+        }
+        RegistryCommand::Config => {
+            say!("{}", DEFAULT_CONFIG.trim_end());
+            Ok(())
         }
         RegistryCommand::MirrorConfig(args) => super::mirror_config::run(root, args),
     }
