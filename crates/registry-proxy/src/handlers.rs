@@ -855,7 +855,7 @@ pub(crate) async fn upload(
             }
             let upload = upload.ok_or_else(broken)?;
             let size = commit_upload(upload, &digest).await?;
-                tracing::info!(repository = %repo.path_name, %digest, size, "blob uploaded");
+            tracing::info!(repository = %repo.path_name, %digest, size, "blob uploaded");
             Ok(blob_created(&repo, &digest))
         }
     }
