@@ -364,7 +364,9 @@ pub enum Format {
 /// `sealer save`.
 #[derive(Debug, clap::Args)]
 pub struct SaveArgs {
-    /// The archive to write (replaced atomically, only when the save succeeds).
+    /// The archive to write: a regular file is replaced atomically, only when the save
+    /// succeeds (a symlink is followed); a device, FIFO or socket is written into; `-` is
+    /// stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
     /// The archive format.
@@ -383,6 +385,7 @@ pub struct SaveArgs {
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
     /// An oci-archive or docker-archive (gzip-compressed or not), or an OCI layout directory.
+    /// `-` reads stdin; FIFOs, `/dev/stdin` and `<(…)` are read as streams.
     #[arg(short, long, value_name = "FILE")]
     pub input: PathBuf,
     /// The name to give the image when the input holds exactly one.

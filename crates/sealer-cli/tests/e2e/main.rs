@@ -25,4 +25,5 @@ mod registry;
 mod roundtrip;
 mod scan;
 mod serve;
+mod streams;
 mod support;
