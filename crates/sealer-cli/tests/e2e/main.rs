@@ -17,6 +17,7 @@
 mod build;
 mod corruption;
 mod crash;
+mod errors;
 mod interop;
 mod lifecycle;
 mod mirror_config;
