@@ -211,10 +211,11 @@ pub struct LoginArgs {
     /// The registry host (`quay.io`, `localhost:5000`, `docker.io`).
     #[arg(value_name = "HOST")]
     pub host: String,
-    /// The user name.
+    /// The user name (asked for on a terminal when not given).
     #[arg(short, long)]
     pub username: Option<String>,
-    /// Read the password from standard input (sealer never prompts).
+    /// Read the password from standard input. Without it the password is asked for on the
+    /// terminal, not echoed.
     #[arg(long)]
     pub password_stdin: bool,
     #[command(flatten)]
@@ -232,9 +233,21 @@ pub struct LogoutArgs {
 /// `sealer images`.
 #[derive(Debug, clap::Args)]
 pub struct ImagesArgs {
-    /// Print JSON instead of a table.
-    #[arg(long)]
+    /// Only this repository (`nginx`, `quay.io/a/b`), or one tag of it (`nginx:1.25`).
+    #[arg(value_name = "REPOSITORY[:TAG]")]
+    pub repository: Option<String>,
+    /// Print only the image ids (short digests; full ones with --digests), once each.
+    #[arg(short, long, conflicts_with_all = ["json", "format"])]
+    pub quiet: bool,
+    /// Print JSON instead of a table (the same as --format json).
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// `table` (the default), `json`, or a template such as
+    /// `'{{.Repository}}:{{.Tag}}\t{{.ID}}'` (`table TEMPLATE` adds a header line). Fields:
+    /// .Repository .Tag .Digest .ID .Platforms .Size .Kind (cluster, dependency, other);
+    /// `\t` and `\n` are a tab and a newline.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
     /// Show full digests.
     #[arg(long)]
     pub digests: bool,

@@ -60,7 +60,8 @@ pub use deps::{
 pub use error::{BuildError, Result};
 pub use layer::LayerCompression;
 pub use metadata::{
-    Application, EXTENSION_ANNOTATION, EXTENSION_SCHEMA_VERSION, ImageExtension, Launch,
+    Application, EXTENSION_ANNOTATION, EXTENSION_SCHEMA_VERSION, ImageExtension, ImageKind, Launch,
+    image_kinds,
 };
 
 use crate::engine::copy::{

@@ -18,6 +18,7 @@ mod build;
 mod corruption;
 mod crash;
 mod errors;
+mod images;
 mod interop;
 mod lifecycle;
 mod mirror_config;
