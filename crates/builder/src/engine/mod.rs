@@ -789,11 +789,17 @@ fn base_state(
 ) -> Result<ImageState> {
     let resolved = match store.resolve(reference, Some(platform)) {
         Ok(resolved) => resolved,
-        Err(StoreError::ImageNotFound(_)) => {
+        // Absent, or a multi-arch image without this platform: pulled for it when possible.
+        Err(error @ (StoreError::ImageNotFound(_) | StoreError::PlatformNotCarried { .. })) => {
             let Some(pull) = options.pull else {
                 return Err(BuildError::Base {
                     reference: reference.to_owned(),
-                    message: "not in the store (pull it first)".to_owned(),
+                    message: match error {
+                        StoreError::ImageNotFound(_) => {
+                            "not in the store (pull it first)".to_owned()
+                        }
+                        carried => carried.to_string(),
+                    },
                 });
             };
             pull(reference, platform).map_err(|message| BuildError::Base {

@@ -23,6 +23,7 @@ mod interop;
 mod lifecycle;
 mod mirror_config;
 mod pipes;
+mod platforms;
 mod registry;
 mod roundtrip;
 mod scan;
