@@ -237,3 +237,43 @@ fn load_reads_dev_stdin_and_process_substitution() {
     );
     assert_eq!(target.digest_of(SINGLE), single);
 }
+
+/// `skopeo copy … docker-archive:/dev/stdout | sealer load -i -`: the archive skopeo writes
+/// into a pipe loads, with the config skopeo wrote.
+#[test]
+fn skopeo_docker_archive_on_stdout_loads_from_stdin() {
+    crate::require_tools!("skopeo");
+    let work = temp();
+    let fixtures = work.path().join("fixtures");
+    standard_images(&fixtures);
+    let mut skopeo = Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            &format!("oci:{}:{SINGLE}", arg(&fixtures)),
+            &format!("docker-archive:/dev/stdout:{SINGLE}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start skopeo");
+    let sealer = Sealer::new(work.path().join("store"));
+    let load = sealer
+        .command(&["load", "-i", "-"])
+        .stdin(Stdio::from(skopeo.stdout.take().expect("skopeo's stdout")))
+        .output()
+        .expect("run load");
+    let skopeo = skopeo.wait_with_output().expect("wait for skopeo");
+    assert!(
+        skopeo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&skopeo.stderr)
+    );
+    assert!(
+        load.status.success(),
+        "{}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let config = sealer.inspect(&[SINGLE])["config"].clone();
+    assert_eq!(config["architecture"], "amd64");
+}
