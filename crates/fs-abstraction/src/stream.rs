@@ -329,6 +329,52 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_is_connected_to_and_left_in_place() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("socket");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let target = OutputTarget::resolve(&path).unwrap();
+        assert!(matches!(target, OutputTarget::Stream { socket: true, .. }));
+        let mut writer = target.open().unwrap();
+        writer.write_all(b"bytes").unwrap();
+        // Committing flushes and drops the connection: the reader sees the end.
+        writer.commit().unwrap();
+        let (mut accepted, _) = listener.accept().unwrap();
+        let mut received = Vec::new();
+        accepted.read_to_end(&mut received).unwrap();
+        assert_eq!(received, b"bytes");
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_socket()
+        );
+    }
+
+    #[test]
+    fn a_fifo_is_an_input_stream() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("fifo");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || std::fs::write(path, b"archive").unwrap())
+        };
+        let InputSource::Stream { mut reader, len } = InputSource::open(&path).unwrap() else {
+            panic!("not a stream");
+        };
+        assert_eq!(len, None);
+        let mut read = Vec::new();
+        reader.read_to_end(&mut read).unwrap();
+        writer.join().unwrap();
+        assert_eq!(read, b"archive");
+    }
+
+    #[test]
     fn a_character_device_is_a_stream() {
         let target = OutputTarget::resolve(Path::new("/dev/null")).unwrap();
         assert!(matches!(target, OutputTarget::Stream { socket: false, .. }));

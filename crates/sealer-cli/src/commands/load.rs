@@ -1,6 +1,8 @@
 //! `sealer load`.
 
-use anyhow::{Context, Result};
+use std::io::IsTerminal;
+
+use anyhow::{Context, Result, bail};
 use indicatif::BinaryBytes;
 use sealer_fs_abstraction::{InputSource, RealFs, STDIO_NAME};
 use sealer_image_store::archive::{self, LoadOptions, LoadReport, Progress};
@@ -14,6 +16,9 @@ pub fn run(store: &Store, args: &LoadArgs) -> Result<()> {
     let name: Option<Reference> = args.name.as_deref().map(str::parse).transpose()?;
     // `-`, `/dev/stdin`, a FIFO or `<(…)` are read as streams: `archive::load` reads in one
     // pass and stages blobs on disk, so memory stays flat whatever the archive's size.
+    if input.as_os_str() == STDIO_NAME && std::io::stdin().is_terminal() {
+        bail!("refusing to read an archive from a terminal: pipe one in, or give -i FILE");
+    }
     let source =
         InputSource::open(input).with_context(|| format!("opening {}", input.display()))?;
     let bar = Bar::new("loading");
