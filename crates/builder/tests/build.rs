@@ -884,3 +884,55 @@ fn skopeo_reads_the_result() {
         .expect("read");
     assert!(String::from_utf8_lossy(&raw).contains("sealer.image.extension"));
 }
+
+/// FROM a multi-arch image the store holds for other platforms only: pulled for the
+/// platform when a pull is possible, else an error naming the platforms it carries.
+#[test]
+fn a_base_without_the_platform_is_pulled_or_named_with_its_carried_platforms() {
+    let store = store();
+    let mut spec =
+        sealer_image_store::testing::ImageSpec::new("docker.io/library/base:1", &[100], 7);
+    spec.platforms = vec![
+        Platform::new("linux", "amd64", None),
+        Platform::new("linux", "arm64", None),
+    ];
+    let top = sealer_image_store::testing::write_image(&store.store, &spec).expect("base");
+    let ManifestDocument::Index(index) = store.store.read_manifest(&top).expect("index") else {
+        panic!("not an index");
+    };
+    let arm64 = &index.manifests[1];
+    assert_eq!(
+        arm64.platform.as_ref().expect("platform").architecture,
+        "arm64"
+    );
+    // Removed by hand: what a pull of amd64 only leaves.
+    let hex = arm64.digest.to_string().replace("sha256:", "");
+    #[allow(clippy::disallowed_methods)]
+    std::fs::remove_file(store.dir.path().join("blobs/sha256").join(hex)).expect("remove");
+
+    let context = abc();
+    let kubefile = "FROM base:1\nCOPY a /a\n";
+    let mut options = options(&["child:1"]);
+    options.platforms = vec![Platform::new("linux", "arm64", None)];
+    let error = try_build(&store.store, &context, kubefile, &options)
+        .expect_err("no pull, no arm64")
+        .to_string();
+    assert!(
+        error.contains("does not carry it") && error.contains("it carries: linux/amd64"),
+        "{error}"
+    );
+    let asked = std::sync::Mutex::new(Vec::new());
+    let pull = |reference: &str, platform: &Platform| -> Result<(), String> {
+        asked
+            .lock()
+            .expect("lock")
+            .push(format!("{reference} {platform}"));
+        Err("offline".to_owned())
+    };
+    options.pull = Some(&pull);
+    let error = try_build(&store.store, &context, kubefile, &options)
+        .expect_err("the pull fails")
+        .to_string();
+    assert!(error.contains("offline"), "{error}");
+    assert_eq!(*asked.lock().expect("lock"), ["base:1 linux/arm64"]);
+}

@@ -24,6 +24,7 @@ mod error;
 mod mem;
 mod path;
 mod real;
+mod stream;
 pub mod tar;
 mod write_behind;
 
@@ -36,6 +37,7 @@ pub use error::FsError;
 pub use mem::MemFs;
 pub use path::FsPath;
 pub use real::RealFs;
+pub use stream::{InputSource, OutputTarget, OutputWriter, STDIO_NAME};
 pub use write_behind::{WRITE_BEHIND_CHUNK, WriteBehind};
 
 /// Result of file operations.

@@ -86,6 +86,20 @@ pub enum StoreError {
         /// The platforms it has, comma separated.
         available: String,
     },
+    /// A multi-arch image lists the platform, but the store does not carry its manifest (a
+    /// partial image: pulled or carried for other platforms only).
+    #[error(
+        "image {reference} lists {platform} but does not carry it (a partial multi-arch image); \
+         it carries: {carried}"
+    )]
+    PlatformNotCarried {
+        /// The image.
+        reference: String,
+        /// The platform asked for (as the index names it).
+        platform: String,
+        /// The platforms whose manifests are here, comma separated (`none` when none is).
+        carried: String,
+    },
     /// A short digest matches several images.
     #[error("{0:?} matches several images; give more of the digest")]
     Ambiguous(String),

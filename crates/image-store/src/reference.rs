@@ -90,6 +90,30 @@ impl Reference {
         }
     }
 
+    /// Parses a reference a user typed or pasted, which may carry a containers-image
+    /// transport prefix (skopeo's and podman's spelling): `docker://host/x:1` is `host/x:1`;
+    /// another transport (`oci:`, `docker-archive:`, …) is refused with what to do instead.
+    /// Strings found in content are parsed with [`str::parse`], where no prefix is accepted.
+    pub fn parse_user_input(input: &str) -> Result<Self, ReferenceError> {
+        if let Some(rest) = input.strip_prefix("docker://") {
+            return rest.parse();
+        }
+        if let Some((transport, _)) = input.split_once(':')
+            && let Some(hint) = transport_hint(transport)
+            // `oci:5000/x` is a host and port, not a transport.
+            && !input[transport.len() + 1..].starts_with(|c: char| c.is_ascii_digit())
+        {
+            return Err(ReferenceError {
+                input: input.to_owned(),
+                reason: format!(
+                    "{transport}: is a transport, not a registry; only docker:// (a registry) is \
+                     accepted here: {hint}"
+                ),
+            });
+        }
+        input.parse()
+    }
+
     /// The name under which a store tags this image: `registry/repository:tag`, or `None`
     /// for a digest-only reference.
     pub fn tagged_name(&self) -> Option<String> {
@@ -97,6 +121,18 @@ impl Reference {
             .as_ref()
             .map(|tag| format!("{}:{tag}", self.name()))
     }
+}
+
+/// What to use instead of a containers-image transport other than `docker://`.
+fn transport_hint(transport: &str) -> Option<&'static str> {
+    Some(match transport {
+        "oci" => "for an OCI layout directory use `sealer load -i DIR`",
+        "oci-archive" | "docker-archive" => "for an archive use `sealer load -i FILE`",
+        "dir" | "containers-storage" | "docker-daemon" | "ostree" | "sif" | "tarball" => {
+            "copy the image into a registry or an archive first (skopeo copy)"
+        }
+        _ => return None,
+    })
 }
 
 impl FromStr for Reference {
@@ -268,6 +304,23 @@ mod tests {
 
     fn norm(input: &str) -> String {
         input.parse::<Reference>().unwrap().to_string()
+    }
+
+    #[test]
+    fn user_input_may_carry_the_docker_transport() {
+        let parse = |input| Reference::parse_user_input(input).map(|r| r.to_string());
+        assert_eq!(parse("docker://host:5000/x:1").unwrap(), "host:5000/x:1");
+        assert_eq!(
+            parse("docker://nginx").unwrap(),
+            "docker.io/library/nginx:latest"
+        );
+        assert_eq!(parse("oci:5000/x").unwrap(), "oci:5000/x:latest");
+        let error = parse("docker-archive:/tmp/a.tar").unwrap_err().to_string();
+        assert!(error.contains("sealer load -i FILE"), "{error}");
+        let error = parse("oci:/tmp/layout:1").unwrap_err().to_string();
+        assert!(error.contains("is a transport"), "{error}");
+        // Content is parsed strictly.
+        assert!("docker://host/x:1".parse::<Reference>().is_err());
     }
 
     #[test]

@@ -647,6 +647,16 @@ impl Store {
                             available: platforms_of(&index),
                         }
                     })?;
+                    if self.blobs.stat(&next.digest)?.is_none() {
+                        return Err(StoreError::PlatformNotCarried {
+                            reference: reference.to_owned(),
+                            platform: next
+                                .platform
+                                .as_ref()
+                                .map_or_else(|| wanted.to_string(), ToString::to_string),
+                            carried: self.carried_platforms(&index)?.join(", "),
+                        });
+                    }
                     indexes.push(std::mem::replace(&mut current, next));
                 }
             }
@@ -654,6 +664,58 @@ impl Store {
         Err(StoreError::ImageNotFound(format!(
             "{reference}: indexes nested too deeply"
         )))
+    }
+
+    /// The platforms of `index` whose manifests are in the store (`none` when none is).
+    pub fn carried_platforms(&self, index: &Index) -> Result<Vec<String>> {
+        let mut carried = Vec::new();
+        for entry in &index.manifests {
+            if let Some(platform) = &entry.platform
+                && self.blobs.stat(&entry.digest)?.is_some()
+            {
+                carried.push(platform.to_string());
+            }
+        }
+        if carried.is_empty() {
+            carried.push("none".to_owned());
+        }
+        Ok(carried)
+    }
+
+    /// When `digest` is a platform manifest that a multi-arch image of `index.json` lists but
+    /// the store does not carry: that image's name (or digest), the platform, and the
+    /// platforms it carries. `None` when no top-level index lists it as absent. For the
+    /// "not found" answers (a registry's 404), so they say which platforms there are.
+    pub fn absent_platform(&self, digest: &Digest) -> Result<Option<StoreError>> {
+        if self.blobs.stat(digest)?.is_some() {
+            return Ok(None);
+        }
+        for entry in self.index()?.manifests {
+            if !matches!(
+                entry.media_type.as_str(),
+                media_type::OCI_INDEX | media_type::DOCKER_MANIFEST_LIST
+            ) || self.blobs.stat(&entry.digest)?.is_none()
+            {
+                continue;
+            }
+            let ManifestDocument::Index(index) = self.read_manifest(&entry)? else {
+                continue;
+            };
+            let Some(listed) = index.manifests.iter().find(|child| child.digest == *digest) else {
+                continue;
+            };
+            return Ok(Some(StoreError::PlatformNotCarried {
+                reference: entry
+                    .ref_name()
+                    .map_or_else(|| entry.digest.to_string(), str::to_owned),
+                platform: listed
+                    .platform
+                    .as_ref()
+                    .map_or_else(|| "an unnamed platform".to_owned(), ToString::to_string),
+                carried: self.carried_platforms(&index)?.join(", "),
+            }));
+        }
+        Ok(None)
     }
 
     /// Every image manifest `reference` names that is in the store: the image itself, or

@@ -157,6 +157,9 @@ impl ApiError {
                 ErrorCode::ManifestUnknown,
                 format!("manifest {name} is not in the registry"),
             ),
+            StoreError::PlatformNotCarried { .. } => {
+                Self::new(ErrorCode::ManifestUnknown, error.to_string())
+            }
             StoreError::DigestMismatch {
                 expected, actual, ..
             } => Self::new(

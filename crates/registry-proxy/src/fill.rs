@@ -58,10 +58,12 @@ pub(crate) enum FetchError {
 impl FetchError {
     /// A client error: 404 is [`Self::NotFound`], anything else [`Self::Upstream`].
     pub(crate) fn from_client(error: &ClientError) -> Self {
+        // The whole chain: the cause (refused, reset, DNS, TLS) is what the client needs.
+        let message = sealer_registry_client::error_chain(error);
         if error.status() == Some(404) {
-            Self::NotFound(error.to_string())
+            Self::NotFound(message)
         } else {
-            Self::Upstream(error.to_string())
+            Self::Upstream(message)
         }
     }
 

@@ -202,6 +202,25 @@ pub(crate) fn read_manifest(
     Ok(Some((Bytes::from(bytes), media_type)))
 }
 
+/// 404 `MANIFEST_UNKNOWN` for a platform manifest a multi-arch image lists but the store
+/// does not carry; the message (and `detail`) name the platforms it carries.
+fn platform_not_carried(absent: &StoreError) -> ApiError {
+    let mut error = ApiError::new(ErrorCode::ManifestUnknown, absent.to_string());
+    if let StoreError::PlatformNotCarried {
+        reference,
+        platform,
+        carried,
+    } = absent
+    {
+        error = error.with_detail(serde_json::json!({
+            "image": reference,
+            "platform": platform,
+            "carried": carried.split(", ").collect::<Vec<_>>(),
+        }));
+    }
+    error
+}
+
 fn manifest_unknown(repo: &RepoPath, reference: &ManifestRef) -> ApiError {
     ApiError::new(
         ErrorCode::ManifestUnknown,
@@ -250,7 +269,18 @@ impl ContentSource for LocalSource {
                     .by_digest(&read_digest)
                     .map(|entry| entry.media_type.clone()),
             };
-            read_manifest(&store, &read_digest, listed)
+            let found = read_manifest(&store, &read_digest, listed)?;
+            if found.is_none() {
+                // A platform a partial multi-arch image lists but does not carry: the 404
+                // names the platforms there are.
+                let absent = store
+                    .absent_platform(&read_digest)
+                    .map_err(|error| ApiError::internal("read a manifest", error))?;
+                if let Some(absent) = absent {
+                    return Err(platform_not_carried(&absent));
+                }
+            }
+            Ok(found)
         })
         .await?;
         let (bytes, media_type) = found.ok_or_else(|| manifest_unknown(repo, reference))?;

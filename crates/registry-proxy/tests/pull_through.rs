@@ -773,3 +773,31 @@ fn tag_lists_come_from_the_upstream_and_from_the_cache_when_it_is_down() {
         String::from_utf8_lossy(&unknown.body)
     );
 }
+
+/// A 502 says why the upstream failed (here: the connection was refused), not only that
+/// it did.
+#[test]
+fn a_502_body_carries_the_upstream_cause() {
+    // A loopback port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(
+        &dir.path().join("store"),
+        &format!(
+            "{}upstream_timeout: 1s\n",
+            upstreams(&[("up", &url, "tag_ttl: 0")])
+        ),
+    );
+    let digest = digest_of(b"absent");
+    for path in [
+        "/v2/up/gone/app/manifests/1".to_owned(),
+        format!("/v2/up/gone/app/blobs/{digest}"),
+    ] {
+        let answer = proxy.get(&path);
+        let body = String::from_utf8_lossy(&answer.body);
+        assert_eq!(answer.status, 502, "{path}: {body}");
+        assert!(body.contains("Connection refused"), "{path}: {body}");
+    }
+}

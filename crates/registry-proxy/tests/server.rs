@@ -13,7 +13,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sealer_image_store::testing::{ImageSpec, write_image};
-use sealer_image_store::{Algorithm, BlobStore, Digest, GcOptions, Platform, Store};
+use sealer_image_store::{
+    Algorithm, BlobStore, Digest, GcOptions, ManifestDocument, Platform, Store,
+};
 use sealer_registry_proxy::config::{AuthConfig, TlsConfig};
 use sealer_registry_proxy::{Mode, ServeError, ServerConfig};
 use sealer_test_harness::{HttpResponse, http_request, require_tools, run_bounded, run_ok};
@@ -1825,4 +1827,50 @@ fn manifest_pushes_racing_gc_never_answer_201_for_a_broken_image() {
         assert_pulls(&server, "race", tag, digest);
     }
     assert_fsck_clean(&server.store);
+}
+
+/// A platform manifest a partial multi-arch image lists but does not carry: still 404
+/// `MANIFEST_UNKNOWN`, and the message and detail name the platforms it does carry.
+#[test]
+fn an_absent_platform_is_answered_with_the_carried_ones() {
+    let server = TestServer::start();
+    let store = Store::open_dir(&server.store).unwrap();
+    let mut spec = ImageSpec::new("localhost/team/multi:1", &[1000], 5);
+    spec.platforms = two_platforms();
+    let top = write_image(&store, &spec).unwrap();
+    let ManifestDocument::Index(index) = store.read_manifest(&top).unwrap() else {
+        panic!("not an index");
+    };
+    let arm64 = index
+        .manifests
+        .iter()
+        .find(|entry| entry.platform.as_ref().unwrap().architecture == "arm64")
+        .unwrap()
+        .digest
+        .clone();
+    // What a cluster image's `registry/` or a pull for one platform leaves: no arm64.
+    std::fs::remove_file(
+        server
+            .store
+            .join("blobs/sha256")
+            .join(arm64.to_string().strip_prefix("sha256:").unwrap()),
+    )
+    .unwrap();
+    let answer = server.get(&format!("/v2/team/multi/manifests/{arm64}"));
+    assert_error(&answer, 404, "MANIFEST_UNKNOWN");
+    let body: Value = serde_json::from_slice(&answer.body).unwrap();
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("linux/arm64") && message.contains("it carries: linux/amd64"),
+        "{message}"
+    );
+    assert_eq!(
+        body["errors"][0]["detail"]["carried"],
+        json!(["linux/amd64"])
+    );
+    // Any other absent digest: the plain answer.
+    let other = Digest::sha256(b"nothing");
+    let answer = server.get(&format!("/v2/team/multi/manifests/{other}"));
+    assert_error(&answer, 404, "MANIFEST_UNKNOWN");
+    assert!(!String::from_utf8_lossy(&answer.body).contains("carries"));
 }

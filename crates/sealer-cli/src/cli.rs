@@ -236,10 +236,11 @@ pub struct LoginArgs {
     /// The registry host (`quay.io`, `localhost:5000`, `docker.io`).
     #[arg(value_name = "HOST")]
     pub host: String,
-    /// The user name.
+    /// The user name (asked for on a terminal when not given).
     #[arg(short, long)]
     pub username: Option<String>,
-    /// Read the password from standard input (sealer never prompts).
+    /// Read the password from standard input. Without it the password is asked for on the
+    /// terminal, not echoed.
     #[arg(long)]
     pub password_stdin: bool,
     #[command(flatten)]
@@ -257,9 +258,21 @@ pub struct LogoutArgs {
 /// `sealer images`.
 #[derive(Debug, clap::Args)]
 pub struct ImagesArgs {
-    /// Print JSON instead of a table.
-    #[arg(long)]
+    /// Only this repository (`nginx`, `quay.io/a/b`), or one tag of it (`nginx:1.25`).
+    #[arg(value_name = "REPOSITORY[:TAG]")]
+    pub repository: Option<String>,
+    /// Print only the image ids (short digests; full ones with --digests), once each.
+    #[arg(short, long, conflicts_with_all = ["json", "format"])]
+    pub quiet: bool,
+    /// Print JSON instead of a table (the same as --format json).
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// `table` (the default), `json`, or a template such as
+    /// `'{{.Repository}}:{{.Tag}}\t{{.ID}}'` (`table TEMPLATE` adds a header line). Fields:
+    /// .Repository .Tag .Digest .ID .Platforms .Size .Kind (cluster, dependency, other);
+    /// `\t` and `\n` are a tab and a newline.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
     /// Show full digests.
     #[arg(long)]
     pub digests: bool,
@@ -389,7 +402,9 @@ pub enum Format {
 /// `sealer save`.
 #[derive(Debug, clap::Args)]
 pub struct SaveArgs {
-    /// The archive to write (replaced atomically, only when the save succeeds).
+    /// The archive to write: a regular file is replaced atomically, only when the save
+    /// succeeds (a symlink is followed); a device, FIFO or socket is written into; `-` is
+    /// stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
     /// The archive format.
@@ -408,6 +423,7 @@ pub struct SaveArgs {
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
     /// An oci-archive or docker-archive (gzip-compressed or not), or an OCI layout directory.
+    /// `-` reads stdin; FIFOs, `/dev/stdin` and `<(…)` are read as streams.
     #[arg(short, long, value_name = "FILE")]
     pub input: PathBuf,
     /// The name to give the image when the input holds exactly one.

@@ -89,21 +89,9 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
     })
 }
 
-/// The error and its causes joined by `: `, leaving out a cause whose text the message
-/// before it already contains (library errors often print their source themselves).
+/// The error and its causes, each once (the one mechanism every front end uses).
 fn error_chain(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let message = cause.to_string();
-        if text.contains(&message) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&message);
-    }
-    text
+    sealer_registry_client::error_chain(error.as_ref())
 }
 
 #[cfg(test)]

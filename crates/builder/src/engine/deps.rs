@@ -138,7 +138,12 @@ pub(crate) fn collect(
         // for another platform (an earlier platform of this build) lacks it.
         let present = match store.resolve(&reference, Some(platform)) {
             Ok(resolved) if is_complete(store, &resolved)? => Some(resolved),
-            Ok(_) | Err(StoreError::ImageNotFound(_) | StoreError::BlobNotFound(_)) => None,
+            Ok(_)
+            | Err(
+                StoreError::ImageNotFound(_)
+                | StoreError::BlobNotFound(_)
+                | StoreError::PlatformNotCarried { .. },
+            ) => None,
             Err(error) => return Err(error.into()),
         };
         let resolved = match present {

@@ -3,8 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use sealer_image_store::Manifest;
+use sealer_image_store::{ImageEntry, Manifest, Reference, Store};
 use serde::{Deserialize, Serialize};
+
+use crate::engine::deps::container_images;
+use crate::engine::error::{BuildError, Result};
 
 /// The manifest annotation holding sealer's metadata as JSON ([`ImageExtension`]).
 pub const EXTENSION_ANNOTATION: &str = "sealer.image.extension";
@@ -66,6 +69,73 @@ impl ImageExtension {
             format!("the {EXTENSION_ANNOTATION} annotation is not valid: {error}")
         }))
     }
+}
+
+/// What an image of the store is to sealer (what `sealer images` groups by).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ImageKind {
+    /// A cluster image: a manifest carries [`EXTENSION_ANNOTATION`] (`sealer build` wrote it).
+    Cluster,
+    /// An image a cluster image of the store lists as carried (its
+    /// `sealer.image.container.images`), under the name listed there.
+    Dependency,
+    /// Any other image.
+    Other,
+}
+
+impl ImageKind {
+    /// The lowercase name (`cluster`, `dependency`, `other`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cluster => "cluster",
+            Self::Dependency => "dependency",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// The kind of each of `entries` (in order), from their manifests in `store`: cluster
+/// images first, then the images those list as carried.
+pub fn image_kinds(store: &Store, entries: &[ImageEntry]) -> Result<Vec<ImageKind>> {
+    let mut kinds = Vec::with_capacity(entries.len());
+    let mut carried = std::collections::BTreeSet::new();
+    for entry in entries {
+        let reference = entry.descriptor.digest.to_string();
+        let mut cluster = false;
+        for (_, manifest) in store.image_manifests(&reference)? {
+            if manifest.annotations.contains_key(EXTENSION_ANNOTATION) {
+                cluster = true;
+                let listed =
+                    container_images(&manifest).map_err(|message| BuildError::Metadata {
+                        reference: entry.name.clone().unwrap_or_else(|| reference.clone()),
+                        message,
+                    })?;
+                // Compared in normalised spelling (`nginx` is `docker.io/library/nginx:latest`).
+                carried.extend(listed.into_iter().map(|image| {
+                    image
+                        .image
+                        .parse::<Reference>()
+                        .map_or(image.image, |parsed| parsed.to_string())
+                }));
+            }
+        }
+        kinds.push(if cluster {
+            ImageKind::Cluster
+        } else {
+            ImageKind::Other
+        });
+    }
+    for (kind, entry) in kinds.iter_mut().zip(entries) {
+        if *kind == ImageKind::Other
+            && entry
+                .name
+                .as_ref()
+                .is_some_and(|name| carried.contains(name))
+        {
+            *kind = ImageKind::Dependency;
+        }
+    }
+    Ok(kinds)
 }
 
 pub(crate) use sealer_image_store::model::rfc3339_utc as rfc3339;

@@ -60,7 +60,8 @@ pub use deps::{
 pub use error::{BuildError, Result};
 pub use layer::LayerCompression;
 pub use metadata::{
-    Application, EXTENSION_ANNOTATION, EXTENSION_SCHEMA_VERSION, ImageExtension, Launch,
+    Application, EXTENSION_ANNOTATION, EXTENSION_SCHEMA_VERSION, ImageExtension, ImageKind, Launch,
+    image_kinds,
 };
 
 use crate::engine::copy::{
@@ -788,11 +789,17 @@ fn base_state(
 ) -> Result<ImageState> {
     let resolved = match store.resolve(reference, Some(platform)) {
         Ok(resolved) => resolved,
-        Err(StoreError::ImageNotFound(_)) => {
+        // Absent, or a multi-arch image without this platform: pulled for it when possible.
+        Err(error @ (StoreError::ImageNotFound(_) | StoreError::PlatformNotCarried { .. })) => {
             let Some(pull) = options.pull else {
                 return Err(BuildError::Base {
                     reference: reference.to_owned(),
-                    message: "not in the store (pull it first)".to_owned(),
+                    message: match error {
+                        StoreError::ImageNotFound(_) => {
+                            "not in the store (pull it first)".to_owned()
+                        }
+                        carried => carried.to_string(),
+                    },
                 });
             };
             pull(reference, platform).map_err(|message| BuildError::Base {

@@ -139,7 +139,10 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
             &progress,
         ));
         progress.clear();
-        pulled.map(|_| ()).map_err(|e| format!("pulling: {e}"))
+        // The whole chain: a transport error's cause (refused, DNS, TLS) is deep in it.
+        pulled
+            .map(|_| ())
+            .map_err(|e| format!("pulling: {}", sealer_registry_client::error_chain(&e)))
     };
     let downloader = std::cell::OnceCell::new();
     let fetch = |url: &str, into: &mut dyn std::io::Write| -> Result<(), String> {

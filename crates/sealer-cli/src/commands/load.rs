@@ -1,38 +1,48 @@
 //! `sealer load`.
 
-use anyhow::{Context, Result};
+use std::io::IsTerminal;
+
+use anyhow::{Context, Result, bail};
 use indicatif::BinaryBytes;
-use sealer_fs_abstraction::{FileKind, Fs, RealFs};
+use sealer_fs_abstraction::{InputSource, RealFs, STDIO_NAME};
 use sealer_image_store::archive::{self, LoadOptions, LoadReport, Progress};
 use sealer_image_store::{Reference, Store};
 
-use super::split_file;
 use crate::cli::LoadArgs;
 use crate::progress::Bar;
 
 pub fn run(store: &Store, args: &LoadArgs) -> Result<()> {
     let input = &args.input;
     let name: Option<Reference> = args.name.as_deref().map(str::parse).transpose()?;
-    let (fs, file_name) =
-        split_file(input).with_context(|| format!("opening {}", input.display()))?;
-    let metadata = fs
-        .metadata(&file_name)
-        .with_context(|| format!("opening {}", input.display()))?;
+    // `-`, `/dev/stdin`, a FIFO or `<(…)` are read as streams: `archive::load` reads in one
+    // pass and stages blobs on disk, so memory stays flat whatever the archive's size.
+    if input.as_os_str() == STDIO_NAME && std::io::stdin().is_terminal() {
+        bail!("refusing to read an archive from a terminal: pipe one in, or give -i FILE");
+    }
+    let source =
+        InputSource::open(input).with_context(|| format!("opening {}", input.display()))?;
     let bar = Bar::new("loading");
     let options = LoadOptions {
         name: name.as_ref(),
         progress: &bar,
         ..LoadOptions::default()
     };
-    let report = if metadata.kind == FileKind::Dir {
-        let context = || format!("loading OCI layout {}", input.display());
-        let layout = RealFs::open_root(input).with_context(context)?;
-        archive::load_layout(store, &layout, options).with_context(context)?
-    } else {
-        let context = || format!("loading archive {}", input.display());
-        let mut file = fs.open(&file_name).with_context(context)?;
-        bar.set_total(metadata.len);
-        archive::load(store, &mut file, options).with_context(context)?
+    let report = match source {
+        InputSource::Dir(dir) => {
+            let context = || format!("loading OCI layout {}", input.display());
+            let layout = RealFs::open_root(dir).with_context(context)?;
+            archive::load_layout(store, &layout, options).with_context(context)?
+        }
+        InputSource::Stream { mut reader, len } => {
+            let context = || match input.as_os_str() == STDIO_NAME {
+                true => "loading an archive from stdin".to_owned(),
+                false => format!("loading archive {}", input.display()),
+            };
+            if let Some(len) = len {
+                bar.set_total(len);
+            }
+            archive::load(store, &mut reader, options).with_context(context)?
+        }
     };
     bar.finish();
     print_report(&report)

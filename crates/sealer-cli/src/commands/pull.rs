@@ -10,7 +10,7 @@ use crate::cli::PullArgs;
 use crate::progress::Transfers;
 
 pub fn run(store: &Store, args: &PullArgs) -> Result<()> {
-    let image: Reference = args.image.parse()?;
+    let image = Reference::parse_user_input(&args.image)?;
     let platforms = match parse_platform(args.platform.as_deref())? {
         Some(platform) => PlatformSelection::Only(platform),
         None if args.all_platforms => PlatformSelection::All,

@@ -10,7 +10,7 @@ use crate::progress::Transfers;
 
 pub fn run(store: &Store, args: &PushArgs) -> Result<()> {
     let destination: Reference = match &args.destination {
-        Some(destination) => destination.parse()?,
+        Some(destination) => Reference::parse_user_input(destination)?,
         None => args
             .source
             .parse()

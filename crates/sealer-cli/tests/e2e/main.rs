@@ -17,12 +17,16 @@
 mod build;
 mod corruption;
 mod crash;
+mod errors;
+mod images;
 mod interop;
 mod lifecycle;
 mod mirror_config;
 mod pipes;
+mod platforms;
 mod registry;
 mod roundtrip;
 mod scan;
 mod serve;
+mod streams;
 mod support;

@@ -140,3 +140,92 @@ fn pull_from_one_registry_push_to_another_with_saved_login() {
     assert!(out.contains("linux/arm64"), "{out}");
     assert_eq!(single.digest_of(&source), seeded.manifest_digest);
 }
+
+/// `sealer login -u USER HOST` on a terminal (a pty made by `script`) asks for the password
+/// with echo off; without a terminal and without `--password-stdin` it says what to do.
+#[test]
+fn login_prompts_for_the_password_on_a_terminal() {
+    require_tools!("docker-registry", "script");
+    const PASSWORD: &str = "s3cret-Pw-42";
+    let registry = Registry::start(RegistryOptions::htpasswd("erin", PASSWORD)).expect("registry");
+    let work = temp();
+    let home = work.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let sealer = Sealer::new(work.path().join("store"));
+
+    let piped = sealer_at_home(
+        &sealer,
+        &home,
+        &["login", "-u", "erin", &registry.host()],
+        "",
+    );
+    assert_eq!(piped.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(stderr.contains("--password-stdin"), "{stderr}");
+
+    let line = format!(
+        "'{}' --root '{}' login -u erin {}",
+        env!("CARGO_BIN_EXE_sealer"),
+        sealer.root.display(),
+        registry.host()
+    );
+    let mut child = Command::new("script")
+        .args(["-qefc", &line, "/dev/null"])
+        .env("HOME", &home)
+        .env_remove("DOCKER_CONFIG")
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start script");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(read) = std::io::Read::read(&mut stdout, &mut buffer) {
+                if read == 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&buffer[..read]);
+            }
+        })
+    };
+    let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    // Typed only once asked: what a person at the terminal does.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !text().contains("Password:") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no prompt: {}",
+            text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stdin
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .expect("type the password");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("poll script").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "login hangs: {}",
+            text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(stdin);
+    reader.join().expect("reader");
+    let shown = text();
+    assert!(child.wait().expect("wait").success(), "{shown}");
+    assert!(shown.contains("Login succeeded"), "{shown}");
+    assert!(
+        !shown.contains(PASSWORD),
+        "the password was echoed: {shown}"
+    );
+    assert!(home.join(".docker/config.json").exists());
+}
