@@ -39,7 +39,7 @@ use sealer_fs_abstraction::{Fs, FsError};
 use sealer_image_store::Reference;
 use serde::Serialize;
 
-pub use tree::scan;
+pub use tree::{scan, scan_file};
 
 /// What to scan besides the tree.
 #[derive(Debug, Clone, Default)]
@@ -112,6 +112,17 @@ pub enum Rule {
     /// A chart template's `image:` whose `{{ .Values… }}` (and `.Chart.AppVersion`,
     /// `default`) were resolved from the chart's own values.yaml and Chart.yaml.
     TemplateValues,
+    /// A runtime image: a word of a container's `command`/`args` (`--engine-image=…`,
+    /// `--flag …`, a script's words).
+    Arg,
+    /// A runtime image: the value of a container's `env` variable.
+    Env,
+    /// A runtime image: a ConfigMap `data` value (keys ending in `image`, words of
+    /// configuration text).
+    ConfigMap,
+    /// A runtime image: a field whose name ends in `Image`/`_IMAGE`/`Img` (custom resources,
+    /// values), other than `image` itself.
+    CrdField,
 }
 
 impl Rule {
@@ -126,7 +137,20 @@ impl Rule {
             Self::ExtraImageList => "extra-image-list",
             Self::HelmTemplate => "helm-template",
             Self::TemplateValues => "template-values",
+            Self::Arg => "arg",
+            Self::Env => "env",
+            Self::ConfigMap => "configmap",
+            Self::CrdField => "crd-field",
         }
+    }
+
+    /// Whether the rule finds images that an operator or controller starts at runtime,
+    /// named outside any `image:` key.
+    pub fn is_runtime(self) -> bool {
+        matches!(
+            self,
+            Self::Arg | Self::Env | Self::ConfigMap | Self::CrdField
+        )
     }
 }
 
@@ -160,8 +184,11 @@ pub struct Finding {
     /// The normalised reference (digests kept).
     #[serde(serialize_with = "display")]
     pub reference: Reference,
-    /// Where it was found, in scan order.
+    /// Where it was found, sorted by file and line.
     pub sources: Vec<Provenance>,
+    /// Whether only runtime rules ([`Rule::is_runtime`]) found it: an image that a
+    /// controller starts by itself, named in arguments, environment or configuration.
+    pub runtime: bool,
 }
 
 /// Something that looked like an image but could not be used, or a file that could not be
@@ -190,7 +217,7 @@ impl fmt::Display for Warning {
 pub struct ScanReport {
     /// The images, sorted by reference.
     pub images: Vec<Finding>,
-    /// Problems, in scan order.
+    /// Problems, sorted by file and line.
     pub warnings: Vec<Warning>,
 }
 
@@ -200,6 +227,9 @@ fn display<T: fmt::Display, S: serde::Serializer>(
 ) -> Result<S::Ok, S::Error> {
     serializer.collect_str(value)
 }
+
+/// How warnings about templated images start.
+const TEMPLATED: &str = "templated image";
 
 /// Gathers findings (deduplicated by reference) and warnings.
 #[derive(Debug, Default)]
@@ -224,11 +254,21 @@ impl Collector {
         {
             return self.image(&resolved, file, line, Rule::TemplateValues);
         }
+        if text.contains("{{")
+            && self
+                .chart_values
+                .as_ref()
+                .is_some_and(|values| values.names_image_values(text))
+        {
+            // `{{ include "common.images.image" (dict "imageRoot" .Values.image …) }}`: the
+            // values shape it is built from is found in values.yaml (rule helm-values).
+            return;
+        }
         if text.contains("{{") || text.contains("${") || text.contains("$(") {
             self.warn(
                 file,
                 Some(line),
-                format!("templated image {text:?} (not resolved; render it or list it)"),
+                format!("{TEMPLATED} {text:?} (not resolved; render it or list it)"),
             );
             return;
         }
@@ -250,6 +290,7 @@ impl Collector {
             .or_insert_with(|| Finding {
                 reference,
                 sources: Vec::new(),
+                runtime: false,
             });
         if !finding.sources.contains(&provenance) {
             finding.sources.push(provenance);
@@ -264,6 +305,12 @@ impl Collector {
             line,
             message,
         });
+    }
+
+    /// Drops the warnings about templated images of `file`, which helm has rendered.
+    pub(crate) fn resolved_by_helm(&mut self, file: &str) {
+        self.warnings
+            .retain(|warning| !(warning.file == file && warning.message.starts_with(TEMPLATED)));
     }
 
     /// Removes the images of an ignore list: exact references, or every tag and digest of a
@@ -294,9 +341,16 @@ impl Collector {
     }
 
     fn finish(self) -> ScanReport {
-        ScanReport {
-            images: self.images.into_values().collect(),
-            warnings: self.warnings,
+        let mut images: Vec<Finding> = self.images.into_values().collect();
+        for finding in &mut images {
+            finding.sources.sort();
+            finding.runtime = finding
+                .sources
+                .iter()
+                .all(|source| source.rule.is_runtime());
         }
+        let mut warnings = self.warnings;
+        warnings.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+        ScanReport { images, warnings }
     }
 }

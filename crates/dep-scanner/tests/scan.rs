@@ -59,6 +59,8 @@ const CRS: &str = "manifests/crs/instances.yaml";
 const LIST: &str = "manifests/imageList";
 const VALUES: &str = "charts/web/values.yaml";
 const TEMPLATE: &str = "charts/web/templates/deployment.yaml";
+/// Lines of helm's output for the template, not of the template.
+const RENDERED: &str = "charts/web/templates/deployment.yaml (rendered)";
 
 #[test]
 fn fixture_cluster_findings_are_exact() {
@@ -88,8 +90,12 @@ fn fixture_cluster_findings_are_exact() {
         ),
         // Unquoted `tag: 1.20` stays 1.20.
         one("docker.io/library/nginx:1.20", &[(VALUES, 11, HelmValues)]),
-        // Only from the list: the ConfigMap's `defaultImage` and text block are not image keys.
-        one("docker.io/library/nginx:1.25", &[(LIST, 3, ImageList)]),
+        // The list, and the ConfigMap's `defaultImage` (a runtime image); its text block
+        // only mentions `redis:7` in prose.
+        one(
+            "docker.io/library/nginx:1.25",
+            &[(LIST, 3, ImageList), (INSTALL, 96, ConfigMap)],
+        ),
         one(
             "docker.io/prom/postgres-exporter:v0.15.0",
             &[(CRS, 9, ImageField)],
@@ -283,6 +289,7 @@ fn a_plain_directory_is_scanned_whole_and_bad_yaml_is_a_warning() {
     .unwrap();
     fs.write_atomic(Path::new("bad.yaml"), b"a: [b\nc: d\n")
         .unwrap();
+    // Not an image list: only `imageList` files are.
     fs.write_atomic(Path::new("images.txt"), b"# none\nquay.io/x/y:2\n")
         .unwrap();
     let report = scan(&fs, &ScanOptions::default()).unwrap();
@@ -293,7 +300,6 @@ fn a_plain_directory_is_scanned_whole_and_bad_yaml_is_a_warning() {
             one("docker.io/library/redis:7.2", &[("app.yml", 8, PodSpec)]),
             // An image volume.
             one("quay.io/x/data:1", &[("app.yml", 11, PodSpec)]),
-            one("quay.io/x/y:2", &[("images.txt", 2, ImageList)]),
         ]
     );
     let warnings = warnings(&report);
@@ -302,7 +308,7 @@ fn a_plain_directory_is_scanned_whole_and_bad_yaml_is_a_warning() {
     assert_eq!(warnings[0].1, Some(2));
     assert_eq!(
         warnings[0].2,
-        "not scanned: not YAML (illegal placement of ':' indicator)"
+        "document not scanned: not YAML (illegal placement of ':' indicator)"
     );
 }
 
@@ -370,8 +376,8 @@ fn charts_are_rendered_by_helm_when_it_is_configured() {
             "docker.io/demo/web:2.4.1",
             &[
                 (TEMPLATE, 14, TemplateValues),
+                (RENDERED, 10, HelmTemplate),
                 (VALUES, 3, HelmValues),
-                (TEMPLATE, 10, HelmTemplate)
             ]
         )
     );
@@ -379,7 +385,7 @@ fn charts_are_rendered_by_helm_when_it_is_configured() {
         find("docker.io/fluent/fluent-bit:3.0.4"),
         one(
             "docker.io/fluent/fluent-bit:3.0.4",
-            &[(TEMPLATE, 16, TemplateLine), (TEMPLATE, 12, HelmTemplate)]
+            &[(TEMPLATE, 16, TemplateLine), (RENDERED, 12, HelmTemplate)]
         )
     );
     assert_eq!(report.images.len(), 18);
@@ -404,10 +410,18 @@ fn charts_are_rendered_by_helm_when_it_is_configured() {
     )
     .unwrap();
     assert_eq!(report.images.len(), 18);
-    let last = report.warnings.last().unwrap();
-    assert_eq!(
-        (last.file.as_str(), last.line, last.message.as_str()),
-        ("charts/web", None, "helm template failed: Error: boom")
+    assert!(
+        report.warnings.iter().any(|warning| (
+            warning.file.as_str(),
+            warning.line,
+            warning.message.as_str()
+        ) == (
+            "charts/web",
+            None,
+            "helm template failed: Error: boom"
+        )),
+        "{:?}",
+        report.warnings
     );
 
     // A helm that cannot be started: the static scan alone, no warning.
