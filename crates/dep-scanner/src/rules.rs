@@ -274,6 +274,7 @@ fn arguments(items: &[Node], context: &Context<'_>, collector: &mut Collector) {
             for word in words(line_text) {
                 if let Some(strong) = pending_flag.take()
                     && !word.starts_with('-')
+                    && !word.contains('=')
                 {
                     runtime(word, strong, context.file, line, rule, collector);
                     continue;
@@ -445,11 +446,14 @@ fn values_shape(
 }
 
 /// Line-based fallback for templates that are not YAML (Go templates): the value of each
-/// `image:` line; templated ones become warnings in [`Collector::image`].
+/// `image:` line; templated ones become warnings in [`Collector::image`]. With
+/// `unquoted_actions_only`, only values that start with `{{` (YAML reads those as a flow
+/// mapping, so a template that parses still needs them read from its lines).
 pub(crate) fn scan_template_lines(
     text: &str,
     first_line: usize,
     file: &str,
+    unquoted_actions_only: bool,
     collector: &mut Collector,
 ) {
     for (index, line) in text.lines().enumerate() {
@@ -462,6 +466,9 @@ pub(crate) fn scan_template_lines(
         let value = strip_comment(value).trim();
         if value.is_empty() {
             // `image:` opening a nested mapping: its own lines are templated or values.
+            continue;
+        }
+        if unquoted_actions_only && !value.starts_with("{{") {
             continue;
         }
         let value = unquote(value);

@@ -480,9 +480,12 @@ fn scan_chunk(
             for document in &documents {
                 rules::scan_document(document, context, collector);
             }
+            if chunk.text.contains("{{") {
+                rules::scan_template_lines(&chunk.text, chunk.first_line, file, true, collector);
+            }
         }
         Err(_) if chunk.text.contains("{{") => {
-            rules::scan_template_lines(&chunk.text, chunk.first_line, file, collector);
+            rules::scan_template_lines(&chunk.text, chunk.first_line, file, false, collector);
         }
         Err(error) => collector.warn(
             file,

@@ -435,3 +435,337 @@ fn charts_are_rendered_by_helm_when_it_is_configured() {
     .unwrap();
     assert_eq!(report, scan(&fixture(), &ScanOptions::default()).unwrap());
 }
+
+// One fixture per class of issue 11 (tests/fixtures/classes/<n>-…): exact findings, rules,
+// lines and warnings.
+
+fn class(name: &str) -> RealFs {
+    RealFs::open_root(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/classes")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn warning(file: &str, line: Option<usize>, message: &str) -> (String, Option<usize>, String) {
+    (file.to_owned(), line, message.to_owned())
+}
+
+/// 1: a chart scanned as the root (its own `charts/` are subcharts whose values come through
+/// the parent's), and what a cluster tree leaves outside its areas is named.
+#[test]
+fn class_1_a_chart_root_with_subcharts_and_files_outside_the_areas() {
+    let report = scan(&class("1-chart-root"), &ScanOptions::default()).unwrap();
+    use Rule::*;
+    assert_eq!(
+        images(&report),
+        vec![
+            // `tag: ""`: the appVersion, in values.yaml and through the template.
+            one(
+                "docker.io/example/shop:3.1.0",
+                &[
+                    ("templates/deployment.yaml", 10, TemplateValues),
+                    ("values.yaml", 2, HelmValues)
+                ]
+            ),
+            // The subchart's own default...
+            one(
+                "docker.io/library/postgres:16.1",
+                &[("charts/db/values.yaml", 2, HelmValues)]
+            ),
+            // ...and what its template renders with the parent's `db.image.tag`.
+            one(
+                "docker.io/library/postgres:16.3",
+                &[("charts/db/templates/statefulset.yaml", 10, TemplateValues)]
+            ),
+        ]
+    );
+    assert_eq!(warnings(&report), vec![]);
+
+    let report = scan(&class("1-loose"), &ScanOptions::default()).unwrap();
+    assert_eq!(
+        images(&report),
+        vec![one(
+            "quay.io/example/app:1.0",
+            &[("manifests/app.yaml", 8, PodSpec)]
+        )]
+    );
+    assert_eq!(
+        warnings(&report),
+        vec![
+            warning(
+                "addons/metrics",
+                None,
+                "not scanned: a Helm chart outside charts/ (move it there to have its images found)"
+            ),
+            warning(
+                "extra.yaml",
+                None,
+                "not scanned: Kubernetes YAML outside manifests/, charts/ and application/apps/ \
+                 (move it there to have its images found)"
+            ),
+        ]
+    );
+}
+
+/// 2: an alias bomb is a warning of its document; the documents around it are scanned.
+#[test]
+fn class_2_an_alias_bomb_is_a_warning_and_the_scan_goes_on() {
+    let report = scan(&class("2-alias-bomb"), &ScanOptions::default()).unwrap();
+    use Rule::*;
+    assert_eq!(
+        images(&report),
+        vec![
+            one("quay.io/example/after:1", &[("bomb.yaml", 25, PodSpec)]),
+            one("quay.io/example/before:1", &[("bomb.yaml", 7, PodSpec)]),
+        ]
+    );
+    assert_eq!(
+        warnings(&report),
+        vec![warning(
+            "bomb.yaml",
+            Some(14),
+            "document not scanned: not YAML (aliases expand beyond the limit (10000 aliases, \
+             16777216 bytes per document): an alias bomb?)"
+        )]
+    );
+}
+
+/// 3: one invalid document loses only itself; 9: `image: ""` is warned about.
+#[test]
+fn class_3_one_invalid_document_keeps_its_neighbours() {
+    let report = scan(&class("3-bad-document"), &ScanOptions::default()).unwrap();
+    use Rule::*;
+    assert_eq!(
+        images(&report),
+        vec![
+            one("quay.io/example/first:1", &[("install.yaml", 6, PodSpec)]),
+            one("quay.io/example/third:1", &[("install.yaml", 20, PodSpec)]),
+        ]
+    );
+    assert_eq!(
+        warnings(&report),
+        vec![
+            warning(
+                "install.yaml",
+                Some(11),
+                "document not scanned: not YAML (while parsing a flow mapping, did not find \
+                 expected ',' or '}')"
+            ),
+            warning("install.yaml", Some(21), "empty image \"\""),
+        ]
+    );
+}
+
+/// 4: only `imageList` files are image lists; `NOTES.txt` and other text are not.
+#[test]
+fn class_4_text_files_are_not_image_lists() {
+    let report = scan(&class("4-text"), &ScanOptions::default()).unwrap();
+    use Rule::*;
+    assert_eq!(
+        images(&report),
+        vec![
+            one(
+                "quay.io/example/app-listed:2",
+                &[("application/apps/demo/imageList", 1, ImageList)]
+            ),
+            one("quay.io/example/listed:1", &[("imageList", 2, ImageList)]),
+        ]
+    );
+    assert_eq!(warnings(&report), vec![]);
+}
+
+/// 5: images operators start at runtime, each by its own rule, and nothing that is not an
+/// image (`Always`, addresses, paths, URLs, prose, names without tag or host).
+#[test]
+fn class_5_runtime_images_from_args_env_configmaps_and_fields() {
+    let report = scan(&class("5-runtime"), &ScanOptions::default()).unwrap();
+    use Rule::*;
+    const F: &str = "operator.yaml";
+    let expected = vec![
+        one("docker.io/example/tools:2.0", &[(F, 26, Env)]),
+        one("docker.io/library/busybox:1.36", &[(F, 21, Arg)]),
+        one(
+            "docker.io/longhornio/longhorn-engine:v1.6.0",
+            &[(F, 66, CrdField)],
+        ),
+        one(
+            "docker.io/longhornio/longhorn-instance-manager:v1.6.0",
+            &[(F, 67, CrdField)],
+        ),
+        one("docker.io/x/engine:v1", &[(F, 14, Arg)]),
+        one(
+            "gcr.io/knative-releases/knative.dev/serving/cmd/queue@sha256:0000000000000000000000000000000000000000000000000000000000000003",
+            &[(F, 52, ConfigMap)],
+        ),
+        // Both from one line of a script.
+        one("ghcr.io/example/job-runner:6", &[(F, 43, Arg)]),
+        one("ghcr.io/example/job:5", &[(F, 43, Arg)]),
+        one("mirror.example.com/library/upstream:3", &[(F, 30, Env)]),
+        one("mirror.example.com/x/default:1", &[(F, 56, ConfigMap)]),
+        one("quay.io/cephcsi/cephcsi:v3.11.0", &[(F, 51, ConfigMap)]),
+        one("quay.io/example/backup:2.1", &[(F, 71, HelmValues)]),
+        one("quay.io/example/helper:1", &[(F, 37, PodSpec)]),
+        one("quay.io/example/operator:v1.2.0", &[(F, 10, PodSpec)]),
+        one(
+            "quay.io/prometheus-operator/prometheus-config-reloader:v0.92.0",
+            &[(F, 15, Arg)],
+        ),
+        one("registry.example.com/x/upstream:9", &[(F, 59, ConfigMap)]),
+        one(
+            "registry.k8s.io/sig-storage/csi-attacher:v4.5.0",
+            &[(F, 24, Env)],
+        ),
+    ];
+    assert_eq!(images(&report), expected);
+    assert_eq!(warnings(&report), vec![]);
+    // Marked: only runtime rules found it.
+    let runtime: Vec<(String, bool)> = report
+        .images
+        .iter()
+        .map(|finding| (finding.reference.to_string(), finding.runtime))
+        .collect();
+    assert!(runtime.contains(&("docker.io/x/engine:v1".to_owned(), true)));
+    assert!(runtime.contains(&("quay.io/example/operator:v1.2.0".to_owned(), false)));
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["images"][4]["reference"], "docker.io/x/engine:v1");
+    assert_eq!(json["images"][4]["runtime"], true);
+    assert_eq!(json["images"][4]["sources"][0]["rule"], "arg");
+
+    // A false one is dropped by an ignore list.
+    let options = ScanOptions {
+        ignored_image_lists: vec![ImageListFile {
+            name: "ignored".to_owned(),
+            text: "mirror.example.com/x/default\n".to_owned(),
+        }],
+        ..ScanOptions::default()
+    };
+    let report = scan(&class("5-runtime"), &options).unwrap();
+    assert_eq!(report.images.len(), expected.len() - 1);
+}
+
+/// A stand-in for `helm` rendering the 7-resolved chart: every image resolved.
+const CACHE_HELM: &str = r#"#!/bin/sh
+[ "$1" = template ] || exit 2
+cat <<'OUT'
+---
+# Source: cache/templates/statefulset.yaml
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: sealer-scan-cache
+spec:
+  template:
+    spec:
+      containers:
+        - name: redis
+          image: mirror.example.com:5000/bitnami/redis:7.2.4-debian-12-r9
+        - name: metrics
+          image: mirror.example.com:5000/bitnami/redis-exporter@sha256:00000000000000000000000000000000000000000000000000000000000000aa
+        - name: sidecar
+          image: docker.io/library/busybox:1.36
+OUT
+"#;
+
+/// 7: templated images resolved from the chart's values (image helpers over a values shape,
+/// `global.imageRegistry`, a digest beside a tag) or by helm are not warned about; 6: what
+/// helm rendered is named as rendered output, with its line there.
+#[test]
+fn class_6_7_resolved_templates_are_not_warned_and_rendered_lines_say_so() {
+    use Rule::*;
+    let registry = "mirror.example.com:5000/bitnami";
+    let exporter = format!(
+        "{registry}/redis-exporter@sha256:00000000000000000000000000000000000000000000000000000000000000aa"
+    );
+    let report = scan(&class("7-resolved"), &ScanOptions::default()).unwrap();
+    assert_eq!(
+        images(&report),
+        vec![
+            one(&exporter, &[("values.yaml", 11, HelmValues)]),
+            one(
+                &format!("{registry}/redis:7.2.4-debian-12-r9"),
+                &[("values.yaml", 5, HelmValues)]
+            ),
+        ]
+    );
+    // Only the sidecar's helper is not resolved statically.
+    assert_eq!(
+        warnings(&report),
+        vec![warning(
+            "templates/statefulset.yaml",
+            Some(14),
+            "templated image \"{{ include \\\"cache.sidecar.image\\\" . }}\" (not resolved; \
+             render it or list it)"
+        )]
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let tools = RealFs::open_root(dir.path()).unwrap();
+    tools
+        .write_atomic(Path::new("helm"), CACHE_HELM.as_bytes())
+        .unwrap();
+    tools.set_permissions(Path::new("helm"), 0o755).unwrap();
+    let options = ScanOptions {
+        helm: Some(dir.path().join("helm")),
+        ..ScanOptions::default()
+    };
+    let report = scan(&class("7-resolved"), &options).unwrap();
+    const RENDERED: &str = "templates/statefulset.yaml (rendered)";
+    assert_eq!(
+        images(&report),
+        vec![
+            one(
+                "docker.io/library/busybox:1.36",
+                &[(RENDERED, 14, HelmTemplate)]
+            ),
+            one(
+                &exporter,
+                &[
+                    (RENDERED, 12, HelmTemplate),
+                    ("values.yaml", 11, HelmValues)
+                ]
+            ),
+            one(
+                &format!("{registry}/redis:7.2.4-debian-12-r9"),
+                &[(RENDERED, 10, HelmTemplate), ("values.yaml", 5, HelmValues)]
+            ),
+        ]
+    );
+    assert_eq!(warnings(&report), vec![]);
+}
+
+/// 9: one file scans on its own; sources are sorted by file and line; `image: ""` warns.
+#[test]
+fn class_9_one_file_sorted_sources_and_empty_images() {
+    let fs = class("9-single");
+    let report =
+        sealer_dep_scanner::scan_file(&fs, Path::new("deploy.yaml"), &ScanOptions::default())
+            .unwrap();
+    use Rule::*;
+    assert_eq!(
+        images(&report),
+        vec![
+            one("quay.io/example/main:1", &[("deploy.yaml", 13, PodSpec)]),
+            one(
+                "quay.io/example/tool:1",
+                &[
+                    ("deploy.yaml", 10, PodSpec),
+                    ("deploy.yaml", 15, PodSpec),
+                    ("deploy.yaml", 22, ImageField)
+                ]
+            ),
+        ]
+    );
+    assert_eq!(
+        warnings(&report),
+        vec![warning("deploy.yaml", Some(24), "empty image \"\"")]
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let report = scan(
+        &RealFs::open_root(empty.path()).unwrap(),
+        &ScanOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(report, ScanReport::default());
+}
