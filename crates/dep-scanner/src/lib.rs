@@ -119,6 +119,7 @@ pub enum Rule {
     Env,
     /// A runtime image: a ConfigMap `data` value (keys ending in `image`, words of
     /// configuration text).
+    #[serde(rename = "configmap")]
     ConfigMap,
     /// A runtime image: a field whose name ends in `Image`/`_IMAGE`/`Img` (custom resources,
     /// values), other than `image` itself.

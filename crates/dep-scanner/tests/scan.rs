@@ -632,6 +632,8 @@ fn class_5_runtime_images_from_args_env_configmaps_and_fields() {
     assert_eq!(json["images"][4]["reference"], "docker.io/x/engine:v1");
     assert_eq!(json["images"][4]["runtime"], true);
     assert_eq!(json["images"][4]["sources"][0]["rule"], "arg");
+    assert_eq!(json["images"][10]["reference"], "quay.io/cephcsi/cephcsi:v3.11.0");
+    assert_eq!(json["images"][10]["sources"][0]["rule"], "configmap");
 
     // A false one is dropped by an ignore list.
     let options = ScanOptions {
@@ -768,4 +770,158 @@ fn class_9_one_file_sorted_sources_and_empty_images() {
     )
     .unwrap();
     assert_eq!(report, ScanReport::default());
+}
+
+// Real public manifests (tests/fixtures/real, see its README): the complete image set each
+// needs, runtime images included, and nothing else.
+
+fn real(path: &str) -> ScanReport {
+    let fs = RealFs::open_root(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real"))
+        .unwrap();
+    let report =
+        sealer_dep_scanner::scan_file(&fs, Path::new(path), &ScanOptions::default()).unwrap();
+    assert_eq!(warnings(&report), vec![], "{path}");
+    report
+}
+
+#[test]
+fn real_cert_manager_controller_starts_the_acme_solver() {
+    const F: &str = "cert-manager/cert-manager.yaml";
+    use Rule::*;
+    assert_eq!(
+        images(&real(F)),
+        vec![
+            one(
+                "quay.io/jetstack/cert-manager-acmesolver:v1.19.4",
+                &[(F, 111, Arg)]
+            ),
+            one(
+                "quay.io/jetstack/cert-manager-cainjector:v1.19.4",
+                &[(F, 42, PodSpec)]
+            ),
+            one(
+                "quay.io/jetstack/cert-manager-controller:v1.19.4",
+                &[(F, 105, PodSpec)]
+            ),
+            one(
+                "quay.io/jetstack/cert-manager-webhook:v1.19.4",
+                &[(F, 187, PodSpec)]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn real_longhorn_manager_and_driver_deployer_start_engine_and_csi_images() {
+    const F: &str = "longhorn/longhorn.yaml";
+    use Rule::*;
+    assert_eq!(
+        images(&real(F)),
+        vec![
+            one(
+                "docker.io/longhornio/backing-image-manager:v1.7.0-rc2",
+                &[(F, 42, Arg)]
+            ),
+            one("docker.io/longhornio/csi-attacher:v4.6.1", &[(F, 168, Env)]),
+            one(
+                "docker.io/longhornio/csi-node-driver-registrar:v2.10.1",
+                &[(F, 172, Env)]
+            ),
+            one(
+                "docker.io/longhornio/csi-provisioner:v4.0.1",
+                &[(F, 170, Env)]
+            ),
+            one("docker.io/longhornio/csi-resizer:v1.11.1", &[(F, 174, Env)]),
+            one(
+                "docker.io/longhornio/csi-snapshotter:v7.0.2",
+                &[(F, 176, Env)]
+            ),
+            one(
+                "docker.io/longhornio/livenessprobe:v2.12.0",
+                &[(F, 178, Env)]
+            ),
+            one(
+                "docker.io/longhornio/longhorn-engine:v1.7.0-rc2",
+                &[(F, 36, Arg)]
+            ),
+            one(
+                "docker.io/longhornio/longhorn-instance-manager:v1.7.0-rc2",
+                &[(F, 38, Arg)]
+            ),
+            one(
+                "docker.io/longhornio/longhorn-manager:v1.7.0-rc2",
+                &[
+                    (F, 27, PodSpec),
+                    (F, 46, Arg),
+                    (F, 140, PodSpec),
+                    (F, 144, PodSpec),
+                    (F, 151, Arg)
+                ]
+            ),
+            one(
+                "docker.io/longhornio/longhorn-share-manager:v1.7.0-rc2",
+                &[(F, 40, Arg), (F, 93, PodSpec)]
+            ),
+            one(
+                "docker.io/longhornio/longhorn-ui:v1.7.0-rc2",
+                &[(F, 223, PodSpec)]
+            ),
+            one(
+                "docker.io/longhornio/support-bundle-kit:v0.0.40",
+                &[(F, 44, Arg)]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn real_knative_serving_queue_proxy_from_its_configmap() {
+    const F: &str = "knative-serving/serving-core.yaml";
+    use Rule::*;
+    assert_eq!(
+        images(&real(F)),
+        vec![one(
+            "gcr.io/knative-releases/knative.dev/serving/cmd/queue@sha256:a3cc71ce80dbc6df8781f15eac2cf3531a4c9815271799afd8776bef9e6aeaf2",
+            &[(F, 12, ImageField), (F, 26, ConfigMap)]
+        )]
+    );
+}
+
+#[test]
+fn real_prometheus_operator_starts_the_config_reloader() {
+    const F: &str = "prometheus-operator/prometheusOperator-deployment.yaml";
+    use Rule::*;
+    assert_eq!(
+        images(&real(F)),
+        vec![
+            one(
+                "quay.io/brancz/kube-rbac-proxy:v0.13.1",
+                &[(F, 56, PodSpec)]
+            ),
+            one(
+                "quay.io/prometheus-operator/prometheus-config-reloader:v0.60.1",
+                &[(F, 32, Arg)]
+            ),
+            one(
+                "quay.io/prometheus-operator/prometheus-operator:v0.60.1",
+                &[(F, 33, PodSpec)]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn real_argo_workflow_controller_starts_the_executor() {
+    const F: &str = "argo-workflows/workflow-controller-deployment.yaml";
+    use Rule::*;
+    assert_eq!(
+        images(&real(F)),
+        vec![
+            one("docker.io/argoproj/argoexec:v3.0.10", &[(F, 28, Arg)]),
+            one(
+                "docker.io/argoproj/workflow-controller:v3.0.10",
+                &[(F, 17, PodSpec)]
+            ),
+        ]
+    );
 }
