@@ -484,6 +484,11 @@ fn scan_chunk(
                 rules::scan_template_lines(&chunk.text, chunk.first_line, file, true, collector);
             }
         }
+        Err(error) if error.over_budget => collector.warn(
+            file,
+            Some(error.line),
+            format!("document not scanned: {}", error.message),
+        ),
         Err(_) if chunk.text.contains("{{") => {
             rules::scan_template_lines(&chunk.text, chunk.first_line, file, false, collector);
         }

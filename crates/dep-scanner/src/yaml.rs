@@ -13,7 +13,7 @@ use granit_parser::{Event, Parser, ScalarStyle};
 /// The most aliases one document may use.
 pub(crate) const MAX_ALIASES: usize = 10_000;
 /// The most bytes (nodes and scalar text) that aliases may add to one document's tree.
-pub(crate) const MAX_ALIAS_BYTES: usize = 16 << 20;
+pub(crate) const MAX_ALIAS_BYTES: usize = 4 << 20;
 /// The deepest a tree may get (aliases nest anchored trees into each other).
 const MAX_DEPTH: usize = 512;
 
@@ -67,6 +67,8 @@ impl Node {
 pub(crate) struct ParseError {
     pub(crate) line: usize,
     pub(crate) message: String,
+    /// Whether the document is YAML but over a budget (aliases), rather than not YAML.
+    pub(crate) over_budget: bool,
 }
 
 /// One document's text and the line of the stream it starts on.
@@ -187,6 +189,7 @@ pub(crate) fn parse_chunk(chunk: &Chunk) -> Result<Vec<Node>, ParseError> {
                 info if info.is_empty() => format!("{:?}", error.kind()),
                 info => info,
             },
+            over_budget: false,
         })?;
         let line = span.start.line() + offset;
         let (finished, depth) = match event {
@@ -217,6 +220,7 @@ pub(crate) fn parse_chunk(chunk: &Chunk) -> Result<Vec<Node>, ParseError> {
                 let anchored = anchors.get(&id).ok_or_else(|| ParseError {
                     line,
                     message: "alias of an unknown anchor".to_owned(),
+                    over_budget: false,
                 })?;
                 aliases += 1;
                 alias_bytes = alias_bytes.saturating_add(
@@ -232,12 +236,14 @@ pub(crate) fn parse_chunk(chunk: &Chunk) -> Result<Vec<Node>, ParseError> {
                             "aliases expand beyond the limit ({MAX_ALIASES} aliases, \
                              {MAX_ALIAS_BYTES} bytes per document): an alias bomb?"
                         ),
+                        over_budget: true,
                     });
                 }
                 if stack.len() + anchored.depth > MAX_DEPTH {
                     return Err(ParseError {
                         line,
                         message: format!("aliases nest deeper than {MAX_DEPTH} levels"),
+                        over_budget: true,
                     });
                 }
                 nodes += anchored.nodes;
