@@ -293,7 +293,9 @@ impl Collector {
                 sources: Vec::new(),
                 runtime: false,
             });
-        if !finding.sources.contains(&provenance) {
+        // Repeats are removed when the sources are sorted (a linear check here would make
+        // a large file quadratic).
+        if finding.sources.last() != Some(&provenance) {
             finding.sources.push(provenance);
         }
     }
@@ -345,6 +347,7 @@ impl Collector {
         let mut images: Vec<Finding> = self.images.into_values().collect();
         for finding in &mut images {
             finding.sources.sort();
+            finding.sources.dedup();
             finding.runtime = finding
                 .sources
                 .iter()

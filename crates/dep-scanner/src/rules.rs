@@ -195,21 +195,28 @@ fn walk(
 /// Whether a key, flag or variable name says it holds an image (`engineImage`,
 /// `CSI_ATTACHER_IMAGE`, `--engine-image`, `OPERATOR_IMG`), `image` itself aside.
 fn names_image(name: &str) -> bool {
-    let name = name.trim_start_matches('-').to_ascii_lowercase();
-    name != "image" && (name.ends_with("image") || name.ends_with("img"))
+    let name = name.trim_start_matches('-');
+    !name.eq_ignore_ascii_case("image") && ends_in_image(name)
 }
 
-/// Whether a ConfigMap key ends in image (`image` itself included).
+/// Whether a name ends in image or img, in any case (`image` itself included).
 fn ends_in_image(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    name.ends_with("image") || name.ends_with("img")
+    let ends_with = |suffix: &str| {
+        name.len() >= suffix.len()
+            && name.as_bytes()[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    };
+    ends_with("image") || ends_with("img")
 }
 
 /// Like [`names_image`], for flags and variables: the name mentions an image anywhere
 /// (`--image-pull-policy`, whose values are then too weak to be images).
 fn mentions_image(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    name.contains("image") || name.contains("img")
+    let contains = |needle: &[u8]| {
+        name.as_bytes()
+            .windows(needle.len())
+            .any(|window| window.eq_ignore_ascii_case(needle))
+    };
+    contains(b"image") || contains(b"img")
 }
 
 /// A value that may be an image the workload starts at runtime. Named contexts (`strong`:
