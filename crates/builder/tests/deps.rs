@@ -371,3 +371,52 @@ fn a_multi_platform_cluster_image_carries_each_platform_and_serves_them_together
     assert_eq!((again.layers, again.layers_held), (2, 2));
     assert_eq!(again.images, loaded.images);
 }
+
+/// Images an operator starts at runtime (named in its container's arguments and environment,
+/// not in an `image:` key) are carried like the rest: a cluster built from such manifests
+/// has them offline.
+#[test]
+fn runtime_images_from_args_and_env_are_carried() {
+    require_tools!("docker-registry", "skopeo");
+    let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let mut references = Vec::new();
+    for (index, name) in ["team/operator:1", "team/engine:1", "team/helper:1"]
+        .iter()
+        .enumerate()
+    {
+        let spec = ImageSpec::new("unused:1", &[2_000], 60 + index as u64);
+        seed_image(&upstream.host(), name, &spec, None).unwrap();
+        references.push(format!("{}/{name}", upstream.host()));
+    }
+    let context_dir = tempfile::tempdir().unwrap();
+    let context = RealFs::open_root(context_dir.path()).unwrap();
+    context.create_dir_all(Path::new("manifests")).unwrap();
+    context
+        .write_atomic(
+            Path::new("manifests/operator.yaml"),
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: operator\nspec:\n  template:\n    spec:\n      containers:\n      - name: operator\n        image: {}\n        args: [--engine-image, {}, --image-pull-policy=Always]\n        env:\n        - {{name: HELPER_IMAGE, value: \"{}\"}}\n",
+                references[0], references[1], references[2]
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open_dir(store_dir.path()).unwrap();
+    let report = build_file(
+        &store,
+        &context,
+        BuildMode::Full,
+        "FROM scratch\nCOPY manifests /manifests/\n",
+        "localhost/operator-cluster:1",
+    );
+    let mut listed: Vec<String> = container_images(&manifest(&store, &report))
+        .unwrap()
+        .into_iter()
+        .map(|image| image.image)
+        .collect();
+    listed.sort();
+    let mut expected = references.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+}
