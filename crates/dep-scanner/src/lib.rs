@@ -1,29 +1,41 @@
 //! Finds every container image a cluster needs in Kubernetes YAML, Helm charts, image lists
 //! and application directories, with the file and line that asked for each.
 //!
-//! The scan is structural: every document of every YAML file is parsed into a tree whose
-//! scalars keep their source text (`tag: 1.20` is `1.20`, not the number 1.2). Rules:
+//! The scan is structural: every document of every YAML file is parsed on its own (a broken
+//! document, or an alias bomb, is a warning and the others are scanned), streamed document by
+//! document, into a tree whose scalars keep their source text (`tag: 1.20` is `1.20`, not the
+//! number 1.2). Rules:
 //!
 //! * [`Rule::PodSpec`]: `image` of `containers`, `initContainers` and `ephemeralContainers`
 //!   in the pod template of every workload kind (Pod, Deployment, StatefulSet, DaemonSet,
 //!   ReplicaSet, Job, CronJob, ReplicationController, PodTemplate; `List` items too), and
 //!   the `image.reference` of image volumes.
-//! * [`Rule::ImageField`]: any other `image:` string anywhere (CRDs, operators, values).
+//! * [`Rule::ImageField`]: any other `image:` string anywhere (CRDs, operators, values);
+//!   `image: ""` is a warning.
 //! * [`Rule::HelmValues`]: `{registry, repository, tag, digest}` / `{repository, tag}` mappings
 //!   (a lone `repository` under an `image` key); in a chart an absent or empty `tag` is the
-//!   chart's `appVersion`.
-//! * [`Rule::TemplateLine`]: `image:` lines of templates that are not YAML (Helm templates);
-//!   templated values (`{{`, `${`) are warnings, never dropped silently.
+//!   chart's `appVersion`, `global.imageRegistry` replaces the registry and a digest replaces
+//!   the tag (as charts' image helpers do).
+//! * [`Rule::TemplateValues`]: a chart template's `image:` resolved from the chart's values.
+//! * [`Rule::TemplateLine`]: `image:` lines of templates that are not YAML; templated values
+//!   (`{{`, `${`) that stay unresolved are warnings, never dropped silently.
 //! * [`Rule::ImageList`]: image list files (one reference per line, `#` comments, blanks).
 //! * [`Rule::HelmTemplate`]: with [`ScanOptions::helm`], charts rendered by `helm template`.
+//! * Runtime images, which controllers start by themselves ([`Rule::is_runtime`],
+//!   [`Finding::runtime`]): [`Rule::Arg`] (container `command`/`args`), [`Rule::Env`]
+//!   (container `env` values), [`Rule::ConfigMap`] (ConfigMap `data`) and [`Rule::CrdField`]
+//!   (`…Image` fields). A value counts only as a valid reference with a registry host or a
+//!   tag/digest when its name says image, with both otherwise.
 //!
-//! What is scanned, below the root: `manifests/` (`*.yaml`, `*.yml`, `*.tmpl`, `*.txt` image
-//! lists, `imageList`), `charts/`, `application/apps/` (YAML, charts, `imageList`), and the
-//! root's `imageList`. A root with none of these is scanned whole like `manifests/`. A
-//! directory holding `Chart.yaml` is a Helm chart (its `values.yaml`, `templates/`, `crds/`
-//! and subcharts under `charts/`); `.tgz` charts are read in memory. References are
-//! normalised (`nginx` → `docker.io/library/nginx:latest`) and deduplicated, each keeping
-//! every place that asked for it.
+//! What is scanned: a root holding `Chart.yaml` is a chart. Otherwise, below the root:
+//! `manifests/` (`*.yaml`, `*.yml`, `*.json`, `*.tmpl`, `imageList`), `charts/`,
+//! `application/apps/` (YAML, charts, `imageList`), and the root's `imageList`; Kubernetes YAML
+//! and charts elsewhere are named in warnings. A root with none of these is scanned whole.
+//! A directory holding `Chart.yaml` is a Helm chart (its `values.yaml`, `templates/`, `crds/`
+//! and subcharts under `charts/`, whose templates see the parent's values); `.tgz` charts are
+//! read in memory. Only files named `imageList` are image lists. References are normalised
+//! (`nginx` → `docker.io/library/nginx:latest`) and deduplicated, each keeping every place
+//! that asked for it, sorted by file and line.
 #![deny(missing_docs)]
 
 mod rules;
