@@ -76,7 +76,12 @@ pub(crate) struct ParseError {
 pub(crate) struct Chunk {
     pub(crate) first_line: usize,
     pub(crate) text: String,
+    /// Whether the document was larger than [`MAX_DOCUMENT`] (its text is then dropped).
+    pub(crate) oversized: bool,
 }
+
+/// The largest document parsed (a stream of documents may be of any size).
+pub(crate) const MAX_DOCUMENT: usize = 64 << 20;
 
 /// Splits a stream into documents, line by line.
 #[derive(Debug)]
@@ -86,6 +91,10 @@ pub(crate) struct Splitter {
     next_line: usize,
     /// Whether the chunk holds more than comments, blanks and directives.
     has_content: bool,
+    /// Whether the chunk outgrew `limit` (no more text is kept).
+    oversized: bool,
+    /// The largest document kept ([`MAX_DOCUMENT`]).
+    limit: usize,
 }
 
 impl Default for Splitter {
@@ -95,6 +104,8 @@ impl Default for Splitter {
             first_line: 1,
             next_line: 1,
             has_content: false,
+            oversized: false,
+            limit: MAX_DOCUMENT,
         }
     }
 }
@@ -109,13 +120,19 @@ impl Splitter {
     /// Feeds the next line (with its line break, if any); returns the document it ends.
     pub(crate) fn push(&mut self, line: &str) -> Option<Chunk> {
         let mut done = None;
-        if is_marker(line, "---") && self.has_content {
+        if is_marker(line, "---") && (self.has_content || self.oversized) {
             done = Some(self.take());
         }
-        if self.chunk.is_empty() {
+        if self.chunk.is_empty() && !self.oversized {
             self.first_line = self.next_line;
         }
-        self.chunk.push_str(line);
+        if self.chunk.len() + line.len() > self.limit {
+            self.oversized = true;
+            self.chunk = String::new();
+        }
+        if !self.oversized {
+            self.chunk.push_str(line);
+        }
         self.next_line += 1;
         let trimmed = line.trim();
         if is_marker(line, "---")
@@ -132,7 +149,7 @@ impl Splitter {
 
     /// The last document.
     pub(crate) fn finish(mut self) -> Option<Chunk> {
-        (!self.chunk.is_empty()).then(|| self.take())
+        (!self.chunk.is_empty() || self.oversized).then(|| self.take())
     }
 
     fn take(&mut self) -> Chunk {
@@ -140,6 +157,7 @@ impl Splitter {
         Chunk {
             first_line: self.first_line,
             text: std::mem::take(&mut self.chunk),
+            oversized: std::mem::take(&mut self.oversized),
         }
     }
 }
@@ -398,6 +416,32 @@ mod tests {
         assert_eq!(docs[1].as_ref().unwrap().as_str(), Some("text\n"));
         assert_eq!(docs[2].as_ref().unwrap_err().line, 8);
         assert_eq!(docs[3].as_ref().unwrap().get("c").unwrap().line, 10);
+    }
+
+    #[test]
+    fn oversized_documents_are_dropped_alone() {
+        let mut splitter = Splitter {
+            limit: 20,
+            ..Splitter::default()
+        };
+        let text = "a: 1\n---\nb: 0123456789\nc: 0123456789\n---\nd: 4\n";
+        let mut chunks: Vec<Chunk> = text
+            .split_inclusive('\n')
+            .filter_map(|line| splitter.push(line))
+            .collect();
+        chunks.extend(splitter.finish());
+        let shape: Vec<(usize, bool, &str)> = chunks
+            .iter()
+            .map(|chunk| (chunk.first_line, chunk.oversized, chunk.text.as_str()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (1, false, "a: 1\n"),
+                (2, true, ""),
+                (5, false, "---\nd: 4\n")
+            ]
+        );
     }
 
     #[test]
