@@ -574,6 +574,13 @@ fn class_4_text_files_are_not_image_lists() {
         ]
     );
     assert_eq!(warnings(&report), vec![]);
+    // A plain folder: its `NOTES.txt` ("hello", "world") names no images either.
+    let report = scan(&class("4-plain"), &ScanOptions::default()).unwrap();
+    assert_eq!(
+        images(&report),
+        vec![one("quay.io/example/plain:1", &[("app.yaml", 8, PodSpec)])]
+    );
+    assert_eq!(warnings(&report), vec![]);
 }
 
 /// 5: images operators start at runtime, each by its own rule, and nothing that is not an
