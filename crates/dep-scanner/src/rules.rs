@@ -249,7 +249,6 @@ pub(crate) fn looks_like_image(text: &str, strong: bool) -> bool {
         || text.contains("://")
         || text.contains(char::is_whitespace)
         || text.starts_with(['/', '.', '-', ':', '@'])
-        || text.parse::<Reference>().is_err()
     {
         return false;
     }
@@ -259,11 +258,13 @@ pub(crate) fn looks_like_image(text: &str, strong: bool) -> bool {
     });
     let last = name.rsplit('/').next().unwrap_or(name);
     let has_version = text.contains('@') || last.contains(':');
-    if strong {
+    let shaped = if strong {
         has_host || has_version
     } else {
         has_host && has_version
-    }
+    };
+    // The full parse last: most words of a command line fail the cheap checks.
+    shaped && text.parse::<Reference>().is_ok()
 }
 
 /// Container `command`/`args`: `--flag=VALUE` and `--flag VALUE` (strong when the flag
