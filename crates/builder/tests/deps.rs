@@ -420,3 +420,47 @@ fn runtime_images_from_args_and_env_are_carried() {
     expected.sort();
     assert_eq!(listed, expected);
 }
+
+/// A cluster image whose rootfs is a Helm chart (`Chart.yaml` at its root): the chart's
+/// images are carried too.
+#[test]
+fn a_rootfs_that_is_a_chart_carries_its_images() {
+    require_tools!("docker-registry", "skopeo");
+    let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let spec = ImageSpec::new("unused:1", &[2_000], 70);
+    seed_image(&upstream.host(), "team/web:3", &spec, None).unwrap();
+    let context_dir = tempfile::tempdir().unwrap();
+    let context = RealFs::open_root(context_dir.path()).unwrap();
+    context.create_dir_all(Path::new("chart")).unwrap();
+    context
+        .write_atomic(
+            Path::new("chart/Chart.yaml"),
+            b"apiVersion: v2\nname: web\nversion: 1.0.0\nappVersion: \"3\"\n",
+        )
+        .unwrap();
+    context
+        .write_atomic(
+            Path::new("chart/values.yaml"),
+            format!(
+                "image:\n  repository: {}/team/web\n  tag: \"\"\n",
+                upstream.host()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open_dir(store_dir.path()).unwrap();
+    let report = build_file(
+        &store,
+        &context,
+        BuildMode::Full,
+        "FROM scratch\nCOPY chart /\n",
+        "localhost/chart-cluster:1",
+    );
+    let listed: Vec<String> = container_images(&manifest(&store, &report))
+        .unwrap()
+        .into_iter()
+        .map(|image| image.image)
+        .collect();
+    assert_eq!(listed, [format!("{}/team/web:3", upstream.host())]);
+}
