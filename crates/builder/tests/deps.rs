@@ -398,3 +398,96 @@ fn a_multi_platform_cluster_image_carries_each_platform_and_serves_them_together
     assert_eq!((again.layers, again.layers_held), (2, 2));
     assert_eq!(again.images, loaded.images);
 }
+
+/// Images an operator starts at runtime (named in its container's arguments and environment,
+/// not in an `image:` key) are carried like the rest: a cluster built from such manifests
+/// has them offline.
+#[test]
+fn runtime_images_from_args_and_env_are_carried() {
+    require_tools!("docker-registry", "skopeo");
+    let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let mut references = Vec::new();
+    for (index, name) in ["team/operator:1", "team/engine:1", "team/helper:1"]
+        .iter()
+        .enumerate()
+    {
+        let spec = ImageSpec::new("unused:1", &[2_000], 60 + index as u64);
+        seed_image(&upstream.host(), name, &spec, None).unwrap();
+        references.push(format!("{}/{name}", upstream.host()));
+    }
+    let context_dir = tempfile::tempdir().unwrap();
+    let context = RealFs::open_root(context_dir.path()).unwrap();
+    context.create_dir_all(Path::new("manifests")).unwrap();
+    context
+        .write_atomic(
+            Path::new("manifests/operator.yaml"),
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: operator\nspec:\n  template:\n    spec:\n      containers:\n      - name: operator\n        image: {}\n        args: [--engine-image, {}, --image-pull-policy=Always]\n        env:\n        - {{name: HELPER_IMAGE, value: \"{}\"}}\n",
+                references[0], references[1], references[2]
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open_dir(store_dir.path()).unwrap();
+    let report = build_file(
+        &store,
+        &context,
+        BuildMode::Full,
+        "FROM scratch\nCOPY manifests /manifests/\n",
+        "localhost/operator-cluster:1",
+    );
+    let mut listed: Vec<String> = container_images(&manifest(&store, &report))
+        .unwrap()
+        .into_iter()
+        .map(|image| image.image)
+        .collect();
+    listed.sort();
+    let mut expected = references.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+}
+
+/// A cluster image whose rootfs is a Helm chart (`Chart.yaml` at its root): the chart's
+/// images are carried too.
+#[test]
+fn a_rootfs_that_is_a_chart_carries_its_images() {
+    require_tools!("docker-registry", "skopeo");
+    let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let spec = ImageSpec::new("unused:1", &[2_000], 70);
+    seed_image(&upstream.host(), "team/web:3", &spec, None).unwrap();
+    let context_dir = tempfile::tempdir().unwrap();
+    let context = RealFs::open_root(context_dir.path()).unwrap();
+    context.create_dir_all(Path::new("chart")).unwrap();
+    context
+        .write_atomic(
+            Path::new("chart/Chart.yaml"),
+            b"apiVersion: v2\nname: web\nversion: 1.0.0\nappVersion: \"3\"\n",
+        )
+        .unwrap();
+    context
+        .write_atomic(
+            Path::new("chart/values.yaml"),
+            format!(
+                "image:\n  repository: {}/team/web\n  tag: \"\"\n",
+                upstream.host()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open_dir(store_dir.path()).unwrap();
+    let report = build_file(
+        &store,
+        &context,
+        BuildMode::Full,
+        "FROM scratch\nCOPY chart /\n",
+        "localhost/chart-cluster:1",
+    );
+    let listed: Vec<String> = container_images(&manifest(&store, &report))
+        .unwrap()
+        .into_iter()
+        .map(|image| image.image)
+        .collect();
+    assert_eq!(listed, [format!("{}/team/web:3", upstream.host())]);
+}

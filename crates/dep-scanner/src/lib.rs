@@ -1,29 +1,41 @@
 //! Finds every container image a cluster needs in Kubernetes YAML, Helm charts, image lists
 //! and application directories, with the file and line that asked for each.
 //!
-//! The scan is structural: every document of every YAML file is parsed into a tree whose
-//! scalars keep their source text (`tag: 1.20` is `1.20`, not the number 1.2). Rules:
+//! The scan is structural: every document of every YAML file is parsed on its own (a broken
+//! document, or an alias bomb, is a warning and the others are scanned), streamed document by
+//! document, into a tree whose scalars keep their source text (`tag: 1.20` is `1.20`, not the
+//! number 1.2). Rules:
 //!
 //! * [`Rule::PodSpec`]: `image` of `containers`, `initContainers` and `ephemeralContainers`
 //!   in the pod template of every workload kind (Pod, Deployment, StatefulSet, DaemonSet,
 //!   ReplicaSet, Job, CronJob, ReplicationController, PodTemplate; `List` items too), and
 //!   the `image.reference` of image volumes.
-//! * [`Rule::ImageField`]: any other `image:` string anywhere (CRDs, operators, values).
+//! * [`Rule::ImageField`]: any other `image:` string anywhere (CRDs, operators, values);
+//!   `image: ""` is a warning.
 //! * [`Rule::HelmValues`]: `{registry, repository, tag, digest}` / `{repository, tag}` mappings
 //!   (a lone `repository` under an `image` key); in a chart an absent or empty `tag` is the
-//!   chart's `appVersion`.
-//! * [`Rule::TemplateLine`]: `image:` lines of templates that are not YAML (Helm templates);
-//!   templated values (`{{`, `${`) are warnings, never dropped silently.
+//!   chart's `appVersion`, `global.imageRegistry` replaces the registry and a digest replaces
+//!   the tag (as charts' image helpers do).
+//! * [`Rule::TemplateValues`]: a chart template's `image:` resolved from the chart's values.
+//! * [`Rule::TemplateLine`]: `image:` lines of templates that are not YAML; templated values
+//!   (`{{`, `${`) that stay unresolved are warnings, never dropped silently.
 //! * [`Rule::ImageList`]: image list files (one reference per line, `#` comments, blanks).
 //! * [`Rule::HelmTemplate`]: with [`ScanOptions::helm`], charts rendered by `helm template`.
+//! * Runtime images, which controllers start by themselves ([`Rule::is_runtime`],
+//!   [`Finding::runtime`]): [`Rule::Arg`] (container `command`/`args`), [`Rule::Env`]
+//!   (container `env` values), [`Rule::ConfigMap`] (ConfigMap `data`) and [`Rule::CrdField`]
+//!   (`…Image` fields). A value counts only as a valid reference with a registry host or a
+//!   tag/digest when its name says image, with both otherwise.
 //!
-//! What is scanned, below the root: `manifests/` (`*.yaml`, `*.yml`, `*.tmpl`, `*.txt` image
-//! lists, `imageList`), `charts/`, `application/apps/` (YAML, charts, `imageList`), and the
-//! root's `imageList`. A root with none of these is scanned whole like `manifests/`. A
-//! directory holding `Chart.yaml` is a Helm chart (its `values.yaml`, `templates/`, `crds/`
-//! and subcharts under `charts/`); `.tgz` charts are read in memory. References are
-//! normalised (`nginx` → `docker.io/library/nginx:latest`) and deduplicated, each keeping
-//! every place that asked for it.
+//! What is scanned: a root holding `Chart.yaml` is a chart. Otherwise, below the root:
+//! `manifests/` (`*.yaml`, `*.yml`, `*.json`, `*.tmpl`, `imageList`), `charts/`,
+//! `application/apps/` (YAML, charts, `imageList`), and the root's `imageList`; Kubernetes YAML
+//! and charts elsewhere are named in warnings. A root with none of these is scanned whole.
+//! A directory holding `Chart.yaml` is a Helm chart (its `values.yaml`, `templates/`, `crds/`
+//! and subcharts under `charts/`, whose templates see the parent's values); `.tgz` charts are
+//! read in memory. Only files named `imageList` are image lists. References are normalised
+//! (`nginx` → `docker.io/library/nginx:latest`) and deduplicated, each keeping every place
+//! that asked for it, sorted by file and line.
 #![deny(missing_docs)]
 
 mod rules;
@@ -39,7 +51,7 @@ use sealer_fs_abstraction::{Fs, FsError};
 use sealer_image_store::Reference;
 use serde::Serialize;
 
-pub use tree::scan;
+pub use tree::{scan, scan_file};
 
 /// What to scan besides the tree.
 #[derive(Debug, Clone, Default)]
@@ -112,6 +124,18 @@ pub enum Rule {
     /// A chart template's `image:` whose `{{ .Values… }}` (and `.Chart.AppVersion`,
     /// `default`) were resolved from the chart's own values.yaml and Chart.yaml.
     TemplateValues,
+    /// A runtime image: a word of a container's `command`/`args` (`--engine-image=…`,
+    /// `--flag …`, a script's words).
+    Arg,
+    /// A runtime image: the value of a container's `env` variable.
+    Env,
+    /// A runtime image: a ConfigMap `data` value (keys ending in `image`, words of
+    /// configuration text).
+    #[serde(rename = "configmap")]
+    ConfigMap,
+    /// A runtime image: a field whose name ends in `Image`/`_IMAGE`/`Img` (custom resources,
+    /// values), other than `image` itself.
+    CrdField,
 }
 
 impl Rule {
@@ -126,7 +150,20 @@ impl Rule {
             Self::ExtraImageList => "extra-image-list",
             Self::HelmTemplate => "helm-template",
             Self::TemplateValues => "template-values",
+            Self::Arg => "arg",
+            Self::Env => "env",
+            Self::ConfigMap => "configmap",
+            Self::CrdField => "crd-field",
         }
+    }
+
+    /// Whether the rule finds images that an operator or controller starts at runtime,
+    /// named outside any `image:` key.
+    pub fn is_runtime(self) -> bool {
+        matches!(
+            self,
+            Self::Arg | Self::Env | Self::ConfigMap | Self::CrdField
+        )
     }
 }
 
@@ -160,8 +197,11 @@ pub struct Finding {
     /// The normalised reference (digests kept).
     #[serde(serialize_with = "display")]
     pub reference: Reference,
-    /// Where it was found, in scan order.
+    /// Where it was found, sorted by file and line.
     pub sources: Vec<Provenance>,
+    /// Whether only runtime rules ([`Rule::is_runtime`]) found it: an image that a
+    /// controller starts by itself, named in arguments, environment or configuration.
+    pub runtime: bool,
 }
 
 /// Something that looked like an image but could not be used, or a file that could not be
@@ -190,7 +230,7 @@ impl fmt::Display for Warning {
 pub struct ScanReport {
     /// The images, sorted by reference.
     pub images: Vec<Finding>,
-    /// Problems, in scan order.
+    /// Problems, sorted by file and line.
     pub warnings: Vec<Warning>,
 }
 
@@ -200,6 +240,9 @@ fn display<T: fmt::Display, S: serde::Serializer>(
 ) -> Result<S::Ok, S::Error> {
     serializer.collect_str(value)
 }
+
+/// How warnings about templated images start.
+const TEMPLATED: &str = "templated image";
 
 /// Gathers findings (deduplicated by reference) and warnings.
 #[derive(Debug, Default)]
@@ -224,11 +267,21 @@ impl Collector {
         {
             return self.image(&resolved, file, line, Rule::TemplateValues);
         }
+        if text.contains("{{")
+            && self
+                .chart_values
+                .as_ref()
+                .is_some_and(|values| values.names_image_values(text))
+        {
+            // `{{ include "common.images.image" (dict "imageRoot" .Values.image …) }}`: the
+            // values shape it is built from is found in values.yaml (rule helm-values).
+            return;
+        }
         if text.contains("{{") || text.contains("${") || text.contains("$(") {
             self.warn(
                 file,
                 Some(line),
-                format!("templated image {text:?} (not resolved; render it or list it)"),
+                format!("{TEMPLATED} {text:?} (not resolved; render it or list it)"),
             );
             return;
         }
@@ -250,8 +303,11 @@ impl Collector {
             .or_insert_with(|| Finding {
                 reference,
                 sources: Vec::new(),
+                runtime: false,
             });
-        if !finding.sources.contains(&provenance) {
+        // Repeats are removed when the sources are sorted (a linear check here would make
+        // a large file quadratic).
+        if finding.sources.last() != Some(&provenance) {
             finding.sources.push(provenance);
         }
     }
@@ -264,6 +320,12 @@ impl Collector {
             line,
             message,
         });
+    }
+
+    /// Drops the warnings about templated images of `file`, which helm has rendered.
+    pub(crate) fn resolved_by_helm(&mut self, file: &str) {
+        self.warnings
+            .retain(|warning| !(warning.file == file && warning.message.starts_with(TEMPLATED)));
     }
 
     /// Removes the images of an ignore list: exact references, or every tag and digest of a
@@ -294,9 +356,17 @@ impl Collector {
     }
 
     fn finish(self) -> ScanReport {
-        ScanReport {
-            images: self.images.into_values().collect(),
-            warnings: self.warnings,
+        let mut images: Vec<Finding> = self.images.into_values().collect();
+        for finding in &mut images {
+            finding.sources.sort();
+            finding.sources.dedup();
+            finding.runtime = finding
+                .sources
+                .iter()
+                .all(|source| source.rule.is_runtime());
         }
+        let mut warnings = self.warnings;
+        warnings.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+        ScanReport { images, warnings }
     }
 }

@@ -2,6 +2,8 @@
 
 use std::collections::HashSet;
 
+use sealer_image_store::Reference;
+
 use crate::yaml::{Node, Value};
 use crate::{Collector, Rule};
 
@@ -29,18 +31,31 @@ pub(crate) struct Context<'a> {
     pub(crate) file: &'a str,
     /// The tag of a values shape without one (a chart's `appVersion`).
     pub(crate) default_tag: Option<&'a str>,
+    /// The chart's `global.imageRegistry`, which Helm charts put before every image.
+    pub(crate) image_registry: Option<&'a str>,
     /// The rule every finding is credited to instead (rendered charts).
     pub(crate) rule: Option<Rule>,
 }
 
-impl Context<'_> {
+impl<'a> Context<'a> {
+    /// A context for a file outside charts.
+    pub(crate) fn plain(file: &'a str) -> Self {
+        Self {
+            file,
+            default_tag: None,
+            image_registry: None,
+            rule: None,
+        }
+    }
+
     fn rule(&self, rule: Rule) -> Rule {
         self.rule.unwrap_or(rule)
     }
 }
 
 /// Finds the images of one document: pod templates of workloads, then every other `image:`
-/// string and every Helm-values shape anywhere.
+/// string, every Helm-values shape, and the images operators start at runtime (container
+/// arguments, environment, ConfigMap data, `…Image` fields).
 pub(crate) fn scan_document(document: &Node, context: &Context<'_>, collector: &mut Collector) {
     if document.get("kind").and_then(Node::as_str) == Some("List")
         && let Some(Node {
@@ -57,7 +72,7 @@ pub(crate) fn scan_document(document: &Node, context: &Context<'_>, collector: &
     let mut claimed: HashSet<*const Node> = HashSet::new();
     let kind = document.get("kind").and_then(Node::as_str);
     if let Some(path) = kind.and_then(pod_spec_path) {
-        let spec = path.iter().try_fold(document, |node, key| node.get(key));
+        let spec = document.path(path);
         for list in spec
             .into_iter()
             .flat_map(|spec| CONTAINER_LISTS.iter().filter_map(|name| spec.get(name)))
@@ -65,13 +80,17 @@ pub(crate) fn scan_document(document: &Node, context: &Context<'_>, collector: &
             let Value::Seq(containers) = &list.value else {
                 continue;
             };
-            for image in containers
-                .iter()
-                .filter_map(|container| container.get("image"))
-            {
-                if let Some(text) = present(image) {
-                    collector.image(text, context.file, image.line, context.rule(Rule::PodSpec));
-                    claimed.insert(image);
+            for container in containers {
+                match container.get("image") {
+                    Some(image) => {
+                        image_key(image, context, Rule::PodSpec, collector);
+                        claimed.insert(image);
+                    }
+                    None => collector.warn(
+                        context.file,
+                        Some(container.line),
+                        "a container without an image".to_owned(),
+                    ),
                 }
             }
         }
@@ -85,10 +104,20 @@ pub(crate) fn scan_document(document: &Node, context: &Context<'_>, collector: &
                 .iter()
                 .filter_map(|volume| volume.get("image")?.get("reference"))
             {
-                if let Some(text) = present(reference) {
-                    let rule = context.rule(Rule::PodSpec);
-                    collector.image(text, context.file, reference.line, rule);
-                }
+                image_key(reference, context, Rule::PodSpec, collector);
+            }
+        }
+    }
+    if kind == Some("ConfigMap")
+        && let Some(Node {
+            value: Value::Map(pairs),
+            ..
+        }) = document.get("data")
+    {
+        for (key, value) in pairs {
+            if let (Some(key), Some(text)) = (key.as_str(), value.as_str()) {
+                config_value(key, text, value, context, collector);
+                claimed.insert(value);
             }
         }
     }
@@ -102,6 +131,22 @@ fn present(node: &Node) -> Option<&str> {
         .filter(|text| !text.is_empty() && !matches!(*text, "~" | "null" | "Null" | "NULL"))
 }
 
+/// The value of an `image` key: an image, or a warning when it is an empty string (a
+/// plain empty value is YAML's null: nothing asked for).
+fn image_key(node: &Node, context: &Context<'_>, rule: Rule, collector: &mut Collector) {
+    if let Some(text) = present(node) {
+        collector.image(text, context.file, node.line, context.rule(rule));
+    } else if node.as_str().is_some_and(|text| text.trim().is_empty()) && !node.plain {
+        collector.warn(context.file, Some(node.line), "empty image \"\"".to_owned());
+    } else if rule == Rule::PodSpec && node.as_str().is_some() {
+        collector.warn(
+            context.file,
+            Some(node.line),
+            "a container without an image".to_owned(),
+        );
+    }
+}
+
 fn walk(
     node: &Node,
     parent_key: Option<&str>,
@@ -112,6 +157,11 @@ fn walk(
     match &node.value {
         Value::Scalar(_) => {}
         Value::Seq(items) => {
+            match parent_key {
+                Some("args" | "command") => arguments(items, context, collector),
+                Some("env") => environment(items, context, collector),
+                _ => {}
+            }
             for item in items {
                 walk(item, None, context, claimed, collector);
             }
@@ -120,15 +170,20 @@ fn walk(
             values_shape(node, parent_key, context, collector);
             for (key, value) in pairs {
                 let key = key.as_str();
-                if key == Some("image")
+                if key == Some("image") && !claimed.contains(&std::ptr::from_ref(value)) {
+                    image_key(value, context, Rule::ImageField, collector);
+                } else if let Some(key) = key
+                    && names_image(key)
                     && !claimed.contains(&std::ptr::from_ref(value))
-                    && let Some(text) = present(value)
+                    && let Some(text) = value.as_str()
                 {
-                    collector.image(
+                    runtime(
                         text,
+                        true,
                         context.file,
                         value.line,
-                        context.rule(Rule::ImageField),
+                        context.rule(Rule::CrdField),
+                        collector,
                     );
                 }
                 walk(value, key, context, claimed, collector);
@@ -137,8 +192,219 @@ fn walk(
     }
 }
 
+/// Whether a key, flag or variable name says it holds an image (`engineImage`,
+/// `CSI_ATTACHER_IMAGE`, `--engine-image`, `OPERATOR_IMG`), `image` itself aside.
+fn names_image(name: &str) -> bool {
+    let name = name.trim_start_matches('-');
+    !name.eq_ignore_ascii_case("image") && ends_in_image(name)
+}
+
+/// Whether a name ends in image or img, in any case (`image` itself included).
+fn ends_in_image(name: &str) -> bool {
+    let ends_with = |suffix: &str| {
+        name.len() >= suffix.len()
+            && name.as_bytes()[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    };
+    ends_with("image") || ends_with("img")
+}
+
+/// Like [`names_image`], for flags and variables: the name mentions an image anywhere
+/// (`--image-pull-policy`, whose values are then too weak to be images).
+fn mentions_image(name: &str) -> bool {
+    let contains = |needle: &[u8]| {
+        name.as_bytes()
+            .windows(needle.len())
+            .any(|window| window.eq_ignore_ascii_case(needle))
+    };
+    contains(b"image") || contains(b"img")
+}
+
+/// A value that may be an image the workload starts at runtime. Named contexts (`strong`:
+/// the key, flag or variable says image) need a registry host or a tag/digest; anything
+/// else needs both and a repository path, so addresses (`0.0.0.0:8080`), paths and URLs
+/// never count. Templated values are resolved (or warned about) only in named contexts.
+fn runtime(
+    text: &str,
+    strong: bool,
+    file: &str,
+    line: usize,
+    rule: Rule,
+    collector: &mut Collector,
+) {
+    let text = unquote(text.trim());
+    if text.contains("{{") || text.contains("${") {
+        if strong {
+            collector.image(text, file, line, rule);
+        }
+        return;
+    }
+    if looks_like_image(text, strong) {
+        collector.image(text, file, line, rule);
+    }
+}
+
+/// The precision filter of [`runtime`].
+pub(crate) fn looks_like_image(text: &str, strong: bool) -> bool {
+    if text.is_empty()
+        || text.contains("://")
+        || text.contains(char::is_whitespace)
+        || text.starts_with(['/', '.', '-', ':', '@'])
+    {
+        return false;
+    }
+    let name = text.split('@').next().unwrap_or(text);
+    let has_host = name.split_once('/').is_some_and(|(first, _)| {
+        first.contains('.') || first.contains(':') || first == "localhost"
+    });
+    let last = name.rsplit('/').next().unwrap_or(name);
+    let has_version = text.contains('@') || last.contains(':');
+    let shaped = if strong {
+        has_host || has_version
+    } else {
+        has_host && has_version
+    };
+    // The full parse last: most words of a command line fail the cheap checks.
+    shaped && text.parse::<Reference>().is_ok()
+}
+
+/// Container `command`/`args`: `--flag=VALUE` and `--flag VALUE` (strong when the flag
+/// names an image), and every other word (weak), in shell scripts too.
+fn arguments(items: &[Node], context: &Context<'_>, collector: &mut Collector) {
+    let rule = context.rule(Rule::Arg);
+    let mut pending_flag: Option<bool> = None;
+    for item in items {
+        let Some(text) = item.as_str() else {
+            pending_flag = None;
+            continue;
+        };
+        for (index, line_text) in text.lines().enumerate() {
+            let line = text_line(item, index);
+            for word in words(line_text) {
+                if let Some(strong) = pending_flag.take()
+                    && !word.starts_with('-')
+                    && !word.contains('=')
+                {
+                    runtime(word, strong, context.file, line, rule, collector);
+                    continue;
+                }
+                if word.starts_with('-') {
+                    match word.split_once('=') {
+                        Some((flag, value)) => {
+                            runtime(
+                                value,
+                                mentions_image(flag),
+                                context.file,
+                                line,
+                                rule,
+                                collector,
+                            );
+                        }
+                        None => pending_flag = Some(mentions_image(word)),
+                    }
+                } else if let Some((name, value)) = word.split_once('=') {
+                    // `IMAGE=quay.io/…` in a script.
+                    runtime(
+                        value,
+                        mentions_image(name),
+                        context.file,
+                        line,
+                        rule,
+                        collector,
+                    );
+                } else {
+                    runtime(word, false, context.file, line, rule, collector);
+                }
+            }
+        }
+    }
+}
+
+/// The source line of line `index` of a scalar's text (exact for block scalars, whose line
+/// is that of their first line of text).
+fn text_line(node: &Node, index: usize) -> usize {
+    node.line + index
+}
+
+/// The words of a command line: split at blanks, quotes and `;`, `,`, `|`, `&`, `(`, `)`.
+fn words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| c.is_whitespace() || "\"'`;,|&()".contains(c))
+        .filter(|word| !word.is_empty())
+}
+
+/// Container `env`: `{name, value}` items; a name mentioning an image makes it strong.
+fn environment(items: &[Node], context: &Context<'_>, collector: &mut Collector) {
+    for item in items {
+        let (Some(name), Some(value)) =
+            (item.get("name").and_then(Node::as_str), item.get("value"))
+        else {
+            continue;
+        };
+        if let Some(text) = value.as_str() {
+            let strong = mentions_image(name);
+            runtime(
+                text,
+                strong,
+                context.file,
+                value.line,
+                context.rule(Rule::Env),
+                collector,
+            );
+        }
+    }
+}
+
+/// A ConfigMap data entry: a key ending in image names one; other one-line values are weak
+/// candidates; in text values (configuration files), each `key: value` / `key=value` line
+/// whose key ends in image, and weak words otherwise.
+fn config_value(
+    key: &str,
+    text: &str,
+    node: &Node,
+    context: &Context<'_>,
+    collector: &mut Collector,
+) {
+    let rule = context.rule(Rule::ConfigMap);
+    if !text.contains('\n') {
+        runtime(
+            text,
+            ends_in_image(key),
+            context.file,
+            node.line,
+            rule,
+            collector,
+        );
+        return;
+    }
+    for (index, line_text) in text.lines().enumerate() {
+        let line = text_line(node, index);
+        let trimmed = line_text.trim().trim_end_matches(',');
+        let pair = trimmed
+            .split_once(": ")
+            .or_else(|| trimmed.split_once('='))
+            .map(|(name, value)| (unquote(name.trim()), unquote(value.trim())));
+        if let Some((name, value)) = pair
+            && ends_in_image(name)
+            && !value.contains(char::is_whitespace)
+        {
+            runtime(value, true, context.file, line, rule, collector);
+            continue;
+        }
+        for word in words(line_text) {
+            runtime(
+                word.trim_end_matches(':'),
+                false,
+                context.file,
+                line,
+                rule,
+                collector,
+            );
+        }
+    }
+}
+
 /// `{registry, repository, tag, digest}` and `{repository, tag}` (Helm values): one image.
-/// A `repository` alone counts only under an `image` key.
+/// A `repository` alone counts only under an `image` key. As Helm charts' image helpers do,
+/// the chart's `global.imageRegistry` replaces the registry, and a digest replaces the tag.
 fn values_shape(
     node: &Node,
     parent_key: Option<&str>,
@@ -158,20 +424,26 @@ fn values_shape(
         return;
     }
     let mut text = String::new();
-    if let Some(registry) = node.get("registry").and_then(present) {
+    let registry = context
+        .image_registry
+        .or_else(|| node.get("registry").and_then(present));
+    if let Some(registry) = registry {
         text.push_str(registry.trim_end_matches('/'));
         text.push('/');
     }
     text.push_str(repository);
-    // A chart's appVersion stands in for an absent tag, unless a digest pins the image.
-    let tag = tag.or(context.default_tag.filter(|_| digest.is_none()));
-    if let Some(tag) = tag {
-        text.push(':');
-        text.push_str(tag);
-    }
-    if let Some(digest) = digest {
-        text.push('@');
-        text.push_str(digest);
+    match digest {
+        Some(digest) => {
+            text.push('@');
+            text.push_str(digest);
+        }
+        // A chart's appVersion stands in for an absent tag.
+        None => {
+            if let Some(tag) = tag.or(context.default_tag) {
+                text.push(':');
+                text.push_str(tag);
+            }
+        }
     }
     collector.image(
         &text,
@@ -182,10 +454,18 @@ fn values_shape(
 }
 
 /// Line-based fallback for templates that are not YAML (Go templates): the value of each
-/// `image:` line; templated ones become warnings in [`Collector::image`].
-pub(crate) fn scan_template_lines(text: &str, file: &str, collector: &mut Collector) {
+/// `image:` line; templated ones become warnings in [`Collector::image`]. With
+/// `unquoted_actions_only`, only values that start with `{{` (YAML reads those as a flow
+/// mapping, so a template that parses still needs them read from its lines).
+pub(crate) fn scan_template_lines(
+    text: &str,
+    first_line: usize,
+    file: &str,
+    unquoted_actions_only: bool,
+    collector: &mut Collector,
+) {
     for (index, line) in text.lines().enumerate() {
-        let line_number = index + 1;
+        let line_number = first_line + index;
         let trimmed = line.trim_start();
         let trimmed = trimmed.strip_prefix("- ").unwrap_or(trimmed).trim_start();
         let Some(value) = trimmed.strip_prefix("image:") else {
@@ -196,7 +476,15 @@ pub(crate) fn scan_template_lines(text: &str, file: &str, collector: &mut Collec
             // `image:` opening a nested mapping: its own lines are templated or values.
             continue;
         }
-        collector.image(unquote(value), file, line_number, Rule::TemplateLine);
+        if unquoted_actions_only && !value.starts_with("{{") {
+            continue;
+        }
+        let value = unquote(value);
+        if value.is_empty() {
+            collector.warn(file, Some(line_number), "empty image \"\"".to_owned());
+        } else {
+            collector.image(value, file, line_number, Rule::TemplateLine);
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! strings and `default` (pipe or call form) are understood; anything else (`include`,
 //! `printf`, conditionals) leaves the text unresolved, and the caller reports it.
 
-use crate::yaml::Node;
+use crate::yaml::{Node, Value};
 
 /// What a chart's templates can be resolved with.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +22,72 @@ enum Term {
 }
 
 impl ChartValues {
+    /// The chart's `global.imageRegistry`, when set.
+    pub(crate) fn image_registry(&self) -> Option<&str> {
+        self.values
+            .as_ref()?
+            .path(&["global", "imageRegistry"])?
+            .as_str()
+            .map(str::trim)
+            .filter(|registry| !registry.is_empty())
+    }
+
+    /// The values a subchart named `name` sees: its own, overridden by the parent's
+    /// `name:` section and `global:` (Helm's coalescing).
+    pub(crate) fn for_subchart(&self, name: &str, own: Option<Node>) -> Option<Node> {
+        let parent = self.values.as_ref();
+        let mut merged = own;
+        for over in [
+            parent.and_then(|values| values.get(name)),
+            parent
+                .and_then(|values| values.get("global"))
+                .map(|global| {
+                    let key = Node {
+                        line: global.line,
+                        plain: true,
+                        value: Value::Scalar("global".to_owned()),
+                    };
+                    Node {
+                        line: global.line,
+                        plain: true,
+                        value: Value::Map(vec![(key, global.clone())]),
+                    }
+                })
+                .as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            merged = Some(match merged {
+                Some(base) => merge(base, over),
+                None => over.clone(),
+            });
+        }
+        merged
+    }
+
+    /// Whether `text` uses a `.Values.…` path that holds an image values shape (a mapping
+    /// with `repository`): charts' image helpers build the image from it, and the
+    /// helm-values rule reports it from values.yaml.
+    pub(crate) fn names_image_values(&self, text: &str) -> bool {
+        let Some(values) = &self.values else {
+            return false;
+        };
+        text.match_indices(".Values.").any(|(at, found)| {
+            let rest = &text[at + found.len()..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+                .unwrap_or(rest.len());
+            let keys: Vec<&str> = rest[..end]
+                .split('.')
+                .filter(|key| !key.is_empty())
+                .collect();
+            values
+                .path(&keys)
+                .is_some_and(|node| node.get("repository").is_some())
+        })
+    }
+
     /// `text` with every `{{ … }}` replaced by its value; `None` when any cannot be
     /// resolved.
     pub(crate) fn resolve(&self, text: &str) -> Option<String> {
@@ -101,15 +167,37 @@ impl ChartValues {
     }
 }
 
+/// `over` coalesced onto `base`: mappings merge key by key, anything else replaces.
+fn merge(base: Node, over: &Node) -> Node {
+    match (base.value, &over.value) {
+        (Value::Map(mut pairs), Value::Map(overrides)) => {
+            for (key, value) in overrides {
+                match pairs.iter().position(|(k, _)| k.as_str() == key.as_str()) {
+                    Some(at) => {
+                        let (k, old) = pairs.remove(at);
+                        pairs.insert(at, (k, merge(old, value)));
+                    }
+                    None => pairs.push((key.clone(), value.clone())),
+                }
+            }
+            Node {
+                line: base.line,
+                plain: base.plain,
+                value: Value::Map(pairs),
+            }
+        }
+        _ => over.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::yaml::parse_documents;
 
     fn chart(values: &str, app_version: Option<&str>) -> ChartValues {
         ChartValues {
-            values: parse_documents(values).unwrap().into_iter().next(),
+            values: crate::yaml::first_document(values),
             app_version: app_version.map(str::to_owned),
         }
     }

@@ -2,11 +2,11 @@
 //! and `.tgz` archives, read in memory).
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use sealer_fs_abstraction::{FileKind, Fs};
+use sealer_fs_abstraction::{FileKind, Fs, FsError};
 
 use crate::rules::{self, Context};
 use crate::template::ChartValues;
@@ -20,6 +20,9 @@ const MAX_ARCHIVE: u64 = 256 << 20;
 /// How deep `.tgz` subcharts may nest.
 const MAX_NESTING: usize = 8;
 
+/// The areas of a cluster tree that are scanned when present.
+const AREAS: [&str; 3] = ["manifests", "charts", "application/apps"];
+
 /// Scans the tree of `fs` (see the crate documentation for what is scanned) and the extra
 /// lists of `options`.
 pub fn scan(fs: &dyn Fs, options: &ScanOptions) -> Result<ScanReport, ScanError> {
@@ -28,25 +31,61 @@ pub fn scan(fs: &dyn Fs, options: &ScanOptions) -> Result<ScanReport, ScanError>
         helm: options.helm.clone(),
     };
     let mut found_area = false;
-    for (area, text_lists) in [
-        ("manifests", true),
-        ("charts", false),
-        ("application/apps", false),
-    ] {
-        if is_dir(fs, Path::new(area))? {
-            found_area = true;
-            scan_tree(fs, area, text_lists, &mut renderer, &mut collector)?;
-        }
-    }
-    if is_file(fs, Path::new("imageList"))? {
+    if is_file(fs, Path::new("Chart.yaml"))? {
+        // The root is a chart: its `charts/` are its subcharts, not an area.
         found_area = true;
-        if let Some(text) = read_text(fs, Path::new("imageList"), &mut collector)? {
-            rules::scan_image_list(&text, "imageList", Rule::ImageList, &mut collector);
+        scan_tree(fs, ".", &mut renderer, &mut collector)?;
+    } else {
+        for area in AREAS {
+            if is_dir(fs, Path::new(area))? {
+                found_area = true;
+                scan_tree(fs, area, &mut renderer, &mut collector)?;
+            }
+        }
+        if is_file(fs, Path::new("imageList"))? {
+            found_area = true;
+            if let Some(text) = read_text(fs, Path::new("imageList"), &mut collector)? {
+                rules::scan_image_list(&text, "imageList", Rule::ImageList, &mut collector);
+            }
+        }
+        if found_area {
+            warn_outside_areas(fs, &mut collector)?;
         }
     }
     if !found_area {
-        scan_tree(fs, ".", true, &mut renderer, &mut collector)?;
+        scan_tree(fs, ".", &mut renderer, &mut collector)?;
     }
+    Ok(finish(collector, options))
+}
+
+/// Scans one file of `fs` (a YAML manifest, a `.tgz` chart, or an image list named
+/// `imageList`) and the extra lists of `options`.
+pub fn scan_file(fs: &dyn Fs, path: &Path, options: &ScanOptions) -> Result<ScanReport, ScanError> {
+    let mut collector = Collector::default();
+    let mut renderer = Renderer {
+        helm: options.helm.clone(),
+    };
+    let file = show(path);
+    match kind_of(&file) {
+        Some(Kind::ImageList) => {
+            if let Some(text) = read_text(fs, path, &mut collector)? {
+                rules::scan_image_list(&text, &file, Rule::ImageList, &mut collector);
+            }
+        }
+        Some(Kind::Archive) => {
+            if let Some(data) = read_bytes(fs, path, &mut collector)?
+                && scan_archive(&data, &file, 0, &mut collector)
+            {
+                renderer.render(fs, &file, true, &mut collector);
+            }
+        }
+        // Named explicitly: read as YAML whatever its name.
+        Some(Kind::Yaml) | None => scan_yaml_file(fs, path, &mut collector)?,
+    }
+    Ok(finish(collector, options))
+}
+
+fn finish(mut collector: Collector, options: &ScanOptions) -> ScanReport {
     for list in &options.image_lists {
         rules::scan_image_list(&list.text, &list.name, Rule::ExtraImageList, &mut collector);
     }
@@ -59,7 +98,57 @@ pub fn scan(fs: &dyn Fs, options: &ScanOptions) -> Result<ScanReport, ScanError>
         warnings = report.warnings.len(),
         "scan done"
     );
-    Ok(report)
+    report
+}
+
+/// How much of a YAML file outside the areas is read to tell whether it is Kubernetes YAML.
+const SNIFF: u64 = 64 << 10;
+
+/// Names what a tree with areas leaves out that looks like Kubernetes YAML or a chart.
+fn warn_outside_areas(fs: &dyn Fs, collector: &mut Collector) -> Result<(), ScanError> {
+    let mut charts: Vec<String> = Vec::new();
+    for entry in fs.walk(Path::new("."))? {
+        let path = show(&entry.path);
+        if entry.metadata.kind != FileKind::File
+            || path == "imageList"
+            || AREAS.iter().any(|area| is_under(&path, area))
+            || charts.iter().any(|chart| is_under(&path, chart))
+        {
+            continue;
+        }
+        if let Some(root) = chart_root_of(&path) {
+            collector.warn(
+                &root,
+                None,
+                "not scanned: a Helm chart outside charts/ (move it there to have its images found)"
+                    .to_owned(),
+            );
+            charts.push(root);
+            continue;
+        }
+        let kubernetes = match kind_of(&path) {
+            Some(Kind::Yaml) => {
+                let mut head = Vec::new();
+                fs.open(&entry.path)?
+                    .take(SNIFF)
+                    .read_to_end(&mut head)
+                    .map_err(|source| FsError::io("read", fs.display_path(&entry.path), source))?;
+                let head = String::from_utf8_lossy(&head);
+                head.contains("apiVersion") && head.contains("kind")
+            }
+            _ => false,
+        };
+        if kubernetes {
+            collector.warn(
+                &path,
+                None,
+                "not scanned: Kubernetes YAML outside manifests/, charts/ and application/apps/ \
+                 (move it there to have its images found)"
+                    .to_owned(),
+            );
+        }
+    }
+    Ok(())
 }
 
 fn is_dir(fs: &dyn Fs, path: &Path) -> Result<bool, ScanError> {
@@ -129,15 +218,15 @@ enum Kind {
     Archive,
 }
 
-fn kind_of(path: &str, text_lists: bool) -> Option<Kind> {
+/// Image lists are only files named `imageList` (other text, `NOTES.txt`, is not a list).
+fn kind_of(path: &str) -> Option<Kind> {
     let name = path.rsplit('/').next().unwrap_or(path);
     if name == "imageList" {
         return Some(Kind::ImageList);
     }
     let extension = name.rsplit_once('.').map(|(_, extension)| extension);
     match extension {
-        Some("yaml" | "yml" | "tmpl") => Some(Kind::Yaml),
-        Some("txt") if text_lists => Some(Kind::ImageList),
+        Some("yaml" | "yml" | "json" | "tmpl") => Some(Kind::Yaml),
         Some("tgz") => Some(Kind::Archive),
         _ => None,
     }
@@ -147,7 +236,6 @@ fn kind_of(path: &str, text_lists: bool) -> Option<Kind> {
 fn scan_tree(
     fs: &dyn Fs,
     dir: &str,
-    text_lists: bool,
     renderer: &mut Renderer,
     collector: &mut Collector,
 ) -> Result<(), ScanError> {
@@ -192,12 +280,8 @@ fn scan_tree(
             }
             continue;
         }
-        match kind_of(&path, text_lists) {
-            Some(Kind::Yaml) => {
-                if let Some(text) = read_text(fs, Path::new(&path), collector)? {
-                    scan_yaml(&text, &path, None, collector);
-                }
-            }
+        match kind_of(&path) {
+            Some(Kind::Yaml) => scan_yaml_file(fs, Path::new(&path), collector)?,
             Some(Kind::ImageList) => {
                 if let Some(text) = read_text(fs, Path::new(&path), collector)? {
                     rules::scan_image_list(&text, &path, Rule::ImageList, collector);
@@ -259,7 +343,7 @@ impl Renderer {
             return;
         };
         for (source, chunk) in rendered_sources(&text) {
-            let shown = if archive {
+            let template = if archive {
                 format!("{path}!/{source}")
             } else {
                 let inner = source.split_once('/').map_or(source, |(_, rest)| rest);
@@ -269,22 +353,28 @@ impl Renderer {
                     format!("{path}/{inner}")
                 }
             };
-            match yaml::parse_documents(&chunk) {
-                Ok(documents) => {
-                    let context = Context {
-                        file: &shown,
-                        default_tag: None,
-                        rule: Some(Rule::HelmTemplate),
-                    };
-                    for document in &documents {
-                        rules::scan_document(document, &context, collector);
+            // Lines are those of helm's output for this template, not of the template.
+            let shown = format!("{template} (rendered)");
+            let context = Context {
+                rule: Some(Rule::HelmTemplate),
+                ..Context::plain(&shown)
+            };
+            let mut rendered = true;
+            for document in yaml::parse_documents(&chunk) {
+                match document {
+                    Ok(document) => rules::scan_document(&document, &context, collector),
+                    Err(error) => {
+                        rendered = false;
+                        collector.warn(
+                            &shown,
+                            Some(error.line),
+                            format!("rendered by helm, not YAML ({})", error.message),
+                        );
                     }
                 }
-                Err(error) => collector.warn(
-                    &shown,
-                    Some(error.line),
-                    format!("rendered by helm, not YAML ({})", error.message),
-                ),
+            }
+            if rendered {
+                collector.resolved_by_helm(&template);
             }
         }
     }
@@ -328,31 +418,91 @@ fn chart_file_wanted(path: &str) -> bool {
         .any(|extension| path.ends_with(extension))
 }
 
-/// Parses `text` and runs the rules on every document; a template that is not YAML falls
-/// back to its `image:` lines, anything else that is not YAML is a warning.
-fn scan_yaml(text: &str, file: &str, default_tag: Option<&str>, collector: &mut Collector) {
-    match yaml::parse_documents(text) {
+/// Streams a YAML file document by document (never the whole file in memory as a tree).
+fn scan_yaml_file(fs: &dyn Fs, path: &Path, collector: &mut Collector) -> Result<(), ScanError> {
+    let file = show(path);
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, fs.open(path)?);
+    let mut splitter = yaml::Splitter::default();
+    let mut line = Vec::new();
+    let mut line_number = 0usize;
+    // The first line of the current document that is not UTF-8.
+    let mut not_utf8: Option<usize> = None;
+    let context = Context::plain(&file);
+    loop {
+        line.clear();
+        let read = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|source| FsError::io("read", fs.display_path(path), source))?;
+        if read == 0 {
+            break;
+        }
+        line_number += 1;
+        let bad = std::str::from_utf8(&line).is_err();
+        if let Some(chunk) = splitter.push(&String::from_utf8_lossy(&line)) {
+            scan_chunk(&chunk, &context, not_utf8.take(), collector);
+        }
+        if bad {
+            not_utf8.get_or_insert(line_number);
+        }
+    }
+    if let Some(chunk) = splitter.finish() {
+        scan_chunk(&chunk, &context, not_utf8, collector);
+    }
+    Ok(())
+}
+
+/// Runs the rules on every document of `text` (a file read whole: chart files).
+fn scan_yaml(text: &str, context: &Context<'_>, collector: &mut Collector) {
+    for chunk in yaml::split(text) {
+        scan_chunk(&chunk, context, None, collector);
+    }
+}
+
+/// One document: the rules on its tree; a template that is not YAML falls back to its
+/// `image:` lines; anything else that is not YAML is a warning, and the next document goes on.
+fn scan_chunk(
+    chunk: &yaml::Chunk,
+    context: &Context<'_>,
+    not_utf8: Option<usize>,
+    collector: &mut Collector,
+) {
+    let file = context.file;
+    if let Some(line) = not_utf8 {
+        collector.warn(
+            file,
+            Some(line),
+            "document not scanned: not UTF-8 text".to_owned(),
+        );
+        return;
+    }
+    match yaml::parse_chunk(chunk) {
         Ok(documents) => {
-            let context = Context {
-                file,
-                default_tag,
-                rule: None,
-            };
             for document in &documents {
-                rules::scan_document(document, &context, collector);
+                rules::scan_document(document, context, collector);
+            }
+            if chunk.text.contains("{{") {
+                rules::scan_template_lines(&chunk.text, chunk.first_line, file, true, collector);
             }
         }
-        Err(_) if text.contains("{{") => rules::scan_template_lines(text, file, collector),
+        Err(error) if error.over_budget => collector.warn(
+            file,
+            Some(error.line),
+            format!("document not scanned: {}", error.message),
+        ),
+        Err(_) if chunk.text.contains("{{") => {
+            rules::scan_template_lines(&chunk.text, chunk.first_line, file, false, collector);
+        }
         Err(error) => collector.warn(
             file,
             Some(error.line),
-            format!("not scanned: not YAML ({})", error.message),
+            format!("document not scanned: not YAML ({})", error.message),
         ),
     }
 }
 
 /// Scans the charts among `files` (paths relative to a common base, shown after `prefix`):
-/// each file belongs to the innermost chart holding it.
+/// each file belongs to the innermost chart holding it; a subchart's templates see its
+/// values as Helm coalesces them (its parent's `NAME:` section and `global:` over its own).
 fn scan_chart_files(
     files: &BTreeMap<String, Vec<u8>>,
     prefix: &str,
@@ -363,10 +513,9 @@ fn scan_chart_files(
         .keys()
         .filter_map(|path| chart_root_of(path))
         .collect();
-    // Innermost first.
-    roots.sort_by_key(|root| std::cmp::Reverse(root.len()));
-    let mut app_versions: BTreeMap<&str, Option<String>> = BTreeMap::new();
-    let mut chart_values: BTreeMap<&str, ChartValues> = BTreeMap::new();
+    // Outermost first: a parent's values are known before its subcharts'.
+    roots.sort_by_key(String::len);
+    let mut chart_values: BTreeMap<String, ChartValues> = BTreeMap::new();
     for root in &roots {
         let in_chart = |name: &str| {
             if root.is_empty() {
@@ -379,24 +528,41 @@ fn scan_chart_files(
             files
                 .get(&in_chart(name))
                 .and_then(|data| std::str::from_utf8(data).ok())
-                .and_then(|text| yaml::parse_documents(text).ok())
-                .and_then(|documents| documents.into_iter().next())
+                .and_then(yaml::first_document)
         };
-        let version = first_document("Chart.yaml").and_then(|document| {
-            document
-                .get("appVersion")
-                .and_then(|node| node.as_str())
-                .map(str::to_owned)
-        });
+        let chart = first_document("Chart.yaml");
+        let app_version = chart
+            .as_ref()
+            .and_then(|chart| chart.get("appVersion")?.as_str())
+            .map(str::to_owned);
+        let own = first_document("values.yaml");
+        // The parent: the innermost other root holding this one's `charts/` directory.
+        let parent = roots
+            .iter()
+            .filter(|other| other.len() < root.len() && is_under(root, other))
+            .max_by_key(|other| other.len())
+            .and_then(|parent| chart_values.get(parent));
+        let values = match parent {
+            Some(parent) => {
+                let name = chart
+                    .as_ref()
+                    .and_then(|chart| chart.get("name")?.as_str())
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| root.rsplit('/').next().unwrap_or(root).to_owned());
+                parent.for_subchart(&name, own)
+            }
+            None => own,
+        };
         chart_values.insert(
-            root,
+            root.clone(),
             ChartValues {
-                values: first_document("values.yaml"),
-                app_version: version.clone(),
+                values,
+                app_version,
             },
         );
-        app_versions.insert(root, version);
     }
+    // Innermost first, to find the chart of each file.
+    roots.reverse();
     for (path, data) in files {
         let file = format!("{prefix}{path}");
         let Some(root) = roots.iter().find(|root| is_under(path, root)) else {
@@ -404,7 +570,7 @@ fn scan_chart_files(
             if (path.ends_with(".yaml") || path.ends_with(".yml"))
                 && let Some(text) = text_of(data.clone(), &file, collector)
             {
-                scan_yaml(&text, &file, None, collector);
+                scan_yaml(&text, &Context::plain(&file), collector);
             }
             continue;
         };
@@ -417,7 +583,6 @@ fn scan_chart_files(
             scan_archive(data, &file, depth + 1, collector);
             continue;
         }
-        let default_tag = app_versions.get(root.as_str()).cloned().flatten();
         let wanted =
             inner == "values.yaml" || inner.starts_with("templates/") || inner.starts_with("crds/");
         if !wanted || inner.ends_with(".tgz") {
@@ -426,11 +591,18 @@ fn scan_chart_files(
         let Some(text) = text_of(data.clone(), &file, collector) else {
             continue;
         };
+        let values = chart_values.get(root).cloned().unwrap_or_default();
+        let image_registry = values.image_registry().map(str::to_owned);
         if inner == "values.yaml" {
-            scan_yaml(&text, &file, default_tag.as_deref(), collector);
+            let context = Context {
+                default_tag: values.app_version.as_deref(),
+                image_registry: image_registry.as_deref(),
+                ..Context::plain(&file)
+            };
+            scan_yaml(&text, &context, collector);
         } else {
-            collector.chart_values = chart_values.get(root.as_str()).cloned();
-            scan_yaml(&text, &file, None, collector);
+            collector.chart_values = Some(values);
+            scan_yaml(&text, &Context::plain(&file), collector);
             collector.chart_values = None;
         }
     }

@@ -67,8 +67,9 @@ pub enum Command {
     Login(LoginArgs),
     /// Remove a registry's saved credentials.
     Logout(LogoutArgs),
-    /// List the container images a cluster image's tree needs (manifests, charts, image
-    /// lists, application/apps), with the file and line asking for each.
+    /// List the container images a cluster image's tree (or one file) needs, with the file,
+    /// line and rule asking for each.
+    #[command(long_about = SCAN_ABOUT)]
     Scan(ScanArgs),
     /// Run an OCI registry over the store.
     Registry {
@@ -278,11 +279,44 @@ pub struct ImagesArgs {
     pub digests: bool,
 }
 
+/// `sealer scan --help`: what is found, and by which rule.
+const SCAN_ABOUT: &str = "\
+List the container images a cluster image's tree (or one file) needs, with the file, line and
+rule asking for each.
+
+What is scanned: a directory holding Chart.yaml is a Helm chart (values.yaml, templates/, crds/,
+subcharts under charts/, also as .tgz). In a cluster tree: manifests/, charts/,
+application/apps/ and the root's imageList; Kubernetes YAML or charts elsewhere are named in a
+warning. A tree without these is scanned whole. Every document of a YAML file is parsed on its
+own: a broken one (or an alias bomb) is a warning and the others are scanned. Image lists are
+only files named imageList and --image-list files.
+
+Rules (the name in parentheses, as in --json):
+  pod-spec         image of containers, initContainers, ephemeralContainers and image volumes
+                   of every workload kind's pod template
+  image-field      any other image: string (custom resources, values)
+  helm-values      {registry, repository, tag, digest} mappings of chart values (appVersion
+                   for an absent tag, global.imageRegistry, a digest instead of the tag)
+  template-values  a chart template's image: resolved from the chart's values
+  template-line    image: lines of templates that are not YAML
+  helm-template    charts rendered by helm (lines of helm's output for that template)
+  image-list       lines of imageList files; extra-image-list: --image-list files
+Runtime images, which controllers start by themselves (marked \"(runtime)\" when no other
+rule found them, \"runtime\": true in --json):
+  arg              container command/args: --flag=IMAGE, --flag IMAGE, words of scripts
+  env              container env values (*_IMAGE, *_IMG names, or any full reference)
+  configmap        ConfigMap data: keys ending in image, words of configuration text
+  crd-field        fields named ...Image, ..._IMAGE, ...Img (besides image:)
+A runtime value counts only as a valid image reference with a registry host or a tag/digest
+when its name says image, with both otherwise (--image-pull-policy=Always is no image);
+--ignored-image-list drops a false one. Templated images left unresolved are warnings.";
+
 /// `sealer scan`.
 #[derive(Debug, clap::Args)]
 pub struct ScanArgs {
-    /// The tree to scan (a build context or an unpacked cluster image root).
-    #[arg(value_name = "DIR")]
+    /// The tree to scan (a build context or an unpacked cluster image root), or one file (a
+    /// YAML manifest, a .tgz chart, an imageList).
+    #[arg(value_name = "PATH")]
     pub dir: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long)]

@@ -97,6 +97,8 @@ pub(crate) fn collect(
         ("charts", FileKind::Dir),
         ("application/apps", FileKind::Dir),
         ("imageList", FileKind::File),
+        // A rootfs that is a Helm chart: the scanner reads it as one.
+        ("Chart.yaml", FileKind::File),
     ] {
         if fs.exists(Path::new(area))? && fs.metadata(Path::new(area))?.kind == kind {
             any = true;

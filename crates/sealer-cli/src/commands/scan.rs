@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use sealer_dep_scanner::{ImageListFile, ScanOptions};
-use sealer_fs_abstraction::RealFs;
+use sealer_fs_abstraction::{FileKind, Fs, RealFs};
 
 use crate::cli::ScanArgs;
 
@@ -13,10 +13,26 @@ pub fn run(args: &ScanArgs) -> Result<()> {
         // Charts are also rendered when helm is on PATH (skipped quietly otherwise).
         helm: (!args.no_helm).then(|| "helm".into()),
     };
-    let fs =
-        RealFs::open_root(&args.dir).with_context(|| format!("opening {}", args.dir.display()))?;
-    let report = sealer_dep_scanner::scan(&fs, &options)
-        .with_context(|| format!("scanning {}", args.dir.display()))?;
+    let single = match args.dir.file_name() {
+        Some(_) => {
+            let (fs, name) = super::split_file(&args.dir)
+                .with_context(|| format!("opening {}", args.dir.display()))?;
+            let metadata = fs
+                .metadata(&name)
+                .with_context(|| format!("opening {}", args.dir.display()))?;
+            (metadata.kind == FileKind::File).then_some((fs, name))
+        }
+        None => None,
+    };
+    let report = if let Some((fs, name)) = single {
+        // One file: scanned in its directory, named by its file name.
+        sealer_dep_scanner::scan_file(&fs, &name, &options)
+    } else {
+        let fs = RealFs::open_root(&args.dir)
+            .with_context(|| format!("opening {}", args.dir.display()))?;
+        sealer_dep_scanner::scan(&fs, &options)
+    }
+    .with_context(|| format!("scanning {}", args.dir.display()))?;
     for warning in &report.warnings {
         tell!("warning: {warning}");
     }
@@ -24,8 +40,16 @@ pub fn run(args: &ScanArgs) -> Result<()> {
         say!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
+    if report.images.is_empty() {
+        say!("no images found");
+    }
     for finding in &report.images {
-        say!("{}", finding.reference);
+        if finding.runtime {
+            // Named only in arguments, environment or configuration: started by a controller.
+            say!("{} (runtime)", finding.reference);
+        } else {
+            say!("{}", finding.reference);
+        }
         for source in &finding.sources {
             say!("    {source}");
         }

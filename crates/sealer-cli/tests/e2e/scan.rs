@@ -90,3 +90,31 @@ fn scan_json_with_added_and_ignored_lists() {
     let missing = sealer.fails(&["scan", arg(&temp.path().join("nope"))]);
     assert!(missing.contains("nope"), "{missing}");
 }
+
+#[test]
+fn scan_one_file_marks_runtime_images_and_says_when_there_are_none() {
+    let temp = tempfile::tempdir().unwrap();
+    let sealer = Sealer::new(temp.path().join("store"));
+    let operator = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(
+        "../dep-scanner/tests/fixtures/real/argo-workflows/workflow-controller-deployment.yaml",
+    );
+    // One file: scanned on its own, named by its file name.
+    let stdout = sealer.ok(&["scan", arg(&operator)]);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "docker.io/argoproj/argoexec:v3.0.10 (runtime)",
+            "    workflow-controller-deployment.yaml:28 (arg)",
+            "docker.io/argoproj/workflow-controller:v3.0.10",
+            "    workflow-controller-deployment.yaml:17 (pod-spec)",
+        ]
+    );
+    let report: Value =
+        serde_json::from_str(&sealer.ok(&["scan", arg(&operator), "--json"])).unwrap();
+    assert_eq!(report["images"][0]["runtime"], true);
+    assert_eq!(report["images"][1]["runtime"], false);
+
+    let empty = temp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert_eq!(sealer.ok(&["scan", arg(&empty)]), "no images found\n");
+}
