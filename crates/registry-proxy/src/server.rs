@@ -166,7 +166,7 @@ impl Registry {
     }
 
     /// The axum router: `/v2/` and `/v2/{*rest}`, `/metrics`, `/healthz` and `/readyz`,
-    /// everything else a JSON 404; every request is counted and logged ([`observe`]).
+    /// everything else a JSON 404; every request is counted and logged.
     pub fn router(self) -> Router {
         let state = Arc::new(self.state);
         Router::new()
