@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use sealer_builder::engine::{
-    BuildMode, BuildOptions, BuildReport, CONTAINER_IMAGES_ANNOTATION, ContainerImage, NoObserver,
-    build, container_images,
+    BuildMode, BuildOptions, BuildReport, CONTAINER_IMAGES_ANNOTATION, ContainerImage,
+    ImageListFile, NoObserver, ScanOptions, build, container_images,
 };
 use sealer_builder::kubefile::parse;
 use sealer_fs_abstraction::tar::{UnpackOptions, unpack};
@@ -59,6 +59,27 @@ fn build_for(
     tag: &str,
     platforms: Vec<Platform>,
 ) -> BuildReport {
+    build_scanning(
+        store,
+        context,
+        mode,
+        kubefile,
+        tag,
+        platforms,
+        ScanOptions::default(),
+    )
+}
+
+/// [`build_for`] with the image scan's options (`--image-list`, `--ignored-image-list`).
+fn build_scanning(
+    store: &Store,
+    context: &RealFs,
+    mode: BuildMode,
+    kubefile: &str,
+    tag: &str,
+    platforms: Vec<Platform>,
+    scan: ScanOptions,
+) -> BuildReport {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -88,6 +109,7 @@ fn build_for(
         platforms,
         pull: Some(&pull),
         build_mode: mode,
+        scan,
         ..BuildOptions::default()
     };
     build(&kubefile, context, store, &options, &mut NoObserver).expect("build")
@@ -446,6 +468,66 @@ fn runtime_images_from_args_and_env_are_carried() {
     let mut expected = references.clone();
     expected.sort();
     assert_eq!(listed, expected);
+}
+
+/// `--ignored-image-list` drops a false runtime finding from what the build carries, and
+/// `--image-list` adds an image no file names: the build takes the scan's options.
+#[test]
+fn image_lists_add_and_drop_what_the_build_carries() {
+    require_tools!("docker-registry", "skopeo");
+    let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let mut references = Vec::new();
+    for (index, name) in ["team/operator:1", "team/engine:1", "team/extra:1"]
+        .iter()
+        .enumerate()
+    {
+        let spec = ImageSpec::new("unused:1", &[2_000], 80 + index as u64);
+        seed_image(&upstream.host(), name, &spec, None).unwrap();
+        references.push(format!("{}/{name}", upstream.host()));
+    }
+    let context_dir = tempfile::tempdir().unwrap();
+    let context = RealFs::open_root(context_dir.path()).unwrap();
+    context.create_dir_all(Path::new("manifests")).unwrap();
+    context
+        .write_atomic(
+            Path::new("manifests/operator.yaml"),
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: operator\nspec:\n  template:\n    spec:\n      containers:\n      - name: operator\n        image: {}\n        args: [--engine-image, {}]\n",
+                references[0], references[1]
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let list = |name: &str, text: &str| ImageListFile {
+        name: name.to_owned(),
+        text: text.to_owned(),
+    };
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open_dir(store_dir.path()).unwrap();
+    let report = build_scanning(
+        &store,
+        &context,
+        BuildMode::Full,
+        "FROM scratch\nCOPY manifests /manifests/\n",
+        "localhost/listed-cluster:1",
+        vec![amd64()],
+        ScanOptions {
+            image_lists: vec![list("extra.txt", &format!("{}\n", references[2]))],
+            ignored_image_lists: vec![list("ignored.txt", &format!("{}\n", references[1]))],
+            helm: None,
+        },
+    );
+    let mut listed: Vec<String> = container_images(&manifest(&store, &report))
+        .unwrap()
+        .into_iter()
+        .map(|image| image.image)
+        .collect();
+    listed.sort();
+    let mut expected = vec![references[0].clone(), references[2].clone()];
+    expected.sort();
+    assert_eq!(listed, expected);
+    // The dropped image was never pulled.
+    assert!(store.lookup(&references[1]).is_err());
 }
 
 /// A cluster image whose rootfs is a Helm chart (`Chart.yaml` at its root): the chart's

@@ -20,10 +20,13 @@ use sealer_image_store::{Digest, Store};
 use sealer_registry_proxy::config::{AuthConfig, ByteSize, ConfigDuration};
 use sealer_registry_proxy::{Mode, Registry, ServerConfig};
 use sealer_test_harness::{HttpResponse, http_request, require_tools, run_ok};
-use serde_json::{Value, json};
+use serde_json::json;
 
 mod common;
+#[path = "common/errors.rs"]
+mod errors;
 use common::InProcess;
+use errors::assert_error;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a test waits for the server to close a connection it should close (far more
@@ -91,27 +94,6 @@ fn files_in(dir: &Path) -> Vec<String> {
         Err(error) if error.kind() == ErrorKind::NotFound => Vec::new(),
         Err(error) => panic!("{}: {error}", dir.display()),
     }
-}
-
-fn error_code(response: &HttpResponse) -> String {
-    let body: Value = serde_json::from_slice(&response.body).unwrap_or_else(|_| {
-        panic!(
-            "not a JSON error: {} {:?}",
-            response.status,
-            String::from_utf8_lossy(&response.body)
-        )
-    });
-    body["errors"][0]["code"].as_str().unwrap().to_owned()
-}
-
-fn assert_error(response: &HttpResponse, status: u16, code: &str) {
-    assert_eq!(
-        response.status,
-        status,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
-    assert_eq!(error_code(response), code);
 }
 
 /// A TCP connection to `server` from the loopback address `source`.

@@ -22,7 +22,10 @@ use sealer_test_harness::{HttpResponse, http_request, require_tools, run_bounded
 use serde_json::{Value, json};
 
 mod common;
+#[path = "common/errors.rs"]
+mod errors;
 use common::InProcess;
+use errors::{assert_error, error_code};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const SKOPEO: Duration = Duration::from_secs(120);
@@ -117,32 +120,6 @@ fn early_answer(server: &TestServer, head: &str) -> String {
         }
     }
     String::from_utf8_lossy(&answer).into_owned()
-}
-
-fn error_code(response: &HttpResponse) -> String {
-    let body: Value = serde_json::from_slice(&response.body).unwrap_or_else(|_| {
-        panic!(
-            "not a JSON error: {:?}",
-            String::from_utf8_lossy(&response.body)
-        )
-    });
-    body["errors"][0]["code"].as_str().unwrap().to_owned()
-}
-
-fn assert_error(response: &HttpResponse, status: u16, code: &str) {
-    assert_eq!(
-        response.status,
-        status,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
-    assert_eq!(error_code(response), code);
-    assert!(
-        response
-            .header("content-type")
-            .unwrap()
-            .starts_with("application/json")
-    );
 }
 
 /// Uploads `data` monolithically into `repo`; returns its digest.

@@ -399,6 +399,15 @@ pub struct BuildArgs {
     /// imageList) and carry them in a `registry/` layer; lite: skip that.
     #[arg(long, value_enum, default_value_t = BuildModeArg::Full)]
     pub build_mode: BuildModeArg,
+    /// A file of images to carry besides those found (one per line; repeatable), as for
+    /// `sealer scan`.
+    #[arg(long = "image-list", value_name = "FILE")]
+    pub image_lists: Vec<PathBuf>,
+    /// A file of images not to carry though found (one per line; repeatable): drops a false
+    /// finding, e.g. a runtime image an operator never starts. An entry without tag or
+    /// digest drops every tag of its repository.
+    #[arg(long = "ignored-image-list", value_name = "FILE")]
+    pub ignored_image_lists: Vec<PathBuf>,
     /// No spinner.
     #[arg(short, long)]
     pub quiet: bool,

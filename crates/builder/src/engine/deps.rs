@@ -87,7 +87,7 @@ pub(crate) fn collect(
     platform: &Platform,
     inherited: &BTreeSet<String>,
     pull: Option<PullFn<'_>>,
-    helm: Option<PathBuf>,
+    options: &ScanOptions,
 ) -> Result<Vec<DepImage>> {
     let rootfs = Rootfs::materialise(ingest, layers)?;
     let fs = rootfs.fs();
@@ -104,14 +104,10 @@ pub(crate) fn collect(
             any = true;
         }
     }
-    if !any {
+    if !any && options.image_lists.is_empty() {
         return Ok(Vec::new());
     }
-    let options = ScanOptions {
-        helm,
-        ..ScanOptions::default()
-    };
-    let report = scan(fs, &options).map_err(|error| BuildError::Io {
+    let report = scan(fs, options).map_err(|error| BuildError::Io {
         what: "scanning the rootfs for images".to_owned(),
         source: std::io::Error::other(error.to_string()),
     })?;

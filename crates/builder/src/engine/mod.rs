@@ -63,6 +63,8 @@ pub use metadata::{
     Application, EXTENSION_ANNOTATION, EXTENSION_SCHEMA_VERSION, ImageExtension, ImageKind, Launch,
     image_kinds,
 };
+/// How the rootfs is scanned for images ([`BuildOptions::scan`]), from `sealer-dep-scanner`.
+pub use sealer_dep_scanner::{ImageListFile, ScanOptions};
 
 use crate::engine::copy::{
     add_archive, add_sources, dest_path, detect_app, download_into, expand_sources, is_archive,
@@ -110,9 +112,11 @@ pub struct BuildOptions<'a> {
     pub fetch: Option<FetchFn<'a>>,
     /// Whether the images the rootfs needs are pulled and carried in a `registry/` layer.
     pub build_mode: BuildMode,
-    /// The `helm` binary the image scan renders charts with (`None`: charts are only read
-    /// statically; a helm that cannot start is skipped).
-    pub helm: Option<PathBuf>,
+    /// How the rootfs is scanned for the images it needs: the `helm` binary charts are
+    /// rendered with (`None`: charts are only read statically; a helm that cannot start is
+    /// skipped), image lists added (`--image-list`) and removed (`--ignored-image-list`).
+    /// `sealer scan` takes the same options, so both decide alike.
+    pub scan: ScanOptions,
 }
 
 /// `--build-mode`.
@@ -599,7 +603,7 @@ pub fn build(
                 platform,
                 &inherited,
                 options.pull,
-                options.helm.clone(),
+                &options.scan,
             )?;
             if !images.is_empty() {
                 let text = deps::cache_text(&images);

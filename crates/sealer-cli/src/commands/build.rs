@@ -11,6 +11,7 @@ use sealer_builder::engine::{
     BuildMode, BuildObserver, BuildOptions, LayerCompression, StepInfo, StepOutcome, build,
 };
 use sealer_builder::kubefile::{self, DEFAULT_NAME};
+use sealer_dep_scanner::ScanOptions;
 use sealer_fs_abstraction::RealFs;
 use sealer_image_store::{Platform, Reference, Store};
 use sealer_registry_client::PlatformSelection;
@@ -176,7 +177,11 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
             BuildModeArg::Lite => BuildMode::Lite,
         },
         // The image scan also renders charts when helm is on PATH (skipped otherwise).
-        helm: Some("helm".into()),
+        scan: ScanOptions {
+            image_lists: super::scan::read_lists(&args.image_lists)?,
+            ignored_image_lists: super::scan::read_lists(&args.ignored_image_lists)?,
+            helm: Some("helm".into()),
+        },
     };
     let mut steps = Steps {
         spinner: None,

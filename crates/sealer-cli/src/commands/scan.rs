@@ -57,7 +57,8 @@ pub fn run(args: &ScanArgs) -> Result<()> {
     Ok(())
 }
 
-fn read_lists(paths: &[std::path::PathBuf]) -> Result<Vec<ImageListFile>> {
+/// Reads the image lists given with `--image-list` / `--ignored-image-list`.
+pub(crate) fn read_lists(paths: &[std::path::PathBuf]) -> Result<Vec<ImageListFile>> {
     paths
         .iter()
         .map(|path| {
