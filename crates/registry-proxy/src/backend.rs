@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use bytes::Bytes;
+use sealer_fs_abstraction::ReadFile;
 use sealer_image_store::model::{PARTIAL_ANNOTATION, REF_NAME_ANNOTATION, media_type};
 use sealer_image_store::{
     Algorithm, BlobStore, BlobUpload, Descriptor, Digest, MAX_MANIFEST_SIZE, ManifestDocument,
@@ -95,6 +96,16 @@ pub trait RegistryBackend: std::fmt::Debug + Send + Sync + 'static {
     /// committed through the returned handle; the commit verifies the digest and holds the
     /// blob).
     async fn begin_upload(&self) -> Result<BlobUpload, ApiError>;
+
+    /// Opens a stored blob for reads at any offset; the file stays readable if the blob is
+    /// removed meanwhile. Blocking: call it from a blocking thread (a fill's followers read
+    /// in pieces through it).
+    fn open_blob_blocking(&self, digest: &Digest) -> std::io::Result<Box<dyn ReadFile>>;
+
+    /// Opens what the live upload `id` has written so far (a fill's followers read a blob
+    /// while it arrives); `None` when the upload is gone (committed or dropped). Blocking:
+    /// call it from a blocking thread.
+    fn open_upload_blocking(&self, id: &str) -> std::io::Result<Option<Box<dyn ReadFile>>>;
 
     /// Holds a present blob as fresh, so that GC keeps it until a manifest names it;
     /// `false` when it is absent (a concurrent GC removed it).
@@ -349,6 +360,21 @@ impl RegistryBackend for LocalBackend {
                 .map_err(|error| ApiError::internal("start an upload", error))
         })
         .await
+    }
+
+    fn open_blob_blocking(&self, digest: &Digest) -> std::io::Result<Box<dyn ReadFile>> {
+        self.store
+            .blobs()
+            .open(digest)
+            .map_err(|error| std::io::Error::other(error.to_string()))
+    }
+
+    fn open_upload_blocking(&self, id: &str) -> std::io::Result<Option<Box<dyn ReadFile>>> {
+        match self.store.open_upload(id) {
+            Ok(file) => Ok(Some(file)),
+            Err(StoreError::Fs(error)) if error.is_not_found() => Ok(None),
+            Err(error) => Err(std::io::Error::other(error.to_string())),
+        }
     }
 
     async fn hold_fresh(&self, digest: Digest) -> Result<bool, ApiError> {

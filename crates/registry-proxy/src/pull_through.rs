@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
-use sealer_image_store::{Descriptor, Digest, ManifestDocument, Store, is_manifest_type};
+use sealer_image_store::{Descriptor, Digest, ManifestDocument, is_manifest_type};
 use sealer_registry_client::{
     ClientOptions, Credential, CredentialStore, RegistryClient, RetryPolicy,
 };
@@ -301,10 +301,6 @@ impl PullThroughSource {
             })
             .collect();
         render(&samples)
-    }
-
-    fn store(&self) -> &Store {
-        self.local.store()
     }
 
     fn target<'a>(&'a self, repo: &'a RepoPath) -> Target<'a> {
@@ -707,7 +703,9 @@ impl PullThroughSource {
             metrics: upstream.metrics.clone(),
             open_timeout: FETCH_TIMEOUT,
         };
-        let (fill, joined) = self.fills.join_or_start(digest, self.store(), source);
+        let (fill, joined) = self
+            .fills
+            .join_or_start(digest, self.local.backend(), source);
         if joined {
             upstream.metrics.follower_joined();
         }
