@@ -18,7 +18,7 @@ use sealer_fs_abstraction::ReadFile;
 use sealer_image_store::model::{PARTIAL_ANNOTATION, REF_NAME_ANNOTATION, media_type};
 use sealer_image_store::{
     Algorithm, BlobStore, BlobUpload, Descriptor, Digest, MAX_MANIFEST_SIZE, ManifestDocument,
-    Reference, Store, StoreError,
+    Reference, Store, StoreError, UploadCheckpoint,
 };
 
 use crate::catalog::{REPOSITORY_ANNOTATION, Referrers, entry_repository, entry_tag};
@@ -96,6 +96,18 @@ pub trait RegistryBackend: std::fmt::Debug + Send + Sync + 'static {
     /// committed through the returned handle; the commit verifies the digest and holds the
     /// blob).
     async fn begin_upload(&self) -> Result<BlobUpload, ApiError>;
+
+    /// Commits an upload once its bytes hash to `digest` (400 `DIGEST_INVALID` otherwise,
+    /// and nothing is stored), holding the blob as fresh; returns its size.
+    async fn commit_upload(&self, upload: BlobUpload, digest: Digest) -> Result<u64, ApiError>;
+
+    /// Forgets what `upload` received after `checkpoint` (a failed piece), so the client
+    /// may send it again; an error leaves the upload unusable.
+    async fn rollback_upload(
+        &self,
+        upload: BlobUpload,
+        checkpoint: UploadCheckpoint,
+    ) -> Result<BlobUpload, ApiError>;
 
     /// Opens a stored blob for reads at any offset; the file stays readable if the blob is
     /// removed meanwhile. Blocking: call it from a blocking thread (a fill's followers read
@@ -358,6 +370,32 @@ impl RegistryBackend for LocalBackend {
             store
                 .begin_upload()
                 .map_err(|error| ApiError::internal("start an upload", error))
+        })
+        .await
+    }
+
+    async fn commit_upload(&self, upload: BlobUpload, digest: Digest) -> Result<u64, ApiError> {
+        blocking("commit an upload", move || {
+            upload.commit(&digest).map_err(|error| match error {
+                StoreError::DigestMismatch { .. } => {
+                    ApiError::from_store("commit an upload", error)
+                }
+                other => ApiError::internal("commit an upload", other),
+            })
+        })
+        .await
+    }
+
+    async fn rollback_upload(
+        &self,
+        mut upload: BlobUpload,
+        checkpoint: UploadCheckpoint,
+    ) -> Result<BlobUpload, ApiError> {
+        blocking("roll back an upload", move || {
+            upload
+                .rollback(checkpoint)
+                .map(|()| upload)
+                .map_err(|error| ApiError::internal("roll back an upload", error))
         })
         .await
     }

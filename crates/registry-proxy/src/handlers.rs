@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use sealer_image_store::model::media_type;
-use sealer_image_store::{Descriptor, Digest, MAX_MANIFEST_SIZE, StoreError, is_manifest_type};
+use sealer_image_store::{Descriptor, Digest, MAX_MANIFEST_SIZE, is_manifest_type};
 
 use crate::error::{ApiError, ErrorCode};
 use crate::local::blocking;
@@ -407,20 +407,6 @@ async fn discard(upload: Option<sealer_image_store::BlobUpload>) {
     }
 }
 
-async fn commit_upload(
-    upload: sealer_image_store::BlobUpload,
-    digest: &Digest,
-) -> Result<u64, ApiError> {
-    let expected = digest.clone();
-    blocking("commit an upload", move || {
-        upload.commit(&expected).map_err(|error| match error {
-            StoreError::DigestMismatch { .. } => ApiError::from_store("commit an upload", error),
-            other => ApiError::internal("commit an upload", other),
-        })
-    })
-    .await
-}
-
 /// Holds a blob a push just mounted as fresh ([`crate::backend::RegistryBackend::hold_fresh`];
 /// an upload's commit holds its blob itself), so that prune keeps it until the push names its
 /// manifest. When a prune removed it in between, the push is told to send it again.
@@ -469,7 +455,11 @@ pub(crate) async fn start_upload(
             return Err(pump_error(error));
         }
         let upload = upload.ok_or_else(|| ApiError::internal("monolithic upload", "lost"))?;
-        let size = commit_upload(upload, &digest).await?;
+        let size = state
+            .local
+            .backend()
+            .commit_upload(upload, digest.clone())
+            .await?;
         tracing::info!(repository = %repo.path_name, %digest, size, "blob uploaded");
         return Ok(blob_created(&repo, &digest));
     }
@@ -568,14 +558,11 @@ pub(crate) async fn upload(
             if let Some(error) = failure {
                 // A failed PATCH changes nothing: the upload goes back to where it was, and
                 // the client may send the chunk again.
-                let mut upload = upload;
-                let rolled_back = blocking("roll back an upload", move || {
-                    upload
-                        .rollback(checkpoint)
-                        .map(|()| upload)
-                        .map_err(|error| ApiError::internal("roll back an upload", error))
-                })
-                .await;
+                let rolled_back = state
+                    .local
+                    .backend()
+                    .rollback_upload(upload, checkpoint)
+                    .await;
                 match rolled_back {
                     Ok(upload) => session.upload = Some(upload),
                     Err(rollback) => {
@@ -606,7 +593,11 @@ pub(crate) async fn upload(
                 return Err(pump_error(error));
             }
             let upload = upload.ok_or_else(broken)?;
-            let size = commit_upload(upload, &digest).await?;
+            let size = state
+                .local
+                .backend()
+                .commit_upload(upload, digest.clone())
+                .await?;
             tracing::info!(repository = %repo.path_name, %digest, size, "blob uploaded");
             Ok(blob_created(&repo, &digest))
         }
