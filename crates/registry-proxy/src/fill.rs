@@ -24,10 +24,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sealer_fs_abstraction::ReadFile;
-use sealer_image_store::{BlobStore, BlobUpload, Digest, Store, StoreError};
+use sealer_image_store::{BlobUpload, Digest, StoreError};
 use sealer_registry_client::{ClientError, RegistryClient};
 use tokio::sync::{mpsc, watch};
 
+use crate::backend::RegistryBackend;
 use crate::metrics::{FailureReason, UpstreamMetrics};
 use crate::source::BlobStream;
 use crate::stream::{READ_CHUNK, read_chunk};
@@ -125,11 +126,11 @@ impl Fills {
     }
 
     /// Joins the fill of `digest` in flight (`true`), or starts one from `source` into
-    /// `store` (`false`).
+    /// `backend` (`false`).
     pub(crate) fn join_or_start(
         self: &Arc<Self>,
         digest: &Digest,
-        store: &Store,
+        backend: &Arc<dyn RegistryBackend>,
         source: FillSource,
     ) -> (Arc<Fill>, bool) {
         let fill = {
@@ -143,7 +144,7 @@ impl Fills {
             let (changed, _) = watch::channel(());
             let fill = Arc::new(Fill {
                 digest: digest.clone(),
-                store: store.clone(),
+                backend: backend.clone(),
                 state: Mutex::new(FillState::default()),
                 changed,
             });
@@ -238,7 +239,7 @@ impl FillState {
 /// One blob being fetched; see the module documentation.
 pub(crate) struct Fill {
     digest: Digest,
-    store: Store,
+    backend: Arc<dyn RegistryBackend>,
     state: Mutex<FillState>,
     /// Signalled on every change of `state`.
     changed: watch::Sender<()>,
@@ -417,7 +418,7 @@ impl Follower {
     /// or the committed blob; `None` when the upload's file is gone. The file stays open for
     /// the next read (an open upload file stays readable after its rename into `blobs/`).
     async fn read(&mut self, upload: Option<String>, upto: u64) -> std::io::Result<Option<Bytes>> {
-        let store = self.fill.store.clone();
+        let backend = self.fill.backend.clone();
         let digest = self.fill.digest.clone();
         let pos = self.pos;
         let want = usize::try_from((upto - pos).min(READ_CHUNK as u64)).unwrap_or(READ_CHUNK);
@@ -427,21 +428,17 @@ impl Follower {
                 Some(open) => open,
                 None => {
                     let opened = match &upload {
-                        Some(id) => store.open_upload(id),
-                        None => store.blobs().open(&digest),
+                        Some(id) => backend.open_upload_blocking(id),
+                        None => backend.open_blob_blocking(&digest).map(Some),
                     };
                     match opened {
-                        Ok(file) => OpenFile {
+                        Ok(Some(file)) => OpenFile {
                             upload,
                             file,
                             pos: 0,
                         },
-                        Err(StoreError::Fs(error)) if upload.is_some() && error.is_not_found() => {
-                            return (None, Ok(None));
-                        }
-                        Err(error) => {
-                            return (None, Err(std::io::Error::other(error.to_string())));
-                        }
+                        Ok(None) => return (None, Ok(None)),
+                        Err(error) => return (None, Err(error)),
                     }
                 }
             };
@@ -520,16 +517,13 @@ async fn transfer(
     source: &FillSource,
     started: &mut bool,
 ) -> Result<(), FetchError> {
-    let store = fill.store.clone();
+    let backend = fill.backend.clone();
     let digest = fill.digest.clone();
     // A fill that ended just before this one started may have stored it.
-    let present = {
-        let (store, digest) = (store.clone(), digest.clone());
-        tokio::task::spawn_blocking(move || store.blobs().stat(&digest))
-            .await
-            .map_err(|error| FetchError::Store(error.to_string()))?
-            .map_err(|error| FetchError::Store(error.to_string()))?
-    };
+    let present = backend
+        .stat_blob(digest.clone())
+        .await
+        .map_err(|error| FetchError::Store(error.message))?;
     if let Some(size) = present {
         fill.update(|state| {
             state.size = Some(size);
@@ -554,13 +548,10 @@ async fn transfer(
     let size = download.size().ok_or_else(|| {
         FetchError::Upstream("the upstream sent the blob without a Content-Length".to_owned())
     })?;
-    let upload = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.begin_upload())
-            .await
-            .map_err(|error| FetchError::Store(error.to_string()))?
-            .map_err(|error| FetchError::Store(error.to_string()))?
-    };
+    let upload = backend
+        .begin_upload()
+        .await
+        .map_err(|error| FetchError::Store(error.message))?;
     let id = upload.id().to_owned();
     let (sender, receiver) = mpsc::channel(WRITE_QUEUE);
     let writer = {
@@ -657,7 +648,9 @@ fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::LocalBackend;
     use futures_util::StreamExt as _;
+    use sealer_image_store::Store;
 
     async fn collect(mut stream: BlobStream) -> Vec<u8> {
         let mut bytes = Vec::new();
@@ -684,7 +677,7 @@ mod tests {
         let (changed, _) = watch::channel(());
         let fill = Arc::new(Fill {
             digest: digest.clone(),
-            store: store.clone(),
+            backend: Arc::new(LocalBackend::new(store.clone())),
             // Everything is on disk and the ring holds none of it.
             state: Mutex::new(FillState {
                 size: Some(size),

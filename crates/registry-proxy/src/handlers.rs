@@ -1,5 +1,6 @@
-//! The endpoint handlers. Reads go through the [`crate::ContentSource`]; writes go to the
-//! store on blocking threads.
+//! The endpoint handlers. Reads go through the [`crate::ContentSource`]; writes go through
+//! the [`crate::RegistryBackend`] (an upload's bytes through its `BlobUpload`, on blocking
+//! threads).
 
 use axum::body::Body;
 use axum::http::request::Parts;
@@ -7,15 +8,11 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use sealer_image_store::model::{REF_NAME_ANNOTATION, media_type};
-use sealer_image_store::{
-    Algorithm, BlobStore, Descriptor, Digest, MAX_MANIFEST_SIZE, ManifestDocument, Store,
-    StoreError, is_manifest_type,
-};
+use sealer_image_store::model::media_type;
+use sealer_image_store::{Descriptor, Digest, MAX_MANIFEST_SIZE, is_manifest_type};
 
-use crate::catalog::{REPOSITORY_ANNOTATION, entry_repository};
 use crate::error::{ApiError, ErrorCode};
-use crate::local::{blocking, read_manifest};
+use crate::local::blocking;
 use crate::range::{RangeRequest, parse_content_range};
 use crate::route::{BlobOp, ManifestOp, ManifestRef, RepoPath, UploadOp};
 use crate::server::AppState;
@@ -163,7 +160,7 @@ const MANIFEST_TYPES: [&str; 4] = [
 ];
 
 /// Refuses a media type that is no manifest or index type (`what` says where it was).
-fn check_manifest_type(what: &str, kind: &str) -> Result<(), ApiError> {
+pub(crate) fn check_manifest_type(what: &str, kind: &str) -> Result<(), ApiError> {
     if is_manifest_type(kind) {
         return Ok(());
     }
@@ -243,150 +240,12 @@ async fn put_manifest(
     Ok(response)
 }
 
-/// Validates and stores a pushed manifest, and names it: a tag entry, or an unnamed entry
-/// annotated with the repository for a push by digest. Returns its digest and subject.
-///
-/// The media type (the Content-Type, where it is not absent or `application/json`, and the
-/// body's `mediaType`) must be a manifest or index type: it is what clients are served as
-/// Content-Type. Storing the bytes, checking that every blob the manifest refers to is
-/// present (config and layers; every child of an index: pushes are complete) and naming it
-/// happen under the store's GC lock, so a prune runs wholly before (and a blob it removed
-/// is answered `MANIFEST_BLOB_UNKNOWN`) or wholly after (and keeps what the entry reaches):
-/// a success means the image is complete and stays so.
-pub(crate) fn store_manifest(
-    store: &Store,
-    name: &str,
-    tagged: Option<String>,
-    reference: &ManifestRef,
-    bytes: &[u8],
-    content_type: Option<String>,
-) -> Result<(Digest, Option<Digest>), ApiError> {
-    let invalid = |message: String| ApiError::new(ErrorCode::ManifestInvalid, message);
-    // As distribution: no Content-Type, or a generic JSON one, leaves the body to say.
-    let declared = content_type.filter(|kind| kind != "application/json");
-    if let Some(declared) = &declared {
-        check_manifest_type("the Content-Type", declared)?;
-    }
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|error| invalid(format!("the manifest is not JSON: {error}")))?;
-    let own = value.get("mediaType").and_then(serde_json::Value::as_str);
-    if let Some(own) = own {
-        check_manifest_type("the manifest's mediaType", own)?;
-    }
-    if let (Some(declared), Some(own)) = (&declared, own)
-        && declared != own
-    {
-        return Err(invalid(format!(
-            "Content-Type {declared} differs from the manifest's mediaType {own}"
-        )));
-    }
-    let (kind, document) = ManifestDocument::parse(bytes, declared.as_deref())
-        .map_err(|error| invalid(error.to_string()))?;
-    check_manifest_type("the manifest's media type", &kind)?;
-    let digest = match reference {
-        ManifestRef::Digest(expected) => {
-            let actual = Digest::of(expected.algorithm(), bytes);
-            if &actual != expected {
-                return Err(ApiError::new(
-                    ErrorCode::DigestInvalid,
-                    format!("the manifest hashes to {actual}, not {expected}"),
-                ));
-            }
-            actual
-        }
-        ManifestRef::Tag(_) => Digest::sha256(bytes),
-    };
-    let (subject, children) = match &document {
-        ManifestDocument::Image(manifest) => (manifest.subject.clone(), Vec::new()),
-        ManifestDocument::Index(index) => (
-            index.subject.clone(),
-            index
-                .manifests
-                .iter()
-                .map(|child| child.digest.clone())
-                .collect(),
-        ),
-    };
-    let _gc = store
-        .gc_lock()
-        .map_err(|error| ApiError::internal("take the GC lock", error))?;
-    for child in &children {
-        let present = store
-            .blobs()
-            .stat(child)
-            .map_err(|error| ApiError::internal("stat a manifest", error))?;
-        if present.is_none() {
-            return Err(ApiError::from_store(
-                "store a manifest",
-                StoreError::MissingChild {
-                    parent: digest.clone(),
-                    child: child.clone(),
-                },
-            ));
-        }
-    }
-    let mut entry = store
-        .put_manifest(bytes, Some(&kind))
-        .map_err(|error| ApiError::from_store("store a manifest", error))?;
-    if digest.algorithm() != Algorithm::Sha256 {
-        store
-            .blobs()
-            .put(&digest, Some(bytes.len() as u64), &mut &bytes[..])
-            .map_err(|error| ApiError::from_store("store a manifest", error))?;
-        entry.digest = digest.clone();
-    }
-    store
-        .update_index(|index| {
-            // Manifests an index now reaches need no entry of their own in this repository.
-            index.manifests.retain(|existing| {
-                !(existing.ref_name().is_none()
-                    && existing
-                        .annotations
-                        .get(REPOSITORY_ANNOTATION)
-                        .map(String::as_str)
-                        == Some(name)
-                    && children.contains(&existing.digest))
-            });
-            match &tagged {
-                Some(tagged) => {
-                    let mut named = entry.clone();
-                    named
-                        .annotations
-                        .insert(REF_NAME_ANNOTATION.to_owned(), tagged.clone());
-                    match index
-                        .manifests
-                        .iter_mut()
-                        .find(|existing| existing.ref_name() == Some(tagged.as_str()))
-                    {
-                        Some(existing) => *existing = named,
-                        None => index.manifests.push(named),
-                    }
-                }
-                None => {
-                    let known = index.manifests.iter().any(|existing| {
-                        existing.digest == digest && entry_repository(existing) == Some(name)
-                    });
-                    if !known {
-                        let mut unnamed = entry.clone();
-                        unnamed
-                            .annotations
-                            .insert(REPOSITORY_ANNOTATION.to_owned(), name.to_owned());
-                        index.manifests.push(unnamed);
-                    }
-                }
-            }
-            Ok(())
-        })
-        .map_err(|error| ApiError::internal("update index.json", error))?;
-    Ok((digest, subject.map(|subject| subject.digest)))
-}
-
 async fn delete_manifest(
     state: &AppState,
     repo: RepoPath,
     reference: ManifestRef,
 ) -> Result<Response, ApiError> {
-    let store = state.store.clone();
+    let backend = state.local.backend();
     let unknown = {
         let path_name = repo.path_name.clone();
         let reference = reference.to_string();
@@ -400,99 +259,18 @@ async fn delete_manifest(
     match reference {
         ManifestRef::Tag(tag) => {
             let name = state.names.reference(&repo, &tag)?;
-            blocking("untag", move || match store.untag(&name) {
-                Ok(_) => Ok(()),
-                Err(StoreError::ImageNotFound(_)) => Err(unknown()),
-                Err(error) => Err(ApiError::internal("untag", error)),
-            })
-            .await?;
+            if !backend.untag(name).await? {
+                return Err(unknown());
+            }
         }
         ManifestRef::Digest(digest) => {
             let name = state.names.name(&repo)?;
-            blocking("delete a manifest", move || {
-                delete_manifest_digest(&store, &name, &digest, unknown)
-            })
-            .await?;
+            if !backend.delete_manifest(name, digest).await? {
+                return Err(unknown());
+            }
         }
     }
     Ok(empty(StatusCode::ACCEPTED))
-}
-
-/// Removes this repository's entries for `digest`, then the manifest itself when nothing
-/// else refers to it (another repository's entry, or an index), under the GC lock (so no
-/// push names an index over it meanwhile). A digest no entry of this repository points to
-/// is `MANIFEST_UNKNOWN` here, wherever else it is stored; one that only an index of this
-/// repository holds is refused (409 `DENIED`): delete the index first.
-fn delete_manifest_digest(
-    store: &Store,
-    name: &str,
-    digest: &Digest,
-    unknown: impl FnOnce() -> ApiError,
-) -> Result<(), ApiError> {
-    let internal = |error: StoreError| ApiError::internal("delete a manifest", error);
-    let _gc = store.gc_lock().map_err(internal)?;
-    let roots = store.index().map_err(internal)?.manifests;
-    let own: Vec<Descriptor> = roots
-        .iter()
-        .filter(|entry| entry_repository(entry) == Some(name))
-        .cloned()
-        .collect();
-    if !own.iter().any(|entry| &entry.digest == digest) {
-        for entry in &own {
-            if referenced(store, std::slice::from_ref(entry), digest)? {
-                let index = entry
-                    .ref_name()
-                    .map_or_else(|| entry.digest.to_string(), str::to_owned);
-                return Err(ApiError::new(
-                    ErrorCode::Denied,
-                    format!("manifest {digest} belongs to index {index}: delete the index first"),
-                )
-                .with_status(StatusCode::CONFLICT));
-            }
-        }
-        return Err(unknown());
-    }
-    store
-        .update_index(|index| {
-            index.manifests.retain(|entry| {
-                !(&entry.digest == digest && entry_repository(entry) == Some(name))
-            });
-            Ok(())
-        })
-        .map_err(internal)?;
-    let roots = store.index().map_err(internal)?.manifests;
-    if !referenced(store, &roots, digest)? {
-        store.blobs().delete(digest).map_err(internal)?;
-    }
-    Ok(())
-}
-
-/// Whether an `index.json` entry or an index reachable from one refers to `digest`.
-fn referenced(store: &Store, roots: &[Descriptor], digest: &Digest) -> Result<bool, ApiError> {
-    let mut pending: Vec<(Descriptor, usize)> =
-        roots.iter().map(|root| (root.clone(), 0)).collect();
-    let mut seen = std::collections::BTreeSet::new();
-    while let Some((descriptor, depth)) = pending.pop() {
-        if &descriptor.digest == digest {
-            return Ok(true);
-        }
-        if depth > 8
-            || !media_type::is_index(&descriptor.media_type)
-            || !seen.insert(descriptor.digest.clone())
-        {
-            continue;
-        }
-        if let Some((bytes, kind)) = read_manifest(
-            store,
-            &descriptor.digest,
-            Some(descriptor.media_type.clone()),
-        )? && let Ok((_, ManifestDocument::Index(index))) =
-            ManifestDocument::parse(&bytes, Some(&kind))
-        {
-            pending.extend(index.manifests.into_iter().map(|child| (child, depth + 1)));
-        }
-    }
-    Ok(false)
 }
 
 // ---- blobs ----
@@ -629,43 +407,11 @@ async fn discard(upload: Option<sealer_image_store::BlobUpload>) {
     }
 }
 
-async fn begin_upload(store: &Store) -> Result<sealer_image_store::BlobUpload, ApiError> {
-    let store = store.clone();
-    blocking("start an upload", move || {
-        store
-            .begin_upload()
-            .map_err(|error| ApiError::internal("start an upload", error))
-    })
-    .await
-}
-
-async fn commit_upload(
-    upload: sealer_image_store::BlobUpload,
-    digest: &Digest,
-) -> Result<u64, ApiError> {
-    let expected = digest.clone();
-    blocking("commit an upload", move || {
-        upload.commit(&expected).map_err(|error| match error {
-            StoreError::DigestMismatch { .. } => ApiError::from_store("commit an upload", error),
-            other => ApiError::internal("commit an upload", other),
-        })
-    })
-    .await
-}
-
-/// Holds a blob a push just mounted as fresh ([`Store::hold_fresh`]; an upload's commit holds
-/// its blob itself), so that prune keeps it until the push names its manifest. When a prune
-/// removed it in between, the push is told to send it again.
-async fn hold_fresh(store: &Store, digest: &Digest) -> Result<(), ApiError> {
-    let store = store.clone();
-    let target = digest.clone();
-    let held = blocking("hold a blob", move || {
-        store
-            .hold_fresh(&target)
-            .map_err(|error| ApiError::internal("hold a blob", error))
-    })
-    .await?;
-    if held {
+/// Holds a blob a push just mounted as fresh ([`crate::backend::RegistryBackend::hold_fresh`];
+/// an upload's commit holds its blob itself), so that prune keeps it until the push names its
+/// manifest. When a prune removed it in between, the push is told to send it again.
+async fn hold_fresh(state: &AppState, digest: &Digest) -> Result<(), ApiError> {
+    if state.local.backend().hold_fresh(digest.clone()).await? {
         return Ok(());
     }
     Err(ApiError::new(
@@ -689,17 +435,9 @@ pub(crate) async fn start_upload(
 ) -> Result<Response, ApiError> {
     let name = state.names.name(&repo)?;
     if let Some(mount) = mount {
-        let store = state.store.clone();
-        let target = mount.clone();
-        let present = blocking("stat a blob", move || {
-            store
-                .blobs()
-                .stat(&target)
-                .map_err(|error| ApiError::internal("stat a blob", error))
-        })
-        .await?;
+        let present = state.local.backend().stat_blob(mount.clone()).await?;
         if present.is_some() {
-            hold_fresh(&state.store, &mount).await?;
+            hold_fresh(state, &mount).await?;
             tracing::info!(repository = %repo.path_name, digest = %mount, ?from, "blob mounted");
             return Ok(blob_created(&repo, &mount));
         }
@@ -709,7 +447,7 @@ pub(crate) async fn start_upload(
     if digest.is_some() && content_length(parts).is_some_and(|length| length > max) {
         return Err(too_big(max));
     }
-    let upload = begin_upload(&state.store).await?;
+    let upload = state.local.backend().begin_upload().await?;
     if let Some(digest) = digest {
         let (upload, written) = pump(upload, body, None, max).await;
         if let Err(error) = written {
@@ -717,7 +455,11 @@ pub(crate) async fn start_upload(
             return Err(pump_error(error));
         }
         let upload = upload.ok_or_else(|| ApiError::internal("monolithic upload", "lost"))?;
-        let size = commit_upload(upload, &digest).await?;
+        let size = state
+            .local
+            .backend()
+            .commit_upload(upload, digest.clone())
+            .await?;
         tracing::info!(repository = %repo.path_name, %digest, size, "blob uploaded");
         return Ok(blob_created(&repo, &digest));
     }
@@ -816,14 +558,11 @@ pub(crate) async fn upload(
             if let Some(error) = failure {
                 // A failed PATCH changes nothing: the upload goes back to where it was, and
                 // the client may send the chunk again.
-                let mut upload = upload;
-                let rolled_back = blocking("roll back an upload", move || {
-                    upload
-                        .rollback(checkpoint)
-                        .map(|()| upload)
-                        .map_err(|error| ApiError::internal("roll back an upload", error))
-                })
-                .await;
+                let rolled_back = state
+                    .local
+                    .backend()
+                    .rollback_upload(upload, checkpoint)
+                    .await;
                 match rolled_back {
                     Ok(upload) => session.upload = Some(upload),
                     Err(rollback) => {
@@ -854,7 +593,11 @@ pub(crate) async fn upload(
                 return Err(pump_error(error));
             }
             let upload = upload.ok_or_else(broken)?;
-            let size = commit_upload(upload, &digest).await?;
+            let size = state
+                .local
+                .backend()
+                .commit_upload(upload, digest.clone())
+                .await?;
             tracing::info!(repository = %repo.path_name, %digest, size, "blob uploaded");
             Ok(blob_created(&repo, &digest))
         }

@@ -3,6 +3,8 @@
 //!
 //! * [`route`]: a pure parser from `(method, path, query)` to a [`Route`]; repository names
 //!   contain `/`, and the upstream namespace comes from `?ns=` or a path prefix.
+//! * [`RegistryBackend`]: the storage seam, every storage operation the server needs;
+//!   [`LocalBackend`] is the local store.
 //! * [`ContentSource`]: where reads come from. [`LocalSource`] serves the store;
 //!   [`PullThroughSource`] wraps it as a pull-through cache of many upstreams at once
 //!   (one upstream `GET` per blob digest shared by every client, commit on a digest match,
@@ -29,6 +31,7 @@
 
 mod access;
 mod auth;
+pub mod backend;
 pub mod catalog;
 pub mod config;
 mod conn;
@@ -49,6 +52,7 @@ pub mod tls;
 mod uploads;
 
 pub use auth::Htpasswd;
+pub use backend::{LocalBackend, RegistryBackend};
 pub use config::{ConfigError, DEFAULT_CONFIG, Mode, ServerConfig};
 pub use error::{ApiError, ErrorCode, ServeError};
 pub use local::{BlobDeleted, LocalSource};

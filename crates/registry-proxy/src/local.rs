@@ -1,30 +1,26 @@
-//! [`LocalSource`]: the [`ContentSource`] that serves the local store.
+//! [`LocalSource`]: the [`ContentSource`] that serves the registry's own content, through
+//! its [`RegistryBackend`].
 
-use std::io::{Seek, SeekFrom};
 use std::sync::Arc;
 
-use axum::http::StatusCode;
 use bytes::Bytes;
-use sealer_image_store::{
-    BlobStore, Descriptor, Digest, MAX_MANIFEST_SIZE, ManifestDocument, Store, StoreError,
-};
+use sealer_image_store::{Descriptor, Digest, Store};
 
-use crate::catalog::{Referrers, entry_repository, entry_tag};
+use crate::backend::{LocalBackend, RegistryBackend};
 use crate::error::{ApiError, ErrorCode};
 use crate::route::{ManifestRef, RepoPath};
 use crate::source::{
     BlobContent, BlobRequest, ContentSource, ManifestContent, ManifestRequest, ResponseMeta,
-    Served, StoreNames, range_not_satisfiable,
+    Served, StoreNames,
 };
-use crate::stream::file_stream;
 
-/// Serves manifests, blobs, tags and referrers from a [`Store`]. Every store call runs on
-/// a blocking thread; blob bodies are streamed.
+/// Serves manifests, blobs, tags and referrers from a [`RegistryBackend`] (the local store
+/// by default). Every store call runs on a blocking thread; blob bodies are streamed.
 #[derive(Debug, Clone)]
 pub struct LocalSource {
     store: Store,
+    backend: Arc<dyn RegistryBackend>,
     names: StoreNames,
-    referrers: Arc<Referrers>,
     delete_blobs: bool,
 }
 
@@ -42,9 +38,9 @@ impl LocalSource {
     /// Serves `store`, naming repositories with `names`.
     pub fn new(store: Store, names: StoreNames) -> Self {
         Self {
+            backend: Arc::new(LocalBackend::new(store.clone())),
             store,
             names,
-            referrers: Arc::new(Referrers::new()),
             delete_blobs: false,
         }
     }
@@ -59,6 +55,11 @@ impl LocalSource {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The backend every read and write of this source goes through.
+    pub fn backend(&self) -> &Arc<dyn RegistryBackend> {
+        &self.backend
     }
 
     /// How repositories map to store names.
@@ -83,12 +84,9 @@ impl LocalSource {
             ManifestRef::Tag(tag) => Some(self.names.reference(repo, tag)?.to_string()),
             ManifestRef::Digest(_) => None,
         };
-        let store = self.store.clone();
-        let reference = reference.clone();
-        blocking("store a manifest", move || {
-            crate::handlers::store_manifest(&store, &name, tagged, &reference, &bytes, content_type)
-        })
-        .await
+        self.backend
+            .put_manifest(name, tagged, reference.clone(), bytes, content_type)
+            .await
     }
 }
 
@@ -119,49 +117,9 @@ impl LocalSource {
             ));
         }
         let name = self.names.name(repo)?;
-        let path_name = repo.path_name.clone();
-        let store = self.store.clone();
-        let digest = digest.clone();
-        blocking("delete a blob", move || {
-            let internal = |error: StoreError| ApiError::internal("delete a blob", error);
-            let _gc = store.gc_lock().map_err(internal)?;
-            if store.blobs().stat(&digest).map_err(internal)?.is_none() {
-                return Err(ApiError::new(
-                    ErrorCode::BlobUnknown,
-                    format!("blob {digest} is not in the registry"),
-                )
-                .with_detail(serde_json::json!({ "digest": digest.to_string() })));
-            }
-            let mut used_elsewhere = false;
-            for entry in store.index().map_err(internal)?.manifests {
-                let reach = store
-                    .reachable(std::slice::from_ref(&entry))
-                    .map_err(internal)?;
-                if !reach.present.contains(&digest) {
-                    continue;
-                }
-                if entry_repository(&entry) == Some(name.as_str()) {
-                    let manifest = entry
-                        .ref_name()
-                        .map_or_else(|| entry.digest.to_string(), str::to_owned);
-                    return Err(ApiError::new(
-                        ErrorCode::Denied,
-                        format!(
-                            "blob {digest} is used by manifest {manifest} of repository \
-                             {path_name}: delete the manifest first"
-                        ),
-                    )
-                    .with_status(StatusCode::CONFLICT));
-                }
-                used_elsewhere = true;
-            }
-            if used_elsewhere {
-                return Ok(BlobDeleted::Kept);
-            }
-            store.blobs().delete(&digest).map_err(internal)?;
-            Ok(BlobDeleted::Removed)
-        })
-        .await
+        self.backend
+            .delete_blob(name, repo.path_name.clone(), digest.clone())
+            .await
     }
 }
 
@@ -173,52 +131,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|error| ApiError::internal(what, error))?
-}
-
-/// A manifest as stored: exact bytes and media type.
-pub(crate) fn read_manifest(
-    store: &Store,
-    digest: &Digest,
-    listed_type: Option<String>,
-) -> Result<Option<(Bytes, String)>, ApiError> {
-    match store.blobs().stat(digest) {
-        Ok(Some(size)) if size <= MAX_MANIFEST_SIZE => {}
-        Ok(_) => return Ok(None),
-        Err(error) => return Err(ApiError::internal("stat a manifest", error)),
-    }
-    let bytes = match store.read_verified(digest) {
-        Ok(bytes) => bytes,
-        Err(StoreError::BlobNotFound(_)) => return Ok(None),
-        Err(error) => return Err(ApiError::internal("read a manifest", error)),
-    };
-    let media_type = match listed_type {
-        Some(media_type) => media_type,
-        None => match ManifestDocument::parse(&bytes, None) {
-            Ok((media_type, _)) => media_type,
-            // A layer or config asked for as a manifest.
-            Err(_) => return Ok(None),
-        },
-    };
-    Ok(Some((Bytes::from(bytes), media_type)))
-}
-
-/// 404 `MANIFEST_UNKNOWN` for a platform manifest a multi-arch image lists but the store
-/// does not carry; the message (and `detail`) name the platforms it carries.
-fn platform_not_carried(absent: &StoreError) -> ApiError {
-    let mut error = ApiError::new(ErrorCode::ManifestUnknown, absent.to_string());
-    if let StoreError::PlatformNotCarried {
-        reference,
-        platform,
-        carried,
-    } = absent
-    {
-        error = error.with_detail(serde_json::json!({
-            "image": reference,
-            "platform": platform,
-            "carried": carried.split(", ").collect::<Vec<_>>(),
-        }));
-    }
-    error
 }
 
 fn manifest_unknown(repo: &RepoPath, reference: &ManifestRef) -> ApiError {
@@ -239,50 +151,19 @@ impl ContentSource for LocalSource {
         reference: &ManifestRef,
         _request: &ManifestRequest,
     ) -> Result<Served<ManifestContent>, ApiError> {
-        let store = self.store.clone();
         let (digest, listed) = match reference {
             ManifestRef::Tag(tag) => {
                 let name = self.names.reference(repo, tag)?.to_string();
-                let index = {
-                    let store = store.clone();
-                    blocking("read index.json", move || {
-                        store
-                            .index_snapshot()
-                            .map_err(|error| ApiError::internal("read index.json", error))
-                    })
+                let (digest, media_type) = self
+                    .backend
+                    .resolve_tag(name)
                     .await?
-                };
-                let entry = index
-                    .by_name(&name)
                     .ok_or_else(|| manifest_unknown(repo, reference))?;
-                (entry.digest.clone(), Some(entry.media_type.clone()))
+                (digest, Some(media_type))
             }
             ManifestRef::Digest(digest) => (digest.clone(), None),
         };
-        let read_digest = digest.clone();
-        let found = blocking("read a manifest", move || {
-            let listed = match listed {
-                Some(listed) => Some(listed),
-                None => store
-                    .index_snapshot()
-                    .map_err(|error| ApiError::internal("read index.json", error))?
-                    .by_digest(&read_digest)
-                    .map(|entry| entry.media_type.clone()),
-            };
-            let found = read_manifest(&store, &read_digest, listed)?;
-            if found.is_none() {
-                // A platform a partial multi-arch image lists but does not carry: the 404
-                // names the platforms there are.
-                let absent = store
-                    .absent_platform(&read_digest)
-                    .map_err(|error| ApiError::internal("read a manifest", error))?;
-                if let Some(absent) = absent {
-                    return Err(platform_not_carried(&absent));
-                }
-            }
-            Ok(found)
-        })
-        .await?;
+        let found = self.backend.manifest(digest.clone(), listed).await?;
         let (bytes, media_type) = found.ok_or_else(|| manifest_unknown(repo, reference))?;
         Ok(Served {
             content: ManifestContent {
@@ -301,53 +182,7 @@ impl ContentSource for LocalSource {
         digest: &Digest,
         request: BlobRequest,
     ) -> Result<Served<BlobContent>, ApiError> {
-        let store = self.store.clone();
-        let digest = digest.clone();
-        let content = blocking("read a blob", move || {
-            let unknown = || {
-                ApiError::new(
-                    ErrorCode::BlobUnknown,
-                    format!("blob {digest} is not in the registry"),
-                )
-                .with_detail(serde_json::json!({ "digest": digest.to_string() }))
-            };
-            let size = store
-                .blobs()
-                .stat(&digest)
-                .map_err(|error| ApiError::internal("stat a blob", error))?
-                .ok_or_else(unknown)?;
-            let range = match request.range {
-                Some(range) => Some(
-                    range
-                        .resolve(size)
-                        .ok_or_else(|| range_not_satisfiable(size))?,
-                ),
-                None => None,
-            };
-            if request.head {
-                return Ok(BlobContent {
-                    size,
-                    range,
-                    body: None,
-                });
-            }
-            let mut file = match store.blobs().open(&digest) {
-                Ok(file) => file,
-                Err(StoreError::BlobNotFound(_)) => return Err(unknown()),
-                Err(error) => return Err(ApiError::internal("open a blob", error)),
-            };
-            let span = range.clone().unwrap_or(0..size);
-            if span.start > 0 {
-                file.seek(SeekFrom::Start(span.start))
-                    .map_err(|error| ApiError::internal("seek in a blob", error))?;
-            }
-            Ok(BlobContent {
-                size,
-                range,
-                body: Some(file_stream(file, span.end - span.start)),
-            })
-        })
-        .await?;
+        let content = self.backend.blob(digest.clone(), request).await?;
         Ok(Served {
             content,
             meta: ResponseMeta::local(repo),
@@ -356,31 +191,12 @@ impl ContentSource for LocalSource {
 
     async fn tags(&self, repo: &RepoPath) -> Result<Served<Vec<String>>, ApiError> {
         let name = self.names.name(repo)?;
-        let store = self.store.clone();
-        let index = blocking("read index.json", move || {
-            store
-                .index_snapshot()
-                .map_err(|error| ApiError::internal("read index.json", error))
-        })
-        .await?;
-        let mut known = false;
-        let mut tags: Vec<String> = Vec::new();
-        for entry in &index.index().manifests {
-            if entry_repository(entry) == Some(name.as_str()) {
-                known = true;
-            }
-            if let Some(tag) = entry_tag(entry, &name) {
-                tags.push(tag.to_owned());
-            }
-        }
-        if !known {
-            return Err(ApiError::new(
+        let tags = self.backend.tags(name).await?.ok_or_else(|| {
+            ApiError::new(
                 ErrorCode::NameUnknown,
                 format!("repository {} is not in the registry", repo.path_name),
-            ));
-        }
-        tags.sort();
-        tags.dedup();
+            )
+        })?;
         Ok(Served {
             content: tags,
             meta: ResponseMeta::local(repo),
@@ -393,15 +209,7 @@ impl ContentSource for LocalSource {
         subject: &Digest,
     ) -> Result<Served<Vec<Descriptor>>, ApiError> {
         let name = self.names.name(repo)?;
-        let store = self.store.clone();
-        let referrers = self.referrers.clone();
-        let subject = subject.clone();
-        let found = blocking("list referrers", move || {
-            referrers
-                .referrers(&store, &name, &subject)
-                .map_err(|error| ApiError::internal("list referrers", error))
-        })
-        .await?;
+        let found = self.backend.referrers(name, subject.clone()).await?;
         Ok(Served {
             content: found,
             meta: ResponseMeta::local(repo),

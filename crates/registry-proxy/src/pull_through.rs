@@ -36,19 +36,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
-use sealer_image_store::model::{PARTIAL_ANNOTATION, REF_NAME_ANNOTATION, media_type};
-use sealer_image_store::{
-    BlobStore, Descriptor, Digest, ManifestDocument, Store, StoreError, is_manifest_type,
-};
+use sealer_image_store::{Descriptor, Digest, ManifestDocument, is_manifest_type};
 use sealer_registry_client::{
     ClientOptions, Credential, CredentialStore, RegistryClient, RetryPolicy,
 };
 
-use crate::catalog::{REPOSITORY_ANNOTATION, entry_repository};
+use crate::backend::RegistryBackend;
 use crate::config::{ServerConfig, TagTtl, UpstreamConfig};
 use crate::error::{ApiError, ErrorCode, ServeError};
 use crate::fill::{FetchError, FillSource, Fills};
-use crate::local::{LocalSource, blocking};
+use crate::local::LocalSource;
 use crate::metrics::{Sample, UpstreamMetrics, render};
 use crate::route::{ManifestRef, Namespace, NamespaceVia, RepoPath, normalise_host};
 use crate::source::{
@@ -306,10 +303,6 @@ impl PullThroughSource {
         render(&samples)
     }
 
-    fn store(&self) -> &Store {
-        self.local.store()
-    }
-
     fn target<'a>(&'a self, repo: &'a RepoPath) -> Target<'a> {
         let index = match &repo.namespace {
             None => match self.default {
@@ -397,13 +390,13 @@ impl PullThroughSource {
                 Some(shared) => shared.clone(),
                 None => {
                     let upstream = self.upstreams[index].clone();
-                    let store = self.store().clone();
+                    let backend = self.local.backend().clone();
                     let registry = self.fetches.clone();
                     let task_key = key.clone();
                     let task = tokio::spawn(async move {
                         let (_, repository, digest) = &task_key;
                         let result =
-                            fetch_and_store(&upstream, &store, repository, &digest.to_string())
+                            fetch_and_store(&upstream, &*backend, repository, &digest.to_string())
                                 .await
                                 .map(Arc::new);
                         registry
@@ -464,14 +457,15 @@ impl PullThroughSource {
                 .unwrap_or(Err(FetchError::Timeout(FETCH_TIMEOUT)))
                 .map_err(|error| upstream.error(&error, ErrorCode::ManifestUnknown))?;
                 let name = names.name(store_repo)?;
-                let store = self.store().clone();
-                let descriptor = descriptor_of(&fetched);
-                let host = upstream.host.clone();
-                blocking("name a cached manifest", move || {
-                    name_manifest(&store, &name, None, descriptor, &host)
-                        .map_err(|error| ApiError::internal("name a cached manifest", error))
-                })
-                .await?;
+                self.local
+                    .backend()
+                    .name_cached_manifest(
+                        name,
+                        None,
+                        descriptor_of(&fetched),
+                        upstream.host.clone(),
+                    )
+                    .await?;
                 return Ok((fetched.content(), CacheStatus::Miss));
             }
             ManifestRef::Tag(tag) => tag,
@@ -599,7 +593,9 @@ impl PullThroughSource {
     ) -> Result<Option<Arc<Fetched>>, FetchError> {
         let fetched = match current {
             // Nothing cached: the manifest is needed anyway, skip the HEAD.
-            None => Arc::new(fetch_and_store(upstream, self.store(), repository, tag).await?),
+            None => {
+                Arc::new(fetch_and_store(upstream, &**self.local.backend(), repository, tag).await?)
+            }
             Some(current) => {
                 upstream.metrics.revalidated();
                 let head = upstream
@@ -616,7 +612,8 @@ impl PullThroughSource {
                     // No digest in the answer: fetch by tag and compare.
                     None => {
                         let fetched =
-                            fetch_and_store(upstream, self.store(), repository, tag).await?;
+                            fetch_and_store(upstream, &**self.local.backend(), repository, tag)
+                                .await?;
                         if &fetched.digest == current {
                             return Ok(None);
                         }
@@ -625,23 +622,21 @@ impl PullThroughSource {
                 }
             }
         };
-        let store = self.store().clone();
         let name = self
             .local
             .names()
             .name(store_repo)
             .map_err(|error| FetchError::Invalid(error.message))?;
-        let (tagged, descriptor, host) = (
-            key.to_owned(),
-            descriptor_of(&fetched),
-            upstream.host.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            name_manifest(&store, &name, Some(tagged), descriptor, &host)
-        })
-        .await
-        .map_err(|error| FetchError::Store(error.to_string()))?
-        .map_err(|error| FetchError::Store(error.to_string()))?;
+        self.local
+            .backend()
+            .name_cached_manifest(
+                name,
+                Some(key.to_owned()),
+                descriptor_of(&fetched),
+                upstream.host.clone(),
+            )
+            .await
+            .map_err(|error| FetchError::Store(error.message))?;
         tracing::info!(upstream = %upstream.name, reference = %key, digest = %fetched.digest, "cached a tag");
         Ok(Some(fetched))
     }
@@ -708,7 +703,9 @@ impl PullThroughSource {
             metrics: upstream.metrics.clone(),
             open_timeout: FETCH_TIMEOUT,
         };
-        let (fill, joined) = self.fills.join_or_start(digest, self.store(), source);
+        let (fill, joined) = self
+            .fills
+            .join_or_start(digest, self.local.backend(), source);
         if joined {
             upstream.metrics.follower_joined();
         }
@@ -742,7 +739,7 @@ fn descriptor_of(fetched: &Fetched) -> Descriptor {
 /// `Docker-Content-Digest`), checks that it parses, and stores its exact bytes (unnamed).
 async fn fetch_and_store(
     upstream: &Upstream,
-    store: &Store,
+    backend: &dyn RegistryBackend,
     repository: &str,
     reference: &str,
 ) -> Result<Fetched, FetchError> {
@@ -772,20 +769,14 @@ async fn fetch_and_store(
     let bytes = Bytes::from(fetched.bytes);
     let digest = fetched.digest;
     {
-        let (store, target, bytes) = (store.clone(), digest.clone(), bytes.clone());
-        let held = tokio::task::spawn_blocking(move || {
-            store
-                .blobs()
-                .put(&target, Some(bytes.len() as u64), &mut &bytes[..])?;
-            // Held until it is named, so a GC in between does not remove it.
-            store.hold_fresh(&target)
-        })
-        .await
-        .map_err(|error| FetchError::Store(error.to_string()))?
-        .map_err(|error| match error {
-            StoreError::DigestMismatch { .. } => FetchError::DigestMismatch(error.to_string()),
-            other => FetchError::Store(other.to_string()),
-        })?;
+        // Held until it is named, so a GC in between does not remove it.
+        let held = backend
+            .put_cached_manifest(digest.clone(), bytes.clone())
+            .await
+            .map_err(|error| match error.code {
+                ErrorCode::DigestInvalid => FetchError::DigestMismatch(error.message),
+                _ => FetchError::Store(error.message),
+            })?;
         if !held {
             return Err(FetchError::Store(format!(
                 "manifest {digest} was removed by a concurrent prune before it was named"
@@ -796,77 +787,6 @@ async fn fetch_and_store(
         digest,
         media_type,
         bytes,
-    })
-}
-
-/// Names a cached manifest in `index.json`: the tag `tagged` (replacing what it named), or
-/// for a manifest fetched by digest an unnamed entry of repository `name` (unless the
-/// repository has it already, directly or through an index).
-fn name_manifest(
-    store: &Store,
-    name: &str,
-    tagged: Option<String>,
-    mut descriptor: Descriptor,
-    host: &str,
-) -> Result<(), StoreError> {
-    descriptor
-        .annotations
-        .insert(UPSTREAM_ANNOTATION.to_owned(), host.to_owned());
-    // Only what clients ask for is fetched: fsck must not call the rest missing.
-    descriptor
-        .annotations
-        .insert(PARTIAL_ANNOTATION.to_owned(), "true".to_owned());
-    if tagged.is_none() {
-        let index = store.index()?;
-        let mut known = false;
-        for entry in index
-            .manifests
-            .iter()
-            .filter(|entry| entry_repository(entry) == Some(name))
-        {
-            if entry.digest == descriptor.digest {
-                known = true;
-            } else if media_type::is_index(&entry.media_type)
-                && let Ok(ManifestDocument::Index(index)) = store.read_manifest(entry)
-            {
-                known |= index
-                    .manifests
-                    .iter()
-                    .any(|child| child.digest == descriptor.digest);
-            }
-            if known {
-                return Ok(());
-            }
-        }
-    }
-    store.update_index(|index| {
-        match &tagged {
-            Some(tagged) => {
-                descriptor
-                    .annotations
-                    .insert(REF_NAME_ANNOTATION.to_owned(), tagged.clone());
-                match index
-                    .manifests
-                    .iter_mut()
-                    .find(|entry| entry.ref_name() == Some(tagged.as_str()))
-                {
-                    Some(entry) => *entry = descriptor,
-                    None => index.manifests.push(descriptor),
-                }
-            }
-            None => {
-                let known = index.manifests.iter().any(|entry| {
-                    entry.digest == descriptor.digest && entry_repository(entry) == Some(name)
-                });
-                if !known {
-                    descriptor
-                        .annotations
-                        .insert(REPOSITORY_ANNOTATION.to_owned(), name.to_owned());
-                    index.manifests.push(descriptor);
-                }
-            }
-        }
-        Ok(())
     })
 }
 

@@ -5,8 +5,8 @@
 //! it implements [`ContentSource`] itself, answers from the wrapped source when it can
 //! (digests are immutable) and fetches from the upstream that [`RepoPath::namespace`] names
 //! otherwise, filling the store. What it did travels back in [`ResponseMeta`] (`X-Cache`,
-//! `OCI-Namespace`), which the server turns into headers. Writes (pushes, deletes) always go
-//! to the local store and do not pass through here.
+//! `OCI-Namespace`), which the server turns into headers. Writes (pushes, deletes) go to
+//! the [`crate::RegistryBackend`] and do not pass through here.
 //!
 //! Plugging a cache in:
 //!
@@ -16,7 +16,8 @@
 //!    upstream, and refuses namespaces that name none (never an open proxy);
 //! 2. it answers from the wrapped source first where that is right (digests always; tags
 //!    within their TTL), and fills the store on a miss: blobs through
-//!    `Store::begin_upload` (hashed while written, committed only on a digest match),
+//!    [`crate::RegistryBackend::begin_upload`] (hashed while written, committed only on a
+//!    digest match),
 //!    manifests through [`crate::LocalSource::put_manifest`] (the push path: byte-exact,
 //!    validated, named under [`StoreNames`]);
 //! 3. [`ResponseMeta::cache`] says `HIT`/`MISS`/`STALE`;

@@ -1,0 +1,824 @@
+//! The storage seam: [`RegistryBackend`] is every storage operation the registry server
+//! needs (manifests, blobs, uploads, tags, referrers, and the GC holds that keep a push
+//! complete), so that the handlers and the content sources do not depend on where content
+//! lives. [`LocalBackend`] is the local store (the OCI layout `sealer` itself uses); its
+//! store calls run on blocking threads.
+//!
+//! Names are the store's: a repository is `registry/repository`
+//! (`docker.io/library/nginx`) and a tag its full reference, as [`crate::StoreNames`] maps
+//! them. Errors are the API's, since a backend decides answers such as the 409 of a blob
+//! still in use.
+
+use std::io::{Seek, SeekFrom};
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+use sealer_fs_abstraction::ReadFile;
+use sealer_image_store::model::{PARTIAL_ANNOTATION, REF_NAME_ANNOTATION, media_type};
+use sealer_image_store::{
+    Algorithm, BlobStore, BlobUpload, Descriptor, Digest, MAX_MANIFEST_SIZE, ManifestDocument,
+    Reference, Store, StoreError, UploadCheckpoint,
+};
+
+use crate::catalog::{REPOSITORY_ANNOTATION, Referrers, entry_repository, entry_tag};
+use crate::error::{ApiError, ErrorCode};
+use crate::handlers::check_manifest_type;
+use crate::local::{BlobDeleted, blocking};
+use crate::route::ManifestRef;
+use crate::source::{BlobContent, BlobRequest, range_not_satisfiable};
+use crate::stream::file_stream;
+
+/// Where the registry server keeps its content. Object-safe: the server holds an
+/// `Arc<dyn RegistryBackend>`.
+#[async_trait::async_trait]
+pub trait RegistryBackend: std::fmt::Debug + Send + Sync + 'static {
+    // ---- manifests ----
+
+    /// The digest and media type of the manifest the tag `reference` (a full store
+    /// reference, `host/repository:tag`) names, or `None`.
+    async fn resolve_tag(&self, reference: String) -> Result<Option<(Digest, String)>, ApiError>;
+
+    /// A stored manifest by digest: its exact bytes and media type (`listed_type` when the
+    /// caller knows it, else the type an entry lists, else the one the bytes declare), or
+    /// `None`. A platform manifest that a partially carried multi-arch image lists is 404
+    /// `MANIFEST_UNKNOWN` naming the platforms there are.
+    async fn manifest(
+        &self,
+        digest: Digest,
+        listed_type: Option<String>,
+    ) -> Result<Option<(Bytes, String)>, ApiError>;
+
+    /// Validates and stores a pushed manifest byte-exact and names it in repository `name`:
+    /// the tag `tagged` (a full reference), or for a push by digest an unnamed entry of the
+    /// repository. Checking its children, storing and naming happen under the GC lock, so
+    /// a success means the image is complete and stays so. Returns its digest and subject.
+    async fn put_manifest(
+        &self,
+        name: String,
+        tagged: Option<String>,
+        reference: ManifestRef,
+        bytes: Bytes,
+        content_type: Option<String>,
+    ) -> Result<(Digest, Option<Digest>), ApiError>;
+
+    /// Removes the tag `reference`; `false` when there was no such tag.
+    async fn untag(&self, reference: Reference) -> Result<bool, ApiError>;
+
+    /// Removes repository `name`'s entries for the manifest `digest`, then the manifest
+    /// itself when nothing else refers to it; `false` when no entry of the repository
+    /// points to it. One that only an index of the repository holds is 409 `DENIED`.
+    async fn delete_manifest(&self, name: String, digest: Digest) -> Result<bool, ApiError>;
+
+    // ---- blobs ----
+
+    /// The size of a stored blob, or `None`.
+    async fn stat_blob(&self, digest: Digest) -> Result<Option<u64>, ApiError>;
+
+    /// A stored blob: its size, and unless `request.head` its body (the requested range
+    /// of it). 404 `BLOB_UNKNOWN` when absent, 416 for a range outside it.
+    async fn blob(&self, digest: Digest, request: BlobRequest) -> Result<BlobContent, ApiError>;
+
+    /// Drops repository `name`'s claim on a blob (`path_name` is the repository as the
+    /// client named it, for messages), under the GC lock: 404 when absent, 409 `DENIED`
+    /// while one of the repository's own manifests uses it, [`BlobDeleted::Kept`] while
+    /// anything else does, else the blob is removed.
+    async fn delete_blob(
+        &self,
+        name: String,
+        path_name: String,
+        digest: Digest,
+    ) -> Result<BlobDeleted, ApiError>;
+
+    // ---- uploads and GC holds ----
+
+    /// Starts an upload: a blob arriving in pieces (appended, checkpointed, rolled back and
+    /// committed through the returned handle; the commit verifies the digest and holds the
+    /// blob).
+    async fn begin_upload(&self) -> Result<BlobUpload, ApiError>;
+
+    /// Commits an upload once its bytes hash to `digest` (400 `DIGEST_INVALID` otherwise,
+    /// and nothing is stored), holding the blob as fresh; returns its size.
+    async fn commit_upload(&self, upload: BlobUpload, digest: Digest) -> Result<u64, ApiError>;
+
+    /// Forgets what `upload` received after `checkpoint` (a failed piece), so the client
+    /// may send it again; an error leaves the upload unusable.
+    async fn rollback_upload(
+        &self,
+        upload: BlobUpload,
+        checkpoint: UploadCheckpoint,
+    ) -> Result<BlobUpload, ApiError>;
+
+    /// Opens a stored blob for reads at any offset; the file stays readable if the blob is
+    /// removed meanwhile. Blocking: call it from a blocking thread (a fill's followers read
+    /// in pieces through it).
+    fn open_blob_blocking(&self, digest: &Digest) -> std::io::Result<Box<dyn ReadFile>>;
+
+    /// Opens what the live upload `id` has written so far (a fill's followers read a blob
+    /// while it arrives); `None` when the upload is gone (committed or dropped). Blocking:
+    /// call it from a blocking thread.
+    fn open_upload_blocking(&self, id: &str) -> std::io::Result<Option<Box<dyn ReadFile>>>;
+
+    /// Holds a present blob as fresh, so that GC keeps it until a manifest names it;
+    /// `false` when it is absent (a concurrent GC removed it).
+    async fn hold_fresh(&self, digest: Digest) -> Result<bool, ApiError>;
+
+    // ---- tags and referrers ----
+
+    /// The tags of repository `name`, sorted and without duplicates; `None` when the
+    /// repository has no manifests at all.
+    async fn tags(&self, name: String) -> Result<Option<Vec<String>>, ApiError>;
+
+    /// Descriptors of repository `name`'s manifests whose subject is `subject`.
+    async fn referrers(&self, name: String, subject: Digest) -> Result<Vec<Descriptor>, ApiError>;
+
+    // ---- pull-through fills ----
+
+    /// Stores the verified bytes of a manifest fetched from an upstream, unnamed, and holds
+    /// them as fresh until [`Self::name_cached_manifest`] names them; `false` when a
+    /// concurrent GC removed them first. Bytes that do not hash to `digest` are 400
+    /// `DIGEST_INVALID` and change nothing.
+    async fn put_cached_manifest(&self, digest: Digest, bytes: Bytes) -> Result<bool, ApiError>;
+
+    /// Names a cached manifest of upstream `host` (annotated so, and partial): the tag
+    /// `tagged` (replacing what it named), or for a manifest fetched by digest an unnamed
+    /// entry of repository `name` (unless the repository has it already, directly or through
+    /// an index).
+    async fn name_cached_manifest(
+        &self,
+        name: String,
+        tagged: Option<String>,
+        descriptor: Descriptor,
+        host: String,
+    ) -> Result<(), ApiError>;
+}
+
+/// The local store as a [`RegistryBackend`]: `index.json` names the manifests, blobs live
+/// under `blobs/`. Every store call runs on a blocking thread; blob bodies are streamed.
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    store: Store,
+    referrers: Arc<Referrers>,
+}
+
+impl LocalBackend {
+    /// The backend over `store`.
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            referrers: Arc::new(Referrers::new()),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+#[async_trait::async_trait]
+impl RegistryBackend for LocalBackend {
+    async fn resolve_tag(&self, reference: String) -> Result<Option<(Digest, String)>, ApiError> {
+        let store = self.store.clone();
+        let index = blocking("read index.json", move || {
+            store
+                .index_snapshot()
+                .map_err(|error| ApiError::internal("read index.json", error))
+        })
+        .await?;
+        Ok(index
+            .by_name(&reference)
+            .map(|entry| (entry.digest.clone(), entry.media_type.clone())))
+    }
+
+    async fn manifest(
+        &self,
+        digest: Digest,
+        listed_type: Option<String>,
+    ) -> Result<Option<(Bytes, String)>, ApiError> {
+        let store = self.store.clone();
+        blocking("read a manifest", move || {
+            let listed = match listed_type {
+                Some(listed) => Some(listed),
+                None => store
+                    .index_snapshot()
+                    .map_err(|error| ApiError::internal("read index.json", error))?
+                    .by_digest(&digest)
+                    .map(|entry| entry.media_type.clone()),
+            };
+            let found = read_manifest(&store, &digest, listed)?;
+            if found.is_none() {
+                // A platform a partial multi-arch image lists but does not carry: the 404
+                // names the platforms there are.
+                let absent = store
+                    .absent_platform(&digest)
+                    .map_err(|error| ApiError::internal("read a manifest", error))?;
+                if let Some(absent) = absent {
+                    return Err(platform_not_carried(&absent));
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn put_manifest(
+        &self,
+        name: String,
+        tagged: Option<String>,
+        reference: ManifestRef,
+        bytes: Bytes,
+        content_type: Option<String>,
+    ) -> Result<(Digest, Option<Digest>), ApiError> {
+        let store = self.store.clone();
+        blocking("store a manifest", move || {
+            store_manifest(&store, &name, tagged, &reference, &bytes, content_type)
+        })
+        .await
+    }
+
+    async fn untag(&self, reference: Reference) -> Result<bool, ApiError> {
+        let store = self.store.clone();
+        blocking("untag", move || match store.untag(&reference) {
+            Ok(_) => Ok(true),
+            Err(StoreError::ImageNotFound(_)) => Ok(false),
+            Err(error) => Err(ApiError::internal("untag", error)),
+        })
+        .await
+    }
+
+    async fn delete_manifest(&self, name: String, digest: Digest) -> Result<bool, ApiError> {
+        let store = self.store.clone();
+        blocking("delete a manifest", move || {
+            delete_manifest_digest(&store, &name, &digest)
+        })
+        .await
+    }
+
+    async fn stat_blob(&self, digest: Digest) -> Result<Option<u64>, ApiError> {
+        let store = self.store.clone();
+        blocking("stat a blob", move || {
+            store
+                .blobs()
+                .stat(&digest)
+                .map_err(|error| ApiError::internal("stat a blob", error))
+        })
+        .await
+    }
+
+    async fn blob(&self, digest: Digest, request: BlobRequest) -> Result<BlobContent, ApiError> {
+        let store = self.store.clone();
+        blocking("read a blob", move || {
+            let unknown = || {
+                ApiError::new(
+                    ErrorCode::BlobUnknown,
+                    format!("blob {digest} is not in the registry"),
+                )
+                .with_detail(serde_json::json!({ "digest": digest.to_string() }))
+            };
+            let size = store
+                .blobs()
+                .stat(&digest)
+                .map_err(|error| ApiError::internal("stat a blob", error))?
+                .ok_or_else(unknown)?;
+            let range = match request.range {
+                Some(range) => Some(
+                    range
+                        .resolve(size)
+                        .ok_or_else(|| range_not_satisfiable(size))?,
+                ),
+                None => None,
+            };
+            if request.head {
+                return Ok(BlobContent {
+                    size,
+                    range,
+                    body: None,
+                });
+            }
+            let mut file = match store.blobs().open(&digest) {
+                Ok(file) => file,
+                Err(StoreError::BlobNotFound(_)) => return Err(unknown()),
+                Err(error) => return Err(ApiError::internal("open a blob", error)),
+            };
+            let span = range.clone().unwrap_or(0..size);
+            if span.start > 0 {
+                file.seek(SeekFrom::Start(span.start))
+                    .map_err(|error| ApiError::internal("seek in a blob", error))?;
+            }
+            Ok(BlobContent {
+                size,
+                range,
+                body: Some(file_stream(file, span.end - span.start)),
+            })
+        })
+        .await
+    }
+
+    async fn delete_blob(
+        &self,
+        name: String,
+        path_name: String,
+        digest: Digest,
+    ) -> Result<BlobDeleted, ApiError> {
+        let store = self.store.clone();
+        blocking("delete a blob", move || {
+            let internal = |error: StoreError| ApiError::internal("delete a blob", error);
+            let _gc = store.gc_lock().map_err(internal)?;
+            if store.blobs().stat(&digest).map_err(internal)?.is_none() {
+                return Err(ApiError::new(
+                    ErrorCode::BlobUnknown,
+                    format!("blob {digest} is not in the registry"),
+                )
+                .with_detail(serde_json::json!({ "digest": digest.to_string() })));
+            }
+            let mut used_elsewhere = false;
+            for entry in store.index().map_err(internal)?.manifests {
+                let reach = store
+                    .reachable(std::slice::from_ref(&entry))
+                    .map_err(internal)?;
+                if !reach.present.contains(&digest) {
+                    continue;
+                }
+                if entry_repository(&entry) == Some(name.as_str()) {
+                    let manifest = entry
+                        .ref_name()
+                        .map_or_else(|| entry.digest.to_string(), str::to_owned);
+                    return Err(ApiError::new(
+                        ErrorCode::Denied,
+                        format!(
+                            "blob {digest} is used by manifest {manifest} of repository \
+                             {path_name}: delete the manifest first"
+                        ),
+                    )
+                    .with_status(StatusCode::CONFLICT));
+                }
+                used_elsewhere = true;
+            }
+            if used_elsewhere {
+                return Ok(BlobDeleted::Kept);
+            }
+            store.blobs().delete(&digest).map_err(internal)?;
+            Ok(BlobDeleted::Removed)
+        })
+        .await
+    }
+
+    async fn begin_upload(&self) -> Result<BlobUpload, ApiError> {
+        let store = self.store.clone();
+        blocking("start an upload", move || {
+            store
+                .begin_upload()
+                .map_err(|error| ApiError::internal("start an upload", error))
+        })
+        .await
+    }
+
+    async fn commit_upload(&self, upload: BlobUpload, digest: Digest) -> Result<u64, ApiError> {
+        blocking("commit an upload", move || {
+            upload.commit(&digest).map_err(|error| match error {
+                StoreError::DigestMismatch { .. } => {
+                    ApiError::from_store("commit an upload", error)
+                }
+                other => ApiError::internal("commit an upload", other),
+            })
+        })
+        .await
+    }
+
+    async fn rollback_upload(
+        &self,
+        mut upload: BlobUpload,
+        checkpoint: UploadCheckpoint,
+    ) -> Result<BlobUpload, ApiError> {
+        blocking("roll back an upload", move || {
+            upload
+                .rollback(checkpoint)
+                .map(|()| upload)
+                .map_err(|error| ApiError::internal("roll back an upload", error))
+        })
+        .await
+    }
+
+    fn open_blob_blocking(&self, digest: &Digest) -> std::io::Result<Box<dyn ReadFile>> {
+        self.store
+            .blobs()
+            .open(digest)
+            .map_err(|error| std::io::Error::other(error.to_string()))
+    }
+
+    fn open_upload_blocking(&self, id: &str) -> std::io::Result<Option<Box<dyn ReadFile>>> {
+        match self.store.open_upload(id) {
+            Ok(file) => Ok(Some(file)),
+            Err(StoreError::Fs(error)) if error.is_not_found() => Ok(None),
+            Err(error) => Err(std::io::Error::other(error.to_string())),
+        }
+    }
+
+    async fn hold_fresh(&self, digest: Digest) -> Result<bool, ApiError> {
+        let store = self.store.clone();
+        blocking("hold a blob", move || {
+            store
+                .hold_fresh(&digest)
+                .map_err(|error| ApiError::internal("hold a blob", error))
+        })
+        .await
+    }
+
+    async fn tags(&self, name: String) -> Result<Option<Vec<String>>, ApiError> {
+        let store = self.store.clone();
+        let index = blocking("read index.json", move || {
+            store
+                .index_snapshot()
+                .map_err(|error| ApiError::internal("read index.json", error))
+        })
+        .await?;
+        let mut known = false;
+        let mut tags: Vec<String> = Vec::new();
+        for entry in &index.index().manifests {
+            if entry_repository(entry) == Some(name.as_str()) {
+                known = true;
+            }
+            if let Some(tag) = entry_tag(entry, &name) {
+                tags.push(tag.to_owned());
+            }
+        }
+        if !known {
+            return Ok(None);
+        }
+        tags.sort();
+        tags.dedup();
+        Ok(Some(tags))
+    }
+
+    async fn referrers(&self, name: String, subject: Digest) -> Result<Vec<Descriptor>, ApiError> {
+        let store = self.store.clone();
+        let referrers = self.referrers.clone();
+        blocking("list referrers", move || {
+            referrers
+                .referrers(&store, &name, &subject)
+                .map_err(|error| ApiError::internal("list referrers", error))
+        })
+        .await
+    }
+
+    async fn put_cached_manifest(&self, digest: Digest, bytes: Bytes) -> Result<bool, ApiError> {
+        let store = self.store.clone();
+        blocking("store a cached manifest", move || {
+            store
+                .blobs()
+                .put(&digest, Some(bytes.len() as u64), &mut &bytes[..])
+                .and_then(|_| store.hold_fresh(&digest))
+                .map_err(|error| match error {
+                    StoreError::DigestMismatch { .. } => {
+                        ApiError::new(ErrorCode::DigestInvalid, error.to_string())
+                    }
+                    other => ApiError::internal("store a cached manifest", other),
+                })
+        })
+        .await
+    }
+
+    async fn name_cached_manifest(
+        &self,
+        name: String,
+        tagged: Option<String>,
+        descriptor: Descriptor,
+        host: String,
+    ) -> Result<(), ApiError> {
+        let store = self.store.clone();
+        blocking("name a cached manifest", move || {
+            name_cached_manifest(&store, &name, tagged, descriptor, &host)
+                .map_err(|error| ApiError::internal("name a cached manifest", error))
+        })
+        .await
+    }
+}
+
+/// Validates and stores a pushed manifest, and names it: a tag entry, or an unnamed entry
+/// annotated with the repository for a push by digest. Returns its digest and subject.
+///
+/// The media type (the Content-Type, where it is not absent or `application/json`, and the
+/// body's `mediaType`) must be a manifest or index type: it is what clients are served as
+/// Content-Type. Storing the bytes, checking that every blob the manifest refers to is
+/// present (config and layers; every child of an index: pushes are complete) and naming it
+/// happen under the store's GC lock, so a prune runs wholly before (and a blob it removed
+/// is answered `MANIFEST_BLOB_UNKNOWN`) or wholly after (and keeps what the entry reaches):
+/// a success means the image is complete and stays so.
+fn store_manifest(
+    store: &Store,
+    name: &str,
+    tagged: Option<String>,
+    reference: &ManifestRef,
+    bytes: &[u8],
+    content_type: Option<String>,
+) -> Result<(Digest, Option<Digest>), ApiError> {
+    let invalid = |message: String| ApiError::new(ErrorCode::ManifestInvalid, message);
+    // As distribution: no Content-Type, or a generic JSON one, leaves the body to say.
+    let declared = content_type.filter(|kind| kind != "application/json");
+    if let Some(declared) = &declared {
+        check_manifest_type("the Content-Type", declared)?;
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|error| invalid(format!("the manifest is not JSON: {error}")))?;
+    let own = value.get("mediaType").and_then(serde_json::Value::as_str);
+    if let Some(own) = own {
+        check_manifest_type("the manifest's mediaType", own)?;
+    }
+    if let (Some(declared), Some(own)) = (&declared, own)
+        && declared != own
+    {
+        return Err(invalid(format!(
+            "Content-Type {declared} differs from the manifest's mediaType {own}"
+        )));
+    }
+    let (kind, document) = ManifestDocument::parse(bytes, declared.as_deref())
+        .map_err(|error| invalid(error.to_string()))?;
+    check_manifest_type("the manifest's media type", &kind)?;
+    let digest = match reference {
+        ManifestRef::Digest(expected) => {
+            let actual = Digest::of(expected.algorithm(), bytes);
+            if &actual != expected {
+                return Err(ApiError::new(
+                    ErrorCode::DigestInvalid,
+                    format!("the manifest hashes to {actual}, not {expected}"),
+                ));
+            }
+            actual
+        }
+        ManifestRef::Tag(_) => Digest::sha256(bytes),
+    };
+    let (subject, children) = match &document {
+        ManifestDocument::Image(manifest) => (manifest.subject.clone(), Vec::new()),
+        ManifestDocument::Index(index) => (
+            index.subject.clone(),
+            index
+                .manifests
+                .iter()
+                .map(|child| child.digest.clone())
+                .collect(),
+        ),
+    };
+    let _gc = store
+        .gc_lock()
+        .map_err(|error| ApiError::internal("take the GC lock", error))?;
+    for child in &children {
+        let present = store
+            .blobs()
+            .stat(child)
+            .map_err(|error| ApiError::internal("stat a manifest", error))?;
+        if present.is_none() {
+            return Err(ApiError::from_store(
+                "store a manifest",
+                StoreError::MissingChild {
+                    parent: digest.clone(),
+                    child: child.clone(),
+                },
+            ));
+        }
+    }
+    let mut entry = store
+        .put_manifest(bytes, Some(&kind))
+        .map_err(|error| ApiError::from_store("store a manifest", error))?;
+    if digest.algorithm() != Algorithm::Sha256 {
+        store
+            .blobs()
+            .put(&digest, Some(bytes.len() as u64), &mut &bytes[..])
+            .map_err(|error| ApiError::from_store("store a manifest", error))?;
+        entry.digest = digest.clone();
+    }
+    store
+        .update_index(|index| {
+            // Manifests an index now reaches need no entry of their own in this repository.
+            index.manifests.retain(|existing| {
+                !(existing.ref_name().is_none()
+                    && existing
+                        .annotations
+                        .get(REPOSITORY_ANNOTATION)
+                        .map(String::as_str)
+                        == Some(name)
+                    && children.contains(&existing.digest))
+            });
+            match &tagged {
+                Some(tagged) => {
+                    let mut named = entry.clone();
+                    named
+                        .annotations
+                        .insert(REF_NAME_ANNOTATION.to_owned(), tagged.clone());
+                    match index
+                        .manifests
+                        .iter_mut()
+                        .find(|existing| existing.ref_name() == Some(tagged.as_str()))
+                    {
+                        Some(existing) => *existing = named,
+                        None => index.manifests.push(named),
+                    }
+                }
+                None => {
+                    let known = index.manifests.iter().any(|existing| {
+                        existing.digest == digest && entry_repository(existing) == Some(name)
+                    });
+                    if !known {
+                        let mut unnamed = entry.clone();
+                        unnamed
+                            .annotations
+                            .insert(REPOSITORY_ANNOTATION.to_owned(), name.to_owned());
+                        index.manifests.push(unnamed);
+                    }
+                }
+            }
+            Ok(())
+        })
+        .map_err(|error| ApiError::internal("update index.json", error))?;
+    Ok((digest, subject.map(|subject| subject.digest)))
+}
+
+/// Removes this repository's entries for `digest`, then the manifest itself when nothing
+/// else refers to it (another repository's entry, or an index), under the GC lock (so no
+/// push names an index over it meanwhile). A digest no entry of this repository points to
+/// is unknown here (`false`), wherever else it is stored; one that only an index of this
+/// repository holds is refused (409 `DENIED`): delete the index first.
+fn delete_manifest_digest(store: &Store, name: &str, digest: &Digest) -> Result<bool, ApiError> {
+    let internal = |error: StoreError| ApiError::internal("delete a manifest", error);
+    let _gc = store.gc_lock().map_err(internal)?;
+    let roots = store.index().map_err(internal)?.manifests;
+    let own: Vec<Descriptor> = roots
+        .iter()
+        .filter(|entry| entry_repository(entry) == Some(name))
+        .cloned()
+        .collect();
+    if !own.iter().any(|entry| &entry.digest == digest) {
+        for entry in &own {
+            if referenced(store, std::slice::from_ref(entry), digest)? {
+                let index = entry
+                    .ref_name()
+                    .map_or_else(|| entry.digest.to_string(), str::to_owned);
+                return Err(ApiError::new(
+                    ErrorCode::Denied,
+                    format!("manifest {digest} belongs to index {index}: delete the index first"),
+                )
+                .with_status(StatusCode::CONFLICT));
+            }
+        }
+        return Ok(false);
+    }
+    store
+        .update_index(|index| {
+            index.manifests.retain(|entry| {
+                !(&entry.digest == digest && entry_repository(entry) == Some(name))
+            });
+            Ok(())
+        })
+        .map_err(internal)?;
+    let roots = store.index().map_err(internal)?.manifests;
+    if !referenced(store, &roots, digest)? {
+        store.blobs().delete(digest).map_err(internal)?;
+    }
+    Ok(true)
+}
+
+/// Whether an `index.json` entry or an index reachable from one refers to `digest`.
+fn referenced(store: &Store, roots: &[Descriptor], digest: &Digest) -> Result<bool, ApiError> {
+    let mut pending: Vec<(Descriptor, usize)> =
+        roots.iter().map(|root| (root.clone(), 0)).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some((descriptor, depth)) = pending.pop() {
+        if &descriptor.digest == digest {
+            return Ok(true);
+        }
+        if depth > 8
+            || !media_type::is_index(&descriptor.media_type)
+            || !seen.insert(descriptor.digest.clone())
+        {
+            continue;
+        }
+        if let Some((bytes, kind)) = read_manifest(
+            store,
+            &descriptor.digest,
+            Some(descriptor.media_type.clone()),
+        )? && let Ok((_, ManifestDocument::Index(index))) =
+            ManifestDocument::parse(&bytes, Some(&kind))
+        {
+            pending.extend(index.manifests.into_iter().map(|child| (child, depth + 1)));
+        }
+    }
+    Ok(false)
+}
+
+/// A manifest as stored: exact bytes and media type.
+fn read_manifest(
+    store: &Store,
+    digest: &Digest,
+    listed_type: Option<String>,
+) -> Result<Option<(Bytes, String)>, ApiError> {
+    match store.blobs().stat(digest) {
+        Ok(Some(size)) if size <= MAX_MANIFEST_SIZE => {}
+        Ok(_) => return Ok(None),
+        Err(error) => return Err(ApiError::internal("stat a manifest", error)),
+    }
+    let bytes = match store.read_verified(digest) {
+        Ok(bytes) => bytes,
+        Err(StoreError::BlobNotFound(_)) => return Ok(None),
+        Err(error) => return Err(ApiError::internal("read a manifest", error)),
+    };
+    let media_type = match listed_type {
+        Some(media_type) => media_type,
+        None => match ManifestDocument::parse(&bytes, None) {
+            Ok((media_type, _)) => media_type,
+            // A layer or config asked for as a manifest.
+            Err(_) => return Ok(None),
+        },
+    };
+    Ok(Some((Bytes::from(bytes), media_type)))
+}
+
+/// 404 `MANIFEST_UNKNOWN` for a platform manifest a multi-arch image lists but the store
+/// does not carry; the message (and `detail`) name the platforms it carries.
+fn platform_not_carried(absent: &StoreError) -> ApiError {
+    let mut error = ApiError::new(ErrorCode::ManifestUnknown, absent.to_string());
+    if let StoreError::PlatformNotCarried {
+        reference,
+        platform,
+        carried,
+    } = absent
+    {
+        error = error.with_detail(serde_json::json!({
+            "image": reference,
+            "platform": platform,
+            "carried": carried.split(", ").collect::<Vec<_>>(),
+        }));
+    }
+    error
+}
+
+/// Names a cached manifest in `index.json`: the tag `tagged` (replacing what it named), or
+/// for a manifest fetched by digest an unnamed entry of repository `name` (unless the
+/// repository has it already, directly or through an index).
+fn name_cached_manifest(
+    store: &Store,
+    name: &str,
+    tagged: Option<String>,
+    mut descriptor: Descriptor,
+    host: &str,
+) -> Result<(), StoreError> {
+    descriptor.annotations.insert(
+        crate::pull_through::UPSTREAM_ANNOTATION.to_owned(),
+        host.to_owned(),
+    );
+    // Only what clients ask for is fetched: fsck must not call the rest missing.
+    descriptor
+        .annotations
+        .insert(PARTIAL_ANNOTATION.to_owned(), "true".to_owned());
+    if tagged.is_none() {
+        let index = store.index()?;
+        let mut known = false;
+        for entry in index
+            .manifests
+            .iter()
+            .filter(|entry| entry_repository(entry) == Some(name))
+        {
+            if entry.digest == descriptor.digest {
+                known = true;
+            } else if media_type::is_index(&entry.media_type)
+                && let Ok(ManifestDocument::Index(index)) = store.read_manifest(entry)
+            {
+                known |= index
+                    .manifests
+                    .iter()
+                    .any(|child| child.digest == descriptor.digest);
+            }
+            if known {
+                return Ok(());
+            }
+        }
+    }
+    store.update_index(|index| {
+        match &tagged {
+            Some(tagged) => {
+                descriptor
+                    .annotations
+                    .insert(REF_NAME_ANNOTATION.to_owned(), tagged.clone());
+                match index
+                    .manifests
+                    .iter_mut()
+                    .find(|entry| entry.ref_name() == Some(tagged.as_str()))
+                {
+                    Some(entry) => *entry = descriptor,
+                    None => index.manifests.push(descriptor),
+                }
+            }
+            None => {
+                let known = index.manifests.iter().any(|entry| {
+                    entry.digest == descriptor.digest && entry_repository(entry) == Some(name)
+                });
+                if !known {
+                    descriptor
+                        .annotations
+                        .insert(REPOSITORY_ANNOTATION.to_owned(), name.to_owned());
+                    index.manifests.push(descriptor);
+                }
+            }
+        }
+        Ok(())
+    })
+}
