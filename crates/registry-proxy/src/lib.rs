@@ -29,6 +29,7 @@
 
 mod access;
 mod auth;
+pub mod bucket;
 pub mod catalog;
 pub mod config;
 mod conn;
