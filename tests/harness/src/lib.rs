@@ -33,7 +33,7 @@ use std::path::Path;
 
 pub use fault::{Fault, FaultProxy, ProxiedRequest};
 pub use http::{HttpResponse, http_get, http_request};
-pub use moto::{Moto, moto_server_path, require_moto};
+pub use moto::{Moto, MotoMode, moto_server_path, require_moto};
 pub use process::{run_bounded, run_ok};
 pub use registry::{AccessEntry, ProxyUpstream, Registry, RegistryAuth, RegistryOptions};
 pub use sealer_image_store::testing::ImageSpec;

@@ -13,6 +13,35 @@ use tempfile::TempDir;
 use crate::http::{http_get, http_request};
 use crate::{Result, free_port, temp_dir};
 
+/// Runs moto's app as `moto_server` does, but serving one request at a time. moto checks
+/// `If-None-Match`/`If-Match` and then writes, without a lock (moto/s3/responses.py,
+/// `put_object`), so on the threaded `moto_server` two racing conditional writes can both
+/// win (seen: two `If-None-Match: *` creates of one key both answered 200). S3 makes them
+/// atomic; a serialized moto does too. Non-threaded werkzeug answers HTTP/1.0 and closes each
+/// connection, so no idle client connection blocks the others.
+const SERIALIZED_SERVER: &str = r#"
+import os, sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication, MotoRequestHandler, create_backend_app)
+port = int(sys.argv[1])
+os.environ.setdefault("MOTO_PORT", str(port))
+run_simple("127.0.0.1", port, DomainDispatcherApplication(create_backend_app),
+           threaded=False, request_handler=MotoRequestHandler)
+"#;
+
+/// How moto serves requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MotoMode {
+    /// One request at a time: conditional writes are atomic, as on S3 (the default; every
+    /// test of races needs it).
+    #[default]
+    Serialized,
+    /// `moto_server -H 127.0.0.1 -p PORT` itself: a thread per request, faster for bulk data
+    /// (benchmarks), but racing conditional writes may both succeed.
+    Threaded,
+}
+
 /// How long moto (a Python program) may take to answer after its start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts with a fresh port when another process takes the chosen one first.
@@ -52,17 +81,34 @@ pub struct Moto {
 }
 
 impl Moto {
+    /// [`Moto::start_with`] in [`MotoMode::Serialized`].
+    pub fn start() -> Result<Self> {
+        Self::start_with(MotoMode::Serialized)
+    }
+
     /// Starts moto on a free port, waits (at most 30 s) until it answers, and creates the
     /// bucket `sealer-test`. See [`require_moto`] for a missing server.
-    pub fn start() -> Result<Self> {
+    pub fn start_with(mode: MotoMode) -> Result<Self> {
         let program = moto_server_path();
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let dir = temp_dir()?;
-            let port = free_port()?;
+            let port = free_port()?.to_string();
             let log = File::create(dir.path().join("moto.log"))?;
-            let child = Command::new(&program)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            let mut command = match mode {
+                MotoMode::Threaded => {
+                    let mut command = Command::new(&program);
+                    command.args(["-H", "127.0.0.1", "-p", &port]);
+                    command
+                }
+                MotoMode::Serialized => {
+                    // The venv's interpreter, next to moto_server.
+                    let mut command = Command::new(program.with_file_name("python"));
+                    command.args(["-c", SERIALIZED_SERVER, &port]);
+                    command
+                }
+            };
+            let child = command
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)
@@ -70,7 +116,7 @@ impl Moto {
                 .with_context(|| format!("starting {} (see require_moto)", program.display()))?;
             let mut moto = Self {
                 dir,
-                port,
+                port: port.parse()?,
                 child: Some(child),
                 bucket: "sealer-test".to_owned(),
             };
