@@ -366,3 +366,57 @@ fn a_stale_if_match_is_refused() {
         );
     });
 }
+
+#[test]
+fn abandoned_uploads_are_purged_and_live_ones_kept() {
+    let Some(moto) = moto() else { return };
+    let (a, b) = (replica(&moto), replica(&moto));
+    runtime().block_on(async {
+        // One session with a multipart upload and a tail, one with a tail only.
+        let big = a.start_upload().await.unwrap();
+        let big = a
+            .append_upload(&big, Bytes::from(pattern(5 * MIB + 10, 6)))
+            .await
+            .unwrap();
+        let big = a
+            .append_upload(&big, Bytes::from_static(b"tail"))
+            .await
+            .unwrap();
+        let small = b.start_upload().await.unwrap();
+        let small = b
+            .append_upload(&small, Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+
+        // Idle for less than an hour: kept.
+        assert_eq!(b.purge_uploads(Duration::from_secs(3600)).await.unwrap(), 0);
+        assert_eq!(
+            a.read_upload(big.id()).await.unwrap().offset(),
+            big.offset()
+        );
+
+        // Any idle time counts: both go, from the other replica.
+        assert_eq!(b.purge_uploads(Duration::ZERO).await.unwrap(), 2);
+        for id in [big.id(), small.id()] {
+            assert!(matches!(
+                a.read_upload(id).await,
+                Err(BucketError::NotFound { .. })
+            ));
+        }
+        // The holder of a purged session is refused, and nothing reappears.
+        assert!(
+            a.append_upload(&big, Bytes::from_static(b"late"))
+                .await
+                .is_err()
+        );
+    });
+    let listing = keys(&moto, "list-type=2&prefix=registry/uploads/");
+    assert!(
+        !listing.contains("<Key>"),
+        "session objects left: {listing}"
+    );
+    assert!(
+        !keys(&moto, "uploads").contains("<UploadId>"),
+        "multipart uploads left open"
+    );
+}

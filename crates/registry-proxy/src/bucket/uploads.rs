@@ -12,6 +12,7 @@
 //! assembling wrong bytes, and the digest is checked before anything is visible anyway.
 
 use bytes::{Bytes, BytesMut};
+use futures_util::TryStreamExt as _;
 use object_store::multipart::PartId;
 use object_store::path::Path;
 use object_store::{
@@ -361,6 +362,59 @@ impl Bucket {
         }
         self.remove_session_objects(state).await;
         Ok(())
+    }
+
+    /// Removes every upload left idle longer than `idle` (its state unchanged since), and
+    /// every object under `uploads/` older than that whose session has no state any more (a
+    /// crash between writes). Returns how many sessions were removed. An append racing the
+    /// purge of its session finds it gone and fails; nothing else is touched.
+    pub async fn purge_uploads(&self, idle: std::time::Duration) -> Result<usize, BucketError> {
+        let prefix = self.path(["uploads"]);
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(idle)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(store_error("listing uploads under", &prefix))?;
+        let mut sessions = std::collections::BTreeSet::new();
+        let mut old_objects = Vec::new();
+        for meta in &objects {
+            let Some(mut parts) = meta.location.prefix_match(&prefix) else {
+                continue;
+            };
+            let (Some(id), Some(name)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let (id, name) = (id.as_ref().to_owned(), name.as_ref().to_owned());
+            if name == "state.json" {
+                sessions.insert(id.clone());
+            }
+            if std::time::SystemTime::from(meta.last_modified) < cutoff {
+                old_objects.push((id, name, meta.location.clone()));
+            }
+        }
+        let mut purged = 0;
+        for (id, name, location) in old_objects {
+            if name == "state.json" {
+                match self.read_upload(&id).await {
+                    Ok(state) => {
+                        self.cancel_upload(&state).await?;
+                        purged += 1;
+                    }
+                    Err(BucketError::NotFound { .. }) => {}
+                    Err(error) => return Err(error),
+                }
+            } else if !sessions.contains(&id) {
+                self.remove_quietly(&location).await;
+            }
+        }
+        if purged > 0 {
+            tracing::info!(purged, "abandoned uploads removed");
+        }
+        Ok(purged)
     }
 
     /// The tail and the state (the state last: a crash in between leaves a session that a
