@@ -112,6 +112,13 @@ fn blob_round_trip_with_range() {
         let again = bucket.put_blob(&digest, failing).await.unwrap();
         assert!(!again.created);
 
+        // The empty blob (an empty layer) is a blob like any other.
+        let empty = Digest::sha256(b"");
+        let put = bucket.put_blob(&empty, chunks(b"", 1)).await.unwrap();
+        assert_eq!((put.size, put.created), (0, true));
+        assert_eq!(bucket.stat_blob(&empty).await.unwrap().unwrap().size, 0);
+        assert!(read_all(&bucket, &empty, None).await.is_empty());
+
         let missing = Digest::sha256(b"nothing");
         assert!(bucket.stat_blob(&missing).await.unwrap().is_none());
         assert!(matches!(
