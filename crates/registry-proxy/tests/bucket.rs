@@ -71,7 +71,7 @@ async fn read_all(
     parts.concat()
 }
 
-/// Keys of the objects under `prefix`, listed unsigned from moto (what any client sees).
+/// moto's answer to an unsigned `GET /<bucket>?<query>` (an object or multipart listing).
 fn keys(moto: &Moto, query: &str) -> String {
     let url = format!("{}/{}?{query}", moto.endpoint(), moto.bucket());
     let response = http_get(&url, Duration::from_secs(10)).unwrap();
