@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace.
 #
-# The end-to-end tests drive real skopeo, umoci, docker-registry and openssl. Missing
-# tools are installed with apt-get when running as root; otherwise the tests that need them
-# print "SKIPPED: <tool> not installed" (and fail under CI=true).
+# The end-to-end tests drive real skopeo, umoci, docker-registry and openssl, and the
+# object-storage tests moto's S3 server. Missing tools are installed with apt-get when running
+# as root, moto_server into a virtual environment by scripts/install-moto.sh; otherwise the
+# tests that need them print "SKIPPED: <tool> not installed" (and fail under CI=true).
 # Arguments replace `--workspace`, e.g. `./scripts/test.sh -p sealer-cli --test e2e -- crash`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,8 @@ if ((${#missing[@]} > 0)); then
         echo "note: ${missing[*]} not installed (run as root to install them)" >&2
     fi
 fi
+
+./scripts/install-moto.sh || echo "note: moto_server not installed (needs python3 with venv)" >&2
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -32,6 +32,7 @@
 mod access;
 mod auth;
 pub mod backend;
+pub mod bucket;
 pub mod catalog;
 pub mod config;
 mod conn;

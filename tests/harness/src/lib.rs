@@ -9,6 +9,8 @@
 //! * [`FaultProxy`]: an HTTP/1.1-aware TCP proxy that cuts, corrupts or stalls chosen
 //!   responses ([`Fault`]).
 //! * [`seed_image`]: pushes a synthetic image ([`ImageSpec`]) with `skopeo copy`.
+//! * [`Moto`]: moto's S3 server (`moto_server`, from the virtual environment of
+//!   `scripts/install-moto.sh`) with a bucket, for the object-storage backend.
 //! * [`http_request`]: a minimal blocking HTTP/1.1 client with a deadline, for raw checks.
 //!
 //! Every child process is killed and every temporary directory removed on drop; every wait is
@@ -20,6 +22,7 @@
 
 mod fault;
 mod http;
+mod moto;
 mod process;
 mod registry;
 mod seed;
@@ -30,6 +33,7 @@ use std::path::Path;
 
 pub use fault::{Fault, FaultProxy, ProxiedRequest};
 pub use http::{HttpResponse, http_get, http_request};
+pub use moto::{Moto, MotoMode, moto_server_path, require_moto};
 pub use process::{run_bounded, run_ok};
 pub use registry::{AccessEntry, ProxyUpstream, Registry, RegistryAuth, RegistryOptions};
 pub use sealer_image_store::testing::ImageSpec;
@@ -46,8 +50,14 @@ pub fn require_tool(tool: &str) -> bool {
     if on_path(tool) {
         return true;
     }
+    tool_missing(tool, "./scripts/test.sh installs it")
+}
+
+/// Reports a missing tool: panics under `CI=true`, else prints `SKIPPED: <tool> not
+/// installed` and returns false. `how` says what installs it.
+pub(crate) fn tool_missing(tool: &str, how: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{tool} is required when CI=true (./scripts/test.sh installs it)");
+        panic!("{tool} is required when CI=true ({how})");
     }
     // Straight to the process's stderr: libtest captures `eprintln!` of passing tests, and
     // scripts/test.sh counts these lines.

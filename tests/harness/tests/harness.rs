@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use sealer_image_store::Platform;
 use sealer_test_harness::{
-    Fault, FaultProxy, ImageSpec, ProxyUpstream, Registry, RegistryOptions, SeededImage,
-    TokenOptions, TokenServer, http_get, http_request, require_tools, run_bounded, run_ok,
-    seed_image,
+    Fault, FaultProxy, ImageSpec, Moto, MotoMode, ProxyUpstream, Registry, RegistryOptions,
+    SeededImage, TokenOptions, TokenServer, http_get, http_request, require_moto, require_tools,
+    run_bounded, run_ok, seed_image,
 };
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -506,5 +506,27 @@ fn seeded_multi_arch_image_keeps_its_digests() {
     }
     for (digest, before) in image.blob_digests.iter().zip(before) {
         assert_eq!(registry.blob_gets(Some(digest)), before + 1, "{digest}");
+    }
+}
+
+#[test]
+fn moto_serves_a_bucket_and_stops_on_drop() {
+    if !require_moto() {
+        return;
+    }
+    for mode in [MotoMode::Serialized, MotoMode::Threaded] {
+        let moto = Moto::start_with(mode).unwrap();
+        let endpoint = moto.endpoint();
+        // The bucket exists: an (unsigned) listing of it answers 200 with its name.
+        let listing = http_get(&format!("{endpoint}/{}?list-type=2", moto.bucket()), HTTP).unwrap();
+        assert_eq!(listing.status, 200, "{mode:?}");
+        assert!(String::from_utf8_lossy(&listing.body).contains(moto.bucket()));
+        let missing = http_get(&format!("{endpoint}/no-such-bucket?list-type=2"), HTTP).unwrap();
+        assert_eq!(missing.status, 404, "{mode:?}");
+        drop(moto);
+        assert!(
+            http_get(&format!("{endpoint}/"), HTTP).is_err(),
+            "{mode:?}: still answering"
+        );
     }
 }

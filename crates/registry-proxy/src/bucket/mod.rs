@@ -1,0 +1,221 @@
+//! The registry's content in an S3-compatible bucket: one object per fact, every change a
+//! conditional write, so that several replicas can share one bucket without a lock server.
+//!
+//! Layout under the configured prefix:
+//!
+//! * `blobs/<alg>/<hex>`: a blob, made visible only by completing a multipart upload after
+//!   its digest matched (aborted otherwise); never rewritten once present.
+//! * `repositories/<name>/tags/<tag>`: one object per tag holding the manifest digest, written
+//!   with `If-None-Match: *` (new tag) or `If-Match` (the version read), retried on conflict;
+//!   tag lists are listings (S3 lists keys in byte order).
+//! * `repositories/<name>/manifests/<alg>/<hex>`: one link object per manifest a repository
+//!   holds.
+//! * `uploads/<id>/state.json`: a chunked upload's state (offset, parts, serialized SHA-256
+//!   state), advanced with `If-Match`, so its PATCHes may reach any replica; its bytes are
+//!   parts of a multipart upload of `uploads/<id>/data` plus a tail object below the part
+//!   size.
+//!
+//! Not wired into the server yet: [`BucketConfig`] is meant to sit under `storage: { s3: … }`.
+
+mod blobs;
+mod config;
+mod tags;
+mod uploads;
+
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3;
+use object_store::multipart::MultipartStore;
+use object_store::path::Path;
+use sealer_image_store::Digest;
+
+pub use blobs::{BlobPut, BlobRead, BlobStat};
+pub use config::{BucketConfig, BucketConfigError};
+pub use tags::{TagOutcome, TagPage, TagWrite};
+pub use uploads::UploadState;
+
+/// How many conditional writes of one tag are tried before giving up (each conflict means
+/// another writer changed the tag in between: with N racing writers, N attempts suffice for
+/// each to land once).
+pub const TAG_WRITE_ATTEMPTS: u32 = 64;
+
+/// Errors of [`Bucket`] operations.
+#[derive(Debug, thiserror::Error)]
+pub enum BucketError {
+    /// The object store failed (network, credentials, a 5xx after retries).
+    #[error("object storage: {operation} {path}: {source}")]
+    Store {
+        /// What was attempted, e.g. "completing the multipart upload of".
+        operation: &'static str,
+        /// The object's path in the bucket.
+        path: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// The bytes written under a digest hash to another one; the upload was aborted and
+    /// nothing became visible.
+    #[error("blob {expected}: the {size} bytes received hash to {actual}; upload aborted")]
+    DigestMismatch {
+        /// The digest the caller named.
+        expected: Digest,
+        /// What the bytes hash to.
+        actual: Digest,
+        /// How many bytes arrived.
+        size: u64,
+    },
+    /// The blob body stream failed; the upload was aborted.
+    #[error("blob {digest}: reading the body after {received} bytes: {source}")]
+    Body {
+        /// The blob being written.
+        digest: Digest,
+        /// Bytes received before the failure.
+        received: u64,
+        /// The stream's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A repository name, tag or upload id that does not fit the layout.
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid {
+        /// "repository", "tag", "upload id", "range".
+        what: &'static str,
+        /// The value given.
+        value: String,
+        /// What was expected.
+        reason: String,
+    },
+    /// An object the operation needs does not exist.
+    #[error("{what} not found: {path}")]
+    NotFound {
+        /// "blob", "upload".
+        what: &'static str,
+        /// The object's path in the bucket.
+        path: String,
+    },
+    /// An object of ours holds something that does not parse.
+    #[error("corrupt {what} at {path}: {reason}")]
+    Corrupt {
+        /// "tag", "upload state".
+        what: &'static str,
+        /// The object's path in the bucket.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Every attempt of a tag write met another writer's change in between.
+    #[error("tag {repository}:{tag}: {attempts} conditional writes all conflicted")]
+    TagContended {
+        /// The repository.
+        repository: String,
+        /// The tag.
+        tag: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The upload's state changed since the caller read it (another replica advanced it):
+    /// the write was refused and nothing changed; read the state again.
+    #[error(
+        "upload {id}: its state changed since it was read at offset {offset} (a conditional write was refused)"
+    )]
+    StaleUpload {
+        /// The upload id.
+        id: String,
+        /// The offset of the state the caller held.
+        offset: u64,
+    },
+    /// The system's random source failed (new upload ids and object names need it).
+    #[error("no randomness for {what}: {reason}")]
+    Random {
+        /// What needed it.
+        what: &'static str,
+        /// The error.
+        reason: String,
+    },
+    /// The upload's digest algorithm is not one whose state can be carried between replicas.
+    #[error("upload {id}: only sha256 digests can complete a chunked upload, not {digest}")]
+    UnsupportedDigest {
+        /// The upload id.
+        id: String,
+        /// The digest the caller named.
+        digest: Digest,
+    },
+}
+
+/// A store error with the operation and path, for `map_err`.
+fn store_error(
+    operation: &'static str,
+    path: &Path,
+) -> impl FnOnce(object_store::Error) -> BucketError {
+    let path = path.to_string();
+    move |source| BucketError::Store {
+        operation,
+        path,
+        source,
+    }
+}
+
+/// Whether a conditional write lost to another writer (`If-None-Match` or `If-Match` failed).
+fn is_conflict(error: &object_store::Error) -> bool {
+    matches!(
+        error,
+        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }
+    )
+}
+
+/// The registry's content in one bucket (under a prefix). Cheap to clone; each clone, and
+/// each `Bucket` opened on the same configuration by another process, sees the same state.
+#[derive(Clone)]
+pub struct Bucket {
+    store: Arc<dyn ObjectStore>,
+    /// The same store, for the multipart calls of chunked uploads, whose parts arrive on
+    /// different replicas.
+    multipart: Arc<dyn MultipartStore>,
+    prefix: Path,
+}
+
+impl std::fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bucket")
+            .field("store", &self.store)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bucket {
+    /// Opens the bucket a configuration names (no request is sent).
+    pub fn open(config: &BucketConfig) -> Result<Self, BucketConfigError> {
+        let store: AmazonS3 = config.build()?;
+        Ok(Self::with_store(Arc::new(store), config.prefix.as_deref()))
+    }
+
+    /// A bucket over any object store (tests use `object_store::memory::InMemory`), its
+    /// objects under `prefix` (`None` or `""`: the root).
+    pub fn with_store<S: ObjectStore + MultipartStore>(
+        store: Arc<S>,
+        prefix: Option<&str>,
+    ) -> Self {
+        let prefix = prefix
+            .map(|prefix| Path::from(prefix.trim_matches('/')))
+            .unwrap_or_default();
+        Self {
+            store: store.clone(),
+            multipart: store,
+            prefix,
+        }
+    }
+
+    /// `<prefix>/<parts…>`.
+    fn path<'a>(&self, parts: impl IntoIterator<Item = &'a str>) -> Path {
+        let mut path = self.prefix.clone();
+        path.extend(parts.into_iter().flat_map(|part| part.split('/')));
+        path
+    }
+
+    /// `blobs/<alg>/<hex>`.
+    fn blob_path(&self, digest: &Digest) -> Path {
+        self.path(["blobs", digest.algorithm().name(), digest.hex()])
+    }
+}

@@ -1,0 +1,429 @@
+//! The bucket layout (`sealer_registry_proxy::bucket`) against a REAL S3 server: moto's
+//! `moto_server` on loopback (tests/harness, installed by scripts/install-moto.sh). Two
+//! `Bucket` values over one bucket stand for two replicas: separate clients, shared nothing
+//! but the bucket.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use sealer_image_store::Digest;
+use sealer_registry_proxy::bucket::{Bucket, BucketConfig, BucketError, TagOutcome};
+use sealer_test_harness::{Moto, http_get, require_moto};
+use tokio::task::JoinSet;
+
+const MIB: usize = 1024 * 1024;
+
+/// moto with a bucket, or `None` when moto_server is not installed (the test is skipped).
+fn moto() -> Option<Moto> {
+    if !require_moto() {
+        return None;
+    }
+    Some(Moto::start().expect("moto_server starts"))
+}
+
+/// A replica's view of the bucket: its own S3 client.
+fn replica(moto: &Moto) -> Bucket {
+    let config: BucketConfig = serde_json::from_value(serde_json::json!({
+        "bucket": moto.bucket(),
+        "prefix": "registry",
+        "endpoint": moto.endpoint(),
+        "region": "us-east-1",
+        "allow_http": true,
+        "access_key_id": "sealer-test",
+        "secret_access_key": "sealer-test",
+    }))
+    .unwrap();
+    Bucket::open(&config).unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Bytes that differ at every offset (a misplaced range shows).
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[0] ^ seed)
+        .collect()
+}
+
+fn chunks(data: &[u8], size: usize) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+    let pieces: Vec<_> = data
+        .chunks(size)
+        .map(|chunk| Ok(Bytes::copy_from_slice(chunk)))
+        .collect();
+    futures_util::stream::iter(pieces)
+}
+
+async fn read_all(
+    bucket: &Bucket,
+    digest: &Digest,
+    range: Option<std::ops::Range<u64>>,
+) -> Vec<u8> {
+    let read = bucket.get_blob(digest, range).await.unwrap();
+    let parts: Vec<Bytes> = read.stream.try_collect().await.unwrap();
+    parts.concat()
+}
+
+/// moto's answer to an unsigned `GET /<bucket>?<query>` (an object or multipart listing).
+fn keys(moto: &Moto, query: &str) -> String {
+    let url = format!("{}/{}?{query}", moto.endpoint(), moto.bucket());
+    let response = http_get(&url, Duration::from_secs(10)).unwrap();
+    assert_eq!(response.status, 200, "{url}");
+    String::from_utf8(response.body).unwrap()
+}
+
+#[test]
+fn blob_round_trip_with_range() {
+    let Some(moto) = moto() else { return };
+    let bucket = replica(&moto);
+    // Two parts: object_store's 5 MiB part and the rest.
+    let data = pattern(6 * MIB + 123, 1);
+    let digest = Digest::sha256(&data);
+    runtime().block_on(async {
+        let put = bucket
+            .put_blob(&digest, chunks(&data, 300_000))
+            .await
+            .unwrap();
+        assert!(put.created);
+        assert_eq!(put.size, data.len() as u64);
+        assert_eq!(
+            bucket.stat_blob(&digest).await.unwrap().unwrap().size,
+            data.len() as u64
+        );
+        assert_eq!(read_all(&bucket, &digest, None).await, data);
+
+        let read = bucket
+            .get_blob(&digest, Some(5 * MIB as u64 - 10..5 * MIB as u64 + 20))
+            .await
+            .unwrap();
+        assert_eq!(read.size, data.len() as u64);
+        let bytes: Vec<Bytes> = read.stream.try_collect().await.unwrap();
+        assert_eq!(bytes.concat(), &data[5 * MIB - 10..5 * MIB + 20]);
+
+        // Present already: not rewritten, and the body is not even read.
+        let failing = futures_util::stream::iter([Err(std::io::Error::other("never read"))]);
+        let again = bucket.put_blob(&digest, failing).await.unwrap();
+        assert!(!again.created);
+
+        // The empty blob (an empty layer) is a blob like any other.
+        let empty = Digest::sha256(b"");
+        let put = bucket.put_blob(&empty, chunks(b"", 1)).await.unwrap();
+        assert_eq!((put.size, put.created), (0, true));
+        assert_eq!(bucket.stat_blob(&empty).await.unwrap().unwrap().size, 0);
+        assert!(read_all(&bucket, &empty, None).await.is_empty());
+
+        let missing = Digest::sha256(b"nothing");
+        assert!(bucket.stat_blob(&missing).await.unwrap().is_none());
+        assert!(matches!(
+            bucket.get_blob(&missing, None).await,
+            Err(BucketError::NotFound { .. })
+        ));
+    });
+}
+
+#[test]
+fn a_wrong_digest_aborts_and_leaves_nothing_visible() {
+    let Some(moto) = moto() else { return };
+    let bucket = replica(&moto);
+    let data = pattern(5 * MIB + 1000, 2);
+    let claimed = Digest::sha256(b"something else");
+    runtime().block_on(async {
+        let error = bucket
+            .put_blob(&claimed, chunks(&data, MIB))
+            .await
+            .unwrap_err();
+        match error {
+            BucketError::DigestMismatch { actual, size, .. } => {
+                assert_eq!(actual, Digest::sha256(&data));
+                assert_eq!(size, data.len() as u64);
+            }
+            other => panic!("expected a digest mismatch, got {other}"),
+        }
+        assert!(bucket.stat_blob(&claimed).await.unwrap().is_none());
+        // A failing body aborts too.
+        let broken = chunks(&data[..MIB], MIB).chain(futures_util::stream::iter([Err(
+            std::io::Error::other("cut"),
+        )]));
+        assert!(matches!(
+            bucket.put_blob(&claimed, broken).await,
+            Err(BucketError::Body { .. })
+        ));
+    });
+    // No object, and no multipart upload left open.
+    assert!(
+        !keys(&moto, "list-type=2").contains("<Key>"),
+        "{}",
+        keys(&moto, "list-type=2")
+    );
+    assert!(
+        !keys(&moto, "uploads").contains("<UploadId>"),
+        "{}",
+        keys(&moto, "uploads")
+    );
+}
+
+#[test]
+fn racing_writers_of_one_new_tag_one_creates_the_other_updates() {
+    let Some(moto) = moto() else { return };
+    let (a, b) = (replica(&moto), replica(&moto));
+    let first = Digest::sha256(b"first");
+    let second = Digest::sha256(b"second");
+    runtime().block_on(async {
+        // If-None-Match: exactly one of two racing creates wins.
+        for round in 0..10 {
+            let tag = format!("create-{round}");
+            let (x, y) = tokio::join!(
+                a.create_tag("team/app", &tag, &first),
+                b.create_tag("team/app", &tag, &second)
+            );
+            assert!(
+                x.unwrap() ^ y.unwrap(),
+                "round {round}: exactly one create wins"
+            );
+        }
+        // put_tag: the loser of the create retries as an update on the version it read.
+        for round in 0..10 {
+            let tag = format!("put-{round}");
+            let (x, y) = tokio::join!(
+                a.put_tag("team/app", &tag, &first),
+                b.put_tag("team/app", &tag, &second)
+            );
+            let (x, y) = (x.unwrap(), y.unwrap());
+            let mut outcomes = [x.outcome, y.outcome];
+            outcomes.sort_by_key(|outcome| *outcome as u8);
+            assert_eq!(
+                outcomes,
+                [TagOutcome::Created, TagOutcome::Updated],
+                "round {round}"
+            );
+            let last = if x.outcome == TagOutcome::Updated {
+                &first
+            } else {
+                &second
+            };
+            assert_eq!(
+                a.get_tag("team/app", &tag).await.unwrap().as_ref(),
+                Some(last)
+            );
+        }
+        let write = a.put_tag("team/app", "put-0", &first).await.unwrap();
+        let again = a.put_tag("team/app", "put-0", &first).await.unwrap();
+        assert!(matches!(
+            write.outcome,
+            TagOutcome::Updated | TagOutcome::Unchanged
+        ));
+        assert_eq!(again.outcome, TagOutcome::Unchanged);
+        assert!(a.delete_tag("team/app", "put-0").await.unwrap());
+        assert!(!a.delete_tag("team/app", "put-0").await.unwrap());
+        assert_eq!(b.get_tag("team/app", "put-0").await.unwrap(), None);
+    });
+}
+
+#[test]
+fn two_replicas_writing_fifty_tags_each_lose_none() {
+    let Some(moto) = moto() else { return };
+    let replicas = [replica(&moto), replica(&moto)];
+    runtime().block_on(async {
+        let mut writes = JoinSet::new();
+        for (index, bucket) in replicas.iter().enumerate() {
+            for n in 0..50 {
+                let bucket = bucket.clone();
+                writes.spawn(async move {
+                    let tag = format!("r{index}-{n:03}");
+                    let digest = Digest::sha256(tag.as_bytes());
+                    bucket.put_tag("shared/repo", &tag, &digest).await
+                });
+            }
+        }
+        while let Some(write) = writes.join_next().await {
+            assert_eq!(write.unwrap().unwrap().outcome, TagOutcome::Created);
+        }
+        let mut expected: Vec<String> = (0..2)
+            .flat_map(|index| (0..50).map(move |n| format!("r{index}-{n:03}")))
+            .collect();
+        expected.sort();
+        for bucket in &replicas {
+            let all = bucket.list_tags("shared/repo", None, None).await.unwrap();
+            assert_eq!(all.tags, expected);
+            assert!(!all.more);
+        }
+        // Paginated with n/last: the same list, in order, page by page.
+        let mut paged = Vec::new();
+        let mut last: Option<String> = None;
+        for _ in 0..100 {
+            let page = replicas[1]
+                .list_tags("shared/repo", Some(7), last.as_deref())
+                .await
+                .unwrap();
+            assert!(page.tags.len() <= 7);
+            paged.extend(page.tags.iter().cloned());
+            last = page.tags.last().cloned();
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(paged, expected);
+        for tag in &expected {
+            let digest = Digest::sha256(tag.as_bytes());
+            assert_eq!(
+                replicas[0].get_tag("shared/repo", tag).await.unwrap(),
+                Some(digest)
+            );
+        }
+    });
+}
+
+#[test]
+fn an_upload_advanced_by_two_replicas_in_turn_completes() {
+    let Some(moto) = moto() else { return };
+    let (a, b) = (replica(&moto), replica(&moto));
+    // Pieces below and above S3's 5 MiB part minimum: a tail, then a part, then a tail.
+    let pieces = [
+        pattern(3 * MIB, 3),
+        pattern(3 * MIB, 4),
+        pattern(MIB + 17, 5),
+    ];
+    let data = pieces.concat();
+    let digest = Digest::sha256(&data);
+    runtime().block_on(async {
+        let started = a.start_upload().await.unwrap();
+        let id = started.id().to_owned();
+        let mut offset = 0;
+        for (n, piece) in pieces.iter().enumerate() {
+            // Each PATCH lands on the other replica, which knows only the id.
+            let replica = if n % 2 == 0 { &a } else { &b };
+            let state = replica.read_upload(&id).await.unwrap();
+            assert_eq!(state.offset(), offset);
+            let state = replica
+                .append_upload(&state, Bytes::copy_from_slice(piece))
+                .await
+                .unwrap();
+            offset += piece.len() as u64;
+            assert_eq!(state.offset(), offset);
+        }
+        let state = b.read_upload(&id).await.unwrap();
+        let put = b.complete_upload(&state, &digest).await.unwrap();
+        assert!(put.created);
+        assert_eq!(put.size, data.len() as u64);
+        assert_eq!(read_all(&a, &digest, None).await, data);
+        assert!(matches!(
+            a.read_upload(&id).await,
+            Err(BucketError::NotFound { .. })
+        ));
+
+        // A wrong digest: refused, the session removed, no blob.
+        let state = a.start_upload().await.unwrap();
+        let state = a
+            .append_upload(&state, Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
+        let wrong = Digest::sha256(b"abd");
+        assert!(matches!(
+            b.complete_upload(&state, &wrong).await,
+            Err(BucketError::DigestMismatch { .. })
+        ));
+        assert!(a.stat_blob(&wrong).await.unwrap().is_none());
+        assert!(a.read_upload(state.id()).await.is_err());
+    });
+    let listing = keys(&moto, "list-type=2&prefix=registry/uploads/");
+    assert!(
+        !listing.contains("<Key>"),
+        "session objects left: {listing}"
+    );
+    assert!(!keys(&moto, "uploads").contains("<UploadId>"));
+}
+
+#[test]
+fn a_stale_if_match_is_refused() {
+    let Some(moto) = moto() else { return };
+    let (a, b) = (replica(&moto), replica(&moto));
+    runtime().block_on(async {
+        let started = a.start_upload().await.unwrap();
+        let seen_by_a = a.read_upload(started.id()).await.unwrap();
+        let seen_by_b = b.read_upload(started.id()).await.unwrap();
+        b.append_upload(&seen_by_b, Bytes::from_static(b"from b"))
+            .await
+            .unwrap();
+        // A still holds the version before B's write: refused, nothing changed.
+        let error = a
+            .append_upload(&seen_by_a, Bytes::from_static(b"from a!"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, BucketError::StaleUpload { offset: 0, .. }),
+            "{error}"
+        );
+        let current = a.read_upload(started.id()).await.unwrap();
+        assert_eq!(current.offset(), 6);
+        let put = a
+            .complete_upload(&current, &Digest::sha256(b"from b"))
+            .await
+            .unwrap();
+        assert!(put.created);
+        assert_eq!(
+            read_all(&b, &Digest::sha256(b"from b"), None).await,
+            b"from b"
+        );
+    });
+}
+
+#[test]
+fn abandoned_uploads_are_purged_and_live_ones_kept() {
+    let Some(moto) = moto() else { return };
+    let (a, b) = (replica(&moto), replica(&moto));
+    runtime().block_on(async {
+        // One session with a multipart upload and a tail, one with a tail only.
+        let big = a.start_upload().await.unwrap();
+        let big = a
+            .append_upload(&big, Bytes::from(pattern(5 * MIB + 10, 6)))
+            .await
+            .unwrap();
+        let big = a
+            .append_upload(&big, Bytes::from_static(b"tail"))
+            .await
+            .unwrap();
+        let small = b.start_upload().await.unwrap();
+        let small = b
+            .append_upload(&small, Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+
+        // Idle for less than an hour: kept.
+        assert_eq!(b.purge_uploads(Duration::from_secs(3600)).await.unwrap(), 0);
+        assert_eq!(
+            a.read_upload(big.id()).await.unwrap().offset(),
+            big.offset()
+        );
+
+        // Any idle time counts: both go, from the other replica.
+        assert_eq!(b.purge_uploads(Duration::ZERO).await.unwrap(), 2);
+        for id in [big.id(), small.id()] {
+            assert!(matches!(
+                a.read_upload(id).await,
+                Err(BucketError::NotFound { .. })
+            ));
+        }
+        // The holder of a purged session is refused, and nothing reappears.
+        assert!(
+            a.append_upload(&big, Bytes::from_static(b"late"))
+                .await
+                .is_err()
+        );
+    });
+    let listing = keys(&moto, "list-type=2&prefix=registry/uploads/");
+    assert!(
+        !listing.contains("<Key>"),
+        "session objects left: {listing}"
+    );
+    assert!(
+        !keys(&moto, "uploads").contains("<UploadId>"),
+        "multipart uploads left open"
+    );
+}
