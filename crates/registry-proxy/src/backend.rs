@@ -17,8 +17,8 @@ use bytes::Bytes;
 use sealer_fs_abstraction::ReadFile;
 use sealer_image_store::model::{PARTIAL_ANNOTATION, REF_NAME_ANNOTATION, media_type};
 use sealer_image_store::{
-    Algorithm, BlobStore, BlobUpload, Descriptor, Digest, MAX_MANIFEST_SIZE, ManifestDocument,
-    Reference, Store, StoreError, UploadCheckpoint,
+    Algorithm, BlobStore, BlobUpload, Descriptor, Digest, Index, MAX_MANIFEST_SIZE,
+    ManifestDocument, Reference, Store, StoreError, UploadCheckpoint,
 };
 
 use crate::catalog::{REPOSITORY_ANNOTATION, Referrers, entry_repository, entry_tag};
@@ -599,34 +599,7 @@ fn store_manifest(
                         == Some(name)
                     && children.contains(&existing.digest))
             });
-            match &tagged {
-                Some(tagged) => {
-                    let mut named = entry.clone();
-                    named
-                        .annotations
-                        .insert(REF_NAME_ANNOTATION.to_owned(), tagged.clone());
-                    match index
-                        .manifests
-                        .iter_mut()
-                        .find(|existing| existing.ref_name() == Some(tagged.as_str()))
-                    {
-                        Some(existing) => *existing = named,
-                        None => index.manifests.push(named),
-                    }
-                }
-                None => {
-                    let known = index.manifests.iter().any(|existing| {
-                        existing.digest == digest && entry_repository(existing) == Some(name)
-                    });
-                    if !known {
-                        let mut unnamed = entry.clone();
-                        unnamed
-                            .annotations
-                            .insert(REPOSITORY_ANNOTATION.to_owned(), name.to_owned());
-                        index.manifests.push(unnamed);
-                    }
-                }
-            }
+            name_entry(index, name, tagged.as_deref(), entry.clone());
             Ok(())
         })
         .map_err(|error| ApiError::internal("update index.json", error))?;
@@ -793,32 +766,39 @@ fn name_cached_manifest(
         }
     }
     store.update_index(|index| {
-        match &tagged {
-            Some(tagged) => {
-                descriptor
-                    .annotations
-                    .insert(REF_NAME_ANNOTATION.to_owned(), tagged.clone());
-                match index
-                    .manifests
-                    .iter_mut()
-                    .find(|entry| entry.ref_name() == Some(tagged.as_str()))
-                {
-                    Some(entry) => *entry = descriptor,
-                    None => index.manifests.push(descriptor),
-                }
-            }
-            None => {
-                let known = index.manifests.iter().any(|entry| {
-                    entry.digest == descriptor.digest && entry_repository(entry) == Some(name)
-                });
-                if !known {
-                    descriptor
-                        .annotations
-                        .insert(REPOSITORY_ANNOTATION.to_owned(), name.to_owned());
-                    index.manifests.push(descriptor);
-                }
-            }
-        }
+        name_entry(index, name, tagged.as_deref(), descriptor);
         Ok(())
     })
+}
+
+/// Names `entry` in repository `name` of `index`: as the tag `tagged` (full reference),
+/// replacing what it pointed to, or else as an unnamed entry annotated with the repository
+/// (so that GC keeps it), unless the repository already has one for that digest.
+fn name_entry(index: &mut Index, name: &str, tagged: Option<&str>, mut entry: Descriptor) {
+    match tagged {
+        Some(tagged) => {
+            entry
+                .annotations
+                .insert(REF_NAME_ANNOTATION.to_owned(), tagged.to_owned());
+            match index
+                .manifests
+                .iter_mut()
+                .find(|existing| existing.ref_name() == Some(tagged))
+            {
+                Some(existing) => *existing = entry,
+                None => index.manifests.push(entry),
+            }
+        }
+        None => {
+            let known = index.manifests.iter().any(|existing| {
+                existing.digest == entry.digest && entry_repository(existing) == Some(name)
+            });
+            if !known {
+                entry
+                    .annotations
+                    .insert(REPOSITORY_ANNOTATION.to_owned(), name.to_owned());
+                index.manifests.push(entry);
+            }
+        }
+    }
 }
