@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -18,41 +18,11 @@ use sealer_registry_client::auth::AuthError;
 use sealer_registry_client::{
     ClientError, ClientOptions, Credential, CredentialStore, RegistryClient, RetryPolicy,
 };
-use sealer_test_harness::{require_tools, run_ok};
+use sealer_test_harness::{require_tools, self_signed_certificate};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections each fake server answers before its thread ends.
 const MAX_CONNECTIONS: usize = 16;
-
-/// A self-signed certificate for 127.0.0.1: (cert.pem, key.pem).
-fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    run_ok(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-        ],
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    (cert, key)
-}
 
 /// Reads a request head (up to the blank line, bounded).
 fn read_head(stream: &mut impl Read) -> Vec<u8> {
@@ -139,7 +109,7 @@ fn recording_realm() -> (u16, Arc<Mutex<Vec<u8>>>) {
 fn an_https_registry_never_sends_credentials_to_a_plain_http_realm() {
     require_tools!("openssl");
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = certificate(dir.path());
+    let (cert, key) = self_signed_certificate(dir.path()).unwrap();
     let (realm_port, received) = recording_realm();
     let realm = format!("http://127.0.0.1:{realm_port}/token");
     let registry_port = https_registry(&cert, &key, realm.clone());

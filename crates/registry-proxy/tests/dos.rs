@@ -19,7 +19,9 @@ use sealer_image_store::testing::{ImageSpec, write_image};
 use sealer_image_store::{Digest, Store};
 use sealer_registry_proxy::config::{AuthConfig, ByteSize, ConfigDuration};
 use sealer_registry_proxy::{Mode, Registry, ServerConfig};
-use sealer_test_harness::{HttpResponse, http_request, require_tools, run_ok};
+use sealer_test_harness::{
+    HttpResponse, http_request, require_tools, run_ok, self_signed_certificate,
+};
 use serde_json::json;
 
 mod common;
@@ -501,30 +503,7 @@ fn connections_over_the_cap_wait_until_idle_ones_are_closed() {
 fn a_stalled_tls_handshake_is_closed_within_its_timeout() {
     require_tools!("openssl");
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("key.pem");
-    let cert = dir.path().join("cert.pem");
-    run_ok(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-        ],
-        TIMEOUT,
-    )
-    .unwrap();
+    let (cert, key) = self_signed_certificate(dir.path()).unwrap();
     let server = TestServer::with(|config| {
         config.tls = Some(sealer_registry_proxy::config::TlsConfig {
             cert: cert.clone(),

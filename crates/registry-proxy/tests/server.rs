@@ -18,7 +18,9 @@ use sealer_image_store::{
 };
 use sealer_registry_proxy::config::{AuthConfig, TlsConfig};
 use sealer_registry_proxy::{Mode, ServeError, ServerConfig};
-use sealer_test_harness::{HttpResponse, http_request, require_tools, run_bounded, run_ok};
+use sealer_test_harness::{
+    HttpResponse, http_request, require_tools, run_bounded, run_ok, self_signed_certificate,
+};
 use serde_json::{Value, json};
 
 mod common;
@@ -305,30 +307,7 @@ fn skopeo_pushes_with_htpasswd_credentials_and_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let hash = bcrypt::hash("s3cret", 4).unwrap();
     std::fs::write(dir.path().join("htpasswd"), format!("alice:{hash}\n")).unwrap();
-    let key = dir.path().join("key.pem");
-    let cert = dir.path().join("cert.pem");
-    run_ok(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            path_str(&key),
-            "-out",
-            path_str(&cert),
-        ],
-        SKOPEO,
-    )
-    .unwrap();
+    let (cert, key) = self_signed_certificate(dir.path()).unwrap();
     let server = TestServer::with(|config| {
         config.auth = Some(AuthConfig {
             htpasswd: dir.path().join("htpasswd"),

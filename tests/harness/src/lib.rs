@@ -104,6 +104,37 @@ pub fn temp_dir() -> Result<tempfile::TempDir> {
 }
 
 /// A path as a `&str` (temporary paths are UTF-8 here), or an error naming it.
+/// Makes a self-signed certificate for `127.0.0.1` in `dir` with the `openssl` CLI (RSA,
+/// one day, `subjectAltName=IP:127.0.0.1`, not a CA, so rustls accepts it as a trusted end
+/// entity); returns `(cert.pem, key.pem)`.
+pub fn self_signed_certificate(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    run_ok(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+            path_str(&key)?,
+            "-out",
+            path_str(&cert)?,
+        ],
+        std::time::Duration::from_secs(60),
+    )?;
+    Ok((cert, key))
+}
+
 pub(crate) fn path_str(path: &Path) -> Result<&str> {
     path.to_str()
         .ok_or_else(|| anyhow::anyhow!("path is not UTF-8: {}", path.display()))
