@@ -421,6 +421,33 @@ fn a_multi_platform_cluster_image_carries_each_platform_and_serves_them_together
     assert_eq!(again.images, loaded.images);
 }
 
+/// Seeds one small single-layer image per name into `upstream` (seeds `seed`, `seed + 1`, …);
+/// returns their full references.
+fn seed_small_images(upstream: &Registry, names: &[&str], seed: u64) -> Vec<String> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(index, name)| {
+            let spec = ImageSpec::new("unused:1", &[2_000], seed + index as u64);
+            seed_image(&upstream.host(), name, &spec, None).unwrap();
+            format!("{}/{name}", upstream.host())
+        })
+        .collect()
+}
+
+/// A build context holding one file `path` with `text`.
+fn context_with(path: &str, text: &str) -> (tempfile::TempDir, RealFs) {
+    let dir = tempfile::tempdir().unwrap();
+    let context = RealFs::open_root(dir.path()).unwrap();
+    if let Some(parent) = Path::new(path).parent() {
+        context.create_dir_all(parent).unwrap();
+    }
+    context
+        .write_atomic(Path::new(path), text.as_bytes())
+        .unwrap();
+    (dir, context)
+}
+
 /// Images an operator starts at runtime (named in its container's arguments and environment,
 /// not in an `image:` key) are carried like the rest: a cluster built from such manifests
 /// has them offline.
@@ -428,28 +455,18 @@ fn a_multi_platform_cluster_image_carries_each_platform_and_serves_them_together
 fn runtime_images_from_args_and_env_are_carried() {
     require_tools!("docker-registry", "skopeo");
     let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
-    let mut references = Vec::new();
-    for (index, name) in ["team/operator:1", "team/engine:1", "team/helper:1"]
-        .iter()
-        .enumerate()
-    {
-        let spec = ImageSpec::new("unused:1", &[2_000], 60 + index as u64);
-        seed_image(&upstream.host(), name, &spec, None).unwrap();
-        references.push(format!("{}/{name}", upstream.host()));
-    }
-    let context_dir = tempfile::tempdir().unwrap();
-    let context = RealFs::open_root(context_dir.path()).unwrap();
-    context.create_dir_all(Path::new("manifests")).unwrap();
-    context
-        .write_atomic(
-            Path::new("manifests/operator.yaml"),
-            format!(
-                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: operator\nspec:\n  template:\n    spec:\n      containers:\n      - name: operator\n        image: {}\n        args: [--engine-image, {}, --image-pull-policy=Always]\n        env:\n        - {{name: HELPER_IMAGE, value: \"{}\"}}\n",
-                references[0], references[1], references[2]
-            )
-            .as_bytes(),
-        )
-        .unwrap();
+    let references = seed_small_images(
+        &upstream,
+        &["team/operator:1", "team/engine:1", "team/helper:1"],
+        60,
+    );
+    let (_context_dir, context) = context_with(
+        "manifests/operator.yaml",
+        &format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: operator\nspec:\n  template:\n    spec:\n      containers:\n      - name: operator\n        image: {}\n        args: [--engine-image, {}, --image-pull-policy=Always]\n        env:\n        - {{name: HELPER_IMAGE, value: \"{}\"}}\n",
+            references[0], references[1], references[2]
+        ),
+    );
     let store_dir = tempfile::tempdir().unwrap();
     let store = Store::open_dir(store_dir.path()).unwrap();
     let report = build_file(
@@ -476,28 +493,18 @@ fn runtime_images_from_args_and_env_are_carried() {
 fn image_lists_add_and_drop_what_the_build_carries() {
     require_tools!("docker-registry", "skopeo");
     let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
-    let mut references = Vec::new();
-    for (index, name) in ["team/operator:1", "team/engine:1", "team/extra:1"]
-        .iter()
-        .enumerate()
-    {
-        let spec = ImageSpec::new("unused:1", &[2_000], 80 + index as u64);
-        seed_image(&upstream.host(), name, &spec, None).unwrap();
-        references.push(format!("{}/{name}", upstream.host()));
-    }
-    let context_dir = tempfile::tempdir().unwrap();
-    let context = RealFs::open_root(context_dir.path()).unwrap();
-    context.create_dir_all(Path::new("manifests")).unwrap();
-    context
-        .write_atomic(
-            Path::new("manifests/operator.yaml"),
-            format!(
-                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: operator\nspec:\n  template:\n    spec:\n      containers:\n      - name: operator\n        image: {}\n        args: [--engine-image, {}]\n",
-                references[0], references[1]
-            )
-            .as_bytes(),
-        )
-        .unwrap();
+    let references = seed_small_images(
+        &upstream,
+        &["team/operator:1", "team/engine:1", "team/extra:1"],
+        80,
+    );
+    let (_context_dir, context) = context_with(
+        "manifests/operator.yaml",
+        &format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: operator\nspec:\n  template:\n    spec:\n      containers:\n      - name: operator\n        image: {}\n        args: [--engine-image, {}]\n",
+            references[0], references[1]
+        ),
+    );
     let list = |name: &str, text: &str| ImageListFile {
         name: name.to_owned(),
         text: text.to_owned(),
