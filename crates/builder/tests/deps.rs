@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sealer_builder::engine::{
     BuildMode, BuildOptions, BuildReport, CONTAINER_IMAGES_ANNOTATION, ContainerImage,
-    ImageListFile, NoObserver, ScanOptions, build, container_images,
+    ImageListFile, NoObserver, ScanOptions, build, container_images, plan_images,
 };
 use sealer_builder::kubefile::parse;
 use sealer_fs_abstraction::tar::{UnpackOptions, unpack};
@@ -579,4 +579,92 @@ fn a_rootfs_that_is_a_chart_carries_its_images() {
         .map(|image| image.image)
         .collect();
     assert_eq!(listed, [format!("{}/team/web:3", upstream.host())]);
+}
+
+/// The references of a plan's one platform, with whether each is in the store.
+fn plan_of(store: &Store, context: &RealFs, kubefile: &str) -> (Vec<(String, bool)>, Vec<String>) {
+    let kubefile = parse(kubefile, "Kubefile").unwrap();
+    let options = BuildOptions {
+        platforms: vec![Platform::host()],
+        ..BuildOptions::default()
+    };
+    let plan = plan_images(&kubefile, context, store, &options).unwrap();
+    assert_eq!(plan.platforms.len(), 1);
+    let images = plan.platforms[0]
+        .images
+        .iter()
+        .map(|image| (image.finding.reference.to_string(), image.present))
+        .collect();
+    (images, plan.warnings)
+}
+
+/// A plan follows the build's steps (COPY and APP place files where the scan looks), never
+/// runs a command (a RUN step's files count once a build cached its layer, and the plan says
+/// so until then), and writes nothing to the store.
+#[test]
+fn a_plan_takes_the_builds_steps_and_runs_no_command() {
+    let (_context_dir, context) = context_with(
+        "apps/web/web.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n  - name: web\n    image: example.invalid/team/web:1\n",
+    );
+    let kubefile = "FROM scratch\nAPP web local://apps/web\nRUN mkdir -p manifests && printf 'apiVersion: v1\\nkind: Pod\\nmetadata:\\n  name: made\\nspec:\\n  containers:\\n  - name: made\\n    image: example.invalid/team/made:2\\n' > manifests/made.yaml\n";
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open_dir(store_dir.path()).unwrap();
+
+    let (images, warnings) = plan_of(&store, &context, kubefile);
+    assert_eq!(
+        images,
+        [("example.invalid/team/web:1".to_owned(), false)],
+        "the APP's file is scanned where the build puts it; the RUN's is not made"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|warning| warning.contains("RUN") && warning.contains("not run")),
+        "{warnings:?}"
+    );
+    assert!(store.images().unwrap().is_empty(), "a plan adds no image");
+
+    // A lite build runs the command and caches its layer: the plan then sees its file.
+    build_for(
+        &store,
+        &context,
+        BuildMode::Lite,
+        kubefile,
+        "localhost/run-cluster:1",
+        vec![Platform::host()],
+    );
+    let (images, warnings) = plan_of(&store, &context, kubefile);
+    assert_eq!(
+        images,
+        [
+            ("example.invalid/team/made:2".to_owned(), false),
+            ("example.invalid/team/web:1".to_owned(), false),
+        ]
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+/// A base image missing from the store is named in the plan's warnings (its files and the
+/// images it carries are unknown), not an error.
+#[test]
+fn a_plan_without_its_base_image_says_what_it_left_out() {
+    let (_context_dir, context) = context_with(
+        "manifests/web.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n  - name: web\n    image: example.invalid/team/web:1\n",
+    );
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open_dir(store_dir.path()).unwrap();
+    let (images, warnings) = plan_of(
+        &store,
+        &context,
+        "FROM example.invalid/base/kubernetes:1.30\nCOPY manifests /manifests/\n",
+    );
+    assert_eq!(images, [("example.invalid/team/web:1".to_owned(), false)]);
+    assert!(
+        warnings
+            .iter()
+            .any(|warning| warning.contains("example.invalid/base/kubernetes:1.30")),
+        "{warnings:?}"
+    );
 }

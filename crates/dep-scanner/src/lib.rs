@@ -30,7 +30,8 @@
 //! What is scanned: a root holding `Chart.yaml` is a chart. Otherwise, below the root:
 //! `manifests/` (`*.yaml`, `*.yml`, `*.json`, `*.tmpl`, `imageList`), `charts/`,
 //! `application/apps/` (YAML, charts, `imageList`), and the root's `imageList`; Kubernetes YAML
-//! and charts elsewhere are named in warnings. A root with none of these is scanned whole.
+//! and charts elsewhere are named in warnings. A root with none of these is scanned whole by
+//! [`scan`]; [`scan_cluster_rootfs`] (what a build carries) scans only those areas.
 //! A directory holding `Chart.yaml` is a Helm chart (its `values.yaml`, `templates/`, `crds/`
 //! and subcharts under `charts/`, whose templates see the parent's values); `.tgz` charts are
 //! read in memory. Only files named `imageList` are image lists. References are normalised
@@ -51,7 +52,7 @@ use sealer_fs_abstraction::{Fs, FsError};
 use sealer_image_store::Reference;
 use serde::Serialize;
 
-pub use tree::{scan, scan_file};
+pub use tree::{scan, scan_cluster_rootfs, scan_file};
 
 /// What to scan besides the tree.
 #[derive(Debug, Clone, Default)]

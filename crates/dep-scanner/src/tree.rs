@@ -26,6 +26,24 @@ const AREAS: [&str; 3] = ["manifests", "charts", "application/apps"];
 /// Scans the tree of `fs` (see the crate documentation for what is scanned) and the extra
 /// lists of `options`.
 pub fn scan(fs: &dyn Fs, options: &ScanOptions) -> Result<ScanReport, ScanError> {
+    scan_tree_or_areas(fs, options, true)
+}
+
+/// Scans a cluster image's rootfs: only its areas (`manifests/`, `charts/`,
+/// `application/apps/`, the root's `imageList`, or the root as a chart), never the rest of a
+/// root that has none of them (a base image's binaries and scripts are not manifests), and
+/// the extra lists of `options`. What `sealer build` carries is decided by this.
+pub fn scan_cluster_rootfs(fs: &dyn Fs, options: &ScanOptions) -> Result<ScanReport, ScanError> {
+    scan_tree_or_areas(fs, options, false)
+}
+
+/// [`scan`] (`whole_without_areas`: a root without areas is scanned whole) or
+/// [`scan_cluster_rootfs`].
+fn scan_tree_or_areas(
+    fs: &dyn Fs,
+    options: &ScanOptions,
+    whole_without_areas: bool,
+) -> Result<ScanReport, ScanError> {
     let mut collector = Collector::default();
     let mut renderer = Renderer {
         helm: options.helm.clone(),
@@ -52,7 +70,7 @@ pub fn scan(fs: &dyn Fs, options: &ScanOptions) -> Result<ScanReport, ScanError>
             warn_outside_areas(fs, &mut collector)?;
         }
     }
-    if !found_area {
+    if !found_area && whole_without_areas {
         scan_tree(fs, ".", &mut renderer, &mut collector)?;
     }
     Ok(finish(collector, options))

@@ -284,9 +284,13 @@ const SCAN_ABOUT: &str = "\
 List the container images a cluster image's tree (or one file) needs, with the file, line and
 rule asking for each.
 
-What is scanned: a directory holding Chart.yaml is a Helm chart (values.yaml, templates/, crds/,
-subcharts under charts/, also as .tgz). In a cluster tree: manifests/, charts/,
-application/apps/ and the root's imageList; Kubernetes YAML or charts elsewhere are named in a
+A build context (a directory with a Kubefile, or -f): what `sealer build` of it would pull
+and carry, from the build's own steps (COPY/APP place files in the rootfs; a RUN step counts
+only once a build cached its layer) and scan, each image marked \"in the store\" or \"to pull\".
+
+What is scanned in a tree: a directory holding Chart.yaml is a Helm chart (values.yaml,
+templates/, crds/, subcharts under charts/, also as .tgz). In a cluster tree: manifests/,
+charts/, application/apps/ and the root's imageList; Kubernetes YAML or charts elsewhere are named in a
 warning. A tree without these is scanned whole. Every document of a YAML file is parsed on its
 own: a broken one (or an alias bomb) is a warning and the others are scanned. Image lists are
 only files named imageList and --image-list files.
@@ -314,10 +318,26 @@ when its name says image, with both otherwise (--image-pull-policy=Always is no 
 /// `sealer scan`.
 #[derive(Debug, clap::Args)]
 pub struct ScanArgs {
-    /// The tree to scan (a build context or an unpacked cluster image root), or one file (a
-    /// YAML manifest, a .tgz chart, an imageList).
+    /// A build context (a directory with a Kubefile, or any with -f): the images
+    /// `sealer build` of it would pull and carry, decided by the build's own steps (COPY,
+    /// APP, a cached RUN) and rules. Else a tree (an unpacked cluster image root) or one
+    /// file (a YAML manifest, a .tgz chart, an imageList).
     #[arg(value_name = "PATH")]
     pub dir: PathBuf,
+    /// The Kubefile (default: PATH/Kubefile when there is one).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Scan PATH as a plain tree even when it holds a Kubefile.
+    #[arg(long, conflicts_with = "file")]
+    pub tree: bool,
+    /// A build argument `KEY=VALUE` for the Kubefile's ARGs, as for `sealer build`.
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_args: Vec<String>,
+    /// Target platforms, comma separated, as for `sealer build` (default: this machine's).
+    #[arg(long, value_name = "OS/ARCH[,…]")]
+    pub platform: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -143,6 +143,26 @@ impl Drop for Tripwire {
     }
 }
 
+/// Copies the example directory `from` into `to`, replacing its placeholder registries
+/// (`upstream-a.invalid`, …) in every file with the addresses of real ones.
+pub fn render_example(from: &Path, to: &Path, replacements: &[(&str, String)]) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            render_example(&entry.path(), &target, replacements)?;
+        } else {
+            let mut text = std::fs::read_to_string(entry.path())?;
+            for (placeholder, value) in replacements {
+                text = text.replace(placeholder, value);
+            }
+            std::fs::write(target, text)?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs `sealer --root ROOT ARGS…` (bounded) and returns its stdout; fails with both
 /// outputs unless it succeeds.
 pub fn run_sealer(root: &Path, args: &[&str]) -> Result<String> {

@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sealer_e2e::{Served, Tripwire, run_sealer, workspace_root};
+use sealer_e2e::{Served, Tripwire, render_example, run_sealer, workspace_root};
 use sealer_image_store::{Digest, Platform};
 use sealer_test_harness::{
     ImageSpec, Registry, RegistryOptions, SeededImage, http_request, require_tools, run_ok,
@@ -32,24 +32,6 @@ fn skopeo(args: &[&str]) -> Vec<u8> {
 
 fn sha256_digest(bytes: &[u8]) -> String {
     Digest::sha256(bytes).to_string()
-}
-
-/// Copies `from` into `to`, replacing the example's placeholder registries.
-fn render(from: &Path, to: &Path, replacements: &[(&str, String)]) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            render(&entry.path(), &target, replacements);
-        } else {
-            let mut text = std::fs::read_to_string(entry.path()).unwrap();
-            for (placeholder, value) in replacements {
-                text = text.replace(placeholder, value);
-            }
-            std::fs::write(target, text).unwrap();
-        }
-    }
 }
 
 struct Dependency {
@@ -130,14 +112,15 @@ fn cluster_image_carries_its_images_and_serves_them_offline() {
 
     // Build the example, rendered with the upstreams' addresses.
     let context = work.path().join("context");
-    render(
+    render_example(
         &workspace_root().join("examples/offline-journey"),
         &context,
         &[
             ("upstream-a.invalid", host_a.clone()),
             ("upstream-b.invalid", host_b.clone()),
         ],
-    );
+    )
+    .unwrap();
     let pinned = dependencies
         .iter()
         .find(|dependency| dependency.pinned)

@@ -5,11 +5,11 @@
 //! `quay.io/a/b:1` and `docker.io/a/b:1` never collide). Blobs are streamed from the store.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use sealer_dep_scanner::{ScanOptions, scan};
-use sealer_fs_abstraction::{FileKind, Fs};
+use sealer_dep_scanner::{Finding, ScanOptions, Warning, scan_cluster_rootfs};
+use sealer_fs_abstraction::Fs;
 use sealer_image_store::model::{PARTIAL_ANNOTATION, REF_NAME_ANNOTATION};
 use sealer_image_store::{
     BlobStore, Descriptor, Index, Ingest, Manifest, Platform, ResolvedImage, Store, StoreError,
@@ -78,50 +78,40 @@ pub(crate) struct DepImage {
     pub(crate) manifest: Manifest,
 }
 
-/// Scans the rootfs made of `layers` and resolves every image found (not already in
-/// `inherited`) for `platform` in the store, pulling the missing ones through `pull`.
-pub(crate) fn collect(
-    store: &Store,
+/// What the rootfs of a build needs: every image its cluster areas name (scanned by
+/// `sealer_dep_scanner::scan_cluster_rootfs`, with the build's image lists), less those the
+/// base carries already. `build` pulls and carries these; `plan_images` (and so
+/// `sealer scan` of a build context) lists them: one decision for both.
+pub(crate) struct FoundImages {
+    /// Each image with the app whose files name it (empty: not an app's).
+    pub(crate) images: Vec<(Finding, String)>,
+    /// References the rootfs names that the base's `registry/` holds already.
+    pub(crate) inherited: Vec<String>,
+    /// What the scan could not use.
+    pub(crate) warnings: Vec<Warning>,
+}
+
+/// Scans the rootfs made of `layers` for the images a build needs ([`FoundImages`]).
+pub(crate) fn find_images(
     ingest: &Ingest<'_>,
     layers: &[Descriptor],
-    platform: &Platform,
     inherited: &BTreeSet<String>,
-    pull: Option<PullFn<'_>>,
     options: &ScanOptions,
-) -> Result<Vec<DepImage>> {
+) -> Result<FoundImages> {
     let rootfs = Rootfs::materialise(ingest, layers)?;
-    let fs = rootfs.fs();
-    let mut any = false;
-    for (area, kind) in [
-        ("manifests", FileKind::Dir),
-        ("charts", FileKind::Dir),
-        ("application/apps", FileKind::Dir),
-        ("imageList", FileKind::File),
-        // A rootfs that is a Helm chart: the scanner reads it as one.
-        ("Chart.yaml", FileKind::File),
-    ] {
-        if fs.exists(Path::new(area))? && fs.metadata(Path::new(area))?.kind == kind {
-            any = true;
-        }
-    }
-    if !any && options.image_lists.is_empty() {
-        return Ok(Vec::new());
-    }
-    let report = scan(fs, options).map_err(|error| BuildError::Io {
+    let report = scan_cluster_rootfs(rootfs.fs(), options).map_err(|error| BuildError::Io {
         what: "scanning the rootfs for images".to_owned(),
         source: std::io::Error::other(error.to_string()),
     })?;
-    for warning in &report.warnings {
-        let at = match warning.line {
-            Some(line) => format!("{}:{line}", warning.file),
-            None => warning.file.to_string(),
-        };
-        tracing::warn!("image scan: {at}: {}", warning.message);
-    }
-    let mut images = Vec::new();
-    for finding in &report.images {
+    let mut found = FoundImages {
+        images: Vec::new(),
+        inherited: Vec::new(),
+        warnings: report.warnings,
+    };
+    for finding in report.images {
         let reference = finding.reference.to_string();
         if inherited.contains(&reference) {
+            found.inherited.push(reference);
             continue;
         }
         let app_name = finding
@@ -132,19 +122,45 @@ pub(crate) fn collect(
                 rest.split_once('/').map(|(app, _)| app.to_owned())
             })
             .unwrap_or_default();
-        // Present only when this platform's image is complete: a multi-arch image pulled
-        // for another platform (an earlier platform of this build) lacks it.
-        let present = match store.resolve(&reference, Some(platform)) {
-            Ok(resolved) if is_complete(store, &resolved)? => Some(resolved),
-            Ok(_)
-            | Err(
-                StoreError::ImageNotFound(_)
-                | StoreError::BlobNotFound(_)
-                | StoreError::PlatformNotCarried { .. },
-            ) => None,
-            Err(error) => return Err(error.into()),
-        };
-        let resolved = match present {
+        found.images.push((finding, app_name));
+    }
+    Ok(found)
+}
+
+/// The image `reference` in the store for `platform`, when it is there complete: a
+/// multi-arch image pulled for another platform (an earlier platform of this build) is not.
+pub(crate) fn present(
+    store: &Store,
+    reference: &str,
+    platform: &Platform,
+) -> Result<Option<ResolvedImage>> {
+    match store.resolve(reference, Some(platform)) {
+        Ok(resolved) if is_complete(store, &resolved)? => Ok(Some(resolved)),
+        Ok(_)
+        | Err(
+            StoreError::ImageNotFound(_)
+            | StoreError::BlobNotFound(_)
+            | StoreError::PlatformNotCarried { .. },
+        ) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Resolves every image of `found` for `platform` in the store, pulling the missing ones
+/// through `pull`.
+pub(crate) fn collect(
+    store: &Store,
+    found: FoundImages,
+    platform: &Platform,
+    pull: Option<PullFn<'_>>,
+) -> Result<Vec<DepImage>> {
+    for warning in &found.warnings {
+        tracing::warn!("image scan: {warning}");
+    }
+    let mut images = Vec::new();
+    for (finding, app_name) in found.images {
+        let reference = finding.reference.to_string();
+        let resolved = match present(store, &reference, platform)? {
             Some(resolved) => resolved,
             None => {
                 let Some(pull) = pull else {

@@ -206,6 +206,115 @@ pub fn build(
     options: &BuildOptions<'_>,
     observer: &mut dyn BuildObserver,
 ) -> Result<BuildReport> {
+    run_build(kubefile, context, store, options, observer, Run::Build).map(|done| done.report)
+}
+
+/// The images a [`build`] of `kubefile` with these options would pull and carry, per
+/// platform, decided by the same steps and the same scan as the build, without building:
+/// nothing is added to the store or the layer cache. COPY/ADD/APP steps are read from
+/// `context` (remote sources through [`BuildOptions::fetch`]); a RUN step's files are known
+/// only when the layer cache has its layer (an earlier build), otherwise the plan says so in
+/// [`ImagePlan::warnings`]. A base image must be in the store ([`BuildOptions::pull`] is
+/// used when given); without it the plan warns that the base's files and carried images are
+/// left out.
+pub fn plan_images(
+    kubefile: &Kubefile,
+    context: &dyn Fs,
+    store: &Store,
+    options: &BuildOptions<'_>,
+) -> Result<ImagePlan> {
+    let done = run_build(
+        kubefile,
+        context,
+        store,
+        options,
+        &mut NoObserver,
+        Run::Plan,
+    )?;
+    Ok(ImagePlan {
+        platforms: done.plans,
+        warnings: done.report.warnings,
+    })
+}
+
+/// What [`plan_images`] found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImagePlan {
+    /// One entry per target platform, in the build's order.
+    pub platforms: Vec<PlatformImages>,
+    /// What the plan could not take into account (RUN steps without a cached layer, a base
+    /// image missing from the store) and the build's own warnings.
+    pub warnings: Vec<String>,
+}
+
+/// The images a build carries for one platform.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlatformImages {
+    /// `os/arch[/variant]`.
+    #[serde(serialize_with = "display")]
+    pub platform: Platform,
+    /// What the build pulls (those not [`PlannedImage::present`]) and carries in `registry/`.
+    pub images: Vec<PlannedImage>,
+    /// Images the rootfs names that the base image carries already (neither pulled nor
+    /// carried again).
+    pub inherited: Vec<String>,
+    /// What the dependency scan could not use (a file, a line, why).
+    pub scan_warnings: Vec<sealer_dep_scanner::Warning>,
+}
+
+/// One image a build carries.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlannedImage {
+    /// The reference, where it was found and whether only runtime rules found it.
+    #[serde(flatten)]
+    pub finding: sealer_dep_scanner::Finding,
+    /// The app whose files name it (empty: not an app's).
+    pub app: String,
+    /// Whether the store holds it complete for the platform already (the build does not
+    /// pull it).
+    pub present: bool,
+}
+
+fn display<T: std::fmt::Display, S: serde::Serializer>(
+    value: &T,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
+/// Whether [`run_build`] builds, or only plans the images ([`plan_images`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    Build,
+    Plan,
+}
+
+/// What [`run_build`] did.
+struct Done {
+    report: BuildReport,
+    /// [`Run::Plan`]: the images of each platform.
+    plans: Vec<PlatformImages>,
+}
+
+/// The build's steps, for [`build`] and [`plan_images`]: one path, so both decide alike.
+fn run_build(
+    kubefile: &Kubefile,
+    context: &dyn Fs,
+    store: &Store,
+    options: &BuildOptions<'_>,
+    observer: &mut dyn BuildObserver,
+    run: Run,
+) -> Result<Done> {
+    let plan = run == Run::Plan;
+    // A plan's layers are read back once and dropped: compressing them only costs. The
+    // cache keys still name the build's compression, so RUN layers cached by a build are
+    // found.
+    let layer_compression = if plan {
+        LayerCompression::Uncompressed
+    } else {
+        options.compression
+    };
+    let mut plans = Vec::new();
     let platforms = if options.platforms.is_empty() {
         vec![Platform::host()]
     } else {
@@ -239,7 +348,24 @@ pub fn build(
                 images: Vec::new(),
             }
         } else {
-            base_state(store, &base.node.image, platform, options)?
+            match base_state(store, &base.node.image, platform, options) {
+                Ok(state) => state,
+                Err(BuildError::Base { reference, message }) if plan => {
+                    report.warnings.push(format!(
+                        "base image {reference} ({platform}): {message}; its files and the images it carries are left out (sealer pull {reference} first)"
+                    ));
+                    ImageState {
+                        layers: Vec::new(),
+                        diff_ids: Vec::new(),
+                        history: Vec::new(),
+                        labels: BTreeMap::new(),
+                        extension: ImageExtension::default(),
+                        key: CacheKey::scratch(),
+                        images: Vec::new(),
+                    }
+                }
+                Err(error) => return Err(error),
+            }
         };
         state.key = state.key.next(
             &format!(
@@ -277,6 +403,17 @@ pub fn build(
             };
             observer.step_started(&info);
             let started = Instant::now();
+            // A plan never runs commands: a RUN step whose layer neither this run nor the
+            // cache has is skipped.
+            let run_unknown = match &instruction {
+                Instruction::Run(_) if plan => {
+                    let key = state
+                        .key
+                        .next(&text, &InputDigest::of_env(step.env.clone()));
+                    !new_entries.iter().any(|(made, _)| *made == key) && cache.get(&key)?.is_none()
+                }
+                _ => false,
+            };
             let mut layer_step = |state: &mut ImageState,
                                   key: CacheKey,
                                   make: &mut dyn FnMut() -> Result<BuiltLayer>|
@@ -425,7 +562,7 @@ pub fn build(
                             );
                         }
                         let written =
-                            write_layer(&tree, context, epoch, options.compression, &ingest);
+                            write_layer(&tree, context, epoch, layer_compression, &ingest);
                         drop(extracted);
                         written
                     })?;
@@ -484,7 +621,7 @@ pub fn build(
                     let detected = detect_app(&tree, &app_dir);
                     let key = state.key.next(&text, &input.finish());
                     let outcome = layer_step(&mut state, key, &mut || {
-                        write_layer(&tree, context, epoch, options.compression, &ingest)
+                        write_layer(&tree, context, epoch, layer_compression, &ingest)
                     })?;
                     let (app_type, files) = match detected {
                         Some((app_type, files)) => {
@@ -511,6 +648,20 @@ pub fn build(
                         .key
                         .next(&text, &InputDigest::of_env(step.env.clone()));
                     let layers = state.layers.clone();
+                    if run_unknown {
+                        // A plan never runs commands: only a layer an earlier build cached
+                        // shows what this one makes.
+                        report.warnings.push(format!(
+                            "step {} ({platform}): {text}: not run, so the files it makes are not scanned (a build caches its layer; scan again after one)",
+                            index + 1
+                        ));
+                        state.key = key;
+                        observer.step_finished(&info, StepOutcome::Metadata(started.elapsed()));
+                        report
+                            .steps
+                            .push((info, StepOutcome::Metadata(started.elapsed())));
+                        continue;
+                    }
                     layer_step(&mut state, key, &mut || {
                         let host = Platform::host();
                         if platform.os != host.os || platform.architecture != host.architecture {
@@ -523,7 +674,7 @@ pub fn build(
                         }
                         let rootfs = Rootfs::materialise(&ingest, &layers)?;
                         let tree = rootfs.run(span, command, &step.env)?;
-                        write_layer(&tree, rootfs.fs(), epoch, options.compression, &ingest)
+                        write_layer(&tree, rootfs.fs(), epoch, layer_compression, &ingest)
                     })?
                 }
                 Instruction::Env(_) => StepOutcome::Metadata(started.elapsed()),
@@ -590,21 +741,33 @@ pub fn build(
             state.labels.insert(key.clone(), value.clone());
         }
         let mut annotations = options.annotations.clone();
-        if options.build_mode == BuildMode::Full {
+        if options.build_mode == BuildMode::Full || plan {
             let inherited = state
                 .images
                 .iter()
                 .map(|image| image.image.clone())
                 .collect();
-            let images = deps::collect(
-                store,
-                &ingest,
-                &state.layers,
-                platform,
-                &inherited,
-                options.pull,
-                &options.scan,
-            )?;
+            let found = deps::find_images(&ingest, &state.layers, &inherited, &options.scan)?;
+            if plan {
+                let mut images = Vec::new();
+                for (finding, app) in found.images {
+                    let present =
+                        deps::present(store, &finding.reference.to_string(), platform)?.is_some();
+                    images.push(PlannedImage {
+                        finding,
+                        app,
+                        present,
+                    });
+                }
+                plans.push(PlatformImages {
+                    platform: platform.clone(),
+                    images,
+                    inherited: found.inherited,
+                    scan_warnings: found.warnings,
+                });
+                continue;
+            }
+            let images = deps::collect(store, found, platform, options.pull)?;
             if !images.is_empty() {
                 let text = deps::cache_text(&images);
                 let key = state.key.next(&text, &InputDigest::none());
@@ -662,6 +825,10 @@ pub fn build(
         report.manifests.push((platform.clone(), descriptor));
     }
 
+    if plan {
+        // Nothing of a plan is kept: the ingest is dropped, no cache entry is recorded.
+        return Ok(Done { report, plans });
+    }
     report.descriptor = if report.manifests.len() == 1 {
         let (_, descriptor) = &report.manifests[0];
         descriptor.clone()
@@ -694,7 +861,7 @@ pub fn build(
         cache.put(key, entry)?;
     }
     cache.save_stat_cache(context, &mut stat)?;
-    Ok(report)
+    Ok(Done { report, plans })
 }
 
 /// The file name a downloaded source gets: the last segment of the URL's path.

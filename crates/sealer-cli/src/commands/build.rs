@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -10,8 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sealer_builder::engine::{
     BuildMode, BuildObserver, BuildOptions, LayerCompression, StepInfo, StepOutcome, build,
 };
-use sealer_builder::kubefile::{self, DEFAULT_NAME};
-use sealer_dep_scanner::ScanOptions;
+use sealer_builder::kubefile::{self, DEFAULT_NAME, Kubefile};
 use sealer_fs_abstraction::RealFs;
 use sealer_image_store::{Platform, Reference, Store};
 use sealer_registry_client::PlatformSelection;
@@ -72,7 +71,7 @@ impl BuildObserver for Steps {
 }
 
 /// `KEY=VALUE` pairs of a repeatable flag.
-fn pairs(flag: &str, values: &[String]) -> Result<BTreeMap<String, String>> {
+pub(super) fn pairs(flag: &str, values: &[String]) -> Result<BTreeMap<String, String>> {
     values
         .iter()
         .map(|value| match value.split_once('=') {
@@ -82,28 +81,68 @@ fn pairs(flag: &str, values: &[String]) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
-pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
-    let context = RealFs::open_root(&args.context)
-        .with_context(|| format!("opening the build context {}", args.context.display()))?;
-    let kubefile = match &args.file {
+/// Opens the build context `dir` and parses its Kubefile (`file`, default
+/// `dir/Kubefile`); its warnings go to stderr.
+pub(super) fn open_context(dir: &Path, file: Option<&Path>) -> Result<(RealFs, Kubefile)> {
+    let context = RealFs::open_root(dir)
+        .with_context(|| format!("opening the build context {}", dir.display()))?;
+    let kubefile = match file {
         Some(file) => {
             let (fs, name) = split_file(file)?;
             let parsed = kubefile::parse_file(&fs, &name);
             parsed.with_context(|| format!("reading {}", file.display()))?
         }
         None => kubefile::parse_file(&context, Path::new(DEFAULT_NAME))
-            .with_context(|| format!("reading {}/{DEFAULT_NAME}", args.context.display()))?,
+            .with_context(|| format!("reading {}/{DEFAULT_NAME}", dir.display()))?,
     };
     for warning in &kubefile.warnings {
         tell!("{warning}");
     }
-    let platforms = match &args.platform {
-        Some(list) => list
+    Ok((context, kubefile))
+}
+
+/// `--platform`'s comma-separated list (empty: the host's).
+pub(super) fn parse_platforms(list: Option<&str>) -> Result<Vec<Platform>> {
+    match list {
+        Some(list) => Ok(list
             .split(',')
             .map(|text| Platform::parse(text.trim()))
-            .collect::<Result<Vec<_>, _>>()?,
-        None => Vec::new(),
-    };
+            .collect::<Result<Vec<_>, _>>()?),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The engine's fetch hook: downloads `http(s)://` sources, the downloader made on first
+/// use.
+pub(super) struct Fetcher<'a> {
+    ca_files: &'a [PathBuf],
+    downloader: std::cell::OnceCell<Downloader>,
+}
+
+impl<'a> Fetcher<'a> {
+    pub(super) fn new(ca_files: &'a [PathBuf]) -> Self {
+        Self {
+            ca_files,
+            downloader: std::cell::OnceCell::new(),
+        }
+    }
+
+    pub(super) fn fetch(&self, url: &str, into: &mut dyn Write) -> Result<(), String> {
+        let downloader = match self.downloader.get() {
+            Some(downloader) => downloader,
+            None => {
+                let made = Downloader::new(self.ca_files).map_err(|e| format!("{e:#}"))?;
+                self.downloader.get_or_init(|| made)
+            }
+        };
+        tell!("Downloading {url}");
+        downloader.get_into(url, into).map_err(|e| format!("{e:#}"))
+    }
+}
+
+pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
+    let (context, kubefile) = open_context(&args.context, args.file.as_deref())?;
+    let platforms = parse_platforms(args.platform.as_deref())?;
     let tags = args
         .tags
         .iter()
@@ -145,19 +184,8 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
             .map(|_| ())
             .map_err(|e| format!("pulling: {}", sealer_registry_client::error_chain(&e)))
     };
-    let downloader = std::cell::OnceCell::new();
-    let fetch = |url: &str, into: &mut dyn std::io::Write| -> Result<(), String> {
-        let downloader = match downloader.get() {
-            Some(downloader) => downloader,
-            None => {
-                let made =
-                    Downloader::new(&args.registry.ca_files).map_err(|e| format!("{e:#}"))?;
-                downloader.get_or_init(|| made)
-            }
-        };
-        tell!("Downloading {url}");
-        downloader.get_into(url, into).map_err(|e| format!("{e:#}"))
-    };
+    let fetcher = Fetcher::new(&args.registry.ca_files);
+    let fetch = |url: &str, into: &mut dyn Write| fetcher.fetch(url, into);
     let options = BuildOptions {
         tags,
         build_args: pairs("--build-arg", &args.build_args)?,
@@ -176,12 +204,7 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
             BuildModeArg::Full => BuildMode::Full,
             BuildModeArg::Lite => BuildMode::Lite,
         },
-        // The image scan also renders charts when helm is on PATH (skipped otherwise).
-        scan: ScanOptions {
-            image_lists: super::scan::read_lists(&args.image_lists)?,
-            ignored_image_lists: super::scan::read_lists(&args.ignored_image_lists)?,
-            helm: Some("helm".into()),
-        },
+        scan: super::scan::scan_options(&args.image_lists, &args.ignored_image_lists, false)?,
     };
     let mut steps = Steps {
         spinner: None,

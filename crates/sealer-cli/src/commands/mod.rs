@@ -43,7 +43,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Push(args) => push::run(&existing()?, &args),
         Command::Login(args) => login::login(&args),
         Command::Logout(args) => login::logout(&args),
-        Command::Scan(args) => scan::run(&args),
+        Command::Scan(args) => scan::run(cli.root.as_deref(), &args),
         Command::Registry { command } => registry::run(cli.root.as_deref(), &command),
     }
 }
