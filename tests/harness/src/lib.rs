@@ -35,7 +35,9 @@ pub use fault::{Fault, FaultProxy, ProxiedRequest};
 pub use http::{HttpResponse, http_get, http_request};
 pub use moto::{Moto, MotoMode, moto_server_path, require_moto};
 pub use process::{run_bounded, run_ok};
-pub use registry::{AccessEntry, ProxyUpstream, Registry, RegistryAuth, RegistryOptions};
+pub use registry::{
+    AccessEntry, ProxyUpstream, Registry, RegistryAuth, RegistryOptions, S3Storage,
+};
 pub use sealer_image_store::testing::ImageSpec;
 pub use seed::{SeededImage, SeededPlatform, seed_image};
 pub use token::{AnonymousAccess, TokenOptions, TokenRequest, TokenServer};

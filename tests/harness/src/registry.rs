@@ -68,6 +68,19 @@ pub struct RegistryOptions<'a> {
     pub auth: RegistryAuth<'a>,
     /// Pull-through mode: `None` for an ordinary registry.
     pub proxy: Option<ProxyUpstream>,
+    /// Storage in an S3 bucket (distribution's `s3` driver) instead of a temp directory.
+    pub s3: Option<S3Storage>,
+}
+
+/// distribution's `s3` storage driver settings, for a bucket on a loopback S3 server (moto).
+#[derive(Debug, Clone)]
+pub struct S3Storage {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// The bucket (it must exist).
+    pub bucket: String,
+    /// Where in the bucket (`rootdirectory`), e.g. `/distribution`.
+    pub root: String,
 }
 
 impl<'a> RegistryOptions<'a> {
@@ -80,7 +93,7 @@ impl<'a> RegistryOptions<'a> {
     pub fn htpasswd(user: &'a str, password: &'a str) -> Self {
         Self {
             auth: RegistryAuth::Htpasswd { user, password },
-            proxy: None,
+            ..Self::default()
         }
     }
 
@@ -88,7 +101,7 @@ impl<'a> RegistryOptions<'a> {
     pub fn token(server: &'a TokenServer) -> Self {
         Self {
             auth: RegistryAuth::Token(server),
-            proxy: None,
+            ..Self::default()
         }
     }
 }
@@ -205,9 +218,21 @@ impl Registry {
         };
         let storage = dir.path().join("storage");
         std::fs::create_dir(&storage)?;
+        let driver = match &options.s3 {
+            None => format!(
+                "  filesystem:\n    rootdirectory: {}\n",
+                quote(path_str(&storage)?)
+            ),
+            // Blobs are served through the registry, as ours are (no redirect to the bucket).
+            Some(s3) => format!(
+                "  s3:\n    region: us-east-1\n    bucket: {}\n    regionendpoint: {}\n    rootdirectory: {}\n    accesskey: sealer-test\n    secretkey: sealer-test\n    secure: false\n    v4auth: true\n  redirect:\n    disable: true\n",
+                quote(&s3.bucket),
+                quote(&s3.endpoint),
+                quote(&s3.root)
+            ),
+        };
         let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:@PORT@\n  secret: sealer-harness-secret\n{auth}{proxy}",
-            quote(path_str(&storage)?)
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n{driver}  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:@PORT@\n  secret: sealer-harness-secret\n{auth}{proxy}"
         );
         let mut registry = Self {
             dir,
@@ -352,6 +377,9 @@ impl Registry {
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config_path)
+            // Its AWS SDK refuses to start when a CA bundle is named (its transport cannot
+            // take one), and loopback S3 is plain HTTP anyway.
+            .env_remove("AWS_CA_BUNDLE")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

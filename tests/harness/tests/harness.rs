@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use sealer_image_store::Platform;
 use sealer_test_harness::{
     Fault, FaultProxy, ImageSpec, Moto, MotoMode, ProxyUpstream, Registry, RegistryOptions,
-    SeededImage, TokenOptions, TokenServer, http_get, http_request, require_moto, require_tools,
-    run_bounded, run_ok, seed_image,
+    S3Storage, SeededImage, TokenOptions, TokenServer, http_get, http_request, require_moto,
+    require_tools, run_bounded, run_ok, seed_image,
 };
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -529,4 +529,68 @@ fn moto_serves_a_bucket_and_stops_on_drop() {
             "{mode:?}: still answering"
         );
     }
+}
+
+/// distribution with its `s3` driver on moto (the peer of the replicas benchmark): a pushed
+/// image reads back byte for byte, and its blobs are objects in the bucket.
+#[test]
+fn distribution_stores_images_in_a_moto_bucket() {
+    require_tools!("docker-registry", "skopeo");
+    if !require_moto() {
+        return;
+    }
+    let moto = Moto::start_with(MotoMode::Threaded).unwrap();
+    let registry = Registry::start(RegistryOptions {
+        s3: Some(S3Storage {
+            endpoint: moto.endpoint(),
+            bucket: moto.bucket().to_owned(),
+            root: "/distribution".to_owned(),
+        }),
+        ..RegistryOptions::anonymous()
+    })
+    .unwrap();
+    let image = seed_image(&registry.host(), "team/app:1", &small_spec(21), None).unwrap();
+    let raw = run_ok(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/team/app:1", registry.host()),
+        ],
+        SKOPEO,
+    )
+    .unwrap_or_else(|error| panic!("{error:#}\nlog:\n{}", registry.log()));
+    assert_eq!(sha256(&raw), image.manifest_digest);
+    let layer = big_layer(&image);
+    let blob = http_get(
+        &format!("{}/v2/team/app/blobs/{layer}", registry.url()),
+        HTTP,
+    )
+    .unwrap();
+    assert_eq!(blob.status, 200);
+    assert_eq!(sha256(&blob.body), layer);
+    // The blob is an object of the bucket, not a file of the registry's directory.
+    let hex = layer.trim_start_matches("sha256:");
+    let listing = http_get(
+        &format!(
+            "{}/{}?list-type=2&prefix=distribution/docker/registry/v2/blobs/sha256/{}/{hex}",
+            moto.endpoint(),
+            moto.bucket(),
+            &hex[..2]
+        ),
+        HTTP,
+    )
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&listing.body).contains(hex),
+        "{}",
+        String::from_utf8_lossy(&listing.body)
+    );
+    #[allow(clippy::disallowed_methods)] // Looking at the peer's own directory.
+    let empty = std::fs::read_dir(registry.storage_dir())
+        .unwrap()
+        .next()
+        .is_none();
+    assert!(empty, "nothing on the registry's disk");
 }
