@@ -56,6 +56,23 @@ pub enum Fault {
         /// Substring of the request target.
         path_contains: String,
     },
+    /// Close the connection as soon as the request head is read, answering nothing (a
+    /// server that is down or resets). Applies to every matching request.
+    Refuse {
+        /// Substring of the request target.
+        path_contains: String,
+    },
+    /// Forward the response head and the first `bytes` bytes of the body, then send nothing
+    /// more while keeping the connection open (an upstream that stalls mid-transfer). Applies
+    /// to the first `times` matching 2xx responses that have a `Content-Length` body.
+    StallAfter {
+        /// Substring of the request target.
+        path_contains: String,
+        /// Body bytes forwarded before the stall.
+        bytes: u64,
+        /// How many responses to stall.
+        times: usize,
+    },
 }
 
 impl Fault {
@@ -84,13 +101,31 @@ impl Fault {
         }
     }
 
+    /// Refuse every matching request.
+    pub fn refuse(path_contains: &str) -> Self {
+        Self::Refuse {
+            path_contains: path_contains.to_owned(),
+        }
+    }
+
+    /// Stall the first matching response after `bytes` body bytes.
+    pub fn stall_after(path_contains: &str, bytes: u64) -> Self {
+        Self::StallAfter {
+            path_contains: path_contains.to_owned(),
+            bytes,
+            times: 1,
+        }
+    }
+
     /// The substring requests must contain, `None` for [`Fault::None`].
     fn pattern(&self) -> Option<&str> {
         match self {
             Self::None => None,
             Self::CutAfter { path_contains, .. }
             | Self::FlipByte { path_contains, .. }
-            | Self::Hang { path_contains } => Some(path_contains),
+            | Self::StallAfter { path_contains, .. }
+            | Self::Hang { path_contains }
+            | Self::Refuse { path_contains } => Some(path_contains),
         }
     }
 
@@ -98,8 +133,10 @@ impl Fault {
     fn times(&self) -> usize {
         match self {
             Self::None => 0,
-            Self::CutAfter { times, .. } | Self::FlipByte { times, .. } => *times,
-            Self::Hang { .. } => usize::MAX,
+            Self::CutAfter { times, .. }
+            | Self::FlipByte { times, .. }
+            | Self::StallAfter { times, .. } => *times,
+            Self::Hang { .. } | Self::Refuse { .. } => usize::MAX,
         }
     }
 }
@@ -140,6 +177,7 @@ struct Shared {
 enum Action {
     Cut(u64),
     Flip(u64),
+    Stall(u64),
 }
 
 /// A running proxy on `127.0.0.1:PORT`. Dropping it stops accepting and closes every
@@ -298,7 +336,7 @@ fn proxy_one(shared: &Shared, id: u64, client: &TcpStream) -> Result<bool> {
     let target = request_line.next().unwrap_or_default().to_owned();
 
     // Match the request against the fault.
-    let (matched, hang) = {
+    let (matched, hang, refuse) = {
         let mut state = shared.fault.lock().unwrap_or_else(PoisonError::into_inner);
         let matched = state
             .fault
@@ -306,10 +344,11 @@ fn proxy_one(shared: &Shared, id: u64, client: &TcpStream) -> Result<bool> {
             .is_some_and(|pattern| target.contains(pattern))
             && state.applied < state.fault.times();
         let hang = matched && matches!(state.fault, Fault::Hang { .. });
-        if hang {
+        let refuse = matched && matches!(state.fault, Fault::Refuse { .. });
+        if hang || refuse {
             state.applied += 1;
         }
-        (matched, hang)
+        (matched, hang, refuse)
     };
     let record = {
         let mut requests = shared
@@ -319,12 +358,15 @@ fn proxy_one(shared: &Shared, id: u64, client: &TcpStream) -> Result<bool> {
         requests.push(ProxiedRequest {
             method: method.clone(),
             target,
-            faulted: hang,
+            faulted: hang || refuse,
         });
         requests.len() - 1
     };
     if hang {
         return Ok(true);
+    }
+    if refuse {
+        return Ok(false);
     }
 
     let upstream = match TcpStream::connect_timeout(&shared.upstream, CONNECT_TIMEOUT) {
@@ -385,7 +427,8 @@ fn proxy_one(shared: &Shared, id: u64, client: &TcpStream) -> Result<bool> {
             match state.fault {
                 Fault::CutAfter { bytes, .. } => Some(Action::Cut(bytes)),
                 Fault::FlipByte { offset, .. } => Some(Action::Flip(offset)),
-                Fault::None | Fault::Hang { .. } => None,
+                Fault::StallAfter { bytes, .. } => Some(Action::Stall(bytes)),
+                Fault::None | Fault::Hang { .. } | Fault::Refuse { .. } => None,
             }
         } else {
             None
@@ -425,6 +468,13 @@ fn proxy_one(shared: &Shared, id: u64, client: &TcpStream) -> Result<bool> {
                 client_writer.write_all(&chunk[..keep.min(chunk.len())])?;
                 client_writer.flush()?;
                 return Ok(false);
+            }
+            Some(Action::Stall(limit)) if offset + length >= limit => {
+                let keep = usize::try_from(limit.saturating_sub(offset)).unwrap_or(usize::MAX);
+                client_writer.write_all(&chunk[..keep.min(chunk.len())])?;
+                client_writer.flush()?;
+                // Open and silent until the proxy is dropped.
+                return Ok(true);
             }
             Some(Action::Flip(at)) if (offset..offset + length).contains(&at) => {
                 let index = usize::try_from(at - offset).unwrap_or(0);

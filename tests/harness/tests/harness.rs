@@ -402,6 +402,29 @@ fn fault_proxy_flips_a_byte_until_told_otherwise() {
 }
 
 #[test]
+fn fault_proxy_refuses_then_stalls_mid_body() {
+    require_tools!("docker-registry", "skopeo");
+    let registry = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let image = seed_image(&registry.host(), "stall/app:1", &small_spec(6), None).unwrap();
+    let layer = big_layer(&image);
+    let proxy = FaultProxy::in_front_of(&registry.host(), Fault::refuse("")).unwrap();
+    let url = format!("{}/v2/stall/app/blobs/{layer}", proxy.url());
+    // Down: the connection closes with no answer, and nothing reaches the upstream.
+    assert!(http_get(&url, HTTP).is_err());
+    assert_eq!(registry.blob_gets(Some(&layer)), 0);
+
+    proxy.set_fault(Fault::stall_after(&layer, 1000));
+    let stalled = http_get(&url, Duration::from_secs(1)).unwrap_err();
+    assert!(format!("{stalled:#}").contains("timed out"), "{stalled:#}");
+    // The stall applies once: the next GET passes whole.
+    let whole = http_get(&url, HTTP).unwrap();
+    assert!(whole.complete);
+    assert_eq!(sha256(&whole.body), layer);
+    // Counted since the fault was set.
+    assert_eq!(proxy.faults_applied(), 1);
+}
+
+#[test]
 fn fault_proxy_hang_never_answers() {
     require_tools!("docker-registry");
     let registry = Registry::start(RegistryOptions::anonymous()).unwrap();
