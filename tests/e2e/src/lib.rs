@@ -197,7 +197,12 @@ pub struct Served {
 impl Served {
     /// Starts it on a free port, its stderr in `log`; returns once `/v2/` answers 200.
     pub fn start(root: &Path, args: &[&str], log: &Path) -> Result<Self> {
-        let port = free_port()?;
+        Self::start_on(free_port()?, root, args, log)
+    }
+
+    /// [`Served::start`] on `port` (a configuration that names its own address, such as a
+    /// replica's advertised URL, needs the port first).
+    pub fn start_on(port: u16, root: &Path, args: &[&str], log: &Path) -> Result<Self> {
         let child = Command::new(sealer_binary()?)
             .arg("--root")
             .arg(root)
@@ -234,6 +239,12 @@ impl Served {
     /// `127.0.0.1:PORT`.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it at once (SIGKILL: no shutdown, as a crash) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Its log so far.
