@@ -10,6 +10,8 @@
 //!   tag lists are listings (S3 lists keys in byte order).
 //! * `repositories/<name>/manifests/<alg>/<hex>`: one link object per manifest a repository
 //!   holds.
+//! * `fills/<alg>/<hex>`: the fill lease of a blob being fetched from an upstream: which
+//!   replica fetches it, until when (see [`Bucket::acquire_fill_lease`]).
 //! * `uploads/<id>/state.json`: a chunked upload's state (offset, parts, serialized SHA-256
 //!   state), advanced with `If-Match`, so its PATCHes may reach any replica; its bytes are
 //!   parts of a multipart upload of `uploads/<id>/data` plus a tail object below the part
@@ -19,6 +21,8 @@
 
 mod blobs;
 mod config;
+mod leases;
+mod presign;
 mod tags;
 mod uploads;
 
@@ -28,10 +32,13 @@ use object_store::ObjectStore;
 use object_store::aws::AmazonS3;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
+use object_store::signer::Signer;
 use sealer_image_store::Digest;
 
 pub use blobs::{BlobPut, BlobRead, BlobStat};
 pub use config::{BucketConfig, BucketConfigError};
+pub use leases::{Acquire, LEASE_ATTEMPTS, Lease, LeaseError};
+pub use presign::MAX_PRESIGNED_EXPIRY;
 pub use tags::{TagOutcome, TagPage, TagWrite};
 pub use uploads::UploadState;
 
@@ -172,6 +179,8 @@ pub struct Bucket {
     /// The same store, for the multipart calls of chunked uploads, whose parts arrive on
     /// different replicas.
     multipart: Arc<dyn MultipartStore>,
+    /// The same store, for presigned URLs; `None` for stores that cannot sign.
+    signer: Option<Arc<dyn Signer>>,
     prefix: Path,
 }
 
@@ -187,8 +196,11 @@ impl std::fmt::Debug for Bucket {
 impl Bucket {
     /// Opens the bucket a configuration names (no request is sent).
     pub fn open(config: &BucketConfig) -> Result<Self, BucketConfigError> {
-        let store: AmazonS3 = config.build()?;
-        Ok(Self::with_store(Arc::new(store), config.prefix.as_deref()))
+        let store = Arc::new(config.build()?);
+        let signer: Arc<dyn Signer> = store.clone();
+        let mut bucket = Self::with_store::<AmazonS3>(store, config.prefix.as_deref());
+        bucket.signer = Some(signer);
+        Ok(bucket)
     }
 
     /// A bucket over any object store (tests use `object_store::memory::InMemory`), its
@@ -203,6 +215,7 @@ impl Bucket {
         Self {
             store: store.clone(),
             multipart: store,
+            signer: None,
             prefix,
         }
     }
