@@ -194,7 +194,10 @@ impl std::fmt::Debug for PeerFill {
     }
 }
 
-/// Where the peer route reads fills from (the server's fill registry).
+/// Where the peer route reads fills from (the server's fill registry). Over `fill.rs`: the
+/// fill of the digest in flight (`Fills::get`), its `size()` (an error when it failed), and
+/// `follow(offset.min(size)..size)`, whose follower holds its last piece back until the digest
+/// is verified and fails when the fill does.
 #[async_trait::async_trait]
 pub trait PeerFillSource: Send + Sync + 'static {
     /// The fill of `digest` running on this replica, followed from `offset`; `Ok(None)` when

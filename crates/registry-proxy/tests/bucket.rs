@@ -517,16 +517,16 @@ fn fill_lease_expired_is_taken_over_by_exactly_one_of_several() {
     let digest = Digest::sha256(b"the holder died");
     runtime().block_on(async {
         let dead = replicas[0]
-            .acquire_fill_lease(&digest, "http://10.0.0.99:5000", Duration::from_millis(200))
+            .acquire_fill_lease(&digest, "http://10.0.0.99:5000", Duration::from_secs(2))
             .await
             .unwrap();
         assert!(matches!(dead, Acquire::Acquired(_)), "{dead:?}");
-        // Still live: nobody takes it.
+        // Still live (a TTL far above the time this takes): nobody takes it.
         let (won, told) = race_for_lease(&replicas[1..2], &digest, Duration::from_secs(60)).await;
         assert!(won.is_empty());
         assert_eq!(told, ["http://10.0.0.99:5000"]);
 
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         let (won, told) = race_for_lease(&replicas, &digest, Duration::from_secs(60)).await;
         assert_eq!(won.len(), 1, "exactly one taker wins: {won:?}");
         let (winner, lease) = &won[0];
