@@ -441,6 +441,22 @@ fn holder(index: usize) -> String {
     format!("http://10.0.0.{index}:5000")
 }
 
+/// `bucket` asks for the lease of `digest` as replica `index`.
+async fn acquire(bucket: &Bucket, digest: &Digest, index: usize, ttl: Duration) -> Acquire {
+    bucket
+        .acquire_fill_lease(digest, &holder(index), ttl)
+        .await
+        .unwrap()
+}
+
+/// Like [`acquire`], for a lease that must be free.
+async fn acquired(bucket: &Bucket, digest: &Digest, index: usize, ttl: Duration) -> Lease {
+    match acquire(bucket, digest, index, ttl).await {
+        Acquire::Acquired(lease) => lease,
+        other => panic!("replica {index} expected the lease of {digest}, got {other:?}"),
+    }
+}
+
 /// Every replica asks for the lease of `digest` at once; returns who got it (index, lease)
 /// and the holders the others were told about.
 async fn race_for_lease(
@@ -452,13 +468,7 @@ async fn race_for_lease(
     for (index, bucket) in replicas.iter().enumerate() {
         let bucket = bucket.clone();
         let digest = digest.clone();
-        racers.spawn(async move {
-            let outcome = bucket
-                .acquire_fill_lease(&digest, &holder(index), ttl)
-                .await
-                .unwrap();
-            (index, outcome)
-        });
+        racers.spawn(async move { (index, acquire(&bucket, &digest, index, ttl).await) });
     }
     let (mut won, mut told) = (Vec::new(), Vec::new());
     while let Some(result) = racers.join_next().await {
@@ -499,14 +509,9 @@ fn fill_lease_sixteen_concurrent_acquirers_exactly_one_wins() {
                 .await
                 .unwrap()
         );
-        match replicas[0]
-            .acquire_fill_lease(&digest, &holder(0), Duration::from_secs(60))
-            .await
-            .unwrap()
-        {
-            Acquire::Acquired(lease) => assert_eq!(lease.generation(), 1),
-            other => panic!("a released lease is free again, got {other:?}"),
-        }
+        // A released lease is free again.
+        let fresh = acquired(&replicas[0], &digest, 0, Duration::from_secs(60)).await;
+        assert_eq!(fresh.generation(), 1);
     });
 }
 
@@ -538,21 +543,9 @@ fn fill_lease_expired_is_taken_over_by_exactly_one_of_several() {
 
 /// A lease taken over by replica 1 after replica 0's expired: (replica 0's, replica 1's).
 async fn taken_over(replicas: &[Bucket], digest: &Digest) -> (Lease, Lease) {
-    let Acquire::Acquired(old) = replicas[0]
-        .acquire_fill_lease(digest, &holder(0), Duration::from_millis(200))
-        .await
-        .unwrap()
-    else {
-        panic!("the first acquirer gets the lease");
-    };
+    let old = acquired(&replicas[0], digest, 0, Duration::from_millis(200)).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let Acquire::Acquired(new) = replicas[1]
-        .acquire_fill_lease(digest, &holder(1), Duration::from_secs(60))
-        .await
-        .unwrap()
-    else {
-        panic!("an expired lease is taken over");
-    };
+    let new = acquired(&replicas[1], digest, 1, Duration::from_secs(60)).await;
     (old, new)
 }
 
@@ -592,11 +585,7 @@ fn fill_lease_release_after_takeover_leaves_the_new_one() {
     runtime().block_on(async {
         let (old, _new) = taken_over(&replicas, &digest).await;
         assert!(!replicas[0].release_fill_lease(&old).await.unwrap());
-        match replicas[2]
-            .acquire_fill_lease(&digest, &holder(2), Duration::from_secs(60))
-            .await
-            .unwrap()
-        {
+        match acquire(&replicas[2], &digest, 2, Duration::from_secs(60)).await {
             Acquire::HeldBy {
                 holder: told,
                 generation,
@@ -613,24 +602,12 @@ fn fill_lease_released_after_expiry_is_marked_free_not_deleted() {
     let replicas = replicas(&moto, 2);
     let digest = Digest::sha256(b"released after its expiry");
     runtime().block_on(async {
-        let Acquire::Acquired(lease) = replicas[0]
-            .acquire_fill_lease(&digest, &holder(0), Duration::from_millis(100))
-            .await
-            .unwrap()
-        else {
-            panic!("free");
-        };
+        let lease = acquired(&replicas[0], &digest, 0, Duration::from_millis(100)).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(replicas[0].release_fill_lease(&lease).await.unwrap());
         // The marker stays and is taken over like any expired lease.
-        match replicas[1]
-            .acquire_fill_lease(&digest, &holder(1), Duration::from_secs(60))
-            .await
-            .unwrap()
-        {
-            Acquire::Acquired(lease) => assert_eq!(lease.generation(), 2),
-            other => panic!("{other:?}"),
-        }
+        let taken = acquired(&replicas[1], &digest, 1, Duration::from_secs(60)).await;
+        assert_eq!(taken.generation(), 2);
     });
 }
 

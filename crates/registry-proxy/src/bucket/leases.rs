@@ -16,7 +16,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use object_store::path::Path;
-use object_store::{GetOptions, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{PutMode, UpdateVersion};
 use sealer_image_store::Digest;
 use serde::{Deserialize, Serialize};
 
@@ -153,7 +153,7 @@ impl Bucket {
                 generation,
                 expires_at: now_ms().saturating_add(ttl_ms),
             };
-            match self.write_lease(&path, &doc, mode).await {
+            match self.write_json(&path, &doc, mode).await {
                 Ok(version) => {
                     tracing::debug!(%digest, holder, generation, "fill lease acquired");
                     return Ok(Acquire::Acquired(Lease {
@@ -191,7 +191,7 @@ impl Bucket {
             expires_at: now_ms().saturating_add(ttl_ms),
         };
         match self
-            .write_lease(&path, &doc, PutMode::Update(lease.version.clone()))
+            .write_json(&path, &doc, PutMode::Update(lease.version.clone()))
             .await
         {
             Ok(version) => Ok(Lease {
@@ -237,7 +237,7 @@ impl Bucket {
             ..current.doc
         };
         match self
-            .write_lease(&path, &released, PutMode::Update(current.version))
+            .write_json(&path, &released, PutMode::Update(current.version))
             .await
         {
             Ok(_) => Ok(true),
@@ -252,19 +252,9 @@ impl Bucket {
     }
 
     async fn read_lease(&self, path: &Path) -> Result<Option<Current>, BucketError> {
-        let result = match self.store.get_opts(path, GetOptions::default()).await {
-            Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(error) => return Err(store_error("reading fill lease", path)(error)),
+        let Some((bytes, version)) = self.read_versioned(path, "reading fill lease").await? else {
+            return Ok(None);
         };
-        let version = UpdateVersion {
-            e_tag: result.meta.e_tag.clone(),
-            version: result.meta.version.clone(),
-        };
-        let bytes = result
-            .bytes()
-            .await
-            .map_err(store_error("reading fill lease", path))?;
         let doc = serde_json::from_slice(&bytes).map_err(|error| BucketError::Corrupt {
             what: "fill lease",
             path: path.to_string(),
@@ -273,27 +263,6 @@ impl Bucket {
             ),
         })?;
         Ok(Some(Current { doc, version }))
-    }
-
-    async fn write_lease(
-        &self,
-        path: &Path,
-        doc: &LeaseDoc,
-        mode: PutMode,
-    ) -> Result<UpdateVersion, object_store::Error> {
-        let body = serde_json::to_vec(doc).map_err(|error| object_store::Error::Generic {
-            store: "bucket",
-            source: Box::new(error),
-        })?;
-        let options = PutOptions {
-            mode,
-            ..PutOptions::default()
-        };
-        let result = self
-            .store
-            .put_opts(path, PutPayload::from(body), options)
-            .await?;
-        Ok(UpdateVersion::from(result))
     }
 }
 

@@ -28,11 +28,12 @@ mod uploads;
 
 use std::sync::Arc;
 
-use object_store::ObjectStore;
+use bytes::Bytes;
 use object_store::aws::AmazonS3;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::signer::Signer;
+use object_store::{GetOptions, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 use sealer_image_store::Digest;
 
 pub use blobs::{BlobPut, BlobRead, BlobStat};
@@ -230,5 +231,47 @@ impl Bucket {
     /// `blobs/<alg>/<hex>`.
     fn blob_path(&self, digest: &Digest) -> Path {
         self.path(["blobs", digest.algorithm().name(), digest.hex()])
+    }
+
+    /// A small object's bytes and the version they were read at (for a later `If-Match`);
+    /// `None` when it does not exist.
+    async fn read_versioned(
+        &self,
+        path: &Path,
+        operation: &'static str,
+    ) -> Result<Option<(Bytes, UpdateVersion)>, BucketError> {
+        let result = match self.store.get_opts(path, GetOptions::default()).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(error) => return Err(store_error(operation, path)(error)),
+        };
+        let version = UpdateVersion {
+            e_tag: result.meta.e_tag.clone(),
+            version: result.meta.version.clone(),
+        };
+        let bytes = result.bytes().await.map_err(store_error(operation, path))?;
+        Ok(Some((bytes, version)))
+    }
+
+    /// Writes `doc` as JSON under `mode` (a conditional write): the version written.
+    async fn write_json(
+        &self,
+        path: &Path,
+        doc: &impl serde::Serialize,
+        mode: PutMode,
+    ) -> Result<UpdateVersion, object_store::Error> {
+        let body = serde_json::to_vec(doc).map_err(|error| object_store::Error::Generic {
+            store: "bucket",
+            source: Box::new(error),
+        })?;
+        let options = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        let result = self
+            .store
+            .put_opts(path, PutPayload::from(body), options)
+            .await?;
+        Ok(UpdateVersion::from(result))
     }
 }
