@@ -43,6 +43,7 @@ mod health;
 mod local;
 mod metrics;
 pub mod mirror_config;
+pub mod peer;
 pub mod pull_through;
 pub mod range;
 pub mod route;

@@ -4,12 +4,16 @@
 //! but the bucket.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
+use object_store::memory::InMemory;
 use sealer_image_store::Digest;
-use sealer_registry_proxy::bucket::{Bucket, BucketConfig, BucketError, TagOutcome};
+use sealer_registry_proxy::bucket::{
+    Acquire, Bucket, BucketConfig, BucketError, Lease, LeaseError, MAX_PRESIGNED_EXPIRY, TagOutcome,
+};
 use sealer_test_harness::{Moto, http_get, require_moto};
 use tokio::task::JoinSet;
 
@@ -426,4 +430,265 @@ fn abandoned_uploads_are_purged_and_live_ones_kept() {
         !keys(&moto, "uploads").contains("<UploadId>"),
         "multipart uploads left open"
     );
+}
+
+/// `count` replicas' views of the bucket, each its own S3 client.
+fn replicas(moto: &Moto, count: usize) -> Vec<Bucket> {
+    (0..count).map(|_| replica(moto)).collect()
+}
+
+fn holder(index: usize) -> String {
+    format!("http://10.0.0.{index}:5000")
+}
+
+/// `bucket` asks for the lease of `digest` as replica `index`.
+async fn acquire(bucket: &Bucket, digest: &Digest, index: usize, ttl: Duration) -> Acquire {
+    bucket
+        .acquire_fill_lease(digest, &holder(index), ttl)
+        .await
+        .unwrap()
+}
+
+/// Like [`acquire`], for a lease that must be free.
+async fn acquired(bucket: &Bucket, digest: &Digest, index: usize, ttl: Duration) -> Lease {
+    match acquire(bucket, digest, index, ttl).await {
+        Acquire::Acquired(lease) => lease,
+        other => panic!("replica {index} expected the lease of {digest}, got {other:?}"),
+    }
+}
+
+/// Every replica asks for the lease of `digest` at once; returns who got it (index, lease)
+/// and the holders the others were told about.
+async fn race_for_lease(
+    replicas: &[Bucket],
+    digest: &Digest,
+    ttl: Duration,
+) -> (Vec<(usize, Lease)>, Vec<String>) {
+    let mut racers = JoinSet::new();
+    for (index, bucket) in replicas.iter().enumerate() {
+        let bucket = bucket.clone();
+        let digest = digest.clone();
+        racers.spawn(async move { (index, acquire(&bucket, &digest, index, ttl).await) });
+    }
+    let (mut won, mut told) = (Vec::new(), Vec::new());
+    while let Some(result) = racers.join_next().await {
+        match result.unwrap() {
+            (index, Acquire::Acquired(lease)) => won.push((index, lease)),
+            (_, Acquire::HeldBy { holder, .. }) => told.push(holder),
+        }
+    }
+    (won, told)
+}
+
+#[test]
+fn fill_lease_sixteen_concurrent_acquirers_exactly_one_wins() {
+    let Some(moto) = moto() else { return };
+    let replicas = replicas(&moto, 16);
+    let digest = Digest::sha256(b"one upstream GET for the cluster");
+    runtime().block_on(async {
+        let (won, told) = race_for_lease(&replicas, &digest, Duration::from_secs(60)).await;
+        assert_eq!(won.len(), 1, "exactly one acquirer wins: {won:?}");
+        let (winner, lease) = &won[0];
+        assert_eq!(lease.holder(), holder(*winner));
+        assert_eq!(lease.generation(), 1);
+        assert_eq!(told.len(), 15);
+        assert!(told.iter().all(|told| *told == holder(*winner)), "{told:?}");
+
+        // The holder renews with If-Match on what it wrote: the expiry moves on.
+        let renewed = replicas[*winner]
+            .renew_fill_lease(lease, Duration::from_secs(120))
+            .await
+            .unwrap();
+        assert!(renewed.expires_at() > lease.expires_at());
+        assert_eq!(renewed.generation(), 1);
+
+        // Released while live: the object goes, the next miss creates a fresh lease.
+        assert!(
+            replicas[*winner]
+                .release_fill_lease(&renewed)
+                .await
+                .unwrap()
+        );
+        // A released lease is free again.
+        let fresh = acquired(&replicas[0], &digest, 0, Duration::from_secs(60)).await;
+        assert_eq!(fresh.generation(), 1);
+    });
+}
+
+#[test]
+fn fill_lease_expired_is_taken_over_by_exactly_one_of_several() {
+    let Some(moto) = moto() else { return };
+    let replicas = replicas(&moto, 8);
+    let digest = Digest::sha256(b"the holder died");
+    runtime().block_on(async {
+        let dead = replicas[0]
+            .acquire_fill_lease(&digest, "http://10.0.0.99:5000", Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert!(matches!(dead, Acquire::Acquired(_)), "{dead:?}");
+        // Still live (a TTL far above the time this takes): nobody takes it.
+        let (won, told) = race_for_lease(&replicas[1..2], &digest, Duration::from_secs(60)).await;
+        assert!(won.is_empty());
+        assert_eq!(told, ["http://10.0.0.99:5000"]);
+
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let (won, told) = race_for_lease(&replicas, &digest, Duration::from_secs(60)).await;
+        assert_eq!(won.len(), 1, "exactly one taker wins: {won:?}");
+        let (winner, lease) = &won[0];
+        assert_eq!(lease.generation(), 2, "a takeover bumps the generation");
+        assert_eq!(told.len(), 7);
+        assert!(told.iter().all(|told| *told == holder(*winner)), "{told:?}");
+    });
+}
+
+/// A lease taken over by replica 1 after replica 0's expired: (replica 0's, replica 1's).
+async fn taken_over(replicas: &[Bucket], digest: &Digest) -> (Lease, Lease) {
+    let old = acquired(&replicas[0], digest, 0, Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let new = acquired(&replicas[1], digest, 1, Duration::from_secs(60)).await;
+    (old, new)
+}
+
+#[test]
+fn fill_lease_renew_after_takeover_fails() {
+    let Some(moto) = moto() else { return };
+    let replicas = replicas(&moto, 2);
+    let digest = Digest::sha256(b"renewed too late");
+    runtime().block_on(async {
+        let (old, new) = taken_over(&replicas, &digest).await;
+        let error = replicas[0]
+            .renew_fill_lease(&old, Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, LeaseError::Lost { generation: 1, .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("was lost"), "{error}");
+        // The new holder's lease is untouched and still renews.
+        let renewed = replicas[1]
+            .renew_fill_lease(&new, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            (renewed.holder(), renewed.generation()),
+            (holder(1).as_str(), 2)
+        );
+    });
+}
+
+#[test]
+fn fill_lease_release_after_takeover_leaves_the_new_one() {
+    let Some(moto) = moto() else { return };
+    let replicas = replicas(&moto, 3);
+    let digest = Digest::sha256(b"released too late");
+    runtime().block_on(async {
+        let (old, _new) = taken_over(&replicas, &digest).await;
+        assert!(!replicas[0].release_fill_lease(&old).await.unwrap());
+        match acquire(&replicas[2], &digest, 2, Duration::from_secs(60)).await {
+            Acquire::HeldBy {
+                holder: told,
+                generation,
+                ..
+            } => assert_eq!((told, generation), (holder(1), 2)),
+            other => panic!("the new holder keeps its lease, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn fill_lease_released_after_expiry_is_marked_free_not_deleted() {
+    let Some(moto) = moto() else { return };
+    let replicas = replicas(&moto, 2);
+    let digest = Digest::sha256(b"released after its expiry");
+    runtime().block_on(async {
+        let lease = acquired(&replicas[0], &digest, 0, Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(replicas[0].release_fill_lease(&lease).await.unwrap());
+        // The marker stays and is taken over like any expired lease.
+        let taken = acquired(&replicas[1], &digest, 1, Duration::from_secs(60)).await;
+        assert_eq!(taken.generation(), 2);
+    });
+}
+
+#[test]
+fn fill_lease_rejects_bad_holder_and_ttl() {
+    let bucket = Bucket::with_store(Arc::new(InMemory::new()), None);
+    let digest = Digest::sha256(b"x");
+    runtime().block_on(async {
+        let error = bucket
+            .acquire_fill_lease(&digest, "", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("fill lease holder"), "{error}");
+        let error = bucket
+            .acquire_fill_lease(&digest, &holder(1), Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("fill lease ttl"), "{error}");
+    });
+}
+
+#[test]
+fn presigned_blob_url_gets_the_blob_without_credentials() {
+    let Some(moto) = moto() else { return };
+    let bucket = replica(&moto);
+    let data = pattern(300_000, 7);
+    let digest = Digest::sha256(&data);
+    let url = runtime().block_on(async {
+        bucket
+            .put_blob(&digest, chunks(&data, 65_536))
+            .await
+            .unwrap();
+        bucket
+            .presigned_blob_url(&digest, Duration::from_secs(90))
+            .await
+            .unwrap()
+    });
+    let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    };
+    assert_eq!(param("X-Amz-Expires"), Some("90"), "{url}");
+    assert!(param("X-Amz-Signature").is_some(), "{url}");
+    assert!(
+        url.path()
+            .ends_with(&format!("/registry/blobs/sha256/{}", digest.hex())),
+        "{url}"
+    );
+    // A plain client, no credentials: the blob's bytes.
+    let response = http_get(url.as_str(), Duration::from_secs(10)).unwrap();
+    assert_eq!(response.status, 200, "{url}");
+    assert!(response.complete);
+    assert_eq!(response.body, data);
+}
+
+#[test]
+fn presigned_blob_url_refuses_bad_expiry_and_unsigned_stores() {
+    let digest = Digest::sha256(b"x");
+    let in_memory = Bucket::with_store(Arc::new(InMemory::new()), None);
+    runtime().block_on(async {
+        let error = in_memory
+            .presigned_blob_url(&digest, Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("cannot presign"), "{error}");
+        for bad in [
+            Duration::ZERO,
+            Duration::from_millis(1500),
+            MAX_PRESIGNED_EXPIRY + Duration::from_secs(1),
+        ] {
+            let error = in_memory
+                .presigned_blob_url(&digest, bad)
+                .await
+                .unwrap_err();
+            assert!(
+                error.to_string().contains("presigned URL expiry"),
+                "{bad:?}: {error}"
+            );
+        }
+    });
 }

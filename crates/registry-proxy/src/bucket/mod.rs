@@ -10,6 +10,8 @@
 //!   tag lists are listings (S3 lists keys in byte order).
 //! * `repositories/<name>/manifests/<alg>/<hex>`: one link object per manifest a repository
 //!   holds.
+//! * `fills/<alg>/<hex>`: the fill lease of a blob being fetched from an upstream: which
+//!   replica fetches it, until when (see [`Bucket::acquire_fill_lease`]).
 //! * `uploads/<id>/state.json`: a chunked upload's state (offset, parts, serialized SHA-256
 //!   state), advanced with `If-Match`, so its PATCHes may reach any replica; its bytes are
 //!   parts of a multipart upload of `uploads/<id>/data` plus a tail object below the part
@@ -19,19 +21,25 @@
 
 mod blobs;
 mod config;
+mod leases;
+mod presign;
 mod tags;
 mod uploads;
 
 use std::sync::Arc;
 
-use object_store::ObjectStore;
+use bytes::Bytes;
 use object_store::aws::AmazonS3;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
+use object_store::signer::Signer;
+use object_store::{GetOptions, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 use sealer_image_store::Digest;
 
 pub use blobs::{BlobPut, BlobRead, BlobStat};
 pub use config::{BucketConfig, BucketConfigError};
+pub use leases::{Acquire, LEASE_ATTEMPTS, Lease, LeaseError};
+pub use presign::MAX_PRESIGNED_EXPIRY;
 pub use tags::{TagOutcome, TagPage, TagWrite};
 pub use uploads::UploadState;
 
@@ -172,6 +180,8 @@ pub struct Bucket {
     /// The same store, for the multipart calls of chunked uploads, whose parts arrive on
     /// different replicas.
     multipart: Arc<dyn MultipartStore>,
+    /// The same store, for presigned URLs; `None` for stores that cannot sign.
+    signer: Option<Arc<dyn Signer>>,
     prefix: Path,
 }
 
@@ -187,8 +197,11 @@ impl std::fmt::Debug for Bucket {
 impl Bucket {
     /// Opens the bucket a configuration names (no request is sent).
     pub fn open(config: &BucketConfig) -> Result<Self, BucketConfigError> {
-        let store: AmazonS3 = config.build()?;
-        Ok(Self::with_store(Arc::new(store), config.prefix.as_deref()))
+        let store = Arc::new(config.build()?);
+        let signer: Arc<dyn Signer> = store.clone();
+        let mut bucket = Self::with_store::<AmazonS3>(store, config.prefix.as_deref());
+        bucket.signer = Some(signer);
+        Ok(bucket)
     }
 
     /// A bucket over any object store (tests use `object_store::memory::InMemory`), its
@@ -203,6 +216,7 @@ impl Bucket {
         Self {
             store: store.clone(),
             multipart: store,
+            signer: None,
             prefix,
         }
     }
@@ -217,5 +231,47 @@ impl Bucket {
     /// `blobs/<alg>/<hex>`.
     fn blob_path(&self, digest: &Digest) -> Path {
         self.path(["blobs", digest.algorithm().name(), digest.hex()])
+    }
+
+    /// A small object's bytes and the version they were read at (for a later `If-Match`);
+    /// `None` when it does not exist.
+    async fn read_versioned(
+        &self,
+        path: &Path,
+        operation: &'static str,
+    ) -> Result<Option<(Bytes, UpdateVersion)>, BucketError> {
+        let result = match self.store.get_opts(path, GetOptions::default()).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(error) => return Err(store_error(operation, path)(error)),
+        };
+        let version = UpdateVersion {
+            e_tag: result.meta.e_tag.clone(),
+            version: result.meta.version.clone(),
+        };
+        let bytes = result.bytes().await.map_err(store_error(operation, path))?;
+        Ok(Some((bytes, version)))
+    }
+
+    /// Writes `doc` as JSON under `mode` (a conditional write): the version written.
+    async fn write_json(
+        &self,
+        path: &Path,
+        doc: &impl serde::Serialize,
+        mode: PutMode,
+    ) -> Result<UpdateVersion, object_store::Error> {
+        let body = serde_json::to_vec(doc).map_err(|error| object_store::Error::Generic {
+            store: "bucket",
+            source: Box::new(error),
+        })?;
+        let options = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        let result = self
+            .store
+            .put_opts(path, PutPayload::from(body), options)
+            .await?;
+        Ok(UpdateVersion::from(result))
     }
 }

@@ -2,9 +2,7 @@
 
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path;
-use object_store::{
-    GetOptions, ObjectStoreExt as _, PutMode, PutOptions, PutPayload, UpdateVersion,
-};
+use object_store::{ObjectStoreExt as _, PutMode, PutOptions, PutPayload, UpdateVersion};
 use sealer_image_store::Digest;
 use sealer_image_store::reference::{validate_repository, validate_tag};
 
@@ -219,19 +217,9 @@ impl Bucket {
     }
 
     async fn read_tag(&self, path: &Path) -> Result<Option<TagVersion>, BucketError> {
-        let result = match self.store.get_opts(path, GetOptions::default()).await {
-            Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(error) => return Err(store_error("reading tag", path)(error)),
+        let Some((bytes, version)) = self.read_versioned(path, "reading tag").await? else {
+            return Ok(None);
         };
-        let version = UpdateVersion {
-            e_tag: result.meta.e_tag.clone(),
-            version: result.meta.version.clone(),
-        };
-        let bytes = result
-            .bytes()
-            .await
-            .map_err(store_error("reading tag", path))?;
         let digest = std::str::from_utf8(&bytes)
             .ok()
             .and_then(|text| text.trim().parse().ok())

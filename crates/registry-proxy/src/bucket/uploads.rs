@@ -86,7 +86,7 @@ impl Bucket {
         };
         let path = self.upload_path(&id, "state.json")?;
         let version = self
-            .write_state(&path, &doc, PutMode::Create)
+            .write_json(&path, &doc, PutMode::Create)
             .await
             .map_err(store_error("creating upload state", &path))?;
         Ok(UploadState { id, version, doc })
@@ -95,24 +95,13 @@ impl Bucket {
     /// Reads an upload's current state (any replica may have advanced it).
     pub async fn read_upload(&self, id: &str) -> Result<UploadState, BucketError> {
         let path = self.upload_path(id, "state.json")?;
-        let result = match self.store.get_opts(&path, GetOptions::default()).await {
-            Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(BucketError::NotFound {
-                    what: "upload",
-                    path: path.to_string(),
-                });
-            }
-            Err(error) => return Err(store_error("reading upload state", &path)(error)),
+        let Some((bytes, version)) = self.read_versioned(&path, "reading upload state").await?
+        else {
+            return Err(BucketError::NotFound {
+                what: "upload",
+                path: path.to_string(),
+            });
         };
-        let version = UpdateVersion {
-            e_tag: result.meta.e_tag.clone(),
-            version: result.meta.version.clone(),
-        };
-        let bytes = result
-            .bytes()
-            .await
-            .map_err(store_error("reading upload state", &path))?;
         let doc = serde_json::from_slice(&bytes).map_err(|error| BucketError::Corrupt {
             what: "upload state",
             path: path.to_string(),
@@ -197,7 +186,7 @@ impl Bucket {
 
         let state_path = self.upload_path(&state.id, "state.json")?;
         match self
-            .write_state(&state_path, &doc, PutMode::Update(state.version.clone()))
+            .write_json(&state_path, &doc, PutMode::Update(state.version.clone()))
             .await
         {
             Ok(version) => {
@@ -440,27 +429,6 @@ impl Bucket {
         let serialized = SerializedState::<Sha256>::try_from(raw.as_slice())
             .map_err(|_| corrupt("wrong length"))?;
         Sha256::deserialize(&serialized).map_err(|_| corrupt("does not deserialize"))
-    }
-
-    async fn write_state(
-        &self,
-        path: &Path,
-        doc: &StateDoc,
-        mode: PutMode,
-    ) -> Result<UpdateVersion, object_store::Error> {
-        let body = serde_json::to_vec(doc).map_err(|error| object_store::Error::Generic {
-            store: "bucket",
-            source: Box::new(error),
-        })?;
-        let options = PutOptions {
-            mode,
-            ..PutOptions::default()
-        };
-        let result = self
-            .store
-            .put_opts(path, PutPayload::from(body), options)
-            .await?;
-        Ok(UpdateVersion::from(result))
     }
 
     async fn read_object(&self, path: &Path) -> Result<Bytes, BucketError> {
