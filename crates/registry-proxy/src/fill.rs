@@ -245,6 +245,13 @@ pub(crate) struct Fill {
     changed: watch::Sender<()>,
 }
 
+impl Drop for Fill {
+    fn drop(&mut self) {
+        // The fill task and every follower are done with it.
+        self.backend.fill_released(&self.digest);
+    }
+}
+
 impl Fill {
     fn lock(&self) -> MutexGuard<'_, FillState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -549,7 +556,7 @@ async fn transfer(
         FetchError::Upstream("the upstream sent the blob without a Content-Length".to_owned())
     })?;
     let upload = backend
-        .begin_upload()
+        .begin_fill()
         .await
         .map_err(|error| FetchError::Store(error.message))?;
     let id = upload.id().to_owned();
@@ -585,17 +592,23 @@ async fn transfer(
         .await
         .map_err(|error| FetchError::Store(error.to_string()))?;
     streamed?;
-    written
+    // Verified; the followers may finish. Held fresh by the commit: the cached manifest
+    // that needs it may be gone already, so GC keeps it a while.
+    backend
+        .commit_fill(written?, digest)
+        .await
+        .map_err(|error| FetchError::Store(error.message))
 }
 
 /// The writer thread: appends chunks to the upload, publishes progress, and on `Finish`
-/// verifies and commits. Anything else drops the upload (its file is removed).
+/// verifies and hands the upload back for the commit. Anything else drops the upload (its
+/// file is removed).
 fn write(
     mut upload: BlobUpload,
     mut receiver: mpsc::Receiver<Write>,
     fill: &Fill,
     size: u64,
-) -> Result<(), FetchError> {
+) -> Result<BlobUpload, FetchError> {
     let store_error = |error: StoreError| FetchError::Store(error.to_string());
     // Written bytes not announced yet: followers are woken by every chunk received, so
     // the writer wakes them only every READ_CHUNK bytes (for those reading the file, once
@@ -633,10 +646,7 @@ fn write(
                     )));
                 }
                 fill.update(|state| state.outcome = Outcome::Verified);
-                // Held fresh by the commit: the cached manifest that needs it may be gone
-                // already, so GC keeps it a while.
-                upload.commit(&fill.digest).map_err(store_error)?;
-                return Ok(());
+                return Ok(upload);
             }
         }
     }

@@ -203,6 +203,7 @@ impl Registry {
         drain: Duration,
     ) -> Result<(), ServeError> {
         let uploads = self.state.uploads.clone();
+        let backend = self.state.local.backend().clone();
         let reaper = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(uploads.reap_interval());
             loop {
@@ -210,8 +211,18 @@ impl Registry {
                 let reaped = uploads.reap();
                 if !reaped.is_empty() {
                     tracing::info!(reaped = reaped.len(), "dropped idle upload sessions");
-                    // Dropping an upload removes its file.
-                    let _ = tokio::task::spawn_blocking(move || drop(reaped)).await;
+                    for session in reaped {
+                        let upload = session.lock().await.upload.take();
+                        if let Some(upload) = upload {
+                            upload.release().await;
+                        }
+                    }
+                }
+                if let Err(error) = backend
+                    .purge_idle_uploads(uploads.limits().idle_timeout.0)
+                    .await
+                {
+                    tracing::warn!(error = %error.message, "purging idle uploads failed");
                 }
             }
         });
