@@ -553,7 +553,15 @@ pub(crate) async fn upload(
                     ErrorCode::SizeInvalid,
                     format!("the chunk has {written} bytes, not the announced {limit:?}"),
                 )),
-                Ok(_) => None,
+                // The whole chunk arrived: only now may other processes see it.
+                Ok(_) => match upload.save().await {
+                    Ok(()) => None,
+                    Err(error) => {
+                        state.uploads.remove(&id);
+                        discard(Some(upload)).await;
+                        return Err(error);
+                    }
+                },
             };
             if let Some(error) = failure {
                 // A failed PATCH changes nothing: the upload goes back to where it was, and

@@ -178,10 +178,7 @@ pub async fn pump(
     // The sender is dropped when `reading` ends, which ends the append.
     let (outcome, written) = tokio::join!(reading, upload.append(receiver));
     let written = written.map_err(PumpError::Store)?;
-    outcome?;
-    // The whole body arrived: only now may the upload show it to other processes.
-    upload.save().await.map_err(PumpError::Store)?;
-    Ok(written)
+    outcome.map(|()| written)
 }
 
 #[cfg(test)]
