@@ -16,6 +16,7 @@ use sealer_fs_abstraction::RealFs;
 use sealer_registry_client::redact_url;
 use serde::Deserialize;
 
+use crate::bucket::BucketConfig;
 use crate::route::normalise_host;
 
 /// Why a configuration cannot be used.
@@ -387,6 +388,73 @@ pub struct UpstreamConfig {
     pub tag_ttl: TagTtl,
 }
 
+/// The `storage` key: a path (the local image store, an OCI layout) or `{ s3: … }` (an
+/// S3-compatible bucket that several server processes may share).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// The local image store at this directory.
+    Path(PathBuf),
+    /// A bucket.
+    S3(BucketConfig),
+}
+
+impl Storage {
+    /// The local store's directory, when the storage is one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Self::Path(path) => Some(path),
+            Self::S3(_) => None,
+        }
+    }
+}
+
+impl From<PathBuf> for Storage {
+    fn from(path: PathBuf) -> Self {
+        Self::Path(path)
+    }
+}
+
+impl<'de> Deserialize<'de> for Storage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Storage;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a directory path, or `{ s3: { bucket: …, … } }`")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Storage, E> {
+                Ok(Storage::Path(PathBuf::from(value)))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Storage, A::Error> {
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(serde::de::Error::custom(
+                        "storage: an empty map; expected `s3: { bucket: …, … }`",
+                    ));
+                };
+                if key != "s3" {
+                    return Err(serde::de::Error::custom(format!(
+                        "storage: unknown backend {key:?}; expected a path or `s3`"
+                    )));
+                }
+                let config: BucketConfig = map.next_value()?;
+                if let Some(other) = map.next_key::<String>()? {
+                    return Err(serde::de::Error::custom(format!(
+                        "storage: {other:?} beside `s3`; name one backend"
+                    )));
+                }
+                Ok(Storage::S3(config))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 /// The configuration of `sealer registry serve`; see `examples/registry.yaml`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -394,9 +462,10 @@ pub struct ServerConfig {
     /// The address to listen on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// The image store; `None`: the CLI's store (`--root`, `$SEALER_ROOT`, …).
+    /// Where the registry's content lives: an image store directory, or `{ s3: … }` a
+    /// bucket; `None`: the CLI's store (`--root`, `$SEALER_ROOT`, …).
     #[serde(default)]
-    pub storage: Option<PathBuf>,
+    pub storage: Option<Storage>,
     /// read-only (default) or read-write.
     #[serde(default)]
     pub mode: Mode,
@@ -649,7 +718,7 @@ impl ServerConfig {
                 *path = base.join(&*path);
             }
         };
-        if let Some(storage) = &mut self.storage {
+        if let Some(Storage::Path(storage)) = &mut self.storage {
             resolve(storage);
         }
         if let Some(auth) = &mut self.auth {

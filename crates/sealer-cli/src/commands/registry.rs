@@ -27,12 +27,12 @@ pub fn run(root: Option<&Path>, command: &RegistryCommand) -> Result<()> {
                 config.listen = listen;
             }
             if config.storage.is_none() {
-                config.storage = Some(match root {
+                config.storage = Some(sealer_registry_proxy::Storage::Path(match root {
                     Some(root) => root.to_path_buf(),
                     None => Store::default_root().context(
                         "no store location: set `storage`, --root, SEALER_ROOT, XDG_DATA_HOME or HOME",
                     )?,
-                });
+                }));
             }
             super::runtime()?
                 .block_on(sealer_registry_proxy::run(
