@@ -16,18 +16,19 @@ use sealer_image_store::testing::{ImageSpec, write_image};
 use sealer_image_store::{
     Algorithm, BlobStore, Digest, GcOptions, ManifestDocument, Platform, Store,
 };
-use sealer_registry_proxy::bucket::BucketConfig;
 use sealer_registry_proxy::config::{AuthConfig, TlsConfig};
 use sealer_registry_proxy::{Mode, ServeError, ServerConfig, Storage};
 use sealer_test_harness::{
-    HttpResponse, Moto, http_get, http_request, require_moto, require_tools, run_bounded, run_ok,
-    self_signed_certificate,
+    HttpResponse, http_request, require_tools, run_bounded, run_ok, self_signed_certificate,
 };
 use serde_json::{Value, json};
 
+#[path = "common/backends.rs"]
+mod backends;
 mod common;
 #[path = "common/errors.rs"]
 mod errors;
+use backends::{bucket_keys, on_bucket, over_s3, s3_storage};
 use common::InProcess;
 use errors::{assert_error, error_code};
 
@@ -35,88 +36,6 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 const SKOPEO: Duration = Duration::from_secs(120);
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-
-/// The storage of a test's servers: the bucket of [`over_s3`], else `None` (a new local store
-/// per server).
-#[derive(Clone)]
-struct S3Storage {
-    config: BucketConfig,
-    endpoint: String,
-    bucket: String,
-}
-
-thread_local! {
-    static S3: std::cell::RefCell<Option<S3Storage>> = const { std::cell::RefCell::new(None) };
-}
-
-/// The bucket this test's servers use, if it runs over S3.
-fn s3_storage() -> Option<S3Storage> {
-    S3.with(|s3| s3.borrow().clone())
-}
-
-/// Whether this test's servers use a bucket (checks of the local store's files are skipped
-/// there: the bucket has no `uploads/` directory, `index.json` or fsck).
-fn on_bucket() -> bool {
-    s3_storage().is_some()
-}
-
-/// Runs `test` with every server it starts over one bucket of a fresh moto (the same
-/// configuration for each: a restarted server, or a second one, shares the first one's
-/// content); skipped when moto is not installed.
-fn over_s3(test: fn()) {
-    if !require_moto() {
-        return;
-    }
-    let moto = Moto::start().expect("moto_server starts");
-    let config: BucketConfig = serde_json::from_value(json!({
-        "bucket": moto.bucket(),
-        "prefix": "registry",
-        "endpoint": moto.endpoint(),
-        "region": "us-east-1",
-        "allow_http": true,
-        "access_key_id": "sealer-test",
-        "secret_access_key": "sealer-test",
-    }))
-    .unwrap();
-    S3.with(|s3| {
-        *s3.borrow_mut() = Some(S3Storage {
-            config,
-            endpoint: moto.endpoint(),
-            bucket: moto.bucket().to_owned(),
-        })
-    });
-    test();
-    S3.with(|s3| *s3.borrow_mut() = None);
-}
-
-/// Instantiates each test fn for both backends: `<test>::local` over a local store,
-/// `<test>::s3` over a bucket on moto ([`over_s3`]).
-macro_rules! on_both_backends {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[test]
-            fn local() {
-                super::$test()
-            }
-
-            #[test]
-            fn s3() {
-                super::over_s3(super::$test)
-            }
-        }
-    )*};
-}
-
-/// Keys of the test's bucket under `prefix` (moto answers unsigned listings).
-fn bucket_keys(s3: &S3Storage, prefix: &str) -> String {
-    let url = format!(
-        "{}/{}?list-type=2&prefix=registry/{prefix}",
-        s3.endpoint, s3.bucket
-    );
-    let response = http_get(&url, Duration::from_secs(10)).unwrap();
-    assert_eq!(response.status, 200, "{url}");
-    String::from_utf8(response.body).unwrap()
-}
 
 /// Nothing of an upload is left: the local store's `uploads/` or the bucket's is empty.
 fn assert_no_uploads_left(server: &TestServer) {
@@ -275,6 +194,10 @@ fn a_fresh_server_serves_what_another_pushed_to_the_bucket() {
     drop(first);
 
     let second = TestServer::start();
+    // Ready once the bucket answers.
+    let ready = second.get("/readyz");
+    assert_eq!(ready.status, 200, "{ready:?}");
+    assert!(String::from_utf8_lossy(&ready.body).contains("\"bucket\":\"ok\""));
     let back = tempfile::tempdir().unwrap();
     skopeo(&[
         "copy",
