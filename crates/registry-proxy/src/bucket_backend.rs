@@ -9,7 +9,7 @@
 //! followers read it while it grows) and from there into the bucket through
 //! [`Bucket::put_blob`], which makes the blob visible only once its digest matched.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,14 +20,14 @@ use sealer_fs_abstraction::{Fs as _, ReadFile, RealFs};
 use sealer_image_store::model::media_type;
 use sealer_image_store::{
     Algorithm, BlobStore as _, BlobUpload, Descriptor, Digest, MAX_MANIFEST_SIZE, ManifestDocument,
-    Reference, Store, StoreError,
+    Reference, Store, StoreError, load_embedded,
 };
 use tokio::sync::mpsc;
 
 use crate::backend::{BackendUpload, PushedManifest, RegistryBackend, check_pushed_manifest};
-use crate::bucket::{Bucket, BucketError, UploadState};
+use crate::bucket::{Bucket, BucketConfig, BucketError, UploadState};
 use crate::catalog::referrer_of;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorCode, ServeError};
 use crate::local::{BlobDeleted, blocking};
 use crate::route::ManifestRef;
 use crate::source::{BlobContent, BlobRequest, range_not_satisfiable};
@@ -262,6 +262,149 @@ impl BucketBackend {
             Err(error) => Err(unavailable("store a manifest")(error)),
         }
     }
+}
+
+impl BucketBackend {
+    /// Imports the images that the cluster images `images` of the local store `source`
+    /// carry into the bucket of `config` (through this process's scratch store), named by
+    /// their source names; blobs the bucket has already are not sent again, so a restart,
+    /// or another server carrying the same images, imports idempotently. Returns the names.
+    /// Blocking: it runs on a thread of its own, with its own runtime and client.
+    pub fn import_carried_images(
+        &self,
+        config: &BucketConfig,
+        source: &Store,
+        images: &[String],
+    ) -> Result<BTreeSet<String>, ServeError> {
+        let scratch = self.scratch.store.clone();
+        let import = || -> Result<BTreeSet<String>, ServeError> {
+            let failed = |context: String| {
+                move |error: String| ServeError::Io {
+                    context,
+                    source: std::io::Error::other(error),
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| ServeError::Io {
+                    context: "starting the import of carried images".to_owned(),
+                    source,
+                })?;
+            let bucket = Bucket::open(config)?;
+            let mut carried = BTreeSet::new();
+            for image in images {
+                let report = load_embedded(source, image, &scratch, None).map_err(|source| {
+                    ServeError::Embedded {
+                        image: image.clone(),
+                        source,
+                    }
+                })?;
+                for warning in &report.warnings {
+                    tracing::warn!(cluster_image = %image, "{warning}");
+                }
+                for (name, digest) in report.images {
+                    runtime
+                        .block_on(copy_named(&bucket, &scratch, &name, &digest))
+                        .map_err(failed(format!(
+                            "importing {name} (carried by {image}) into the bucket"
+                        )))?;
+                    carried.insert(name);
+                }
+                tracing::info!(cluster_image = %image, images = carried.len(), "imported the carried images into the bucket");
+            }
+            Ok(carried)
+        };
+        std::thread::scope(|scope| {
+            scope.spawn(import).join().unwrap_or_else(|_| {
+                Err(ServeError::NotImplemented(
+                    "the import of carried images stopped unexpectedly".to_owned(),
+                ))
+            })
+        })
+    }
+}
+
+/// Copies the image `digest` of `scratch` into the bucket and names it `name`
+/// (`registry/repository:tag`).
+async fn copy_named(
+    bucket: &Bucket,
+    scratch: &Store,
+    name: &str,
+    digest: &Digest,
+) -> Result<(), String> {
+    copy_manifest(bucket, scratch, digest, 0).await?;
+    let (repository, tag) = split_tagged(name).map_err(|error| error.message)?;
+    bucket
+        .put_manifest_link(&repository, digest)
+        .await
+        .map_err(|error| error.to_string())?;
+    bucket
+        .put_tag(&repository, &tag, digest)
+        .await
+        .map_err(|error| error.to_string())?;
+    Ok(())
+}
+
+/// Copies a manifest of `scratch` and what it refers to (children a partial image lacks
+/// are skipped) into the bucket, the manifest last.
+async fn copy_manifest(
+    bucket: &Bucket,
+    scratch: &Store,
+    digest: &Digest,
+    depth: usize,
+) -> Result<(), String> {
+    let bytes = scratch
+        .read_verified(digest)
+        .map_err(|error| error.to_string())?;
+    match ManifestDocument::parse(&bytes, None) {
+        Ok((_, ManifestDocument::Image(manifest))) => {
+            for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
+                copy_blob(bucket, scratch, &blob.digest).await?;
+            }
+        }
+        Ok((_, ManifestDocument::Index(index))) if depth < MAX_DEPTH => {
+            for child in &index.manifests {
+                let present = scratch
+                    .blobs()
+                    .stat(&child.digest)
+                    .map_err(|error| error.to_string())?;
+                if present.is_some() {
+                    Box::pin(copy_manifest(bucket, scratch, &child.digest, depth + 1)).await?;
+                }
+            }
+        }
+        _ => {}
+    }
+    copy_blob(bucket, scratch, digest).await
+}
+
+/// Sends a blob of `scratch` to the bucket unless the bucket has it (or `scratch` lacks it).
+async fn copy_blob(bucket: &Bucket, scratch: &Store, digest: &Digest) -> Result<(), String> {
+    if bucket
+        .stat_blob(digest)
+        .await
+        .map_err(|error| error.to_string())?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let Some(size) = scratch
+        .blobs()
+        .stat(digest)
+        .map_err(|error| error.to_string())?
+    else {
+        return Ok(());
+    };
+    let file = scratch
+        .blobs()
+        .open(digest)
+        .map_err(|error| error.to_string())?;
+    bucket
+        .put_blob(digest, file_stream(file, size))
+        .await
+        .map(drop)
+        .map_err(|error| error.to_string())
 }
 
 /// A store name (`registry/repository`) as the bucket layout spells it.

@@ -507,6 +507,10 @@ pub struct ServerConfig {
     /// tags are never revalidated upstream).
     #[serde(default)]
     pub images: Vec<String>,
+    /// The local store the cluster images of `images` are read from when `storage` is a
+    /// bucket (not a configuration key: `sealer registry serve` sets its own store).
+    #[serde(skip)]
+    pub image_store: Option<PathBuf>,
     /// Bounds on pushes.
     #[serde(default)]
     pub uploads: UploadLimits,
@@ -552,6 +556,7 @@ impl Default for ServerConfig {
             upstream_timeout: default_upstream_timeout(),
             offline: false,
             images: Vec::new(),
+            image_store: None,
             uploads: UploadLimits::default(),
             server: ConnectionLimits::default(),
         }

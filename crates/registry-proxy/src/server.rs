@@ -157,13 +157,26 @@ impl Registry {
                         path: std::env::temp_dir(),
                         source,
                     })?;
-                if !config.images.is_empty() {
-                    return Err(ServeError::NotImplemented(
-                        "serving carried images (`images`, --image) from `storage: { s3: … }`"
-                            .to_owned(),
-                    ));
-                }
-                (Arc::new(backend), BTreeSet::new())
+                let pinned = match (&config.storage, config.images.is_empty()) {
+                    (Some(Storage::S3(bucket_config)), false) => {
+                        let root = config.image_store.as_ref().ok_or_else(|| {
+                            ServeError::NotImplemented(
+                                "carried images (`images`) with `storage: { s3: … }` are read \
+                                 from the CLI's store: serve them with `sealer registry serve \
+                                 --image`"
+                                    .to_owned(),
+                            )
+                        })?;
+                        let source =
+                            Store::open_existing(root).map_err(|source| ServeError::Store {
+                                path: root.clone(),
+                                source,
+                            })?;
+                        backend.import_carried_images(bucket_config, &source, &config.images)?
+                    }
+                    _ => BTreeSet::new(),
+                };
+                (Arc::new(backend), pinned)
             }
         };
         let local = Arc::new(
