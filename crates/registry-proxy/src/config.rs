@@ -806,6 +806,64 @@ mod tests {
     }
 
     #[test]
+    fn storage_is_a_path_or_an_s3_bucket() {
+        let local = yaml("storage: store\n").unwrap();
+        assert_eq!(local.storage, Some(Storage::Path(PathBuf::from("store"))));
+        let bucket = yaml(
+            "storage:\n  s3:\n    bucket: registry\n    prefix: prod\n    endpoint: http://127.0.0.1:9000\n    region: eu-west-1\n    path_style: false\n    allow_http: true\n",
+        )
+        .unwrap();
+        let Some(Storage::S3(s3)) = bucket.storage else {
+            panic!("{:?}", bucket.storage);
+        };
+        assert_eq!(s3.bucket, "registry");
+        assert_eq!(s3.prefix.as_deref(), Some("prod"));
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s3.region.as_deref(), Some("eu-west-1"));
+        assert!(!s3.path_style && s3.allow_http);
+        let toml = ServerConfig::parse(
+            "[storage.s3]\nbucket = \"registry\"\n",
+            Path::new("registry.toml"),
+        )
+        .unwrap();
+        assert!(
+            matches!(toml.storage, Some(Storage::S3(ref s3)) if s3.bucket == "registry" && s3.path_style)
+        );
+        for (text, expected) in [
+            (
+                "storage:\n  gcs:\n    bucket: x\n",
+                "unknown backend \"gcs\"",
+            ),
+            (
+                "storage:\n  s3:\n    bucket: x\n    colour: red\n",
+                "colour",
+            ),
+            (
+                "storage:\n  s3:\n    bucket: x\n  other: 1\n",
+                "beside `s3`",
+            ),
+        ] {
+            let error = yaml(text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
+
+    /// The commented `storage: s3:` block of the example configuration parses.
+    #[test]
+    fn the_documented_s3_storage_parses() {
+        let start = DEFAULT_CONFIG.find("# storage:\n#   s3:").unwrap();
+        let block: String = DEFAULT_CONFIG[start..]
+            .lines()
+            .take_while(|line| line.starts_with('#'))
+            .map(|line| line.trim_start_matches('#').strip_prefix(' ').unwrap_or(""))
+            .filter(|line| !line.trim_start().starts_with('#') && !line.contains('…'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = yaml(&block).unwrap_or_else(|error| panic!("{block}\n{error}"));
+        assert!(matches!(config.storage, Some(Storage::S3(_))), "{block}");
+    }
+
+    #[test]
     fn defaults_and_a_full_yaml_file() {
         let config = yaml("{}").unwrap();
         assert_eq!(config, ServerConfig::default());
