@@ -845,11 +845,17 @@ impl RegistryBackend for BucketBackend {
             Some(tagged) => Some(split_tagged(tagged)?.1),
             None => None,
         };
+        // A cached referrer is listed under its subject, as a pushed one.
+        let subject = self
+            .manifest_bytes(&descriptor.digest)
+            .await?
+            .and_then(|bytes| referrer_of(&descriptor.digest, &bytes))
+            .map(|(subject, _)| subject);
         self.name_manifest(
             &repository_key(&name),
             tag.as_deref(),
             &descriptor.digest,
-            None,
+            subject.as_ref(),
         )
         .await
     }
