@@ -302,6 +302,95 @@ fn chunked_uploads_alternating_between_servers_verify_s3() {
     over_s3(chunked_uploads_alternating_between_servers_verify);
 }
 
+/// A local store (the CLI's) holding the cluster image `localhost/cluster:1`, whose one layer
+/// carries an OCI layout (under `registry/`) with the image `localhost/carried/app:1`;
+/// returns the store and that image's digest.
+fn store_with_a_cluster_image() -> (tempfile::TempDir, Digest) {
+    let carried = tempfile::tempdir().unwrap();
+    let carried_store = Store::open_dir(&carried.path().join("layout")).unwrap();
+    let top = write_image(
+        &carried_store,
+        &ImageSpec::new("localhost/carried/app:1", &[30_000, 2_000], 11),
+    )
+    .unwrap();
+    let mut layer = tar::Builder::new(Vec::new());
+    for entry in ["oci-layout", "index.json", "blobs"] {
+        let path = carried.path().join("layout").join(entry);
+        let inside = format!("registry/{entry}");
+        if path.is_dir() {
+            layer.append_dir_all(&inside, &path).unwrap();
+        } else {
+            layer.append_path_with_name(&path, &inside).unwrap();
+        }
+    }
+    let layer = layer.into_inner().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_dir(dir.path()).unwrap();
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    for blob in [&layer[..], &config[..]] {
+        store
+            .blobs()
+            .put(
+                &Digest::sha256(blob),
+                Some(blob.len() as u64),
+                &mut &blob[..],
+            )
+            .unwrap();
+    }
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": Digest::sha256(config).to_string(),
+            "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": Digest::sha256(&layer).to_string(),
+            "size": layer.len(),
+            "annotations": {"io.sealer.image.layer.oci-layout": "registry"},
+        }],
+    }))
+    .unwrap();
+    let descriptor = store.put_manifest(&manifest, Some(OCI_MANIFEST)).unwrap();
+    store
+        .tag(&"localhost/cluster:1".parse().unwrap(), &descriptor)
+        .unwrap();
+    (dir, top.digest)
+}
+
+/// `registry serve --image` over a bucket: the images the cluster image carries are imported
+/// from the CLI's store into the bucket and served; a second server importing them again
+/// (a restart, another replica) finds them there and serves the same.
+fn carried_images_are_imported_into_the_bucket() {
+    let (cli_store, top) = store_with_a_cluster_image();
+    let carry = |config: &mut ServerConfig| {
+        config.images = vec!["localhost/cluster:1".to_owned()];
+        config.image_store = Some(cli_store.path().to_path_buf());
+    };
+    let first = TestServer::with(carry);
+    let second = TestServer::with(carry);
+    for server in [&first, &second] {
+        let manifest = server.get("/v2/carried/app/manifests/1");
+        assert_eq!(manifest.status, 200, "{manifest:?}");
+        assert_eq!(Digest::sha256(&manifest.body), top);
+        let document: Value = serde_json::from_slice(&manifest.body).unwrap();
+        for layer in document["layers"].as_array().unwrap() {
+            let digest = layer["digest"].as_str().unwrap();
+            let blob = server.get(&format!("/v2/carried/app/blobs/{digest}"));
+            assert_eq!(blob.status, 200);
+            assert_eq!(Digest::sha256(&blob.body).to_string(), digest);
+        }
+    }
+}
+
+#[test]
+fn carried_images_are_imported_into_the_bucket_s3() {
+    over_s3(carried_images_are_imported_into_the_bucket);
+}
+
 /// Sends a request head (no body) and reads what the server answers before the body.
 fn early_answer(server: &TestServer, head: &str) -> String {
     use std::io::{Read as _, Write as _};
