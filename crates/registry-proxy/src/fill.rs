@@ -2,8 +2,10 @@
 //!
 //! [`Fills`] maps each digest being fetched to its [`Fill`]. The first client that misses
 //! starts one: a task, spawned apart from every client (it finishes and commits even when
-//! they all leave), streams the upstream body into a [`BlobUpload`] (appended to
-//! `uploads/<id>` with a running SHA-256, on a blocking writer thread) and keeps the most
+//! they all leave), streams the upstream body into the backend's fill scratch, a
+//! [`BlobUpload`] (appended to `uploads/<id>` of the local store, or of a bucket backend's
+//! per-process scratch store, with a running SHA-256, on a blocking writer thread; the
+//! backend commits it once verified: `RegistryBackend::commit_fill`) and keeps the most
 //! recent chunks in a ring in memory. Every client that asks for the digest meanwhile
 //! follows the same fill: it reads what is still in the ring, what the ring no longer holds
 //! from the upload's file (a late joiner, a slow client), then follows live, woken by a
