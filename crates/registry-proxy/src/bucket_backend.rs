@@ -707,8 +707,10 @@ impl RegistryBackend for BucketBackend {
     }
 
     async fn purge_idle_uploads(&self, idle: std::time::Duration) -> Result<(), ApiError> {
+        // Object times have a resolution of one second: an upload is purged only once it is
+        // surely idle.
         self.bucket
-            .purge_uploads(idle)
+            .purge_uploads(idle + std::time::Duration::from_secs(1))
             .await
             .map(drop)
             .map_err(unavailable("purge idle uploads"))

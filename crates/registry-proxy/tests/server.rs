@@ -391,6 +391,44 @@ fn carried_images_are_imported_into_the_bucket_s3() {
     over_s3(carried_images_are_imported_into_the_bucket);
 }
 
+/// An upload left idle past `uploads.idle_timeout` is removed from the bucket (every
+/// server purges sessions whose state has not changed for that long), and its id is
+/// unknown afterwards on every server.
+fn idle_uploads_are_purged_from_the_bucket() {
+    // Object times have a resolution of one second: a shorter timeout could purge an upload
+    // in use.
+    let short = |config: &mut ServerConfig| {
+        config.uploads.idle_timeout =
+            sealer_registry_proxy::config::ConfigDuration(Duration::from_secs(2));
+    };
+    let a = TestServer::with(short);
+    let b = TestServer::with(short);
+    let start = a.request("POST", "/v2/team/app/blobs/uploads/", &[], &[]);
+    let location = start.header("location").unwrap().to_owned();
+    assert_eq!(a.request("PATCH", &location, &[], b"abandoned").status, 202);
+    assert_eq!(b.get(&location).status, 204, "the other server finds it");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s3 = s3_storage().unwrap();
+        if !bucket_keys(&s3, "uploads/").contains("<Key>") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle upload was never purged"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for server in [&a, &b] {
+        assert_error(&server.get(&location), 404, "BLOB_UPLOAD_UNKNOWN");
+    }
+}
+
+#[test]
+fn idle_uploads_are_purged_from_the_bucket_s3() {
+    over_s3(idle_uploads_are_purged_from_the_bucket);
+}
+
 /// Sends a request head (no body) and reads what the server answers before the body.
 fn early_answer(server: &TestServer, head: &str) -> String {
     use std::io::{Read as _, Write as _};
