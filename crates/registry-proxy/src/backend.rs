@@ -20,6 +20,7 @@ use sealer_image_store::{
     Algorithm, BlobStore, BlobUpload, Descriptor, Digest, Index, MAX_MANIFEST_SIZE,
     ManifestDocument, Reference, Store, StoreError, UploadCheckpoint,
 };
+use tokio::sync::mpsc;
 
 use crate::catalog::{REPOSITORY_ANNOTATION, Referrers, entry_repository, entry_tag};
 use crate::error::{ApiError, ErrorCode};
@@ -92,31 +93,47 @@ pub trait RegistryBackend: std::fmt::Debug + Send + Sync + 'static {
 
     // ---- uploads and GC holds ----
 
-    /// Starts an upload: a blob arriving in pieces (appended, checkpointed, rolled back and
-    /// committed through the returned handle; the commit verifies the digest and holds the
-    /// blob).
-    async fn begin_upload(&self) -> Result<BlobUpload, ApiError>;
+    /// Starts an upload: a blob arriving in pieces, owned by the backend (appended, rolled
+    /// back, committed and cancelled through the returned handle; the commit verifies the
+    /// digest and holds the blob).
+    async fn begin_upload(&self) -> Result<Box<dyn BackendUpload>, ApiError>;
 
-    /// Commits an upload once its bytes hash to `digest` (400 `DIGEST_INVALID` otherwise,
-    /// and nothing is stored), holding the blob as fresh; returns its size.
-    async fn commit_upload(&self, upload: BlobUpload, digest: Digest) -> Result<u64, ApiError>;
+    /// Finds the upload `id` that another process started (its state lives in shared
+    /// storage), or `None`: the local store's uploads live in one process's memory.
+    async fn resume_upload(&self, id: String) -> Result<Option<Box<dyn BackendUpload>>, ApiError> {
+        let _ = id;
+        Ok(None)
+    }
 
-    /// Forgets what `upload` received after `checkpoint` (a failed piece), so the client
-    /// may send it again; an error leaves the upload unusable.
-    async fn rollback_upload(
-        &self,
-        upload: BlobUpload,
-        checkpoint: UploadCheckpoint,
-    ) -> Result<BlobUpload, ApiError>;
+    /// Removes the uploads of shared storage left idle longer than `idle` (in every
+    /// process); the local store's are dropped with their sessions.
+    async fn purge_idle_uploads(&self, idle: std::time::Duration) -> Result<(), ApiError> {
+        let _ = idle;
+        Ok(())
+    }
+
+    /// Starts a pull-through fill's scratch: a local upload file that followers read while
+    /// it grows ([`Self::open_upload_blocking`]) and that [`Self::commit_fill`] stores.
+    async fn begin_fill(&self) -> Result<BlobUpload, ApiError>;
+
+    /// Stores a fill whose bytes were verified to hash to `digest`, holding the blob as
+    /// fresh.
+    async fn commit_fill(&self, upload: BlobUpload, digest: Digest) -> Result<(), ApiError>;
+
+    /// Tells the backend that no reader of the fill of `digest` is left (a backend that kept
+    /// a local copy for them may drop it).
+    fn fill_released(&self, digest: &Digest) {
+        let _ = digest;
+    }
 
     /// Opens a stored blob for reads at any offset; the file stays readable if the blob is
     /// removed meanwhile. Blocking: call it from a blocking thread (a fill's followers read
     /// in pieces through it).
     fn open_blob_blocking(&self, digest: &Digest) -> std::io::Result<Box<dyn ReadFile>>;
 
-    /// Opens what the live upload `id` has written so far (a fill's followers read a blob
-    /// while it arrives); `None` when the upload is gone (committed or dropped). Blocking:
-    /// call it from a blocking thread.
+    /// Opens what the live fill upload `id` has written so far (a fill's followers read a
+    /// blob while it arrives); `None` when the upload is gone (committed or dropped).
+    /// Blocking: call it from a blocking thread.
     fn open_upload_blocking(&self, id: &str) -> std::io::Result<Option<Box<dyn ReadFile>>>;
 
     /// Holds a present blob as fresh, so that GC keeps it until a manifest names it;
@@ -151,6 +168,166 @@ pub trait RegistryBackend: std::fmt::Debug + Send + Sync + 'static {
         descriptor: Descriptor,
         host: String,
     ) -> Result<(), ApiError>;
+}
+
+/// An upload in progress, owned by its backend: the bytes of one blob arriving in pieces.
+/// Every piece is verified-as-you-go (hashed), and only [`Self::commit`] makes a blob.
+#[async_trait::async_trait]
+pub trait BackendUpload: std::fmt::Debug + Send {
+    /// The id any process finds it by through [`RegistryBackend::resume_upload`]; `None`
+    /// when it lives in this process only.
+    fn shared_id(&self) -> Option<&str>;
+
+    /// Bytes received so far.
+    fn size(&self) -> u64;
+
+    /// Reads the upload's state again where another process may have advanced it; 404
+    /// `BLOB_UPLOAD_UNKNOWN` when it is gone.
+    async fn refresh(&mut self) -> Result<(), ApiError>;
+
+    /// Appends the chunks `chunks` yields until it closes; returns how many bytes were
+    /// written. An error leaves the upload unusable (cancel it).
+    async fn append(&mut self, chunks: mpsc::Receiver<Bytes>) -> Result<u64, ApiError>;
+
+    /// Makes what [`Self::append`] received durable and visible to every process (a
+    /// backend may keep the end of a piece in memory until then, so that a failed piece can
+    /// be forgotten).
+    async fn save(&mut self) -> Result<(), ApiError>;
+
+    /// Forgets what the last [`Self::append`] wrote (a failed piece), so the client may send
+    /// it again; an error leaves the upload unusable.
+    async fn rollback(&mut self) -> Result<(), ApiError>;
+
+    /// Commits the upload once its bytes hash to `digest` (400 `DIGEST_INVALID` otherwise,
+    /// and nothing is stored), holding the blob as fresh; returns its size.
+    async fn commit(self: Box<Self>, digest: Digest) -> Result<u64, ApiError>;
+
+    /// Removes the upload and what it received.
+    async fn cancel(self: Box<Self>);
+
+    /// Lets go of an upload idle in this process: the local store's is removed; a shared
+    /// one stays for other processes (purged once idle everywhere).
+    async fn release(self: Box<Self>);
+}
+
+/// An upload of the local store: a file under `uploads/`, on blocking threads.
+#[derive(Debug)]
+struct LocalUpload {
+    /// `None` once a store error made it unusable (or while a blocking call holds it).
+    upload: Option<BlobUpload>,
+    /// Where the last append started, for [`BackendUpload::rollback`].
+    checkpoint: Option<UploadCheckpoint>,
+    size: u64,
+}
+
+impl LocalUpload {
+    fn new(upload: BlobUpload) -> Self {
+        Self {
+            size: upload.size(),
+            upload: Some(upload),
+            checkpoint: None,
+        }
+    }
+
+    fn take(&mut self) -> Result<BlobUpload, ApiError> {
+        self.upload.take().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::BlobUploadUnknown,
+                "the upload failed earlier; start again",
+            )
+        })
+    }
+}
+
+/// Commits a local upload on a blocking thread: a digest mismatch is the client's error.
+async fn commit_local(upload: BlobUpload, digest: Digest) -> Result<u64, ApiError> {
+    blocking("commit an upload", move || {
+        upload.commit(&digest).map_err(|error| match error {
+            StoreError::DigestMismatch { .. } => ApiError::from_store("commit an upload", error),
+            other => ApiError::internal("commit an upload", other),
+        })
+    })
+    .await
+}
+
+#[async_trait::async_trait]
+impl BackendUpload for LocalUpload {
+    fn shared_id(&self) -> Option<&str> {
+        None
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    async fn refresh(&mut self) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    async fn save(&mut self) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    async fn append(&mut self, mut chunks: mpsc::Receiver<Bytes>) -> Result<u64, ApiError> {
+        let mut upload = self.take()?;
+        self.checkpoint = Some(upload.checkpoint());
+        let (upload, written) = blocking("write an upload", move || {
+            let mut written = 0u64;
+            while let Some(chunk) = chunks.blocking_recv() {
+                if let Err(error) = upload.write_all(&chunk) {
+                    // Dropped here, off the async threads: its file is removed.
+                    drop(upload);
+                    return Ok((None, Err(error)));
+                }
+                written += chunk.len() as u64;
+            }
+            Ok((Some(upload), Ok(written)))
+        })
+        .await?;
+        if let Some(upload) = &upload {
+            self.size = upload.size();
+        }
+        self.upload = upload;
+        written.map_err(|error| ApiError::internal("write an upload", error))
+    }
+
+    async fn rollback(&mut self) -> Result<(), ApiError> {
+        let mut upload = self.take()?;
+        let Some(checkpoint) = self.checkpoint.take() else {
+            self.upload = Some(upload);
+            return Ok(());
+        };
+        let upload = blocking("roll back an upload", move || {
+            upload
+                .rollback(checkpoint)
+                .map(|()| upload)
+                .map_err(|error| ApiError::internal("roll back an upload", error))
+        })
+        .await?;
+        self.size = upload.size();
+        self.upload = Some(upload);
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>, digest: Digest) -> Result<u64, ApiError> {
+        let upload = self.take()?;
+        commit_local(upload, digest).await
+    }
+
+    async fn cancel(mut self: Box<Self>) {
+        if let Some(upload) = self.upload.take() {
+            // Dropping it removes its file: off the async threads.
+            let _ = blocking("discard an upload", move || {
+                drop(upload);
+                Ok(())
+            })
+            .await;
+        }
+    }
+
+    async fn release(self: Box<Self>) {
+        self.cancel().await;
+    }
 }
 
 /// The local store as a [`RegistryBackend`]: `index.json` names the manifests, blobs live
@@ -364,7 +541,12 @@ impl RegistryBackend for LocalBackend {
         .await
     }
 
-    async fn begin_upload(&self) -> Result<BlobUpload, ApiError> {
+    async fn begin_upload(&self) -> Result<Box<dyn BackendUpload>, ApiError> {
+        let upload = self.begin_fill().await?;
+        Ok(Box::new(LocalUpload::new(upload)))
+    }
+
+    async fn begin_fill(&self) -> Result<BlobUpload, ApiError> {
         let store = self.store.clone();
         blocking("start an upload", move || {
             store
@@ -374,30 +556,8 @@ impl RegistryBackend for LocalBackend {
         .await
     }
 
-    async fn commit_upload(&self, upload: BlobUpload, digest: Digest) -> Result<u64, ApiError> {
-        blocking("commit an upload", move || {
-            upload.commit(&digest).map_err(|error| match error {
-                StoreError::DigestMismatch { .. } => {
-                    ApiError::from_store("commit an upload", error)
-                }
-                other => ApiError::internal("commit an upload", other),
-            })
-        })
-        .await
-    }
-
-    async fn rollback_upload(
-        &self,
-        mut upload: BlobUpload,
-        checkpoint: UploadCheckpoint,
-    ) -> Result<BlobUpload, ApiError> {
-        blocking("roll back an upload", move || {
-            upload
-                .rollback(checkpoint)
-                .map(|()| upload)
-                .map_err(|error| ApiError::internal("roll back an upload", error))
-        })
-        .await
+    async fn commit_fill(&self, upload: BlobUpload, digest: Digest) -> Result<(), ApiError> {
+        commit_local(upload, digest).await.map(drop)
     }
 
     fn open_blob_blocking(&self, digest: &Digest) -> std::io::Result<Box<dyn ReadFile>> {
@@ -513,52 +673,13 @@ fn store_manifest(
     bytes: &[u8],
     content_type: Option<String>,
 ) -> Result<(Digest, Option<Digest>), ApiError> {
-    let invalid = |message: String| ApiError::new(ErrorCode::ManifestInvalid, message);
-    // As distribution: no Content-Type, or a generic JSON one, leaves the body to say.
-    let declared = content_type.filter(|kind| kind != "application/json");
-    if let Some(declared) = &declared {
-        check_manifest_type("the Content-Type", declared)?;
-    }
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|error| invalid(format!("the manifest is not JSON: {error}")))?;
-    let own = value.get("mediaType").and_then(serde_json::Value::as_str);
-    if let Some(own) = own {
-        check_manifest_type("the manifest's mediaType", own)?;
-    }
-    if let (Some(declared), Some(own)) = (&declared, own)
-        && declared != own
-    {
-        return Err(invalid(format!(
-            "Content-Type {declared} differs from the manifest's mediaType {own}"
-        )));
-    }
-    let (kind, document) = ManifestDocument::parse(bytes, declared.as_deref())
-        .map_err(|error| invalid(error.to_string()))?;
-    check_manifest_type("the manifest's media type", &kind)?;
-    let digest = match reference {
-        ManifestRef::Digest(expected) => {
-            let actual = Digest::of(expected.algorithm(), bytes);
-            if &actual != expected {
-                return Err(ApiError::new(
-                    ErrorCode::DigestInvalid,
-                    format!("the manifest hashes to {actual}, not {expected}"),
-                ));
-            }
-            actual
-        }
-        ManifestRef::Tag(_) => Digest::sha256(bytes),
-    };
-    let (subject, children) = match &document {
-        ManifestDocument::Image(manifest) => (manifest.subject.clone(), Vec::new()),
-        ManifestDocument::Index(index) => (
-            index.subject.clone(),
-            index
-                .manifests
-                .iter()
-                .map(|child| child.digest.clone())
-                .collect(),
-        ),
-    };
+    let PushedManifest {
+        digest,
+        kind,
+        subject,
+        children,
+        ..
+    } = check_pushed_manifest(reference, bytes, content_type)?;
     let _gc = store
         .gc_lock()
         .map_err(|error| ApiError::internal("take the GC lock", error))?;
@@ -603,7 +724,91 @@ fn store_manifest(
             Ok(())
         })
         .map_err(|error| ApiError::internal("update index.json", error))?;
-    Ok((digest, subject.map(|subject| subject.digest)))
+    Ok((digest, subject))
+}
+
+/// What a pushed manifest is, once checked.
+pub(crate) struct PushedManifest {
+    /// Its digest (the reference's, for a push by digest).
+    pub(crate) digest: Digest,
+    /// Its media type.
+    pub(crate) kind: String,
+    /// The digest of its subject, if any.
+    pub(crate) subject: Option<Digest>,
+    /// The manifests an index lists.
+    pub(crate) children: Vec<Digest>,
+    /// The config and layers of an image manifest.
+    pub(crate) blobs: Vec<Digest>,
+}
+
+/// Checks a pushed manifest: JSON, a manifest or index media type (the Content-Type, where
+/// it is not absent or `application/json`, and the body's `mediaType` agree), and for a push
+/// by digest that the bytes hash to it.
+pub(crate) fn check_pushed_manifest(
+    reference: &ManifestRef,
+    bytes: &[u8],
+    content_type: Option<String>,
+) -> Result<PushedManifest, ApiError> {
+    let invalid = |message: String| ApiError::new(ErrorCode::ManifestInvalid, message);
+    // As distribution: no Content-Type, or a generic JSON one, leaves the body to say.
+    let declared = content_type.filter(|kind| kind != "application/json");
+    if let Some(declared) = &declared {
+        check_manifest_type("the Content-Type", declared)?;
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|error| invalid(format!("the manifest is not JSON: {error}")))?;
+    let own = value.get("mediaType").and_then(serde_json::Value::as_str);
+    if let Some(own) = own {
+        check_manifest_type("the manifest's mediaType", own)?;
+    }
+    if let (Some(declared), Some(own)) = (&declared, own)
+        && declared != own
+    {
+        return Err(invalid(format!(
+            "Content-Type {declared} differs from the manifest's mediaType {own}"
+        )));
+    }
+    let (kind, document) = ManifestDocument::parse(bytes, declared.as_deref())
+        .map_err(|error| invalid(error.to_string()))?;
+    check_manifest_type("the manifest's media type", &kind)?;
+    let digest = match reference {
+        ManifestRef::Digest(expected) => {
+            let actual = Digest::of(expected.algorithm(), bytes);
+            if &actual != expected {
+                return Err(ApiError::new(
+                    ErrorCode::DigestInvalid,
+                    format!("the manifest hashes to {actual}, not {expected}"),
+                ));
+            }
+            actual
+        }
+        ManifestRef::Tag(_) => Digest::sha256(bytes),
+    };
+    let (subject, children, blobs) = match &document {
+        ManifestDocument::Image(manifest) => (
+            manifest.subject.clone(),
+            Vec::new(),
+            std::iter::once(manifest.config.digest.clone())
+                .chain(manifest.layers.iter().map(|layer| layer.digest.clone()))
+                .collect(),
+        ),
+        ManifestDocument::Index(index) => (
+            index.subject.clone(),
+            index
+                .manifests
+                .iter()
+                .map(|child| child.digest.clone())
+                .collect(),
+            Vec::new(),
+        ),
+    };
+    Ok(PushedManifest {
+        digest,
+        kind,
+        subject: subject.map(|subject| subject.digest),
+        children,
+        blobs,
+    })
 }
 
 /// Removes this repository's entries for `digest`, then the manifest itself when nothing

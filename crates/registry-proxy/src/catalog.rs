@@ -216,6 +216,16 @@ fn describe(media_type: String, size: u64, document: ManifestDocument) -> DocInf
     }
 }
 
+/// The subject of the manifest `bytes` (digest `digest`) and its descriptor as the referrers
+/// API lists it (media type, size, artifact type, annotations); `None` when it is no
+/// manifest or has no subject.
+pub(crate) fn referrer_of(digest: &Digest, bytes: &[u8]) -> Option<(Digest, Descriptor)> {
+    let (media_type, document) = ManifestDocument::parse(bytes, None).ok()?;
+    let info = describe(media_type, bytes.len() as u64, document);
+    let subject = info.subject.clone()?;
+    Some((subject, referrer_descriptor(digest, &info)))
+}
+
 fn referrer_descriptor(digest: &Digest, info: &DocInfo) -> Descriptor {
     let mut descriptor = Descriptor::new(info.media_type.clone(), digest.clone(), info.size);
     descriptor.artifact_type = info.artifact_type.clone();

@@ -16,6 +16,7 @@ use sealer_fs_abstraction::RealFs;
 use sealer_registry_client::redact_url;
 use serde::Deserialize;
 
+use crate::bucket::BucketConfig;
 use crate::route::normalise_host;
 
 /// Why a configuration cannot be used.
@@ -387,6 +388,73 @@ pub struct UpstreamConfig {
     pub tag_ttl: TagTtl,
 }
 
+/// The `storage` key: a path (the local image store, an OCI layout) or `{ s3: … }` (an
+/// S3-compatible bucket that several server processes may share).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// The local image store at this directory.
+    Path(PathBuf),
+    /// A bucket.
+    S3(BucketConfig),
+}
+
+impl Storage {
+    /// The local store's directory, when the storage is one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Self::Path(path) => Some(path),
+            Self::S3(_) => None,
+        }
+    }
+}
+
+impl From<PathBuf> for Storage {
+    fn from(path: PathBuf) -> Self {
+        Self::Path(path)
+    }
+}
+
+impl<'de> Deserialize<'de> for Storage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Storage;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a directory path, or `{ s3: { bucket: …, … } }`")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Storage, E> {
+                Ok(Storage::Path(PathBuf::from(value)))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Storage, A::Error> {
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(serde::de::Error::custom(
+                        "storage: an empty map; expected `s3: { bucket: …, … }`",
+                    ));
+                };
+                if key != "s3" {
+                    return Err(serde::de::Error::custom(format!(
+                        "storage: unknown backend {key:?}; expected a path or `s3`"
+                    )));
+                }
+                let config: BucketConfig = map.next_value()?;
+                if let Some(other) = map.next_key::<String>()? {
+                    return Err(serde::de::Error::custom(format!(
+                        "storage: {other:?} beside `s3`; name one backend"
+                    )));
+                }
+                Ok(Storage::S3(config))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 /// The configuration of `sealer registry serve`; see `examples/registry.yaml`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -394,9 +462,10 @@ pub struct ServerConfig {
     /// The address to listen on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// The image store; `None`: the CLI's store (`--root`, `$SEALER_ROOT`, …).
+    /// Where the registry's content lives: an image store directory, or `{ s3: … }` a
+    /// bucket; `None`: the CLI's store (`--root`, `$SEALER_ROOT`, …).
     #[serde(default)]
-    pub storage: Option<PathBuf>,
+    pub storage: Option<Storage>,
     /// read-only (default) or read-write.
     #[serde(default)]
     pub mode: Mode,
@@ -438,6 +507,10 @@ pub struct ServerConfig {
     /// tags are never revalidated upstream).
     #[serde(default)]
     pub images: Vec<String>,
+    /// The local store the cluster images of `images` are read from when `storage` is a
+    /// bucket (not a configuration key: `sealer registry serve` sets its own store).
+    #[serde(skip)]
+    pub image_store: Option<PathBuf>,
     /// Bounds on pushes.
     #[serde(default)]
     pub uploads: UploadLimits,
@@ -483,6 +556,7 @@ impl Default for ServerConfig {
             upstream_timeout: default_upstream_timeout(),
             offline: false,
             images: Vec::new(),
+            image_store: None,
             uploads: UploadLimits::default(),
             server: ConnectionLimits::default(),
         }
@@ -649,7 +723,7 @@ impl ServerConfig {
                 *path = base.join(&*path);
             }
         };
-        if let Some(storage) = &mut self.storage {
+        if let Some(Storage::Path(storage)) = &mut self.storage {
             resolve(storage);
         }
         if let Some(auth) = &mut self.auth {
@@ -729,6 +803,64 @@ mod tests {
 
     fn yaml(text: &str) -> Result<ServerConfig, ConfigError> {
         ServerConfig::parse(text, Path::new("registry.yaml"))
+    }
+
+    #[test]
+    fn storage_is_a_path_or_an_s3_bucket() {
+        let local = yaml("storage: store\n").unwrap();
+        assert_eq!(local.storage, Some(Storage::Path(PathBuf::from("store"))));
+        let bucket = yaml(
+            "storage:\n  s3:\n    bucket: registry\n    prefix: prod\n    endpoint: http://127.0.0.1:9000\n    region: eu-west-1\n    path_style: false\n    allow_http: true\n",
+        )
+        .unwrap();
+        let Some(Storage::S3(s3)) = bucket.storage else {
+            panic!("{:?}", bucket.storage);
+        };
+        assert_eq!(s3.bucket, "registry");
+        assert_eq!(s3.prefix.as_deref(), Some("prod"));
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s3.region.as_deref(), Some("eu-west-1"));
+        assert!(!s3.path_style && s3.allow_http);
+        let toml = ServerConfig::parse(
+            "[storage.s3]\nbucket = \"registry\"\n",
+            Path::new("registry.toml"),
+        )
+        .unwrap();
+        assert!(
+            matches!(toml.storage, Some(Storage::S3(ref s3)) if s3.bucket == "registry" && s3.path_style)
+        );
+        for (text, expected) in [
+            (
+                "storage:\n  gcs:\n    bucket: x\n",
+                "unknown backend \"gcs\"",
+            ),
+            (
+                "storage:\n  s3:\n    bucket: x\n    colour: red\n",
+                "colour",
+            ),
+            (
+                "storage:\n  s3:\n    bucket: x\n  other: 1\n",
+                "beside `s3`",
+            ),
+        ] {
+            let error = yaml(text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
+
+    /// The commented `storage: s3:` block of the example configuration parses.
+    #[test]
+    fn the_documented_s3_storage_parses() {
+        let start = DEFAULT_CONFIG.find("# storage:\n#   s3:").unwrap();
+        let block: String = DEFAULT_CONFIG[start..]
+            .lines()
+            .take_while(|line| line.starts_with('#'))
+            .map(|line| line.trim_start_matches('#').strip_prefix(' ').unwrap_or(""))
+            .filter(|line| !line.trim_start().starts_with('#') && !line.contains('…'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = yaml(&block).unwrap_or_else(|error| panic!("{block}\n{error}"));
+        assert!(matches!(config.storage, Some(Storage::S3(_))), "{block}");
     }
 
     #[test]

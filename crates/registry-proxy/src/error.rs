@@ -255,6 +255,9 @@ pub enum ServeError {
         #[source]
         source: sealer_image_store::archive::ArchiveError,
     },
+    /// The bucket of `storage: { s3: … }` cannot be set up.
+    #[error(transparent)]
+    Bucket(#[from] crate::bucket::BucketConfigError),
     /// The configuration names no store, and none was given otherwise.
     #[error("no storage: set `storage` in the configuration (or the CLI's --root)")]
     NoStorage,

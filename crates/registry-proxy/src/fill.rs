@@ -2,8 +2,10 @@
 //!
 //! [`Fills`] maps each digest being fetched to its [`Fill`]. The first client that misses
 //! starts one: a task, spawned apart from every client (it finishes and commits even when
-//! they all leave), streams the upstream body into a [`BlobUpload`] (appended to
-//! `uploads/<id>` with a running SHA-256, on a blocking writer thread) and keeps the most
+//! they all leave), streams the upstream body into the backend's fill scratch, a
+//! [`BlobUpload`] (appended to `uploads/<id>` of the local store, or of a bucket backend's
+//! per-process scratch store, with a running SHA-256, on a blocking writer thread; the
+//! backend commits it once verified: `RegistryBackend::commit_fill`) and keeps the most
 //! recent chunks in a ring in memory. Every client that asks for the digest meanwhile
 //! follows the same fill: it reads what is still in the ring, what the ring no longer holds
 //! from the upload's file (a late joiner, a slow client), then follows live, woken by a
@@ -243,6 +245,13 @@ pub(crate) struct Fill {
     state: Mutex<FillState>,
     /// Signalled on every change of `state`.
     changed: watch::Sender<()>,
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        // The fill task and every follower are done with it.
+        self.backend.fill_released(&self.digest);
+    }
 }
 
 impl Fill {
@@ -549,7 +558,7 @@ async fn transfer(
         FetchError::Upstream("the upstream sent the blob without a Content-Length".to_owned())
     })?;
     let upload = backend
-        .begin_upload()
+        .begin_fill()
         .await
         .map_err(|error| FetchError::Store(error.message))?;
     let id = upload.id().to_owned();
@@ -585,17 +594,23 @@ async fn transfer(
         .await
         .map_err(|error| FetchError::Store(error.to_string()))?;
     streamed?;
-    written
+    // Verified; the followers may finish. Held fresh by the commit: the cached manifest
+    // that needs it may be gone already, so GC keeps it a while.
+    backend
+        .commit_fill(written?, digest)
+        .await
+        .map_err(|error| FetchError::Store(error.message))
 }
 
 /// The writer thread: appends chunks to the upload, publishes progress, and on `Finish`
-/// verifies and commits. Anything else drops the upload (its file is removed).
+/// verifies and hands the upload back for the commit. Anything else drops the upload (its
+/// file is removed).
 fn write(
     mut upload: BlobUpload,
     mut receiver: mpsc::Receiver<Write>,
     fill: &Fill,
     size: u64,
-) -> Result<(), FetchError> {
+) -> Result<BlobUpload, FetchError> {
     let store_error = |error: StoreError| FetchError::Store(error.to_string());
     // Written bytes not announced yet: followers are woken by every chunk received, so
     // the writer wakes them only every READ_CHUNK bytes (for those reading the file, once
@@ -633,10 +648,7 @@ fn write(
                     )));
                 }
                 fill.update(|state| state.outcome = Outcome::Verified);
-                // Held fresh by the commit: the cached manifest that needs it may be gone
-                // already, so GC keeps it a while.
-                upload.commit(&fill.digest).map_err(store_error)?;
-                return Ok(());
+                return Ok(upload);
             }
         }
     }

@@ -1,6 +1,5 @@
 //! The endpoint handlers. Reads go through the [`crate::ContentSource`]; writes go through
-//! the [`crate::RegistryBackend`] (an upload's bytes through its `BlobUpload`, on blocking
-//! threads).
+//! the [`crate::RegistryBackend`] (an upload's bytes through its [`BackendUpload`]).
 
 use axum::body::Body;
 use axum::http::request::Parts;
@@ -11,8 +10,8 @@ use futures_util::StreamExt as _;
 use sealer_image_store::model::media_type;
 use sealer_image_store::{Descriptor, Digest, MAX_MANIFEST_SIZE, is_manifest_type};
 
+use crate::backend::BackendUpload;
 use crate::error::{ApiError, ErrorCode};
-use crate::local::blocking;
 use crate::range::{RangeRequest, parse_content_range};
 use crate::route::{BlobOp, ManifestOp, ManifestRef, RepoPath, UploadOp};
 use crate::server::AppState;
@@ -370,7 +369,7 @@ fn pump_error(error: PumpError) -> ApiError {
             ErrorCode::BlobUploadInvalid,
             format!("reading the request body: {message}"),
         ),
-        PumpError::Store(error) => ApiError::internal("writing an upload", error),
+        PumpError::Store(error) => error,
         PumpError::TooLarge => ApiError::new(
             ErrorCode::BlobUploadInvalid,
             "the body is longer than its Content-Range",
@@ -396,14 +395,10 @@ fn content_length(parts: &Parts) -> Option<u64> {
     header_text(&parts.headers, header::CONTENT_LENGTH).and_then(|text| text.parse().ok())
 }
 
-/// Drops an upload (which removes its file) on a blocking thread.
-async fn discard(upload: Option<sealer_image_store::BlobUpload>) {
+/// Cancels an upload (which removes what it received).
+async fn discard(upload: Option<Box<dyn BackendUpload>>) {
     if let Some(upload) = upload {
-        let _ = blocking("discard an upload", move || {
-            drop(upload);
-            Ok(())
-        })
-        .await;
+        upload.cancel().await;
     }
 }
 
@@ -447,19 +442,13 @@ pub(crate) async fn start_upload(
     if digest.is_some() && content_length(parts).is_some_and(|length| length > max) {
         return Err(too_big(max));
     }
-    let upload = state.local.backend().begin_upload().await?;
+    let mut upload = state.local.backend().begin_upload().await?;
     if let Some(digest) = digest {
-        let (upload, written) = pump(upload, body, None, max).await;
-        if let Err(error) = written {
-            discard(upload).await;
+        if let Err(error) = pump(&mut *upload, body, None, max).await {
+            discard(Some(upload)).await;
             return Err(pump_error(error));
         }
-        let upload = upload.ok_or_else(|| ApiError::internal("monolithic upload", "lost"))?;
-        let size = state
-            .local
-            .backend()
-            .commit_upload(upload, digest.clone())
-            .await?;
+        let size = upload.commit(digest.clone()).await?;
         tracing::info!(repository = %repo.path_name, %digest, size, "blob uploaded");
         return Ok(blob_created(&repo, &digest));
     }
@@ -482,9 +471,20 @@ pub(crate) async fn upload(
     op: UploadOp,
 ) -> Result<Response, ApiError> {
     let name = state.names.name(&repo)?;
-    let session = state.uploads.get(&id, &name).await?;
+    let session = state
+        .uploads
+        .get(&id, &name, &**state.local.backend())
+        .await?;
     let mut session = session.lock().await;
     session.touched = std::time::Instant::now();
+    // Another process may have advanced (or finished) a shared upload since.
+    if let Some(upload) = session.upload.as_mut()
+        && let Err(error) = upload.refresh().await
+    {
+        session.upload = None;
+        state.uploads.remove(&id);
+        return Err(error);
+    }
     let broken = || {
         ApiError::new(
             ErrorCode::BlobUploadUnknown,
@@ -534,15 +534,15 @@ pub(crate) async fn upload(
                 discard(session.upload.take()).await;
                 return Err(too_big(max));
             }
-            let upload = session.upload.take().ok_or_else(broken)?;
-            let checkpoint = upload.checkpoint();
-            let (upload, written) = pump(upload, body, limit, max).await;
-            let Some(upload) = upload else {
-                // The store failed: the upload is unusable.
-                state.uploads.remove(&id);
-                return Err(written.map_or_else(pump_error, |_| broken()));
-            };
+            let mut upload = session.upload.take().ok_or_else(broken)?;
+            let written = pump(&mut *upload, body, limit, max).await;
             let failure = match written {
+                Err(PumpError::Store(error)) => {
+                    // The storage failed: the upload is unusable.
+                    state.uploads.remove(&id);
+                    discard(Some(upload)).await;
+                    return Err(error);
+                }
                 Err(PumpError::OverMaxSize(max)) => {
                     state.uploads.remove(&id);
                     discard(Some(upload)).await;
@@ -553,20 +553,24 @@ pub(crate) async fn upload(
                     ErrorCode::SizeInvalid,
                     format!("the chunk has {written} bytes, not the announced {limit:?}"),
                 )),
-                Ok(_) => None,
+                // The whole chunk arrived: only now may other processes see it.
+                Ok(_) => match upload.save().await {
+                    Ok(()) => None,
+                    Err(error) => {
+                        state.uploads.remove(&id);
+                        discard(Some(upload)).await;
+                        return Err(error);
+                    }
+                },
             };
             if let Some(error) = failure {
                 // A failed PATCH changes nothing: the upload goes back to where it was, and
                 // the client may send the chunk again.
-                let rolled_back = state
-                    .local
-                    .backend()
-                    .rollback_upload(upload, checkpoint)
-                    .await;
-                match rolled_back {
-                    Ok(upload) => session.upload = Some(upload),
+                match upload.rollback().await {
+                    Ok(()) => session.upload = Some(upload),
                     Err(rollback) => {
                         state.uploads.remove(&id);
+                        discard(Some(upload)).await;
                         tracing::warn!(%rollback, "dropped an upload that could not be rolled back");
                     }
                 }
@@ -587,17 +591,12 @@ pub(crate) async fn upload(
                 discard(Some(upload)).await;
                 return Err(too_big(max));
             }
-            let (upload, written) = pump(upload, body, None, max).await;
-            if let Err(error) = written {
-                discard(upload).await;
+            let mut upload = upload;
+            if let Err(error) = pump(&mut *upload, body, None, max).await {
+                discard(Some(upload)).await;
                 return Err(pump_error(error));
             }
-            let upload = upload.ok_or_else(broken)?;
-            let size = state
-                .local
-                .backend()
-                .commit_upload(upload, digest.clone())
-                .await?;
+            let size = upload.commit(digest.clone()).await?;
             tracing::info!(repository = %repo.path_name, %digest, size, "blob uploaded");
             Ok(blob_created(&repo, &digest))
         }

@@ -15,7 +15,7 @@ use sealer_image_store::Store;
 use serde_json::json;
 
 use crate::error::{ApiError, ErrorCode};
-use crate::server::AppState;
+use crate::server::{AppState, OpenStorage};
 
 /// The name the write check's temporary file is made for, in the store's directory.
 const PROBE: &str = "readyz-probe";
@@ -28,8 +28,8 @@ pub(crate) async fn healthz(request: Request) -> Response {
     answer(StatusCode::OK, json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 200 when the store's index reads and its directory is writable, else 503;
-/// the body names each check's outcome.
+/// `GET /readyz`: 200 when the store's index reads and its directory is writable (a bucket:
+/// when it answers a listing), else 503; the body names each check's outcome.
 pub(crate) async fn readyz(State(state): State<Arc<AppState>>, request: Request) -> Response {
     if let Err(refused) = only_reads(request.method(), "/readyz") {
         return refused.into_response();
@@ -37,17 +37,33 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>, request: Request)
     // One check at a time: probes sent faster than the disk answers wait for it instead
     // of taking a blocking thread each.
     let _running = state.readiness.lock().await;
-    let store = state.store.clone();
-    let checks = tokio::task::spawn_blocking(move || check_storage(&store)).await;
-    let (index, writable) = match checks {
-        Ok(checks) => checks,
-        Err(error) => {
-            tracing::warn!(%error, "readiness check failed to run");
-            (false, false)
+    let (ready, checks) = match &state.storage {
+        OpenStorage::Local(store) => {
+            let store = store.clone();
+            let checks = tokio::task::spawn_blocking(move || check_storage(&store)).await;
+            let (index, writable) = match checks {
+                Ok(checks) => checks,
+                Err(error) => {
+                    tracing::warn!(%error, "readiness check failed to run");
+                    (false, false)
+                }
+            };
+            (
+                index && writable,
+                json!({"index": outcome(index), "writable": outcome(writable)}),
+            )
+        }
+        OpenStorage::Bucket(bucket) => {
+            let answered = match bucket.probe().await {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(%error, "not ready: the bucket does not answer");
+                    false
+                }
+            };
+            (answered, json!({"bucket": outcome(answered)}))
         }
     };
-    let outcome = |ok: bool| if ok { "ok" } else { "failed" };
-    let ready = index && writable;
     answer(
         if ready {
             StatusCode::OK
@@ -56,9 +72,13 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>, request: Request)
         },
         json!({
             "status": if ready { "ready" } else { "unready" },
-            "checks": {"index": outcome(index), "writable": outcome(writable)},
+            "checks": checks,
         }),
     )
+}
+
+fn outcome(ok: bool) -> &'static str {
+    if ok { "ok" } else { "failed" }
 }
 
 fn only_reads(method: &Method, path: &str) -> Result<(), ApiError> {

@@ -18,7 +18,6 @@ use crate::source::{
 /// by default). Every store call runs on a blocking thread; blob bodies are streamed.
 #[derive(Debug, Clone)]
 pub struct LocalSource {
-    store: Store,
     backend: Arc<dyn RegistryBackend>,
     names: StoreNames,
     delete_blobs: bool,
@@ -37,9 +36,14 @@ pub enum BlobDeleted {
 impl LocalSource {
     /// Serves `store`, naming repositories with `names`.
     pub fn new(store: Store, names: StoreNames) -> Self {
+        Self::with_backend(Arc::new(LocalBackend::new(store)), names)
+    }
+
+    /// Serves the content of `backend` (the local store, a bucket), naming repositories
+    /// with `names`.
+    pub fn with_backend(backend: Arc<dyn RegistryBackend>, names: StoreNames) -> Self {
         Self {
-            backend: Arc::new(LocalBackend::new(store.clone())),
-            store,
+            backend,
             names,
             delete_blobs: false,
         }
@@ -50,11 +54,6 @@ impl LocalSource {
     pub fn with_blob_deletes(mut self, allowed: bool) -> Self {
         self.delete_blobs = allowed;
         self
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Store {
-        &self.store
     }
 
     /// The backend every read and write of this source goes through.

@@ -18,7 +18,10 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::access::observe;
 use crate::auth::{Htpasswd, empty_credentials};
-use crate::config::{ConnectionLimits, Mode, ServerConfig};
+use crate::backend::{LocalBackend, RegistryBackend};
+use crate::bucket::Bucket;
+use crate::bucket_backend::BucketBackend;
+use crate::config::{ConnectionLimits, Mode, ServerConfig, Storage};
 use crate::conn::{PeerAddr, accept_loop, max_connections, raise_open_file_limit};
 use crate::error::{ApiError, ErrorCode, ServeError};
 use crate::handlers;
@@ -41,7 +44,7 @@ struct Auth {
 
 /// What every request handler sees.
 pub(crate) struct AppState {
-    pub(crate) store: Store,
+    pub(crate) storage: OpenStorage,
     pub(crate) names: StoreNames,
     pub(crate) source: Arc<dyn ContentSource>,
     pub(crate) uploads: Arc<Uploads>,
@@ -58,6 +61,46 @@ pub(crate) struct AppState {
     pub(crate) readiness: tokio::sync::Mutex<()>,
 }
 
+/// Where the server's content lives, opened.
+pub(crate) enum OpenStorage {
+    /// The local image store.
+    Local(Store),
+    /// A bucket (shared with other server processes).
+    Bucket(Bucket),
+}
+
+impl OpenStorage {
+    /// For logs: the store's directory or the bucket.
+    fn describe(&self) -> String {
+        match self {
+            Self::Local(store) => store.location().display().to_string(),
+            Self::Bucket(bucket) => format!("{bucket:?}"),
+        }
+    }
+}
+
+/// Opens (creating if needed) the local store at `root` and removes the uploads and imports
+/// a crashed server left behind (their lock files are free).
+fn open_local_store(root: &std::path::Path) -> Result<Store, ServeError> {
+    let store = Store::open_dir(root).map_err(|source| ServeError::Store {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let swept = store
+        .sweep_abandoned_work()
+        .map_err(|source| ServeError::Store {
+            path: root.to_path_buf(),
+            source,
+        })?;
+    if swept > 0 {
+        tracing::info!(
+            removed = swept,
+            "removed uploads and imports a crashed process left"
+        );
+    }
+    Ok(store)
+}
+
 /// A registry server over one store: build it with [`Registry::open`], optionally put a
 /// [`ContentSource`] in front of its [`LocalSource`] ([`Registry::with_source`]), then
 /// [`Registry::serve`] it or mount [`Registry::router`].
@@ -69,7 +112,7 @@ pub struct Registry {
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
-            .field("store", &self.state.store.location())
+            .field("storage", &self.state.storage.describe())
             .field("read_only", &self.state.read_only)
             .finish_non_exhaustive()
     }
@@ -81,24 +124,10 @@ impl Registry {
     /// (no upstream is contacted here: the cache starts and serves while they are all
     /// unreachable).
     pub fn open(config: &ServerConfig) -> Result<Self, ServeError> {
-        let root = config.storage.clone().ok_or(ServeError::NoStorage)?;
-        let store = Store::open_dir(&root).map_err(|source| ServeError::Store {
-            path: root.clone(),
-            source,
-        })?;
-        // Uploads and imports a crashed server left behind (their lock files are free).
-        let swept = store
-            .sweep_abandoned_work()
-            .map_err(|source| ServeError::Store {
-                path: root.clone(),
-                source,
-            })?;
-        if swept > 0 {
-            tracing::info!(
-                removed = swept,
-                "removed uploads and imports a crashed process left"
-            );
-        }
+        let storage = match config.storage.clone().ok_or(ServeError::NoStorage)? {
+            Storage::Path(root) => OpenStorage::Local(open_local_store(&root)?),
+            Storage::S3(bucket) => OpenStorage::Bucket(Bucket::open(&bucket)?),
+        };
         let auth = match &config.auth {
             Some(auth) => Some(Auth {
                 htpasswd: Arc::new(Htpasswd::load(&auth.htpasswd)?),
@@ -117,9 +146,42 @@ impl Registry {
             })
             .collect();
         let names = StoreNames::new(&config.local_namespace.0, aliases);
-        let pinned = import_carried_images(&store, &config.images)?;
+        let (backend, pinned): (Arc<dyn RegistryBackend>, _) = match &storage {
+            OpenStorage::Local(store) => (
+                Arc::new(LocalBackend::new(store.clone())),
+                import_carried_images(store, &config.images)?,
+            ),
+            OpenStorage::Bucket(bucket) => {
+                let backend =
+                    BucketBackend::new(bucket.clone()).map_err(|source| ServeError::Store {
+                        path: std::env::temp_dir(),
+                        source,
+                    })?;
+                let pinned = match (&config.storage, config.images.is_empty()) {
+                    (Some(Storage::S3(bucket_config)), false) => {
+                        let root = config.image_store.as_ref().ok_or_else(|| {
+                            ServeError::NotImplemented(
+                                "carried images (`images`) with `storage: { s3: … }` are read \
+                                 from the CLI's store: serve them with `sealer registry serve \
+                                 --image`"
+                                    .to_owned(),
+                            )
+                        })?;
+                        let source =
+                            Store::open_existing(root).map_err(|source| ServeError::Store {
+                                path: root.clone(),
+                                source,
+                            })?;
+                        backend.import_carried_images(bucket_config, &source, &config.images)?
+                    }
+                    _ => BTreeSet::new(),
+                };
+                (Arc::new(backend), pinned)
+            }
+        };
         let local = Arc::new(
-            LocalSource::new(store.clone(), names.clone()).with_blob_deletes(config.delete_blobs),
+            LocalSource::with_backend(backend, names.clone())
+                .with_blob_deletes(config.delete_blobs),
         );
         let source: Arc<dyn ContentSource> = if config.upstreams.is_empty() {
             local.clone()
@@ -137,7 +199,7 @@ impl Registry {
             .collect();
         Ok(Self {
             state: AppState {
-                store,
+                storage,
                 names,
                 source,
                 upstream_hosts,
@@ -203,6 +265,7 @@ impl Registry {
         drain: Duration,
     ) -> Result<(), ServeError> {
         let uploads = self.state.uploads.clone();
+        let backend = self.state.local.backend().clone();
         let reaper = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(uploads.reap_interval());
             loop {
@@ -210,8 +273,18 @@ impl Registry {
                 let reaped = uploads.reap();
                 if !reaped.is_empty() {
                     tracing::info!(reaped = reaped.len(), "dropped idle upload sessions");
-                    // Dropping an upload removes its file.
-                    let _ = tokio::task::spawn_blocking(move || drop(reaped)).await;
+                    for session in reaped {
+                        let upload = session.lock().await.upload.take();
+                        if let Some(upload) = upload {
+                            upload.release().await;
+                        }
+                    }
+                }
+                if let Err(error) = backend
+                    .purge_idle_uploads(uploads.limits().idle_timeout.0)
+                    .await
+                {
+                    tracing::warn!(error = %error.message, "purging idle uploads failed");
                 }
             }
         });
@@ -307,7 +380,7 @@ pub async fn serve(
     if let Ok(address) = listener.local_addr() {
         tracing::info!(
             %address,
-            store = %registry.state.store.location().display(),
+            storage = %registry.state.storage.describe(),
             tls = tls.is_some(),
             read_only = registry.state.read_only,
             "registry listening"

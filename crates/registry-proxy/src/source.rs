@@ -16,7 +16,7 @@
 //!    upstream, and refuses namespaces that name none (never an open proxy);
 //! 2. it answers from the wrapped source first where that is right (digests always; tags
 //!    within their TTL), and fills the store on a miss: blobs through
-//!    [`crate::RegistryBackend::begin_upload`] (hashed while written, committed only on a
+//!    [`crate::RegistryBackend::begin_fill`] (hashed while written, committed only on a
 //!    digest match),
 //!    manifests through [`crate::LocalSource::put_manifest`] (the push path: byte-exact,
 //!    validated, named under [`StoreNames`]);

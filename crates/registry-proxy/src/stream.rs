@@ -1,6 +1,6 @@
 //! Bridges between the store's blocking I/O and async bodies: a file read on a blocking
-//! thread into a [`BlobStream`], and a request body written into a [`BlobUpload`] on a
-//! blocking thread. Neither buffers more than a few chunks.
+//! thread into a [`BlobStream`], and a request body written into a backend's upload
+//! ([`BackendUpload`]). Neither buffers more than a few chunks.
 
 use std::io::Read;
 use std::sync::{Mutex, PoisonError};
@@ -9,9 +9,10 @@ use axum::body::Body;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use sealer_fs_abstraction::ReadFile;
-use sealer_image_store::{BlobUpload, StoreError};
 use tokio::sync::mpsc;
 
+use crate::backend::BackendUpload;
+use crate::error::ApiError;
 use crate::source::BlobStream;
 
 /// Bytes per chunk read from a blob file: large enough that the reading thread hands few
@@ -131,73 +132,53 @@ fn read_full(file: &mut dyn Read, buffer: &mut [u8]) -> std::io::Result<usize> {
 pub enum PumpError {
     /// The client's body failed (disconnect, bad chunking); what arrived before is kept.
     Client(String),
-    /// Writing to the store failed; the upload is unusable.
-    Store(StoreError),
+    /// Writing to the storage failed; the upload is unusable.
+    Store(ApiError),
     /// The body was longer than `limit`.
     TooLarge,
     /// The upload would grow past the largest blob allowed (the bound, in bytes).
     OverMaxSize(u64),
 }
 
-/// Appends `body` to `upload` on a blocking thread, refusing more than `limit` bytes and
-/// growing the upload past `max_size` bytes. Returns the upload (unless the store failed,
-/// which makes it unusable) and the outcome; on an error, what arrived before it is written.
+/// Appends `body` to `upload` (the backend writes while the body streams in), refusing
+/// more than `limit` bytes and growing the upload past `max_size` bytes. Returns the
+/// outcome; on an error, what arrived before it is written (after a
+/// [`PumpError::Store`] the upload is unusable).
 pub async fn pump(
-    upload: BlobUpload,
+    upload: &mut dyn BackendUpload,
     body: Body,
     limit: Option<u64>,
     max_size: u64,
-) -> (Option<BlobUpload>, Result<u64, PumpError>) {
+) -> Result<u64, PumpError> {
     let room = max_size.saturating_sub(upload.size());
-    let (sender, mut receiver) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut upload = upload;
-        let mut written = 0u64;
-        while let Some(chunk) = receiver.blocking_recv() {
-            if let Err(error) = upload.write_all(&chunk) {
-                return (None, Err(error));
-            }
-            written += chunk.len() as u64;
-        }
-        (Some(upload), Ok(written))
-    });
-    let mut stream = body.into_data_stream();
-    let mut outcome = Ok(());
-    let mut received = 0u64;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(chunk) => {
-                received += chunk.len() as u64;
-                if limit.is_some_and(|limit| received > limit) {
-                    outcome = Err(PumpError::TooLarge);
-                    break;
+    let (sender, receiver) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let reading = async move {
+        let mut stream = body.into_data_stream();
+        let mut received = 0u64;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    received += chunk.len() as u64;
+                    if limit.is_some_and(|limit| received > limit) {
+                        return Err(PumpError::TooLarge);
+                    }
+                    if received > room {
+                        return Err(PumpError::OverMaxSize(max_size));
+                    }
+                    // The writer stopped: its result says why.
+                    if sender.send(chunk).await.is_err() {
+                        return Ok(());
+                    }
                 }
-                if received > room {
-                    outcome = Err(PumpError::OverMaxSize(max_size));
-                    break;
-                }
-                if sender.send(chunk).await.is_err() {
-                    break;
-                }
-            }
-            Err(error) => {
-                outcome = Err(PumpError::Client(error.to_string()));
-                break;
+                Err(error) => return Err(PumpError::Client(error.to_string())),
             }
         }
-    }
-    drop(sender);
-    match writer.await {
-        Ok((upload, Ok(written))) => (upload, outcome.map(|()| written)),
-        Ok((_, Err(error))) => (None, Err(PumpError::Store(error))),
-        Err(join) => (
-            None,
-            Err(PumpError::Store(StoreError::io(
-                "writing an upload",
-                std::io::Error::other(join.to_string()),
-            ))),
-        ),
-    }
+        Ok(())
+    };
+    // The sender is dropped when `reading` ends, which ends the append.
+    let (outcome, written) = tokio::join!(reading, upload.append(receiver));
+    let written = written.map_err(PumpError::Store)?;
+    outcome.map(|()| written)
 }
 
 #[cfg(test)]

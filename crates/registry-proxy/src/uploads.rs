@@ -1,7 +1,9 @@
 //! Upload sessions: `POST …/blobs/uploads/` starts one, `PATCH` appends, `PUT ?digest=`
-//! commits, `DELETE` cancels. Each holds a [`BlobUpload`] (its bytes are in the store's
-//! `uploads/`). Sessions live in memory: a restarted server has none, and the files a
-//! crashed one left are removed when the next one opens the store. Bounded by
+//! commits, `DELETE` cancels. Each holds its backend's upload ([`BackendUpload`]: a file in
+//! the local store's `uploads/`, or state in a bucket). Sessions live in memory: a restarted
+//! server over the local store has none, and the files a crashed one left are removed when
+//! the next one opens the store; an upload whose state lives in a bucket is found there
+//! again by any process ([`Uploads::get`]). Bounded by
 //! [`UploadLimits`]: sessions at once, all clients together and per client, and how long
 //! one may stay idle before it is dropped.
 
@@ -10,8 +12,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::http::header;
-use sealer_image_store::BlobUpload;
 
+use crate::backend::{BackendUpload, RegistryBackend};
 use crate::config::UploadLimits;
 use crate::error::{ApiError, ErrorCode};
 
@@ -21,10 +23,13 @@ pub struct Session {
     /// The store name (`registry/repository`) it was started for.
     pub name: String,
     /// The upload; `None` after a store error made it unusable.
-    pub upload: Option<BlobUpload>,
+    pub upload: Option<Box<dyn BackendUpload>>,
     /// When it was last used.
     pub touched: Instant,
 }
+
+/// An upload [`Uploads::insert`] refused, with the upload to cancel.
+pub type UploadRefused = Box<(ApiError, Box<dyn BackendUpload>)>;
 
 /// A session, locked while a request works on it.
 pub type SharedSession = Arc<tokio::sync::Mutex<Session>>;
@@ -62,18 +67,21 @@ impl Uploads {
     }
 
     /// Registers a new session for `name`, counted against `owner` (the client: its user or
-    /// its address); returns its id (a random UUID). Over the global or the owner's limit:
-    /// 429 with `Retry-After`; the upload is handed back for the caller to drop (which
-    /// removes its file) off the async threads.
+    /// its address); returns its id (the upload's shared id, else a random UUID). Over the
+    /// global or the owner's limit: 429 with `Retry-After`; the upload is handed back for
+    /// the caller to cancel.
     pub fn insert(
         &self,
         name: String,
         owner: String,
-        upload: BlobUpload,
-    ) -> Result<String, Box<(ApiError, BlobUpload)>> {
-        let id = match random_uuid() {
-            Ok(id) => id,
-            Err(error) => return Err(Box::new((error, upload))),
+        upload: Box<dyn BackendUpload>,
+    ) -> Result<String, UploadRefused> {
+        let id = match upload.shared_id() {
+            Some(id) => id.to_owned(),
+            None => match random_uuid() {
+                Ok(id) => id,
+                Err(error) => return Err(Box::new((error, upload))),
+            },
         };
         let mut sessions = self.sessions();
         let limit = &self.limits;
@@ -117,19 +125,44 @@ impl Uploads {
         Ok(id)
     }
 
-    /// The session `id`, if it exists and was started for `name`.
-    pub async fn get(&self, id: &str, name: &str) -> Result<SharedSession, ApiError> {
+    /// The session `id`, if it exists and was started for `name`: in this process's memory,
+    /// else an upload another process started that `backend` finds in shared storage
+    /// (registered here for `name`: its id is a random 128-bit secret of the client's).
+    pub async fn get(
+        &self,
+        id: &str,
+        name: &str,
+        backend: &dyn RegistryBackend,
+    ) -> Result<SharedSession, ApiError> {
         let unknown = || {
             ApiError::new(
                 ErrorCode::BlobUploadUnknown,
                 format!("upload {id} is not in progress"),
             )
         };
-        let session = self
-            .sessions()
-            .get(id)
-            .map(|entry| entry.session.clone())
-            .ok_or_else(unknown)?;
+        let known = self.sessions().get(id).map(|entry| entry.session.clone());
+        let session = match known {
+            Some(session) => session,
+            None => {
+                let upload = backend
+                    .resume_upload(id.to_owned())
+                    .await?
+                    .ok_or_else(unknown)?;
+                let session = Arc::new(tokio::sync::Mutex::new(Session {
+                    name: name.to_owned(),
+                    upload: Some(upload),
+                    touched: Instant::now(),
+                }));
+                self.sessions()
+                    .entry(id.to_owned())
+                    .or_insert_with(|| Entry {
+                        owner: String::new(),
+                        session,
+                    })
+                    .session
+                    .clone()
+            }
+        };
         if session.lock().await.name != name {
             return Err(unknown());
         }
@@ -142,7 +175,7 @@ impl Uploads {
     }
 
     /// Takes out the sessions idle for longer than the idle timeout (not those in use), for
-    /// the caller to drop off the async threads (dropping one removes its file).
+    /// the caller to release ([`BackendUpload::release`]).
     pub fn reap(&self) -> Vec<SharedSession> {
         let idle = self.limits.idle_timeout.0;
         let mut reaped = Vec::new();

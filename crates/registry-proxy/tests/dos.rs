@@ -47,13 +47,18 @@ impl TestServer {
     fn with(adjust: impl FnOnce(&mut ServerConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = ServerConfig {
-            storage: Some(dir.path().join("store")),
+            storage: Some(dir.path().join("store").into()),
             mode: Mode::ReadWrite,
             shutdown_timeout: ConfigDuration(Duration::from_secs(2)),
             ..ServerConfig::default()
         };
         adjust(&mut config);
-        let store = config.storage.clone().unwrap();
+        let store = config
+            .storage
+            .as_ref()
+            .and_then(|storage| storage.path())
+            .unwrap()
+            .to_path_buf();
         Self {
             server: InProcess::start(config, TIMEOUT),
             store,
@@ -372,7 +377,7 @@ fn leftovers_of_a_crashed_server_are_removed_when_the_store_opens() {
     std::fs::write(root.join("ingest/999-1-2/blobs/x"), b"staged").unwrap();
     std::fs::write(root.join("ingest/999-1-2.lock"), b"").unwrap();
     let config = ServerConfig {
-        storage: Some(root.clone()),
+        storage: Some(root.clone().into()),
         ..ServerConfig::default()
     };
     let _registry = Registry::open(&config).unwrap();

@@ -41,7 +41,7 @@ impl Offline {
         )
         .unwrap();
         let mut config = ServerConfig {
-            storage: Some(store.clone()),
+            storage: Some(store.clone().into()),
             ..ServerConfig::default()
         };
         adjust(&mut config, dir.path());

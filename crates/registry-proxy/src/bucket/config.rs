@@ -34,7 +34,7 @@ pub enum BucketConfigError {
 /// environment variables, then the profile (`profile`, else `AWS_PROFILE`, else `default`) of
 /// the AWS files (`AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`; `AWS_CONFIG_FILE`,
 /// else `~/.aws/config`, which may also give the region).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct BucketConfig {
     /// The bucket name.

@@ -12,17 +12,21 @@
 //!   holds.
 //! * `fills/<alg>/<hex>`: the fill lease of a blob being fetched from an upstream: which
 //!   replica fetches it, until when (see [`Bucket::acquire_fill_lease`]).
+//! * `repositories/<name>/referrers/<subject-alg>/<subject-hex>/<alg>-<hex>`: one link object
+//!   per manifest of the repository that has that subject (the referrers API lists them).
 //! * `uploads/<id>/state.json`: a chunked upload's state (offset, parts, serialized SHA-256
 //!   state), advanced with `If-Match`, so its PATCHes may reach any replica; its bytes are
 //!   parts of a multipart upload of `uploads/<id>/data` plus a tail object below the part
 //!   size.
 //!
-//! Not wired into the server yet: [`BucketConfig`] is meant to sit under `storage: { s3: … }`.
+//! The registry server uses it through [`crate::BucketBackend`] when its configuration says
+//! `storage: { s3: … }` ([`BucketConfig`]).
 
 mod blobs;
 mod config;
 mod leases;
 mod presign;
+mod links;
 mod tags;
 mod uploads;
 

@@ -250,7 +250,11 @@ impl Bucket {
     }
 
     /// `repositories/<name>/<kind>`, the name checked.
-    fn repository_path(&self, repository: &str, kind: &str) -> Result<Path, BucketError> {
+    pub(super) fn repository_path(
+        &self,
+        repository: &str,
+        kind: &str,
+    ) -> Result<Path, BucketError> {
         validate_repository(repository).map_err(|reason| BucketError::Invalid {
             what: "repository",
             value: repository.to_owned(),

@@ -94,7 +94,7 @@ pub fn run(clients: usize, rounds: usize) -> SoakReport {
     let storage = dir.path().join("store");
     let mut server = InProcess::start(
         ServerConfig {
-            storage: Some(storage.clone()),
+            storage: Some(storage.clone().into()),
             mode: Mode::ReadWrite,
             delete_blobs: true,
             ..ServerConfig::default()

@@ -26,13 +26,20 @@ pub fn run(root: Option<&Path>, command: &RegistryCommand) -> Result<()> {
             if let Some(listen) = args.listen {
                 config.listen = listen;
             }
-            if config.storage.is_none() {
-                config.storage = Some(match root {
-                    Some(root) => root.to_path_buf(),
-                    None => Store::default_root().context(
-                        "no store location: set `storage`, --root, SEALER_ROOT, XDG_DATA_HOME or HOME",
-                    )?,
-                });
+            // The CLI's store: the registry's storage unless one is configured, and where the
+            // cluster images of `--image` are found when the storage is a bucket.
+            let cli_store = || match root {
+                Some(root) => Ok(root.to_path_buf()),
+                None => Store::default_root().context(
+                    "no store location: set `storage`, --root, SEALER_ROOT, XDG_DATA_HOME or HOME",
+                ),
+            };
+            match &config.storage {
+                None => config.storage = Some(sealer_registry_proxy::Storage::Path(cli_store()?)),
+                Some(sealer_registry_proxy::Storage::S3(_)) if !config.images.is_empty() => {
+                    config.image_store = Some(cli_store()?);
+                }
+                Some(_) => {}
             }
             super::runtime()?
                 .block_on(sealer_registry_proxy::run(
