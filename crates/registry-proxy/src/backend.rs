@@ -168,6 +168,27 @@ pub trait RegistryBackend: std::fmt::Debug + Send + Sync + 'static {
         descriptor: Descriptor,
         host: String,
     ) -> Result<(), ApiError>;
+
+    /// Whether the cached tag `reference` (`host/repository:tag`) must be revalidated
+    /// upstream now, decided with every other server over the same storage: `Fresh` (one of
+    /// them confirmed it within `ttl`, or is asking right now), or `Claimed` (this caller
+    /// asks, then calls [`Self::settle_tag_revalidation`]). `None`: this storage keeps no
+    /// shared state (each process decides alone, in memory).
+    async fn claim_tag_revalidation(
+        &self,
+        _reference: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<Option<crate::bucket::TagRevalidation>, ApiError> {
+        Ok(None)
+    }
+
+    /// Ends a claimed revalidation (`confirmed`: the upstream answered).
+    async fn settle_tag_revalidation(
+        &self,
+        _claim: crate::bucket::RevalidationClaim,
+        _confirmed: bool,
+    ) {
+    }
 }
 
 /// An upload in progress, owned by its backend: the bytes of one blob arriving in pieces.

@@ -454,6 +454,30 @@ fn blob_unknown(digest: &Digest) -> ApiError {
 
 #[async_trait::async_trait]
 impl RegistryBackend for BucketBackend {
+    async fn claim_tag_revalidation(
+        &self,
+        reference: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<crate::bucket::TagRevalidation>, ApiError> {
+        let (repository, tag) = split_tagged(reference)?;
+        self.bucket
+            .claim_tag_revalidation(&repository, &tag, ttl)
+            .await
+            .map(Some)
+            .map_err(unavailable("read a tag's revalidation time"))
+    }
+
+    async fn settle_tag_revalidation(
+        &self,
+        claim: crate::bucket::RevalidationClaim,
+        confirmed: bool,
+    ) {
+        if let Err(error) = self.bucket.settle_tag_revalidation(claim, confirmed).await {
+            // The next request past the TTL asks again anyway.
+            tracing::warn!(%error, "could not restore a tag's revalidation time");
+        }
+    }
+
     async fn resolve_tag(&self, reference: String) -> Result<Option<(Digest, String)>, ApiError> {
         let (repository, tag) = split_tagged(&reference)?;
         let Some(digest) = self

@@ -42,6 +42,7 @@ use sealer_registry_client::{
 };
 
 use crate::backend::RegistryBackend;
+use crate::bucket::TagRevalidation;
 use crate::config::{ServerConfig, TagTtl, UpstreamConfig};
 use crate::error::{ApiError, ErrorCode, ServeError};
 use crate::fill::{FetchError, FillSource, Fills};
@@ -141,11 +142,17 @@ impl Upstream {
     }
 
     fn confirmed(&self, key: &str) {
+        self.confirmed_ago(key, Duration::ZERO);
+    }
+
+    /// Records that `key` was confirmed upstream `ago` (by this process or another replica).
+    fn confirmed_ago(&self, key: &str, ago: Duration) {
         if matches!(self.ttl, TagTtl::After(ttl) if !ttl.is_zero()) {
+            let at = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
             self.checked
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(key.to_owned(), Instant::now());
+                .insert(key.to_owned(), at);
         }
     }
 
@@ -479,6 +486,27 @@ impl PullThroughSource {
         if self.offline {
             return Err(unknown());
         }
+        // Replicas over one storage share when each tag was confirmed: one of them asks the
+        // upstream per TTL, the others serve the cached tag meanwhile.
+        // A first fetch claims too, so that its time is shared.
+        let mut claim = None;
+        if let TagTtl::After(ttl) = upstream.ttl
+            && !ttl.is_zero()
+        {
+            match self.local.backend().claim_tag_revalidation(&key, ttl).await {
+                Ok(Some(TagRevalidation::Fresh(ago))) => {
+                    if let Some(cached) = &cached {
+                        upstream.confirmed_ago(&key, ago);
+                        return Ok((cached.clone(), CacheStatus::Hit));
+                    }
+                }
+                Ok(Some(TagRevalidation::Claimed(won))) => claim = Some(won),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(reference = %key, error = %error.message, "no shared revalidation state; asking the upstream");
+                }
+            }
+        }
         let budget = if cached.is_some() {
             self.timeout
         } else {
@@ -498,6 +526,12 @@ impl PullThroughSource {
         )
         .await
         .unwrap_or(Err(FetchError::Timeout(budget)));
+        if let Some(claim) = claim {
+            self.local
+                .backend()
+                .settle_tag_revalidation(claim, outcome.is_ok())
+                .await;
+        }
         match (outcome, cached) {
             (Ok(None), Some(cached)) => {
                 upstream.confirmed(&key);

@@ -846,3 +846,56 @@ fn a_502_body_carries_the_upstream_cause() {
         assert!(body.contains("Connection refused"), "{path}: {body}");
     }
 }
+
+#[test]
+fn replicas_share_a_tags_revalidation_s3() {
+    backends::over_s3(replicas_share_a_tags_revalidation);
+}
+
+/// Two servers over one bucket ask the upstream about a tag once per TTL between them: the
+/// time of the last confirmation is kept in the bucket and claimed by a conditional write.
+fn replicas_share_a_tags_revalidation() {
+    require_tools!("skopeo", "docker-registry");
+    let (upstream, image) = seeded_upstream("shared/app:1", &[10_000], 71);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = upstreams(&[("up", &upstream.url(), "tag_ttl: 2s")]);
+    let replicas = [
+        Proxy::start(&dir.path().join("a"), &yaml),
+        Proxy::start(&dir.path().join("b"), &yaml),
+    ];
+    let tag = "/v2/up/shared/app/manifests/1";
+    let manifest_requests = || {
+        upstream.count("HEAD", |path| path.ends_with("/manifests/1"))
+            + upstream.count("GET", |path| path.ends_with("/manifests/1"))
+    };
+    let first = replicas[0].get(tag);
+    assert_eq!(first.status, 200);
+    assert_eq!(digest_of(&first.body), image.manifest_digest);
+    let after_fill = manifest_requests();
+    // Within the TTL: neither replica asks, the second one included.
+    for replica in &replicas {
+        let hit = replica.get(tag);
+        assert_eq!(hit.header("x-cache"), Some("HIT"));
+    }
+    assert_eq!(manifest_requests(), after_fill);
+    for round in 1..=2 {
+        std::thread::sleep(Duration::from_millis(2_100));
+        // Past the TTL, both replicas at once: one of them asks, once.
+        std::thread::scope(|scope| {
+            for replica in &replicas {
+                for _ in 0..4 {
+                    scope.spawn(|| {
+                        let answer = replica.get(tag);
+                        assert_eq!(answer.status, 200);
+                        assert_eq!(digest_of(&answer.body), image.manifest_digest);
+                    });
+                }
+            }
+        });
+        assert_eq!(
+            manifest_requests(),
+            after_fill + round,
+            "one upstream request per TTL for the two replicas"
+        );
+    }
+}

@@ -305,7 +305,7 @@ fn ttl_ms(ttl: Duration) -> Result<u64, BucketError> {
 }
 
 /// The wall clock in unix milliseconds (0 before 1970: every lease reads as live then).
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| {

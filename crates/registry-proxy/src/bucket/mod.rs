@@ -10,6 +10,8 @@
 //!   tag lists are listings (S3 lists keys in byte order).
 //! * `repositories/<name>/manifests/<alg>/<hex>`: one link object per manifest a repository
 //!   holds.
+//! * `repositories/<name>/tag-checks/<tag>`: when a cached tag of a pull-through upstream was
+//!   last confirmed upstream, advanced by a conditional write, so one replica per TTL asks.
 //! * `fills/<alg>/<hex>`: the fill lease of a blob being fetched from an upstream: which
 //!   replica fetches it, until when (see [`Bucket::acquire_fill_lease`]).
 //! * `repositories/<name>/referrers/<subject-alg>/<subject-hex>/<alg>-<hex>`: one link object
@@ -25,8 +27,9 @@
 mod blobs;
 mod config;
 mod leases;
-mod presign;
 mod links;
+mod presign;
+mod revalidation;
 mod tags;
 mod uploads;
 
@@ -44,6 +47,7 @@ pub use blobs::{BlobPut, BlobRead, BlobStat};
 pub use config::{BucketConfig, BucketConfigError};
 pub use leases::{Acquire, LEASE_ATTEMPTS, Lease, LeaseError};
 pub use presign::MAX_PRESIGNED_EXPIRY;
+pub use revalidation::{RevalidationClaim, TagRevalidation};
 pub use tags::{TagOutcome, TagPage, TagWrite};
 pub use uploads::UploadState;
 

@@ -276,7 +276,7 @@ impl Bucket {
     }
 }
 
-fn check_tag(tag: &str) -> Result<(), BucketError> {
+pub(super) fn check_tag(tag: &str) -> Result<(), BucketError> {
     validate_tag(tag).map_err(|reason| BucketError::Invalid {
         what: "tag",
         value: tag.to_owned(),
