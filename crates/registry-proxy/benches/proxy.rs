@@ -13,8 +13,8 @@
 //! with info logs, as `sealer registry serve` runs it. When it cannot start (no pull-through
 //! yet), the distribution and direct measurements are printed alone.
 
-#[path = "serve_child/mod.rs"]
-mod serve_child;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use sealer_image_store::testing::ImageSpec;
 use sealer_test_harness::{
     ProxyUpstream, Registry, RegistryOptions, free_port, run_ok, seed_image,
 };
-use serve_child::{BenchResult, OursChild};
+use support::{BenchResult, OursChild, verdict};
 
 const BIG_REPO: &str = "bench/big";
 const SMALL_IMAGES: usize = 20;
@@ -42,18 +42,9 @@ const MIB: f64 = (1u64 << 20) as f64;
 const GIB: f64 = (1u64 << 30) as f64;
 
 fn main() -> BenchResult {
-    if let Some(served) = serve_child::serve_if_child() {
-        return served;
+    if let Some(done) = support::child_or_usage("proxy") {
+        return done;
     }
-    // `cargo bench` passes --bench; anything else (`cargo test --benches`) must not spend
-    // minutes and gigabytes here.
-    if !std::env::args().any(|arg| arg == "--bench") {
-        println!(
-            "proxy benchmark: run it with `cargo bench -p sealer-registry-proxy --bench proxy`"
-        );
-        return Ok(());
-    }
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let mib: u64 = std::env::var("SEALER_BENCH_MIB")
         .ok()
         .and_then(|value| value.parse().ok())
@@ -61,13 +52,8 @@ fn main() -> BenchResult {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let client = reqwest::Client::builder()
-        .http1_only()
-        .pool_max_idle_per_host(64)
-        .timeout(Duration::from_secs(600))
-        .build()?;
     let bench = Bench {
-        client,
+        client: support::http_client()?,
         clock_ticks: clock_ticks(),
     };
 
@@ -285,24 +271,6 @@ fn main() -> BenchResult {
         );
     }
     Ok(())
-}
-
-/// Prints one target line: `value op target` and whether it holds.
-fn verdict(label: &str, value: Option<f64>, op: &str, target: f64) {
-    match value {
-        None => println!("  {label:<32} n/a      (target {op} {target})"),
-        Some(value) => {
-            let met = match op {
-                ">=" => value >= target,
-                "<=" => value <= target,
-                _ => (value - target).abs() < f64::EPSILON,
-            };
-            println!(
-                "  {label:<32} {value:>7.2}  (target {op} {target}) {}",
-                if met { "MET" } else { "MISSED" }
-            );
-        }
-    }
 }
 
 /// Best cold-pull times of one target.

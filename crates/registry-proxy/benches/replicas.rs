@@ -29,8 +29,8 @@
 //! does not accept it prints `sealer replicas on S3: not available in this build (<error>)`
 //! and the distribution figures alone.
 
-#[path = "serve_child/mod.rs"]
-mod serve_child;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,7 @@ use sealer_registry_proxy::ServerConfig;
 use sealer_test_harness::{
     Moto, MotoMode, ProxyUpstream, Registry, RegistryOptions, S3Storage, free_port,
 };
-use serve_child::{BenchResult, OursChild};
+use support::{BenchResult, OursChild, verdict};
 
 /// Blobs pushed or pulled at once by one client.
 const JOBS: usize = 4;
@@ -64,17 +64,9 @@ const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const MIB: f64 = (1u64 << 20) as f64;
 
 fn main() -> BenchResult {
-    if let Some(served) = serve_child::serve_if_child() {
-        return served;
+    if let Some(done) = support::child_or_usage("replicas") {
+        return done;
     }
-    // `cargo bench` passes --bench; `cargo test --benches` must not spend minutes here.
-    if !std::env::args().any(|arg| arg == "--bench") {
-        println!(
-            "replicas benchmark: run it with `cargo bench -p sealer-registry-proxy --bench replicas`"
-        );
-        return Ok(());
-    }
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let mib = env_number("SEALER_BENCH_REPLICAS_MIB", 1024).max(1);
     let layer_count = env_number("SEALER_BENCH_REPLICAS_LAYERS", 4).max(1);
     let runs = env_number("SEALER_BENCH_REPLICAS_RUNS", 3).max(1);
@@ -83,11 +75,7 @@ fn main() -> BenchResult {
         .enable_all()
         .build()?;
     let bench = Bench {
-        client: reqwest::Client::builder()
-            .http1_only()
-            .pool_max_idle_per_host(64)
-            .timeout(Duration::from_secs(600))
-            .build()?,
+        client: support::http_client()?,
     };
 
     let image = Image::generate(mib, layer_count);
@@ -139,11 +127,7 @@ fn push_pull(
                 }
             } else {
                 let registry = Registry::start(RegistryOptions {
-                    s3: Some(S3Storage {
-                        endpoint: moto.endpoint(),
-                        bucket: moto.bucket().to_owned(),
-                        root: format!("/distribution-{run}"),
-                    }),
+                    s3: Some(distribution_root(&moto, &format!("/distribution-{run}"))),
                     ..RegistryOptions::anonymous()
                 })?;
                 distribution.add(runtime.block_on(bench.push_then_pull(&registry.url(), image)));
@@ -202,11 +186,10 @@ fn herd(runtime: &tokio::runtime::Runtime, bench: &Bench, herd_mib: usize) -> Be
                     remote_url: upstream.url(),
                     ..ProxyUpstream::default()
                 }),
-                s3: Some(S3Storage {
-                    endpoint: moto.endpoint(),
-                    bucket: moto.bucket().to_owned(),
-                    root: format!("/herd-distribution-{index}"),
-                }),
+                s3: Some(distribution_root(
+                    &moto,
+                    &format!("/herd-distribution-{index}"),
+                )),
                 ..RegistryOptions::anonymous()
             })
         })
@@ -289,6 +272,15 @@ fn print_herd(label: &str, herd: &BenchResult<Herd>) {
     }
 }
 
+/// distribution's storage: `root` in `moto`'s bucket.
+fn distribution_root(moto: &Moto, root: &str) -> S3Storage {
+    S3Storage {
+        endpoint: moto.endpoint(),
+        bucket: moto.bucket().to_owned(),
+        root: root.to_owned(),
+    }
+}
+
 /// Our registry's configuration on `moto`'s bucket under `prefix`, listening on `port`; with
 /// an upstream, a replica of a cluster that pulls through it.
 fn sealer_config(moto: &Moto, prefix: &str, port: u16, upstream: Option<&str>) -> String {
@@ -306,23 +298,6 @@ fn sealer_config(moto: &Moto, prefix: &str, port: u16, upstream: Option<&str>) -
         ));
     }
     config
-}
-
-/// Prints one target line: `value op target` and whether it holds.
-fn verdict(label: &str, value: Option<f64>, op: &str, target: f64) {
-    match value {
-        None => println!("  {label:<28} n/a      (target {op} {target})"),
-        Some(value) => {
-            let met = match op {
-                ">=" => value >= target,
-                _ => (value - target).abs() < f64::EPSILON,
-            };
-            println!(
-                "  {label:<28} {value:>7.2}  (target {op} {target}) {}",
-                if met { "MET" } else { "MISSED" }
-            );
-        }
-    }
 }
 
 fn env_number(name: &str, default: usize) -> usize {

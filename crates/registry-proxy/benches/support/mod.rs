@@ -1,7 +1,7 @@
-//! Our registry as a child process of a bench binary (so that its CPU time is its own): the
-//! bench binary re-executed with `SEALER_BENCH_SERVE=<config file>`, which runs
-//! `sealer_registry_proxy::run` with info logs, as `sealer registry serve` runs it. A bench's
-//! `main` calls [`serve_if_child`] first.
+//! What the registry benches share. Our registry runs as a child process of the bench binary
+//! (so that its CPU time is its own): the binary re-executed with
+//! `SEALER_BENCH_SERVE=<config file>`, which runs `sealer_registry_proxy::run` with info logs,
+//! as `sealer registry serve` runs it. A bench's `main` calls [`child_or_usage`] first.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -19,11 +19,51 @@ const SERVE_ENV: &str = "SEALER_BENCH_SERVE";
 /// How long a started child may take to answer `GET /v2/`.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// In the child: serves the configuration of `SEALER_BENCH_SERVE` until killed, and returns
-/// how that ended. `None` in the bench itself.
-pub fn serve_if_child() -> Option<BenchResult> {
-    let config = std::env::var_os(SERVE_ENV)?;
-    Some(serve(Path::new(&config)))
+/// What a bench's `main` does first. In the child: serves the configuration of
+/// `SEALER_BENCH_SERVE` until killed, and returns how that ended. Not run by `cargo bench`
+/// (which passes `--bench`; `cargo test --benches` does not): prints how to run bench `name`
+/// and returns `Ok`, so that tests spend no minutes here. `None`: run the bench.
+pub fn child_or_usage(name: &str) -> Option<BenchResult> {
+    if let Some(config) = std::env::var_os(SERVE_ENV) {
+        return Some(serve(Path::new(&config)));
+    }
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!(
+            "{name} benchmark: run it with `cargo bench -p sealer-registry-proxy --bench {name}`"
+        );
+        return Some(Ok(()));
+    }
+    // reqwest here has no TLS provider of its own: the project's one, ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    None
+}
+
+/// The benches' HTTP client: HTTP/1.1 (as registry clients speak it), many idle connections
+/// kept per host, and a bound on any one exchange.
+pub fn http_client() -> BenchResult<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(64)
+        .timeout(Duration::from_secs(600))
+        .build()?)
+}
+
+/// Prints one target line: `value op target` (`>=`, `<=` or `==`) and whether it holds.
+pub fn verdict(label: &str, value: Option<f64>, op: &str, target: f64) {
+    match value {
+        None => println!("  {label:<32} n/a      (target {op} {target})"),
+        Some(value) => {
+            let met = match op {
+                ">=" => value >= target,
+                "<=" => value <= target,
+                _ => (value - target).abs() < f64::EPSILON,
+            };
+            println!(
+                "  {label:<32} {value:>7.2}  (target {op} {target}) {}",
+                if met { "MET" } else { "MISSED" }
+            );
+        }
+    }
 }
 
 /// Our registry's process, serving on `127.0.0.1:<port>`; killed when dropped.
