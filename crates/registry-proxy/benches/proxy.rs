@@ -13,22 +13,20 @@
 //! with info logs, as `sealer registry serve` runs it. When it cannot start (no pull-through
 //! yet), the distribution and direct measurements are printed alone.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt as _, TryStreamExt as _, stream};
 use sealer_fs_abstraction::{Fs, RealFs};
 use sealer_image_store::testing::ImageSpec;
-use sealer_registry_proxy::ServerConfig;
 use sealer_test_harness::{
-    ProxyUpstream, Registry, RegistryOptions, free_port, http_get, run_ok, seed_image, temp_dir,
+    ProxyUpstream, Registry, RegistryOptions, free_port, run_ok, seed_image,
 };
+use support::{BenchResult, OursChild, verdict};
 
-type BenchResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-/// Set in the child that serves our proxy: the configuration file.
-const SERVE_ENV: &str = "SEALER_BENCH_SERVE";
 const BIG_REPO: &str = "bench/big";
 const SMALL_IMAGES: usize = 20;
 /// Cold pulls: the best of this many, each on fresh caches.
@@ -44,18 +42,9 @@ const MIB: f64 = (1u64 << 20) as f64;
 const GIB: f64 = (1u64 << 30) as f64;
 
 fn main() -> BenchResult {
-    if let Some(config) = std::env::var_os(SERVE_ENV) {
-        return serve_child(Path::new(&config));
+    if let Some(done) = support::child_or_usage("proxy") {
+        return done;
     }
-    // `cargo bench` passes --bench; anything else (`cargo test --benches`) must not spend
-    // minutes and gigabytes here.
-    if !std::env::args().any(|arg| arg == "--bench") {
-        println!(
-            "proxy benchmark: run it with `cargo bench -p sealer-registry-proxy --bench proxy`"
-        );
-        return Ok(());
-    }
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let mib: u64 = std::env::var("SEALER_BENCH_MIB")
         .ok()
         .and_then(|value| value.parse().ok())
@@ -63,13 +52,8 @@ fn main() -> BenchResult {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let client = reqwest::Client::builder()
-        .http1_only()
-        .pool_max_idle_per_host(64)
-        .timeout(Duration::from_secs(600))
-        .build()?;
     let bench = Bench {
-        client,
+        client: support::http_client()?,
         clock_ticks: clock_ticks(),
     };
 
@@ -287,24 +271,6 @@ fn main() -> BenchResult {
         );
     }
     Ok(())
-}
-
-/// Prints one target line: `value op target` and whether it holds.
-fn verdict(label: &str, value: Option<f64>, op: &str, target: f64) {
-    match value {
-        None => println!("  {label:<32} n/a      (target {op} {target})"),
-        Some(value) => {
-            let met = match op {
-                ">=" => value >= target,
-                "<=" => value <= target,
-                _ => (value - target).abs() < f64::EPSILON,
-            };
-            println!(
-                "  {label:<32} {value:>7.2}  (target {op} {target}) {}",
-                if met { "MET" } else { "MISSED" }
-            );
-        }
-    }
 }
 
 /// Best cold-pull times of one target.
@@ -679,7 +645,6 @@ impl Server {
     /// This binary re-executed as our registry with the upstream as its default upstream
     /// (so both proxies get the same request paths).
     fn ours(upstream: &Registry) -> BenchResult<Self> {
-        let dir = temp_dir()?;
         let port = free_port()?;
         let config = format!(
             "listen: 127.0.0.1:{port}\nstorage: store\nmode: read-only\n\
@@ -687,108 +652,11 @@ impl Server {
              default_upstream: upstream\n",
             upstream.url()
         );
-        // Checked here, so that a configuration error reads as one.
-        ServerConfig::parse(&config, Path::new("registry.yaml"))?;
-        let fs = RealFs::open_root(dir.path())?;
-        fs.write_atomic(Path::new("registry.yaml"), config.as_bytes())?;
-        let log = dir.path().join("serve.log");
-        let child = spawn_logged(
-            Command::new(std::env::current_exe()?)
-                .env(SERVE_ENV, dir.path().join("registry.yaml"))
-                .env_remove("RUST_LOG"),
-            &log,
-        )?;
-        let mut ours = OursChild {
-            child,
-            _dir: dir,
-            log,
-        };
-        let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = ours.child.try_wait()? {
-                return Err(format!("it exited ({status}): {}", ours.log_tail()).into());
-            }
-            let ready = http_get(&format!("{base}/v2/"), Duration::from_secs(1))
-                .is_ok_and(|response| response.status == 200);
-            if ready {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("no answer within 20 s: {}", ours.log_tail()).into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let ours = OursChild::start(&config, port)?;
         Ok(Self {
-            url: base,
-            pid: ours.child.id(),
+            url: ours.url.clone(),
+            pid: ours.pid(),
             _process: Box::new(ours),
         })
     }
-}
-
-/// Our registry's process; killed when dropped.
-struct OursChild {
-    child: Child,
-    _dir: tempfile::TempDir,
-    log: PathBuf,
-}
-
-impl OursChild {
-    /// The last error-looking line of its log (or the last line).
-    fn log_tail(&self) -> String {
-        let text = self
-            .log
-            .parent()
-            .and_then(|dir| RealFs::open_root(dir).ok())
-            .and_then(|fs| fs.read(Path::new("serve.log")).ok())
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .unwrap_or_default();
-        text.lines()
-            .rev()
-            .find(|line| line.contains("error") || line.contains("Error"))
-            .or_else(|| text.lines().last())
-            .unwrap_or("no log")
-            .trim()
-            .to_owned()
-    }
-}
-
-impl Drop for OursChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `command` with stdout and stderr appended to `log`.
-// A child's output must go to a real file descriptor: `Stdio` takes a `std::fs::File`, which
-// the `Fs` abstraction does not hand out.
-#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
-fn spawn_logged(command: &mut Command, log: &Path) -> BenchResult<Child> {
-    let file = std::fs::File::create(log)?;
-    Ok(command
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .spawn()?)
-}
-
-/// The child: our registry, as `sealer registry serve` runs it (info logs to stderr).
-fn serve_child(config: &Path) -> BenchResult {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .without_time()
-        .init();
-    let config = ServerConfig::load(config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(sealer_registry_proxy::run(
-        &config,
-        sealer_registry_proxy::shutdown_signal(),
-    ))?;
-    Ok(())
 }
