@@ -9,6 +9,7 @@ use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 use object_store::{GetOptions, GetRange, ObjectStoreExt as _, WriteMultipart};
 use sealer_image_store::{Digest, Hasher};
 
+use super::gc::Reference;
 use super::{Bucket, BucketError, store_error};
 
 /// Parts in flight at once while a blob streams in (each up to 5 MiB, object_store's chunk).
@@ -53,16 +54,22 @@ impl Bucket {
     /// Stores the blob `digest` from `body`, hashed while it streams into a multipart upload
     /// that is completed only when the bytes hash to `digest` and aborted otherwise (or when
     /// `body` fails): no partial or unverified object is ever visible. A blob already present
-    /// is not rewritten (`body` is not read).
+    /// is not rewritten (`body` is not read) and counts as referenced
+    /// ([`Bucket::blob_for_reference`]: a GC claim on it is cleared); one a GC run is deleting
+    /// is written anew once the run's delete is done.
     pub async fn put_blob<S>(&self, digest: &Digest, body: S) -> Result<BlobPut, BucketError>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
-        if let Some(stat) = self.stat_blob(digest).await? {
-            return Ok(BlobPut {
-                size: stat.size,
-                created: false,
-            });
+        match self.reference(digest).await? {
+            Reference::Present(stat) => {
+                return Ok(BlobPut {
+                    size: stat.size,
+                    created: false,
+                });
+            }
+            Reference::Absent => {}
+            Reference::Deleting => self.wait_out_deletion(digest).await?,
         }
         let path = self.blob_path(digest);
         let upload = self

@@ -10,6 +10,8 @@
 //!   tag lists are listings (S3 lists keys in byte order).
 //! * `repositories/<name>/manifests/<alg>/<hex>`: one link object per manifest a repository
 //!   holds.
+//! * `gc/claims/<alg>/<hex>`: a garbage collection's claim on a blob, and `gc/clock`
+//!   ([`gc`] has the protocol and why it is safe while replicas write).
 //! * `uploads/<id>/state.json`: a chunked upload's state (offset, parts, serialized SHA-256
 //!   state), advanced with `If-Match`, so its PATCHes may reach any replica; its bytes are
 //!   parts of a multipart upload of `uploads/<id>/data` plus a tail object below the part
@@ -19,6 +21,7 @@
 
 mod blobs;
 mod config;
+pub mod gc;
 mod tags;
 mod uploads;
 
@@ -32,6 +35,7 @@ use sealer_image_store::Digest;
 
 pub use blobs::{BlobPut, BlobRead, BlobStat};
 pub use config::{BucketConfig, BucketConfigError};
+pub use gc::{GcOptions, GcReport};
 pub use tags::{TagOutcome, TagPage, TagWrite};
 pub use uploads::UploadState;
 
@@ -140,6 +144,25 @@ pub enum BucketError {
         id: String,
         /// The digest the caller named.
         digest: Digest,
+    },
+    /// A garbage collection is deleting the blob and did not finish within the wait: its
+    /// bytes cannot be written anew yet (the next collection finishes a run that died).
+    #[error(
+        "blob {digest}: a garbage collection is deleting it and had not finished after {waited:?}; retry later"
+    )]
+    BlobBeingDeleted {
+        /// The blob.
+        digest: Digest,
+        /// How long the writer waited.
+        waited: std::time::Duration,
+    },
+    /// The blob's GC claim changed under every compare-and-swap a writer tried.
+    #[error("blob {digest}: its gc claim changed under each of {attempts} conditional writes")]
+    ClaimContended {
+        /// The blob.
+        digest: Digest,
+        /// Attempts made.
+        attempts: u32,
     },
 }
 

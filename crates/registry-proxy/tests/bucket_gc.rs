@@ -1,0 +1,370 @@
+//! Garbage collection of the bucket (`Bucket::gc`, `Bucket::blob_for_reference`) against a
+//! REAL S3 server (moto on loopback, as in tests/bucket.rs). Two `Bucket` values over one
+//! bucket stand for a replica that pushes and one that collects.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use object_store::ObjectStoreExt as _;
+use sealer_image_store::Digest;
+use sealer_registry_proxy::bucket::{Bucket, BucketConfig, GcOptions};
+use sealer_test_harness::{Moto, http_get, require_moto};
+
+/// moto with a bucket, or `None` when moto_server is not installed (the test is skipped).
+fn moto() -> Option<Moto> {
+    if !require_moto() {
+        return None;
+    }
+    Some(Moto::start().expect("moto_server starts"))
+}
+
+fn config(moto: &Moto) -> BucketConfig {
+    serde_json::from_value(serde_json::json!({
+        "bucket": moto.bucket(),
+        "prefix": "registry",
+        "endpoint": moto.endpoint(),
+        "region": "us-east-1",
+        "allow_http": true,
+        "access_key_id": "sealer-test",
+        "secret_access_key": "sealer-test",
+    }))
+    .unwrap()
+}
+
+/// A replica's view of the bucket: its own S3 client.
+fn replica(moto: &Moto) -> Bucket {
+    Bucket::open(&config(moto)).unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// moto's unsigned object listing under `registry/<prefix>`.
+fn listing(moto: &Moto, prefix: &str) -> String {
+    let url = format!(
+        "{}/{}?list-type=2&prefix=registry/{prefix}",
+        moto.endpoint(),
+        moto.bucket()
+    );
+    let response = http_get(&url, Duration::from_secs(10)).unwrap();
+    assert_eq!(response.status, 200, "{url}");
+    String::from_utf8(response.body).unwrap()
+}
+
+fn options(grace: Duration, claim_wait: Duration) -> GcOptions {
+    GcOptions {
+        grace,
+        claim_wait,
+        dry_run: false,
+    }
+}
+
+async fn put(bucket: &Bucket, data: &[u8]) -> Digest {
+    let digest = Digest::sha256(data);
+    let body = futures_util::stream::iter([Ok(Bytes::copy_from_slice(data))]);
+    bucket.put_blob(&digest, body).await.unwrap();
+    digest
+}
+
+async fn exists(bucket: &Bucket, digest: &Digest) -> bool {
+    bucket.stat_blob(digest).await.unwrap().is_some()
+}
+
+fn descriptor(media_type: &str, digest: &Digest) -> serde_json::Value {
+    serde_json::json!({ "mediaType": media_type, "digest": digest.to_string(), "size": 1 })
+}
+
+/// An OCI image manifest's bytes; `note` makes it unique.
+fn manifest(config: &Digest, layers: &[Digest], note: &str) -> Vec<u8> {
+    let layers: Vec<_> = layers
+        .iter()
+        .map(|layer| descriptor("application/vnd.oci.image.layer.v1.tar", layer))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": descriptor("application/vnd.oci.image.config.v1+json", config),
+        "layers": layers,
+        "annotations": { "note": note },
+    }))
+    .unwrap()
+}
+
+#[test]
+fn unreferenced_old_blobs_are_deleted_and_referenced_or_young_ones_kept() {
+    let Some(moto) = moto() else { return };
+    let bucket = replica(&moto);
+    runtime().block_on(async {
+        // Tagged image: config, two layers, manifest, linked and tagged.
+        let config = put(&bucket, b"config one").await;
+        let layer1 = put(&bucket, b"layer one").await;
+        let layer2 = put(&bucket, b"layer two").await;
+        let image = put(&bucket, &manifest(&config, &[layer1.clone(), layer2.clone()], "a")).await;
+        bucket.put_manifest_link("app", &image).await.unwrap();
+        bucket.put_tag("app", "v1", &image).await.unwrap();
+        // An index linked (not tagged) whose entry has no link of its own.
+        let config2 = put(&bucket, b"config two").await;
+        let layer3 = put(&bucket, b"layer three").await;
+        let entry = put(&bucket, &manifest(&config2, &[layer3.clone()], "b")).await;
+        let index_bytes = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [descriptor("application/vnd.oci.image.manifest.v1+json", &entry)],
+        }))
+        .unwrap();
+        let index = put(&bucket, &index_bytes).await;
+        bucket
+            .put_manifest_link("group/multi", &index)
+            .await
+            .unwrap();
+        // A referrer (signature) reached only through its referrer link, naming its own layer.
+        let signature_layer = put(&bucket, b"signature").await;
+        let signature = put(&bucket, &manifest(&config, &[signature_layer.clone()], "sig")).await;
+        let store = config_store(&moto);
+        let referrer_link = object_store::path::Path::from(format!(
+            "registry/repositories/app/referrers/sha256/{}/sha256-{}",
+            image.hex(),
+            signature.hex()
+        ));
+        store
+            .put(&referrer_link, signature.to_string().into())
+            .await
+            .unwrap();
+        // Garbage: two blobs and a manifest nobody links (its layer is shared with `image`).
+        let garbage1 = put(&bucket, b"garbage one").await;
+        let garbage2 = put(&bucket, b"garbage two").await;
+        let orphan = put(&bucket, &manifest(&config, &[layer1.clone()], "orphan")).await;
+        let upload = bucket.start_upload().await.unwrap();
+
+        let live = [
+            &config, &layer1, &layer2, &image, &config2, &layer3, &entry, &index,
+            &signature_layer, &signature,
+        ];
+        let garbage = [&garbage1, &garbage2, &orphan];
+
+        // Young: a grace of an hour keeps everything.
+        let report = bucket
+            .gc(&options(Duration::from_secs(3600), Duration::from_millis(100)))
+            .await
+            .unwrap();
+        assert_eq!(
+            (report.live, report.candidates, report.deleted),
+            (live.len(), 0, 0)
+        );
+        assert_eq!(report.uploads_purged, 0);
+
+        // A dry run counts the candidates and changes nothing.
+        let dry = GcOptions {
+            dry_run: true,
+            ..options(Duration::ZERO, Duration::from_millis(100))
+        };
+        let report = bucket.gc(&dry).await.unwrap();
+        assert_eq!((report.candidates, report.deleted), (garbage.len(), 0));
+        for digest in live.iter().chain(&garbage) {
+            assert!(exists(&bucket, digest).await, "{digest} survives a dry run");
+        }
+        bucket.read_upload(upload.id()).await.unwrap();
+
+        // Old: the garbage goes, the rest stays, the abandoned upload is purged.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let report = bucket
+            .gc(&options(Duration::ZERO, Duration::from_millis(200)))
+            .await
+            .unwrap();
+        assert_eq!(report.live, live.len());
+        assert_eq!(report.candidates, garbage.len());
+        assert_eq!(report.deleted, garbage.len());
+        assert_eq!(report.kept_by_writer, 0);
+        assert_eq!(report.uploads_purged, 1);
+        let garbage_bytes = [b"garbage one".len(), b"garbage two".len()]
+            .iter()
+            .sum::<usize>() as u64
+            + manifest(&config, &[layer1.clone()], "orphan").len() as u64;
+        assert_eq!(report.bytes_freed, garbage_bytes);
+        for digest in live {
+            assert!(exists(&bucket, digest).await, "{digest} is referenced");
+        }
+        for digest in garbage {
+            assert!(!exists(&bucket, digest).await, "{digest} is garbage");
+        }
+        assert!(bucket.read_upload(upload.id()).await.is_err());
+        assert!(
+            !listing(&moto, "gc/claims/").contains("<Key>"),
+            "no claim is left behind"
+        );
+
+        // Unlinking the image and its tag leaves its own blobs garbage; the index keeps its own.
+        bucket.delete_tag("app", "v1").await.unwrap();
+        bucket.delete_manifest_link("app", &image).await.unwrap();
+        store.delete(&referrer_link).await.unwrap();
+        let report = bucket
+            .gc(&options(Duration::ZERO, Duration::from_millis(200)))
+            .await
+            .unwrap();
+        assert_eq!(report.deleted, 6, "{report:?}");
+        for digest in [&config2, &layer3, &entry, &index] {
+            assert!(exists(&bucket, digest).await, "{digest} is referenced");
+        }
+    });
+}
+
+/// The bucket's store itself, for objects the `Bucket` API does not write yet.
+fn config_store(moto: &Moto) -> object_store::aws::AmazonS3 {
+    config(moto).build().unwrap()
+}
+
+#[test]
+fn a_writer_clearing_the_claim_during_the_wait_keeps_the_blob() {
+    let Some(moto) = moto() else { return };
+    let gc_replica = replica(&moto);
+    let writer = replica(&moto);
+    runtime().block_on(async {
+        let blob = put(&writer, b"old and unreferenced").await;
+        let gc = tokio::spawn(async move {
+            gc_replica
+                .gc(&options(Duration::ZERO, Duration::from_secs(3)))
+                .await
+                .unwrap()
+        });
+        // The claim appears, then a writer references the blob.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !listing(&moto, "gc/claims/").contains(blob.hex()) {
+            assert!(Instant::now() < deadline, "the gc claims the blob");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stat = writer.blob_for_reference(&blob).await.unwrap();
+        assert_eq!(stat.map(|stat| stat.size), Some(20));
+        let report = gc.await.unwrap();
+        assert_eq!(
+            (report.candidates, report.kept_by_writer, report.deleted),
+            (1, 1, 0)
+        );
+        assert!(exists(&writer, &blob).await);
+
+        // Never linked after all: the next run takes the cleared claim over and deletes it.
+        let report = writer
+            .gc(&options(Duration::ZERO, Duration::from_millis(200)))
+            .await
+            .unwrap();
+        assert_eq!((report.deleted, report.kept_by_writer), (1, 0));
+        assert!(!exists(&writer, &blob).await);
+        assert!(!listing(&moto, "gc/claims/").contains("<Key>"));
+        // Pushed again: written anew.
+        let again = writer
+            .put_blob(
+                &blob,
+                futures_util::stream::iter([Ok(Bytes::from_static(b"old and unreferenced"))]),
+            )
+            .await
+            .unwrap();
+        assert!(again.created);
+    });
+}
+
+/// Pool blobs the pusher re-uses: old, and unreferenced whenever no live manifest names them.
+const POOL: usize = 24;
+/// Pushes made while GC loops.
+const ROUNDS: usize = 48;
+/// Links kept: older ones are removed, so their blobs turn into garbage again.
+const KEEP_LINKS: usize = 3;
+
+fn pool_bytes(i: usize) -> Vec<u8> {
+    format!("pool blob {i}").into_bytes()
+}
+
+/// A reference to a pool blob the way a replica makes one: asked first, uploaded again when
+/// the answer is no.
+async fn reference_pool_blob(bucket: &Bucket, i: usize) -> Digest {
+    let digest = Digest::sha256(&pool_bytes(i));
+    for _ in 0..8 {
+        if bucket.blob_for_reference(&digest).await.unwrap().is_some() {
+            return digest;
+        }
+        let body = futures_util::stream::iter([Ok(Bytes::from(pool_bytes(i)))]);
+        if bucket.put_blob(&digest, body).await.unwrap().created {
+            // Just written: counts as checked.
+            return digest;
+        }
+    }
+    panic!("pool blob {i} could not be referenced");
+}
+
+#[test]
+fn gc_racing_pushes_never_leaves_a_link_whose_blobs_are_gone() {
+    let Some(moto) = moto() else { return };
+    let pusher = replica(&moto);
+    let collector = replica(&moto);
+    runtime().block_on(async {
+        for i in 0..POOL {
+            put(&pusher, &pool_bytes(i)).await;
+        }
+        let done = Arc::new(AtomicBool::new(false));
+        let gc_done = done.clone();
+        let gc = tokio::spawn(async move {
+            let (mut runs, mut deleted, mut kept) = (0, 0, 0);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !gc_done.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let report = collector
+                    .gc(&options(Duration::ZERO, Duration::from_millis(150)))
+                    .await
+                    .unwrap();
+                runs += 1;
+                deleted += report.deleted;
+                kept += report.kept_by_writer;
+            }
+            (runs, deleted, kept)
+        });
+
+        let mut pushed: Vec<(Digest, Vec<Digest>)> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        for round in 0..ROUNDS {
+            assert!(Instant::now() < deadline, "pushes stay within the time");
+            let mut children = Vec::new();
+            for k in 0..3 {
+                let i = (round * 7 + k * 5) % POOL;
+                children.push(reference_pool_blob(&pusher, i).await);
+            }
+            let bytes = manifest(&children[0], &children[1..], &format!("round {round}"));
+            let image = put(&pusher, &bytes).await;
+            pusher.put_manifest_link("race", &image).await.unwrap();
+            pusher
+                .put_tag("race", &format!("t{}", round % KEEP_LINKS), &image)
+                .await
+                .unwrap();
+            pushed.push((image, children));
+            if round >= KEEP_LINKS {
+                let (old, _) = &pushed[round - KEEP_LINKS];
+                pusher.delete_manifest_link("race", old).await.unwrap();
+            }
+        }
+        done.store(true, Ordering::SeqCst);
+        let (runs, deleted, kept) = gc.await.unwrap();
+        eprintln!("gc: {runs} runs, {deleted} blobs deleted, {kept} kept by a writer");
+        assert!(deleted > 0, "the collector deleted garbage meanwhile");
+
+        let mut broken = Vec::new();
+        for (image, children) in &pushed {
+            if !pusher.has_manifest_link("race", image).await.unwrap() {
+                continue;
+            }
+            for digest in std::iter::once(image).chain(children) {
+                if !exists(&pusher, digest).await {
+                    broken.push(format!("{image} -> {digest}"));
+                }
+            }
+        }
+        assert!(broken.is_empty(), "links whose blobs are gone: {broken:?}");
+        for tag in 0..KEEP_LINKS {
+            let target = pusher.get_tag("race", &format!("t{tag}")).await.unwrap();
+            assert!(exists(&pusher, &target.unwrap()).await);
+        }
+    });
+}
