@@ -107,13 +107,21 @@ fn unreferenced_old_blobs_are_deleted_and_referenced_or_young_ones_kept() {
         let config = put(&bucket, b"config one").await;
         let layer1 = put(&bucket, b"layer one").await;
         let layer2 = put(&bucket, b"layer two").await;
-        let image = put(&bucket, &manifest(&config, &[layer1.clone(), layer2.clone()], "a")).await;
+        let image = put(
+            &bucket,
+            &manifest(&config, &[layer1.clone(), layer2.clone()], "a"),
+        )
+        .await;
         bucket.put_manifest_link("app", &image).await.unwrap();
         bucket.put_tag("app", "v1", &image).await.unwrap();
         // An index linked (not tagged) whose entry has no link of its own.
         let config2 = put(&bucket, b"config two").await;
         let layer3 = put(&bucket, b"layer three").await;
-        let entry = put(&bucket, &manifest(&config2, &[layer3.clone()], "b")).await;
+        let entry = put(
+            &bucket,
+            &manifest(&config2, std::slice::from_ref(&layer3), "b"),
+        )
+        .await;
         let index_bytes = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.index.v1+json",
@@ -127,7 +135,11 @@ fn unreferenced_old_blobs_are_deleted_and_referenced_or_young_ones_kept() {
             .unwrap();
         // A referrer (signature) reached only through its referrer link, naming its own layer.
         let signature_layer = put(&bucket, b"signature").await;
-        let signature = put(&bucket, &manifest(&config, &[signature_layer.clone()], "sig")).await;
+        let signature = put(
+            &bucket,
+            &manifest(&config, std::slice::from_ref(&signature_layer), "sig"),
+        )
+        .await;
         let store = config_store(&moto);
         let referrer_link = object_store::path::Path::from(format!(
             "registry/repositories/app/referrers/sha256/{}/sha256-{}",
@@ -141,18 +153,33 @@ fn unreferenced_old_blobs_are_deleted_and_referenced_or_young_ones_kept() {
         // Garbage: two blobs and a manifest nobody links (its layer is shared with `image`).
         let garbage1 = put(&bucket, b"garbage one").await;
         let garbage2 = put(&bucket, b"garbage two").await;
-        let orphan = put(&bucket, &manifest(&config, &[layer1.clone()], "orphan")).await;
+        let orphan = put(
+            &bucket,
+            &manifest(&config, std::slice::from_ref(&layer1), "orphan"),
+        )
+        .await;
         let upload = bucket.start_upload().await.unwrap();
 
         let live = [
-            &config, &layer1, &layer2, &image, &config2, &layer3, &entry, &index,
-            &signature_layer, &signature,
+            &config,
+            &layer1,
+            &layer2,
+            &image,
+            &config2,
+            &layer3,
+            &entry,
+            &index,
+            &signature_layer,
+            &signature,
         ];
         let garbage = [&garbage1, &garbage2, &orphan];
 
         // Young: a grace of an hour keeps everything.
         let report = bucket
-            .gc(&options(Duration::from_secs(3600), Duration::from_millis(100)))
+            .gc(&options(
+                Duration::from_secs(3600),
+                Duration::from_millis(100),
+            ))
             .await
             .unwrap();
         assert_eq!(
@@ -187,7 +214,7 @@ fn unreferenced_old_blobs_are_deleted_and_referenced_or_young_ones_kept() {
         let garbage_bytes = [b"garbage one".len(), b"garbage two".len()]
             .iter()
             .sum::<usize>() as u64
-            + manifest(&config, &[layer1.clone()], "orphan").len() as u64;
+            + manifest(&config, std::slice::from_ref(&layer1), "orphan").len() as u64;
         assert_eq!(report.bytes_freed, garbage_bytes);
         for digest in live {
             assert!(exists(&bucket, digest).await, "{digest} is referenced");

@@ -314,30 +314,33 @@ impl Bucket {
             return Ok(report);
         }
 
-        // Claims of other runs (or of writers) that are not candidates now: stale ones are
-        // taken over and removed (a stale `deleting` one is finished when its blob is not live).
-        let candidate_set: HashSet<&Digest> = candidates.iter().map(|(digest, _)| digest).collect();
-        let leftovers: Vec<Digest> = self
+        // Claims other runs (or writers) left: stale ones are taken over and removed, a stale
+        // `deleting` one is finished when its blob is not live.
+        let stale: Vec<Digest> = self
             .list_claims()
             .await?
             .into_iter()
-            .filter(|(digest, meta)| {
-                !candidate_set.contains(digest)
-                    && meta.last_modified.timestamp_millis() < stale_before
-            })
+            .filter(|(_, meta)| meta.last_modified.timestamp_millis() < stale_before)
             .map(|(digest, _)| digest)
             .collect();
-        let finished: Vec<u64> = futures_util::stream::iter(leftovers)
+        let finished: HashMap<Digest, u64> = futures_util::stream::iter(stale)
             .map(|digest| {
                 let live = live.contains(&digest);
-                async move { self.clean_stale_claim(&digest, live, stale_before).await }
+                async move {
+                    let freed = self.clean_stale_claim(&digest, live, stale_before).await?;
+                    Ok::<_, BucketError>(freed.map(|size| (digest, size)))
+                }
             })
             .buffer_unordered(CONCURRENCY)
             .try_filter_map(|freed| std::future::ready(Ok(freed)))
             .try_collect()
             .await?;
         report.deleted += finished.len();
-        report.bytes_freed += finished.iter().sum::<u64>();
+        report.bytes_freed += finished.values().sum::<u64>();
+        let candidates: Vec<(Digest, u64)> = candidates
+            .into_iter()
+            .filter(|(digest, _)| !finished.contains_key(digest))
+            .collect();
 
         tracing::info!(candidates = candidates.len(), "gc: claiming");
         let held: Vec<Held> = futures_util::stream::iter(candidates)
@@ -431,7 +434,10 @@ impl Bucket {
         version: UpdateVersion,
         state: ClaimState,
     ) -> Result<Option<UpdateVersion>, BucketError> {
-        match self.write_claim(path, state, PutMode::Update(version)).await {
+        match self
+            .write_claim(path, state, PutMode::Update(version))
+            .await
+        {
             Ok(version) => Ok(Some(version)),
             Err(error) if lost(&error) => Ok(None),
             Err(error) => Err(store_error("taking over gc claim", path)(error)),
@@ -463,8 +469,9 @@ impl Bucket {
         Ok(Ending::Deleted(held.size))
     }
 
-    /// A stale claim that is no candidate: taken over, then removed; a `deleting` one whose
-    /// blob is not live is finished (blob, then claim). The bytes freed, if a blob went.
+    /// A stale claim: taken over, then removed (a candidate is claimed afresh after); a
+    /// `deleting` one whose blob is not live is finished (blob, then claim). The bytes
+    /// freed, if a blob went.
     async fn clean_stale_claim(
         &self,
         digest: &Digest,
@@ -568,7 +575,10 @@ impl Bucket {
     /// The digests a tag object names: its text is a digest, or JSON naming some.
     async fn tag_targets(&self, path: &Path) -> Result<Vec<Digest>, BucketError> {
         let bytes = match self.store.get_opts(path, GetOptions::default()).await {
-            Ok(result) => result.bytes().await.map_err(store_error("reading tag", path))?,
+            Ok(result) => result
+                .bytes()
+                .await
+                .map_err(store_error("reading tag", path))?,
             // Deleted since the listing.
             Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
             Err(error) => return Err(store_error("reading tag", path)(error)),
@@ -592,32 +602,31 @@ impl Bucket {
 
     /// What a manifest blob points to; nothing when it is missing or too big for a manifest.
     async fn manifest_children(&self, digest: &Digest) -> Result<Vec<Child>, BucketError> {
-        let size = match self.stat_blob(digest).await? {
-            Some(stat) => stat.size,
-            None => {
+        let read = match self.get_blob(digest, None).await {
+            Ok(read) => read,
+            Err(BucketError::NotFound { .. }) => {
                 tracing::warn!(%digest, "gc: a linked manifest is not stored");
                 return Ok(Vec::new());
             }
-        };
-        if size > MAX_MANIFEST_SIZE {
-            tracing::warn!(%digest, size, "gc: a linked blob too big for a manifest, kept as is");
-            return Ok(Vec::new());
-        }
-        let read = match self.get_blob(digest, None).await {
-            Ok(read) => read,
-            Err(BucketError::NotFound { .. }) => return Ok(Vec::new()),
             Err(error) => return Err(error),
         };
+        if read.size > MAX_MANIFEST_SIZE {
+            tracing::warn!(%digest, size = read.size, "gc: a linked blob too big for a manifest, kept as is");
+            return Ok(Vec::new());
+        }
         let parts: Vec<bytes::Bytes> = read.stream.try_collect().await?;
         let bytes = parts.concat();
         Ok(match ManifestDocument::parse(&bytes, None) {
-            Ok((_, ManifestDocument::Image(manifest))) => {
-                std::iter::once(&manifest.config)
-                    .chain(&manifest.layers)
-                    .map(|child| Child::Blob(child.digest.clone()))
-                    .chain(manifest.subject.iter().map(|s| Child::Manifest(s.digest.clone())))
-                    .collect()
-            }
+            Ok((_, ManifestDocument::Image(manifest))) => std::iter::once(&manifest.config)
+                .chain(&manifest.layers)
+                .map(|child| Child::Blob(child.digest.clone()))
+                .chain(
+                    manifest
+                        .subject
+                        .iter()
+                        .map(|s| Child::Manifest(s.digest.clone())),
+                )
+                .collect(),
             Ok((_, ManifestDocument::Index(index))) => index
                 .manifests
                 .iter()
@@ -682,7 +691,10 @@ impl Bucket {
     async fn storage_now(&self) -> Result<i64, BucketError> {
         let path = self.path(["gc", "clock"]);
         self.store
-            .put(&path, PutPayload::from_static(b"the last gc run started at this object's time"))
+            .put(
+                &path,
+                PutPayload::from_static(b"the last gc run started at this object's time"),
+            )
             .await
             .map_err(store_error("writing", &path))?;
         let meta = self
@@ -785,17 +797,18 @@ enum Child {
 /// `…/tags/<tag>`.
 fn classify(parts: &[String]) -> Option<Root> {
     let n = parts.len();
-    if n >= 4 && parts[n - 3] == "manifests" {
-        if let Ok(digest) = format!("{}:{}", parts[n - 2], parts[n - 1]).parse() {
-            return Some(Root::Manifest(digest));
-        }
+    if n >= 4
+        && parts[n - 3] == "manifests"
+        && let Ok(digest) = format!("{}:{}", parts[n - 2], parts[n - 1]).parse()
+    {
+        return Some(Root::Manifest(digest));
     }
-    if n >= 5 && parts[n - 4] == "referrers" {
-        if let Some((alg, hex)) = parts[n - 1].split_once('-')
-            && let Ok(digest) = format!("{alg}:{hex}").parse()
-        {
-            return Some(Root::Manifest(digest));
-        }
+    if n >= 5
+        && parts[n - 4] == "referrers"
+        && let Some((alg, hex)) = parts[n - 1].split_once('-')
+        && let Ok(digest) = format!("{alg}:{hex}").parse()
+    {
+        return Some(Root::Manifest(digest));
     }
     if n >= 3 && parts[n - 2] == "tags" {
         return Some(Root::Tag);
