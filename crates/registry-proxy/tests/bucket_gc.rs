@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use object_store::ObjectStoreExt as _;
 use sealer_image_store::Digest;
-use sealer_registry_proxy::bucket::{Bucket, BucketConfig, GcOptions};
+use sealer_registry_proxy::bucket::{Bucket, BucketConfig, BucketError, GcOptions};
 use sealer_test_harness::{Moto, http_get, require_moto};
 
 /// moto with a bucket, or `None` when moto_server is not installed (the test is skipped).
@@ -296,6 +296,98 @@ fn a_writer_clearing_the_claim_during_the_wait_keeps_the_blob() {
     });
 }
 
+/// A claim object as a run that died would have left it.
+async fn plant_claim(moto: &Moto, digest: &Digest, state: &str) {
+    let path =
+        object_store::path::Path::from(format!("registry/gc/claims/sha256/{}", digest.hex()));
+    let body = format!(r#"{{"state":"{state}","run":"0123456789abcdef"}}"#);
+    config_store(moto).put(&path, body.into()).await.unwrap();
+}
+
+#[test]
+fn a_put_waits_for_a_deletion_in_progress_then_writes_the_blob_anew() {
+    let Some(moto) = moto() else { return };
+    let bucket = replica(&moto);
+    runtime().block_on(async {
+        let data = b"being deleted";
+        let digest = put(&bucket, data).await;
+        plant_claim(&moto, &digest, "deleting").await;
+        assert_eq!(bucket.blob_for_reference(&digest).await.unwrap(), None);
+
+        let writer = bucket.clone();
+        let put = tokio::spawn(async move {
+            let body = futures_util::stream::iter([Ok(Bytes::from_static(data))]);
+            writer.put_blob(&digest, body).await.unwrap()
+        });
+        // The run finishes: blob, then claim.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !put.is_finished(),
+            "the put waits while the claim says deleting"
+        );
+        let store = config_store(&moto);
+        let digest = Digest::sha256(data);
+        let blob = format!("registry/blobs/sha256/{}", digest.hex());
+        let claim = format!("registry/gc/claims/sha256/{}", digest.hex());
+        store.delete(&blob.as_str().into()).await.unwrap();
+        store.delete(&claim.as_str().into()).await.unwrap();
+        let written = put.await.unwrap();
+        assert!(written.created, "written anew after the delete");
+        assert!(exists(&bucket, &digest).await);
+    });
+}
+
+#[test]
+fn claims_a_dead_run_left_are_cleaned_by_the_next_run() {
+    let Some(moto) = moto() else { return };
+    let bucket = replica(&moto);
+    runtime().block_on(async {
+        // Died between its CAS to deleting and its deletes: the blob is garbage.
+        let doomed = put(&bucket, b"doomed").await;
+        plant_claim(&moto, &doomed, "deleting").await;
+        // Died while claiming a blob that is referenced now.
+        let config = put(&bucket, b"config").await;
+        let image = put(&bucket, &manifest(&config, &[], "kept")).await;
+        bucket.put_manifest_link("app", &image).await.unwrap();
+        plant_claim(&moto, &config, "marked").await;
+        // Died after a writer cleared its claim on a blob that is garbage now.
+        let cleared = put(&bucket, b"cleared").await;
+        plant_claim(&moto, &cleared, "cleared").await;
+        // Died between deleting a blob and its claim.
+        let gone = Digest::sha256(b"gone");
+        plant_claim(&moto, &gone, "deleting").await;
+
+        // Young claims are another run's: left alone (a grace of an hour keeps the blobs).
+        let report = bucket
+            .gc(&options(
+                Duration::from_secs(3600),
+                Duration::from_millis(100),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(report.deleted, 0);
+        assert_eq!(listing(&moto, "gc/claims/").matches("<Key>").count(), 4);
+
+        // Stale (older than twice the wait and the second of Last-Modified): cleaned.
+        tokio::time::sleep(Duration::from_millis(2_300)).await;
+        let report = bucket
+            .gc(&options(Duration::ZERO, Duration::from_millis(100)))
+            .await
+            .unwrap();
+        assert_eq!(report.deleted, 2, "{report:?}");
+        assert!(!exists(&bucket, &doomed).await);
+        assert!(!exists(&bucket, &cleared).await);
+        assert!(exists(&bucket, &config).await);
+        assert!(exists(&bucket, &image).await);
+        assert!(
+            !listing(&moto, "gc/claims/").contains("<Key>"),
+            "{}",
+            listing(&moto, "gc/claims/")
+        );
+        assert!(bucket.blob_for_reference(&config).await.unwrap().is_some());
+    });
+}
+
 /// Pushes made while GC loops.
 const ROUNDS: usize = 48;
 /// How many rounds a round's two new blobs stay unreferenced (GC candidates) before a later
@@ -318,10 +410,12 @@ async fn reference(bucket: &Bucket, bytes: &[u8]) -> Digest {
         if bucket.blob_for_reference(&digest).await.unwrap().is_some() {
             return digest;
         }
+        // A put that succeeds is a reference check of its own.
         let body = futures_util::stream::iter([Ok(Bytes::copy_from_slice(bytes))]);
-        if bucket.put_blob(&digest, body).await.unwrap().created {
-            // Just written: counts as checked.
-            return digest;
+        match bucket.put_blob(&digest, body).await {
+            Ok(_) => return digest,
+            Err(BucketError::BlobCollected { .. }) => {}
+            Err(error) => panic!("{error}"),
         }
     }
     panic!("{digest} could not be referenced");

@@ -63,8 +63,8 @@
 //!
 //! Assumption (the only timing one): a writer links (writes the manifest or link that
 //! references the blob) less than `claim_wait` after its `blob_for_reference` read the
-//! claim; and a GC run's steps from one CAS to the deletes it guards take less than
-//! `claim_wait`. `claim_wait` is therefore "longer than any request may take". S3 reads and
+//! claim; and a GC run's requests from one CAS to the deletes it guards (at most two)
+//! take less than `claim_wait`. `claim_wait` is therefore "longer than any request may take". S3 reads and
 //! listings are strongly consistent.
 //!
 //! Take a blob `B` that a writer references after `blob_for_reference(B)` returned it at
@@ -82,17 +82,22 @@
 //! * `T > t`: the run marked again at `T' ≥ T + claim_wait > t + d`: the link was there,
 //!   and the listing shows it; `B` was live and kept.
 //!
-//! A blob the writer has just created counts as read at its creation: no run can have
-//! claimed it before, so only the second case applies.
-//!
 //! So the writer's link never names a deleted blob. A claim created while a push is between
 //! its checks is the second case; a writer that reads a claim a moment after the run's CAS
 //! sees `deleting` (the CAS is ordered before its read).
 //!
-//! A blob written anew after a deletion: [`Bucket::put_blob`] waits until the claim of a
-//! `deleting` blob is gone, and the run removes the claim only after the blob, so the new
-//! bytes come after the delete. Concurrent runs only ever act on claims they wrote or took
-//! over by CAS, so two runs never delete one blob twice around a re-upload.
+//! [`Bucket::put_blob`] returns only after such a check too, made once the blob is
+//! complete: a run may have listed and claimed the blob while the bytes streamed (another
+//! writer's copy under the same key), and its delete would take the new bytes as well, so
+//! the check after the write is the one that counts (when it fails, so does the put:
+//! [`BucketError::BlobCollected`], and the client uploads again). Before writing, it waits
+//! until the claim of a `deleting` blob is gone; the run removes the claim only after the
+//! blob, so the new bytes come after the delete.
+//!
+//! Claims are only ever removed right after a CAS of the remover's landed (its own
+//! `deleting`, `cleared` or `marked`); a claim is taken over only once nobody wrote it for
+//! twice `claim_wait`, so between such a CAS and the removal (one or two requests) nobody
+//! else writes it. Concurrent runs thus never delete one blob twice around a re-upload.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -450,7 +455,15 @@ impl Bucket {
         let path = self.claim_path(&held.digest);
         if live {
             tracing::debug!(digest = %held.digest, "gc: referenced meanwhile, kept");
-            self.delete_object(&path, "removing gc claim").await?;
+            // Removed only right after a CAS of ours lands: since the claim was written, the
+            // second mark took long enough for another run to take it over.
+            if self
+                .take_over(&path, held.version, ClaimState::Cleared)
+                .await?
+                .is_some()
+            {
+                self.delete_object(&path, "removing gc claim").await?;
+            }
             return Ok(Ending::Kept);
         }
         match self

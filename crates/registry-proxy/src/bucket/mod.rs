@@ -156,6 +156,15 @@ pub enum BucketError {
         /// How long the writer waited.
         waited: std::time::Duration,
     },
+    /// A garbage collection deleted the blob while it was being written (it had claimed
+    /// another writer's copy under the same key): nothing may reference it; upload it again.
+    #[error(
+        "blob {digest}: a garbage collection deleted it while it was being written; upload it again"
+    )]
+    BlobCollected {
+        /// The blob.
+        digest: Digest,
+    },
     /// The blob's GC claim changed under every compare-and-swap a writer tried.
     #[error("blob {digest}: its gc claim changed under each of {attempts} conditional writes")]
     ClaimContended {
