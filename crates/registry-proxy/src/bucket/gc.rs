@@ -63,9 +63,9 @@
 //!
 //! Assumption (the only timing one): a writer links (writes the manifest or link that
 //! references the blob) less than `claim_wait` after its `blob_for_reference` read the
-//! claim; and a GC run's requests from one CAS to the deletes it guards (at most two)
-//! take less than `claim_wait`. `claim_wait` is therefore "longer than any request may take". S3 reads and
-//! listings are strongly consistent.
+//! claim; and a GC run's requests from one CAS to the deletes it guards (at most two) take
+//! less than `claim_wait`. So `claim_wait` is "longer than any request may take". S3 reads
+//! and listings are strongly consistent.
 //!
 //! Take a blob `B` that a writer references after `blob_for_reference(B)` returned it at
 //! time `t` (its claim read), linking at `t + d`, `d < claim_wait`, and a run that deletes
@@ -73,18 +73,22 @@
 //! it wrote at `T` (create or takeover), and after it marked again, starting at
 //! `T' ≥ T + claim_wait`, without finding `B` live.
 //!
-//! * `T < t`: the claim version `v` existed when the writer read the claim. If the writer
-//!   read `v` (`marked`), it moved `v` to `cleared` by CAS: then the run's CAS on `v`
-//!   cannot land (both are `If-Match: v`, one wins; the writer's returned `Some` only when
-//!   it won). If the writer read a later version: every write after `v` is the run's
-//!   `deleting` (then the writer returned `None` and did not link) or a version after the
-//!   run's CAS failed (then the run deleted nothing).
+//! * `T < t`: what the writer read at `t` is `v` or a later state of the claim. `v`
+//!   (`marked`): the writer moved it to `cleared` by CAS and returned `Some` only when that
+//!   landed; then the run's CAS on `v` cannot land (both are `If-Match: v`). A later
+//!   version: the run's `deleting` (the writer returned `None`), or a write by someone
+//!   else (another writer's `cleared`, another run's takeover), after which the run's CAS
+//!   on `v` fails. No claim: whoever removed it did so right after a CAS of its own landed,
+//!   so the run's CAS on `v` failed, unless the remover was the run itself after deleting
+//!   `B`, and then the writer's stat (after its claim read) found no blob.
 //! * `T > t`: the run marked again at `T' ≥ T + claim_wait > t + d`: the link was there,
 //!   and the listing shows it; `B` was live and kept.
 //!
-//! So the writer's link never names a deleted blob. A claim created while a push is between
-//! its checks is the second case; a writer that reads a claim a moment after the run's CAS
-//! sees `deleting` (the CAS is ordered before its read).
+//! So the writer's link never names a deleted blob. What a writer (the server's backend)
+//! must do: a manifest `PUT` stores the manifest with [`Bucket::put_blob`] and checks every
+//! child with [`Bucket::blob_for_reference`] (refusing the manifest on `None`) in the same
+//! request, then writes its link; a `HEAD` or mount at the start of a push does not count
+//! for the manifest written minutes later.
 //!
 //! [`Bucket::put_blob`] returns only after such a check too, made once the blob is
 //! complete: a run may have listed and claimed the blob while the bytes streamed (another
