@@ -389,7 +389,7 @@ fn claims_a_dead_run_left_are_cleaned_by_the_next_run() {
 }
 
 /// Pushes made while GC loops.
-const ROUNDS: usize = 48;
+const ROUNDS: usize = 24;
 /// How many rounds a round's two new blobs stay unreferenced (GC candidates) before a later
 /// round's manifest references them.
 const LAG: usize = 3;
@@ -429,26 +429,33 @@ async fn reference(bucket: &Bucket, bytes: &[u8]) -> Digest {
 fn gc_racing_pushes_never_leaves_a_link_whose_blobs_are_gone() {
     let Some(moto) = moto() else { return };
     let pusher = replica(&moto);
-    let collector = replica(&moto);
     runtime().block_on(async {
         let done = Arc::new(AtomicBool::new(false));
-        let gc_done = done.clone();
-        let gc = tokio::spawn(async move {
-            let (mut runs, mut deleted, mut kept) = (0, 0, 0);
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !gc_done.load(Ordering::SeqCst) && Instant::now() < deadline {
-                let report = collector
-                    .gc(&options(Duration::ZERO, Duration::from_millis(300)))
-                    .await
-                    .unwrap();
-                runs += 1;
-                deleted += report.deleted;
-                kept += report.kept_by_writer;
-            }
-            (runs, deleted, kept)
-        });
+        // Two collectors on two replicas, with different waits, so runs overlap too.
+        let collectors: Vec<_> = [300, 450]
+            .into_iter()
+            .map(|wait_ms| {
+                let collector = replica(&moto);
+                let done = done.clone();
+                tokio::spawn(async move {
+                    let (mut runs, mut deleted, mut kept) = (0, 0, 0);
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    while !done.load(Ordering::SeqCst) && Instant::now() < deadline {
+                        let report = collector
+                            .gc(&options(Duration::ZERO, Duration::from_millis(wait_ms)))
+                            .await
+                            .unwrap();
+                        runs += 1;
+                        deleted += report.deleted;
+                        kept += report.kept_by_writer;
+                    }
+                    (runs, deleted, kept)
+                })
+            })
+            .collect();
 
         let mut pushed: Vec<(Digest, Vec<Digest>)> = Vec::new();
+        let mut relinks = 0;
         let deadline = Instant::now() + Duration::from_secs(90);
         for round in 0..ROUNDS + LAG {
             assert!(Instant::now() < deadline, "pushes stay within the time");
@@ -463,13 +470,25 @@ fn gc_racing_pushes_never_leaves_a_link_whose_blobs_are_gone() {
                 continue;
             };
             let [config, layer] = garbage_bytes(used);
-            let children = vec![
-                reference(&pusher, &config).await,
-                reference(&pusher, &layer).await,
-            ];
-            let bytes = manifest(&children[0], &children[1..], &format!("round {used}"));
-            let image = put(&pusher, &bytes).await;
-            pusher.put_manifest_link("race", &image).await.unwrap();
+            let mut linked = None;
+            for _ in 0..8 {
+                let children = vec![
+                    reference(&pusher, &config).await,
+                    reference(&pusher, &layer).await,
+                ];
+                let bytes = manifest(&children[0], &children[1..], &format!("round {used}"));
+                let image = reference(&pusher, &bytes).await;
+                if pusher
+                    .put_manifest_link_checked("race", &image, &children)
+                    .await
+                    .unwrap()
+                {
+                    linked = Some((image, children));
+                    break;
+                }
+                relinks += 1;
+            }
+            let (image, children) = linked.expect("linked within 8 attempts");
             pusher
                 .put_tag("race", &format!("t{}", used % 3), &image)
                 .await
@@ -477,9 +496,14 @@ fn gc_racing_pushes_never_leaves_a_link_whose_blobs_are_gone() {
             pushed.push((image, children));
         }
         done.store(true, Ordering::SeqCst);
-        let (runs, deleted, kept) = gc.await.unwrap();
-        eprintln!("gc: {runs} runs, {deleted} blobs deleted, {kept} kept by a writer");
-        assert!(deleted > 0, "the collector deleted garbage meanwhile");
+        let mut deleted = 0;
+        for collector in collectors {
+            let (runs, removed, kept) = collector.await.unwrap();
+            eprintln!("gc: {runs} runs, {removed} blobs deleted, {kept} kept by a writer");
+            deleted += removed;
+        }
+        eprintln!("pusher: {relinks} links removed again by their check");
+        assert!(deleted > 0, "the collectors deleted garbage meanwhile");
 
         let mut broken = Vec::new();
         for (image, children) in &pushed {

@@ -84,11 +84,27 @@
 //! * `T > t`: the run marked again at `T' ≥ T + claim_wait > t + d`: the link was there,
 //!   and the listing shows it; `B` was live and kept.
 //!
-//! So the writer's link never names a deleted blob. What a writer (the server's backend)
-//! must do: a manifest `PUT` stores the manifest with [`Bucket::put_blob`] and checks every
-//! child with [`Bucket::blob_for_reference`] (refusing the manifest on `None`) in the same
-//! request, then writes its link; a `HEAD` or mount at the start of a push does not count
-//! for the manifest written minutes later.
+//! So the writer's link never names a deleted blob.
+//!
+//! # Checking after the link: no timing assumption on writers
+//!
+//! A writer that checks again *after* its link landed needs no bound on its own delays:
+//! [`Bucket::put_manifest_link_checked`] links, then asks [`Bucket::blob_for_reference`]
+//! for the manifest and each child, and removes the link when one answers `None`. If every
+//! answer is `Some`, no run deletes those blobs: a run deleting `B` marked again, without
+//! seeing the link, at `T'`, so before the link landed at `L`, and its claim version `v`
+//! was written at `T < T' < L < t` (`t`: the check after the link). The reading at `t`
+//! then is the first case above, with no wait involved: `v` cleared by the writer's CAS (the
+//! run's CAS fails), or a later version (the run's `deleting`: `None`; anyone else's: the
+//! run's CAS fails), or no claim (the run's own removal after deleting `B`: the stat finds
+//! no blob). Only the runs' own assumption (two requests within `claim_wait`) remains.
+//!
+//! What the server's backend does, then: a manifest `PUT` checks every child with
+//! [`Bucket::blob_for_reference`] (refusing the manifest on `None`), stores the manifest
+//! with [`Bucket::put_blob`], and links it with [`Bucket::put_manifest_link_checked`]
+//! (refusing the manifest on `false`) before it moves a tag; a `HEAD` or mount at the start
+//! of a push answers with [`Bucket::blob_for_reference`] too, which only spares a doomed
+//! upload.
 //!
 //! [`Bucket::put_blob`] returns only after such a check too, made once the blob is
 //! complete: a run may have listed and claimed the blob while the bytes streamed (another
@@ -232,6 +248,37 @@ impl Bucket {
             Reference::Present(stat) => Some(stat),
             Reference::Absent | Reference::Deleting => None,
         })
+    }
+
+    /// Links `repository` to the manifest `digest` (stored with [`Bucket::put_blob`], its
+    /// `children` checked with [`Bucket::blob_for_reference`] before), then checks the
+    /// manifest and every child again: a check after the link makes the reference safe
+    /// however long the request took since its first checks (module docs). `false` when one
+    /// of them is gone or being deleted by then: the link is removed again (the caller
+    /// answers that a blob is unknown, and the client uploads it again).
+    pub async fn put_manifest_link_checked(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        children: &[Digest],
+    ) -> Result<bool, BucketError> {
+        self.put_manifest_link(repository, digest).await?;
+        let checks: Vec<Option<&Digest>> =
+            futures_util::stream::iter(std::iter::once(digest).chain(children))
+                .map(|blob| async move {
+                    let present = self.blob_for_reference(blob).await?.is_some();
+                    Ok::<_, BucketError>((!present).then_some(blob))
+                })
+                .buffer_unordered(CONCURRENCY)
+                .try_collect()
+                .await?;
+        if let Some(gone) = checks.into_iter().flatten().next() {
+            tracing::info!(%repository, manifest = %digest, blob = %gone,
+                "a blob was deleted while its manifest was linked; link removed");
+            self.delete_manifest_link(repository, digest).await?;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// [`Bucket::blob_for_reference`], telling an absent blob from one being deleted.
