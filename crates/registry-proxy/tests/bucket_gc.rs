@@ -412,13 +412,13 @@ fn claims_a_dead_run_left_are_cleaned_by_the_next_run() {
 }
 
 /// Pushes made while GC loops.
-const ROUNDS: usize = 40;
+const ROUNDS: usize = 32;
 /// How many rounds a round's new blobs stay unreferenced (GC candidates) before a later
 /// round's manifest references them.
 const LAG: usize = 3;
 
 /// The claim wait of one collector of the race (the other waits longer).
-const SHORTEST_CLAIM_WAIT: Duration = Duration::from_millis(400);
+const SHORTEST_CLAIM_WAIT: Duration = Duration::from_millis(1000);
 
 /// Blobs per manifest of the race: a config and layers.
 const CHILDREN: usize = 3;
@@ -508,10 +508,14 @@ fn gc_racing_pushes_never_leaves_a_link_whose_blobs_are_gone() {
                 }
                 let bytes = manifest(&children[0], &children[1..], &format!("round {used}"));
                 let image = reference(&pusher, &bytes).await;
+                // Some pushes dawdle between their checks and their link: those whose checks
+                // cleared a claim then link after the run's second mark.
+                let dawdle = u32::try_from(used % 4).unwrap();
+                tokio::time::sleep(SHORTEST_CLAIM_WAIT * dawdle / 8).await;
                 pusher.put_manifest_link("race", &image).await.unwrap();
-                // Linked well within the shortest claim wait of its checks: they suffice.
-                // Else (a loaded machine) the checks after the link make it safe.
-                if checked.elapsed() < SHORTEST_CLAIM_WAIT / 2
+                // Linked within the shortest claim wait of its checks: they suffice. Else
+                // (a loaded machine) the checks after the link make it safe.
+                if checked.elapsed() < SHORTEST_CLAIM_WAIT * 3 / 4
                     || pusher
                         .put_manifest_link_checked("race", &image, &children)
                         .await
