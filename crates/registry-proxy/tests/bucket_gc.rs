@@ -417,8 +417,8 @@ const ROUNDS: usize = 32;
 /// round's manifest references them.
 const LAG: usize = 3;
 
-/// The claim wait of one collector of the race (the other waits longer).
-const SHORTEST_CLAIM_WAIT: Duration = Duration::from_millis(1000);
+/// The collector's claim wait in the race.
+const CLAIM_WAIT: Duration = Duration::from_millis(1000);
 
 /// Blobs per manifest of the race: a config and layers.
 const CHILDREN: usize = 3;
@@ -449,10 +449,10 @@ async fn reference(bucket: &Bucket, bytes: &[u8]) -> Digest {
     panic!("{digest} could not be referenced");
 }
 
-/// Each blob is referenced by exactly one manifest, LAG rounds after it was written (besides
-/// one blob per round that is never referenced), and no
-/// link is ever removed: a blob deleted under a link is never written again, so the final
-/// check sees every loss.
+/// A replica pushes while another collects in a loop. Each blob is referenced by exactly one
+/// manifest, LAG rounds after it was written (besides one blob per round that is never
+/// referenced), and no link is ever removed: a blob deleted under a link is never written
+/// again, so the final check sees every loss.
 #[test]
 fn gc_racing_pushes_never_leaves_a_link_whose_blobs_are_gone() {
     let Some(moto) = moto() else { return };
@@ -461,27 +461,22 @@ fn gc_racing_pushes_never_leaves_a_link_whose_blobs_are_gone() {
         let done = Arc::new(AtomicBool::new(false));
         // One collector on its own replica: more would overload moto (it serves one request
         // at a time) and stretch most pushes past the claim wait.
-        let collectors: Vec<_> = [SHORTEST_CLAIM_WAIT]
-            .into_iter()
-            .map(|claim_wait| {
-                let collector = replica(&moto);
-                let done = done.clone();
-                tokio::spawn(async move {
-                    let (mut runs, mut deleted, mut kept) = (0, 0, 0);
-                    let deadline = Instant::now() + Duration::from_secs(120);
-                    while !done.load(Ordering::SeqCst) && Instant::now() < deadline {
-                        let report = collector
-                            .gc(&options(Duration::ZERO, claim_wait))
-                            .await
-                            .unwrap();
-                        runs += 1;
-                        deleted += report.deleted;
-                        kept += report.kept_by_writer;
-                    }
-                    (runs, deleted, kept)
-                })
-            })
-            .collect();
+        let collector = replica(&moto);
+        let gc_done = done.clone();
+        let gc = tokio::spawn(async move {
+            let (mut runs, mut deleted, mut kept) = (0, 0, 0);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !gc_done.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let report = collector
+                    .gc(&options(Duration::ZERO, CLAIM_WAIT))
+                    .await
+                    .unwrap();
+                runs += 1;
+                deleted += report.deleted;
+                kept += report.kept_by_writer;
+            }
+            (runs, deleted, kept)
+        });
 
         let mut pushed: Vec<(Digest, Vec<Digest>)> = Vec::new();
         let mut relinks = 0;
@@ -511,11 +506,11 @@ fn gc_racing_pushes_never_leaves_a_link_whose_blobs_are_gone() {
                 // Some pushes dawdle between their checks and their link: those whose checks
                 // cleared a claim then link after the run's second mark.
                 let dawdle = u32::try_from(used % 4).unwrap();
-                tokio::time::sleep(SHORTEST_CLAIM_WAIT * dawdle / 8).await;
+                tokio::time::sleep(CLAIM_WAIT * dawdle / 8).await;
                 pusher.put_manifest_link("race", &image).await.unwrap();
                 // Linked within the shortest claim wait of its checks: they suffice. Else
                 // (a loaded machine) the checks after the link make it safe.
-                if checked.elapsed() < SHORTEST_CLAIM_WAIT * 3 / 4
+                if checked.elapsed() < CLAIM_WAIT * 3 / 4
                     || pusher
                         .put_manifest_link_checked("race", &image, &children)
                         .await
@@ -534,14 +529,10 @@ fn gc_racing_pushes_never_leaves_a_link_whose_blobs_are_gone() {
             pushed.push((image, children));
         }
         done.store(true, Ordering::SeqCst);
-        let mut deleted = 0;
-        for collector in collectors {
-            let (runs, removed, kept) = collector.await.unwrap();
-            eprintln!("gc: {runs} runs, {removed} blobs deleted, {kept} kept by a writer");
-            deleted += removed;
-        }
+        let (runs, deleted, kept) = gc.await.unwrap();
+        eprintln!("gc: {runs} runs, {deleted} blobs deleted, {kept} kept by a writer");
         eprintln!("pusher: {relinks} links removed again by their check");
-        assert!(deleted > 0, "the collectors deleted garbage meanwhile");
+        assert!(deleted > 0, "the collector deleted garbage meanwhile");
 
         let mut broken = Vec::new();
         for (image, children) in &pushed {
