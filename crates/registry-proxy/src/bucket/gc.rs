@@ -82,7 +82,9 @@
 //!   so the run's CAS on `v` failed, unless the remover was the run itself after deleting
 //!   `B`, and then the writer's stat (after its claim read) found no blob.
 //! * `T > t`: the run marked again at `T' ≥ T + claim_wait > t + d`: the link was there,
-//!   and the listing shows it; `B` was live and kept.
+//!   and the listing shows it; `B` was live and kept. (Only this case needs `d` bounded; a
+//!   writer that cleared a claim is covered for longer, as its `cleared` claim keeps new
+//!   claims off for twice `claim_wait`.)
 //!
 //! So the writer's link never names a deleted blob.
 //!
@@ -152,10 +154,10 @@ const STAMP_SLACK_MS: i64 = 1_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GcOptions {
     /// Blobs written less than this long ago are kept even when unreferenced (a push's blobs
-    /// before its manifest); upload sessions idle this long are purged.
+    /// before its manifest); upload sessions idle this long are purged. Default: 24 h.
     pub grace: Duration,
     /// How long claims stand before the second mark: longer than any request (a manifest
-    /// `PUT` from its checks to its link) may take.
+    /// `PUT` from its checks to its link) may take. Default: 10 min.
     pub claim_wait: Duration,
     /// Only mark and count the candidates: no claim, no delete, no purge.
     pub dry_run: bool,
