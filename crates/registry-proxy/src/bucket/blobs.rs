@@ -9,6 +9,7 @@ use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 use object_store::{GetOptions, GetRange, ObjectStoreExt as _, WriteMultipart};
 use sealer_image_store::{Digest, Hasher};
 
+use super::gc::Reference;
 use super::{Bucket, BucketError, store_error};
 
 /// Parts in flight at once while a blob streams in (each up to 5 MiB, object_store's chunk).
@@ -53,16 +54,23 @@ impl Bucket {
     /// Stores the blob `digest` from `body`, hashed while it streams into a multipart upload
     /// that is completed only when the bytes hash to `digest` and aborted otherwise (or when
     /// `body` fails): no partial or unverified object is ever visible. A blob already present
-    /// is not rewritten (`body` is not read).
+    /// is not rewritten (`body` is not read). Success means what
+    /// [`Bucket::blob_for_reference`] returning the blob means (a GC claim on it is
+    /// cleared, no run deletes it before the caller links it); a blob a GC run is deleting is
+    /// written anew once the run's delete is done.
     pub async fn put_blob<S>(&self, digest: &Digest, body: S) -> Result<BlobPut, BucketError>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
-        if let Some(stat) = self.stat_blob(digest).await? {
-            return Ok(BlobPut {
-                size: stat.size,
-                created: false,
-            });
+        match self.reference(digest).await? {
+            Reference::Present(stat) => {
+                return Ok(BlobPut {
+                    size: stat.size,
+                    created: false,
+                });
+            }
+            Reference::Absent => {}
+            Reference::Deleting => self.wait_out_deletion(digest).await?,
         }
         let path = self.blob_path(digest);
         let upload = self
@@ -108,10 +116,17 @@ impl Bucket {
             .await
             .map_err(store_error("completing the multipart upload of", &path))?;
         tracing::debug!(%digest, size, "blob stored");
-        Ok(BlobPut {
-            size,
-            created: true,
-        })
+        // A GC run may have claimed another writer's copy under this key while ours streamed
+        // in (its delete takes ours too): the caller may reference the blob only after this.
+        match self.reference(digest).await? {
+            Reference::Present(_) => Ok(BlobPut {
+                size,
+                created: true,
+            }),
+            Reference::Absent | Reference::Deleting => Err(BucketError::BlobCollected {
+                digest: digest.clone(),
+            }),
+        }
     }
 
     /// The blob's metadata, `None` when it is not stored.

@@ -16,6 +16,8 @@
 //!   replica fetches it, until when (see [`Bucket::acquire_fill_lease`]).
 //! * `repositories/<name>/referrers/<subject-alg>/<subject-hex>/<alg>-<hex>`: one link object
 //!   per manifest of the repository that has that subject (the referrers API lists them).
+//! * `gc/claims/<alg>/<hex>`: a garbage collection's claim on a blob, and `gc/clock`
+//!   ([`gc`] has the protocol and why it is safe while replicas write).
 //! * `uploads/<id>/state.json`: a chunked upload's state (offset, parts, serialized SHA-256
 //!   state), advanced with `If-Match`, so its PATCHes may reach any replica; its bytes are
 //!   parts of a multipart upload of `uploads/<id>/data` plus a tail object below the part
@@ -30,6 +32,7 @@ mod leases;
 mod links;
 mod presign;
 mod revalidation;
+pub mod gc;
 mod tags;
 mod uploads;
 
@@ -48,6 +51,7 @@ pub use config::{BucketConfig, BucketConfigError};
 pub use leases::{Acquire, LEASE_ATTEMPTS, Lease, LeaseError};
 pub use presign::MAX_PRESIGNED_EXPIRY;
 pub use revalidation::{RevalidationClaim, TagRevalidation};
+pub use gc::{GcOptions, GcReport};
 pub use tags::{TagOutcome, TagPage, TagWrite};
 pub use uploads::UploadState;
 
@@ -156,6 +160,34 @@ pub enum BucketError {
         id: String,
         /// The digest the caller named.
         digest: Digest,
+    },
+    /// A garbage collection is deleting the blob and did not finish within the wait: its
+    /// bytes cannot be written anew yet (the next collection finishes a run that died).
+    #[error(
+        "blob {digest}: a garbage collection is deleting it and had not finished after {waited:?}; retry later"
+    )]
+    BlobBeingDeleted {
+        /// The blob.
+        digest: Digest,
+        /// How long the writer waited.
+        waited: std::time::Duration,
+    },
+    /// A garbage collection deleted the blob while it was being written (it had claimed
+    /// another writer's copy under the same key): nothing may reference it; upload it again.
+    #[error(
+        "blob {digest}: a garbage collection deleted it while it was being written; upload it again"
+    )]
+    BlobCollected {
+        /// The blob.
+        digest: Digest,
+    },
+    /// The blob's GC claim changed under every compare-and-swap a writer tried.
+    #[error("blob {digest}: its gc claim changed under each of {attempts} conditional writes")]
+    ClaimContended {
+        /// The blob.
+        digest: Digest,
+        /// Attempts made.
+        attempts: u32,
     },
 }
 
