@@ -97,12 +97,13 @@ impl BucketBackend {
         &self.bucket
     }
 
-    /// Whether a manifest's child (a blob or a manifest) is stored: the one place a manifest
-    /// PUT asks.
+    /// Whether a manifest's child (a blob or a manifest) is stored and may be referenced (a
+    /// GC claim on it is cleared; one being deleted counts as absent): the one place a
+    /// manifest PUT asks.
     async fn child_present(&self, digest: &Digest) -> Result<bool, ApiError> {
         Ok(self
             .bucket
-            .stat_blob(digest)
+            .blob_for_reference(digest)
             .await
             .map_err(unavailable("check a manifest's blobs"))?
             .is_some())
@@ -543,6 +544,22 @@ impl RegistryBackend for BucketBackend {
         }
         self.put_bytes(&digest, bytes).await?;
         let repository = repository_key(&name);
+        // Linked, then every child checked again: a GC run that claimed one meanwhile either
+        // sees the link or is seen here (bucket::gc has the argument).
+        let referenced: Vec<Digest> = children.iter().chain(&blobs).cloned().collect();
+        if !self
+            .bucket
+            .put_manifest_link_checked(&repository, &digest, &referenced)
+            .await
+            .map_err(unavailable("link a manifest"))?
+        {
+            return Err(ApiError::new(
+                ErrorCode::ManifestBlobUnknown,
+                format!(
+                    "a blob of manifest {digest} was removed by garbage collection while it was pushed: push the blobs again"
+                ),
+            ));
+        }
         let tag = match &tagged {
             Some(tagged) => Some(split_tagged(tagged)?.1),
             None => None,
@@ -622,9 +639,11 @@ impl RegistryBackend for BucketBackend {
     }
 
     async fn stat_blob(&self, digest: Digest) -> Result<Option<u64>, ApiError> {
+        // A push's HEAD or mount references the blob: a GC claim on it is cleared, and one
+        // being deleted is absent (the client uploads it again).
         Ok(self
             .bucket
-            .stat_blob(&digest)
+            .blob_for_reference(&digest)
             .await
             .map_err(unavailable("stat a blob"))?
             .map(|stat| stat.size))

@@ -258,6 +258,16 @@ pub enum ServeError {
     /// The bucket of `storage: { s3: … }` cannot be set up.
     #[error(transparent)]
     Bucket(#[from] crate::bucket::BucketConfigError),
+    /// Garbage collection of the bucket failed (nothing a tag or manifest references was
+    /// deleted; a later run finishes what this one started).
+    #[error("collecting garbage in the bucket: {0}")]
+    Gc(#[source] crate::bucket::BucketError),
+    /// `registry gc` was asked for a local store (`sealer prune` collects those).
+    #[error(
+        "the storage is the local store {}: collect its garbage with `sealer --root {} prune` (which keeps the build cache's layers)",
+        .0.display(), .0.display()
+    )]
+    LocalGc(std::path::PathBuf),
     /// The configuration names no store, and none was given otherwise.
     #[error("no storage: set `storage` in the configuration (or the CLI's --root)")]
     NoStorage,

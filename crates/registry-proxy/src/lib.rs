@@ -62,7 +62,7 @@ pub use error::{ApiError, ErrorCode, ServeError};
 pub use local::{BlobDeleted, LocalSource};
 pub use pull_through::PullThroughSource;
 pub use route::{Route, RouteError, RouteParser, parse};
-pub use server::{Registry, run, serve, shutdown_signal};
+pub use server::{Registry, collect_garbage, run, serve, shutdown_signal};
 pub use source::{
     BlobContent, BlobRequest, BlobStream, CacheStatus, ContentSource, ManifestContent,
     ManifestRequest, ResponseMeta, Served, StoreNames,

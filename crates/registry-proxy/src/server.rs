@@ -405,6 +405,23 @@ pub async fn run(
     serve(config, listener, shutdown).await
 }
 
+/// Collects the garbage of the bucket of `config`'s `storage: { s3 }` while replicas keep
+/// serving and writing ([`crate::bucket::gc`] has the protocol). A local store is refused
+/// with [`ServeError::LocalGc`]: `sealer prune` collects those.
+pub async fn collect_garbage(
+    config: &ServerConfig,
+    options: &crate::bucket::GcOptions,
+) -> Result<crate::bucket::GcReport, ServeError> {
+    match &config.storage {
+        Some(Storage::S3(bucket)) => crate::bucket::Bucket::open(bucket)?
+            .gc(options)
+            .await
+            .map_err(ServeError::Gc),
+        Some(Storage::Path(path)) => Err(ServeError::LocalGc(path.clone())),
+        None => Err(ServeError::NoStorage),
+    }
+}
+
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();

@@ -90,6 +90,30 @@ pub enum RegistryCommand {
     /// Write the containerd, CRI-O/podman or Docker files that make a node pull the
     /// registry's upstreams through it.
     MirrorConfig(MirrorConfigArgs),
+    /// Delete the blobs of the registry's bucket (`storage: { s3 }`) that no tag or manifest
+    /// references, while replicas keep serving and pushing: nothing a push in flight needs
+    /// is deleted (claims by compare-and-swap, cleared by any write that references the
+    /// blob). A local store is collected by `sealer prune`.
+    Gc(GcArgs),
+}
+
+/// `sealer registry gc`.
+#[derive(Debug, clap::Args)]
+pub struct GcArgs {
+    /// The registry's configuration (its `storage: { s3: … }`).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Keep unreferenced blobs younger than this (a push's blobs before its manifest) and
+    /// upload sessions idle for less.
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    pub grace: ConfigDuration,
+    /// How long claims stand before the blobs are checked again and deleted: longer than
+    /// any request may take.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub claim_wait: ConfigDuration,
+    /// Only count what would be deleted.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `sealer registry serve`.

@@ -265,15 +265,17 @@ impl Bucket {
         children: &[Digest],
     ) -> Result<bool, BucketError> {
         self.put_manifest_link(repository, digest).await?;
-        let checks: Vec<Option<&Digest>> =
-            futures_util::stream::iter(std::iter::once(digest).chain(children))
-                .map(|blob| async move {
-                    let present = self.blob_for_reference(blob).await?.is_some();
-                    Ok::<_, BucketError>((!present).then_some(blob))
-                })
-                .buffer_unordered(CONCURRENCY)
-                .try_collect()
-                .await?;
+        // Owned digests: the future stays `Send` for any caller (a borrowing closure here
+        // is not general enough for `async_trait` methods).
+        let blobs: Vec<Digest> = std::iter::once(digest).chain(children).cloned().collect();
+        let checks: Vec<Option<Digest>> = futures_util::stream::iter(blobs)
+            .map(|blob| async move {
+                let present = self.blob_for_reference(&blob).await?.is_some();
+                Ok::<_, BucketError>((!present).then_some(blob))
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
         if let Some(gone) = checks.into_iter().flatten().next() {
             tracing::info!(%repository, manifest = %digest, blob = %gone,
                 "a blob was deleted while its manifest was linked; link removed");

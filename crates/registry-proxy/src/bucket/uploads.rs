@@ -24,6 +24,7 @@ use sha2::Digest as _;
 use sha2::Sha256;
 use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 
+use super::gc::Reference;
 use super::{BlobPut, Bucket, BucketError, is_conflict, store_error};
 
 /// S3's smallest part (every part but the last); smaller appends collect in the tail object.
@@ -252,12 +253,18 @@ impl Bucket {
                 size,
             });
         }
-        if let Some(stat) = self.stat_blob(digest).await? {
-            self.cancel_upload(state).await?;
-            return Ok(BlobPut {
-                size: stat.size,
-                created: false,
-            });
+        // As `put_blob`: a blob present is referenced (a GC claim on it cleared), one a GC
+        // run is deleting is written anew once the delete is done.
+        match self.reference(digest).await? {
+            Reference::Present(stat) => {
+                self.cancel_upload(state).await?;
+                return Ok(BlobPut {
+                    size: stat.size,
+                    created: false,
+                });
+            }
+            Reference::Absent => {}
+            Reference::Deleting => self.wait_out_deletion(digest).await?,
         }
         let blob_path = self.blob_path(digest);
         let tail = match &state.doc.tail {
@@ -326,10 +333,16 @@ impl Bucket {
         }
         self.remove_session_objects(state).await;
         tracing::debug!(%digest, size, upload = state.id, "chunked upload completed");
-        Ok(BlobPut {
-            size,
-            created: true,
-        })
+        // A GC run may have claimed another writer's copy under this key meanwhile.
+        match self.reference(digest).await? {
+            Reference::Present(_) => Ok(BlobPut {
+                size,
+                created: true,
+            }),
+            Reference::Absent | Reference::Deleting => Err(BucketError::BlobCollected {
+                digest: digest.clone(),
+            }),
+        }
     }
 
     /// Removes an upload: its multipart upload is aborted, its objects deleted.

@@ -1,4 +1,4 @@
-//! `sealer registry serve`, `sealer registry config` (and the dispatch of
+//! `sealer registry serve`, `sealer registry config`, `sealer registry gc` (and the dispatch of
 //! `sealer registry mirror-config`).
 
 use std::path::Path;
@@ -56,5 +56,35 @@ pub fn run(root: Option<&Path>, command: &RegistryCommand) -> Result<()> {
             Ok(())
         }
         RegistryCommand::MirrorConfig(args) => super::mirror_config::run(root, args),
+        RegistryCommand::Gc(args) => {
+            let config = ServerConfig::load(&args.config)?;
+            let options = sealer_registry_proxy::bucket::GcOptions {
+                grace: args.grace.0,
+                claim_wait: args.claim_wait.0,
+                dry_run: args.dry_run,
+            };
+            let report = super::runtime()?
+                .block_on(sealer_registry_proxy::collect_garbage(&config, &options))
+                .with_context(|| format!("collecting garbage of {}", args.config.display()))?;
+            if args.dry_run {
+                say!(
+                    "{} unreferenced blobs older than {:?} would be deleted; {} live",
+                    report.candidates,
+                    args.grace.0,
+                    report.live
+                );
+            } else {
+                say!(
+                    "Deleted {} of {} unreferenced blobs ({}); {} live, {} kept for a writer, {} abandoned uploads purged",
+                    report.deleted,
+                    report.candidates,
+                    indicatif::BinaryBytes(report.bytes_freed),
+                    report.live,
+                    report.kept_by_writer,
+                    report.uploads_purged
+                );
+            }
+            Ok(())
+        }
     }
 }
