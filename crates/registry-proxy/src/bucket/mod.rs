@@ -28,11 +28,11 @@
 
 mod blobs;
 mod config;
+pub mod gc;
 mod leases;
 mod links;
 mod presign;
 mod revalidation;
-pub mod gc;
 mod tags;
 mod uploads;
 
@@ -48,10 +48,10 @@ use sealer_image_store::Digest;
 
 pub use blobs::{BlobPut, BlobRead, BlobStat};
 pub use config::{BucketConfig, BucketConfigError};
+pub use gc::{GcOptions, GcReport};
 pub use leases::{Acquire, LEASE_ATTEMPTS, Lease, LeaseError};
 pub use presign::MAX_PRESIGNED_EXPIRY;
 pub use revalidation::{RevalidationClaim, TagRevalidation};
-pub use gc::{GcOptions, GcReport};
 pub use tags::{TagOutcome, TagPage, TagWrite};
 pub use uploads::UploadState;
 
