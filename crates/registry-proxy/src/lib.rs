@@ -35,6 +35,7 @@ pub mod backend;
 pub mod bucket;
 mod bucket_backend;
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 mod conn;
 mod error;

@@ -42,6 +42,7 @@ use sealer_registry_client::{
 };
 
 use crate::backend::RegistryBackend;
+use crate::cluster::Cluster;
 use crate::config::{ServerConfig, TagTtl, UpstreamConfig};
 use crate::error::{ApiError, ErrorCode, ServeError};
 use crate::fill::{FetchError, FillSource, Fills};
@@ -221,6 +222,8 @@ pub struct PullThroughSource {
     offline: bool,
     timeout: Duration,
     fills: Arc<Fills>,
+    /// The other replicas over the same bucket, when configured (`cluster:`).
+    cluster: Option<Arc<Cluster>>,
     /// Manifest fetches by digest in flight.
     fetches: InFlight,
     /// Tags (store references) answered from the store without revalidation: the images a
@@ -276,6 +279,7 @@ impl PullThroughSource {
             offline: config.offline,
             timeout: config.upstream_timeout.0,
             fills: Arc::default(),
+            cluster: None,
             fetches: Arc::default(),
             pinned: BTreeSet::new(),
         })
@@ -287,6 +291,17 @@ impl PullThroughSource {
     pub fn with_pinned(mut self, references: impl IntoIterator<Item = String>) -> Self {
         self.pinned.extend(references);
         self
+    }
+
+    /// Fills take fill leases in the cluster's bucket and stream from other replicas' fills.
+    pub(crate) fn with_cluster(mut self, cluster: Option<Arc<Cluster>>) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    /// The blob fills in flight (the peer route serves them to other replicas).
+    pub(crate) fn fills(&self) -> Arc<Fills> {
+        self.fills.clone()
     }
 
     /// The Prometheus text of the cache's metrics (served at `/metrics`).
@@ -702,6 +717,7 @@ impl PullThroughSource {
             repository,
             metrics: upstream.metrics.clone(),
             open_timeout: FETCH_TIMEOUT,
+            cluster: self.cluster.clone(),
         };
         let (fill, joined) = self
             .fills

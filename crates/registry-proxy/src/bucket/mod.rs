@@ -25,8 +25,8 @@
 mod blobs;
 mod config;
 mod leases;
-mod presign;
 mod links;
+mod presign;
 mod tags;
 mod uploads;
 
