@@ -593,7 +593,14 @@ async fn transfer(
                 *started = true;
                 source.metrics.peer_fill_started();
                 let size = stream.size;
-                return store(fill, source, Incoming::Peer(stream.body), size, true).await;
+                return store(
+                    fill,
+                    source,
+                    Incoming::Peer(stream.body),
+                    size,
+                    Some(cluster),
+                )
+                .await;
             }
             // Its fill ended (committed, or failed and released) between our read of the
             // lease and the request: look in the bucket again.
@@ -712,20 +719,22 @@ async fn fetch(
         source,
         Incoming::Upstream(Box::new(download)),
         size,
-        false,
+        None,
     )
     .await
 }
 
 /// Streams `incoming` (`size` bytes) through the ring and the writer, verifies and commits
-/// it (a peer's bytes count as received from the upstream only when `from_peer` is false).
+/// it. `peer_of`: the cluster whose lease holder sends the bytes (they are not counted as
+/// received from the upstream, and the holder's own commit is awaited first).
 async fn store(
     fill: &Arc<Fill>,
     source: &FillSource,
     mut incoming: Incoming,
     size: u64,
-    from_peer: bool,
+    peer_of: Option<&Cluster>,
 ) -> Result<(), FetchError> {
+    let from_peer = peer_of.is_some();
     let backend = fill.backend.clone();
     let digest = fill.digest.clone();
     let upload = backend
@@ -767,13 +776,38 @@ async fn store(
         .await
         .map_err(|error| FetchError::Store(error.to_string()))?;
     streamed?;
+    let written = written?;
+    if let Some(cluster) = peer_of {
+        await_holder_commit(fill, cluster).await;
+    }
     // Verified; the followers may finish. Held fresh by the commit: the cached manifest
     // that needs it may be gone already, so GC keeps it a while. A bucket backend skips the
-    // upload when the blob is there already (a peer's holder committed it).
+    // upload when the blob is there already (the lease holder committed it).
     backend
-        .commit_fill(written?, digest)
+        .commit_fill(written, digest)
         .await
         .map_err(|error| FetchError::Store(error.message))
+}
+
+/// Waits (at most one lease lifetime) until the blob streamed from the lease holder is in
+/// the bucket, committed by the holder, so this replica does not upload it a second time.
+/// The followers are not held up: they finish once the digest is verified.
+async fn await_holder_commit(fill: &Fill, cluster: &Cluster) {
+    const POLL: Duration = Duration::from_millis(100);
+    let deadline = tokio::time::Instant::now() + cluster.lease_ttl;
+    loop {
+        match cluster.bucket.stat_blob(&fill.digest).await {
+            Ok(Some(_)) => return,
+            Ok(None) => {}
+            // The commit that follows reports a bucket that fails.
+            Err(_) => return,
+        }
+        if tokio::time::Instant::now() + POLL > deadline {
+            tracing::debug!(digest = %fill.digest, "the lease holder has not committed the blob; committing it here");
+            return;
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// The writer thread: appends chunks to the upload, publishes progress, and on `Finish`
@@ -835,7 +869,6 @@ fn write(
 mod tests {
     use super::*;
     use crate::backend::LocalBackend;
-    use futures_util::StreamExt as _;
     use sealer_image_store::Store;
 
     async fn collect(mut stream: BlobStream) -> Vec<u8> {

@@ -266,6 +266,12 @@ fn a_herd_of_32_cold_gets_over_three_replicas_makes_one_upstream_get() {
         .map(|replica| replica.metric("sealer_proxy_fills_total{upstream=\"up\"}"))
         .sum();
     assert_eq!(upstream_fills, 1);
+    // The other replicas streamed from the lease holder (or found the blob committed).
+    let peer_fills: i64 = replicas
+        .iter()
+        .map(|replica| replica.metric("sealer_proxy_peer_fills_total{upstream=\"up\"}"))
+        .sum();
+    assert!(peer_fills >= 1, "{peer_fills} peer fills");
     assert_eq!(bucket_blob(&bucket, &digest).unwrap(), expected);
     // Warm now: every replica answers from the bucket, still one upstream GET.
     for replica in replicas.iter() {
