@@ -42,7 +42,6 @@ use sealer_registry_client::{
 };
 
 use crate::backend::RegistryBackend;
-use crate::cluster::Cluster;
 use crate::config::{ServerConfig, TagTtl, UpstreamConfig};
 use crate::error::{ApiError, ErrorCode, ServeError};
 use crate::fill::{FetchError, FillSource, Fills};
@@ -223,7 +222,7 @@ pub struct PullThroughSource {
     timeout: Duration,
     fills: Arc<Fills>,
     /// The other replicas over the same bucket, when configured (`cluster:`).
-    cluster: Option<Arc<Cluster>>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Manifest fetches by digest in flight.
     fetches: InFlight,
     /// Tags (store references) answered from the store without revalidation: the images a
@@ -294,7 +293,7 @@ impl PullThroughSource {
     }
 
     /// Fills take fill leases in the cluster's bucket and stream from other replicas' fills.
-    pub(crate) fn with_cluster(mut self, cluster: Option<Arc<Cluster>>) -> Self {
+    pub(crate) fn with_cluster(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> Self {
         self.cluster = cluster;
         self
     }
