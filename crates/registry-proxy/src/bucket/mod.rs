@@ -25,8 +25,8 @@
 mod blobs;
 mod config;
 mod leases;
-mod links;
 mod presign;
+mod links;
 mod tags;
 mod uploads;
 
