@@ -17,6 +17,7 @@ use sealer_registry_client::redact_url;
 use serde::Deserialize;
 
 use crate::bucket::BucketConfig;
+use crate::cluster::{ClusterConfig, RedirectConfig};
 use crate::route::normalise_host;
 
 /// Why a configuration cannot be used.
@@ -517,6 +518,13 @@ pub struct ServerConfig {
     /// Connection timeouts and the connection cap.
     #[serde(default)]
     pub server: ConnectionLimits,
+    /// Replicas over one bucket (`storage: { s3 }` only): fill leases and the peer route, so
+    /// the cluster makes one upstream `GET` per blob.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+    /// Presigned redirects of complete blobs (`storage: { s3 }` only).
+    #[serde(default)]
+    pub redirect: RedirectConfig,
 }
 
 /// The documented configuration: every key with its default, commented (what
@@ -559,6 +567,8 @@ impl Default for ServerConfig {
             image_store: None,
             uploads: UploadLimits::default(),
             server: ConnectionLimits::default(),
+            cluster: None,
+            redirect: RedirectConfig::default(),
         }
     }
 }
@@ -714,7 +724,30 @@ impl ServerConfig {
                 return Err((key, format!("{key} must be more than 0")));
             }
         }
-        Ok(())
+        self.validate_cluster()
+    }
+
+    /// `cluster` and `redirect`: valid, and only over a bucket.
+    fn validate_cluster(&self) -> Result<(), (&'static str, String)> {
+        let on_bucket = matches!(self.storage, Some(Storage::S3(_)));
+        if let Some(cluster) = &self.cluster {
+            if !on_bucket {
+                return Err((
+                    "cluster",
+                    "cluster: replicas share a bucket: it needs `storage: { s3: … }`".to_owned(),
+                ));
+            }
+            cluster.validate()?;
+        }
+        if self.redirect.presigned && !on_bucket {
+            return Err((
+                "presigned",
+                "redirect.presigned: presigned URLs point into a bucket: it needs \
+                 `storage: { s3: … }`"
+                    .to_owned(),
+            ));
+        }
+        self.redirect.validate()
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -737,6 +770,13 @@ impl ServerConfig {
             if let Some(ca_file) = &mut upstream.ca_file {
                 resolve(ca_file);
             }
+        }
+        if let Some(secret_file) = self
+            .cluster
+            .as_mut()
+            .and_then(|cluster| cluster.peer_secret_file.as_mut())
+        {
+            resolve(secret_file);
         }
     }
 }

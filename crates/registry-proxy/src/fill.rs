@@ -25,13 +25,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use sealer_fs_abstraction::ReadFile;
 use sealer_image_store::{BlobUpload, Digest, StoreError};
-use sealer_registry_client::{ClientError, RegistryClient};
+use sealer_registry_client::{BlobDownload, ClientError, RegistryClient};
 use tokio::sync::{mpsc, watch};
 
 use crate::backend::RegistryBackend;
+use crate::bucket::{Acquire, Lease, LeaseError};
+use crate::cluster::Cluster;
 use crate::metrics::{FailureReason, UpstreamMetrics};
+use crate::peer::PeerError;
 use crate::source::BlobStream;
 use crate::stream::{READ_CHUNK, read_chunk};
 
@@ -109,6 +113,9 @@ pub(crate) struct FillSource {
     pub(crate) metrics: Arc<UpstreamMetrics>,
     /// Bound on getting the response head of the blob.
     pub(crate) open_timeout: Duration,
+    /// The other replicas over the same bucket: the fill takes the digest's lease first,
+    /// or streams from its holder. `None`: a lone server.
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 /// The fills in flight, by digest.
@@ -519,18 +526,103 @@ enum Write {
     Finish,
 }
 
-/// Fetches and commits the blob; `started` is set once the upstream is asked (a blob that
-/// turns out to be stored already is no fill).
+/// Where a fill's bytes come from.
+enum Incoming {
+    /// The upstream's response.
+    Upstream(Box<BlobDownload>),
+    /// Another replica's fill of the digest, through its peer route.
+    Peer(BlobStream),
+}
+
+impl Incoming {
+    async fn chunk(&mut self) -> Result<Option<Bytes>, FetchError> {
+        match self {
+            Self::Upstream(download) => download
+                .chunk()
+                .await
+                .map_err(|error| FetchError::from_client(&error)),
+            Self::Peer(body) => {
+                body.next().await.transpose().map_err(|error| {
+                    FetchError::Upstream(format!("from the lease holder: {error}"))
+                })
+            }
+        }
+    }
+}
+
+/// How many times a fill over a cluster looks for the blob again after the lease holder it
+/// went to had finished (404 from its peer route) without the blob being in the bucket.
+const PEER_ATTEMPTS: usize = 3;
+
+/// Fetches and commits the blob; `started` is set once the upstream (or a peer) is asked (a
+/// blob that turns out to be stored already is no fill).
 async fn transfer(
     fill: &Arc<Fill>,
     source: &FillSource,
     started: &mut bool,
 ) -> Result<(), FetchError> {
-    let backend = fill.backend.clone();
-    let digest = fill.digest.clone();
-    // A fill that ended just before this one started may have stored it.
-    let present = backend
-        .stat_blob(digest.clone())
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if stored_already(fill).await? {
+            return Ok(());
+        }
+        let Some(cluster) = &source.cluster else {
+            return fetch(fill, source, started, None).await;
+        };
+        let acquired = cluster
+            .bucket
+            .acquire_fill_lease(&fill.digest, &cluster.advertise_url, cluster.lease_ttl)
+            .await
+            .map_err(|error| FetchError::Store(error.to_string()))?;
+        let holder = match acquired {
+            Acquire::Acquired(lease) => {
+                return fetch_under_lease(fill, source, started, cluster, lease).await;
+            }
+            // A lease of our own URL outlived its fill (a previous process, or a release that
+            // failed): this process runs the only fill of the digest, so it fetches; other
+            // replicas that find the lease stream from this fill.
+            Acquire::HeldBy { holder, .. } if holder == cluster.advertise_url => {
+                return fetch(fill, source, started, None).await;
+            }
+            Acquire::HeldBy { holder, .. } => holder,
+        };
+        match cluster.peers.stream(&holder, &fill.digest, 0).await {
+            Ok(stream) => {
+                tracing::info!(digest = %fill.digest, %holder, "streaming a fill from the lease holder");
+                *started = true;
+                source.metrics.peer_fill_started();
+                let size = stream.size;
+                return store(
+                    fill,
+                    source,
+                    Incoming::Peer(stream.body),
+                    size,
+                    Some(cluster),
+                )
+                .await;
+            }
+            // Its fill ended (committed, or failed and released) between our read of the
+            // lease and the request: look in the bucket again.
+            Err(PeerError::Refused { status: 404, .. }) if attempt < PEER_ATTEMPTS => {
+                tracing::debug!(digest = %fill.digest, %holder, "the lease holder's fill ended; looking again");
+            }
+            Err(error) => {
+                return Err(FetchError::Upstream(format!(
+                    "streaming from the fill lease holder {holder}: {error} (retried once the \
+                     lease expires)"
+                )));
+            }
+        }
+    }
+}
+
+/// Whether the blob is in the store already (a fill that ended just before this one
+/// started, or another replica's): then the followers read it from there.
+async fn stored_already(fill: &Arc<Fill>) -> Result<bool, FetchError> {
+    let present = fill
+        .backend
+        .stat_blob(fill.digest.clone())
         .await
         .map_err(|error| FetchError::Store(error.message))?;
     if let Some(size) = present {
@@ -538,18 +630,83 @@ async fn transfer(
             state.size = Some(size);
             state.written = size;
         });
-        return Ok(());
     }
+    Ok(present.is_some())
+}
+
+/// [`fetch`] while holding `lease`: renewed every third of its lifetime while the fill
+/// runs, released once it ended either way.
+async fn fetch_under_lease(
+    fill: &Arc<Fill>,
+    source: &FillSource,
+    started: &mut bool,
+    cluster: &Arc<Cluster>,
+    lease: Lease,
+) -> Result<(), FetchError> {
+    let (stop, mut stopped) = watch::channel(false);
+    let renewer = {
+        let cluster = cluster.clone();
+        let mut lease = lease.clone();
+        tokio::spawn(async move {
+            let period = (cluster.lease_ttl / 3).max(Duration::from_millis(1));
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => return lease,
+                    () = tokio::time::sleep(period) => {}
+                }
+                match cluster
+                    .bucket
+                    .renew_fill_lease(&lease, cluster.lease_ttl)
+                    .await
+                {
+                    Ok(renewed) => lease = renewed,
+                    Err(error) => {
+                        // Another replica took it over (it thought this one dead): this fill
+                        // still completes and verifies; the other fetches too.
+                        tracing::warn!(digest = %lease.digest(), %error, "renewing a fill lease");
+                        if matches!(error, LeaseError::Lost { .. }) {
+                            return lease;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let result = fetch(fill, source, started, Some(lease.generation())).await;
+    let _ = stop.send(true);
+    let lease = renewer.await.unwrap_or(lease);
+    match cluster.bucket.release_fill_lease(&lease).await {
+        Ok(released) => {
+            tracing::debug!(digest = %fill.digest, released, "fill lease given up");
+        }
+        Err(error) => {
+            tracing::warn!(digest = %fill.digest, %error, "releasing a fill lease (it expires by itself)");
+        }
+    }
+    result
+}
+
+/// Fetches the blob from the upstream and commits it; `lease`: the generation of the fill
+/// lease held, for the logs.
+async fn fetch(
+    fill: &Arc<Fill>,
+    source: &FillSource,
+    started: &mut bool,
+    lease: Option<u64>,
+) -> Result<(), FetchError> {
     *started = true;
     source.metrics.fill_started();
+    if let Some(generation) = lease {
+        tracing::info!(digest = %fill.digest, generation, "fetching from the upstream under the fill lease");
+    }
     let opened = tokio::time::timeout(
         source.open_timeout,
         source
             .client
-            .get_blob(&source.registry, &source.repository, &digest, 0),
+            .get_blob(&source.registry, &source.repository, &fill.digest, 0),
     )
     .await;
-    let mut download = match opened {
+    let download = match opened {
         Err(_) => return Err(FetchError::Timeout(source.open_timeout)),
         Ok(Err(error)) => return Err(FetchError::from_client(&error)),
         Ok(Ok(download)) => download,
@@ -557,6 +714,29 @@ async fn transfer(
     let size = download.size().ok_or_else(|| {
         FetchError::Upstream("the upstream sent the blob without a Content-Length".to_owned())
     })?;
+    store(
+        fill,
+        source,
+        Incoming::Upstream(Box::new(download)),
+        size,
+        None,
+    )
+    .await
+}
+
+/// Streams `incoming` (`size` bytes) through the ring and the writer, verifies and commits
+/// it. `peer_of`: the cluster whose lease holder sends the bytes (they are not counted as
+/// received from the upstream, and the holder's own commit is awaited first).
+async fn store(
+    fill: &Arc<Fill>,
+    source: &FillSource,
+    mut incoming: Incoming,
+    size: u64,
+    peer_of: Option<&Cluster>,
+) -> Result<(), FetchError> {
+    let from_peer = peer_of.is_some();
+    let backend = fill.backend.clone();
+    let digest = fill.digest.clone();
     let upload = backend
         .begin_fill()
         .await
@@ -572,9 +752,11 @@ async fn transfer(
         state.upload = Some(id);
     });
     let streamed = loop {
-        match download.chunk().await {
+        match incoming.chunk().await {
             Ok(Some(chunk)) => {
-                source.metrics.received(chunk.len() as u64);
+                if !from_peer {
+                    source.metrics.received(chunk.len() as u64);
+                }
                 fill.update(|state| state.push(chunk.clone()));
                 if sender.send(Write::Chunk(chunk)).await.is_err() {
                     // The writer failed; its result says why.
@@ -582,7 +764,7 @@ async fn transfer(
                 }
             }
             Ok(None) => break Ok(()),
-            Err(error) => break Err(FetchError::from_client(&error)),
+            Err(error) => break Err(error),
         }
     };
     if streamed.is_ok() {
@@ -594,12 +776,38 @@ async fn transfer(
         .await
         .map_err(|error| FetchError::Store(error.to_string()))?;
     streamed?;
+    let written = written?;
+    if let Some(cluster) = peer_of {
+        await_holder_commit(fill, cluster).await;
+    }
     // Verified; the followers may finish. Held fresh by the commit: the cached manifest
-    // that needs it may be gone already, so GC keeps it a while.
+    // that needs it may be gone already, so GC keeps it a while. A bucket backend skips the
+    // upload when the blob is there already (the lease holder committed it).
     backend
-        .commit_fill(written?, digest)
+        .commit_fill(written, digest)
         .await
         .map_err(|error| FetchError::Store(error.message))
+}
+
+/// Waits (at most one lease lifetime) until the blob streamed from the lease holder is in
+/// the bucket, committed by the holder, so this replica does not upload it a second time.
+/// The followers are not held up: they finish once the digest is verified.
+async fn await_holder_commit(fill: &Fill, cluster: &Cluster) {
+    const POLL: Duration = Duration::from_millis(100);
+    let deadline = tokio::time::Instant::now() + cluster.lease_ttl;
+    loop {
+        match cluster.bucket.stat_blob(&fill.digest).await {
+            Ok(Some(_)) => return,
+            Ok(None) => {}
+            // The commit that follows reports a bucket that fails.
+            Err(_) => return,
+        }
+        if tokio::time::Instant::now() + POLL > deadline {
+            tracing::debug!(digest = %fill.digest, "the lease holder has not committed the blob; committing it here");
+            return;
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// The writer thread: appends chunks to the upload, publishes progress, and on `Finish`
@@ -661,7 +869,6 @@ fn write(
 mod tests {
     use super::*;
     use crate::backend::LocalBackend;
-    use futures_util::StreamExt as _;
     use sealer_image_store::Store;
 
     async fn collect(mut stream: BlobStream) -> Vec<u8> {

@@ -287,6 +287,12 @@ pub(crate) async fn blob(
         return Ok(empty(StatusCode::ACCEPTED));
     }
     let head = op == BlobOp::Head;
+    if !head
+        && !parts.headers.contains_key(header::RANGE)
+        && let Some(response) = presigned_redirect(state, &digest).await
+    {
+        return Ok(response);
+    }
     let range = if head {
         None
     } else {
@@ -328,6 +334,40 @@ pub(crate) async fn blob(
     }
     apply_meta(headers, &served.meta);
     Ok(response)
+}
+
+/// The 307 to a presigned bucket URL of `digest` (`redirect.presigned`), when the blob is
+/// complete in the bucket and no fill of it runs on this replica; `None`: serve it as usual
+/// (also when the bucket cannot be asked: the usual path reports that).
+async fn presigned_redirect(state: &AppState, digest: &Digest) -> Option<Response> {
+    let redirect = state.redirect.as_ref()?;
+    if state.fills.get(digest).is_some() {
+        return None;
+    }
+    match redirect.bucket.stat_blob(digest).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return None,
+        Err(error) => {
+            tracing::debug!(%digest, %error, "no redirect: the blob's presence is unknown");
+            return None;
+        }
+    }
+    let url = match redirect
+        .bucket
+        .presigned_blob_url(digest, redirect.expires)
+        .await
+    {
+        Ok(url) => url,
+        Err(error) => {
+            tracing::warn!(%digest, %error, "presigning a blob URL; serving the blob instead");
+            return None;
+        }
+    };
+    let mut response = empty(StatusCode::TEMPORARY_REDIRECT);
+    let headers = response.headers_mut();
+    set(headers, header::LOCATION, url.as_str());
+    set(headers, DOCKER_CONTENT_DIGEST, &digest.to_string());
+    Some(response)
 }
 
 // ---- uploads ----

@@ -19,6 +19,9 @@
 //!   monolithic/chunked/streamed, mount, tags, referrers, deletes, Range), htpasswd basic
 //!   auth, read-only mode, TLS (rustls with ring), bounded graceful shutdown.
 //! * [`ServerConfig`]: the YAML/TOML configuration of `sealer registry serve`.
+//! * [`cluster`]: replicas over one bucket: fill leases, so the cluster sends one upstream
+//!   `GET` per blob (the others stream it from the lease holder, [`peer`]), and presigned
+//!   307 redirects of complete blobs.
 //! * [`mirror_config`]: the containerd, CRI-O/podman and Docker configuration files that make
 //!   nodes pull the configured upstreams through this registry.
 //!
@@ -35,6 +38,7 @@ pub mod backend;
 pub mod bucket;
 mod bucket_backend;
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 mod conn;
 mod error;

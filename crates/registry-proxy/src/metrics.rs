@@ -385,6 +385,7 @@ pub(crate) struct UpstreamMetrics {
     bytes: AtomicU64,
     revalidations: AtomicU64,
     fills: AtomicU64,
+    peer_fills: AtomicU64,
     fills_in_flight: AtomicI64,
     followers: AtomicU64,
     digest_mismatches: AtomicU64,
@@ -416,6 +417,13 @@ impl UpstreamMetrics {
     /// A fill started.
     pub(crate) fn fill_started(&self) {
         self.fills.fetch_add(1, Ordering::Relaxed);
+        self.fills_in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A fill started that streams from another replica's fill (the lease holder's), not
+    /// from the upstream.
+    pub(crate) fn peer_fill_started(&self) {
+        self.peer_fills.fetch_add(1, Ordering::Relaxed);
         self.fills_in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -527,6 +535,14 @@ pub(crate) fn render(samples: &[Sample<'_>]) -> String {
     );
     simple(
         &mut out,
+        "sealer_proxy_peer_fills_total",
+        "counter",
+        "Blob fills streamed from another replica holding the digest's fill lease, instead of \
+         from the upstream.",
+        &|sample| load(&sample.metrics.peer_fills) as i64,
+    );
+    simple(
+        &mut out,
         "sealer_proxy_fills_in_flight",
         "gauge",
         "Blob fills running now.",
@@ -608,6 +624,7 @@ mod tests {
             "sealer_proxy_upstream_bytes_total{upstream=\"quay\"} 42",
             "sealer_proxy_upstream_token_fetches_total{upstream=\"quay\"} 1",
             "sealer_proxy_fills_total{upstream=\"quay\"} 2",
+            "sealer_proxy_peer_fills_total{upstream=\"quay\"} 0",
             "# TYPE sealer_proxy_fills_in_flight gauge",
             "sealer_proxy_fills_in_flight{upstream=\"quay\"} 1",
             "sealer_proxy_fill_followers_total{upstream=\"quay\"} 1",

@@ -12,7 +12,7 @@
 //!   short (the holder died, its fill failed) is an error of the stream, never a silently
 //!   short body.
 //!
-//! # Configuration (proposed keys of `sealer registry serve`)
+//! # Configuration (keys of `sealer registry serve`, see `crate::cluster`)
 //!
 //! ```yaml
 //! storage:

@@ -228,6 +228,8 @@ pub struct PullThroughSource {
     offline: bool,
     timeout: Duration,
     fills: Arc<Fills>,
+    /// The other replicas over the same bucket, when configured (`cluster:`).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Manifest fetches by digest in flight.
     fetches: InFlight,
     /// Tags (store references) answered from the store without revalidation: the images a
@@ -283,6 +285,7 @@ impl PullThroughSource {
             offline: config.offline,
             timeout: config.upstream_timeout.0,
             fills: Arc::default(),
+            cluster: None,
             fetches: Arc::default(),
             pinned: BTreeSet::new(),
         })
@@ -294,6 +297,17 @@ impl PullThroughSource {
     pub fn with_pinned(mut self, references: impl IntoIterator<Item = String>) -> Self {
         self.pinned.extend(references);
         self
+    }
+
+    /// Fills take fill leases in the cluster's bucket and stream from other replicas' fills.
+    pub(crate) fn with_cluster(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    /// The blob fills in flight (the peer route serves them to other replicas).
+    pub(crate) fn fills(&self) -> Arc<Fills> {
+        self.fills.clone()
     }
 
     /// The Prometheus text of the cache's metrics (served at `/metrics`).
@@ -736,6 +750,7 @@ impl PullThroughSource {
             repository,
             metrics: upstream.metrics.clone(),
             open_timeout: FETCH_TIMEOUT,
+            cluster: self.cluster.clone(),
         };
         let (fill, joined) = self
             .fills

@@ -21,13 +21,16 @@ use crate::auth::{Htpasswd, empty_credentials};
 use crate::backend::{LocalBackend, RegistryBackend};
 use crate::bucket::Bucket;
 use crate::bucket_backend::BucketBackend;
+use crate::cluster::{Cluster, FillsPeerSource};
 use crate::config::{ConnectionLimits, Mode, ServerConfig, Storage};
 use crate::conn::{PeerAddr, accept_loop, max_connections, raise_open_file_limit};
 use crate::error::{ApiError, ErrorCode, ServeError};
+use crate::fill::Fills;
 use crate::handlers;
 use crate::health::{healthz, readyz};
 use crate::local::LocalSource;
 use crate::metrics::ServerMetrics;
+use crate::peer::{PeerSecret, peer_router};
 use crate::pull_through::PullThroughSource;
 use crate::route::{BlobOp, ManifestOp, Route, RouteParser, normalise_host};
 use crate::source::{ContentSource, StoreNames};
@@ -59,6 +62,20 @@ pub(crate) struct AppState {
     pub(crate) metrics: Arc<ServerMetrics>,
     /// Held while a `/readyz` check runs: one at a time.
     pub(crate) readiness: tokio::sync::Mutex<()>,
+    /// The blob fills in flight on this replica.
+    pub(crate) fills: Arc<Fills>,
+    /// Presigned redirects of complete blobs (`redirect.presigned`).
+    pub(crate) redirect: Option<Redirect>,
+    /// The peer route's secret, when this replica is in a cluster.
+    peer_secret: Option<PeerSecret>,
+}
+
+/// Where and how long `GET`s of complete blobs are redirected.
+pub(crate) struct Redirect {
+    /// The bucket the presigned URLs point into.
+    pub(crate) bucket: Bucket,
+    /// How long a URL is valid.
+    pub(crate) expires: Duration,
 }
 
 /// Where the server's content lives, opened.
@@ -183,10 +200,29 @@ impl Registry {
             LocalSource::with_backend(backend, names.clone())
                 .with_blob_deletes(config.delete_blobs),
         );
-        let source: Arc<dyn ContentSource> = if config.upstreams.is_empty() {
-            local.clone()
+        let (cluster, peer_secret) = match (&storage, &config.cluster) {
+            (OpenStorage::Bucket(bucket), Some(cluster)) => {
+                let (cluster, secret) = Cluster::new(cluster, bucket.clone())?;
+                tracing::info!(advertise_url = %cluster.advertise_url, lease_ttl = ?cluster.lease_ttl, "replica of a cluster: fills take leases, the peer route is served");
+                (Some(cluster), Some(secret))
+            }
+            _ => (None, None),
+        };
+        let redirect = match &storage {
+            OpenStorage::Bucket(bucket) if config.redirect.presigned => Some(Redirect {
+                bucket: bucket.clone(),
+                expires: config.redirect.expires.0,
+            }),
+            _ => None,
+        };
+        let (source, fills): (Arc<dyn ContentSource>, _) = if config.upstreams.is_empty() {
+            (local.clone(), Arc::default())
         } else {
-            Arc::new(PullThroughSource::new(config, local.clone())?.with_pinned(pinned))
+            let pull_through = PullThroughSource::new(config, local.clone())?
+                .with_pinned(pinned)
+                .with_cluster(cluster);
+            let fills = pull_through.fills();
+            (Arc::new(pull_through), fills)
         };
         let upstream_hosts = config
             .upstreams
@@ -210,6 +246,9 @@ impl Registry {
                 auth,
                 metrics: Arc::new(ServerMetrics::new()),
                 readiness: tokio::sync::Mutex::new(()),
+                fills,
+                redirect,
+                peer_secret,
             },
             connections: config.server,
         })
@@ -231,6 +270,14 @@ impl Registry {
     /// everything else a JSON 404; every request is counted and logged.
     pub fn router(self) -> Router {
         let state = Arc::new(self.state);
+        // The peer route checks its own shared secret, not the clients' credentials.
+        let peers = match &state.peer_secret {
+            Some(secret) => peer_router(
+                Arc::new(FillsPeerSource(state.fills.clone())),
+                secret.clone(),
+            ),
+            None => Router::new(),
+        };
         Router::new()
             .route("/v2", any(handle))
             .route("/v2/", any(handle))
@@ -240,6 +287,7 @@ impl Registry {
             .route("/readyz", any(readyz))
             .fallback(handle)
             .with_state(state.clone())
+            .merge(peers)
             // Blobs are streamed; manifests are capped by the handler.
             .layer(DefaultBodyLimit::disable())
             // Every answer, errors and metrics included: no browser guesses another type.
