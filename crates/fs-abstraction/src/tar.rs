@@ -143,9 +143,11 @@ pub fn pack<W: Write>(
     writer.finish()
 }
 
-/// A tar stream being written: whole trees from an [`Fs`] and single in-memory entries.
+/// A tar stream being written: whole trees from an [`Fs`], single in-memory entries and
+/// entries the caller streams itself. Dropped without [`TarWriter::finish`] (a failure part
+/// way), it writes nothing more: no end-of-archive blocks make a cut stream look complete.
 pub struct TarWriter<W: Write> {
-    builder: tar::Builder<W>,
+    builder: tar::Builder<Gate<W>>,
     options: PackOptions,
     /// First archive path of every multiply-linked file, by `(dev, ino)`.
     links: HashMap<(u64, u64), PathBuf>,
@@ -155,7 +157,7 @@ impl<W: Write> TarWriter<W> {
     /// Starts a tar stream on `out`.
     pub fn new(out: W, options: PackOptions) -> Self {
         Self {
-            builder: tar::Builder::new(out),
+            builder: tar::Builder::new(Gate(Some(out))),
             options,
             links: HashMap::new(),
         }
@@ -313,11 +315,84 @@ impl<W: Write> TarWriter<W> {
             .map_err(|e| TarError::io(format!("appending {}", name.display()), e))
     }
 
-    /// Writes the end-of-archive blocks and returns the output.
-    pub fn finish(self) -> Result<W, TarError> {
+    /// Appends a regular file of `size` bytes that `write` streams straight into the output
+    /// (for a caller with its own copy loop, one that hashes while it copies for instance);
+    /// `write` returns how many bytes it wrote, which must be `size`.
+    pub fn append_streamed<E: From<TarError>>(
+        &mut self,
+        path: &Path,
+        mode: u32,
+        size: u64,
+        write: impl FnOnce(&mut dyn Write) -> Result<u64, E>,
+    ) -> Result<(), E> {
+        let name = archive_name(path)?;
+        let mut header = self.synthetic_header(mode);
+        header.set_entry_type(EntryType::Regular);
+        header.set_size(size);
+        // The header alone (GNU long-name entry included): no data follows from this call,
+        // so tar adds no padding either.
         self.builder
+            .append_data(&mut header, &name, io::empty())
+            .map_err(|e| TarError::io(format!("appending {}", name.display()), e))?;
+        let out = self.builder.get_mut();
+        let written = write(out)?;
+        if written != size {
+            return Err(TarError::io(
+                format!("appending {}", name.display()),
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{written} bytes written for an entry of {size}"),
+                ),
+            )
+            .into());
+        }
+        let remainder = (size % 512) as usize;
+        if remainder != 0 {
+            out.write_all(&[0u8; 512][..512 - remainder])
+                .map_err(|e| TarError::io(format!("appending {}", name.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the end-of-archive blocks and returns the output.
+    pub fn finish(mut self) -> Result<W, TarError> {
+        let builder = std::mem::replace(&mut self.builder, tar::Builder::new(Gate(None)));
+        let gate = builder
             .into_inner()
-            .map_err(|e| TarError::io("finishing the tar stream", e))
+            .map_err(|e| TarError::io("finishing the tar stream", e))?;
+        gate.0.ok_or_else(|| {
+            TarError::io(
+                "finishing the tar stream",
+                io::Error::other("the output was already closed"),
+            )
+        })
+    }
+}
+
+impl<W: Write> Drop for TarWriter<W> {
+    fn drop(&mut self) {
+        // `tar::Builder` writes the end-of-archive blocks when dropped: a writer dropped
+        // part way closes its output first, so they go nowhere.
+        self.builder.get_mut().0 = None;
+    }
+}
+
+/// The output of a [`TarWriter`]; closed (`None`) once the writer is dropped.
+struct Gate<W>(Option<W>);
+
+impl<W: Write> Write for Gate<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.0 {
+            Some(out) => out.write(buf),
+            None => Err(io::Error::other("the tar output is closed")),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.0 {
+            Some(out) => out.flush(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -1358,6 +1433,57 @@ mod tests {
             env.fs.read_link(p("etc/link")).unwrap(),
             PathBuf::from("/etc/hosts")
         );
+    }
+
+    /// A streamed entry reads back like any other, a long name included; a wrong byte
+    /// count is an error.
+    #[test]
+    fn streamed_entries_read_back() {
+        let long = format!("blobs/sha512/{}", "a".repeat(128));
+        let mut writer = TarWriter::new(Vec::new(), PackOptions::default());
+        writer
+            .append_streamed::<TarError>(p(&long), 0o644, 5, |out| {
+                out.write_all(b"hello")
+                    .map_err(|e| TarError::io("streaming", e))?;
+                Ok(5)
+            })
+            .unwrap();
+        writer.append_file(p("next"), 0o644, b"after").unwrap();
+        let tar = writer.finish().unwrap();
+        let mut archive = tar::Archive::new(&tar[..]);
+        let mut entries = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            entries.push((entry.path().unwrap().display().to_string(), data));
+        }
+        assert_eq!(
+            entries,
+            vec![
+                (long, b"hello".to_vec()),
+                ("next".to_owned(), b"after".to_vec())
+            ]
+        );
+        let mut writer = TarWriter::new(Vec::new(), PackOptions::default());
+        assert!(
+            writer
+                .append_streamed::<TarError>(p("short"), 0o644, 3, |_| Ok(2))
+                .is_err()
+        );
+    }
+
+    /// A writer dropped part way (a failure) does not end the stream: no end-of-archive
+    /// blocks make a cut stream look complete.
+    #[test]
+    fn a_writer_dropped_part_way_adds_no_end_blocks() {
+        let mut out = Vec::new();
+        {
+            let mut writer = TarWriter::new(&mut out, PackOptions::default());
+            writer.append_file(p("a"), 0o644, b"x").unwrap();
+        }
+        // One header and one block of data, nothing after.
+        assert_eq!(out.len(), 1024);
     }
 
     /// Device nodes and FIFOs on disk are refused when packing.
