@@ -171,7 +171,7 @@ pub(super) fn to_json_string(value: &impl serde::Serialize) -> Result<String> {
     })
 }
 
-pub(super) fn to_json(value: &impl serde::Serialize) -> Result<Vec<u8>> {
+fn to_json(value: &impl serde::Serialize) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|error| BuildError::Io {
         what: "encoding JSON".to_owned(),
         source: std::io::Error::other(error),
@@ -203,40 +203,34 @@ pub(super) fn write_image(
     config["config"] = json!({ "Env": env, "Labels": state.labels });
     config["rootfs"] = json!({ "type": "layers", "diff_ids": state.diff_ids });
     config["history"] = Value::Array(state.history.clone());
-    let config_bytes = to_json(&config)?;
-    let config_digest = ingest.put_bytes(&config_bytes)?;
+    let config = put_json(ingest, media_type::OCI_CONFIG, &config)?;
     let mut extension = state.extension.clone();
     extension.schema_version = EXTENSION_SCHEMA_VERSION.to_owned();
     if extension.image_type.is_empty() {
         extension.image_type = "kube-installer".to_owned();
     }
     let mut manifest_annotations = annotations.clone();
-    manifest_annotations.insert(
-        EXTENSION_ANNOTATION.to_owned(),
-        serde_json::to_string(&extension).map_err(|error| BuildError::Io {
-            what: "encoding JSON".to_owned(),
-            source: std::io::Error::other(error),
-        })?,
-    );
+    manifest_annotations.insert(EXTENSION_ANNOTATION.to_owned(), to_json_string(&extension)?);
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(media_type::OCI_MANIFEST.to_owned()),
         artifact_type: None,
-        config: Descriptor::new(
-            media_type::OCI_CONFIG,
-            config_digest,
-            config_bytes.len() as u64,
-        ),
+        config,
         layers: state.layers.clone(),
         subject: None,
         annotations: manifest_annotations,
         extra: serde_json::Map::new(),
     };
-    let bytes = to_json(&manifest)?;
+    put_json(ingest, media_type::OCI_MANIFEST, &manifest)
+}
+
+/// Stores `value` as JSON in `ingest`; returns its descriptor.
+pub(super) fn put_json(
+    ingest: &Ingest<'_>,
+    media_type: &str,
+    value: &impl serde::Serialize,
+) -> Result<Descriptor> {
+    let bytes = to_json(value)?;
     let digest = ingest.put_bytes(&bytes)?;
-    Ok(Descriptor::new(
-        media_type::OCI_MANIFEST,
-        digest,
-        bytes.len() as u64,
-    ))
+    Ok(Descriptor::new(media_type, digest, bytes.len() as u64))
 }

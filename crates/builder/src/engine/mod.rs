@@ -65,7 +65,7 @@ pub use metadata::{
 /// How the rootfs is scanned for images ([`BuildOptions::scan`]), from `sealer-dep-scanner`.
 pub use sealer_dep_scanner::{ImageListFile, ScanOptions};
 
-use crate::engine::image::{ImageState, base_state, to_json, to_json_string, write_image};
+use crate::engine::image::{ImageState, base_state, put_json, to_json_string, write_image};
 use crate::engine::layer::write_layer;
 use crate::engine::steps::{LayerReuse, Progress, StepEnv, run_step};
 use crate::kubefile::{Base, BuildArgs, Kubefile};
@@ -381,13 +381,7 @@ fn image_descriptor(
             entry
         })
         .collect();
-    let bytes = to_json(&index)?;
-    let digest = ingest.put_bytes(&bytes)?;
-    Ok(Descriptor::new(
-        media_type::OCI_INDEX,
-        digest,
-        bytes.len() as u64,
-    ))
+    put_json(ingest, media_type::OCI_INDEX, &index)
 }
 
 /// Builds (or plans) the image of one platform: base, steps, carried images, then its

@@ -6,11 +6,10 @@ use std::path::PathBuf;
 use sealer_image_store::Digest;
 use sealer_layer_cache::InputHasher;
 
+use super::StepCx;
 use super::metadata::app_entry;
 use super::remote::{Requester, fetch_remote};
-use super::{Progress, StepAt, StepEnv};
 use crate::engine::copy::{add_sources, detect_app, expand_sources};
-use crate::engine::image::ImageState;
 use crate::engine::layer::{LayerTree, Node, write_layer};
 use crate::engine::metadata::ImageExtension;
 use crate::engine::{Result, StepOutcome};
@@ -20,15 +19,12 @@ use crate::kubefile::{
 
 /// Runs an APP, CNI or CSI step.
 pub(super) fn step(
-    env: &StepEnv<'_>,
-    progress: &mut Progress<'_>,
-    state: &mut ImageState,
-    at: &StepAt<'_>,
+    cx: StepCx<'_, '_>,
     instruction: &ResolvedInstruction,
     app: &App<String>,
 ) -> Result<StepOutcome> {
-    let span = at.span;
-    let context = env.context;
+    let span = cx.at.span;
+    let context = cx.env.context;
     let keyword = instruction.keyword();
     let mut locals = Vec::new();
     let mut remotes = Vec::new();
@@ -45,7 +41,7 @@ pub(super) fn step(
     add_sources(context, &mut tree, span, keyword, &sources, &dest, None)?;
     let mut input = InputHasher::new();
     for source in &sources {
-        input.add_path(context, source, &mut progress.stat)?;
+        input.add_path(context, source, &mut cx.progress.stat)?;
     }
     let requester = Requester::App {
         keyword,
@@ -55,7 +51,7 @@ pub(super) fn step(
         // App sources are manifests and scripts: read whole, as the app type detection
         // reads them.
         let (name, data) = fetch_remote(
-            env.options.fetch,
+            cx.env.options.fetch,
             span,
             &requester,
             url,
@@ -71,15 +67,22 @@ pub(super) fn step(
         tree.insert(app_dir.join(name), Node::Data(data.into(), 0o644));
     }
     let detected = detect_app(&tree, &app_dir);
-    let key = state.key.next(at.text, &input.finish());
-    let outcome = progress
-        .layers
-        .reuse_or_build(state, key, at.text, at.started, &mut || {
-            write_layer(&tree, context, env.epoch, env.layer_compression, env.ingest)
-        })?;
+    let key = cx.state.key.next(cx.at.text, &input.finish());
+    let outcome =
+        cx.progress
+            .layers
+            .reuse_or_build(cx.state, key, cx.at.text, cx.at.started, &mut || {
+                write_layer(
+                    &tree,
+                    context,
+                    cx.env.epoch,
+                    cx.env.layer_compression,
+                    cx.env.ingest,
+                )
+            })?;
     let (app_type, files) = match detected {
         Some((app_type, files)) => {
-            state.app_types.insert(app.name.clone(), app_type);
+            cx.state.app_types.insert(app.name.clone(), app_type);
             (Some(app_type), files)
         }
         None => (None, Vec::new()),
@@ -90,11 +93,11 @@ pub(super) fn step(
         _ => None,
     };
     if let Some(prefix) = prefix {
-        state
+        cx.state
             .labels
             .insert(format!("{prefix}{}", app.name), "true".to_owned());
     }
-    set_app(&mut state.extension, &app.name, app_type, files);
+    set_app(&mut cx.state.extension, &app.name, app_type, files);
     Ok(outcome)
 }
 

@@ -9,12 +9,11 @@ use sealer_image_store::Descriptor;
 use sealer_layer_cache::InputHasher;
 
 use super::remote::{Requester, fetch_remote};
-use super::{Progress, StepAt, StepEnv};
+use super::{StepAt, StepCx, StepEnv};
 use crate::engine::copy::{
     add_archive, add_sources, dest_path, download_into, expand_sources, is_archive, parse_chmod,
     scratch_dir,
 };
-use crate::engine::image::ImageState;
 use crate::engine::layer::{BuiltLayer, LayerTree, Node, write_layer};
 use crate::engine::run::is_dir_in_layers;
 use crate::engine::{BuildError, Result, StepOutcome};
@@ -30,14 +29,11 @@ struct Download {
 
 /// Runs a COPY or ADD step.
 pub(super) fn step(
-    env: &StepEnv<'_>,
-    progress: &mut Progress<'_>,
-    state: &mut ImageState,
-    at: &StepAt<'_>,
+    cx: StepCx<'_, '_>,
     instruction: &ResolvedInstruction,
     copy: &CopyArgs<String>,
 ) -> Result<StepOutcome> {
-    let span = at.span;
+    let span = cx.at.span;
     let keyword = instruction.keyword();
     let is_add = matches!(instruction, Instruction::Add(_));
     let (urls, locals): (Vec<String>, Vec<String>) = copy
@@ -52,17 +48,17 @@ pub(super) fn step(
         ));
     }
     let chmod = parse_chmod(span, copy.chmod.as_deref())?;
-    let sources = expand_sources(env.context, span, keyword, &locals)?;
+    let sources = expand_sources(cx.env.context, span, keyword, &locals)?;
     let mut input = InputHasher::new();
     for source in &sources {
-        input.add_path(env.context, source, &mut progress.stat)?;
+        input.add_path(cx.env.context, source, &mut cx.progress.stat)?;
     }
     // Downloads are streamed into files here, removed after the step.
     let mut scratch = None;
     let mut downloads = Vec::new();
     for (index, url) in urls.iter().enumerate() {
         let (name, (fs, file, len)) = fetch_remote(
-            env.options.fetch,
+            cx.env.options.fetch,
             span,
             &Requester::Add,
             url,
@@ -98,10 +94,10 @@ pub(super) fn step(
             ),
         ));
     }
-    let key = state.key.next(at.text, &input.finish());
-    let layers = state.layers.clone();
+    let key = cx.state.key.next(cx.at.text, &input.finish());
+    let layers = cx.state.layers.clone();
     let layer = CopyLayer {
-        at,
+        at: cx.at,
         keyword,
         is_add,
         dest: &copy.dest,
@@ -111,13 +107,14 @@ pub(super) fn step(
         layers: &layers,
     };
     let mut warnings = Vec::new();
-    let outcome = progress
-        .layers
-        .reuse_or_build(state, key, at.text, at.started, &mut || {
-            layer.write(env, &mut warnings)
-        })?;
+    let outcome =
+        cx.progress
+            .layers
+            .reuse_or_build(cx.state, key, cx.at.text, cx.at.started, &mut || {
+                layer.write(cx.env, &mut warnings)
+            })?;
     drop(scratch);
-    progress.report.warnings.append(&mut warnings);
+    cx.progress.report.warnings.append(&mut warnings);
     Ok(outcome)
 }
 

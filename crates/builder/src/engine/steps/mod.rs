@@ -60,6 +60,15 @@ pub(super) struct StepAt<'s> {
     pub(super) started: Instant,
 }
 
+/// What a step works with: the build's inputs, what the build adds to, the image it grows
+/// and the step itself.
+pub(super) struct StepCx<'c, 'p> {
+    pub(super) env: &'c StepEnv<'c>,
+    pub(super) progress: &'c mut Progress<'p>,
+    pub(super) state: &'c mut ImageState,
+    pub(super) at: &'c StepAt<'c>,
+}
+
 /// Reuses a layer made earlier (by this build or, unless `--no-cache`, a cached one) or
 /// builds it; remembers what this build made, to record in the cache after the commit.
 pub(super) struct LayerReuse<'b> {
@@ -150,20 +159,23 @@ pub(super) fn run_step(
         started: Instant::now(),
     };
     let instruction = step.instruction.node.with_arch(&info.platform.architecture);
-    let outcome = match &instruction {
-        Instruction::Copy(copy) | Instruction::Add(copy) => Some(copy_add::step(
+    let outcome = {
+        let cx = StepCx {
             env,
-            progress,
-            state,
-            &at,
-            &instruction,
-            copy,
-        )?),
-        Instruction::App(app) | Instruction::Cni(app) | Instruction::Csi(app) => {
-            Some(app::step(env, progress, state, &at, &instruction, app)?)
+            progress: &mut *progress,
+            state: &mut *state,
+            at: &at,
+        };
+        match &instruction {
+            Instruction::Copy(copy) | Instruction::Add(copy) => {
+                Some(copy_add::step(cx, &instruction, copy)?)
+            }
+            Instruction::App(app) | Instruction::Cni(app) | Instruction::Csi(app) => {
+                Some(app::step(cx, &instruction, app)?)
+            }
+            Instruction::Run(command) => run::step(cx, command, &step.env)?,
+            other => Some(metadata::step(cx.state, &at, other)),
         }
-        Instruction::Run(command) => run::step(env, progress, state, &at, command, &step.env)?,
-        other => Some(metadata::step(state, &at, other)),
     };
     let Some(outcome) = outcome else {
         // A plan's RUN step that was not run: no layer, no history entry.
