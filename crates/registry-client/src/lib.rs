@@ -41,8 +41,8 @@
 //!   registries whose address is configured; [`RegistryClient::stats`] for metrics.
 //! * [`TransferProgress`]: per-blob start/advance/finish callbacks.
 //!
-//! Pull needs a multi-thread tokio runtime (its blob workers write to disk on their own
-//! threads).
+//! Pull runs on any tokio runtime (its blob workers, which write to disk, run on the
+//! runtime's blocking pool).
 
 #![deny(missing_docs)]
 

@@ -14,7 +14,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Buf, Bytes};
 use sealer_image_store::model::ManifestError;
@@ -22,7 +22,7 @@ use sealer_image_store::{
     CommitReport, Descriptor, Digest, Ingest, Manifest, ManifestDocument, Platform, Reference,
     Store, StoreError, choose_platform, is_manifest_type, platforms_of,
 };
-use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::runtime::Handle;
 
 use crate::client::{ClientError, FetchedManifest, RegistryClient, Scope};
 use crate::fetch::BlobDownload;
@@ -93,8 +93,8 @@ pub enum PullError {
         #[source]
         source: ClientError,
     },
-    /// Pull was called outside a multi-thread tokio runtime.
-    #[error("pull needs a multi-thread tokio runtime")]
+    /// Pull was called outside a tokio runtime.
+    #[error("pull needs a tokio runtime")]
     Runtime,
     /// Another blob's failure stopped this one.
     #[error("cancelled after another transfer failed")]
@@ -140,7 +140,8 @@ impl RegistryClient {
     /// selected platforms not already stored, then names the image `reference` (a
     /// digest-only reference adds an unnamed entry). All or nothing.
     ///
-    /// Needs a multi-thread tokio runtime: the blob workers block (they write to disk).
+    /// Runs on any tokio runtime: the blob workers, which block (they write to disk), run
+    /// on its blocking pool.
     pub async fn pull(
         &self,
         store: &Store,
@@ -148,10 +149,7 @@ impl RegistryClient {
         platforms: PlatformSelection,
         progress: &dyn TransferProgress,
     ) -> Result<PullReport, PullError> {
-        let handle = Handle::current();
-        if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
-            return Err(PullError::Runtime);
-        }
+        let handle = Handle::try_current().map_err(|_| PullError::Runtime)?;
         let registry = reference.registry();
         let repository = reference.repository();
         let scope = Scope::pull(repository);
@@ -238,29 +236,65 @@ impl RegistryClient {
             .collect();
         tracing::info!(%reference, manifests = manifests.len(), blobs = blobs.len(), "fetching blobs");
 
-        let (commit, stats) = tokio::task::block_in_place(|| {
-            self.stage(&Staging {
-                handle: &handle,
-                store,
-                reference,
-                manifests: &manifests,
-                blobs: &blobs,
-                top: &top_descriptor,
-                progress,
-            })
-        })?;
+        let manifest_count = manifests.len();
+        let job = StagingJob {
+            handle,
+            store: store.clone(),
+            reference: reference.clone(),
+            manifests,
+            blobs,
+            top: top_descriptor,
+        };
+        let (commit, stats) = self.stage_in_background(job, progress).await?;
         Ok(PullReport {
             reference: reference.clone(),
             digest: top.digest,
             media_type: top_type,
             platforms: chosen,
-            manifests: manifests.len(),
+            manifests: manifest_count,
             blobs_fetched: stats.fetched,
             bytes_fetched: stats.bytes,
             blobs_present: stats.present,
             resumes: stats.resumes,
             commit,
         })
+    }
+
+    /// Runs [`Self::stage`] on the runtime's blocking pool and hands its progress to
+    /// `progress` here, as it comes. Dropping the pull stops the workers and commits
+    /// nothing.
+    async fn stage_in_background(
+        &self,
+        job: StagingJob,
+        progress: &dyn TransferProgress,
+    ) -> Result<(CommitReport, Stats), PullError> {
+        let (sender, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let _stop_when_dropped = CancelOnDrop(Arc::clone(&cancel));
+        let client = self.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let forward = ForwardProgress(sender);
+            client.stage(&Staging {
+                handle: &job.handle,
+                store: &job.store,
+                reference: &job.reference,
+                manifests: &job.manifests,
+                blobs: &job.blobs,
+                top: &job.top,
+                progress: &forward,
+                cancel: &cancel,
+            })
+        });
+        // The sender goes with the blocking task: the events end when it does.
+        while let Some(event) = events.recv().await {
+            event.deliver(progress);
+        }
+        match task.await {
+            Ok(staged) => staged,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            // The runtime shut down before the task ran.
+            Err(_) => Err(PullError::Cancelled),
+        }
     }
 
     /// The blocking half of a pull: stage manifests and blobs, then commit.
@@ -274,7 +308,7 @@ impl RegistryClient {
             )?;
         }
         let queue = Mutex::new(job.blobs.iter().collect::<VecDeque<_>>());
-        let cancel = AtomicBool::new(false);
+        let cancel = job.cancel;
         let first_error: Mutex<Option<PullError>> = Mutex::new(None);
         let stats = Mutex::new(Stats::default());
         let workers = self
@@ -292,7 +326,7 @@ impl RegistryClient {
                             .unwrap_or_else(PoisonError::into_inner)
                             .pop_front();
                         let Some(blob) = next else { break };
-                        match self.fetch_blob(job, &ingest, blob, &cancel) {
+                        match self.fetch_blob(job, &ingest, blob, cancel) {
                             Ok(done) => {
                                 let mut stats =
                                     stats.lock().unwrap_or_else(PoisonError::into_inner);
@@ -320,6 +354,10 @@ impl RegistryClient {
             .unwrap_or_else(PoisonError::into_inner)
         {
             return Err(error);
+        }
+        if cancel.load(Ordering::Relaxed) {
+            // The pull was dropped: nothing is committed.
+            return Err(PullError::Cancelled);
         }
         let commit = ingest.commit(&[(Some(job.reference.clone()), job.top.clone())])?;
         Ok((
@@ -411,6 +449,72 @@ struct Staging<'a> {
     blobs: &'a [Descriptor],
     top: &'a Descriptor,
     progress: &'a dyn TransferProgress,
+    /// Set when a worker fails or the pull is dropped: the others stop.
+    cancel: &'a AtomicBool,
+}
+
+/// What a [`Staging`] borrows, owned, to move onto the blocking pool.
+struct StagingJob {
+    handle: Handle,
+    store: Store,
+    reference: Reference,
+    manifests: Vec<FetchedManifest>,
+    blobs: Vec<Descriptor>,
+    top: Descriptor,
+}
+
+/// Sets the flag when dropped (a pull's future dropped before its staging ended).
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A progress call made on the blocking pool, delivered on the pull's task.
+enum ProgressEvent {
+    Started(Digest, u64),
+    Advanced(Digest, u64),
+    Restarted(Digest, u64),
+    Finished(Digest, BlobOutcome),
+}
+
+impl ProgressEvent {
+    fn deliver(self, progress: &dyn TransferProgress) {
+        match self {
+            Self::Started(digest, size) => progress.blob_started(&digest, size),
+            Self::Advanced(digest, bytes) => progress.blob_advanced(&digest, bytes),
+            Self::Restarted(digest, offset) => progress.blob_restarted(&digest, offset),
+            Self::Finished(digest, outcome) => progress.blob_finished(&digest, outcome),
+        }
+    }
+}
+
+/// Forwards progress from the blocking pool to the pull's task (which may be gone: then
+/// nobody listens).
+struct ForwardProgress(tokio::sync::mpsc::UnboundedSender<ProgressEvent>);
+
+impl TransferProgress for ForwardProgress {
+    fn blob_started(&self, digest: &Digest, size: u64) {
+        let _ = self.0.send(ProgressEvent::Started(digest.clone(), size));
+    }
+
+    fn blob_advanced(&self, digest: &Digest, bytes: u64) {
+        let _ = self.0.send(ProgressEvent::Advanced(digest.clone(), bytes));
+    }
+
+    fn blob_restarted(&self, digest: &Digest, offset: u64) {
+        let _ = self
+            .0
+            .send(ProgressEvent::Restarted(digest.clone(), offset));
+    }
+
+    fn blob_finished(&self, digest: &Digest, outcome: BlobOutcome) {
+        let _ = self
+            .0
+            .send(ProgressEvent::Finished(digest.clone(), outcome));
+    }
 }
 
 fn parse(

@@ -25,7 +25,7 @@ use sealer_test_harness::{
 
 const SKOPEO: Duration = Duration::from_secs(120);
 
-/// Runs `future` on a multi-thread runtime (pull needs one).
+/// Runs `future` on a multi-thread runtime.
 fn run<F: Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -177,6 +177,35 @@ fn anonymous_pull_stores_the_image_byte_exact() {
     let error =
         run(anonymous().pull(&store, &missing, PlatformSelection::Host, &NoProgress)).unwrap_err();
     assert!(error.to_string().contains("MANIFEST_UNKNOWN"), "{error}");
+}
+
+#[test]
+fn a_pull_runs_on_a_current_thread_runtime() {
+    require_tools!("docker-registry", "skopeo");
+    let registry = Registry::start(RegistryOptions::anonymous()).unwrap();
+    let seeded = seed_image(
+        &registry.host(),
+        "team/app:1",
+        &ImageSpec::new("unused:1", &[1024, 200_000], 17),
+        None,
+    )
+    .unwrap();
+    let (_dir, store) = new_store();
+    let image = reference(&registry.host(), "team/app:1");
+    let progress = Recorder::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = runtime
+        .block_on(anonymous().pull(&store, &image, PlatformSelection::Host, &progress))
+        .unwrap();
+    assert_eq!(report.digest.to_string(), seeded.manifest_digest);
+    assert_eq!(report.blobs_fetched, seeded.blob_digests.len());
+    assert_eq!(progress.bytes.load(Ordering::Relaxed), seeded.total_bytes);
+    let entry = store.lookup(&image.to_string()).unwrap();
+    assert_eq!(entry.descriptor.digest.to_string(), seeded.manifest_digest);
+    assert_consistent(&store);
 }
 
 #[test]

@@ -11,14 +11,18 @@
 //!   entry removes it first (so a file never writes through a symlink), device nodes are
 //!   refused or skipped, and OCI whiteouts can be applied.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use tar::{EntryType, Header};
+use tar::EntryType;
 
-use crate::{FileKind, Fs, FsError, FsPath, Metadata};
+mod pack;
+
+pub use self::pack::{TarWriter, pack};
+
+use crate::{FileKind, Fs, FsError, FsPath};
 
 /// Prefix of an OCI whiteout entry: `.wh.<name>` deletes `<name>` from the layers below.
 pub const WHITEOUT_PREFIX: &str = ".wh.";
@@ -125,243 +129,6 @@ pub struct UnpackReport {
     pub bytes: u64,
     /// Entries skipped (special files with [`UnpackOptions::skip_special`]).
     pub skipped: Vec<String>,
-}
-
-// ---------------------------------------------------------------------------------------
-// Packing
-
-/// Writes a reproducible tar of the tree under `dir` (not `dir` itself: entry names are
-/// relative to it) to `out`, and returns `out`.
-pub fn pack<W: Write>(
-    fs: &dyn Fs,
-    dir: &Path,
-    out: W,
-    options: &PackOptions,
-) -> Result<W, TarError> {
-    let mut writer = TarWriter::new(out, options.clone());
-    writer.append_tree(fs, dir)?;
-    writer.finish()
-}
-
-/// A tar stream being written: whole trees from an [`Fs`] and single in-memory entries.
-pub struct TarWriter<W: Write> {
-    builder: tar::Builder<W>,
-    options: PackOptions,
-    /// First archive path of every multiply-linked file, by `(dev, ino)`.
-    links: HashMap<(u64, u64), PathBuf>,
-}
-
-impl<W: Write> TarWriter<W> {
-    /// Starts a tar stream on `out`.
-    pub fn new(out: W, options: PackOptions) -> Self {
-        Self {
-            builder: tar::Builder::new(out),
-            options,
-            links: HashMap::new(),
-        }
-    }
-
-    /// Appends every entry below `dir`, named relative to `dir`, in [`Fs::walk`] order.
-    pub fn append_tree(&mut self, fs: &dyn Fs, dir: &Path) -> Result<(), TarError> {
-        let base = FsPath::new(dir)?;
-        for entry in fs.walk(base.as_path())? {
-            let name = if base.is_root() {
-                entry.path.clone()
-            } else {
-                entry
-                    .path
-                    .strip_prefix(base.as_path())
-                    .map(Path::to_path_buf)
-                    .map_err(|_| {
-                        TarError::io(
-                            format!("packing {}", fs.display_path(&entry.path).display()),
-                            io::Error::other("walk gave a path outside the packed directory"),
-                        )
-                    })?
-            };
-            self.append_fs_entry(fs, &entry.path, &name, &entry.metadata)?;
-        }
-        Ok(())
-    }
-
-    /// Appends one entry of `fs` (at `path`) under the archive name `name`.
-    fn append_fs_entry(
-        &mut self,
-        fs: &dyn Fs,
-        path: &Path,
-        name: &Path,
-        meta: &Metadata,
-    ) -> Result<(), TarError> {
-        let context = || format!("packing {}", fs.display_path(path).display());
-        let mtime = meta
-            .modified
-            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs());
-        let mut header = self.header(meta.mode, mtime, (u64::from(meta.uid), u64::from(meta.gid)));
-        match meta.kind {
-            FileKind::Dir => {
-                header.set_entry_type(EntryType::Directory);
-                header.set_size(0);
-                self.builder
-                    .append_data(&mut header, dir_name(name), io::empty())
-                    .map_err(|e| TarError::io(context(), e))?;
-            }
-            FileKind::Symlink => {
-                let target = fs.read_link(path)?;
-                header.set_entry_type(EntryType::Symlink);
-                header.set_size(0);
-                self.builder
-                    .append_link(&mut header, name, &target)
-                    .map_err(|e| TarError::io(context(), e))?;
-            }
-            FileKind::File => {
-                if meta.nlink > 1 {
-                    let key = (meta.dev, meta.ino);
-                    if let Some(first) = self.links.get(&key) {
-                        header.set_entry_type(EntryType::Link);
-                        header.set_size(0);
-                        let first = first.clone();
-                        return self
-                            .builder
-                            .append_link(&mut header, name, &first)
-                            .map_err(|e| TarError::io(context(), e));
-                    }
-                    self.links.insert(key, name.to_path_buf());
-                }
-                header.set_entry_type(EntryType::Regular);
-                header.set_size(meta.len);
-                let file = fs.open(path)?;
-                let reader = ExactReader {
-                    inner: file.take(meta.len),
-                    remaining: meta.len,
-                };
-                self.builder
-                    .append_data(&mut header, name, reader)
-                    .map_err(|e| TarError::io(context(), e))?;
-            }
-            FileKind::Other => {
-                return Err(TarError::Special {
-                    path: fs.display_path(path),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// A GNU header with the options applied.
-    fn header(&self, mode: u32, mtime: u64, uid_gid: (u64, u64)) -> Header {
-        let mut header = Header::new_gnu();
-        header.set_mode(mode & 0o7777);
-        header.set_mtime(self.options.mtime.unwrap_or(mtime));
-        let (uid, gid) = self.options.uid_gid.unwrap_or(uid_gid);
-        header.set_uid(uid);
-        header.set_gid(gid);
-        header
-    }
-
-    /// The header of an in-memory entry: the options' mtime and owner, else 0.
-    fn synthetic_header(&self, mode: u32) -> Header {
-        self.header(mode, 0, (0, 0))
-    }
-
-    /// Appends a directory entry (its parents are not added).
-    pub fn append_dir(&mut self, path: &Path, mode: u32) -> Result<(), TarError> {
-        let name = archive_name(path)?;
-        let mut header = self.synthetic_header(mode);
-        header.set_entry_type(EntryType::Directory);
-        header.set_size(0);
-        self.builder
-            .append_data(&mut header, dir_name(&name), io::empty())
-            .map_err(|e| TarError::io(format!("appending {}", name.display()), e))
-    }
-
-    /// Appends a regular file with the given content.
-    pub fn append_file(&mut self, path: &Path, mode: u32, data: &[u8]) -> Result<(), TarError> {
-        self.append_reader(path, mode, data.len() as u64, data)
-    }
-
-    /// Appends a regular file of `size` bytes streamed from `data` (which must give exactly
-    /// that many).
-    pub fn append_reader(
-        &mut self,
-        path: &Path,
-        mode: u32,
-        size: u64,
-        data: impl Read,
-    ) -> Result<(), TarError> {
-        let name = archive_name(path)?;
-        let mut header = self.synthetic_header(mode);
-        header.set_entry_type(EntryType::Regular);
-        header.set_size(size);
-        let reader = ExactReader {
-            inner: data.take(size),
-            remaining: size,
-        };
-        self.builder
-            .append_data(&mut header, &name, reader)
-            .map_err(|e| TarError::io(format!("appending {}", name.display()), e))
-    }
-
-    /// Appends a symlink whose target is stored verbatim.
-    pub fn append_symlink(&mut self, path: &Path, target: &Path) -> Result<(), TarError> {
-        let name = archive_name(path)?;
-        let mut header = self.synthetic_header(0o777);
-        header.set_entry_type(EntryType::Symlink);
-        header.set_size(0);
-        self.builder
-            .append_link(&mut header, &name, target)
-            .map_err(|e| TarError::io(format!("appending {}", name.display()), e))
-    }
-
-    /// Writes the end-of-archive blocks and returns the output.
-    pub fn finish(self) -> Result<W, TarError> {
-        self.builder
-            .into_inner()
-            .map_err(|e| TarError::io("finishing the tar stream", e))
-    }
-}
-
-/// Validates an archive name given by a caller (relative, no `..`).
-fn archive_name(path: &Path) -> Result<PathBuf, TarError> {
-    let valid = FsPath::new(path)?;
-    if valid.is_root() {
-        return Err(FsError::InvalidPath {
-            path: path.to_path_buf(),
-            reason: "an archive entry needs a name",
-        }
-        .into());
-    }
-    Ok(valid.as_path().to_path_buf())
-}
-
-/// Directory names end with `/` in the archive, as tar tools write them.
-fn dir_name(name: &Path) -> PathBuf {
-    let mut name = name.as_os_str().to_os_string();
-    if !name.as_encoded_bytes().ends_with(b"/") {
-        name.push("/");
-    }
-    PathBuf::from(name)
-}
-
-/// Gives exactly `remaining` bytes or fails: a file that shrinks while being packed must
-/// not leave a header whose size its data does not match.
-struct ExactReader<R> {
-    inner: R,
-    remaining: u64,
-}
-
-impl<R: Read> Read for ExactReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let read = self.inner.read(buf)?;
-        if read == 0 && self.remaining > 0 && !buf.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the file shrank while it was being packed",
-            ));
-        }
-        self.remaining -= read as u64;
-        Ok(read)
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -767,6 +534,8 @@ fn clean_name(name: &Path) -> Result<Option<PathBuf>, &'static str> {
 
 #[cfg(test)]
 mod tests {
+    use tar::Header;
+
     use super::*;
     use crate::conformance::{Env, read, tree_listing, write};
 
@@ -1358,6 +1127,57 @@ mod tests {
             env.fs.read_link(p("etc/link")).unwrap(),
             PathBuf::from("/etc/hosts")
         );
+    }
+
+    /// A streamed entry reads back like any other, a long name included; a wrong byte
+    /// count is an error.
+    #[test]
+    fn streamed_entries_read_back() {
+        let long = format!("blobs/sha512/{}", "a".repeat(128));
+        let mut writer = TarWriter::new(Vec::new(), PackOptions::default());
+        writer
+            .append_streamed::<TarError>(p(&long), 0o644, 5, |out| {
+                out.write_all(b"hello")
+                    .map_err(|e| TarError::io("streaming", e))?;
+                Ok(5)
+            })
+            .unwrap();
+        writer.append_file(p("next"), 0o644, b"after").unwrap();
+        let tar = writer.finish().unwrap();
+        let mut archive = tar::Archive::new(&tar[..]);
+        let mut entries = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            entries.push((entry.path().unwrap().display().to_string(), data));
+        }
+        assert_eq!(
+            entries,
+            vec![
+                (long, b"hello".to_vec()),
+                ("next".to_owned(), b"after".to_vec())
+            ]
+        );
+        let mut writer = TarWriter::new(Vec::new(), PackOptions::default());
+        assert!(
+            writer
+                .append_streamed::<TarError>(p("short"), 0o644, 3, |_| Ok(2))
+                .is_err()
+        );
+    }
+
+    /// A writer dropped part way (a failure) does not end the stream: no end-of-archive
+    /// blocks make a cut stream look complete.
+    #[test]
+    fn a_writer_dropped_part_way_adds_no_end_blocks() {
+        let mut out = Vec::new();
+        {
+            let mut writer = TarWriter::new(&mut out, PackOptions::default());
+            writer.append_file(p("a"), 0o644, b"x").unwrap();
+        }
+        // One header and one block of data, nothing after.
+        assert_eq!(out.len(), 1024);
     }
 
     /// Device nodes and FIFOs on disk are refused when packing.
