@@ -9,7 +9,6 @@ use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 use object_store::{GetOptions, GetRange, ObjectStoreExt as _, WriteMultipart};
 use sealer_image_store::{Digest, Hasher};
 
-use super::gc::Reference;
 use super::{Bucket, BucketError, store_error};
 
 /// Parts in flight at once while a blob streams in (each up to 5 MiB, object_store's chunk).
@@ -62,15 +61,11 @@ impl Bucket {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
-        match self.reference(digest).await? {
-            Reference::Present(stat) => {
-                return Ok(BlobPut {
-                    size: stat.size,
-                    created: false,
-                });
-            }
-            Reference::Absent => {}
-            Reference::Deleting => self.wait_out_deletion(digest).await?,
+        if let Some(stat) = self.before_writing(digest).await? {
+            return Ok(BlobPut {
+                size: stat.size,
+                created: false,
+            });
         }
         let path = self.blob_path(digest);
         let upload = self
@@ -116,17 +111,7 @@ impl Bucket {
             .await
             .map_err(store_error("completing the multipart upload of", &path))?;
         tracing::debug!(%digest, size, "blob stored");
-        // A GC run may have claimed another writer's copy under this key while ours streamed
-        // in (its delete takes ours too): the caller may reference the blob only after this.
-        match self.reference(digest).await? {
-            Reference::Present(_) => Ok(BlobPut {
-                size,
-                created: true,
-            }),
-            Reference::Absent | Reference::Deleting => Err(BucketError::BlobCollected {
-                digest: digest.clone(),
-            }),
-        }
+        self.after_writing(digest, size).await
     }
 
     /// The blob's metadata, `None` when it is not stored.

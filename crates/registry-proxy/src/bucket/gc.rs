@@ -132,7 +132,7 @@ use object_store::{
 use sealer_image_store::{Digest, MAX_MANIFEST_SIZE, ManifestDocument};
 use serde::{Deserialize, Serialize};
 
-use super::{BlobStat, Bucket, BucketError, is_conflict, store_error};
+use super::{BlobPut, BlobStat, Bucket, BucketError, is_conflict, store_error};
 
 /// How many times a writer re-reads a claim that changed under its CAS before giving up.
 const CLAIM_ATTEMPTS: u32 = 16;
@@ -314,6 +314,42 @@ impl Bucket {
             digest: digest.clone(),
             attempts: CLAIM_ATTEMPTS,
         })
+    }
+
+    /// Before writing the blob `digest`: its metadata when it is stored already (referenced:
+    /// a claim on it cleared), `None` when it must be written — after any deletion in
+    /// progress is done.
+    pub(super) async fn before_writing(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<BlobStat>, BucketError> {
+        match self.reference(digest).await? {
+            Reference::Present(stat) => Ok(Some(stat)),
+            Reference::Absent => Ok(None),
+            Reference::Deleting => {
+                self.wait_out_deletion(digest).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// After writing the blob `digest` (`size` bytes): a GC run may have claimed another
+    /// writer's copy under the same key while ours streamed in (its delete takes ours too),
+    /// so the caller may reference the blob only once this says it is there.
+    pub(super) async fn after_writing(
+        &self,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<BlobPut, BucketError> {
+        match self.reference(digest).await? {
+            Reference::Present(_) => Ok(BlobPut {
+                size,
+                created: true,
+            }),
+            Reference::Absent | Reference::Deleting => Err(BucketError::BlobCollected {
+                digest: digest.clone(),
+            }),
+        }
     }
 
     /// Waits until no run is deleting `digest` (its claim gone or no longer `deleting`), at

@@ -24,7 +24,6 @@ use sha2::Digest as _;
 use sha2::Sha256;
 use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 
-use super::gc::Reference;
 use super::{BlobPut, Bucket, BucketError, is_conflict, store_error};
 
 /// S3's smallest part (every part but the last); smaller appends collect in the tail object.
@@ -255,16 +254,12 @@ impl Bucket {
         }
         // As `put_blob`: a blob present is referenced (a GC claim on it cleared), one a GC
         // run is deleting is written anew once the delete is done.
-        match self.reference(digest).await? {
-            Reference::Present(stat) => {
-                self.cancel_upload(state).await?;
-                return Ok(BlobPut {
-                    size: stat.size,
-                    created: false,
-                });
-            }
-            Reference::Absent => {}
-            Reference::Deleting => self.wait_out_deletion(digest).await?,
+        if let Some(stat) = self.before_writing(digest).await? {
+            self.cancel_upload(state).await?;
+            return Ok(BlobPut {
+                size: stat.size,
+                created: false,
+            });
         }
         let blob_path = self.blob_path(digest);
         let tail = match &state.doc.tail {
@@ -333,16 +328,7 @@ impl Bucket {
         }
         self.remove_session_objects(state).await;
         tracing::debug!(%digest, size, upload = state.id, "chunked upload completed");
-        // A GC run may have claimed another writer's copy under this key meanwhile.
-        match self.reference(digest).await? {
-            Reference::Present(_) => Ok(BlobPut {
-                size,
-                created: true,
-            }),
-            Reference::Absent | Reference::Deleting => Err(BucketError::BlobCollected {
-                digest: digest.clone(),
-            }),
-        }
+        self.after_writing(digest, size).await
     }
 
     /// Removes an upload: its multipart upload is aborted, its objects deleted.
