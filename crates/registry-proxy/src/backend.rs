@@ -9,6 +9,7 @@
 //! them. Errors are the API's, since a backend decides answers such as the 409 of a blob
 //! still in use.
 
+use std::collections::BTreeSet;
 use std::io::{Seek, SeekFrom};
 use std::sync::Arc;
 
@@ -51,13 +52,13 @@ pub trait RegistryBackend: std::fmt::Debug + Send + Sync + 'static {
     ) -> Result<Option<(Bytes, String)>, ApiError>;
 
     /// Validates and stores a pushed manifest byte-exact and names it in repository `name`:
-    /// the tag `tagged` (a full reference), or for a push by digest an unnamed entry of the
-    /// repository. Checking its children, storing and naming happen under the GC lock, so
+    /// every tag of `tagged` (full references: the push's own tag, or the `tag` parameters
+    /// of a push by digest), or with none an unnamed entry of the repository. Checking its children, storing and naming happen under the GC lock, so
     /// a success means the image is complete and stays so. Returns its digest and subject.
     async fn put_manifest(
         &self,
         name: String,
-        tagged: Option<String>,
+        tagged: Vec<String>,
         reference: ManifestRef,
         bytes: Bytes,
         content_type: Option<String>,
@@ -145,6 +146,10 @@ pub trait RegistryBackend: std::fmt::Debug + Send + Sync + 'static {
     /// The tags of repository `name`, sorted and without duplicates; `None` when the
     /// repository has no manifests at all.
     async fn tags(&self, name: String) -> Result<Option<Vec<String>>, ApiError>;
+
+    /// The store names (`registry/repository`) of every repository holding a manifest,
+    /// sorted, for the catalog.
+    async fn repositories(&self) -> Result<Vec<String>, ApiError>;
 
     /// Descriptors of repository `name`'s manifests whose subject is `subject`.
     async fn referrers(&self, name: String, subject: Digest) -> Result<Vec<Descriptor>, ApiError>;
@@ -423,7 +428,7 @@ impl RegistryBackend for LocalBackend {
     async fn put_manifest(
         &self,
         name: String,
-        tagged: Option<String>,
+        tagged: Vec<String>,
         reference: ManifestRef,
         bytes: Bytes,
         content_type: Option<String>,
@@ -632,6 +637,24 @@ impl RegistryBackend for LocalBackend {
         Ok(Some(tags))
     }
 
+    async fn repositories(&self) -> Result<Vec<String>, ApiError> {
+        let store = self.store.clone();
+        let index = blocking("read index.json", move || {
+            store
+                .index_snapshot()
+                .map_err(|error| ApiError::internal("read index.json", error))
+        })
+        .await?;
+        let names: BTreeSet<String> = index
+            .index()
+            .manifests
+            .iter()
+            .filter_map(entry_repository)
+            .map(str::to_owned)
+            .collect();
+        Ok(names.into_iter().collect())
+    }
+
     async fn referrers(&self, name: String, subject: Digest) -> Result<Vec<Descriptor>, ApiError> {
         let store = self.store.clone();
         let referrers = self.referrers.clone();
@@ -689,7 +712,7 @@ impl RegistryBackend for LocalBackend {
 fn store_manifest(
     store: &Store,
     name: &str,
-    tagged: Option<String>,
+    tagged: Vec<String>,
     reference: &ManifestRef,
     bytes: &[u8],
     content_type: Option<String>,
@@ -741,7 +764,12 @@ fn store_manifest(
                         == Some(name)
                     && children.contains(&existing.digest))
             });
-            name_entry(index, name, tagged.as_deref(), entry.clone());
+            if tagged.is_empty() {
+                name_entry(index, name, None, entry.clone());
+            }
+            for tagged in &tagged {
+                name_entry(index, name, Some(tagged), entry.clone());
+            }
             Ok(())
         })
         .map_err(|error| ApiError::internal("update index.json", error))?;

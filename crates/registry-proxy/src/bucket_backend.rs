@@ -221,11 +221,11 @@ impl BucketBackend {
         })
     }
 
-    /// Names `digest` in `repository`: its link, its referrer link, and the tag `tag`.
+    /// Names `digest` in `repository`: its link, its referrer link, and the tags `tags`.
     async fn name_manifest(
         &self,
         repository: &str,
-        tag: Option<&str>,
+        tags: &[String],
         digest: &Digest,
         subject: Option<&Digest>,
     ) -> Result<(), ApiError> {
@@ -240,7 +240,7 @@ impl BucketBackend {
                 .await
                 .map_err(&failed)?;
         }
-        if let Some(tag) = tag {
+        for tag in tags {
             self.bucket
                 .put_tag(repository, tag, digest)
                 .await
@@ -413,6 +413,15 @@ fn repository_key(name: &str) -> String {
     name.replace(':', "__")
 }
 
+/// A repository key back as its store name: only the host (the first component) can have
+/// had a `:`, and repository paths may themselves contain `__`.
+fn store_name(key: &str) -> String {
+    match key.split_once('/') {
+        Some((host, rest)) => format!("{}/{rest}", host.replace("__", ":")),
+        None => key.to_owned(),
+    }
+}
+
 /// `registry/repository:tag` → (repository key, tag).
 fn split_tagged(reference: &str) -> Result<(String, String), ApiError> {
     let last_slash = reference.rfind('/').map_or(0, |at| at + 1);
@@ -519,7 +528,7 @@ impl RegistryBackend for BucketBackend {
     async fn put_manifest(
         &self,
         name: String,
-        tagged: Option<String>,
+        tagged: Vec<String>,
         reference: ManifestRef,
         bytes: Bytes,
         content_type: Option<String>,
@@ -560,11 +569,11 @@ impl RegistryBackend for BucketBackend {
                 ),
             ));
         }
-        let tag = match &tagged {
-            Some(tagged) => Some(split_tagged(tagged)?.1),
-            None => None,
-        };
-        self.name_manifest(&repository, tag.as_deref(), &digest, subject.as_ref())
+        let tags = tagged
+            .iter()
+            .map(|tagged| split_tagged(tagged).map(|(_, tag)| tag))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.name_manifest(&repository, &tags, &digest, subject.as_ref())
             .await?;
         Ok((digest, subject))
     }
@@ -857,6 +866,19 @@ impl RegistryBackend for BucketBackend {
         Ok(Some(page.tags))
     }
 
+    async fn repositories(&self) -> Result<Vec<String>, ApiError> {
+        let links = self
+            .bucket
+            .list_all_manifest_links()
+            .await
+            .map_err(unavailable("list repositories"))?;
+        let names: std::collections::BTreeSet<String> = links
+            .into_iter()
+            .map(|(repository, _)| store_name(&repository))
+            .collect();
+        Ok(names.into_iter().collect())
+    }
+
     async fn referrers(&self, name: String, subject: Digest) -> Result<Vec<Descriptor>, ApiError> {
         let links = self
             .bucket
@@ -898,7 +920,7 @@ impl RegistryBackend for BucketBackend {
             .map(|(subject, _)| subject);
         self.name_manifest(
             &repository_key(&name),
-            tag.as_deref(),
+            tag.as_slice(),
             &descriptor.digest,
             subject.as_ref(),
         )

@@ -644,7 +644,8 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
             repo,
             reference,
             op,
-        } => handlers::manifest(state, &parts, body, repo, reference, op).await,
+            tags,
+        } => handlers::manifest(state, &parts, body, repo, reference, op, tags).await,
         Route::Blob { repo, digest, op } => handlers::blob(state, &parts, repo, digest, op).await,
         Route::StartUpload {
             repo,
@@ -657,6 +658,7 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
         }
         Route::Upload { repo, id, op } => handlers::upload(state, &parts, body, repo, id, op).await,
         Route::Tags { repo, n, last } => handlers::tags(state, repo, n, last).await,
+        Route::Catalog { n, last } => handlers::catalog(state, n, last).await,
         Route::Referrers {
             repo,
             digest,
