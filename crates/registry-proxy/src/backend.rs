@@ -362,6 +362,7 @@ impl BackendUpload for LocalUpload {
 pub struct LocalBackend {
     store: Store,
     referrers: Arc<Referrers>,
+    sparse_manifests: bool,
 }
 
 impl LocalBackend {
@@ -370,7 +371,15 @@ impl LocalBackend {
         Self {
             store,
             referrers: Arc::new(Referrers::new()),
+            sparse_manifests: false,
         }
+    }
+
+    /// The same backend accepting sparse manifests or not (the `sparse_manifests` setting;
+    /// off by default): see [`PushedManifest::required`].
+    pub fn with_sparse_manifests(mut self, accepted: bool) -> Self {
+        self.sparse_manifests = accepted;
+        self
     }
 
     /// The store.
@@ -434,8 +443,10 @@ impl RegistryBackend for LocalBackend {
         content_type: Option<String>,
     ) -> Result<(Digest, Option<Digest>), ApiError> {
         let store = self.store.clone();
+        let sparse = self.sparse_manifests;
         blocking("store a manifest", move || {
-            store_manifest(&store, &name, tagged, &reference, &bytes, content_type)
+            let pushed = check_pushed_manifest(&reference, &bytes, content_type)?;
+            store_manifest(&store, &name, tagged, pushed, &bytes, sparse)
         })
         .await
     }
@@ -713,39 +724,60 @@ fn store_manifest(
     store: &Store,
     name: &str,
     tagged: Vec<String>,
-    reference: &ManifestRef,
+    pushed: PushedManifest,
     bytes: &[u8],
-    content_type: Option<String>,
+    sparse: bool,
 ) -> Result<(Digest, Option<Digest>), ApiError> {
+    let _gc = store
+        .gc_lock()
+        .map_err(|error| ApiError::internal("take the GC lock", error))?;
+    let stat = |digest: &Digest| {
+        store
+            .blobs()
+            .stat(digest)
+            .map_err(|error| ApiError::internal("stat a blob", error))
+    };
+    for child in pushed.required(sparse) {
+        if stat(child)?.is_none() {
+            return Err(ApiError::from_store(
+                "store a manifest",
+                StoreError::MissingChild {
+                    parent: pushed.digest.clone(),
+                    child: child.clone(),
+                },
+            ));
+        }
+    }
+    let mut foreign_absent = false;
+    for layer in &pushed.foreign {
+        foreign_absent |= stat(layer)?.is_none();
+    }
     let PushedManifest {
         digest,
         kind,
         subject,
         children,
         ..
-    } = check_pushed_manifest(reference, bytes, content_type)?;
-    let _gc = store
-        .gc_lock()
-        .map_err(|error| ApiError::internal("take the GC lock", error))?;
-    for child in &children {
-        let present = store
+    } = pushed;
+    let mut entry = if foreign_absent {
+        // The store's own put refuses an image without all its layers: stored directly,
+        // after the checks above, and marked partial so that fsck does not count the
+        // foreign layers as missing.
+        store
             .blobs()
-            .stat(child)
-            .map_err(|error| ApiError::internal("stat a manifest", error))?;
-        if present.is_none() {
-            return Err(ApiError::from_store(
-                "store a manifest",
-                StoreError::MissingChild {
-                    parent: digest.clone(),
-                    child: child.clone(),
-                },
-            ));
-        }
-    }
-    let mut entry = store
-        .put_manifest(bytes, Some(&kind))
-        .map_err(|error| ApiError::from_store("store a manifest", error))?;
-    if digest.algorithm() != Algorithm::Sha256 {
+            .put(&digest, Some(bytes.len() as u64), &mut &bytes[..])
+            .map_err(|error| ApiError::from_store("store a manifest", error))?;
+        let mut entry = Descriptor::new(kind, digest.clone(), bytes.len() as u64);
+        entry
+            .annotations
+            .insert(PARTIAL_ANNOTATION.to_owned(), "true".to_owned());
+        entry
+    } else {
+        store
+            .put_manifest(bytes, Some(&kind))
+            .map_err(|error| ApiError::from_store("store a manifest", error))?
+    };
+    if digest.algorithm() != Algorithm::Sha256 && entry.digest != digest {
         store
             .blobs()
             .put(&digest, Some(bytes.len() as u64), &mut &bytes[..])
@@ -786,8 +818,32 @@ pub(crate) struct PushedManifest {
     pub(crate) subject: Option<Digest>,
     /// The manifests an index lists.
     pub(crate) children: Vec<Digest>,
-    /// The config and layers of an image manifest.
+    /// The config and the layers of an image manifest that this registry must hold.
     pub(crate) blobs: Vec<Digest>,
+    /// The layers of an image manifest that may live elsewhere: non-distributable (foreign)
+    /// media types, or descriptors with `urls`.
+    pub(crate) foreign: Vec<Digest>,
+}
+
+impl PushedManifest {
+    /// What must be present for the manifest to be accepted: everything it names, or with
+    /// `sparse` (the `sparse_manifests` setting) only its config and distributable layers,
+    /// so that foreign layers and the children of a sparse index may be absent.
+    pub(crate) fn required(&self, sparse: bool) -> Vec<&Digest> {
+        let optional = (!sparse).then_some(self.foreign.iter().chain(&self.children));
+        self.blobs
+            .iter()
+            .chain(optional.into_iter().flatten())
+            .collect()
+    }
+}
+
+/// Whether a layer may be absent from the registry by design: a non-distributable (foreign)
+/// media type, or a descriptor naming `urls` to fetch it from.
+fn may_live_elsewhere(layer: &Descriptor) -> bool {
+    layer.media_type.contains("nondistributable")
+        || layer.media_type.contains(".foreign.")
+        || !layer.urls.is_empty()
 }
 
 /// Checks a pushed manifest: JSON, a manifest or index media type (the Content-Type, where
@@ -833,14 +889,25 @@ pub(crate) fn check_pushed_manifest(
         }
         ManifestRef::Tag(_) => Digest::sha256(bytes),
     };
-    let (subject, children, blobs) = match &document {
-        ManifestDocument::Image(manifest) => (
-            manifest.subject.clone(),
-            Vec::new(),
-            std::iter::once(manifest.config.digest.clone())
-                .chain(manifest.layers.iter().map(|layer| layer.digest.clone()))
-                .collect(),
-        ),
+    let (subject, children, blobs, foreign) = match &document {
+        ManifestDocument::Image(manifest) => {
+            let (foreign, distributable): (Vec<&Descriptor>, Vec<&Descriptor>) = manifest
+                .layers
+                .iter()
+                .partition(|layer| may_live_elsewhere(layer));
+            (
+                manifest.subject.clone(),
+                Vec::new(),
+                std::iter::once(&manifest.config)
+                    .chain(distributable)
+                    .map(|blob| blob.digest.clone())
+                    .collect(),
+                foreign
+                    .into_iter()
+                    .map(|layer| layer.digest.clone())
+                    .collect(),
+            )
+        }
         ManifestDocument::Index(index) => (
             index.subject.clone(),
             index
@@ -848,6 +915,7 @@ pub(crate) fn check_pushed_manifest(
                 .iter()
                 .map(|child| child.digest.clone())
                 .collect(),
+            Vec::new(),
             Vec::new(),
         ),
     };
@@ -857,6 +925,7 @@ pub(crate) fn check_pushed_manifest(
         subject: subject.map(|subject| subject.digest),
         children,
         blobs,
+        foreign,
     })
 }
 

@@ -44,6 +44,7 @@ const MAX_DEPTH: usize = 8;
 pub struct BucketBackend {
     bucket: Bucket,
     scratch: Arc<Scratch>,
+    sparse_manifests: bool,
 }
 
 /// The per-process directory of fills in progress, removed with the backend.
@@ -89,7 +90,16 @@ impl BucketBackend {
                 parent,
                 name,
             }),
+            sparse_manifests: false,
         })
+    }
+
+    /// The same backend accepting sparse manifests or not (the `sparse_manifests` setting;
+    /// off by default): a push may then name foreign layers and index children the bucket
+    /// does not hold.
+    pub fn with_sparse_manifests(mut self, accepted: bool) -> Self {
+        self.sparse_manifests = accepted;
+        self
     }
 
     /// The bucket.
@@ -533,14 +543,16 @@ impl RegistryBackend for BucketBackend {
         bytes: Bytes,
         content_type: Option<String>,
     ) -> Result<(Digest, Option<Digest>), ApiError> {
+        let pushed = check_pushed_manifest(&reference, &bytes, content_type)?;
+        let referenced: Vec<Digest> = pushed
+            .required(self.sparse_manifests)
+            .into_iter()
+            .cloned()
+            .collect();
         let PushedManifest {
-            digest,
-            subject,
-            children,
-            blobs,
-            ..
-        } = check_pushed_manifest(&reference, &bytes, content_type)?;
-        for child in children.iter().chain(&blobs) {
+            digest, subject, ..
+        } = pushed;
+        for child in &referenced {
             if !self.child_present(child).await? {
                 return Err(ApiError::from_store(
                     "store a manifest",
@@ -555,7 +567,6 @@ impl RegistryBackend for BucketBackend {
         let repository = repository_key(&name);
         // Linked, then every child checked again: a GC run that claimed one meanwhile either
         // sees the link or is seen here (bucket::gc has the argument).
-        let referenced: Vec<Digest> = children.iter().chain(&blobs).cloned().collect();
         if !self
             .bucket
             .put_manifest_link_checked(&repository, &digest, &referenced)

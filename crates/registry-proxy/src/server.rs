@@ -165,15 +165,18 @@ impl Registry {
         let names = StoreNames::new(&config.local_namespace.0, aliases);
         let (backend, pinned): (Arc<dyn RegistryBackend>, _) = match &storage {
             OpenStorage::Local(store) => (
-                Arc::new(LocalBackend::new(store.clone())),
+                Arc::new(
+                    LocalBackend::new(store.clone()).with_sparse_manifests(config.sparse_manifests),
+                ),
                 import_carried_images(store, &config.images)?,
             ),
             OpenStorage::Bucket(bucket) => {
-                let backend =
-                    BucketBackend::new(bucket.clone()).map_err(|source| ServeError::Store {
+                let backend = BucketBackend::new(bucket.clone())
+                    .map_err(|source| ServeError::Store {
                         path: std::env::temp_dir(),
                         source,
-                    })?;
+                    })?
+                    .with_sparse_manifests(config.sparse_manifests);
                 let pinned = match (&config.storage, config.images.is_empty()) {
                     (Some(Storage::S3(bucket_config)), false) => {
                         let root = config.image_store.as_ref().ok_or_else(|| {

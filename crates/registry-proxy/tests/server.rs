@@ -154,6 +154,7 @@ on_both_backends!(
     manifests_whose_blobs_are_absent_are_refused_and_not_named,
     tags_named_on_push_by_digest_answer_oci_tag_headers,
     the_catalog_lists_repositories_in_pages_with_link_headers,
+    sparse_manifests_are_refused_by_default_and_accepted_when_configured,
 );
 
 /// A server started fresh over the bucket another one filled serves all of it at once: it
@@ -2188,6 +2189,140 @@ fn manifests_whose_blobs_are_absent_are_refused_and_not_named() {
     let store = Store::open_dir(&server.store).unwrap();
     assert!(store.images().unwrap().is_empty());
     assert_fsck_clean(&server.store);
+}
+
+fn sparse_manifests_are_refused_by_default_and_accepted_when_configured() {
+    let strict = TestServer::start();
+    let sparse = TestServer::with(|config| config.sparse_manifests = true);
+    let config_json = b"{\"os\":\"linux\",\"architecture\":\"amd64\"}";
+    let config = push_blob(&strict, "team/app", config_json);
+    let layer = push_blob(&strict, "team/app", b"a distributable layer");
+    // The bucket is shared; each local server needs its own copies.
+    push_blob(&sparse, "team/app", config_json);
+    push_blob(&sparse, "team/app", b"a distributable layer");
+    let absent = Digest::sha256(b"never pushed");
+    let image = |config: &Digest, extra: Value| {
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config.to_string(),
+                "size": config_json.len(),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer.to_string(),
+                    "size": 21,
+                },
+                extra,
+            ],
+        }))
+        .unwrap()
+    };
+    let nondistributable = image(
+        &config,
+        json!({
+            "mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            "digest": absent.to_string(),
+            "size": 12,
+        }),
+    );
+    let with_urls = image(
+        &config,
+        json!({
+            "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+            "digest": absent.to_string(),
+            "size": 12,
+            "urls": ["https://example.invalid/layer"],
+        }),
+    );
+    let absent_layer = image(
+        &config,
+        json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": absent.to_string(),
+            "size": 12,
+        }),
+    );
+    let (present_child, present_digest) = {
+        let bytes = image(
+            &config,
+            json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": layer.to_string(),
+                "size": 21,
+            }),
+        );
+        let digest = Digest::sha256(&bytes);
+        (bytes, digest)
+    };
+    let sparse_index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": present_digest.to_string(), "size": present_child.len(),
+             "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": OCI_MANIFEST, "digest": absent.to_string(), "size": 12,
+             "platform": {"os": "linux", "architecture": "arm64"}},
+        ],
+    }))
+    .unwrap();
+    for server in [&strict, &sparse] {
+        let child = put_manifest(
+            server,
+            "team/app",
+            &present_digest.to_string(),
+            &present_child,
+            OCI_MANIFEST,
+        );
+        assert_eq!(child.status, 201, "{child:?}");
+    }
+
+    let cases: [(&str, &[u8], &str); 3] = [
+        ("foreign", &nondistributable, OCI_MANIFEST),
+        ("urls", &with_urls, OCI_MANIFEST),
+        ("multi", &sparse_index, OCI_INDEX),
+    ];
+    for (tag, bytes, media_type) in cases {
+        assert_error(
+            &put_manifest(&strict, "team/app", tag, bytes, media_type),
+            400,
+            "MANIFEST_BLOB_UNKNOWN",
+        );
+        assert_eq!(
+            strict.get(&format!("/v2/team/app/manifests/{tag}")).status,
+            404
+        );
+    }
+    for (tag, bytes, media_type) in cases {
+        let pushed = put_manifest(&sparse, "team/app", tag, bytes, media_type);
+        assert_eq!(pushed.status, 201, "{tag}: {pushed:?}");
+        let back = sparse.get(&format!("/v2/team/app/manifests/{tag}"));
+        assert_eq!((back.status, back.body.as_slice()), (200, bytes));
+    }
+    // Only foreign layers may be absent: a distributable layer or the config may not.
+    assert_error(
+        &put_manifest(&sparse, "team/app", "bad", &absent_layer, OCI_MANIFEST),
+        400,
+        "MANIFEST_BLOB_UNKNOWN",
+    );
+    let no_config = image(
+        &absent,
+        json!({
+            "mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            "digest": absent.to_string(),
+            "size": 12,
+        }),
+    );
+    assert_error(
+        &put_manifest(&sparse, "team/app", "bad", &no_config, OCI_MANIFEST),
+        400,
+        "MANIFEST_BLOB_UNKNOWN",
+    );
+    assert_eq!(sparse.get("/v2/team/app/manifests/bad").status, 404);
+    assert_fsck_clean(&sparse.store);
 }
 
 /// Pushes `blobs` and a manifest over them to `repo:tag` as a client that retries a
