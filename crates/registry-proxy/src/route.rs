@@ -684,7 +684,7 @@ mod tests {
             | Route::Upload { repo, .. }
             | Route::Tags { repo, .. }
             | Route::Referrers { repo, .. } => repo,
-            Route::Base => panic!("no repository"),
+            Route::Base | Route::Catalog { .. } => panic!("no repository"),
         }
     }
 
@@ -858,6 +858,41 @@ mod tests {
             parse(&Method::PATCH, "/v2/a/blobs/uploads/..%2F..", None),
             Err(RouteError::UploadUnknown(_))
         ));
+    }
+
+    #[test]
+    fn catalog_pages_and_tags_on_push() {
+        assert_eq!(
+            parse(&Method::GET, "/v2/_catalog", Some("n=2&last=a%2Fb")).unwrap(),
+            Route::Catalog {
+                n: Some(2),
+                last: Some("a/b".to_owned())
+            }
+        );
+        assert!(matches!(
+            parse(&Method::GET, "/v2/_catalog", Some("n=-1")),
+            Err(RouteError::PaginationInvalid(_))
+        ));
+        assert!(matches!(
+            parse(&Method::DELETE, "/v2/_catalog", None),
+            Err(RouteError::MethodNotAllowed { .. })
+        ));
+        let tags = |reference: &str, query: &str| match parse(
+            &Method::PUT,
+            &format!("/v2/a/manifests/{reference}"),
+            Some(query),
+        ) {
+            Ok(Route::Manifest { tags, .. }) => Ok(tags),
+            Ok(other) => panic!("{other:?}"),
+            Err(error) => Err(error),
+        };
+        assert_eq!(tags(D, "tag=v1&tag=latest").unwrap(), ["v1", "latest"]);
+        // Only a push by digest names further tags.
+        assert!(tags("v1", "tag=latest").unwrap().is_empty());
+        assert_eq!(
+            tags(D, "tag=ok&tag=-bad"),
+            Err(RouteError::TagInvalid("-bad".to_owned()))
+        );
     }
 
     #[test]
