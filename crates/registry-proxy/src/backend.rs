@@ -9,6 +9,7 @@
 //! them. Errors are the API's, since a backend decides answers such as the 409 of a blob
 //! still in use.
 
+use std::collections::BTreeSet;
 use std::io::{Seek, SeekFrom};
 use std::sync::Arc;
 
@@ -51,13 +52,13 @@ pub trait RegistryBackend: std::fmt::Debug + Send + Sync + 'static {
     ) -> Result<Option<(Bytes, String)>, ApiError>;
 
     /// Validates and stores a pushed manifest byte-exact and names it in repository `name`:
-    /// the tag `tagged` (a full reference), or for a push by digest an unnamed entry of the
-    /// repository. Checking its children, storing and naming happen under the GC lock, so
+    /// every tag of `tagged` (full references: the push's own tag, or the `tag` parameters
+    /// of a push by digest), or with none an unnamed entry of the repository. Checking its children, storing and naming happen under the GC lock, so
     /// a success means the image is complete and stays so. Returns its digest and subject.
     async fn put_manifest(
         &self,
         name: String,
-        tagged: Option<String>,
+        tagged: Vec<String>,
         reference: ManifestRef,
         bytes: Bytes,
         content_type: Option<String>,
@@ -145,6 +146,10 @@ pub trait RegistryBackend: std::fmt::Debug + Send + Sync + 'static {
     /// The tags of repository `name`, sorted and without duplicates; `None` when the
     /// repository has no manifests at all.
     async fn tags(&self, name: String) -> Result<Option<Vec<String>>, ApiError>;
+
+    /// The store names (`registry/repository`) of every repository holding a manifest,
+    /// sorted, for the catalog.
+    async fn repositories(&self) -> Result<Vec<String>, ApiError>;
 
     /// Descriptors of repository `name`'s manifests whose subject is `subject`.
     async fn referrers(&self, name: String, subject: Digest) -> Result<Vec<Descriptor>, ApiError>;
@@ -357,6 +362,7 @@ impl BackendUpload for LocalUpload {
 pub struct LocalBackend {
     store: Store,
     referrers: Arc<Referrers>,
+    sparse_manifests: bool,
 }
 
 impl LocalBackend {
@@ -365,7 +371,15 @@ impl LocalBackend {
         Self {
             store,
             referrers: Arc::new(Referrers::new()),
+            sparse_manifests: false,
         }
+    }
+
+    /// The same backend accepting sparse manifests or not (the `sparse_manifests` setting;
+    /// off by default): see [`PushedManifest::required`].
+    pub fn with_sparse_manifests(mut self, accepted: bool) -> Self {
+        self.sparse_manifests = accepted;
+        self
     }
 
     /// The store.
@@ -423,14 +437,16 @@ impl RegistryBackend for LocalBackend {
     async fn put_manifest(
         &self,
         name: String,
-        tagged: Option<String>,
+        tagged: Vec<String>,
         reference: ManifestRef,
         bytes: Bytes,
         content_type: Option<String>,
     ) -> Result<(Digest, Option<Digest>), ApiError> {
         let store = self.store.clone();
+        let sparse = self.sparse_manifests;
         blocking("store a manifest", move || {
-            store_manifest(&store, &name, tagged, &reference, &bytes, content_type)
+            let pushed = check_pushed_manifest(&reference, &bytes, content_type)?;
+            store_manifest(&store, &name, tagged, pushed, &bytes, sparse)
         })
         .await
     }
@@ -632,6 +648,24 @@ impl RegistryBackend for LocalBackend {
         Ok(Some(tags))
     }
 
+    async fn repositories(&self) -> Result<Vec<String>, ApiError> {
+        let store = self.store.clone();
+        let index = blocking("read index.json", move || {
+            store
+                .index_snapshot()
+                .map_err(|error| ApiError::internal("read index.json", error))
+        })
+        .await?;
+        let names: BTreeSet<String> = index
+            .index()
+            .manifests
+            .iter()
+            .filter_map(entry_repository)
+            .map(str::to_owned)
+            .collect();
+        Ok(names.into_iter().collect())
+    }
+
     async fn referrers(&self, name: String, subject: Digest) -> Result<Vec<Descriptor>, ApiError> {
         let store = self.store.clone();
         let referrers = self.referrers.clone();
@@ -689,40 +723,61 @@ impl RegistryBackend for LocalBackend {
 fn store_manifest(
     store: &Store,
     name: &str,
-    tagged: Option<String>,
-    reference: &ManifestRef,
+    tagged: Vec<String>,
+    pushed: PushedManifest,
     bytes: &[u8],
-    content_type: Option<String>,
+    sparse: bool,
 ) -> Result<(Digest, Option<Digest>), ApiError> {
+    let _gc = store
+        .gc_lock()
+        .map_err(|error| ApiError::internal("take the GC lock", error))?;
+    let stat = |digest: &Digest| {
+        store
+            .blobs()
+            .stat(digest)
+            .map_err(|error| ApiError::internal("stat a blob", error))
+    };
+    for child in pushed.required(sparse) {
+        if stat(child)?.is_none() {
+            return Err(ApiError::from_store(
+                "store a manifest",
+                StoreError::MissingChild {
+                    parent: pushed.digest.clone(),
+                    child: child.clone(),
+                },
+            ));
+        }
+    }
+    let mut foreign_absent = false;
+    for layer in &pushed.foreign {
+        foreign_absent |= stat(layer)?.is_none();
+    }
     let PushedManifest {
         digest,
         kind,
         subject,
         children,
         ..
-    } = check_pushed_manifest(reference, bytes, content_type)?;
-    let _gc = store
-        .gc_lock()
-        .map_err(|error| ApiError::internal("take the GC lock", error))?;
-    for child in &children {
-        let present = store
+    } = pushed;
+    let mut entry = if foreign_absent {
+        // The store's own put refuses an image without all its layers: stored directly,
+        // after the checks above, and marked partial so that fsck does not count the
+        // foreign layers as missing.
+        store
             .blobs()
-            .stat(child)
-            .map_err(|error| ApiError::internal("stat a manifest", error))?;
-        if present.is_none() {
-            return Err(ApiError::from_store(
-                "store a manifest",
-                StoreError::MissingChild {
-                    parent: digest.clone(),
-                    child: child.clone(),
-                },
-            ));
-        }
-    }
-    let mut entry = store
-        .put_manifest(bytes, Some(&kind))
-        .map_err(|error| ApiError::from_store("store a manifest", error))?;
-    if digest.algorithm() != Algorithm::Sha256 {
+            .put(&digest, Some(bytes.len() as u64), &mut &bytes[..])
+            .map_err(|error| ApiError::from_store("store a manifest", error))?;
+        let mut entry = Descriptor::new(kind, digest.clone(), bytes.len() as u64);
+        entry
+            .annotations
+            .insert(PARTIAL_ANNOTATION.to_owned(), "true".to_owned());
+        entry
+    } else {
+        store
+            .put_manifest(bytes, Some(&kind))
+            .map_err(|error| ApiError::from_store("store a manifest", error))?
+    };
+    if digest.algorithm() != Algorithm::Sha256 && entry.digest != digest {
         store
             .blobs()
             .put(&digest, Some(bytes.len() as u64), &mut &bytes[..])
@@ -741,7 +796,12 @@ fn store_manifest(
                         == Some(name)
                     && children.contains(&existing.digest))
             });
-            name_entry(index, name, tagged.as_deref(), entry.clone());
+            if tagged.is_empty() {
+                name_entry(index, name, None, entry.clone());
+            }
+            for tagged in &tagged {
+                name_entry(index, name, Some(tagged), entry.clone());
+            }
             Ok(())
         })
         .map_err(|error| ApiError::internal("update index.json", error))?;
@@ -758,8 +818,32 @@ pub(crate) struct PushedManifest {
     pub(crate) subject: Option<Digest>,
     /// The manifests an index lists.
     pub(crate) children: Vec<Digest>,
-    /// The config and layers of an image manifest.
+    /// The config and the layers of an image manifest that this registry must hold.
     pub(crate) blobs: Vec<Digest>,
+    /// The layers of an image manifest that may live elsewhere: non-distributable (foreign)
+    /// media types, or descriptors with `urls`.
+    pub(crate) foreign: Vec<Digest>,
+}
+
+impl PushedManifest {
+    /// What must be present for the manifest to be accepted: everything it names, or with
+    /// `sparse` (the `sparse_manifests` setting) only its config and distributable layers,
+    /// so that foreign layers and the children of a sparse index may be absent.
+    pub(crate) fn required(&self, sparse: bool) -> Vec<&Digest> {
+        let optional = (!sparse).then_some(self.foreign.iter().chain(&self.children));
+        self.blobs
+            .iter()
+            .chain(optional.into_iter().flatten())
+            .collect()
+    }
+}
+
+/// Whether a layer may be absent from the registry by design: a non-distributable (foreign)
+/// media type, or a descriptor naming `urls` to fetch it from.
+fn may_live_elsewhere(layer: &Descriptor) -> bool {
+    layer.media_type.contains("nondistributable")
+        || layer.media_type.contains(".foreign.")
+        || !layer.urls.is_empty()
 }
 
 /// Checks a pushed manifest: JSON, a manifest or index media type (the Content-Type, where
@@ -805,14 +889,25 @@ pub(crate) fn check_pushed_manifest(
         }
         ManifestRef::Tag(_) => Digest::sha256(bytes),
     };
-    let (subject, children, blobs) = match &document {
-        ManifestDocument::Image(manifest) => (
-            manifest.subject.clone(),
-            Vec::new(),
-            std::iter::once(manifest.config.digest.clone())
-                .chain(manifest.layers.iter().map(|layer| layer.digest.clone()))
-                .collect(),
-        ),
+    let (subject, children, blobs, foreign) = match &document {
+        ManifestDocument::Image(manifest) => {
+            let (foreign, distributable): (Vec<&Descriptor>, Vec<&Descriptor>) = manifest
+                .layers
+                .iter()
+                .partition(|layer| may_live_elsewhere(layer));
+            (
+                manifest.subject.clone(),
+                Vec::new(),
+                std::iter::once(&manifest.config)
+                    .chain(distributable)
+                    .map(|blob| blob.digest.clone())
+                    .collect(),
+                foreign
+                    .into_iter()
+                    .map(|layer| layer.digest.clone())
+                    .collect(),
+            )
+        }
         ManifestDocument::Index(index) => (
             index.subject.clone(),
             index
@@ -820,6 +915,7 @@ pub(crate) fn check_pushed_manifest(
                 .iter()
                 .map(|child| child.digest.clone())
                 .collect(),
+            Vec::new(),
             Vec::new(),
         ),
     };
@@ -829,6 +925,7 @@ pub(crate) fn check_pushed_manifest(
         subject: subject.map(|subject| subject.digest),
         children,
         blobs,
+        foreign,
     })
 }
 

@@ -44,6 +44,7 @@ const MAX_DEPTH: usize = 8;
 pub struct BucketBackend {
     bucket: Bucket,
     scratch: Arc<Scratch>,
+    sparse_manifests: bool,
 }
 
 /// The per-process directory of fills in progress, removed with the backend.
@@ -89,7 +90,16 @@ impl BucketBackend {
                 parent,
                 name,
             }),
+            sparse_manifests: false,
         })
+    }
+
+    /// The same backend accepting sparse manifests or not (the `sparse_manifests` setting;
+    /// off by default): a push may then name foreign layers and index children the bucket
+    /// does not hold.
+    pub fn with_sparse_manifests(mut self, accepted: bool) -> Self {
+        self.sparse_manifests = accepted;
+        self
     }
 
     /// The bucket.
@@ -221,11 +231,11 @@ impl BucketBackend {
         })
     }
 
-    /// Names `digest` in `repository`: its link, its referrer link, and the tag `tag`.
+    /// Names `digest` in `repository`: its link, its referrer link, and the tags `tags`.
     async fn name_manifest(
         &self,
         repository: &str,
-        tag: Option<&str>,
+        tags: &[String],
         digest: &Digest,
         subject: Option<&Digest>,
     ) -> Result<(), ApiError> {
@@ -240,7 +250,7 @@ impl BucketBackend {
                 .await
                 .map_err(&failed)?;
         }
-        if let Some(tag) = tag {
+        for tag in tags {
             self.bucket
                 .put_tag(repository, tag, digest)
                 .await
@@ -413,6 +423,15 @@ fn repository_key(name: &str) -> String {
     name.replace(':', "__")
 }
 
+/// A repository key back as its store name: only the host (the first component) can have
+/// had a `:`, and repository paths may themselves contain `__`.
+fn store_name(key: &str) -> String {
+    match key.split_once('/') {
+        Some((host, rest)) => format!("{}/{rest}", host.replace("__", ":")),
+        None => key.to_owned(),
+    }
+}
+
 /// `registry/repository:tag` → (repository key, tag).
 fn split_tagged(reference: &str) -> Result<(String, String), ApiError> {
     let last_slash = reference.rfind('/').map_or(0, |at| at + 1);
@@ -519,19 +538,21 @@ impl RegistryBackend for BucketBackend {
     async fn put_manifest(
         &self,
         name: String,
-        tagged: Option<String>,
+        tagged: Vec<String>,
         reference: ManifestRef,
         bytes: Bytes,
         content_type: Option<String>,
     ) -> Result<(Digest, Option<Digest>), ApiError> {
+        let pushed = check_pushed_manifest(&reference, &bytes, content_type)?;
+        let referenced: Vec<Digest> = pushed
+            .required(self.sparse_manifests)
+            .into_iter()
+            .cloned()
+            .collect();
         let PushedManifest {
-            digest,
-            subject,
-            children,
-            blobs,
-            ..
-        } = check_pushed_manifest(&reference, &bytes, content_type)?;
-        for child in children.iter().chain(&blobs) {
+            digest, subject, ..
+        } = pushed;
+        for child in &referenced {
             if !self.child_present(child).await? {
                 return Err(ApiError::from_store(
                     "store a manifest",
@@ -546,7 +567,6 @@ impl RegistryBackend for BucketBackend {
         let repository = repository_key(&name);
         // Linked, then every child checked again: a GC run that claimed one meanwhile either
         // sees the link or is seen here (bucket::gc has the argument).
-        let referenced: Vec<Digest> = children.iter().chain(&blobs).cloned().collect();
         if !self
             .bucket
             .put_manifest_link_checked(&repository, &digest, &referenced)
@@ -560,11 +580,11 @@ impl RegistryBackend for BucketBackend {
                 ),
             ));
         }
-        let tag = match &tagged {
-            Some(tagged) => Some(split_tagged(tagged)?.1),
-            None => None,
-        };
-        self.name_manifest(&repository, tag.as_deref(), &digest, subject.as_ref())
+        let tags = tagged
+            .iter()
+            .map(|tagged| split_tagged(tagged).map(|(_, tag)| tag))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.name_manifest(&repository, &tags, &digest, subject.as_ref())
             .await?;
         Ok((digest, subject))
     }
@@ -857,6 +877,19 @@ impl RegistryBackend for BucketBackend {
         Ok(Some(page.tags))
     }
 
+    async fn repositories(&self) -> Result<Vec<String>, ApiError> {
+        let links = self
+            .bucket
+            .list_all_manifest_links()
+            .await
+            .map_err(unavailable("list repositories"))?;
+        let names: std::collections::BTreeSet<String> = links
+            .into_iter()
+            .map(|(repository, _)| store_name(&repository))
+            .collect();
+        Ok(names.into_iter().collect())
+    }
+
     async fn referrers(&self, name: String, subject: Digest) -> Result<Vec<Descriptor>, ApiError> {
         let links = self
             .bucket
@@ -898,7 +931,7 @@ impl RegistryBackend for BucketBackend {
             .map(|(subject, _)| subject);
         self.name_manifest(
             &repository_key(&name),
-            tag.as_deref(),
+            tag.as_slice(),
             &descriptor.digest,
             subject.as_ref(),
         )

@@ -478,6 +478,13 @@ pub struct ServerConfig {
     /// [`crate::LocalSource::delete_blob`]).
     #[serde(default)]
     pub delete_blobs: bool,
+    /// Whether a pushed manifest may name content this registry does not hold: the
+    /// non-distributable (foreign) layers of an image, or layers with `urls`, and the
+    /// children of an index (a sparse index). Off, such a push is refused (400
+    /// `MANIFEST_BLOB_UNKNOWN`), as for any absent blob; the config and the other layers
+    /// of an image must be present either way.
+    #[serde(default)]
+    pub sparse_manifests: bool,
     /// The registry host under which repositories requested without a namespace are
     /// stored (`team/app` → `localhost/team/app`).
     #[serde(default = "default_namespace")]
@@ -555,6 +562,7 @@ impl Default for ServerConfig {
             storage: None,
             mode: Mode::default(),
             delete_blobs: false,
+            sparse_manifests: false,
             local_namespace: default_namespace(),
             auth: None,
             tls: None,

@@ -13,13 +13,14 @@ use sealer_image_store::{Descriptor, Digest, MAX_MANIFEST_SIZE, is_manifest_type
 use crate::backend::BackendUpload;
 use crate::error::{ApiError, ErrorCode};
 use crate::range::{RangeRequest, parse_content_range};
-use crate::route::{BlobOp, ManifestOp, ManifestRef, RepoPath, UploadOp};
+use crate::route::{BlobOp, ManifestOp, ManifestRef, RepoPath, UploadOp, host_path_component};
 use crate::server::AppState;
 use crate::source::{BlobRequest, ManifestRequest, ResponseMeta};
 use crate::stream::{PumpError, pump};
 
 const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
+const OCI_TAG: HeaderName = HeaderName::from_static("oci-tag");
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 const OCI_NAMESPACE: HeaderName = HeaderName::from_static("oci-namespace");
@@ -62,6 +63,7 @@ pub(crate) fn base() -> Response {
 
 // ---- manifests ----
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn manifest(
     state: &AppState,
     parts: &Parts,
@@ -69,12 +71,13 @@ pub(crate) async fn manifest(
     repo: RepoPath,
     reference: ManifestRef,
     op: ManifestOp,
+    tags: Vec<String>,
 ) -> Result<Response, ApiError> {
     match op {
         ManifestOp::Get | ManifestOp::Head => {
             get_manifest(state, parts, repo, reference, op == ManifestOp::Head).await
         }
-        ManifestOp::Put => put_manifest(state, parts, body, repo, reference).await,
+        ManifestOp::Put => put_manifest(state, parts, body, repo, reference, tags).await,
         ManifestOp::Delete => delete_manifest(state, repo, reference).await,
     }
 }
@@ -212,6 +215,7 @@ async fn put_manifest(
     body: Body,
     repo: RepoPath,
     reference: ManifestRef,
+    tags: Vec<String>,
 ) -> Result<Response, ApiError> {
     let content_type = parts
         .headers
@@ -222,7 +226,7 @@ async fn put_manifest(
     let bytes = read_limited(parts, body, MAX_MANIFEST_SIZE).await?;
     let (digest, subject) = state
         .local
-        .put_manifest(&repo, &reference, bytes, content_type)
+        .put_manifest(&repo, &reference, &tags, bytes, content_type)
         .await?;
     tracing::info!(repository = %repo.path_name, %reference, %digest, "manifest stored");
     let mut response = empty(StatusCode::CREATED);
@@ -235,6 +239,13 @@ async fn put_manifest(
     set(headers, DOCKER_CONTENT_DIGEST, &digest.to_string());
     if let Some(subject) = subject {
         set(headers, OCI_SUBJECT, &subject.to_string());
+    }
+    // One `OCI-Tag` per tag named by a `tag` parameter: the spec's sign that tags on push
+    // are supported (a client falls back to tag pushes without it).
+    for tag in &tags {
+        if let Ok(value) = HeaderValue::from_str(tag) {
+            headers.append(OCI_TAG, value);
+        }
     }
     Ok(response)
 }
@@ -544,30 +555,7 @@ pub(crate) async fn upload(
         }
         UploadOp::Patch => {
             let size = session.upload.as_ref().ok_or_else(broken)?.size();
-            let declared = header_text(&parts.headers, header::CONTENT_RANGE);
-            let mut limit = None;
-            if let Some(declared) = declared {
-                let out_of_order = || {
-                    ApiError::new(
-                        ErrorCode::BlobUploadInvalid,
-                        format!(
-                            "Content-Range {declared} does not start at the upload's offset {size}"
-                        ),
-                    )
-                    .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
-                    .with_header(header::RANGE, &upload_range(size))
-                    .with_header(DOCKER_UPLOAD_UUID, &id)
-                };
-                let (start, end) = parse_content_range(&declared).ok_or_else(out_of_order)?;
-                if start != size {
-                    return Err(out_of_order());
-                }
-                let length = end - start + 1;
-                if content_length(parts).is_some_and(|content_length| content_length != length) {
-                    return Err(out_of_order());
-                }
-                limit = Some(length);
-            }
+            let limit = declared_chunk(parts, &id, size)?;
             let announced = limit.or_else(|| content_length(parts));
             if announced.is_some_and(|announced| size.saturating_add(announced) > max) {
                 state.uploads.remove(&id);
@@ -623,6 +611,10 @@ pub(crate) async fn upload(
             Ok(upload_accepted(StatusCode::ACCEPTED, &repo, &id, size))
         }
         UploadOp::Finish(digest) => {
+            let size = session.upload.as_ref().ok_or_else(broken)?.size();
+            // An out-of-order final chunk is refused before the session is touched, so the
+            // client can still finish it with the right range.
+            let limit = declared_chunk(parts, &id, size)?;
             let upload = session.upload.take().ok_or_else(broken)?;
             state.uploads.remove(&id);
             if content_length(parts)
@@ -632,15 +624,52 @@ pub(crate) async fn upload(
                 return Err(too_big(max));
             }
             let mut upload = upload;
-            if let Err(error) = pump(&mut *upload, body, None, max).await {
-                discard(Some(upload)).await;
-                return Err(pump_error(error));
+            match pump(&mut *upload, body, limit, max).await {
+                Err(error) => {
+                    discard(Some(upload)).await;
+                    return Err(pump_error(error));
+                }
+                Ok(written) if limit.is_some_and(|limit| limit != written) => {
+                    discard(Some(upload)).await;
+                    return Err(ApiError::new(
+                        ErrorCode::SizeInvalid,
+                        format!("the chunk has {written} bytes, not the announced {limit:?}"),
+                    ));
+                }
+                Ok(_) => {}
             }
             let size = upload.commit(digest.clone()).await?;
             tracing::info!(repository = %repo.path_name, %digest, size, "blob uploaded");
             Ok(blob_created(&repo, &digest))
         }
     }
+}
+
+/// The length of the chunk a request's `Content-Range` declares (`None` without one), once
+/// checked to start at the upload's offset `size` and to agree with `Content-Length`; else
+/// 416 with the upload's current range.
+fn declared_chunk(parts: &Parts, id: &str, size: u64) -> Result<Option<u64>, ApiError> {
+    let Some(declared) = header_text(&parts.headers, header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let out_of_order = || {
+        ApiError::new(
+            ErrorCode::BlobUploadInvalid,
+            format!("Content-Range {declared} does not start at the upload's offset {size}"),
+        )
+        .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+        .with_header(header::RANGE, &upload_range(size))
+        .with_header(DOCKER_UPLOAD_UUID, id)
+    };
+    let (start, end) = parse_content_range(&declared).ok_or_else(out_of_order)?;
+    if start != size {
+        return Err(out_of_order());
+    }
+    let length = end - start + 1;
+    if content_length(parts).is_some_and(|content_length| content_length != length) {
+        return Err(out_of_order());
+    }
+    Ok(Some(length))
 }
 
 fn header_text(headers: &HeaderMap, name: HeaderName) -> Option<String> {
@@ -659,25 +688,7 @@ pub(crate) async fn tags(
     last: Option<String>,
 ) -> Result<Response, ApiError> {
     let served = state.source.tags(&repo).await?;
-    let mut tags: Vec<String> = served
-        .content
-        .into_iter()
-        .filter(|tag| {
-            last.as_ref()
-                .is_none_or(|last| tag.as_str() > last.as_str())
-        })
-        .collect();
-    let mut next = None;
-    if let Some(n) = n
-        && tags.len() > n
-    {
-        tags.truncate(n);
-        if let Some(last) = tags.last() {
-            let url = repo.url("tags/list");
-            let separator = if url.contains('?') { '&' } else { '?' };
-            next = Some(format!("<{url}{separator}n={n}&last={last}>; rel=\"next\""));
-        }
-    }
+    let (tags, next) = page(served.content, n, last.as_deref(), &repo.url("tags/list"));
     let body = serde_json::json!({ "name": repo.path_name, "tags": tags });
     let mut response = (StatusCode::OK, body.to_string()).into_response();
     let headers = response.headers_mut();
@@ -689,6 +700,75 @@ pub(crate) async fn tags(
         set(headers, header::LINK, &next);
     }
     apply_meta(headers, &served.meta);
+    Ok(response)
+}
+
+/// One page of the sorted `items`: those after `last`, at most `n`, and the `Link` header
+/// of the next page (on `url`) when more are left.
+fn page(
+    items: Vec<String>,
+    n: Option<usize>,
+    last: Option<&str>,
+    url: &str,
+) -> (Vec<String>, Option<String>) {
+    let mut items: Vec<String> = items
+        .into_iter()
+        .filter(|item| last.is_none_or(|last| item.as_str() > last))
+        .collect();
+    let mut next = None;
+    if let Some(n) = n
+        && items.len() > n
+    {
+        items.truncate(n);
+        if let Some(last) = items.last() {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            next = Some(format!("<{url}{separator}n={n}&last={last}>; rel=\"next\""));
+        }
+    }
+    (items, next)
+}
+
+/// `GET /v2/_catalog`: the repositories holding a manifest, by the names a client pulls
+/// them with (the local namespace's without a prefix, others under their host's path
+/// component), sorted and paginated as tag lists are.
+pub(crate) async fn catalog(
+    state: &AppState,
+    n: Option<usize>,
+    last: Option<String>,
+) -> Result<Response, ApiError> {
+    let local = RepoPath {
+        namespace: None,
+        repository: String::new(),
+        path_name: String::new(),
+    };
+    let local_prefix = format!("{}/", state.names.host(&local));
+    let mut names: Vec<String> = state
+        .local
+        .backend()
+        .repositories()
+        .await?
+        .into_iter()
+        .map(|name| match name.strip_prefix(&local_prefix) {
+            Some(local) => local.to_owned(),
+            None => match name.split_once('/') {
+                Some((host, rest)) => format!("{}/{rest}", host_path_component(host)),
+                None => name,
+            },
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    let (repositories, next) = page(names, n, last.as_deref(), "/v2/_catalog");
+    let body = serde_json::json!({ "repositories": repositories });
+    let mut response = (StatusCode::OK, body.to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(next) = next {
+        set(headers, header::LINK, &next);
+    }
     Ok(response)
 }
 

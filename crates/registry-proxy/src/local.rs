@@ -68,21 +68,28 @@ impl LocalSource {
 
     /// Stores a manifest byte-exact and names it in `repo`, as a push does: validated (JSON,
     /// media type, the blobs of an image manifest present, the digest of a digest
-    /// reference), then tagged, or for a digest reference recorded as an unnamed entry of
-    /// the repository. A pull-through layer fills the store through this too. Returns the
+    /// reference), then tagged (by the reference's tag, or a digest reference by `tags`),
+    /// or for a digest reference without `tags` recorded as an unnamed entry of the
+    /// repository. A pull-through layer fills the store through this too. Returns the
     /// manifest's digest and its subject, if any.
     pub async fn put_manifest(
         &self,
         repo: &RepoPath,
         reference: &ManifestRef,
+        tags: &[String],
         bytes: Bytes,
         content_type: Option<String>,
     ) -> Result<(Digest, Option<Digest>), ApiError> {
         let name = self.names.name(repo)?;
-        let tagged = match reference {
-            ManifestRef::Tag(tag) => Some(self.names.reference(repo, tag)?.to_string()),
+        let own = match reference {
+            ManifestRef::Tag(tag) => Some(tag),
             ManifestRef::Digest(_) => None,
         };
+        let tagged = own
+            .into_iter()
+            .chain(tags)
+            .map(|tag| Ok(self.names.reference(repo, tag)?.to_string()))
+            .collect::<Result<Vec<_>, ApiError>>()?;
         self.backend
             .put_manifest(name, tagged, reference.clone(), bytes, content_type)
             .await

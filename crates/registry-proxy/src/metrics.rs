@@ -38,6 +38,8 @@ pub(crate) enum RouteKind {
     BlobUpload,
     /// `/v2/<name>/tags/list`.
     Tags,
+    /// `/v2/_catalog`.
+    Catalog,
     /// `/v2/<name>/referrers/<digest>`.
     Referrers,
     /// `/metrics`.
@@ -72,6 +74,7 @@ impl RouteKind {
             Ok(Route::Blob { .. }) => Self::Blob,
             Ok(Route::StartUpload { .. } | Route::Upload { .. }) => Self::BlobUpload,
             Ok(Route::Tags { .. }) => Self::Tags,
+            Ok(Route::Catalog { .. }) => Self::Catalog,
             Ok(Route::Referrers { .. }) => Self::Referrers,
             Err(RouteError::NotFound(_)) => Self::Other,
             Err(_) => Self::Invalid,
@@ -86,6 +89,7 @@ impl RouteKind {
             Self::Blob => "blob",
             Self::BlobUpload => "blob_upload",
             Self::Tags => "tags",
+            Self::Catalog => "catalog",
             Self::Referrers => "referrers",
             Self::Metrics => "metrics",
             Self::Healthz => "healthz",

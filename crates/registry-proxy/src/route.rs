@@ -130,6 +130,9 @@ pub enum Route {
         reference: ManifestRef,
         /// The operation.
         op: ManifestOp,
+        /// The `tag` parameters of a `PUT` by digest: further tags to name it with (empty
+        /// otherwise).
+        tags: Vec<String>,
     },
     /// `/v2/<name>/blobs/<digest>`.
     Blob {
@@ -167,6 +170,13 @@ pub enum Route {
         /// `?n=`: at most this many tags.
         n: Option<usize>,
         /// `?last=`: tags after this one.
+        last: Option<String>,
+    },
+    /// `GET /v2/_catalog`.
+    Catalog {
+        /// `?n=`: at most this many repositories.
+        n: Option<usize>,
+        /// `?last=`: repositories after this one.
         last: Option<String>,
     },
     /// `GET /v2/<name>/referrers/<digest>`.
@@ -278,6 +288,15 @@ impl RouteParser {
         let rest = rest
             .strip_prefix('/')
             .ok_or_else(|| RouteError::NotFound(path.to_owned()))?;
+        if rest == "_catalog" {
+            if !matches!(*method, Method::GET | Method::HEAD) {
+                return Err(not_allowed());
+            }
+            return Ok(Route::Catalog {
+                n: params.page_size()?,
+                last: params.get("last").map(str::to_owned),
+            });
+        }
         let parts: Vec<String> = rest.split('/').map(percent_decode).collect();
         let n = parts.len();
         let part = |from_end: usize| parts[n - from_end].as_str();
@@ -335,10 +354,21 @@ impl RouteParser {
                 }
                 other => other,
             })?;
+            let tags = match (&reference, op) {
+                (ManifestRef::Digest(_), ManifestOp::Put) => params
+                    .get_all("tag")
+                    .map(|tag| {
+                        validate_tag(tag).map_err(|_| RouteError::TagInvalid(tag.to_owned()))?;
+                        Ok(tag.to_owned())
+                    })
+                    .collect::<Result<_, RouteError>>()?,
+                _ => Vec::new(),
+            };
             return Ok(Route::Manifest {
                 repo,
                 reference,
                 op,
+                tags,
             });
         }
         if n >= 3 && part(2) == "blobs" {
@@ -357,16 +387,9 @@ impl RouteParser {
                 return Err(not_allowed());
             }
             let repo = self.repo(&name_of(2), &params)?;
-            let n = params
-                .get("n")
-                .map(|text| {
-                    text.parse::<usize>()
-                        .map_err(|_| RouteError::PaginationInvalid(text.to_owned()))
-                })
-                .transpose()?;
             return Ok(Route::Tags {
                 repo,
-                n,
+                n: params.page_size()?,
                 last: params.get("last").map(str::to_owned),
             });
         }
@@ -589,11 +612,29 @@ impl QueryParams {
         )
     }
 
+    /// Every value of `name`, in order.
+    fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
     fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.as_str())
+    }
+
+    /// `?n=` of a paginated list.
+    fn page_size(&self) -> Result<Option<usize>, RouteError> {
+        self.get("n")
+            .map(|text| {
+                text.parse::<usize>()
+                    .map_err(|_| RouteError::PaginationInvalid(text.to_owned()))
+            })
+            .transpose()
     }
 
     fn digest(&self, name: &str) -> Result<Option<Digest>, RouteError> {
@@ -643,7 +684,7 @@ mod tests {
             | Route::Upload { repo, .. }
             | Route::Tags { repo, .. }
             | Route::Referrers { repo, .. } => repo,
-            Route::Base => panic!("no repository"),
+            Route::Base | Route::Catalog { .. } => panic!("no repository"),
         }
     }
 
@@ -668,6 +709,7 @@ mod tests {
             repo,
             reference,
             op,
+            ..
         } = &route
         else {
             panic!("{route:?}")
@@ -816,6 +858,41 @@ mod tests {
             parse(&Method::PATCH, "/v2/a/blobs/uploads/..%2F..", None),
             Err(RouteError::UploadUnknown(_))
         ));
+    }
+
+    #[test]
+    fn catalog_pages_and_tags_on_push() {
+        assert_eq!(
+            parse(&Method::GET, "/v2/_catalog", Some("n=2&last=a%2Fb")).unwrap(),
+            Route::Catalog {
+                n: Some(2),
+                last: Some("a/b".to_owned())
+            }
+        );
+        assert!(matches!(
+            parse(&Method::GET, "/v2/_catalog", Some("n=-1")),
+            Err(RouteError::PaginationInvalid(_))
+        ));
+        assert!(matches!(
+            parse(&Method::DELETE, "/v2/_catalog", None),
+            Err(RouteError::MethodNotAllowed { .. })
+        ));
+        let tags = |reference: &str, query: &str| match parse(
+            &Method::PUT,
+            &format!("/v2/a/manifests/{reference}"),
+            Some(query),
+        ) {
+            Ok(Route::Manifest { tags, .. }) => Ok(tags),
+            Ok(other) => panic!("{other:?}"),
+            Err(error) => Err(error),
+        };
+        assert_eq!(tags(D, "tag=v1&tag=latest").unwrap(), ["v1", "latest"]);
+        // Only a push by digest names further tags.
+        assert!(tags("v1", "tag=latest").unwrap().is_empty());
+        assert_eq!(
+            tags(D, "tag=ok&tag=-bad"),
+            Err(RouteError::TagInvalid("-bad".to_owned()))
+        );
     }
 
     #[test]

@@ -165,15 +165,18 @@ impl Registry {
         let names = StoreNames::new(&config.local_namespace.0, aliases);
         let (backend, pinned): (Arc<dyn RegistryBackend>, _) = match &storage {
             OpenStorage::Local(store) => (
-                Arc::new(LocalBackend::new(store.clone())),
+                Arc::new(
+                    LocalBackend::new(store.clone()).with_sparse_manifests(config.sparse_manifests),
+                ),
                 import_carried_images(store, &config.images)?,
             ),
             OpenStorage::Bucket(bucket) => {
-                let backend =
-                    BucketBackend::new(bucket.clone()).map_err(|source| ServeError::Store {
+                let backend = BucketBackend::new(bucket.clone())
+                    .map_err(|source| ServeError::Store {
                         path: std::env::temp_dir(),
                         source,
-                    })?;
+                    })?
+                    .with_sparse_manifests(config.sparse_manifests);
                 let pinned = match (&config.storage, config.images.is_empty()) {
                     (Some(Storage::S3(bucket_config)), false) => {
                         let root = config.image_store.as_ref().ok_or_else(|| {
@@ -644,7 +647,8 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
             repo,
             reference,
             op,
-        } => handlers::manifest(state, &parts, body, repo, reference, op).await,
+            tags,
+        } => handlers::manifest(state, &parts, body, repo, reference, op, tags).await,
         Route::Blob { repo, digest, op } => handlers::blob(state, &parts, repo, digest, op).await,
         Route::StartUpload {
             repo,
@@ -657,6 +661,7 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
         }
         Route::Upload { repo, id, op } => handlers::upload(state, &parts, body, repo, id, op).await,
         Route::Tags { repo, n, last } => handlers::tags(state, repo, n, last).await,
+        Route::Catalog { n, last } => handlers::catalog(state, n, last).await,
         Route::Referrers {
             repo,
             digest,

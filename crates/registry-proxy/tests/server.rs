@@ -152,6 +152,9 @@ on_both_backends!(
     manifest_deletes_only_touch_the_repository_that_holds_the_manifest,
     manifest_media_types_are_checked_and_served_safely,
     manifests_whose_blobs_are_absent_are_refused_and_not_named,
+    tags_named_on_push_by_digest_answer_oci_tag_headers,
+    the_catalog_lists_repositories_in_pages_with_link_headers,
+    sparse_manifests_are_refused_by_default_and_accepted_when_configured,
 );
 
 /// A server started fresh over the bucket another one filled serves all of it at once: it
@@ -894,7 +897,22 @@ fn chunked_uploads_in_order_out_of_order_status_and_cancel() {
     assert_eq!((third.status, third.header("range")), (202, Some("0-11")));
 
     let digest = Digest::sha256(b"hello world!?");
-    let finish = server.request("PUT", &format!("{location}?digest={digest}"), &[], b"?");
+    // An out-of-order final chunk: 416 with the current range, and the session stays.
+    let finish_at = |range: &str| {
+        server.request(
+            "PUT",
+            &format!("{location}?digest={digest}"),
+            &[("Content-Range", range)],
+            b"?",
+        )
+    };
+    let early = finish_at("5-5");
+    assert_error(&early, 416, "BLOB_UPLOAD_INVALID");
+    assert_eq!(early.header("range"), Some("0-11"));
+    assert_eq!(early.header("docker-upload-uuid"), Some(id.as_str()));
+    assert_eq!(finish_at("13-13").status, 416);
+    assert_eq!(server.get(&location).header("range"), Some("0-11"));
+    let finish = finish_at("12-12");
     assert_eq!(finish.status, 201, "{finish:?}");
     assert_eq!(
         finish.header("docker-content-digest"),
@@ -1242,6 +1260,181 @@ fn tag_lists_paginate_with_link_headers() {
     assert_eq!(
         serde_json::from_slice::<Value>(&none.body).unwrap()["tags"],
         json!([])
+    );
+}
+
+/// Every value of the header `name`, split at commas (RFC 9110 list syntax).
+fn header_values(response: &HttpResponse, name: &str) -> Vec<String> {
+    response
+        .headers
+        .iter()
+        .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+        .flat_map(|(_, value)| value.split(','))
+        .map(|value| value.trim().to_owned())
+        .collect()
+}
+
+fn tags_named_on_push_by_digest_answer_oci_tag_headers() {
+    let server = TestServer::start();
+    let (bytes, digest) = push_image(&server, "team/app", "base", "tagged");
+    let push = |reference: &str, query: &str| {
+        server.request(
+            "PUT",
+            &format!("/v2/team/app/manifests/{reference}{query}"),
+            &[("Content-Type", OCI_MANIFEST)],
+            &bytes,
+        )
+    };
+    let pushed = push(&digest.to_string(), "?tag=a&tag=b");
+    assert_eq!(pushed.status, 201, "{pushed:?}");
+    assert_eq!(header_values(&pushed, "oci-tag"), ["a", "b"]);
+    assert_eq!(
+        pushed.header("docker-content-digest"),
+        Some(digest.to_string().as_str())
+    );
+    for tag in ["a", "b"] {
+        let tagged = server.get(&format!("/v2/team/app/manifests/{tag}"));
+        assert_eq!(
+            (tagged.status, tagged.body.as_slice()),
+            (200, bytes.as_slice())
+        );
+        assert_eq!(
+            tagged.header("docker-content-digest"),
+            Some(digest.to_string().as_str())
+        );
+    }
+
+    // A sha512 push keeps its digest: in the answer, its Location and the tags it names.
+    let sha512 = Digest::of(Algorithm::Sha512, &bytes);
+    let pushed = push(&sha512.to_string(), "?tag=c");
+    assert_eq!(pushed.status, 201, "{pushed:?}");
+    assert_eq!(
+        pushed.header("docker-content-digest"),
+        Some(sha512.to_string().as_str())
+    );
+    assert_eq!(
+        pushed.header("location"),
+        Some(format!("/v2/team/app/manifests/{sha512}").as_str())
+    );
+    assert_eq!(header_values(&pushed, "oci-tag"), ["c"]);
+    let tagged = server.get("/v2/team/app/manifests/c");
+    assert_eq!(
+        (tagged.status, tagged.body.as_slice()),
+        (200, bytes.as_slice())
+    );
+    assert_eq!(
+        tagged.header("docker-content-digest"),
+        Some(sha512.to_string().as_str())
+    );
+
+    // An invalid tag refuses the whole push; a push by tag takes no `tag` parameters.
+    assert_error(
+        &push(&digest.to_string(), "?tag=d&tag=-bad"),
+        400,
+        "MANIFEST_INVALID",
+    );
+    let by_tag = push("e", "?tag=f");
+    assert_eq!(by_tag.status, 201, "{by_tag:?}");
+    assert!(by_tag.header("oci-tag").is_none(), "{by_tag:?}");
+    let listed: Value = serde_json::from_slice(&server.get("/v2/team/app/tags/list").body).unwrap();
+    assert_eq!(listed["tags"], json!(["a", "b", "base", "c", "e"]));
+}
+
+fn the_catalog_lists_repositories_in_pages_with_link_headers() {
+    let server = TestServer::start();
+    let empty = server.get("/v2/_catalog");
+    assert_eq!(empty.status, 200, "{empty:?}");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&empty.body).unwrap(),
+        json!({ "repositories": [] })
+    );
+    for repo in ["team/app", "team/other", "alpha", "zeta/x/y"] {
+        push_image(&server, repo, "v1", repo);
+    }
+    // A manifest pushed by digest alone makes its repository known too.
+    let (bytes, _) = push_image(&server, "scratch", "tmp", "by digest");
+    let digest = Digest::sha256(&bytes);
+    let by_digest = put_manifest(
+        &server,
+        "bydigest",
+        &digest.to_string(),
+        &bytes,
+        OCI_MANIFEST,
+    );
+    assert_eq!(by_digest.status, 201, "{by_digest:?}");
+    let expected = [
+        "alpha",
+        "bydigest",
+        "scratch",
+        "team/app",
+        "team/other",
+        "zeta/x/y",
+    ];
+
+    let all = server.get("/v2/_catalog");
+    assert_eq!(all.status, 200);
+    assert!(
+        all.header("content-type")
+            .unwrap()
+            .starts_with("application/json")
+    );
+    assert!(all.header("link").is_none());
+    let body: Value = serde_json::from_slice(&all.body).unwrap();
+    assert_eq!(body["repositories"], json!(expected));
+
+    let mut page = server.get("/v2/_catalog?n=4");
+    let mut seen = Vec::new();
+    for _ in 0..expected.len() {
+        assert_eq!(page.status, 200);
+        let body: Value = serde_json::from_slice(&page.body).unwrap();
+        let names: Vec<String> = serde_json::from_value(body["repositories"].clone()).unwrap();
+        assert!(names.len() <= 4);
+        seen.extend(names);
+        let Some(link) = page.header("link") else {
+            break;
+        };
+        assert!(link.ends_with("; rel=\"next\""), "{link}");
+        let next = link
+            .trim_start_matches('<')
+            .split('>')
+            .next()
+            .unwrap()
+            .to_owned();
+        assert!(next.starts_with("/v2/_catalog?n=4&last="), "{next}");
+        page = server.get(&next);
+    }
+    assert_eq!(seen, expected);
+    let after = server.get("/v2/_catalog?last=team/app&n=1");
+    let body: Value = serde_json::from_slice(&after.body).unwrap();
+    assert_eq!(body["repositories"], json!(["team/other"]));
+    assert!(after.header("link").unwrap().contains("last=team/other"));
+    assert_error(
+        &server.get("/v2/_catalog?n=many"),
+        400,
+        "PAGINATION_NUMBER_INVALID",
+    );
+    assert_eq!(
+        error_code(&server.request("POST", "/v2/_catalog", &[], &[])),
+        "UNSUPPORTED"
+    );
+
+    // A repository whose last manifest is deleted is no longer listed.
+    let other = server.get("/v2/team/other/manifests/v1");
+    let other = other.header("docker-content-digest").unwrap().to_owned();
+    let deleted = server.request(
+        "DELETE",
+        &format!("/v2/team/other/manifests/{other}"),
+        &[],
+        &[],
+    );
+    assert_eq!(deleted.status, 202, "{deleted:?}");
+    let body: Value = serde_json::from_slice(&server.get("/v2/_catalog").body).unwrap();
+    assert!(
+        !body["repositories"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("team/other")),
+        "{body}"
     );
 }
 
@@ -1996,6 +2189,140 @@ fn manifests_whose_blobs_are_absent_are_refused_and_not_named() {
     let store = Store::open_dir(&server.store).unwrap();
     assert!(store.images().unwrap().is_empty());
     assert_fsck_clean(&server.store);
+}
+
+fn sparse_manifests_are_refused_by_default_and_accepted_when_configured() {
+    let strict = TestServer::start();
+    let sparse = TestServer::with(|config| config.sparse_manifests = true);
+    let config_json = b"{\"os\":\"linux\",\"architecture\":\"amd64\"}";
+    let config = push_blob(&strict, "team/app", config_json);
+    let layer = push_blob(&strict, "team/app", b"a distributable layer");
+    // The bucket is shared; each local server needs its own copies.
+    push_blob(&sparse, "team/app", config_json);
+    push_blob(&sparse, "team/app", b"a distributable layer");
+    let absent = Digest::sha256(b"never pushed");
+    let image = |config: &Digest, extra: Value| {
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config.to_string(),
+                "size": config_json.len(),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer.to_string(),
+                    "size": 21,
+                },
+                extra,
+            ],
+        }))
+        .unwrap()
+    };
+    let nondistributable = image(
+        &config,
+        json!({
+            "mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            "digest": absent.to_string(),
+            "size": 12,
+        }),
+    );
+    let with_urls = image(
+        &config,
+        json!({
+            "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+            "digest": absent.to_string(),
+            "size": 12,
+            "urls": ["https://example.invalid/layer"],
+        }),
+    );
+    let absent_layer = image(
+        &config,
+        json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": absent.to_string(),
+            "size": 12,
+        }),
+    );
+    let (present_child, present_digest) = {
+        let bytes = image(
+            &config,
+            json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": layer.to_string(),
+                "size": 21,
+            }),
+        );
+        let digest = Digest::sha256(&bytes);
+        (bytes, digest)
+    };
+    let sparse_index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": present_digest.to_string(), "size": present_child.len(),
+             "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": OCI_MANIFEST, "digest": absent.to_string(), "size": 12,
+             "platform": {"os": "linux", "architecture": "arm64"}},
+        ],
+    }))
+    .unwrap();
+    for server in [&strict, &sparse] {
+        let child = put_manifest(
+            server,
+            "team/app",
+            &present_digest.to_string(),
+            &present_child,
+            OCI_MANIFEST,
+        );
+        assert_eq!(child.status, 201, "{child:?}");
+    }
+
+    let cases: [(&str, &[u8], &str); 3] = [
+        ("foreign", &nondistributable, OCI_MANIFEST),
+        ("urls", &with_urls, OCI_MANIFEST),
+        ("multi", &sparse_index, OCI_INDEX),
+    ];
+    for (tag, bytes, media_type) in cases {
+        assert_error(
+            &put_manifest(&strict, "team/app", tag, bytes, media_type),
+            400,
+            "MANIFEST_BLOB_UNKNOWN",
+        );
+        assert_eq!(
+            strict.get(&format!("/v2/team/app/manifests/{tag}")).status,
+            404
+        );
+    }
+    for (tag, bytes, media_type) in cases {
+        let pushed = put_manifest(&sparse, "team/app", tag, bytes, media_type);
+        assert_eq!(pushed.status, 201, "{tag}: {pushed:?}");
+        let back = sparse.get(&format!("/v2/team/app/manifests/{tag}"));
+        assert_eq!((back.status, back.body.as_slice()), (200, bytes));
+    }
+    // Only foreign layers may be absent: a distributable layer or the config may not.
+    assert_error(
+        &put_manifest(&sparse, "team/app", "bad", &absent_layer, OCI_MANIFEST),
+        400,
+        "MANIFEST_BLOB_UNKNOWN",
+    );
+    let no_config = image(
+        &absent,
+        json!({
+            "mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            "digest": absent.to_string(),
+            "size": 12,
+        }),
+    );
+    assert_error(
+        &put_manifest(&sparse, "team/app", "bad", &no_config, OCI_MANIFEST),
+        400,
+        "MANIFEST_BLOB_UNKNOWN",
+    );
+    assert_eq!(sparse.get("/v2/team/app/manifests/bad").status, 404);
+    assert_fsck_clean(&sparse.store);
 }
 
 /// Pushes `blobs` and a manifest over them to `repo:tag` as a client that retries a
