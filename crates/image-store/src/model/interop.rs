@@ -70,13 +70,14 @@ fn first_difference(a: &Value, b: &Value) -> Option<String> {
             let mut keys: Vec<&String> = left.keys().chain(right.keys()).collect();
             keys.sort();
             keys.dedup();
-            keys.into_iter().find_map(|key| {
-                match (left.get(key), right.get(key)) {
+            keys.into_iter()
+                .find_map(|key| match (left.get(key), right.get(key)) {
                     (l, r) if is_empty(l) && is_empty(r) => None,
-                    (Some(l), Some(r)) => first_difference(l, r).map(|rest| format!("/{key}{rest}")),
+                    (Some(l), Some(r)) => {
+                        first_difference(l, r).map(|rest| format!("/{key}{rest}"))
+                    }
                     _ => Some(format!("/{key}")),
-                }
-            })
+                })
         }
         (Value::Array(left), Value::Array(right)) if left.len() == right.len() => left
             .iter()
