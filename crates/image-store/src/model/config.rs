@@ -2,8 +2,9 @@
 //! runs, with which environment, and the layers' uncompressed digests.
 //!
 //! Labels, exposed ports and volumes are ordered maps, so a config written from this type has
-//! the same bytes for the same content. Fields this version does not know are kept in `extra`.
-//! An explicit `null` reads as an absent field.
+//! the same bytes for the same content. Fields this version does not know are kept in `extra`;
+//! collections are optional so that an empty one and an absent one stay as they came. An
+//! explicit `null` reads as an absent field.
 
 use std::collections::BTreeMap;
 
@@ -36,10 +37,9 @@ pub struct ImageConfig {
     #[serde(
         rename = "os.features",
         default,
-        deserialize_with = "null_as_default",
-        skip_serializing_if = "Vec::is_empty"
+        skip_serializing_if = "Option::is_none"
     )]
-    pub os_features: Vec<String>,
+    pub os_features: Option<Vec<String>>,
     /// CPU variant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
@@ -49,12 +49,8 @@ pub struct ImageConfig {
     /// The layers' uncompressed digests.
     pub rootfs: RootFs,
     /// How each layer was made, base first.
-    #[serde(
-        default,
-        deserialize_with = "null_as_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
-    pub history: Vec<History>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<History>>,
     /// Fields this version does not know, kept as they were.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -68,12 +64,8 @@ pub struct ExecConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// Ports to expose (`80/tcp`), each mapped to an empty object.
-    #[serde(
-        default,
-        deserialize_with = "null_as_default",
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
-    pub exposed_ports: BTreeMap<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposed_ports: Option<BTreeMap<String, Value>>,
     /// Environment, `NAME=value`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<Vec<String>>,
@@ -84,22 +76,14 @@ pub struct ExecConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
     /// Volumes, each mapped to an empty object.
-    #[serde(
-        default,
-        deserialize_with = "null_as_default",
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
-    pub volumes: BTreeMap<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<BTreeMap<String, Value>>,
     /// Working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     /// Labels.
-    #[serde(
-        default,
-        deserialize_with = "null_as_default",
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
-    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
     /// The signal that stops the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
@@ -167,15 +151,6 @@ impl ImageConfig {
     }
 }
 
-/// Reads `null` as the type's default (Docker writes `"Volumes": null` and the like).
-fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,14 +164,24 @@ mod tests {
         let config = ImageConfig::parse(json.as_bytes()).unwrap();
         let exec = config.config.as_ref().unwrap();
         assert_eq!(exec.env.as_deref(), Some(&["A=1".to_owned()][..]));
-        assert!(exec.cmd.is_none() && exec.volumes.is_empty());
+        assert!(exec.cmd.is_none() && exec.volumes.is_none());
         assert!(exec.extra.contains_key("Hostname") && exec.extra.contains_key("OnBuild"));
         assert_eq!(config.rootfs.diff_ids, vec![diff_id]);
-        assert_eq!(config.history[0].empty_layer, Some(true));
+        assert_eq!(config.history.as_ref().unwrap()[0].empty_layer, Some(true));
         assert!(config.extra.contains_key("docker_version"));
         // Ordered labels: the same content gives the same bytes whatever order it came in.
         let text = String::from_utf8(config.to_bytes().unwrap()).unwrap();
         assert!(text.contains(r#""Labels":{"a":"1","b":"2"}"#), "{text}");
         assert_eq!(ImageConfig::parse(text.as_bytes()).unwrap(), config);
+    }
+
+    #[test]
+    fn configs_in_field_order_keep_their_bytes_including_empty_collections() {
+        let diff_id = Digest::sha256(b"layer");
+        let text = format!(
+            r#"{{"created":"1970-01-01T00:00:00Z","architecture":"arm64","os":"linux","variant":"v8","config":{{"Env":[],"Labels":{{}}}},"rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}},"history":[]}}"#
+        );
+        let config = ImageConfig::parse(text.as_bytes()).unwrap();
+        assert_eq!(String::from_utf8(config.to_bytes().unwrap()).unwrap(), text);
     }
 }
