@@ -137,4 +137,23 @@ fn fields_oci_spec_cannot_hold_are_refused_by_name() {
         matches!(&error, ConversionError::Lossy { path, .. } if path == "/config/Hostname"),
         "{error:?}"
     );
+
+    // The other way: a digest algorithm this store does not accept.
+    let foreign: oci::Descriptor = serde_json::from_value(serde_json::json!({
+        "mediaType": media_type::OCI_LAYER_GZIP,
+        "digest": format!("sha384:{}", "a".repeat(96)),
+        "size": 1,
+    }))
+    .unwrap();
+    let error = Descriptor::try_from(&foreign).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ConversionError::Shape {
+                what: "descriptor",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
 }
