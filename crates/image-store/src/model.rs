@@ -9,6 +9,14 @@ use serde_json::{Map, Value};
 
 use crate::digest::Digest;
 
+mod config;
+#[cfg(feature = "oci-spec")]
+mod interop;
+
+pub use config::{ExecConfig, History, ImageConfig, RootFs};
+#[cfg(feature = "oci-spec")]
+pub use interop::ConversionError;
+
 /// Media types the store knows.
 pub mod media_type {
     /// OCI image manifest.

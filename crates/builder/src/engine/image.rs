@@ -3,10 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use sealer_image_store::model::media_type;
+use sealer_image_store::model::{ExecConfig, History, ImageConfig, RootFs, media_type};
 use sealer_image_store::{Descriptor, Digest, Ingest, Manifest, Platform, Store, StoreError};
 use sealer_layer_cache::CacheKey;
-use serde_json::{Value, json};
 
 use crate::engine::deps::{ContainerImage, container_images};
 use crate::engine::metadata::{
@@ -18,8 +17,8 @@ use crate::kubefile::AppType;
 /// The state of one platform's image while its steps run.
 pub(super) struct ImageState {
     pub(super) layers: Vec<Descriptor>,
-    pub(super) diff_ids: Vec<Value>,
-    pub(super) history: Vec<Value>,
+    pub(super) diff_ids: Vec<Digest>,
+    pub(super) history: Vec<History>,
     pub(super) labels: BTreeMap<String, String>,
     pub(super) extension: ImageExtension,
     pub(super) key: CacheKey,
@@ -53,11 +52,22 @@ impl ImageState {
         epoch: u64,
     ) {
         self.layers.push(layer.clone());
-        self.diff_ids.push(Value::String(diff_id.to_string()));
-        self.history.push(json!({
-            "created": metadata::rfc3339(epoch),
-            "created_by": text,
-        }));
+        self.diff_ids.push(diff_id.clone());
+        self.history.push(History {
+            created: Some(metadata::rfc3339(epoch)),
+            created_by: Some(text.to_owned()),
+            ..History::default()
+        });
+    }
+
+    /// Appends the history entry of a step that made no layer.
+    pub(super) fn push_empty_layer(&mut self, text: &str, epoch: u64) {
+        self.history.push(History {
+            created: Some(metadata::rfc3339(epoch)),
+            created_by: Some(text.to_owned()),
+            empty_layer: Some(true),
+            ..History::default()
+        });
     }
 }
 
@@ -92,13 +102,11 @@ pub(super) fn base_state(
         }
         Err(error) => return Err(error.into()),
     };
-    let config: Value = serde_json::from_slice(
-        &store.read_verified(&resolved.manifest.config.digest)?,
-    )
-    .map_err(|error| BuildError::Base {
-        reference: reference.to_owned(),
-        message: format!("its config is not valid JSON: {error}"),
-    })?;
+    let config = ImageConfig::parse(&store.read_verified(&resolved.manifest.config.digest)?)
+        .map_err(|error| BuildError::Base {
+            reference: reference.to_owned(),
+            message: format!("its config is not a valid image config: {error}"),
+        })?;
     let mut extension = match ImageExtension::of_manifest(&resolved.manifest) {
         Some(Ok(extension)) => extension,
         Some(Err(message)) => {
@@ -111,28 +119,14 @@ pub(super) fn base_state(
     };
     // The base's launch is not inherited (a Kubefile states its own); its apps and env are.
     extension.launch = Launch::default();
-    if let Some(env) = config.pointer("/config/Env").and_then(Value::as_array) {
-        for pair in env.iter().filter_map(Value::as_str) {
-            if let Some((key, value)) = pair.split_once('=') {
-                extension.env.insert(key.to_owned(), value.to_owned());
-            }
+    let exec = config.config.unwrap_or_default();
+    for pair in exec.env.iter().flatten() {
+        if let Some((key, value)) = pair.split_once('=') {
+            extension.env.insert(key.to_owned(), value.to_owned());
         }
     }
-    let labels = config
-        .pointer("/config/Labels")
-        .and_then(Value::as_object)
-        .map(|labels| {
-            labels
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default();
-    let diff_ids = config
-        .pointer("/rootfs/diff_ids")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let labels = exec.labels.unwrap_or_default();
+    let diff_ids = config.rootfs.diff_ids;
     if diff_ids.len() != resolved.manifest.layers.len() {
         return Err(BuildError::Base {
             reference: reference.to_owned(),
@@ -147,11 +141,7 @@ pub(super) fn base_state(
         reference: reference.to_owned(),
         message,
     })?;
-    let history = config
-        .pointer("/history")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let history = config.history.unwrap_or_default();
     Ok(ImageState {
         layers: resolved.manifest.layers.clone(),
         diff_ids,
@@ -192,17 +182,25 @@ pub(super) fn write_image(
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    let mut config = json!({
-        "created": metadata::rfc3339(epoch),
-        "architecture": platform.architecture,
-        "os": platform.os,
-    });
-    if let Some(variant) = &platform.variant {
-        config["variant"] = Value::String(variant.clone());
-    }
-    config["config"] = json!({ "Env": env, "Labels": state.labels });
-    config["rootfs"] = json!({ "type": "layers", "diff_ids": state.diff_ids });
-    config["history"] = Value::Array(state.history.clone());
+    // Collections are always written, even empty, so that the bytes (and digests) stay those
+    // of earlier versions.
+    let config = ImageConfig {
+        created: Some(metadata::rfc3339(epoch)),
+        architecture: platform.architecture.clone(),
+        os: platform.os.clone(),
+        variant: platform.variant.clone(),
+        config: Some(ExecConfig {
+            env: Some(env),
+            labels: Some(state.labels.clone()),
+            ..ExecConfig::default()
+        }),
+        rootfs: RootFs {
+            diff_ids: state.diff_ids.clone(),
+            ..RootFs::default()
+        },
+        history: Some(state.history.clone()),
+        ..ImageConfig::default()
+    };
     let config = put_json(ingest, media_type::OCI_CONFIG, &config)?;
     let mut extension = state.extension.clone();
     extension.schema_version = EXTENSION_SCHEMA_VERSION.to_owned();

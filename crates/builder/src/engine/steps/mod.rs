@@ -14,7 +14,6 @@ use std::time::Instant;
 use sealer_fs_abstraction::Fs;
 use sealer_image_store::{Ingest, Platform, Store};
 use sealer_layer_cache::{CacheEntry, CacheKey, LayerCache, StatCache};
-use serde_json::json;
 
 use crate::engine::image::ImageState;
 use crate::engine::layer::BuiltLayer;
@@ -189,11 +188,7 @@ pub(super) fn run_step(
         StepOutcome::Built(_) => progress.report.layers_built += 1,
         StepOutcome::Metadata(_) => {
             if !matches!(instruction, Instruction::From(_) | Instruction::Arg(_)) {
-                state.history.push(json!({
-                    "created": crate::engine::metadata::rfc3339(env.epoch),
-                    "created_by": at.text,
-                    "empty_layer": true,
-                }));
+                state.push_empty_layer(at.text, env.epoch);
             }
         }
     }
