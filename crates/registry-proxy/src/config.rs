@@ -943,7 +943,8 @@ mod tests {
              tls:\n  cert: c.pem\n  key: k.pem\nshutdown_timeout: 5s\n\
              upstreams:\n  - name: hub\n    url: https://registry-1.docker.io\n    tag_ttl: 10m\n\
              \x20 - name: quay\n    url: https://quay.io/\n    credentials: {username: u, password: p}\n    tag_ttl: never\n\
-             default_upstream: hub\nupstream_timeout: 1500ms\noffline: false\n",
+             default_upstream: hub\nupstream_timeout: 1500ms\nupstream_fetch_timeout: 10s\n\
+             upstream_probe_interval: 1s\noffline: false\n",
         )
         .unwrap();
         assert_eq!(config.listen.port(), 5001);
@@ -962,6 +963,8 @@ mod tests {
         assert_eq!(config.upstreams[1].url.to_string(), "https://quay.io");
         assert!(!format!("{:?}", config.upstreams[1].credentials).contains("\"p\""));
         assert_eq!(config.upstream_timeout.0, Duration::from_millis(1500));
+        assert_eq!(config.upstream_fetch_timeout.0, Duration::from_secs(10));
+        assert_eq!(config.upstream_probe_interval.0, Duration::from_secs(1));
     }
 
     #[test]
@@ -1025,6 +1028,13 @@ mod tests {
         assert!(error.to_string().contains("not a registry host"), "{error}");
         let error = yaml("shutdown_timeout: 5 parsecs\n").unwrap_err();
         assert!(error.to_string().contains("duration"), "{error}");
+        let error = yaml("upstream_probe_interval: 0s\n").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("upstream_probe_interval must be more than 0"),
+            "{error}"
+        );
         let error = yaml("upstreams:\n  - name: a\n    url: https://a.io\ndefault_upstream: b\n")
             .unwrap_err();
         assert!(

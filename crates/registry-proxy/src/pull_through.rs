@@ -17,7 +17,11 @@
 //! `GET` straight away. When the upstream fails or does not answer within
 //! `upstream_timeout`, the cached manifest is served as `STALE`; with nothing cached the
 //! answer is a 502/504 (`UNKNOWN`), or the upstream's 404. An upstream 404 for a cached tag
-//! is passed on (the upstream is authoritative when it answers).
+//! is passed on (the upstream is authoritative when it answers). A failed revalidation
+//! (timeout, refused, reset, 429, 5xx) marks the upstream failing: its cached tags are then
+//! `STALE` at once, one request per `upstream_probe_interval` asks it (never before a
+//! `Retry-After` it sent), and an answer ends the failing state. Uncached manifests and blob
+//! heads are bounded by `upstream_fetch_timeout`.
 //!
 //! **Blob misses** go through the fill registry (module `fill`): one upstream `GET` per
 //! digest, streamed to every client while it is hashed and written, committed only on a
