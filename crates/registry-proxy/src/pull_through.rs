@@ -986,6 +986,21 @@ fn served<T>(content: T, repo: &RepoPath, cache: Option<CacheStatus>) -> Served<
     Served { content, meta }
 }
 
+/// An upstream's answer: `OCI-Namespace` names the upstream whenever the request named a
+/// namespace, by `?ns=` or by a path prefix (its host or alias).
+fn served_upstream<T>(
+    content: T,
+    repo: &RepoPath,
+    upstream: &Upstream,
+    cache: Option<CacheStatus>,
+) -> Served<T> {
+    let mut answer = served(content, repo, cache);
+    if repo.namespace.is_some() {
+        answer.meta.namespace = Some(upstream.host.clone());
+    }
+    answer
+}
+
 #[async_trait::async_trait]
 impl ContentSource for PullThroughSource {
     async fn manifest(
@@ -1006,7 +1021,7 @@ impl ContentSource for PullThroughSource {
                     .upstream_manifest(upstream, repo, &store_repo, reference, request)
                     .await?;
                 upstream.metrics.answered(status);
-                Ok(served(content, repo, Some(status)))
+                Ok(served_upstream(content, repo, upstream, Some(status)))
             }
         }
     }
@@ -1029,7 +1044,7 @@ impl ContentSource for PullThroughSource {
                     .upstream_blob(upstream, &store_repo, digest, request)
                     .await?;
                 upstream.metrics.answered(status);
-                Ok(served(content, repo, Some(status)))
+                Ok(served_upstream(content, repo, upstream, Some(status)))
             }
         }
     }
@@ -1045,7 +1060,7 @@ impl ContentSource for PullThroughSource {
             Target::Upstream(upstream, store_repo) => {
                 let (tags, status) = self.upstream_tags(upstream, &store_repo).await?;
                 upstream.metrics.answered(status);
-                Ok(served(tags, repo, Some(status)))
+                Ok(served_upstream(tags, repo, upstream, Some(status)))
             }
         }
     }
@@ -1057,9 +1072,9 @@ impl ContentSource for PullThroughSource {
     ) -> Result<Served<Vec<Descriptor>>, ApiError> {
         match self.target(repo) {
             Target::Local | Target::Unknown(_) => self.local.referrers(repo, subject).await,
-            Target::Upstream(_, store_repo) => {
+            Target::Upstream(upstream, store_repo) => {
                 let found = self.local.referrers(&store_repo, subject).await?;
-                Ok(served(found.content, repo, None))
+                Ok(served_upstream(found.content, repo, upstream, None))
             }
         }
     }

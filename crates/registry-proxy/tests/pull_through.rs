@@ -326,10 +326,14 @@ fn two_upstreams_with_the_same_repository_never_collide() {
             assert_eq!(blob.header("x-cache"), Some("HIT"));
             assert_eq!(blob.header("oci-namespace"), Some(ns.as_str()));
         }
+        // A path prefix names the upstream as well as `?ns=` does.
         let prefixed = proxy.get(&format!("/v2/{ns}/team/app/manifests/1"));
         assert_eq!(prefixed.status, 200);
         assert_eq!(digest_of(&prefixed.body), image.manifest_digest);
-        assert_eq!(prefixed.header("oci-namespace"), None);
+        assert_eq!(prefixed.header("oci-namespace"), Some(ns.as_str()));
+        let digest = &image.blob_digests[0];
+        let blob = proxy.get(&format!("/v2/{ns}/team/app/blobs/{digest}"));
+        assert_eq!(blob.header("oci-namespace"), Some(ns.as_str()));
     }
 
     // Digests are immutable: served with no upstream traffic at all.
