@@ -710,7 +710,7 @@ impl PullThroughSource {
 
     /// The tags of an upstream's repository: the upstream's list (within `upstream_timeout`)
     /// with the cached tags added (`MISS`); the cached ones alone when the upstream fails or
-    /// in offline mode (`STALE`, `HIT`).
+    /// is failing (`STALE`, without asking it between probes) or in offline mode (`HIT`).
     async fn upstream_tags(
         &self,
         upstream: &Arc<Upstream>,
@@ -721,6 +721,11 @@ impl PullThroughSource {
             return cached.map(|found| (found.content, CacheStatus::Hit));
         }
         let repository = self.upstream_repository(store_repo)?;
+        if let Ok(cached) = &cached
+            && !upstream.breaker.admit(self.probe_interval)
+        {
+            return Ok((cached.content.clone(), CacheStatus::Stale));
+        }
         let listed = tokio::time::timeout(
             self.timeout,
             upstream.client.list_tags(&upstream.host, &repository),
@@ -728,6 +733,13 @@ impl PullThroughSource {
         .await
         .map_err(|_| FetchError::Timeout(self.timeout))
         .and_then(|listed| listed.map_err(|error| FetchError::from_client(&error)));
+        match &listed {
+            Ok(_) | Err(FetchError::NotFound(_)) => upstream.breaker.succeeded(),
+            Err(FetchError::Timeout(_) | FetchError::Upstream(_)) => {
+                upstream.breaker.failed(self.probe_interval, None);
+            }
+            Err(_) => {}
+        }
         match (listed, cached) {
             (Ok(mut tags), cached) => {
                 if let Ok(cached) = cached {

@@ -971,11 +971,16 @@ fn a_hanging_upstream_is_remembered_as_failing_and_probed_once_per_interval() {
         assert_eq!(stale.header("x-cache"), Some("STALE"));
         assert_eq!(digest_of(&stale.body), image.manifest_digest);
     }
+    // Tag lists too: the cached tags, STALE, without a request.
+    let listed = proxy.get("/v2/up/breaker/app/tags/list");
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.header("x-cache"), Some("STALE"));
     assert!(
         failed_at.elapsed() < interval,
         "the test itself was too slow"
     );
     assert_eq!(asked(&fault, "/manifests/"), before);
+    assert_eq!(asked(&fault, "/tags/list"), 0);
 
     // After it: one request probes; the upstream answers again, which ends the failing state.
     std::thread::sleep(interval.saturating_sub(failed_at.elapsed()) + Duration::from_millis(200));
