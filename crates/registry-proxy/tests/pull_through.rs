@@ -834,7 +834,8 @@ fn tag_lists_come_from_the_upstream_and_from_the_cache_when_it_is_down() {
 fn a_502_body_carries_the_upstream_cause() {
     // A loopback port nothing listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", closed.local_addr().unwrap());
+    let closed_address = closed.local_addr().unwrap();
+    let url = format!("http://{closed_address}");
     drop(closed);
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(
@@ -853,6 +854,42 @@ fn a_502_body_carries_the_upstream_cause() {
         let body = String::from_utf8_lossy(&answer.body);
         assert_eq!(answer.status, 502, "{path}: {body}");
         assert!(body.contains("Connection refused"), "{path}: {body}");
+    }
+    drop(proxy);
+
+    // An upstream that closes the connection without answering (reset), and one that is no
+    // TLS server (a plain-HTTP listener behind an https URL).
+    let reset = FaultProxy::start(closed_address, Fault::refuse("")).unwrap();
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let plain_address = plain.local_addr().unwrap();
+    std::thread::spawn(move || {
+        // Bounded: the proxy's client makes a few attempts per request.
+        for stream in plain.incoming().take(16) {
+            let _ = stream
+                .unwrap()
+                .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let proxy = Proxy::start(
+        &dir.path().join("store"),
+        &upstreams(&[
+            ("reset", &reset.url(), "tag_ttl: 0"),
+            (
+                "tls",
+                &format!("https://{plain_address}"),
+                "tag_ttl: 0\ninsecure: false",
+            ),
+        ]),
+    );
+    for (path, cause) in [
+        ("/v2/reset/gone/app/manifests/1", "closed"),
+        // rustls's words for a peer that speaks no TLS.
+        ("/v2/tls/gone/app/manifests/1", "received corrupt message"),
+    ] {
+        let answer = proxy.get(path);
+        let body = String::from_utf8_lossy(&answer.body);
+        assert_eq!(answer.status, 502, "{path}: {body}");
+        assert!(body.contains(cause), "{path}: {body}");
     }
 }
 
