@@ -2,7 +2,8 @@
 //! (`.yaml`/`.yml`) or TOML (`.toml`). Unknown keys are errors; every error names the file
 //! and, where it can, the line. Relative paths are relative to the configuration file.
 //!
-//! The upstream fields (`upstreams`, `default_upstream`, `upstream_timeout`, `offline`)
+//! The upstream fields (`upstreams`, `default_upstream`, `upstream_timeout`,
+//! `upstream_fetch_timeout`, `upstream_probe_interval`, `offline`)
 //! configure the pull-through cache ([`crate::PullThroughSource`]).
 
 use std::collections::BTreeSet;
@@ -507,6 +508,14 @@ pub struct ServerConfig {
     /// Bound on one upstream exchange before stale content is served.
     #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout: ConfigDuration,
+    /// Bound on fetching what is not cached at all (a manifest, a blob's response head):
+    /// there is nothing to fall back to, so it is longer than `upstream_timeout`.
+    #[serde(default = "default_upstream_fetch_timeout")]
+    pub upstream_fetch_timeout: ConfigDuration,
+    /// While an upstream is failing (its last revalidation failed), cached tags are served
+    /// STALE without asking it, and one request per this interval probes it.
+    #[serde(default = "default_upstream_probe_interval")]
+    pub upstream_probe_interval: ConfigDuration,
     /// Never contact upstreams; serve what is cached.
     #[serde(default)]
     pub offline: bool,
@@ -555,6 +564,14 @@ fn default_upstream_timeout() -> ConfigDuration {
     ConfigDuration(Duration::from_secs(2))
 }
 
+fn default_upstream_fetch_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(30))
+}
+
+fn default_upstream_probe_interval() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(5))
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -570,6 +587,8 @@ impl Default for ServerConfig {
             upstreams: Vec::new(),
             default_upstream: None,
             upstream_timeout: default_upstream_timeout(),
+            upstream_fetch_timeout: default_upstream_fetch_timeout(),
+            upstream_probe_interval: default_upstream_probe_interval(),
             offline: false,
             images: Vec::new(),
             image_store: None,
@@ -697,11 +716,14 @@ impl ServerConfig {
                 format!("default_upstream {default:?} is not the name of an upstream"),
             ));
         }
-        if self.upstream_timeout.0.is_zero() {
-            return Err((
-                "upstream_timeout",
-                "upstream_timeout must be more than 0".to_owned(),
-            ));
+        for (key, value) in [
+            ("upstream_timeout", self.upstream_timeout),
+            ("upstream_fetch_timeout", self.upstream_fetch_timeout),
+            ("upstream_probe_interval", self.upstream_probe_interval),
+        ] {
+            if value.0.is_zero() {
+                return Err((key, format!("{key} must be more than 0")));
+            }
         }
         let positive = [
             ("max_sessions", self.uploads.max_sessions as u64),
@@ -921,7 +943,8 @@ mod tests {
              tls:\n  cert: c.pem\n  key: k.pem\nshutdown_timeout: 5s\n\
              upstreams:\n  - name: hub\n    url: https://registry-1.docker.io\n    tag_ttl: 10m\n\
              \x20 - name: quay\n    url: https://quay.io/\n    credentials: {username: u, password: p}\n    tag_ttl: never\n\
-             default_upstream: hub\nupstream_timeout: 1500ms\noffline: false\n",
+             default_upstream: hub\nupstream_timeout: 1500ms\nupstream_fetch_timeout: 10s\n\
+             upstream_probe_interval: 1s\noffline: false\n",
         )
         .unwrap();
         assert_eq!(config.listen.port(), 5001);
@@ -940,6 +963,8 @@ mod tests {
         assert_eq!(config.upstreams[1].url.to_string(), "https://quay.io");
         assert!(!format!("{:?}", config.upstreams[1].credentials).contains("\"p\""));
         assert_eq!(config.upstream_timeout.0, Duration::from_millis(1500));
+        assert_eq!(config.upstream_fetch_timeout.0, Duration::from_secs(10));
+        assert_eq!(config.upstream_probe_interval.0, Duration::from_secs(1));
     }
 
     #[test]
@@ -1003,6 +1028,13 @@ mod tests {
         assert!(error.to_string().contains("not a registry host"), "{error}");
         let error = yaml("shutdown_timeout: 5 parsecs\n").unwrap_err();
         assert!(error.to_string().contains("duration"), "{error}");
+        let error = yaml("upstream_probe_interval: 0s\n").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("upstream_probe_interval must be more than 0"),
+            "{error}"
+        );
         let error = yaml("upstreams:\n  - name: a\n    url: https://a.io\ndefault_upstream: b\n")
             .unwrap_err();
         assert!(

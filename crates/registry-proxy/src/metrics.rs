@@ -462,6 +462,9 @@ pub(crate) struct Sample<'a> {
     pub(crate) metrics: &'a UpstreamMetrics,
     /// Its client's counters.
     pub(crate) client: ClientStats,
+    /// Whether it is failing (its last revalidation failed: cached tags are served STALE
+    /// without asking it until a probe succeeds).
+    pub(crate) failing: bool,
 }
 
 /// The Prometheus text of `samples`.
@@ -508,6 +511,14 @@ pub(crate) fn render(samples: &[Sample<'_>]) -> String {
         "counter",
         "HTTP requests sent to the upstream (retries and token round trips included).",
         &|sample| sample.client.requests as i64,
+    );
+    simple(
+        &mut out,
+        "sealer_proxy_upstream_failing",
+        "gauge",
+        "1 while the upstream is failing (its last revalidation failed): cached tags are \
+         served STALE without asking it, one request per probe interval asks it.",
+        &|sample| i64::from(sample.failing),
     );
     simple(
         &mut out,
@@ -618,6 +629,7 @@ mod tests {
                 requests: 7,
                 token_fetches: 1,
             },
+            failing: true,
         }]);
         for line in [
             "# TYPE sealer_proxy_requests_total counter",
@@ -626,6 +638,8 @@ mod tests {
             "sealer_proxy_requests_total{upstream=\"quay\",cache=\"stale\"} 1",
             "sealer_proxy_upstream_requests_total{upstream=\"quay\"} 7",
             "sealer_proxy_upstream_bytes_total{upstream=\"quay\"} 42",
+            "# TYPE sealer_proxy_upstream_failing gauge",
+            "sealer_proxy_upstream_failing{upstream=\"quay\"} 1",
             "sealer_proxy_upstream_token_fetches_total{upstream=\"quay\"} 1",
             "sealer_proxy_fills_total{upstream=\"quay\"} 2",
             "sealer_proxy_peer_fills_total{upstream=\"quay\"} 0",

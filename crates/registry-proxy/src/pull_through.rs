@@ -17,7 +17,11 @@
 //! `GET` straight away. When the upstream fails or does not answer within
 //! `upstream_timeout`, the cached manifest is served as `STALE`; with nothing cached the
 //! answer is a 502/504 (`UNKNOWN`), or the upstream's 404. An upstream 404 for a cached tag
-//! is passed on (the upstream is authoritative when it answers).
+//! is passed on (the upstream is authoritative when it answers). A failed revalidation
+//! (timeout, refused, reset, 429, 5xx) marks the upstream failing: its cached tags are then
+//! `STALE` at once, one request per `upstream_probe_interval` asks it (never before a
+//! `Retry-After` it sent), and an answer ends the failing state. Uncached manifests and blob
+//! heads are bounded by `upstream_fetch_timeout`.
 //!
 //! **Blob misses** go through the fill registry (module `fill`): one upstream `GET` per
 //! digest, streamed to every client while it is hashed and written, committed only on a
@@ -38,7 +42,8 @@ use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
 use sealer_image_store::{Descriptor, Digest, ManifestDocument, is_manifest_type};
 use sealer_registry_client::{
-    ClientOptions, Credential, CredentialStore, RegistryClient, RetryPolicy,
+    ClientError, ClientOptions, ClientStats, Credential, CredentialStore, RegistryClient,
+    RetryPolicy,
 };
 
 use crate::backend::RegistryBackend;
@@ -58,9 +63,72 @@ use crate::source::{
 /// manifest came from.
 pub const UPSTREAM_ANNOTATION: &str = "io.sealer.registry.upstream";
 
-/// Bound on fetching what is not cached at all (a manifest, a blob's response head): there
-/// is nothing to fall back to, so the client waits longer than for a revalidation.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Whether an upstream is failing: after a failed revalidation its cached tags are served
+/// STALE without asking it (a blackholed upstream would cost every request the whole
+/// `upstream_timeout`), one request per probe interval asks it, and a success ends it. A
+/// `Retry-After` it sent (429, 503) is waited out before any probe.
+#[derive(Debug, Default)]
+struct Breaker {
+    state: Mutex<BreakerState>,
+}
+
+#[derive(Debug, Default)]
+struct BreakerState {
+    failing: bool,
+    /// While failing: no request to the upstream before this.
+    next_probe: Option<Instant>,
+}
+
+impl Breaker {
+    /// Whether a cached tag may be revalidated now: always while the upstream answers;
+    /// while it fails, once per `interval` (the probe; later callers are told no).
+    fn admit(&self, interval: Duration) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !state.failing {
+            return true;
+        }
+        let now = Instant::now();
+        if state.next_probe.is_some_and(|at| now < at) {
+            return false;
+        }
+        state.next_probe = Some(now + interval);
+        true
+    }
+
+    /// The upstream failed (timeout, refused, reset, 429, 5xx): no request before
+    /// `interval` or, if longer, the `Retry-After` it asked for.
+    fn failed(&self, interval: Duration, retry_after: Option<Duration>) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let wait = retry_after.map_or(interval, |asked| asked.max(interval));
+        let until = now + wait;
+        state.failing = true;
+        state.next_probe = Some(state.next_probe.map_or(until, |at| at.max(until)));
+    }
+
+    /// The upstream answered.
+    fn succeeded(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.failing = false;
+        state.next_probe = None;
+    }
+
+    fn is_failing(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .failing
+    }
+}
+
+/// The wait a client error asks for: the `Retry-After` of a 429 or 503 (the revalidation
+/// client honours none, so every one is reported this way).
+fn retry_after_of(error: &ClientError) -> Option<Duration> {
+    match error {
+        ClientError::RetryAfterTooLong { seconds, .. } => Some(Duration::from_secs(*seconds)),
+        _ => None,
+    }
+}
 
 /// One configured upstream.
 struct Upstream {
@@ -70,6 +138,11 @@ struct Upstream {
     /// namespace requests name, the store's registry part, the client's registry name.
     host: String,
     client: RegistryClient,
+    /// The client of tag revalidations: one retry at most and no `Retry-After` waited
+    /// (a revalidation has `upstream_timeout` in all; the wait asked for goes to
+    /// [`Breaker`]).
+    revalidation_client: RegistryClient,
+    breaker: Breaker,
     ttl: TagTtl,
     /// When each cached tag (store reference) was last confirmed upstream.
     checked: Mutex<HashMap<String, Instant>>,
@@ -84,7 +157,7 @@ impl Upstream {
         };
         let address = &config.url.host;
         let host = normalise_host(address).unwrap_or_else(|| address.clone());
-        let credentials = match (&config.credentials, config.use_docker_config) {
+        let credentials = || match (&config.credentials, config.use_docker_config) {
             (Some(credentials), _) => CredentialStore::anonymous().with_credential(
                 &host,
                 Credential::Basic {
@@ -95,32 +168,43 @@ impl Upstream {
             (None, true) => CredentialStore::from_env(),
             (None, false) => CredentialStore::anonymous(),
         };
-        let options = ClientOptions {
+        let options = |retries: RetryPolicy| ClientOptions {
             insecure_hosts: if config.insecure {
                 vec![address.clone()]
             } else {
                 Vec::new()
             },
             ca_files: config.ca_file.iter().cloned().collect(),
-            credentials,
+            credentials: credentials(),
             user_agent: format!("sealer-registry/{}", env!("CARGO_PKG_VERSION")),
-            // Fail fast enough for stale answers; blob downloads resume by themselves.
-            retries: RetryPolicy {
-                max_attempts: 3,
-                initial_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(2),
-                max_retry_after: Duration::from_secs(10),
-            },
+            retries,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             base_urls: BTreeMap::from([(host.clone(), format!("{}/", config.url))]),
             ..ClientOptions::default()
         };
-        let client = RegistryClient::new(options).map_err(|error| failed(error.to_string()))?;
+        // Fail fast enough for stale answers; blob downloads resume by themselves.
+        let retries = RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            max_retry_after: Duration::from_secs(10),
+        };
+        let revalidation_retries = RetryPolicy {
+            max_attempts: 2,
+            max_retry_after: Duration::ZERO,
+            ..retries
+        };
+        let client =
+            RegistryClient::new(options(retries)).map_err(|error| failed(error.to_string()))?;
+        let revalidation_client = RegistryClient::new(options(revalidation_retries))
+            .map_err(|error| failed(error.to_string()))?;
         Ok(Self {
             name: config.name.clone(),
             host,
             client,
+            revalidation_client,
+            breaker: Breaker::default(),
             ttl: config.tag_ttl,
             checked: Mutex::default(),
             metrics: Arc::default(),
@@ -227,6 +311,10 @@ pub struct PullThroughSource {
     local_namespace: String,
     offline: bool,
     timeout: Duration,
+    /// Bound on fetching what is not cached (`upstream_fetch_timeout`).
+    fetch_timeout: Duration,
+    /// While an upstream fails, one revalidation per this interval asks it.
+    probe_interval: Duration,
     fills: Arc<Fills>,
     /// The other replicas over the same bucket, when configured (`cluster:`).
     cluster: Option<Arc<crate::cluster::Cluster>>,
@@ -284,6 +372,8 @@ impl PullThroughSource {
             local_namespace: config.local_namespace.0.clone(),
             offline: config.offline,
             timeout: config.upstream_timeout.0,
+            fetch_timeout: config.upstream_fetch_timeout.0,
+            probe_interval: config.upstream_probe_interval.0,
             fills: Arc::default(),
             cluster: None,
             fetches: Arc::default(),
@@ -315,10 +405,20 @@ impl PullThroughSource {
         let samples: Vec<Sample<'_>> = self
             .upstreams
             .iter()
-            .map(|upstream| Sample {
-                name: &upstream.name,
-                metrics: &upstream.metrics,
-                client: upstream.client.stats(),
+            .map(|upstream| {
+                let (main, revalidation) = (
+                    upstream.client.stats(),
+                    upstream.revalidation_client.stats(),
+                );
+                Sample {
+                    name: &upstream.name,
+                    metrics: &upstream.metrics,
+                    client: ClientStats {
+                        requests: main.requests + revalidation.requests,
+                        token_fetches: main.token_fetches + revalidation.token_fetches,
+                    },
+                    failing: upstream.breaker.is_failing(),
+                }
             })
             .collect();
         render(&samples)
@@ -414,12 +514,18 @@ impl PullThroughSource {
                     let backend = self.local.backend().clone();
                     let registry = self.fetches.clone();
                     let task_key = key.clone();
+                    let timeout = self.fetch_timeout;
                     let task = tokio::spawn(async move {
                         let (_, repository, digest) = &task_key;
-                        let result =
-                            fetch_and_store(&upstream, &*backend, repository, &digest.to_string())
-                                .await
-                                .map(Arc::new);
+                        let result = fetch_and_store(
+                            &upstream,
+                            &*backend,
+                            repository,
+                            &digest.to_string(),
+                            timeout,
+                        )
+                        .await
+                        .map(Arc::new);
                         registry
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
@@ -471,11 +577,11 @@ impl PullThroughSource {
                     return Err(unknown());
                 }
                 let fetched = tokio::time::timeout(
-                    FETCH_TIMEOUT,
+                    self.fetch_timeout,
                     self.fetch_manifest(index, &repository, digest),
                 )
                 .await
-                .unwrap_or(Err(FetchError::Timeout(FETCH_TIMEOUT)))
+                .unwrap_or(Err(FetchError::Timeout(self.fetch_timeout)))
                 .map_err(|error| upstream.error(&error, ErrorCode::ManifestUnknown))?;
                 let name = names.name(store_repo)?;
                 self.local
@@ -499,6 +605,12 @@ impl PullThroughSource {
         }
         if self.offline {
             return Err(unknown());
+        }
+        if let Some(cached) = &cached
+            && !upstream.breaker.admit(self.probe_interval)
+        {
+            tracing::debug!(upstream = %upstream.name, reference = %key, "the upstream is failing; serving the cached manifest without asking");
+            return Ok((cached.clone(), CacheStatus::Stale));
         }
         // Replicas over one storage share when each tag was confirmed: one of them asks the
         // upstream per TTL, the others serve the cached tag meanwhile.
@@ -524,9 +636,10 @@ impl PullThroughSource {
         let budget = if cached.is_some() {
             self.timeout
         } else {
-            FETCH_TIMEOUT.max(self.timeout)
+            self.fetch_timeout.max(self.timeout)
         };
         let current = cached.as_ref().map(|cached| cached.digest.clone());
+        let mut retry_after = None;
         let outcome = tokio::time::timeout(
             budget,
             self.refresh_tag(
@@ -536,10 +649,19 @@ impl PullThroughSource {
                 tag,
                 &key,
                 current.as_ref(),
+                &mut retry_after,
             ),
         )
         .await
         .unwrap_or(Err(FetchError::Timeout(budget)));
+        match &outcome {
+            Ok(_) | Err(FetchError::NotFound(_)) => upstream.breaker.succeeded(),
+            Err(FetchError::Timeout(_) | FetchError::Upstream(_)) => {
+                upstream.breaker.failed(self.probe_interval, retry_after);
+            }
+            // The upstream answered; the fault is in its content or in the store.
+            Err(FetchError::DigestMismatch(_) | FetchError::Invalid(_) | FetchError::Store(_)) => {}
+        }
         if let Some(claim) = claim {
             self.local
                 .backend()
@@ -588,7 +710,7 @@ impl PullThroughSource {
 
     /// The tags of an upstream's repository: the upstream's list (within `upstream_timeout`)
     /// with the cached tags added (`MISS`); the cached ones alone when the upstream fails or
-    /// in offline mode (`STALE`, `HIT`).
+    /// is failing (`STALE`, without asking it between probes) or in offline mode (`HIT`).
     async fn upstream_tags(
         &self,
         upstream: &Arc<Upstream>,
@@ -599,6 +721,11 @@ impl PullThroughSource {
             return cached.map(|found| (found.content, CacheStatus::Hit));
         }
         let repository = self.upstream_repository(store_repo)?;
+        if let Ok(cached) = &cached
+            && !upstream.breaker.admit(self.probe_interval)
+        {
+            return Ok((cached.content.clone(), CacheStatus::Stale));
+        }
         let listed = tokio::time::timeout(
             self.timeout,
             upstream.client.list_tags(&upstream.host, &repository),
@@ -606,6 +733,13 @@ impl PullThroughSource {
         .await
         .map_err(|_| FetchError::Timeout(self.timeout))
         .and_then(|listed| listed.map_err(|error| FetchError::from_client(&error)));
+        match &listed {
+            Ok(_) | Err(FetchError::NotFound(_)) => upstream.breaker.succeeded(),
+            Err(FetchError::Timeout(_) | FetchError::Upstream(_)) => {
+                upstream.breaker.failed(self.probe_interval, None);
+            }
+            Err(_) => {}
+        }
         match (listed, cached) {
             (Ok(mut tags), cached) => {
                 if let Ok(cached) = cached {
@@ -629,7 +763,9 @@ impl PullThroughSource {
     }
 
     /// Asks the upstream what `tag` is: `None` when it is still `current`, else the new
-    /// manifest, fetched, stored and tagged `key` (in repository `store_repo`).
+    /// manifest, fetched, stored and tagged `key` (in repository `store_repo`). Sets
+    /// `retry_after` when the upstream asked to wait.
+    #[allow(clippy::too_many_arguments)]
     async fn refresh_tag(
         &self,
         upstream: &Arc<Upstream>,
@@ -638,19 +774,30 @@ impl PullThroughSource {
         tag: &str,
         key: &str,
         current: Option<&Digest>,
+        retry_after: &mut Option<Duration>,
     ) -> Result<Option<Arc<Fetched>>, FetchError> {
         let fetched = match current {
             // Nothing cached: the manifest is needed anyway, skip the HEAD.
-            None => {
-                Arc::new(fetch_and_store(upstream, &**self.local.backend(), repository, tag).await?)
-            }
+            None => Arc::new(
+                fetch_and_store(
+                    upstream,
+                    &**self.local.backend(),
+                    repository,
+                    tag,
+                    self.fetch_timeout,
+                )
+                .await?,
+            ),
             Some(current) => {
                 upstream.metrics.revalidated();
                 let head = upstream
-                    .client
+                    .revalidation_client
                     .head_manifest(&upstream.host, repository, tag)
                     .await
-                    .map_err(|error| FetchError::from_client(&error))?;
+                    .map_err(|error| {
+                        *retry_after = retry_after_of(&error);
+                        FetchError::from_client(&error)
+                    })?;
                 match head.digest {
                     Some(digest) if &digest == current => return Ok(None),
                     Some(digest) => {
@@ -659,9 +806,14 @@ impl PullThroughSource {
                     }
                     // No digest in the answer: fetch by tag and compare.
                     None => {
-                        let fetched =
-                            fetch_and_store(upstream, &**self.local.backend(), repository, tag)
-                                .await?;
+                        let fetched = fetch_and_store(
+                            upstream,
+                            &**self.local.backend(),
+                            repository,
+                            tag,
+                            self.fetch_timeout,
+                        )
+                        .await?;
                         if &fetched.digest == current {
                             return Ok(None);
                         }
@@ -724,13 +876,13 @@ impl PullThroughSource {
             let size = match self.fills.get(digest).and_then(|fill| fill.known_size()) {
                 Some(size) => size,
                 None => tokio::time::timeout(
-                    FETCH_TIMEOUT,
+                    self.fetch_timeout,
                     upstream
                         .client
                         .head_blob(&upstream.host, &repository, digest),
                 )
                 .await
-                .map_err(|_| FetchError::Timeout(FETCH_TIMEOUT))
+                .map_err(|_| FetchError::Timeout(self.fetch_timeout))
                 .and_then(|answer| answer.map_err(|error| FetchError::from_client(&error)))
                 .map_err(|error| upstream.error(&error, ErrorCode::BlobUnknown))?,
             };
@@ -749,7 +901,7 @@ impl PullThroughSource {
             registry: upstream.host.clone(),
             repository,
             metrics: upstream.metrics.clone(),
-            open_timeout: FETCH_TIMEOUT,
+            open_timeout: self.fetch_timeout,
             cluster: self.cluster.clone(),
         };
         let (fill, joined) = self
@@ -791,16 +943,17 @@ async fn fetch_and_store(
     backend: &dyn RegistryBackend,
     repository: &str,
     reference: &str,
+    timeout: Duration,
 ) -> Result<Fetched, FetchError> {
     let expected: Option<Digest> = reference.parse().ok();
     let fetched = tokio::time::timeout(
-        FETCH_TIMEOUT,
+        timeout,
         upstream
             .client
             .get_manifest(&upstream.host, repository, reference, expected.as_ref()),
     )
     .await
-    .map_err(|_| FetchError::Timeout(FETCH_TIMEOUT))?
+    .map_err(|_| FetchError::Timeout(timeout))?
     .map_err(|error| FetchError::from_client(&error))?;
     upstream.metrics.received(fetched.bytes.len() as u64);
     let (media_type, _) = ManifestDocument::parse(&fetched.bytes, fetched.content_type.as_deref())
@@ -845,6 +998,21 @@ fn served<T>(content: T, repo: &RepoPath, cache: Option<CacheStatus>) -> Served<
     Served { content, meta }
 }
 
+/// An upstream's answer: `OCI-Namespace` names the upstream whenever the request named a
+/// namespace, by `?ns=` or by a path prefix (its host or alias).
+fn served_upstream<T>(
+    content: T,
+    repo: &RepoPath,
+    upstream: &Upstream,
+    cache: Option<CacheStatus>,
+) -> Served<T> {
+    let mut answer = served(content, repo, cache);
+    if repo.namespace.is_some() {
+        answer.meta.namespace = Some(upstream.host.clone());
+    }
+    answer
+}
+
 #[async_trait::async_trait]
 impl ContentSource for PullThroughSource {
     async fn manifest(
@@ -865,7 +1033,7 @@ impl ContentSource for PullThroughSource {
                     .upstream_manifest(upstream, repo, &store_repo, reference, request)
                     .await?;
                 upstream.metrics.answered(status);
-                Ok(served(content, repo, Some(status)))
+                Ok(served_upstream(content, repo, upstream, Some(status)))
             }
         }
     }
@@ -888,7 +1056,7 @@ impl ContentSource for PullThroughSource {
                     .upstream_blob(upstream, &store_repo, digest, request)
                     .await?;
                 upstream.metrics.answered(status);
-                Ok(served(content, repo, Some(status)))
+                Ok(served_upstream(content, repo, upstream, Some(status)))
             }
         }
     }
@@ -904,7 +1072,7 @@ impl ContentSource for PullThroughSource {
             Target::Upstream(upstream, store_repo) => {
                 let (tags, status) = self.upstream_tags(upstream, &store_repo).await?;
                 upstream.metrics.answered(status);
-                Ok(served(tags, repo, Some(status)))
+                Ok(served_upstream(tags, repo, upstream, Some(status)))
             }
         }
     }
@@ -916,9 +1084,9 @@ impl ContentSource for PullThroughSource {
     ) -> Result<Served<Vec<Descriptor>>, ApiError> {
         match self.target(repo) {
             Target::Local | Target::Unknown(_) => self.local.referrers(repo, subject).await,
-            Target::Upstream(_, store_repo) => {
+            Target::Upstream(upstream, store_repo) => {
                 let found = self.local.referrers(&store_repo, subject).await?;
-                Ok(served(found.content, repo, None))
+                Ok(served_upstream(found.content, repo, upstream, None))
             }
         }
     }

@@ -134,6 +134,9 @@ on_both_backends!(
     offline_mode_serves_the_cache_and_contacts_nobody,
     tag_lists_come_from_the_upstream_and_from_the_cache_when_it_is_down,
     a_502_body_carries_the_upstream_cause,
+    a_hanging_upstream_is_remembered_as_failing_and_probed_once_per_interval,
+    a_429_on_revalidation_serves_stale_and_nothing_is_asked_before_retry_after,
+    the_uncached_fetch_timeout_is_a_setting,
 );
 
 fn digest_of(bytes: &[u8]) -> String {
@@ -323,10 +326,14 @@ fn two_upstreams_with_the_same_repository_never_collide() {
             assert_eq!(blob.header("x-cache"), Some("HIT"));
             assert_eq!(blob.header("oci-namespace"), Some(ns.as_str()));
         }
+        // A path prefix names the upstream as well as `?ns=` does.
         let prefixed = proxy.get(&format!("/v2/{ns}/team/app/manifests/1"));
         assert_eq!(prefixed.status, 200);
         assert_eq!(digest_of(&prefixed.body), image.manifest_digest);
-        assert_eq!(prefixed.header("oci-namespace"), None);
+        assert_eq!(prefixed.header("oci-namespace"), Some(ns.as_str()));
+        let digest = &image.blob_digests[0];
+        let blob = proxy.get(&format!("/v2/{ns}/team/app/blobs/{digest}"));
+        assert_eq!(blob.header("oci-namespace"), Some(ns.as_str()));
     }
 
     // Digests are immutable: served with no upstream traffic at all.
@@ -486,7 +493,7 @@ fn a_cached_tag_is_served_stale_within_2s_when_the_upstream_is_down_or_hangs() {
     let mut proxy = Proxy::start(
         &dir.path().join("store"),
         &format!(
-            "{}upstream_timeout: 1s\n",
+            "{}upstream_timeout: 1s\nupstream_probe_interval: 100ms\n",
             upstreams(&[("up", &fault.url(), "tag_ttl: 0")])
         ),
     );
@@ -531,8 +538,10 @@ fn a_cached_tag_is_served_stale_within_2s_when_the_upstream_is_down_or_hangs() {
     assert_eq!(cold.status, 502);
     assert!(String::from_utf8_lossy(&cold.body).contains("\"code\":\"UNKNOWN\""));
 
-    // Restarted, then hanging: it accepts connections and never answers.
+    // Restarted, then hanging: it accepts connections and never answers. The probe interval
+    // has passed: the next request asks, and its success ends the failing state.
     upstream.restart().unwrap();
+    std::thread::sleep(Duration::from_millis(150));
     assert_eq!(proxy.get(tag).header("x-cache"), Some("HIT"));
     fault.set_fault(Fault::hang("/manifests/"));
     for _ in 0..2 {
@@ -825,7 +834,8 @@ fn tag_lists_come_from_the_upstream_and_from_the_cache_when_it_is_down() {
 fn a_502_body_carries_the_upstream_cause() {
     // A loopback port nothing listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", closed.local_addr().unwrap());
+    let closed_address = closed.local_addr().unwrap();
+    let url = format!("http://{closed_address}");
     drop(closed);
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(
@@ -844,6 +854,42 @@ fn a_502_body_carries_the_upstream_cause() {
         let body = String::from_utf8_lossy(&answer.body);
         assert_eq!(answer.status, 502, "{path}: {body}");
         assert!(body.contains("Connection refused"), "{path}: {body}");
+    }
+    drop(proxy);
+
+    // An upstream that closes the connection without answering (reset), and one that is no
+    // TLS server (a plain-HTTP listener behind an https URL).
+    let reset = FaultProxy::start(closed_address, Fault::refuse("")).unwrap();
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let plain_address = plain.local_addr().unwrap();
+    std::thread::spawn(move || {
+        // Bounded: the proxy's client makes a few attempts per request.
+        for stream in plain.incoming().take(16) {
+            let _ = stream
+                .unwrap()
+                .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let proxy = Proxy::start(
+        &dir.path().join("store"),
+        &upstreams(&[
+            ("reset", &reset.url(), "tag_ttl: 0"),
+            (
+                "tls",
+                &format!("https://{plain_address}"),
+                "tag_ttl: 0\ninsecure: false",
+            ),
+        ]),
+    );
+    for (path, cause) in [
+        ("/v2/reset/gone/app/manifests/1", "closed"),
+        // rustls's words for a peer that speaks no TLS.
+        ("/v2/tls/gone/app/manifests/1", "received corrupt message"),
+    ] {
+        let answer = proxy.get(path);
+        let body = String::from_utf8_lossy(&answer.body);
+        assert_eq!(answer.status, 502, "{path}: {body}");
+        assert!(body.contains(cause), "{path}: {body}");
     }
 }
 
@@ -898,4 +944,153 @@ fn replicas_share_a_tags_revalidation() {
             "one upstream request per TTL for the two replicas"
         );
     }
+}
+
+/// Requests the fault proxy received whose target contains `path`.
+fn asked(fault: &FaultProxy, path: &str) -> usize {
+    fault
+        .requests()
+        .iter()
+        .filter(|request| request.target.contains(path))
+        .count()
+}
+
+/// A proxy in front of `fault` (upstream `up`, tags revalidated on every request) with
+/// `settings` added, and its first (`MISS`) answer for `tag`.
+fn proxy_with_cached_tag(
+    store: &Path,
+    fault: &FaultProxy,
+    settings: &str,
+    tag: &str,
+) -> (Proxy, HttpResponse) {
+    let proxy = Proxy::start(
+        store,
+        &format!(
+            "{}{settings}",
+            upstreams(&[("up", &fault.url(), "tag_ttl: 0")])
+        ),
+    );
+    let first = proxy.get(tag);
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    (proxy, first)
+}
+
+fn a_hanging_upstream_is_remembered_as_failing_and_probed_once_per_interval() {
+    require_tools!("skopeo", "docker-registry");
+    let (upstream, image) = seeded_upstream("breaker/app:1", &[10_000], 21);
+    let fault = FaultProxy::in_front_of(&upstream.host(), Fault::None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = "/v2/up/breaker/app/manifests/1";
+    let interval = Duration::from_secs(2);
+    let (proxy, _) = proxy_with_cached_tag(
+        &dir.path().join("store"),
+        &fault,
+        "upstream_timeout: 500ms\nupstream_probe_interval: 2s\n",
+        tag,
+    );
+    let failing = "sealer_proxy_upstream_failing{upstream=\"up\"}";
+    assert_eq!(proxy.metric(failing), 0);
+
+    // Blackholed: the first request waits the bound, then STALE; the upstream is failing.
+    fault.set_fault(Fault::hang("/manifests/"));
+    let stale = proxy.get(tag);
+    let failed_at = Instant::now();
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.header("x-cache"), Some("STALE"));
+    assert_eq!(digest_of(&stale.body), image.manifest_digest);
+    assert_eq!(proxy.metric(failing), 1);
+
+    // Within the probe interval: STALE without a request upstream.
+    let before = asked(&fault, "/manifests/");
+    for _ in 0..3 {
+        let stale = proxy.get(tag);
+        assert_eq!(stale.header("x-cache"), Some("STALE"));
+        assert_eq!(digest_of(&stale.body), image.manifest_digest);
+    }
+    // Tag lists too: the cached tags, STALE, without a request.
+    let listed = proxy.get("/v2/up/breaker/app/tags/list");
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.header("x-cache"), Some("STALE"));
+    assert!(
+        failed_at.elapsed() < interval,
+        "the test itself was too slow"
+    );
+    assert_eq!(asked(&fault, "/manifests/"), before);
+    assert_eq!(asked(&fault, "/tags/list"), 0);
+
+    // After it: one request probes; the upstream answers again, which ends the failing state.
+    std::thread::sleep(interval.saturating_sub(failed_at.elapsed()) + Duration::from_millis(200));
+    fault.set_fault(Fault::None);
+    let hit = proxy.get(tag);
+    assert_eq!(hit.header("x-cache"), Some("HIT"));
+    assert!(asked(&fault, "/manifests/") > before);
+    assert_eq!(proxy.metric(failing), 0);
+}
+
+fn a_429_on_revalidation_serves_stale_and_nothing_is_asked_before_retry_after() {
+    require_tools!("skopeo", "docker-registry");
+    let (upstream, image) = seeded_upstream("limited/app:1", &[10_000], 22);
+    let fault = FaultProxy::in_front_of(&upstream.host(), Fault::None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = "/v2/up/limited/app/manifests/1";
+    // A probe interval far shorter than the Retry-After: the wait is the upstream's.
+    let (proxy, _) = proxy_with_cached_tag(
+        &dir.path().join("store"),
+        &fault,
+        "upstream_timeout: 2s\nupstream_probe_interval: 100ms\n",
+        tag,
+    );
+    let retry_after = Duration::from_secs(2);
+    fault.set_fault(Fault::status(
+        "/manifests/",
+        429,
+        Some(retry_after.as_secs()),
+    ));
+    let limited = proxy.get(tag);
+    let limited_at = Instant::now();
+    assert_eq!(limited.status, 200);
+    assert_eq!(limited.header("x-cache"), Some("STALE"));
+    assert_eq!(digest_of(&limited.body), image.manifest_digest);
+    let before = asked(&fault, "/manifests/");
+    // One request, no retry: the client does not wait out the Retry-After itself.
+    assert_eq!(before, 2, "{:?}", fault.requests());
+
+    // Past the probe interval, before Retry-After: STALE, nothing asked.
+    std::thread::sleep(Duration::from_millis(300));
+    let stale = proxy.get(tag);
+    assert_eq!(stale.header("x-cache"), Some("STALE"));
+    assert!(
+        limited_at.elapsed() < retry_after,
+        "the test itself was too slow"
+    );
+    assert_eq!(asked(&fault, "/manifests/"), before);
+
+    // After Retry-After: asked again; a 503 is STALE too.
+    std::thread::sleep(
+        retry_after.saturating_sub(limited_at.elapsed()) + Duration::from_millis(200),
+    );
+    fault.set_fault(Fault::status("/manifests/", 503, None));
+    let unavailable = proxy.get(tag);
+    assert_eq!(unavailable.status, 200);
+    assert_eq!(unavailable.header("x-cache"), Some("STALE"));
+    assert!(asked(&fault, "/manifests/") > before);
+}
+
+fn the_uncached_fetch_timeout_is_a_setting() {
+    require_tools!("skopeo", "docker-registry");
+    let (upstream, _image) = seeded_upstream("cold/app:1", &[10_000], 23);
+    let fault = FaultProxy::in_front_of(&upstream.host(), Fault::hang("/manifests/")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(
+        &dir.path().join("store"),
+        &format!(
+            "{}upstream_timeout: 500ms\nupstream_fetch_timeout: 1s\n",
+            upstreams(&[("up", &fault.url(), "tag_ttl: 0")])
+        ),
+    );
+    let cold = proxy.get("/v2/up/cold/app/manifests/1");
+    assert_eq!(cold.status, 504);
+    let body = String::from_utf8_lossy(&cold.body);
+    assert!(body.contains("did not answer within 1s"), "{body}");
 }

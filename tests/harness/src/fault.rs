@@ -1,5 +1,6 @@
 //! A fault-injecting HTTP/1.1 proxy: forwards each connection to one upstream and spoils the
-//! responses to chosen requests (cut short, one byte flipped, or never answered).
+//! responses to chosen requests (cut short, one byte flipped, never answered, or answered with
+//! a chosen status).
 //!
 //! One request per connection: `Connection: close` is forced on the request and the response,
 //! so a response body always ends when the upstream closes, whatever its framing.
@@ -62,6 +63,17 @@ pub enum Fault {
         /// Substring of the request target.
         path_contains: String,
     },
+    /// Answer with `status` (and `Retry-After: <retry_after>` when given) and an empty body,
+    /// without forwarding the request (a rate-limiting or failing upstream). Applies to every
+    /// matching request.
+    Status {
+        /// Substring of the request target.
+        path_contains: String,
+        /// The status answered.
+        status: u16,
+        /// The `Retry-After` seconds sent, if any.
+        retry_after: Option<u64>,
+    },
     /// Forward the response head and the first `bytes` bytes of the body, then send nothing
     /// more while keeping the connection open (an upstream that stalls mid-transfer). Applies
     /// to the first `times` matching 2xx responses that have a `Content-Length` body.
@@ -108,6 +120,15 @@ impl Fault {
         }
     }
 
+    /// Answer every matching request with `status` (and `Retry-After` seconds when given).
+    pub fn status(path_contains: &str, status: u16, retry_after: Option<u64>) -> Self {
+        Self::Status {
+            path_contains: path_contains.to_owned(),
+            status,
+            retry_after,
+        }
+    }
+
     /// Stall the first matching response after `bytes` body bytes.
     pub fn stall_after(path_contains: &str, bytes: u64) -> Self {
         Self::StallAfter {
@@ -125,7 +146,8 @@ impl Fault {
             | Self::FlipByte { path_contains, .. }
             | Self::StallAfter { path_contains, .. }
             | Self::Hang { path_contains }
-            | Self::Refuse { path_contains } => Some(path_contains),
+            | Self::Refuse { path_contains }
+            | Self::Status { path_contains, .. } => Some(path_contains),
         }
     }
 
@@ -136,7 +158,7 @@ impl Fault {
             Self::CutAfter { times, .. }
             | Self::FlipByte { times, .. }
             | Self::StallAfter { times, .. } => *times,
-            Self::Hang { .. } | Self::Refuse { .. } => usize::MAX,
+            Self::Hang { .. } | Self::Refuse { .. } | Self::Status { .. } => usize::MAX,
         }
     }
 }
@@ -336,7 +358,7 @@ fn proxy_one(shared: &Shared, id: u64, client: &TcpStream) -> Result<bool> {
     let target = request_line.next().unwrap_or_default().to_owned();
 
     // Match the request against the fault.
-    let (matched, hang, refuse) = {
+    let (matched, hang, refuse, answer) = {
         let mut state = shared.fault.lock().unwrap_or_else(PoisonError::into_inner);
         let matched = state
             .fault
@@ -345,10 +367,18 @@ fn proxy_one(shared: &Shared, id: u64, client: &TcpStream) -> Result<bool> {
             && state.applied < state.fault.times();
         let hang = matched && matches!(state.fault, Fault::Hang { .. });
         let refuse = matched && matches!(state.fault, Fault::Refuse { .. });
-        if hang || refuse {
+        let answer = match state.fault {
+            Fault::Status {
+                status,
+                retry_after,
+                ..
+            } if matched => Some((status, retry_after)),
+            _ => None,
+        };
+        if hang || refuse || answer.is_some() {
             state.applied += 1;
         }
-        (matched, hang, refuse)
+        (matched, hang, refuse, answer)
     };
     let record = {
         let mut requests = shared
@@ -358,7 +388,7 @@ fn proxy_one(shared: &Shared, id: u64, client: &TcpStream) -> Result<bool> {
         requests.push(ProxiedRequest {
             method: method.clone(),
             target,
-            faulted: hang || refuse,
+            faulted: hang || refuse || answer.is_some(),
         });
         requests.len() - 1
     };
@@ -366,6 +396,17 @@ fn proxy_one(shared: &Shared, id: u64, client: &TcpStream) -> Result<bool> {
         return Ok(true);
     }
     if refuse {
+        return Ok(false);
+    }
+    if let Some((status, retry_after)) = answer {
+        let retry_after = retry_after
+            .map(|seconds| format!("Retry-After: {seconds}\r\n"))
+            .unwrap_or_default();
+        let mut client = client;
+        write!(
+            client,
+            "HTTP/1.1 {status} Fault\r\n{retry_after}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
         return Ok(false);
     }
 
@@ -428,7 +469,9 @@ fn proxy_one(shared: &Shared, id: u64, client: &TcpStream) -> Result<bool> {
                 Fault::CutAfter { bytes, .. } => Some(Action::Cut(bytes)),
                 Fault::FlipByte { offset, .. } => Some(Action::Flip(offset)),
                 Fault::StallAfter { bytes, .. } => Some(Action::Stall(bytes)),
-                Fault::None | Fault::Hang { .. } | Fault::Refuse { .. } => None,
+                Fault::None | Fault::Hang { .. } | Fault::Refuse { .. } | Fault::Status { .. } => {
+                    None
+                }
             }
         } else {
             None
