@@ -240,6 +240,10 @@ fn a_cached_upload_is_read_live_verified_and_committed_like_any_other() {
             Err(StoreError::DigestMismatch { .. })
         ));
         assert_eq!(store.blobs().stat(&other).unwrap(), None);
-        assert!(upload_files(&store).is_empty(), "{:?}", upload_files(&store));
+        assert!(
+            upload_files(&store).is_empty(),
+            "{:?}",
+            upload_files(&store)
+        );
     }
 }

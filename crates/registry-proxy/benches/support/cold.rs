@@ -53,8 +53,8 @@ pub fn run(bench: &Bench, runtime: &tokio::runtime::Runtime) -> BenchResult {
     if let Some(medium) = std::env::var_os(MEDIUM_ENV) {
         return runtime.block_on(run_medium(bench, &medium.to_string_lossy()));
     }
-    let disk = std::env::var_os("SEALER_BENCH_DISK_DIR")
-        .map_or_else(std::env::temp_dir, PathBuf::from);
+    let disk =
+        std::env::var_os("SEALER_BENCH_DISK_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
     let tmpfs = std::env::var_os("SEALER_BENCH_TMPFS_DIR")
         .map_or_else(|| PathBuf::from("/dev/shm"), PathBuf::from);
     for (medium, dir) in [("disk", disk), ("tmpfs", tmpfs)] {
