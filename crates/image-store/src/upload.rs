@@ -66,7 +66,17 @@ impl UploadCheckpoint {
 impl Store {
     /// Starts an incremental blob upload in `uploads/<id>`.
     pub fn begin_upload(&self) -> Result<BlobUpload> {
-        BlobUpload::begin(self.clone())
+        BlobUpload::begin(self.clone(), true)
+    }
+
+    /// Starts an incremental blob upload whose bytes stay in the page cache until its
+    /// [`BlobUpload::commit`]: no writeback is started while it is written (which would
+    /// make the writer wait for the disk, and let the kernel drop pages that readers of the
+    /// live upload, [`Self::open_upload`], then read back from disk). For an upload whose
+    /// commit runs off every client's path (a pull-through fill), so that its one fsync of
+    /// the whole blob waits for nobody.
+    pub fn begin_cached_upload(&self) -> Result<BlobUpload> {
+        BlobUpload::begin(self.clone(), false)
     }
 
     /// Opens the bytes written so far to the live upload `id` ([`BlobUpload::id`]) for
@@ -86,7 +96,8 @@ impl Store {
 }
 
 impl BlobUpload {
-    fn begin(store: Store) -> Result<Self> {
+    /// `write_behind`: start writeback as the file grows ([`WriteBehind`]).
+    fn begin(store: Store, write_behind: bool) -> Result<Self> {
         let fs = store.fs().clone();
         let (id, lock_path, lock) = store.begin_work(UPLOAD_DIR)?;
         let path = Path::new(UPLOAD_DIR).join(&id);
@@ -104,8 +115,13 @@ impl BlobUpload {
             path,
             lock_path,
             lock: Some(lock),
-            // Synced on commit: written behind, so the sync does not wait for the whole blob.
-            file: Some(Box::new(WriteBehind::new(file))),
+            // Synced on commit: written behind, so the sync does not wait for the whole blob
+            // (unless the caller wants the pages cached until then).
+            file: Some(if write_behind {
+                Box::new(WriteBehind::new(file))
+            } else {
+                file
+            }),
             hasher: Hasher::new(Algorithm::Sha256),
             size: 0,
         })

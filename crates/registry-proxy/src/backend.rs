@@ -579,16 +579,25 @@ impl RegistryBackend for LocalBackend {
     }
 
     async fn begin_upload(&self) -> Result<Box<dyn BackendUpload>, ApiError> {
-        let upload = self.begin_fill().await?;
+        let store = self.store.clone();
+        // A push's commit waits for the fsync: written behind, so that it waits for the tail.
+        let upload = blocking("start an upload", move || {
+            store
+                .begin_upload()
+                .map_err(|error| ApiError::internal("start an upload", error))
+        })
+        .await?;
         Ok(Box::new(LocalUpload::new(upload)))
     }
 
     async fn begin_fill(&self) -> Result<BlobUpload, ApiError> {
         let store = self.store.clone();
-        blocking("start an upload", move || {
+        // A fill's commit runs after its clients got their bytes: cached until then, so
+        // that neither the writer nor followers reading the file wait for the disk.
+        blocking("start a fill", move || {
             store
-                .begin_upload()
-                .map_err(|error| ApiError::internal("start an upload", error))
+                .begin_cached_upload()
+                .map_err(|error| ApiError::internal("start a fill", error))
         })
         .await
     }

@@ -783,7 +783,7 @@ impl RegistryBackend for BucketBackend {
         let scratch = self.scratch.store.clone();
         blocking("start a fill", move || {
             scratch
-                .begin_upload()
+                .begin_cached_upload()
                 .map_err(|error| ApiError::internal("start a fill", error))
         })
         .await
