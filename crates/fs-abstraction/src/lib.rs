@@ -26,6 +26,7 @@ mod path;
 mod real;
 mod stream;
 pub mod tar;
+mod temp;
 mod write_behind;
 
 use std::io::{Read, Seek, Write};
@@ -38,6 +39,7 @@ pub use mem::MemFs;
 pub use path::FsPath;
 pub use real::RealFs;
 pub use stream::{InputSource, OutputTarget, OutputWriter, STDIO_NAME};
+pub use temp::TempRoot;
 pub use write_behind::{WRITE_BEHIND_CHUNK, WriteBehind};
 
 /// Result of file operations.

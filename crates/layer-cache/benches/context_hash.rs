@@ -4,6 +4,8 @@
 //!
 //! Run: `cargo bench -p sealer-layer-cache --bench context_hash` (set `SEALER_BENCH_MIB` and
 //! `SEALER_BENCH_FILES` to change the context).
+// Scratch directories from `tempfile` (clippy.toml bans it outside fs-abstraction).
+#![allow(clippy::disallowed_methods)]
 
 use std::io::Write;
 use std::path::Path;

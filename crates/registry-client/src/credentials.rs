@@ -700,6 +700,8 @@ fn run_helper(
 }
 
 #[cfg(test)]
+// Scratch directories from `tempfile` (clippy.toml bans it outside fs-abstraction).
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

@@ -58,7 +58,7 @@ mod retry;
 
 pub use client::{
     ClientError, ClientOptions, ClientStats, DEFAULT_MONOLITHIC_LIMIT, FetchedManifest,
-    MANIFEST_ACCEPT, RegistryClient, normalize_registry,
+    MANIFEST_ACCEPT, RegistryClient, normalize_registry, tls_config,
 };
 pub use credentials::{Credential, CredentialError, CredentialStore};
 pub use fetch::{BlobDownload, MAX_TAG_PAGES, ManifestHead};

@@ -11,6 +11,8 @@
 
 // A benchmark: a failure ends it with a message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Scratch directories from `tempfile` (clippy.toml bans it outside fs-abstraction).
+#![allow(clippy::disallowed_methods)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;

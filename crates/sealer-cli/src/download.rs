@@ -4,13 +4,9 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject as _;
-use sealer_fs_abstraction::{Fs as _, RealFs};
 
 /// Largest source downloaded (APP sources are held in memory, ADD downloads are streamed
 /// to a file).
@@ -25,28 +21,8 @@ pub struct Downloader {
 impl Downloader {
     /// A downloader trusting the system CAs and `ca_files`.
     pub fn new(ca_files: &[PathBuf]) -> Result<Self> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        for path in ca_files {
-            let name = path
-                .file_name()
-                .with_context(|| format!("{} does not name a file", path.display()))?;
-            let dir = match path.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() => parent,
-                _ => std::path::Path::new("."),
-            };
-            let bytes = RealFs::open_root(dir)?.read(std::path::Path::new(name))?;
-            for certificate in CertificateDer::pem_slice_iter(&bytes) {
-                roots
-                    .add(certificate.with_context(|| format!("CA file {}", path.display()))?)
-                    .with_context(|| format!("CA file {}", path.display()))?;
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        // The registry client's TLS setup, so both trust the same CAs the same way.
+        let tls = sealer_registry_client::tls_config(ca_files)?;
         let redirect = reqwest::redirect::Policy::custom(|attempt| {
             let downgrade = attempt.url().scheme() == "http"
                 && attempt.previous().iter().any(|url| url.scheme() == "https");

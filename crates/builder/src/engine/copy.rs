@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sealer_fs_abstraction::{FileKind, Fs, FsPath};
+use sealer_fs_abstraction::{FileKind, Fs, FsPath, RealFs, TempRoot};
 use sealer_image_store::{Algorithm, Digest, Hasher};
 
 use crate::engine::error::{BuildError, Result};
@@ -312,7 +312,7 @@ pub(crate) fn add_archive(
     path: &Path,
     dest: &str,
     warnings: &mut Vec<String>,
-) -> Result<tempfile::TempDir> {
+) -> Result<TempRoot> {
     let (dir, fs) = scratch_dir("sealer-build-add-")?;
     let file = context.open(path)?;
     let mut head = std::io::BufReader::new(file);
@@ -430,16 +430,9 @@ impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
 
 /// A new temporary directory of the build (removed when the returned guard drops) and a
 /// confined handle on it.
-pub(crate) fn scratch_dir(prefix: &str) -> Result<(tempfile::TempDir, std::sync::Arc<dyn Fs>)> {
-    let dir = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .map_err(|source| BuildError::Io {
-            what: "creating a temporary directory".to_owned(),
-            source,
-        })?;
-    let fs: std::sync::Arc<dyn Fs> =
-        std::sync::Arc::new(sealer_fs_abstraction::RealFs::open_root(dir.path())?);
+pub(crate) fn scratch_dir(prefix: &str) -> Result<(TempRoot, std::sync::Arc<dyn Fs>)> {
+    let dir = RealFs::temp_dir(prefix)?;
+    let fs: std::sync::Arc<dyn Fs> = std::sync::Arc::new(dir.fs().clone());
     Ok((dir, fs))
 }
 

@@ -7,7 +7,7 @@ use std::process::Command as Process;
 
 use flate2::read::MultiGzDecoder;
 use sealer_fs_abstraction::tar::{UnpackOptions, unpack};
-use sealer_fs_abstraction::{FileKind, Fs, RealFs};
+use sealer_fs_abstraction::{FileKind, Fs, RealFs, TempRoot};
 use sealer_image_store::model::media_type;
 use sealer_image_store::{Algorithm, Descriptor, Hasher, Ingest};
 
@@ -103,21 +103,13 @@ enum State {
 
 /// A rootfs materialised in a temporary directory, removed when dropped.
 pub(crate) struct Rootfs {
-    _dir: tempfile::TempDir,
-    fs: RealFs,
+    dir: TempRoot,
 }
 
 impl Rootfs {
     /// Unpacks `layers` (base first; gzip or plain tar) with whiteouts applied.
     pub(crate) fn materialise(ingest: &Ingest<'_>, layers: &[Descriptor]) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("sealer-build-rootfs-")
-            .tempdir()
-            .map_err(|source| BuildError::Io {
-                what: "creating a temporary rootfs directory".to_owned(),
-                source,
-            })?;
-        let fs = RealFs::open_root(dir.path())?;
+        let dir = RealFs::temp_dir("sealer-build-rootfs-")?;
         let options = UnpackOptions {
             whiteouts: true,
             skip_special: true,
@@ -125,27 +117,27 @@ impl Rootfs {
         };
         for layer in layers {
             let reader = layer_reader(ingest, layer)?;
-            unpack(&fs, Path::new("."), reader, &options)?;
+            unpack(dir.fs(), Path::new("."), reader, &options)?;
         }
-        Ok(Self { _dir: dir, fs })
+        Ok(Self { dir })
     }
 
     /// The rootfs as an `Fs`.
     pub(crate) fn fs(&self) -> &RealFs {
-        &self.fs
+        self.dir.fs()
     }
 
     fn snapshot(&self) -> Result<BTreeMap<PathBuf, State>> {
         let mut out = BTreeMap::new();
         let mut buffer = vec![0; 64 * 1024];
-        for entry in self.fs.walk(Path::new("."))? {
+        for entry in self.dir.fs().walk(Path::new("."))? {
             let meta = &entry.metadata;
             let state = match meta.kind {
                 FileKind::Dir => State::Dir(meta.mode),
-                FileKind::Symlink => State::Symlink(self.fs.read_link(&entry.path)?),
+                FileKind::Symlink => State::Symlink(self.dir.fs().read_link(&entry.path)?),
                 FileKind::Other => State::Other,
                 FileKind::File => {
-                    let mut file = self.fs.open(&entry.path)?;
+                    let mut file = self.dir.fs().open(&entry.path)?;
                     let mut hasher = Hasher::new(Algorithm::Sha256);
                     loop {
                         let read = file.read(&mut buffer).map_err(|source| BuildError::Io {
@@ -194,12 +186,12 @@ impl Rootfs {
                 process
             }
         };
-        process.current_dir(self.fs.root()).env_clear();
+        process.current_dir(self.dir.fs().root()).env_clear();
         if !env.iter().any(|(key, _)| key == "PATH") {
             process.env("PATH", DEFAULT_PATH);
         }
         process.envs(env.iter().map(|(k, v)| (k, v)));
-        tracing::info!(command = ?command, dir = %self.fs.root().display(), "RUN");
+        tracing::info!(command = ?command, dir = %self.dir.fs().root().display(), "RUN");
         let status = process.status().map_err(|source| BuildError::Io {
             what: format!("{span}: starting the RUN command"),
             source,

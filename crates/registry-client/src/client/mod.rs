@@ -19,7 +19,7 @@ pub use self::options::ClientOptions;
 pub(crate) use self::request::{
     Body, Request, Scope, digest_of, error_message, read_limited, status_error,
 };
-use self::tls::tls_config;
+pub use self::tls::tls_config;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

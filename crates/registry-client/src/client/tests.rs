@@ -1,5 +1,7 @@
 //! Unit tests of the client's private parts (plain-HTTP policy, names, redirects,
 //! retries, TLS).
+// Scratch directories from `tempfile` (clippy.toml bans it outside fs-abstraction).
+#![allow(clippy::disallowed_methods)]
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -9,9 +9,14 @@ use sealer_fs_abstraction::{Fs, RealFs};
 
 use super::ClientError;
 
-/// The rustls configuration: the system's CA certificates plus `ca_files`, the ring
-/// provider, HTTP/2 and HTTP/1.1 offered by ALPN.
-pub(super) fn tls_config(ca_files: &[PathBuf]) -> Result<rustls::ClientConfig, ClientError> {
+/// The rustls configuration every HTTPS client of sealer uses: the system's CA
+/// certificates plus the PEM certificates of `ca_files`, the ring provider, HTTP/2 and
+/// HTTP/1.1 offered by ALPN. Give it to `reqwest::ClientBuilder::tls_backend_preconfigured`.
+///
+/// # Errors
+/// [`ClientError::CaFile`] naming a CA file that cannot be read or holds no valid PEM
+/// certificate; [`ClientError::Tls`] when rustls rejects the protocol versions.
+pub fn tls_config(ca_files: &[PathBuf]) -> Result<rustls::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for error in &native.errors {

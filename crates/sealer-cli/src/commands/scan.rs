@@ -65,7 +65,7 @@ fn plan_context(root: Option<&Path>, args: &ScanArgs, scan: ScanOptions) -> Resu
     let store = match super::open_store(root, Store::open_existing) {
         Ok(store) => store,
         Err(_) => {
-            empty = tempfile::tempdir().context("making an empty store")?;
+            empty = RealFs::temp_dir("sealer-scan-").context("making an empty store")?;
             Store::open_dir(empty.path())?
         }
     };

@@ -336,3 +336,32 @@ fn remote_app_sources_are_downloaded() {
     ]);
     assert!(out.contains("Kubefile:2:1") && out.contains("404"), "{out}");
 }
+
+/// Downloads trust CAs exactly as registry requests do (one TLS setup): a `--ca-file` with
+/// no PEM certificate in it is an error naming the file, not silently ignored.
+#[test]
+fn downloads_refuse_a_ca_file_without_certificates_like_registry_requests() {
+    let url = serve_once("kind: Deployment\n", 1);
+    let store = temp();
+    let context = temp();
+    let ca = context.path().join("not-a-ca.pem");
+    std::fs::write(&ca, "no certificate here\n").expect("write");
+    std::fs::write(
+        context.path().join("Kubefile"),
+        format!("FROM scratch\nAPP web {url}/web.yaml\nLAUNCH [\"web\"]\n"),
+    )
+    .expect("write");
+    let sealer = Sealer::new(store.path());
+    let out = sealer.fails(&[
+        "build",
+        "--build-mode",
+        "lite",
+        "--ca-file",
+        arg(&ca),
+        "-t",
+        "localhost/web:v1",
+        arg(context.path()),
+    ]);
+    assert!(out.contains("not-a-ca.pem"), "{out}");
+    assert!(out.contains("no PEM certificate"), "{out}");
+}
