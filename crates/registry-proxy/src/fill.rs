@@ -865,7 +865,9 @@ fn write(
     ))
 }
 
+// Scratch directories from `tempfile` (clippy.toml bans it outside fs-abstraction).
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use crate::backend::LocalBackend;
