@@ -376,7 +376,7 @@ impl LocalBackend {
     }
 
     /// The same backend accepting sparse manifests or not (the `sparse_manifests` setting;
-    /// off by default): see [`PushedManifest::required`].
+    /// off by default): see `PushedManifest::required`.
     pub fn with_sparse_manifests(mut self, accepted: bool) -> Self {
         self.sparse_manifests = accepted;
         self
