@@ -11,7 +11,7 @@ use super::{ClientError, RegistryClient, Request, Scope, normalize_registry, sta
 impl RegistryClient {
     /// Checks credentials for `registry` (a host, `docker.io` for Docker Hub) by calling
     /// `GET /v2/` with them through the whole auth flow, then stores them in docker's
-    /// `config.json` (see [`CredentialStore::save_login`]). Returns the file written.
+    /// `config.json` (see [`CredentialStore::save_login`](crate::CredentialStore::save_login)). Returns the file written.
     pub async fn login(
         &self,
         registry: &str,

@@ -10,7 +10,7 @@ use crate::retry::RetryPolicy;
 
 use super::DEFAULT_MONOLITHIC_LIMIT;
 
-/// How a [`RegistryClient`] behaves.
+/// How a [`RegistryClient`](crate::RegistryClient) behaves.
 #[derive(Debug)]
 pub struct ClientOptions {
     /// Registries (`host` or `host:port`) that may be spoken to over plain HTTP, after
