@@ -558,14 +558,7 @@ impl RegistryBackend for LocalBackend {
                     let manifest = entry
                         .ref_name()
                         .map_or_else(|| entry.digest.to_string(), str::to_owned);
-                    return Err(ApiError::new(
-                        ErrorCode::Denied,
-                        format!(
-                            "blob {digest} is used by manifest {manifest} of repository \
-                             {path_name}: delete the manifest first"
-                        ),
-                    )
-                    .with_status(StatusCode::CONFLICT));
+                    return Err(blob_in_use(&digest, &manifest, &path_name));
                 }
                 used_elsewhere = true;
             }
@@ -858,6 +851,18 @@ fn may_live_elsewhere(layer: &Descriptor) -> bool {
 /// Checks a pushed manifest: JSON, a manifest or index media type (the Content-Type, where
 /// it is not absent or `application/json`, and the body's `mediaType` agree), and for a push
 /// by digest that the bytes hash to it.
+/// 409 for a blob `DELETE` that repository `path_name`'s own `manifest` still uses.
+pub(crate) fn blob_in_use(digest: &Digest, manifest: &str, path_name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Denied,
+        format!(
+            "blob {digest} is used by manifest {manifest} of repository {path_name}: delete \
+             the manifest first"
+        ),
+    )
+    .with_status(StatusCode::CONFLICT)
+}
+
 pub(crate) fn check_pushed_manifest(
     reference: &ManifestRef,
     bytes: &[u8],

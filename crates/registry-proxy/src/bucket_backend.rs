@@ -24,7 +24,9 @@ use sealer_image_store::{
 };
 use tokio::sync::mpsc;
 
-use crate::backend::{BackendUpload, PushedManifest, RegistryBackend, check_pushed_manifest};
+use crate::backend::{
+    BackendUpload, PushedManifest, RegistryBackend, blob_in_use, check_pushed_manifest,
+};
 use crate::bucket::{Bucket, BucketConfig, BucketError, UploadState};
 use crate::catalog::referrer_of;
 use crate::error::{ApiError, ErrorCode, ServeError};
@@ -670,10 +672,15 @@ impl RegistryBackend for BucketBackend {
     }
 
     async fn blob(&self, digest: Digest, request: BlobRequest) -> Result<BlobContent, ApiError> {
+        // A read references nothing: a plain stat, without the GC-claim round trip of
+        // `stat_blob` (a push's HEAD).
         let size = self
-            .stat_blob(digest.clone())
-            .await?
-            .ok_or_else(|| blob_unknown(&digest))?;
+            .bucket
+            .stat_blob(&digest)
+            .await
+            .map_err(unavailable("stat a blob"))?
+            .ok_or_else(|| blob_unknown(&digest))?
+            .size;
         let range = match request.range {
             Some(range) => Some(
                 range
@@ -730,14 +737,7 @@ impl RegistryBackend for BucketBackend {
             }
             if owner == repository {
                 let manifest = self.manifest_name(&repository, &name, &manifest).await?;
-                return Err(ApiError::new(
-                    ErrorCode::Denied,
-                    format!(
-                        "blob {digest} is used by manifest {manifest} of repository \
-                         {path_name}: delete the manifest first"
-                    ),
-                )
-                .with_status(StatusCode::CONFLICT));
+                return Err(blob_in_use(&digest, &manifest, &path_name));
             }
             used_elsewhere = true;
         }

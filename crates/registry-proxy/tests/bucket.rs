@@ -12,10 +12,14 @@ use futures_util::{StreamExt as _, TryStreamExt as _};
 use object_store::memory::InMemory;
 use sealer_image_store::Digest;
 use sealer_registry_proxy::bucket::{
-    Acquire, Bucket, BucketConfig, BucketError, Lease, LeaseError, MAX_PRESIGNED_EXPIRY, TagOutcome,
+    Acquire, Bucket, BucketError, Lease, LeaseError, MAX_PRESIGNED_EXPIRY, TagOutcome,
 };
 use sealer_test_harness::{Moto, http_get, require_moto};
 use tokio::task::JoinSet;
+
+#[path = "common/backends.rs"]
+mod backends;
+use backends::bucket_config;
 
 const MIB: usize = 1024 * 1024;
 
@@ -29,17 +33,7 @@ fn moto() -> Option<Moto> {
 
 /// A replica's view of the bucket: its own S3 client.
 fn replica(moto: &Moto) -> Bucket {
-    let config: BucketConfig = serde_json::from_value(serde_json::json!({
-        "bucket": moto.bucket(),
-        "prefix": "registry",
-        "endpoint": moto.endpoint(),
-        "region": "us-east-1",
-        "allow_http": true,
-        "access_key_id": "sealer-test",
-        "secret_access_key": "sealer-test",
-    }))
-    .unwrap();
-    Bucket::open(&config).unwrap()
+    Bucket::open(&bucket_config(moto)).unwrap()
 }
 
 fn runtime() -> tokio::runtime::Runtime {

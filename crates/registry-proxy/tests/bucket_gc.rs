@@ -10,8 +10,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use object_store::ObjectStoreExt as _;
 use sealer_image_store::Digest;
-use sealer_registry_proxy::bucket::{Bucket, BucketConfig, BucketError, GcOptions};
+use sealer_registry_proxy::bucket::{Bucket, BucketError, GcOptions};
 use sealer_test_harness::{Moto, http_get, require_moto};
+
+#[path = "common/backends.rs"]
+mod backends;
+use backends::bucket_config;
 
 /// moto with a bucket, or `None` when moto_server is not installed (the test is skipped).
 fn moto() -> Option<Moto> {
@@ -21,22 +25,9 @@ fn moto() -> Option<Moto> {
     Some(Moto::start().expect("moto_server starts"))
 }
 
-fn config(moto: &Moto) -> BucketConfig {
-    serde_json::from_value(serde_json::json!({
-        "bucket": moto.bucket(),
-        "prefix": "registry",
-        "endpoint": moto.endpoint(),
-        "region": "us-east-1",
-        "allow_http": true,
-        "access_key_id": "sealer-test",
-        "secret_access_key": "sealer-test",
-    }))
-    .unwrap()
-}
-
 /// A replica's view of the bucket: its own S3 client.
 fn replica(moto: &Moto) -> Bucket {
-    Bucket::open(&config(moto)).unwrap()
+    Bucket::open(&bucket_config(moto)).unwrap()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -245,7 +236,7 @@ fn unreferenced_old_blobs_are_deleted_and_referenced_or_young_ones_kept() {
 
 /// The bucket's store itself, for objects the `Bucket` API does not write yet.
 fn config_store(moto: &Moto) -> object_store::aws::AmazonS3 {
-    config(moto).build().unwrap()
+    bucket_config(moto).build().unwrap()
 }
 
 /// A writer that references blobs while their claims stand keeps them, even when it links

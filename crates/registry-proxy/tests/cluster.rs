@@ -22,7 +22,11 @@ use sealer_test_harness::{
     Fault, FaultProxy, HttpResponse, ImageSpec, Moto, Registry, RegistryOptions, SeededImage,
     http_request, require_moto, require_tools, run_ok, seed_image,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
+
+#[path = "common/backends.rs"]
+mod backends;
+use backends::bucket_keys_of;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const SKOPEO: Duration = Duration::from_secs(120);
@@ -124,19 +128,6 @@ impl Drop for Replica {
     }
 }
 
-/// The `storage: s3:` keys of the bucket of a fresh `moto`.
-fn bucket_on(moto: &Moto) -> Value {
-    json!({
-        "bucket": moto.bucket(),
-        "prefix": "registry",
-        "endpoint": moto.endpoint(),
-        "region": "us-east-1",
-        "allow_http": true,
-        "access_key_id": "sealer-test",
-        "secret_access_key": "sealer-test",
-    })
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -225,7 +216,7 @@ fn a_herd_of_32_cold_gets_over_three_replicas_makes_one_upstream_get() {
         return;
     }
     let moto = Moto::start().unwrap();
-    let bucket = bucket_on(&moto);
+    let bucket = bucket_keys_of(&moto);
     let (upstream, image) = seeded_upstream("herd/app:1", 12 << 20, 3);
     let (digest, expected) = biggest_layer(&upstream, "herd/app", &image);
     let gets_before = upstream.blob_gets(Some(&digest));
@@ -289,7 +280,7 @@ fn a_lease_holder_that_dies_mid_fill_is_taken_over_after_the_ttl() {
         return;
     }
     let moto = Moto::start().unwrap();
-    let bucket = bucket_on(&moto);
+    let bucket = bucket_keys_of(&moto);
     let (upstream, image) = seeded_upstream("dies/app:1", 12 << 20, 5);
     let (digest, expected) = biggest_layer(&upstream, "dies/app", &image);
     // The holder's upstream GET stalls after 3 MiB: its fill is in progress when it dies.
@@ -368,7 +359,7 @@ fn complete_blobs_are_redirected_to_presigned_urls_and_skopeo_follows() {
         return;
     }
     let moto = Moto::start().unwrap();
-    let bucket = bucket_on(&moto);
+    let bucket = bucket_keys_of(&moto);
     let (upstream, image) = seeded_upstream("redirect/app:1", 3 << 20, 7);
     let (digest, expected) = biggest_layer(&upstream, "redirect/app", &image);
     let plain = Replica::start(&bucket, &upstream_yaml(&upstream.url(), ""), Some(""));

@@ -127,7 +127,7 @@ use std::time::Duration;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path;
 use object_store::{
-    GetOptions, ObjectMeta, ObjectStoreExt as _, PutMode, PutOptions, PutPayload, UpdateVersion,
+    GetOptions, ObjectMeta, ObjectStoreExt as _, PutMode, PutPayload, UpdateVersion,
 };
 use sealer_image_store::{Digest, MAX_MANIFEST_SIZE, ManifestDocument};
 use serde::{Deserialize, Serialize};
@@ -852,19 +852,7 @@ impl Bucket {
             state,
             run: hex::encode(run),
         };
-        let body = serde_json::to_vec(&doc).map_err(|error| object_store::Error::Generic {
-            store: "bucket",
-            source: Box::new(error),
-        })?;
-        let options = PutOptions {
-            mode,
-            ..PutOptions::default()
-        };
-        let result = self
-            .store
-            .put_opts(path, PutPayload::from(body), options)
-            .await?;
-        Ok(UpdateVersion::from(result))
+        self.write_json(path, &doc, mode).await
     }
 
     /// `gc/claims/<alg>/<hex>`.

@@ -35,6 +35,24 @@ pub fn on_bucket() -> bool {
     s3_storage().is_some()
 }
 
+/// The `storage: { s3: … }` keys of `moto`'s bucket, under the prefix `registry`.
+pub fn bucket_keys_of(moto: &Moto) -> serde_json::Value {
+    json!({
+        "bucket": moto.bucket(),
+        "prefix": "registry",
+        "endpoint": moto.endpoint(),
+        "region": "us-east-1",
+        "allow_http": true,
+        "access_key_id": "sealer-test",
+        "secret_access_key": "sealer-test",
+    })
+}
+
+/// [`bucket_keys_of`] as a configuration.
+pub fn bucket_config(moto: &Moto) -> BucketConfig {
+    serde_json::from_value(bucket_keys_of(moto)).unwrap()
+}
+
 /// Runs `test` with every server it starts over one bucket of a fresh moto (the same
 /// configuration for each: a restarted server, or a second one, shares the first one's
 /// content); skipped when moto is not installed.
@@ -43,16 +61,7 @@ pub fn over_s3(test: fn()) {
         return;
     }
     let moto = Moto::start().expect("moto_server starts");
-    let config: BucketConfig = serde_json::from_value(json!({
-        "bucket": moto.bucket(),
-        "prefix": "registry",
-        "endpoint": moto.endpoint(),
-        "region": "us-east-1",
-        "allow_http": true,
-        "access_key_id": "sealer-test",
-        "secret_access_key": "sealer-test",
-    }))
-    .unwrap();
+    let config = bucket_config(&moto);
     S3.with(|s3| {
         *s3.borrow_mut() = Some(S3Storage {
             config,
