@@ -129,6 +129,40 @@ impl TestServer {
     }
 }
 
+/// Reads a paginated list from `first` by its `Link: <next>; rel="next"` headers (at most
+/// `pages` pages of at most `per_page` items of the array `key`): every item, and every
+/// next URL followed.
+fn follow_pages(
+    server: &TestServer,
+    first: &str,
+    key: &str,
+    per_page: usize,
+    pages: usize,
+) -> (Vec<String>, Vec<String>) {
+    let mut page = server.get(first);
+    let (mut items, mut nexts) = (Vec::new(), Vec::new());
+    for _ in 0..pages {
+        assert_eq!(page.status, 200);
+        let body: Value = serde_json::from_slice(&page.body).unwrap();
+        let listed: Vec<String> = serde_json::from_value(body[key].clone()).unwrap();
+        assert!(listed.len() <= per_page);
+        items.extend(listed);
+        let Some(link) = page.header("link") else {
+            break;
+        };
+        assert!(link.ends_with("; rel=\"next\""), "{link}");
+        let next = link
+            .trim_start_matches('<')
+            .split('>')
+            .next()
+            .unwrap()
+            .to_owned();
+        page = server.get(&next);
+        nexts.push(next);
+    }
+    (items, nexts)
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.stop();
@@ -1231,26 +1265,7 @@ fn tag_lists_paginate_with_link_headers() {
     );
     assert!(all.header("link").is_none());
 
-    let mut page = server.get("/v2/team/app/tags/list?n=3");
-    let mut seen = Vec::new();
-    loop {
-        assert_eq!(page.status, 200);
-        let body: Value = serde_json::from_slice(&page.body).unwrap();
-        let tags: Vec<String> = serde_json::from_value(body["tags"].clone()).unwrap();
-        assert!(tags.len() <= 3);
-        seen.extend(tags);
-        let Some(link) = page.header("link") else {
-            break;
-        };
-        assert!(link.ends_with("; rel=\"next\""), "{link}");
-        let next = link
-            .trim_start_matches('<')
-            .split('>')
-            .next()
-            .unwrap()
-            .to_owned();
-        page = server.get(&next);
-    }
+    let (seen, _) = follow_pages(&server, "/v2/team/app/tags/list?n=3", "tags", 3, 100);
     assert_eq!(seen, ["a", "b", "c", "d", "e", "v1.10", "v1.9"]);
     let after = server.get("/v2/team/app/tags/list?last=c&n=2");
     let body: Value = serde_json::from_slice(&after.body).unwrap();
@@ -1382,26 +1397,15 @@ fn the_catalog_lists_repositories_in_pages_with_link_headers() {
     let body: Value = serde_json::from_slice(&all.body).unwrap();
     assert_eq!(body["repositories"], json!(expected));
 
-    let mut page = server.get("/v2/_catalog?n=4");
-    let mut seen = Vec::new();
-    for _ in 0..expected.len() {
-        assert_eq!(page.status, 200);
-        let body: Value = serde_json::from_slice(&page.body).unwrap();
-        let names: Vec<String> = serde_json::from_value(body["repositories"].clone()).unwrap();
-        assert!(names.len() <= 4);
-        seen.extend(names);
-        let Some(link) = page.header("link") else {
-            break;
-        };
-        assert!(link.ends_with("; rel=\"next\""), "{link}");
-        let next = link
-            .trim_start_matches('<')
-            .split('>')
-            .next()
-            .unwrap()
-            .to_owned();
+    let (seen, nexts) = follow_pages(
+        &server,
+        "/v2/_catalog?n=4",
+        "repositories",
+        4,
+        expected.len(),
+    );
+    for next in &nexts {
         assert!(next.starts_with("/v2/_catalog?n=4&last="), "{next}");
-        page = server.get(&next);
     }
     assert_eq!(seen, expected);
     let after = server.get("/v2/_catalog?last=team/app&n=1");
