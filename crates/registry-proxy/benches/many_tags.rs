@@ -124,7 +124,7 @@ impl Served {
             &format!("storage: {}\n", root.display()),
             Path::new("registry.yaml"),
         )?;
-        let server = common::InProcess::start(config, Duration::from_secs(30));
+        let server = common::InProcess::start(config);
         Ok(Self {
             _dir: dir,
             server,

@@ -9,15 +9,14 @@
     clippy::unwrap_used
 )]
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use sealer_image_store::Digest;
+use sealer_registry_proxy::ServerConfig;
 use sealer_registry_proxy::bucket::{Bucket, BucketConfig};
-use sealer_registry_proxy::{ServeError, ServerConfig, serve};
 use sealer_test_harness::{
     Fault, FaultProxy, HttpResponse, ImageSpec, Moto, Registry, RegistryOptions, SeededImage,
     http_request, require_moto, require_tools, run_ok, seed_image,
@@ -26,7 +25,9 @@ use serde_json::Value;
 
 #[path = "common/backends.rs"]
 mod backends;
+mod common;
 use backends::bucket_keys_of;
+use common::InProcess;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const SKOPEO: Duration = Duration::from_secs(120);
@@ -35,9 +36,7 @@ const SECRET: &str = "the-replicas-share-this-secret";
 /// One replica: `serve` on its own runtime thread, on a listener bound before its
 /// configuration is written (its advertised URL names the port).
 struct Replica {
-    address: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
+    server: InProcess,
 }
 
 impl Replica {
@@ -46,7 +45,6 @@ impl Replica {
     /// `None`: a lone server.
     fn start(bucket: &Value, yaml: &str, cluster: Option<&str>) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
         let address = listener.local_addr().unwrap();
         let yaml = match cluster {
             None => yaml.to_owned(),
@@ -60,30 +58,13 @@ impl Replica {
         );
         let config = ServerConfig::parse(&format!("{storage}{yaml}"), Path::new("replica.yaml"))
             .unwrap_or_else(|error| panic!("{yaml}\n{error}"));
-        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                serve(&config, listener, async move {
-                    let _ = shutdown_rx.await;
-                })
-                .await
-            })
-        });
         Self {
-            address,
-            shutdown: Some(shutdown_tx),
-            thread: Some(thread),
+            server: InProcess::start_on(listener, config),
         }
     }
 
     fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-        let url = format!("http://{}{path}", self.address);
+        let url = format!("http://{}{path}", self.server.address);
         http_request(method, &url, headers, &[], TIMEOUT).unwrap()
     }
 
@@ -111,20 +92,7 @@ impl Replica {
     /// Stops it and waits until its runtime is gone, every task of it (fills, lease
     /// renewals) dropped: to the others, it died.
     fn stop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            thread.join().unwrap().unwrap();
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
+        self.server.stop().unwrap();
     }
 }
 
@@ -304,7 +272,7 @@ fn a_lease_holder_that_dies_mid_fill_is_taken_over_after_the_ttl() {
 
     // The holder's client: the fill starts, takes the lease, stalls.
     let client = {
-        let url = format!("http://{}{path}", holder.address);
+        let url = format!("http://{}{path}", holder.server.address);
         std::thread::spawn(move || http_request("GET", &url, &[], &[], TIMEOUT))
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -411,7 +379,7 @@ fn complete_blobs_are_redirected_to_presigned_urls_and_skopeo_follows() {
                 "copy",
                 "--preserve-digests",
                 "--src-tls-verify=false",
-                &format!("docker://{}/redirect/app:1", redirecting.address),
+                &format!("docker://{}/redirect/app:1", redirecting.server.address),
                 &format!("dir:{}", layout.display()),
             ],
             SKOPEO,

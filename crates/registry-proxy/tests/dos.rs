@@ -60,7 +60,7 @@ impl TestServer {
             .unwrap()
             .to_path_buf();
         Self {
-            server: InProcess::start(config, TIMEOUT),
+            server: InProcess::start(config),
             store,
             _dir: dir,
         }

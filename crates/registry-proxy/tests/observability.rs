@@ -47,7 +47,7 @@ impl Offline {
         adjust(&mut config, dir.path());
         assert!(config.upstreams.is_empty());
         Self {
-            server: InProcess::start(config, TIMEOUT),
+            server: InProcess::start(config),
             store,
             _dir: dir,
         }
@@ -286,7 +286,7 @@ fn a_client_that_leaves_before_the_answer_is_counted_as_499() {
         std::path::Path::new("registry.yaml"),
     )
     .unwrap();
-    let server = InProcess::start(config, TIMEOUT);
+    let server = InProcess::start(config);
     {
         use std::io::Write as _;
         let mut client = std::net::TcpStream::connect(server.address).unwrap();

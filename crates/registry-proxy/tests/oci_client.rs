@@ -28,8 +28,6 @@ use sealer_registry_proxy::{Mode, ServerConfig};
 mod common;
 use common::InProcess;
 
-const TIMEOUT: Duration = Duration::from_secs(30);
-
 /// A read-write server over a new store; with `auth`, only `alice:s3cret` may push or pull.
 struct Server {
     server: InProcess,
@@ -57,7 +55,7 @@ impl Server {
             registry_auth = RegistryAuth::Basic("alice".to_owned(), "s3cret".to_owned());
         }
         Self {
-            server: InProcess::start(config, TIMEOUT),
+            server: InProcess::start(config),
             auth: registry_auth,
             _dir: dir,
         }

@@ -51,7 +51,7 @@ impl Proxy {
             Some(s3) => Storage::S3(s3.config),
             None => store.to_path_buf().into(),
         });
-        let server = InProcess::start(config, TIMEOUT);
+        let server = InProcess::start(config);
         Self {
             address: server.address,
             store: store.to_path_buf(),

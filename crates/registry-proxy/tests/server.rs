@@ -91,7 +91,7 @@ impl TestServer {
     fn run(config: ServerConfig) -> Self {
         let storage = config.storage.clone().unwrap();
         let store = storage.path().map(Path::to_path_buf).unwrap_or_default();
-        let server = InProcess::start(config, TIMEOUT);
+        let server = InProcess::start(config);
         Self {
             address: server.address,
             store,

@@ -1,8 +1,9 @@
 //! A registry server in-process on a loopback port, on its own runtime thread: what the
 //! integration tests run against.
+// Each test binary uses part of it.
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use sealer_registry_proxy::{ServeError, ServerConfig, serve};
 
@@ -15,10 +16,16 @@ pub struct InProcess {
 }
 
 impl InProcess {
-    /// Binds `127.0.0.1:0` and serves `config` on a two-thread runtime; returns once the
-    /// address is known (at most `timeout`).
-    pub fn start(config: ServerConfig, timeout: Duration) -> Self {
-        let (address_tx, address_rx) = std::sync::mpsc::channel();
+    /// Binds `127.0.0.1:0` and serves `config` on a two-thread runtime.
+    pub fn start(config: ServerConfig) -> Self {
+        Self::start_on(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), config)
+    }
+
+    /// Serves `config` on `listener` (bound first when the configuration must name its own
+    /// port, as a replica's advertised URL does) on a two-thread runtime.
+    pub fn start_on(listener: std::net::TcpListener, config: ServerConfig) -> Self {
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap();
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -27,17 +34,13 @@ impl InProcess {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                address_tx.send(listener.local_addr().unwrap()).unwrap();
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 serve(&config, listener, async move {
                     let _ = shutdown_rx.await;
                 })
                 .await
             })
         });
-        let address = address_rx
-            .recv_timeout(timeout)
-            .expect("the server did not start");
         Self {
             address,
             shutdown: Some(shutdown_tx),

@@ -92,15 +92,12 @@ pub fn run(clients: usize, rounds: usize) -> SoakReport {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("store");
-    let mut server = InProcess::start(
-        ServerConfig {
-            storage: Some(storage.clone().into()),
-            mode: Mode::ReadWrite,
-            delete_blobs: true,
-            ..ServerConfig::default()
-        },
-        REQUEST_TIMEOUT,
-    );
+    let mut server = InProcess::start(ServerConfig {
+        storage: Some(storage.clone().into()),
+        mode: Mode::ReadWrite,
+        delete_blobs: true,
+        ..ServerConfig::default()
+    });
     let base = format!("http://{}", server.address);
     let store = Store::open_dir(&storage).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
