@@ -584,15 +584,7 @@ impl RegistryBackend for LocalBackend {
     }
 
     async fn begin_fill(&self) -> Result<BlobUpload, ApiError> {
-        let store = self.store.clone();
-        // A fill's commit runs after its clients got their bytes: cached until then, so
-        // that neither the writer nor followers reading the file wait for the disk.
-        blocking("start a fill", move || {
-            store
-                .begin_cached_upload()
-                .map_err(|error| ApiError::internal("start a fill", error))
-        })
-        .await
+        begin_cached_fill(self.store.clone()).await
     }
 
     async fn commit_fill(&self, upload: BlobUpload, digest: Digest) -> Result<(), ApiError> {
@@ -851,6 +843,17 @@ fn may_live_elsewhere(layer: &Descriptor) -> bool {
 /// Checks a pushed manifest: JSON, a manifest or index media type (the Content-Type, where
 /// it is not absent or `application/json`, and the body's `mediaType` agree), and for a push
 /// by digest that the bytes hash to it.
+/// A fill's upload in `store`. Its commit runs after its clients got their bytes: cached
+/// until then, so that neither the writer nor followers reading the file wait for the disk.
+pub(crate) async fn begin_cached_fill(store: Store) -> Result<BlobUpload, ApiError> {
+    blocking("start a fill", move || {
+        store
+            .begin_cached_upload()
+            .map_err(|error| ApiError::internal("start a fill", error))
+    })
+    .await
+}
+
 /// 409 for a blob `DELETE` that repository `path_name`'s own `manifest` still uses.
 pub(crate) fn blob_in_use(digest: &Digest, manifest: &str, path_name: &str) -> ApiError {
     ApiError::new(

@@ -25,7 +25,8 @@ use sealer_image_store::{
 use tokio::sync::mpsc;
 
 use crate::backend::{
-    BackendUpload, PushedManifest, RegistryBackend, blob_in_use, check_pushed_manifest,
+    BackendUpload, PushedManifest, RegistryBackend, begin_cached_fill, blob_in_use,
+    check_pushed_manifest,
 };
 use crate::bucket::{Bucket, BucketConfig, BucketError, UploadState};
 use crate::catalog::referrer_of;
@@ -780,13 +781,8 @@ impl RegistryBackend for BucketBackend {
     }
 
     async fn begin_fill(&self) -> Result<BlobUpload, ApiError> {
-        let scratch = self.scratch.store.clone();
-        blocking("start a fill", move || {
-            scratch
-                .begin_cached_upload()
-                .map_err(|error| ApiError::internal("start a fill", error))
-        })
-        .await
+        // Staged in this process's scratch store, then put into the bucket by the commit.
+        begin_cached_fill(self.scratch.store.clone()).await
     }
 
     async fn commit_fill(&self, upload: BlobUpload, digest: Digest) -> Result<(), ApiError> {

@@ -27,7 +27,7 @@ use serde_json::Value;
 mod backends;
 mod common;
 use backends::bucket_keys_of;
-use common::InProcess;
+use common::{InProcess, biggest_layer, digest_of};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const SKOPEO: Duration = Duration::from_secs(120);
@@ -119,10 +119,6 @@ fn bucket_blob(bucket: &Value, digest: &str) -> Option<Vec<u8>> {
     })
 }
 
-fn digest_of(bytes: &[u8]) -> String {
-    Digest::sha256(bytes).to_string()
-}
-
 /// An anonymous docker-registry holding one image of one `size`-byte layer at `path`.
 fn seeded_upstream(path: &str, size: u64, seed: u64) -> (Registry, SeededImage) {
     let upstream = Registry::start(RegistryOptions::anonymous()).unwrap();
@@ -134,42 +130,6 @@ fn seeded_upstream(path: &str, size: u64, seed: u64) -> (Registry, SeededImage) 
     )
     .unwrap();
     (upstream, image)
-}
-
-/// The biggest layer of `image` as its upstream serves it: (digest, bytes).
-fn biggest_layer(upstream: &Registry, repo: &str, image: &SeededImage) -> (String, Vec<u8>) {
-    let manifest = http_request(
-        "GET",
-        &format!(
-            "{}/v2/{repo}/manifests/{}",
-            upstream.url(),
-            image.manifest_digest
-        ),
-        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
-        &[],
-        TIMEOUT,
-    )
-    .unwrap();
-    let manifest: Value = serde_json::from_slice(&manifest.body).unwrap();
-    let digest = manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .max_by_key(|layer| layer["size"].as_u64().unwrap())
-        .unwrap()["digest"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let blob = http_request(
-        "GET",
-        &format!("{}/v2/{repo}/blobs/{digest}", upstream.url()),
-        &[],
-        &[],
-        TIMEOUT,
-    )
-    .unwrap();
-    assert_eq!(digest_of(&blob.body), digest);
-    (digest, blob.body)
 }
 
 /// The configuration of every replica: `url` as the default upstream `up`.

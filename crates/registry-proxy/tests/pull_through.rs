@@ -29,7 +29,7 @@ use serde_json::Value;
 mod backends;
 mod common;
 use backends::{on_bucket, s3_storage};
-use common::InProcess;
+use common::{InProcess, biggest_layer, digest_of};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const SKOPEO: Duration = Duration::from_secs(120);
@@ -138,56 +138,6 @@ on_both_backends!(
     a_429_on_revalidation_serves_stale_and_nothing_is_asked_before_retry_after,
     the_uncached_fetch_timeout_is_a_setting,
 );
-
-fn digest_of(bytes: &[u8]) -> String {
-    Digest::sha256(bytes).to_string()
-}
-
-/// The layers of an image manifest: (digest, size).
-fn layers(manifest: &[u8]) -> Vec<(String, u64)> {
-    let value: Value = serde_json::from_slice(manifest).unwrap();
-    value["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|layer| {
-            (
-                layer["digest"].as_str().unwrap().to_owned(),
-                layer["size"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
-/// The biggest layer of `image` as its upstream serves it: (digest, bytes).
-fn biggest_layer(upstream: &Registry, repo: &str, image: &SeededImage) -> (String, Vec<u8>) {
-    let manifest = http_request(
-        "GET",
-        &format!(
-            "{}/v2/{repo}/manifests/{}",
-            upstream.url(),
-            image.manifest_digest
-        ),
-        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
-        &[],
-        TIMEOUT,
-    )
-    .unwrap();
-    let (digest, _) = layers(&manifest.body)
-        .into_iter()
-        .max_by_key(|(_, size)| *size)
-        .unwrap();
-    let blob = http_request(
-        "GET",
-        &format!("{}/v2/{repo}/blobs/{digest}", upstream.url()),
-        &[],
-        &[],
-        TIMEOUT,
-    )
-    .unwrap();
-    assert_eq!(digest_of(&blob.body), digest);
-    (digest, blob.body)
-}
 
 fn blob_stored(proxy: &Proxy, digest: &str) -> bool {
     let digest: Digest = digest.parse().unwrap();

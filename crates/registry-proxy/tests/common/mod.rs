@@ -1,11 +1,14 @@
 //! A registry server in-process on a loopback port, on its own runtime thread: what the
-//! integration tests run against.
+//! integration tests run against; and what they read of upstream images.
 // Each test binary uses part of it.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 
+use sealer_image_store::Digest;
 use sealer_registry_proxy::{ServeError, ServerConfig, serve};
+use sealer_test_harness::{Registry, SeededImage, http_request};
+use serde_json::Value;
 
 /// A server started by [`InProcess::start`]; signalled to stop when dropped.
 pub struct InProcess {
@@ -66,4 +69,55 @@ impl Drop for InProcess {
             let _ = shutdown.send(());
         }
     }
+}
+
+/// The sha256 digest of `bytes`, as text.
+pub fn digest_of(bytes: &[u8]) -> String {
+    Digest::sha256(bytes).to_string()
+}
+
+/// The layers of an image manifest: (digest, size).
+pub fn layers(manifest: &[u8]) -> Vec<(String, u64)> {
+    let value: Value = serde_json::from_slice(manifest).unwrap();
+    value["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|layer| {
+            (
+                layer["digest"].as_str().unwrap().to_owned(),
+                layer["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The biggest layer of `image` as its upstream serves it: (digest, bytes).
+pub fn biggest_layer(upstream: &Registry, repo: &str, image: &SeededImage) -> (String, Vec<u8>) {
+    let manifest = http_request(
+        "GET",
+        &format!(
+            "{}/v2/{repo}/manifests/{}",
+            upstream.url(),
+            image.manifest_digest
+        ),
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        &[],
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    let (digest, _) = layers(&manifest.body)
+        .into_iter()
+        .max_by_key(|(_, size)| *size)
+        .unwrap();
+    let blob = http_request(
+        "GET",
+        &format!("{}/v2/{repo}/blobs/{digest}", upstream.url()),
+        &[],
+        &[],
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(digest_of(&blob.body), digest);
+    (digest, blob.body)
 }
