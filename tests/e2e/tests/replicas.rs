@@ -10,7 +10,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use sealer_e2e::{Served, run_sealer};
@@ -105,11 +105,34 @@ impl Cluster {
     }
 }
 
-fn start_moto() -> Option<Moto> {
+/// One test at a time: each runs a moto that serves one request at a time and up to four
+/// replica processes, which on a small machine, several at once, time out each other's
+/// storage requests.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A test's moto, held with the lock that runs the tests one after another.
+struct SerialMoto {
+    moto: Moto,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for SerialMoto {
+    type Target = Moto;
+
+    fn deref(&self) -> &Moto {
+        &self.moto
+    }
+}
+
+fn start_moto() -> Option<SerialMoto> {
     if !require_moto() {
         return None;
     }
-    Some(Moto::start().unwrap())
+    let turn = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+    Some(SerialMoto {
+        moto: Moto::start().unwrap(),
+        _turn: turn,
+    })
 }
 
 fn skopeo_digest(host: &str, path: &str) -> String {
