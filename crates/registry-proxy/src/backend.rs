@@ -94,15 +94,20 @@ pub trait RegistryBackend: std::fmt::Debug + Send + Sync + 'static {
 
     // ---- uploads and GC holds ----
 
-    /// Starts an upload: a blob arriving in pieces, owned by the backend (appended, rolled
-    /// back, committed and cancelled through the returned handle; the commit verifies the
-    /// digest and holds the blob).
-    async fn begin_upload(&self) -> Result<Box<dyn BackendUpload>, ApiError>;
+    /// Starts an upload into `repository` (the store name): a blob arriving in pieces,
+    /// owned by the backend (appended, rolled back, committed and cancelled through the
+    /// returned handle; the commit verifies the digest and holds the blob).
+    async fn begin_upload(&self, repository: &str) -> Result<Box<dyn BackendUpload>, ApiError>;
 
-    /// Finds the upload `id` that another process started (its state lives in shared
-    /// storage), or `None`: the local store's uploads live in one process's memory.
-    async fn resume_upload(&self, id: String) -> Result<Option<Box<dyn BackendUpload>>, ApiError> {
-        let _ = id;
+    /// Finds the upload `id` into `repository` that another process started (its state
+    /// lives in shared storage), or `None`: the local store's uploads live in one process's
+    /// memory, and an upload started for another repository is not this one's.
+    async fn resume_upload(
+        &self,
+        id: String,
+        repository: &str,
+    ) -> Result<Option<Box<dyn BackendUpload>>, ApiError> {
+        let _ = (id, repository);
         Ok(None)
     }
 
@@ -571,7 +576,8 @@ impl RegistryBackend for LocalBackend {
         .await
     }
 
-    async fn begin_upload(&self) -> Result<Box<dyn BackendUpload>, ApiError> {
+    async fn begin_upload(&self, _repository: &str) -> Result<Box<dyn BackendUpload>, ApiError> {
+        // The session (in memory) remembers its repository.
         let store = self.store.clone();
         // A push's commit waits for the fsync: written behind, so that it waits for the tail.
         let upload = blocking("start an upload", move || {

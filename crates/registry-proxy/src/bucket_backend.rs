@@ -749,17 +749,23 @@ impl RegistryBackend for BucketBackend {
         Ok(BlobDeleted::Removed)
     }
 
-    async fn begin_upload(&self) -> Result<Box<dyn BackendUpload>, ApiError> {
+    async fn begin_upload(&self, repository: &str) -> Result<Box<dyn BackendUpload>, ApiError> {
         let state = self
             .bucket
-            .start_upload()
+            .start_upload(repository)
             .await
             .map_err(unavailable("start an upload"))?;
         Ok(Box::new(BucketUpload::new(self.bucket.clone(), state)))
     }
 
-    async fn resume_upload(&self, id: String) -> Result<Option<Box<dyn BackendUpload>>, ApiError> {
+    async fn resume_upload(
+        &self,
+        id: String,
+        repository: &str,
+    ) -> Result<Option<Box<dyn BackendUpload>>, ApiError> {
         match self.bucket.read_upload(&id).await {
+            // Started for another repository: not an upload of this one.
+            Ok(state) if state.repository() != repository => Ok(None),
             Ok(state) => Ok(Some(Box::new(BucketUpload::new(
                 self.bucket.clone(),
                 state,

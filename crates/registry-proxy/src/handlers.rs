@@ -493,7 +493,7 @@ pub(crate) async fn start_upload(
     if digest.is_some() && content_length(parts).is_some_and(|length| length > max) {
         return Err(too_big(max));
     }
-    let mut upload = state.local.backend().begin_upload().await?;
+    let mut upload = state.local.backend().begin_upload(&name).await?;
     if let Some(digest) = digest {
         if let Err(error) = pump(&mut *upload, body, None, max).await {
             discard(Some(upload)).await;

@@ -145,7 +145,7 @@ impl Uploads {
             Some(session) => session,
             None => {
                 let upload = backend
-                    .resume_upload(id.to_owned())
+                    .resume_upload(id.to_owned(), name)
                     .await?
                     .ok_or_else(unknown)?;
                 let session = Arc::new(tokio::sync::Mutex::new(Session {

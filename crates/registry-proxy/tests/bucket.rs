@@ -291,7 +291,7 @@ fn an_upload_advanced_by_two_replicas_in_turn_completes() {
     let data = pieces.concat();
     let digest = Digest::sha256(&data);
     runtime().block_on(async {
-        let started = a.start_upload().await.unwrap();
+        let started = a.start_upload("team/app").await.unwrap();
         let id = started.id().to_owned();
         let mut offset = 0;
         for (n, piece) in pieces.iter().enumerate() {
@@ -317,7 +317,7 @@ fn an_upload_advanced_by_two_replicas_in_turn_completes() {
         ));
 
         // A wrong digest: refused, the session removed, no blob.
-        let state = a.start_upload().await.unwrap();
+        let state = a.start_upload("team/app").await.unwrap();
         let state = a
             .append_upload(&state, Bytes::from_static(b"abc"))
             .await
@@ -343,7 +343,7 @@ fn a_stale_if_match_is_refused() {
     let Some(moto) = moto() else { return };
     let (a, b) = (replica(&moto), replica(&moto));
     runtime().block_on(async {
-        let started = a.start_upload().await.unwrap();
+        let started = a.start_upload("team/app").await.unwrap();
         let seen_by_a = a.read_upload(started.id()).await.unwrap();
         let seen_by_b = b.read_upload(started.id()).await.unwrap();
         b.append_upload(&seen_by_b, Bytes::from_static(b"from b"))
@@ -378,7 +378,7 @@ fn abandoned_uploads_are_purged_and_live_ones_kept() {
     let (a, b) = (replica(&moto), replica(&moto));
     runtime().block_on(async {
         // One session with a multipart upload and a tail, one with a tail only.
-        let big = a.start_upload().await.unwrap();
+        let big = a.start_upload("team/app").await.unwrap();
         let big = a
             .append_upload(&big, Bytes::from(pattern(5 * MIB + 10, 6)))
             .await
@@ -387,7 +387,7 @@ fn abandoned_uploads_are_purged_and_live_ones_kept() {
             .append_upload(&big, Bytes::from_static(b"tail"))
             .await
             .unwrap();
-        let small = b.start_upload().await.unwrap();
+        let small = b.start_upload("team/app").await.unwrap();
         let small = b
             .append_upload(&small, Bytes::from_static(b"x"))
             .await
@@ -408,12 +408,24 @@ fn abandoned_uploads_are_purged_and_live_ones_kept() {
                 Err(BucketError::NotFound { .. })
             ));
         }
-        // The holder of a purged session is refused, and nothing reappears.
-        assert!(
+        // The holder of a purged session is told the upload is unknown (its client starts
+        // again), not that the storage failed, and nothing reappears.
+        for result in [
             a.append_upload(&big, Bytes::from_static(b"late"))
                 .await
-                .is_err()
-        );
+                .map(drop),
+            a.append_upload(&small, Bytes::from_static(b"late"))
+                .await
+                .map(drop),
+            a.complete_upload(&small, &Digest::sha256(b"x"))
+                .await
+                .map(drop),
+        ] {
+            assert!(
+                matches!(result, Err(BucketError::NotFound { .. })),
+                "{result:?}"
+            );
+        }
     });
     let listing = keys(&moto, "list-type=2&prefix=registry/uploads/");
     assert!(
@@ -424,6 +436,76 @@ fn abandoned_uploads_are_purged_and_live_ones_kept() {
         !keys(&moto, "uploads").contains("<UploadId>"),
         "multipart uploads left open"
     );
+}
+
+#[test]
+fn a_purge_racing_a_writer_never_fails_it_as_storage_trouble() {
+    let Some(moto) = moto() else { return };
+    let (writer, purger) = (replica(&moto), replica(&moto));
+    runtime().block_on(async {
+        // Purges with no idle time at all, over and over, while chunked uploads advance: each
+        // append either lands or finds its session purged (upload unknown); a session that
+        // survives to the end completes with its digest verified.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let purging = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut purged = 0;
+                for _ in 0..10_000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    purged += purger.purge_uploads(Duration::ZERO).await.unwrap();
+                }
+                purged
+            })
+        };
+        let (mut completed, mut cut) = (0, 0);
+        for round in 0..12u8 {
+            let mut state = writer.start_upload("team/app").await.unwrap();
+            let mut bytes = Vec::new();
+            let mut alive = true;
+            for chunk in 0..6u8 {
+                let data = vec![round ^ chunk; 100 + usize::from(chunk)];
+                match writer
+                    .append_upload(&state, Bytes::from(data.clone()))
+                    .await
+                {
+                    Ok(next) => {
+                        state = next;
+                        bytes.extend_from_slice(&data);
+                    }
+                    Err(BucketError::NotFound { .. }) => {
+                        alive = false;
+                        break;
+                    }
+                    Err(error) => panic!("round {round}, chunk {chunk}: {error}"),
+                }
+            }
+            if !alive {
+                cut += 1;
+                continue;
+            }
+            match writer
+                .complete_upload(&state, &Digest::sha256(&bytes))
+                .await
+            {
+                Ok(put) => {
+                    assert_eq!(put.size, bytes.len() as u64);
+                    let stored = read_all(&writer, &Digest::sha256(&bytes), None).await;
+                    assert!(stored == bytes, "round {round}: other bytes stored");
+                    completed += 1;
+                }
+                Err(BucketError::NotFound { .. }) => cut += 1,
+                Err(error) => panic!("round {round}, completing: {error}"),
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let purged = purging.await.unwrap();
+        assert_eq!(completed + cut, 12);
+        // Every session cut was purged (a purge that lost to a writer counts nothing).
+        assert!(purged >= cut, "{purged} purged, {cut} cut");
+    });
 }
 
 /// `count` replicas' views of the bucket, each its own S3 client.

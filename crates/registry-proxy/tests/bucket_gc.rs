@@ -50,9 +50,11 @@ fn listing(moto: &Moto, prefix: &str) -> String {
     String::from_utf8(response.body).unwrap()
 }
 
+/// A run with `grace` for blobs and, as it, for idle uploads.
 fn options(grace: Duration, claim_wait: Duration) -> GcOptions {
     GcOptions {
         grace,
+        upload_idle: grace,
         claim_wait,
         dry_run: false,
     }
@@ -149,7 +151,7 @@ fn unreferenced_old_blobs_are_deleted_and_referenced_or_young_ones_kept() {
             &manifest(&config, std::slice::from_ref(&layer1), "orphan"),
         )
         .await;
-        let upload = bucket.start_upload().await.unwrap();
+        let upload = bucket.start_upload("team/app").await.unwrap();
 
         let live = [
             &config,

@@ -288,6 +288,17 @@ fn chunked_uploads_alternating_between_servers_verify() {
     let start = a.request("POST", "/v2/team/app/blobs/uploads/", &[], &[]);
     assert_eq!(start.status, 202, "{start:?}");
     let mut location = start.header("location").unwrap().to_owned();
+    // The session belongs to its repository: named under another, neither server knows it.
+    let elsewhere = location.replace("/team/app/", "/team/other/");
+    assert_ne!(elsewhere, location);
+    for server in [&b, &a] {
+        let status = server.get(&elsewhere);
+        assert_eq!(status.status, 404, "{status:?}");
+        assert!(
+            String::from_utf8_lossy(&status.body).contains("BLOB_UPLOAD_UNKNOWN"),
+            "{status:?}"
+        );
+    }
     let cuts = [0, 6 << 20, (6 << 20) + 1000, 12 << 20, data.len()];
     for (at, piece) in cuts.windows(2).enumerate() {
         let server = if at % 2 == 0 { &a } else { &b };

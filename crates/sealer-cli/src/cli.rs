@@ -103,10 +103,12 @@ pub struct GcArgs {
     /// The registry's configuration (its `storage: { s3: … }`).
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
-    /// Keep unreferenced blobs younger than this (a push's blobs before its manifest) and
-    /// upload sessions idle for less.
+    /// Keep unreferenced blobs younger than this (a push's blobs before its manifest).
     #[arg(long, value_name = "DURATION", default_value = "24h")]
     pub grace: ConfigDuration,
+    /// Purge upload sessions idle this long (their clients must start again).
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    pub upload_idle: ConfigDuration,
     /// How long claims stand before the blobs are checked again and deleted: longer than
     /// any request may take.
     #[arg(long, value_name = "DURATION", default_value = "10m")]

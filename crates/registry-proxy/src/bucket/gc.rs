@@ -38,7 +38,10 @@
 //! 5. **Delete.** `marked → deleting` with `If-Match` on the version this run wrote; only
 //!    when that lands is the blob deleted, then the claim. A lost CAS means a writer cleared
 //!    the claim: the blob is kept (`kept_by_writer`).
-//! 6. Upload sessions idle longer than `grace` are purged ([`Bucket::purge_uploads`]).
+//! 6. Upload sessions idle longer than `upload_idle` are purged ([`Bucket::purge_uploads`]),
+//!    each by compare-and-swap on the idle state it read: a session a writer advances
+//!    meanwhile is kept. Its own setting, not `grace`: a short grace (blobs are safe under
+//!    any grace, by the claims) must not cut pushes in progress.
 //!
 //! Claims left behind are cleaned by the next run, always by taking them over first: a stale
 //! `cleared` or `marked` claim is taken over by CAS and then goes through the steps above
@@ -154,8 +157,11 @@ const STAMP_SLACK_MS: i64 = 1_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GcOptions {
     /// Blobs written less than this long ago are kept even when unreferenced (a push's blobs
-    /// before its manifest); upload sessions idle this long are purged. Default: 24 h.
+    /// before its manifest). Default: 24 h.
     pub grace: Duration,
+    /// Upload sessions whose state has not changed for this long are purged (their client
+    /// gets "upload unknown" and starts again). Default: 24 h.
+    pub upload_idle: Duration,
     /// How long claims stand before the second mark: longer than any request (a manifest
     /// `PUT` from its checks to its link) may take. Default: 10 min.
     pub claim_wait: Duration,
@@ -167,6 +173,7 @@ impl Default for GcOptions {
     fn default() -> Self {
         Self {
             grace: Duration::from_secs(24 * 3600),
+            upload_idle: Duration::from_secs(24 * 3600),
             claim_wait: Duration::from_secs(10 * 60),
             dry_run: false,
         }
@@ -478,7 +485,7 @@ impl Bucket {
                 }
             }
         }
-        report.uploads_purged = self.purge_uploads(options.grace).await?;
+        report.uploads_purged = self.purge_uploads(options.upload_idle).await?;
         tracing::info!(
             deleted = report.deleted,
             kept_by_writer = report.kept_by_writer,

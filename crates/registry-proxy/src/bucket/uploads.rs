@@ -10,6 +10,11 @@
 //! protocol error (the API orders PATCHes by `Content-Range`); if they still race on a part
 //! number, S3's check of the recorded part ETags at completion fails the upload rather than
 //! assembling wrong bytes, and the digest is checked before anything is visible anyway.
+//!
+//! A purge of an idle session first marks its state `purged` with `If-Match` on the idle
+//! version it read, so a writer that advanced the session meanwhile keeps it, and a writer
+//! that finds its objects gone is told the upload is unknown (the client starts again),
+//! never that the storage failed.
 
 use bytes::{Bytes, BytesMut};
 use futures_util::TryStreamExt as _;
@@ -41,6 +46,9 @@ pub struct UploadState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StateDoc {
+    /// The repository it was started for: a request naming another one does not find it.
+    #[serde(default)]
+    repository: String,
     /// Bytes received.
     offset: u64,
     /// The multipart upload of `data`, created when the first part is due.
@@ -53,6 +61,9 @@ struct StateDoc {
     tail: Option<String>,
     /// `SerializableState` of the SHA-256 of every byte so far, hex.
     sha256: String,
+    /// Written by a purge before it removes the session's objects: the session is gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    purged: bool,
 }
 
 impl UploadState {
@@ -65,11 +76,16 @@ impl UploadState {
     pub fn offset(&self) -> u64 {
         self.doc.offset
     }
+
+    /// The repository the upload was started for.
+    pub fn repository(&self) -> &str {
+        &self.doc.repository
+    }
 }
 
 impl Bucket {
-    /// Starts a chunked upload with a fresh random id.
-    pub async fn start_upload(&self) -> Result<UploadState, BucketError> {
+    /// Starts a chunked upload into `repository` with a fresh random id.
+    pub async fn start_upload(&self, repository: &str) -> Result<UploadState, BucketError> {
         let mut raw = [0u8; 16];
         getrandom::fill(&mut raw).map_err(|error| BucketError::Random {
             what: "an upload id",
@@ -77,12 +93,14 @@ impl Bucket {
         })?;
         let id = hex::encode(raw);
         let doc = StateDoc {
+            repository: repository.to_owned(),
             offset: 0,
             multipart_id: None,
             parts: Vec::new(),
             parts_size: 0,
             tail: None,
             sha256: hex::encode(Sha256::new().serialize().as_slice()),
+            purged: false,
         };
         let path = self.upload_path(&id, "state.json")?;
         let version = self
@@ -102,11 +120,15 @@ impl Bucket {
                 path: path.to_string(),
             });
         };
-        let doc = serde_json::from_slice(&bytes).map_err(|error| BucketError::Corrupt {
-            what: "upload state",
-            path: path.to_string(),
-            reason: error.to_string(),
-        })?;
+        let doc: StateDoc =
+            serde_json::from_slice(&bytes).map_err(|error| BucketError::Corrupt {
+                what: "upload state",
+                path: path.to_string(),
+                reason: error.to_string(),
+            })?;
+        if doc.purged {
+            return Err(upload_gone(&path));
+        }
         Ok(UploadState {
             id: id.to_owned(),
             version,
@@ -131,7 +153,7 @@ impl Bucket {
         let pending = match &state.doc.tail {
             Some(tail) => {
                 let old = self
-                    .read_object(&self.upload_path(&state.id, tail)?)
+                    .read_session_object(&self.upload_path(&state.id, tail)?)
                     .await?;
                 let mut joined = BytesMut::with_capacity(old.len() + data.len());
                 joined.extend_from_slice(&old);
@@ -166,7 +188,7 @@ impl Bucket {
                     PutPayload::from(pending.clone()),
                 )
                 .await
-                .map_err(store_error("uploading a part of", &data_path))?;
+                .map_err(session_error("uploading a part of", &data_path))?;
             doc.multipart_id = Some(multipart_id);
             doc.parts.push(part.content_id);
             doc.parts_size += pending.len() as u64;
@@ -210,6 +232,8 @@ impl Bucket {
                     tracing::warn!(%error, upload = state.id, "aborting an unused multipart upload");
                 }
                 if is_conflict(&error) {
+                    // Moved on by another writer, or purged (then the upload is unknown).
+                    self.read_upload(&state.id).await?;
                     Err(BucketError::StaleUpload {
                         id: state.id.clone(),
                         offset: state.doc.offset,
@@ -264,7 +288,7 @@ impl Bucket {
         let blob_path = self.blob_path(digest);
         let tail = match &state.doc.tail {
             Some(tail) => {
-                self.read_object(&self.upload_path(&state.id, tail)?)
+                self.read_session_object(&self.upload_path(&state.id, tail)?)
                     .await?
             }
             None => Bytes::new(),
@@ -307,13 +331,13 @@ impl Bucket {
                             PutPayload::from(tail),
                         )
                         .await
-                        .map_err(store_error("uploading the last part of", &data_path))?;
+                        .map_err(session_error("uploading the last part of", &data_path))?;
                     parts.push(part);
                 }
                 self.multipart
                     .complete_multipart(&data_path, multipart_id, parts)
                     .await
-                    .map_err(store_error(
+                    .map_err(session_error(
                         "completing the multipart upload of",
                         &data_path,
                     ))?;
@@ -354,8 +378,9 @@ impl Bucket {
 
     /// Removes every upload left idle longer than `idle` (its state unchanged since), and
     /// every object under `uploads/` older than that whose session has no state any more (a
-    /// crash between writes). Returns how many sessions were removed. An append racing the
-    /// purge of its session finds it gone and fails; nothing else is touched.
+    /// crash between writes). Returns how many sessions were removed. A writer that advances
+    /// a session while it is being purged keeps it (the purge's compare-and-swap loses); one
+    /// that finds it purged gets [`BucketError::NotFound`]. Nothing else is touched.
     pub async fn purge_uploads(&self, idle: std::time::Duration) -> Result<usize, BucketError> {
         let prefix = self.path(["uploads"]);
         let cutoff = std::time::SystemTime::now()
@@ -387,13 +412,8 @@ impl Bucket {
         let mut purged = 0;
         for (id, name, location) in old_objects {
             if name == "state.json" {
-                match self.read_upload(&id).await {
-                    Ok(state) => {
-                        self.cancel_upload(&state).await?;
-                        purged += 1;
-                    }
-                    Err(BucketError::NotFound { .. }) => {}
-                    Err(error) => return Err(error),
+                if self.purge_session(&id, &location, cutoff).await? {
+                    purged += 1;
                 }
             } else if !sessions.contains(&id) {
                 self.remove_quietly(&location).await;
@@ -403,6 +423,57 @@ impl Bucket {
             tracing::info!(purged, "abandoned uploads removed");
         }
         Ok(purged)
+    }
+
+    /// Purges the session whose state is at `path` if that state is still older than
+    /// `cutoff`: marks it purged with `If-Match` on the version read, then removes its
+    /// objects. False when it is gone or a writer moved it on first.
+    async fn purge_session(
+        &self,
+        id: &str,
+        path: &Path,
+        cutoff: std::time::SystemTime,
+    ) -> Result<bool, BucketError> {
+        let result = match self.store.get_opts(path, GetOptions::default()).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(error) => return Err(store_error("reading upload state", path)(error)),
+        };
+        // Read again after the listing: a writer may have advanced it since.
+        if std::time::SystemTime::from(result.meta.last_modified) >= cutoff {
+            return Ok(false);
+        }
+        let version = UpdateVersion {
+            e_tag: result.meta.e_tag.clone(),
+            version: result.meta.version.clone(),
+        };
+        let bytes = result
+            .bytes()
+            .await
+            .map_err(store_error("reading upload state", path))?;
+        let Ok(mut doc) = serde_json::from_slice::<StateDoc>(&bytes) else {
+            // Not ours to interpret: an old object without a session; it goes.
+            self.remove_quietly(path).await;
+            return Ok(true);
+        };
+        if !doc.purged {
+            doc.purged = true;
+            match self.write_json(path, &doc, PutMode::Update(version)).await {
+                Ok(_) => {}
+                Err(error) if is_conflict(&error) => return Ok(false),
+                Err(error) => return Err(store_error("marking an upload purged", path)(error)),
+            }
+        }
+        let state = UploadState {
+            id: id.to_owned(),
+            version: UpdateVersion {
+                e_tag: None,
+                version: None,
+            },
+            doc,
+        };
+        self.cancel_upload(&state).await?;
+        Ok(true)
     }
 
     /// The tail and the state (the state last: a crash in between leaves a session that a
@@ -430,13 +501,14 @@ impl Bucket {
         Sha256::deserialize(&serialized).map_err(|_| corrupt("does not deserialize"))
     }
 
-    async fn read_object(&self, path: &Path) -> Result<Bytes, BucketError> {
+    /// An object of a session; gone means the session was purged.
+    async fn read_session_object(&self, path: &Path) -> Result<Bytes, BucketError> {
         let result = self
             .store
             .get_opts(path, GetOptions::default())
             .await
-            .map_err(store_error("reading", path))?;
-        result.bytes().await.map_err(store_error("reading", path))
+            .map_err(session_error("reading", path))?;
+        result.bytes().await.map_err(session_error("reading", path))
     }
 
     /// Deletes an object that nothing refers to any more; a failure only leaves garbage.
@@ -456,6 +528,28 @@ impl Bucket {
             });
         }
         Ok(self.path(["uploads", id, name]))
+    }
+}
+
+/// The error of a session whose objects are gone: a purge removed them while a writer held
+/// the session, which the client learns as an unknown upload.
+fn upload_gone(path: &Path) -> BucketError {
+    BucketError::NotFound {
+        what: "upload",
+        path: path.to_string(),
+    }
+}
+
+/// [`store_error`], but an object (or multipart upload) of a session that is not found means
+/// the session was purged: [`upload_gone`].
+fn session_error(
+    operation: &'static str,
+    path: &Path,
+) -> impl FnOnce(object_store::Error) -> BucketError {
+    let path = path.clone();
+    move |error| match error {
+        object_store::Error::NotFound { .. } => upload_gone(&path),
+        other => store_error(operation, &path)(other),
     }
 }
 

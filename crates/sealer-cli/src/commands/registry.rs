@@ -60,6 +60,7 @@ pub fn run(root: Option<&Path>, command: &RegistryCommand) -> Result<()> {
             let config = ServerConfig::load(&args.config)?;
             let options = sealer_registry_proxy::bucket::GcOptions {
                 grace: args.grace.0,
+                upload_idle: args.upload_idle.0,
                 claim_wait: args.claim_wait.0,
                 dry_run: args.dry_run,
             };
