@@ -2,13 +2,19 @@
 //! SHA-256 throughput. Prints the ratios; targets: save and load ≥ 0.8 × the SHA-256 rate,
 //! and faster than skopeo.
 //!
+//! Runs twice, each in a child (this binary re-executed) whose `TMPDIR` holds every store
+//! and archive: on a real disk (`SEALER_BENCH_DISK_DIR`, default the temp directory), where
+//! writing may be slower than hashing, and on tmpfs (`SEALER_BENCH_TMPFS_DIR`, default
+//! `/dev/shm`), where only the CPU counts. `SEALER_BENCH_MEDIUM=disk|tmpfs` runs one medium
+//! in this process.
+//!
 //! Run: `cargo bench -p sealer-image-store --bench save_load` (needs skopeo; set
 //! `SEALER_BENCH_MIB` to change the image size).
 // Scratch directories from `tempfile` (clippy.toml bans it outside fs-abstraction).
 #![allow(clippy::disallowed_methods)]
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,7 +25,18 @@ use sealer_image_store::{Digest, Store};
 
 const NAME: &str = "example.com/bench/big:1";
 
+/// Names the medium measured in this process (its `TMPDIR` is on it).
+const MEDIUM_ENV: &str = "SEALER_BENCH_MEDIUM";
+
 fn main() -> BenchResult {
+    let Some(medium) = std::env::var_os(MEDIUM_ENV) else {
+        return each_medium();
+    };
+    println!(
+        "--- stores and archives on {} ({})",
+        medium.to_string_lossy(),
+        std::env::temp_dir().display()
+    );
     let mib: u64 = std::env::var("SEALER_BENCH_MIB")
         .ok()
         .and_then(|value| value.parse().ok())
@@ -134,6 +151,29 @@ fn main() -> BenchResult {
 }
 
 const MIB: f64 = (1 << 20) as f64;
+
+/// Measures on disk, then on tmpfs: this binary again, with `TMPDIR` on each.
+fn each_medium() -> BenchResult {
+    let disk =
+        std::env::var_os("SEALER_BENCH_DISK_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let tmpfs = std::env::var_os("SEALER_BENCH_TMPFS_DIR")
+        .map_or_else(|| PathBuf::from("/dev/shm"), PathBuf::from);
+    for (medium, dir) in [("disk", disk), ("tmpfs", tmpfs)] {
+        if !dir.is_dir() {
+            println!("--- no {medium} directory {}: skipped", dir.display());
+            continue;
+        }
+        let status = Command::new(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .env(MEDIUM_ENV, medium)
+            .env("TMPDIR", &dir)
+            .status()?;
+        if !status.success() {
+            return Err(format!("the run on {medium} ({}): {status}", dir.display()).into());
+        }
+    }
+    Ok(())
+}
 
 fn skopeo(args: &[&str]) -> BenchResult {
     let status = Command::new("skopeo")
