@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace.
 #
-# The end-to-end tests drive real skopeo, umoci, docker-registry and openssl, and the
+# The end-to-end tests drive real skopeo, umoci, docker-registry, openssl and containerd, and the
 # object-storage tests moto's S3 server. Missing tools are installed with apt-get when running
 # as root, moto_server into a virtual environment by scripts/install-moto.sh; otherwise the
 # tests that need them print "SKIPPED: <tool> not installed" (and fail under CI=true).
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in skopeo umoci docker-registry openssl; do
+for tool in skopeo umoci docker-registry openssl containerd; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]} > 0)); then

@@ -11,10 +11,16 @@
 //! * **CRI-O, podman, skopeo, buildah** — one `registries.conf.d/` drop-in with a
 //!   `[[registry]]` per upstream whose `[[registry.mirror]]` is `<endpoint host>/<upstream>`:
 //!   the upstream travels as the first path component (`/v2/quay.io/coreos/etcd/…`).
-//! * **Docker Engine** — `daemon.json` with `registry-mirrors`, which Docker applies to
-//!   Docker Hub only (moby#18818), and sends without naming the registry: the docker.io
-//!   upstream must be the registry's `default_upstream`. Every other upstream is reached
-//!   by prefix names (`<endpoint host>/quay.io/coreos/etcd`), listed in the notes.
+//! * **Docker Engine** — two mechanisms, both written:
+//!   - `certs.d/<upstream>/hosts.toml` under `/etc/docker`, the same files as containerd's,
+//!     which Docker Engine 28.0 and later reads when it pulls through the containerd image
+//!     store (moby PR #47380; the default store of new installs from 29.0): every upstream
+//!     is mirrored, with `?ns=` as from containerd.
+//!   - `daemon.json` with `registry-mirrors` for the engines that do not read them (27.x
+//!     and older, or the classic graphdriver store). Docker applies it to Docker Hub only
+//!     (moby#18818), and sends without naming the registry: the docker.io upstream must be
+//!     the registry's `default_upstream`. Every other upstream is reached there by prefix
+//!     names (`<endpoint host>/quay.io/coreos/etcd`), listed in the notes.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -314,10 +320,29 @@ fn header(runtime: Runtime, endpoint: &Endpoint) -> String {
 }
 
 fn containerd(upstreams: &[&MirrorUpstream], endpoint: &Endpoint) -> MirrorConfig {
+    let notes = vec![
+        "install under /etc/containerd (files certs.d/<upstream>/hosts.toml); the CRI plugin \
+         reads them when its registry `config_path` is /etc/containerd/certs.d, without a \
+         restart (`ctr` needs --hosts-dir /etc/containerd/certs.d)"
+            .to_owned(),
+    ];
+    MirrorConfig {
+        files: hosts_tomls(Runtime::Containerd, upstreams, endpoint),
+        notes,
+    }
+}
+
+/// One containerd-style `certs.d/<upstream>/hosts.toml` per upstream (containerd's, and
+/// Docker's own since Engine 28.0), headed with `runtime`'s command line.
+fn hosts_tomls(
+    runtime: Runtime,
+    upstreams: &[&MirrorUpstream],
+    endpoint: &Endpoint,
+) -> Vec<MirrorFile> {
     let mut files = Vec::new();
     for upstream in upstreams {
         let host = upstream.registry_host();
-        let mut text = header(Runtime::Containerd, endpoint);
+        let mut text = header(runtime, endpoint);
         text.push_str(&format!(
             "# Pulls of {host}/… try the sealer registry first, then {host} itself.\n\
              # containerd adds `?ns={host}` to the registry's requests; the registry routes on it.\n\
@@ -350,13 +375,7 @@ fn containerd(upstreams: &[&MirrorUpstream], endpoint: &Endpoint) -> MirrorConfi
             content: text,
         });
     }
-    let notes = vec![
-        "install under /etc/containerd (files certs.d/<upstream>/hosts.toml); the CRI plugin \
-         reads them when its registry `config_path` is /etc/containerd/certs.d, without a \
-         restart (`ctr` needs --hosts-dir /etc/containerd/certs.d)"
-            .to_owned(),
-    ];
-    MirrorConfig { files, notes }
+    files
 }
 
 fn crio(upstreams: &[&MirrorUpstream], endpoint: &Endpoint) -> MirrorConfig {
@@ -451,12 +470,21 @@ fn docker(
             })
             .collect();
         notes.push(format!(
-            "Docker mirrors only Docker Hub (moby#18818): pull the other upstreams by prefix \
-             names: {}",
+            "on engines that do not read hosts.toml, Docker mirrors only Docker Hub \
+             (moby#18818): pull the other upstreams by prefix names: {}",
             examples.join(", ")
         ));
     }
-    let mut files = Vec::new();
+    let mut files = hosts_tomls(Runtime::Docker, upstreams, endpoint);
+    notes.insert(
+        0,
+        "install certs.d/<upstream>/hosts.toml under /etc/docker: Docker Engine 28.0 and later \
+         reads them at each pull when it uses the containerd image store (the default of new \
+         installs from 29.0; on 28.x `\"features\": {\"containerd-snapshotter\": true}` in \
+         daemon.json), and then mirrors every upstream listed, Docker Hub included; Docker \
+         27.x and older, and the classic graphdriver store, ignore them and use daemon.json"
+            .to_owned(),
+    );
     if daemon.is_empty() {
         notes.push(
             "nothing to put in daemon.json: an https endpoint needs no entry for prefix names"
@@ -464,9 +492,11 @@ fn docker(
         );
     } else {
         notes.insert(
-            0,
+            1,
             "merge daemon.json into /etc/docker/daemon.json (it replaces the whole file), then \
-             restart dockerd (systemctl restart docker)"
+             restart dockerd (systemctl restart docker): `registry-mirrors` serves Docker Hub \
+             on engines of every version, `insecure-registries` lets them speak plain HTTP to \
+             the registry"
                 .to_owned(),
         );
         let mut content =
@@ -656,9 +686,22 @@ mod tests {
     #[test]
     fn docker_mirrors_docker_hub_and_lists_prefix_names() {
         let config = generate(Runtime::Docker, &upstreams(), Some("hub"), &http()).unwrap();
-        assert_eq!(config.files.len(), 1);
-        assert_eq!(config.files[0].path, Path::new("daemon.json"));
-        let daemon: serde_json::Value = serde_json::from_str(&config.files[0].content).unwrap();
+        // Every upstream's hosts.toml (Docker >= 28, containerd store), as containerd gets
+        // them but for the header, then daemon.json.
+        let containerd = generate(Runtime::Containerd, &upstreams(), Some("hub"), &http()).unwrap();
+        assert_eq!(config.files.len(), containerd.files.len() + 1);
+        for (docker, containerd) in config.files.iter().zip(&containerd.files) {
+            assert_eq!(docker.path, containerd.path);
+            assert_eq!(toml(docker), toml(containerd));
+            assert!(
+                docker.content.contains("--runtime docker"),
+                "{}",
+                docker.content
+            );
+        }
+        let daemon_file = config.files.last().unwrap();
+        assert_eq!(daemon_file.path, Path::new("daemon.json"));
+        let daemon: serde_json::Value = serde_json::from_str(&daemon_file.content).unwrap();
         assert_eq!(
             daemon,
             serde_json::json!({
@@ -668,6 +711,8 @@ mod tests {
         );
         let notes = config.notes.join("\n");
         assert!(notes.contains("moby#18818"), "{notes}");
+        assert!(notes.contains("Docker Engine 28.0 and later"), "{notes}");
+        assert!(notes.contains("27.x and older"), "{notes}");
         assert!(
             notes.contains("quay.io/<repo> as 10.0.0.2:5000/quay.io/<repo>"),
             "{notes}"
@@ -680,16 +725,18 @@ mod tests {
 
         // Docker Hub not the default upstream: a warning.
         let config = generate(Runtime::Docker, &upstreams(), None, &https()).unwrap();
-        let daemon: serde_json::Value = serde_json::from_str(&config.files[0].content).unwrap();
+        let daemon: serde_json::Value =
+            serde_json::from_str(&config.files.last().unwrap().content).unwrap();
         assert_eq!(
             daemon,
             serde_json::json!({"registry-mirrors": ["https://mirror.example.com"]})
         );
         assert!(config.notes.join("\n").contains("default_upstream: hub"));
 
-        // No Docker Hub upstream: nothing for registry-mirrors; over https nothing at all.
+        // No Docker Hub upstream: nothing for registry-mirrors; over https no daemon.json.
         let config = generate(Runtime::Docker, &upstreams()[1..2], None, &https()).unwrap();
-        assert!(config.files.is_empty());
+        let paths: Vec<_> = config.files.iter().map(|file| file.path.clone()).collect();
+        assert_eq!(paths, [Path::new("certs.d/quay.io/hosts.toml")]);
         assert!(
             config
                 .notes
@@ -697,7 +744,8 @@ mod tests {
                 .contains("mirror.example.com/quay.io/<repo>")
         );
         let config = generate(Runtime::Docker, &upstreams()[1..2], None, &http()).unwrap();
-        let daemon: serde_json::Value = serde_json::from_str(&config.files[0].content).unwrap();
+        let daemon: serde_json::Value =
+            serde_json::from_str(&config.files.last().unwrap().content).unwrap();
         assert_eq!(
             daemon,
             serde_json::json!({"insecure-registries": ["10.0.0.2:5000"]})

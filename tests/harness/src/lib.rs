@@ -12,6 +12,8 @@
 //! * [`Moto`]: moto's S3 server (`moto_server`, from the virtual environment of
 //!   `scripts/install-moto.sh`) with a bucket, for the object-storage backend.
 //! * [`http_request`]: a minimal blocking HTTP/1.1 client with a deadline, for raw checks.
+//! * [`Containerd`]: a private containerd daemon, driven with `ctr`, to check `hosts.toml`
+//!   files against containerd's own resolver.
 //!
 //! Every child process is killed and every temporary directory removed on drop; every wait is
 //! bounded. Missing tools: [`require_tool`] / [`require_tools!`] skip a test (and fail it
@@ -20,6 +22,7 @@
 // Test code: it drives real processes and files directly, outside the `Fs` abstraction.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+mod containerd;
 mod fault;
 mod http;
 mod moto;
@@ -31,6 +34,7 @@ mod token;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::Path;
 
+pub use containerd::Containerd;
 pub use fault::{Fault, FaultProxy, ProxiedRequest};
 pub use http::{HttpResponse, http_get, http_request};
 pub use moto::{Moto, MotoMode, moto_server_path, require_moto};
@@ -77,6 +81,21 @@ macro_rules! require_tools {
             return;
         }
     };
+}
+
+/// Whether this process runs as root, which `what` needs. When it does not: panics under
+/// `CI=true` (CI runs as root), else prints `SKIPPED: <what> (needs root)` and returns false.
+pub fn require_root(what: &str) -> bool {
+    let uid = run_ok("id", &["-u"], std::time::Duration::from_secs(10)).unwrap_or_default();
+    if String::from_utf8_lossy(&uid).trim() == "0" {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{what} needs root, and CI=true runs every test (CI runs as root)");
+    }
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {what} (needs root)");
+    false
 }
 
 /// Whether an executable file named `tool` is in a directory of `PATH`.

@@ -121,6 +121,8 @@ pub struct AccessEntry {
     pub status: u16,
     /// Response body bytes written (0 when the log says `-`).
     pub bytes: u64,
+    /// The client's `User-Agent` (empty when the line has none).
+    pub user_agent: String,
 }
 
 impl AccessEntry {
@@ -142,6 +144,13 @@ impl AccessEntry {
         let mut numbers = rest.split_whitespace();
         let status = numbers.next()?.parse().ok()?;
         let bytes = numbers.next()?.parse().unwrap_or(0);
+        // `"referer" "user agent"`: the last quoted field.
+        let user_agent = rest
+            .trim_end()
+            .strip_suffix('"')
+            .and_then(|rest| rest.rsplit_once('"'))
+            .map(|(_, agent)| agent.to_owned())
+            .unwrap_or_default();
         let (path, query) = match target.split_once('?') {
             Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
             None => (target.to_owned(), None),
@@ -152,6 +161,7 @@ impl AccessEntry {
             query,
             status,
             bytes,
+            user_agent,
         })
     }
 
@@ -497,6 +507,7 @@ mod tests {
         assert_eq!(entry.method, "GET");
         assert_eq!(entry.path, "/v2/foo/blobs/sha256:00");
         assert_eq!((entry.status, entry.bytes), (404, 157));
+        assert_eq!(entry.user_agent, "curl/7.88.1");
         let entry = AccessEntry::parse(
             r#"127.0.0.1 - - [30/Nov/2026:03:13:44 +0000] "HEAD /v2/a/b/manifests/v1?ns=x HTTP/1.1" 200 0 "" "skopeo""#,
         )
