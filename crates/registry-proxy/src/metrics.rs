@@ -2,7 +2,25 @@
 //! [`ServerMetrics`] (every request by method, route kind and status, latencies, bytes sent,
 //! `process_*`, `sealer_build_info`), served whatever the [`crate::ContentSource`], followed
 //! by the source's (the pull-through cache's counters per upstream, labelled with the
-//! upstream's configured name). The names are listed in ARCHITECTURE.md.
+//! upstream's configured name).
+//!
+//! In every mode: `sealer_registry_requests_total{method,route,status}`,
+//! `sealer_registry_response_bytes_total{method,route,status}` (`route`: base, manifest,
+//! blob, blob_upload, tags, referrers, metrics, healthz, readyz, invalid, other; methods
+//! outside the API count as `OTHER`, so clients cannot grow the series),
+//! `sealer_registry_request_duration_seconds{method,route}` (a histogram, to the end of the
+//! body), `sealer_registry_requests_in_flight`, `sealer_build_info{version}` and `process_*`
+//! (CPU seconds, resident and virtual memory, threads, open and max fds, start time).
+//!
+//! With upstreams (label `upstream`): `sealer_proxy_requests_total{upstream,cache}` (reads
+//! answered `hit`, `miss` or `stale`), `sealer_proxy_upstream_requests_total` (HTTP requests
+//! sent upstream, retries and token round trips included), `sealer_proxy_upstream_bytes_total`,
+//! `sealer_proxy_upstream_token_fetches_total`, `sealer_proxy_tag_revalidations_total`,
+//! `sealer_proxy_upstream_failing` (the breaker, a gauge), `sealer_proxy_fills_total` (upstream
+//! GETs), `sealer_proxy_peer_fills_total` (fills streamed from another replica),
+//! `sealer_proxy_fills_in_flight`, `sealer_proxy_fill_followers_total` and
+//! `sealer_proxy_fill_failures_total{upstream,reason}` (`digest_mismatch`, `upstream`,
+//! `store`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

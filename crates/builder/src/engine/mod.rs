@@ -16,8 +16,7 @@
 //! ADD extracts local tar archives (gzip, zstd or plain) and streams `http(s)://` sources
 //! into a scratch file. An archive entry named `.wh.*` is an error (it would be a whiteout
 //! deleting a file of the base); device nodes, FIFOs and sockets in an archive are skipped,
-//! each named in [`BuildReport::warnings`] (see ARCHITECTURE.md, "What ADD takes from an
-//! archive").
+//! each named in [`BuildReport::warnings`] (`copy::add_archive` says why).
 //!
 //! RUN runs `sh -c` on the build host in a temporary directory holding the rootfs so far
 //! (every layer unpacked with whiteouts), and only for the host's platform: a RUN step for
