@@ -24,7 +24,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sealer_builder::engine::{
-    BuildMode, BuildOptions, BuildReport, LayerCompression, NoObserver, build, container_images,
+    BuildMode, BuildOptions, BuildReport, HookError, LayerCompression, NoObserver, build,
+    container_images,
 };
 use sealer_builder::kubefile::{Kubefile, parse};
 use sealer_fs_abstraction::{Fs, RealFs};
@@ -132,9 +133,9 @@ fn sealer_build(
         ..ClientOptions::default()
     })?;
     let pulling = Cell::new(Duration::ZERO);
-    let pull = |reference: &str, platform: &Platform| -> Result<(), String> {
+    let pull = |reference: &str, platform: &Platform| -> Result<(), HookError> {
         let pull_started = Instant::now();
-        let image: Reference = reference.parse().map_err(|e| format!("{e}"))?;
+        let image: Reference = reference.parse()?;
         let result = runtime
             .block_on(client.pull(
                 store,
@@ -142,8 +143,8 @@ fn sealer_build(
                 PlatformSelection::Only(platform.clone()),
                 &NoProgress,
             ))
-            .map(|_| ())
-            .map_err(|e| format!("pulling {reference}: {e}"));
+            .map(drop)
+            .map_err(HookError::from);
         pulling.set(pulling.get() + pull_started.elapsed());
         result
     };

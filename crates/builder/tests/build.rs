@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use flate2::read::GzDecoder;
 use sealer_builder::engine::{
-    BuildError, BuildMode, BuildOptions, BuildReport, ImageExtension, LayerCompression, NoObserver,
-    StepOutcome, build,
+    BuildError, BuildMode, BuildOptions, BuildReport, HookError, ImageExtension, LayerCompression,
+    NoObserver, StepOutcome, build,
 };
 use sealer_builder::kubefile::parse;
 use sealer_fs_abstraction::tar::{UnpackOptions, unpack};
@@ -576,9 +576,9 @@ fn remote_app_sources_come_through_the_fetch_hook_and_key_on_their_content() {
         "{error}"
     );
     let content = std::cell::RefCell::new(b"kind: Deployment\n".to_vec());
-    let fetch = |url: &str, into: &mut dyn std::io::Write| -> Result<(), String> {
+    let fetch = |url: &str, into: &mut dyn std::io::Write| -> Result<(), HookError> {
         assert_eq!(url, "https://example.com/m/web.yaml?v=1");
-        into.write_all(&content.borrow()).map_err(|e| e.to_string())
+        Ok(into.write_all(&content.borrow())?)
     };
     let mut opts = options(&["w:1"]);
     opts.fetch = Some(&fetch);
@@ -632,10 +632,9 @@ fn add_extracts_archives_and_downloads_urls() {
         .fs
         .write_atomic(Path::new("tools.tar.gz"), &gz)
         .expect("write");
-    let fetch = |url: &str, into: &mut dyn std::io::Write| -> Result<(), String> {
+    let fetch = |url: &str, into: &mut dyn std::io::Write| -> Result<(), HookError> {
         assert_eq!(url, "https://example.com/calico.yaml");
-        into.write_all(b"kind: DaemonSet\n")
-            .map_err(|e| e.to_string())
+        Ok(into.write_all(b"kind: DaemonSet\n")?)
     };
     let mut opts = options(&["add:1"]);
     opts.fetch = Some(&fetch);
@@ -924,17 +923,17 @@ fn a_base_without_the_platform_is_pulled_or_named_with_its_carried_platforms() {
         "{error}"
     );
     let asked = std::sync::Mutex::new(Vec::new());
-    let pull = |reference: &str, platform: &Platform| -> Result<(), String> {
+    let pull = |reference: &str, platform: &Platform| -> Result<(), HookError> {
         asked
             .lock()
             .expect("lock")
             .push(format!("{reference} {platform}"));
-        Err("offline".to_owned())
+        Err("offline".into())
     };
     options.pull = Some(&pull);
-    let error = try_build(&store.store, &context, kubefile, &options)
-        .expect_err("the pull fails")
-        .to_string();
+    let error = try_build(&store.store, &context, kubefile, &options).expect_err("the pull fails");
+    // The hook's own error is the source, printed with the chain.
+    let error = sealer_registry_client::error_chain(&error);
     assert!(error.contains("offline"), "{error}");
     assert_eq!(*asked.lock().expect("lock"), ["base:1 linux/arm64"]);
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sealer_builder::engine::{
-    BuildMode, BuildOptions, BuildReport, CONTAINER_IMAGES_ANNOTATION, ContainerImage,
+    BuildMode, BuildOptions, BuildReport, CONTAINER_IMAGES_ANNOTATION, ContainerImage, HookError,
     ImageListFile, NoObserver, ScanOptions, build, container_images, plan_images,
 };
 use sealer_builder::kubefile::parse;
@@ -93,17 +93,15 @@ fn build_scanning(
         ..ClientOptions::default()
     })
     .unwrap();
-    let pull = |reference: &str, platform: &Platform| -> Result<(), String> {
-        let image: Reference = reference.parse().map_err(|e| format!("{e}"))?;
-        runtime
-            .block_on(client.pull(
-                store,
-                &image,
-                PlatformSelection::Only(platform.clone()),
-                &NoProgress,
-            ))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    let pull = |reference: &str, platform: &Platform| -> Result<(), HookError> {
+        let image: Reference = reference.parse()?;
+        runtime.block_on(client.pull(
+            store,
+            &image,
+            PlatformSelection::Only(platform.clone()),
+            &NoProgress,
+        ))?;
+        Ok(())
     };
     let kubefile = parse(kubefile, "Kubefile").unwrap();
     let options = BuildOptions {

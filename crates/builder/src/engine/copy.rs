@@ -384,28 +384,36 @@ pub(crate) fn add_archive(
 
 /// Streams `url` through `fetch` into `file` of `fs` (written atomically, hashed on the
 /// way: no buffer holds the whole body); returns its size and SHA-256 digest once the file
-/// on disk has that size.
+/// on disk has that size. The outer error is the build's (the scratch file), the inner one
+/// the download's.
 pub(crate) fn download_into(
     fetch: crate::engine::FetchFn<'_>,
     url: &str,
     fs: &dyn Fs,
     file: &Path,
-) -> std::result::Result<(u64, Digest), String> {
-    let mut out = sealer_fs_abstraction::AtomicFile::create(fs, file).map_err(|e| e.to_string())?;
+) -> Result<std::result::Result<(u64, Digest), crate::engine::HookError>> {
+    let mut out = sealer_fs_abstraction::AtomicFile::create(fs, file)?;
     let mut hashing = HashingWriter {
         inner: &mut out,
         hasher: Hasher::new(Algorithm::Sha256),
         len: 0,
     };
-    fetch(url, &mut hashing)?;
-    std::io::Write::flush(&mut hashing).map_err(|e| e.to_string())?;
-    let HashingWriter { hasher, len, .. } = hashing;
-    out.commit().map_err(|e| e.to_string())?;
-    let stored = fs.metadata(file).map_err(|e| e.to_string())?.len;
-    if stored != len {
-        return Err(format!("{len} bytes received but {stored} stored"));
+    if let Err(error) = fetch(url, &mut hashing) {
+        return Ok(Err(error));
     }
-    Ok((len, hasher.finish()))
+    std::io::Write::flush(&mut hashing).map_err(|source| BuildError::Io {
+        what: format!("writing the download of {url}"),
+        source,
+    })?;
+    let HashingWriter { hasher, len, .. } = hashing;
+    out.commit()?;
+    let stored = fs.metadata(file)?.len;
+    if stored != len {
+        return Ok(Err(
+            format!("{len} bytes received but {stored} stored").into()
+        ));
+    }
+    Ok(Ok((len, hasher.finish())))
 }
 
 /// A writer that hashes and counts what passes through it.

@@ -171,9 +171,10 @@ pub(crate) fn collect(
                         ),
                     });
                 };
-                pull(&reference, platform).map_err(|message| BuildError::Dependency {
+                pull(&reference, platform).map_err(|source| BuildError::DependencyPull {
                     reference: reference.clone(),
-                    message,
+                    platform: platform.to_string(),
+                    source,
                 })?;
                 store.resolve(&reference, Some(platform))?
             }

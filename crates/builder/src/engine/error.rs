@@ -42,6 +42,17 @@ pub enum BuildError {
         /// Why.
         message: String,
     },
+    /// The base image is not in the store for the platform, and pulling it failed.
+    #[error("base image {reference}: pulling it for {platform}")]
+    BasePull {
+        /// The FROM reference.
+        reference: String,
+        /// The platform it was pulled for.
+        platform: String,
+        /// Why the pull failed (the [`PullFn`](crate::engine::PullFn)'s error).
+        #[source]
+        source: crate::engine::HookError,
+    },
     /// An image's sealer metadata (its annotations) cannot be read.
     #[error("image {reference}: {message}")]
     Metadata {
@@ -50,14 +61,37 @@ pub enum BuildError {
         /// What is wrong.
         message: String,
     },
-    /// An image the rootfs needs (found by the image scan) is not in the store and could not
-    /// be pulled (`--build-mode lite` skips them).
+    /// An image the rootfs needs (found by the image scan) is not in the store, and this
+    /// build cannot pull (`--build-mode lite` skips them).
     #[error("dependency image {reference}: {message}")]
     Dependency {
         /// The image.
         reference: String,
         /// Why.
         message: String,
+    },
+    /// An image the rootfs needs is not in the store for the platform, and pulling it
+    /// failed.
+    #[error("dependency image {reference}: pulling it for {platform}")]
+    DependencyPull {
+        /// The image.
+        reference: String,
+        /// The platform it was pulled for.
+        platform: String,
+        /// Why the pull failed (the [`PullFn`](crate::engine::PullFn)'s error).
+        #[source]
+        source: crate::engine::HookError,
+    },
+    /// The step at `span` could not download a remote source.
+    #[error("{span}: {what}")]
+    Download {
+        /// The instruction.
+        span: Span,
+        /// What was downloaded, for which step.
+        what: String,
+        /// Why (the [`FetchFn`](crate::engine::FetchFn)'s error).
+        #[source]
+        source: crate::engine::HookError,
     },
     /// An option is invalid.
     #[error("{0}")]

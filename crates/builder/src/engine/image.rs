@@ -94,9 +94,10 @@ pub(super) fn base_state(
                     },
                 });
             };
-            pull(reference, platform).map_err(|message| BuildError::Base {
+            pull(reference, platform).map_err(|source| BuildError::BasePull {
                 reference: reference.to_owned(),
-                message,
+                platform: platform.to_string(),
+                source,
             })?;
             store.resolve(reference, Some(platform))?
         }

@@ -69,15 +69,21 @@ use crate::engine::layer::write_layer;
 use crate::engine::steps::{LayerReuse, Progress, StepEnv, run_step};
 use crate::kubefile::{Base, BuildArgs, Kubefile};
 
+/// What a [`PullFn`] or [`FetchFn`] hook fails with: the caller's own error (a registry
+/// client's, a downloader's), kept whole as the `source` of the [`BuildError`], so its
+/// causes (refused, TLS, HTTP status) stay walkable.
+pub type HookError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Pulls a missing base image into the store for one platform (the CLI passes a
-/// registry-client pull); returns a message on failure.
-pub type PullFn<'a> = &'a dyn Fn(&str, &Platform) -> std::result::Result<(), String>;
+/// registry-client pull).
+pub type PullFn<'a> = &'a dyn Fn(&str, &Platform) -> std::result::Result<(), HookError>;
 
 /// Downloads a remote source (an `http(s)://` URL of ADD or APP/CNI/CSI) into the writer,
-/// as it arrives; returns a message on failure. ADD streams it into a file of the build's
-/// scratch directory (memory stays bounded whatever the size); the content is part of the
-/// step's cache key, so the download happens on every build.
-pub type FetchFn<'a> = &'a dyn Fn(&str, &mut dyn std::io::Write) -> std::result::Result<(), String>;
+/// as it arrives. ADD streams it into a file of the build's scratch directory (memory stays
+/// bounded whatever the size); the content is part of the step's cache key, so the download
+/// happens on every build.
+pub type FetchFn<'a> =
+    &'a dyn Fn(&str, &mut dyn std::io::Write) -> std::result::Result<(), HookError>;
 
 /// How to build.
 #[derive(Default)]

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sealer_builder::engine::{
-    BuildMode, BuildObserver, BuildOptions, LayerCompression, StepInfo, StepOutcome, build,
+    BuildMode, BuildObserver, BuildOptions, HookError, LayerCompression, StepInfo, StepOutcome,
+    build,
 };
 use sealer_builder::kubefile::{self, DEFAULT_NAME, Kubefile};
 use sealer_fs_abstraction::RealFs;
@@ -127,16 +128,16 @@ impl<'a> Fetcher<'a> {
         }
     }
 
-    pub(super) fn fetch(&self, url: &str, into: &mut dyn Write) -> Result<(), String> {
+    pub(super) fn fetch(&self, url: &str, into: &mut dyn Write) -> Result<(), HookError> {
         let downloader = match self.downloader.get() {
             Some(downloader) => downloader,
             None => {
-                let made = Downloader::new(self.ca_files).map_err(|e| format!("{e:#}"))?;
+                let made = Downloader::new(self.ca_files)?;
                 self.downloader.get_or_init(|| made)
             }
         };
         tell!("Downloading {url}");
-        downloader.get_into(url, into).map_err(|e| format!("{e:#}"))
+        Ok(downloader.get_into(url, into)?)
     }
 }
 
@@ -159,14 +160,13 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
         _ => None,
     };
     let pull_runtime = std::cell::OnceCell::new();
-    let pull = |reference: &str, platform: &Platform| -> Result<(), String> {
-        let image: Reference = reference.parse().map_err(|e| format!("{e}"))?;
-        let client =
-            registry_client(image.registry(), &args.registry, 4).map_err(|e| format!("{e:#}"))?;
+    let pull = |reference: &str, platform: &Platform| -> Result<(), HookError> {
+        let image: Reference = reference.parse()?;
+        let client = registry_client(image.registry(), &args.registry, 4)?;
         let runtime = match pull_runtime.get() {
             Some(runtime) => runtime,
             None => {
-                let made = runtime().map_err(|e| format!("{e:#}"))?;
+                let made = runtime()?;
                 pull_runtime.get_or_init(|| made)
             }
         };
@@ -179,10 +179,8 @@ pub fn run(store: &Store, args: &BuildArgs) -> Result<()> {
             &progress,
         ));
         progress.clear();
-        // The whole chain: a transport error's cause (refused, DNS, TLS) is deep in it.
-        pulled
-            .map(|_| ())
-            .map_err(|e| format!("pulling: {}", sealer_registry_client::error_chain(&e)))
+        // The error itself: its causes (refused, DNS, TLS) are printed with the chain.
+        Ok(pulled.map(drop)?)
     };
     let fetcher = Fetcher::new(&args.registry.ca_files);
     let fetch = |url: &str, into: &mut dyn Write| fetcher.fetch(url, into);

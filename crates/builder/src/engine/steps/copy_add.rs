@@ -73,7 +73,7 @@ pub(super) fn step(
                     }
                 };
                 let file = PathBuf::from(index.to_string());
-                Ok(download_into(fetch, url, fs.as_ref(), &file)
+                Ok(download_into(fetch, url, fs.as_ref(), &file)?
                     .map(|(len, digest)| ((fs, file, len), digest)))
             },
         )?;

@@ -6,7 +6,7 @@
 use sealer_image_store::Digest;
 use sealer_layer_cache::InputHasher;
 
-use crate::engine::{BuildError, FetchFn, Result};
+use crate::engine::{BuildError, FetchFn, HookError, Result};
 use crate::kubefile::Span;
 
 /// The step that downloads, for its error messages.
@@ -34,33 +34,34 @@ impl Requester<'_> {
         }
     }
 
-    fn failed(&self, url: &str, message: &str) -> String {
+    fn downloading(&self, url: &str) -> String {
         match self {
-            Self::Add => format!("ADD downloading {url}: {message}"),
-            Self::App { keyword, app } => {
-                format!("{keyword} {app}: downloading {url}: {message}")
-            }
+            Self::Add => format!("ADD downloading {url}"),
+            Self::App { keyword, app } => format!("{keyword} {app}: downloading {url}"),
         }
     }
 }
 
 /// Downloads `url` for the step at `span`: `download` streams it through the fetch hook
 /// into whatever holds it and returns that holder with the content's digest (an outer error
-/// is the build's own, an inner one the download's message). Returns the file name the
-/// source gets and the holder; the URL and the digest go into `input`.
+/// is the build's own, an inner one the download's). Returns the file name the source gets
+/// and the holder; the URL and the digest go into `input`.
 pub(super) fn fetch_remote<T>(
     fetch: Option<FetchFn<'_>>,
     span: &Span,
     requester: &Requester<'_>,
     url: &str,
     input: &mut InputHasher,
-    download: impl FnOnce(FetchFn<'_>) -> Result<std::result::Result<(T, Digest), String>>,
+    download: impl FnOnce(FetchFn<'_>) -> Result<std::result::Result<(T, Digest), HookError>>,
 ) -> Result<(String, T)> {
     let name =
         remote_file_name(url).ok_or_else(|| BuildError::at(span, requester.names_no_file(url)))?;
     let fetch = fetch.ok_or_else(|| BuildError::at(span, requester.cannot_download(url)))?;
-    let (held, digest) = download(fetch)?
-        .map_err(|message| BuildError::at(span, requester.failed(url, &message)))?;
+    let (held, digest) = download(fetch)?.map_err(|source| BuildError::Download {
+        span: span.clone(),
+        what: requester.downloading(url),
+        source,
+    })?;
     input.add_bytes("remote", url.as_bytes());
     input.add_bytes("content", digest.to_string().as_bytes());
     Ok((name, held))
