@@ -195,11 +195,7 @@ struct Anchored {
 /// stream. Aliases are expanded within the budget of [`MAX_ALIASES`] and [`MAX_ALIAS_BYTES`].
 pub(crate) fn parse_chunk(chunk: &Chunk) -> Result<Vec<Node>, ParseError> {
     let offset = chunk.first_line.saturating_sub(1);
-    let mut documents = Vec::new();
-    let mut stack: Vec<Open> = Vec::new();
-    let mut anchors: HashMap<usize, Anchored> = HashMap::new();
-    // Per document: nodes made so far, aliases used, bytes they added.
-    let (mut nodes, mut aliases, mut alias_bytes) = (0usize, 0usize, 0usize);
+    let mut tree = TreeBuilder::default();
     for event in Parser::new_from_str(&chunk.text) {
         let (event, span) = event.map_err(|error| ParseError {
             line: error.marker().line() + offset,
@@ -212,115 +208,42 @@ pub(crate) fn parse_chunk(chunk: &Chunk) -> Result<Vec<Node>, ParseError> {
         let line = span.start.line() + offset;
         let (finished, depth) = match event {
             Event::DocumentStart(..) => {
-                anchors.clear();
-                (nodes, aliases, alias_bytes) = (0, 0, 0);
+                tree.start_document();
                 (None, 0)
             }
             Event::Scalar(text, style, anchor, _) => {
-                nodes += 1;
                 let node = Node {
                     line,
                     plain: style == ScalarStyle::Plain,
                     value: Value::Scalar(text.into_owned()),
                 };
-                if anchor != 0 {
-                    let anchored = Anchored {
-                        node: node.clone(),
-                        nodes: 1,
-                        bytes: node.as_str().map_or(0, str::len),
-                        depth: 1,
-                    };
-                    anchors.insert(anchor, anchored);
-                }
+                tree.scalar(&node, anchor);
                 (Some(node), 1)
             }
             Event::Alias(id) => {
-                let anchored = anchors.get(&id).ok_or_else(|| ParseError {
-                    line,
-                    message: "alias of an unknown anchor".to_owned(),
-                    over_budget: false,
-                })?;
-                aliases += 1;
-                alias_bytes = alias_bytes.saturating_add(
-                    anchored
-                        .nodes
-                        .saturating_mul(std::mem::size_of::<Node>())
-                        .saturating_add(anchored.bytes),
-                );
-                if aliases > MAX_ALIASES || alias_bytes > MAX_ALIAS_BYTES {
-                    return Err(ParseError {
-                        line,
-                        message: format!(
-                            "aliases expand beyond the limit ({MAX_ALIASES} aliases, \
-                             {MAX_ALIAS_BYTES} bytes per document): an alias bomb?"
-                        ),
-                        over_budget: true,
-                    });
-                }
-                if stack.len() + anchored.depth > MAX_DEPTH {
-                    return Err(ParseError {
-                        line,
-                        message: format!("aliases nest deeper than {MAX_DEPTH} levels"),
-                        over_budget: true,
-                    });
-                }
-                nodes += anchored.nodes;
-                (Some(anchored.node.clone()), anchored.depth)
+                let (node, depth) = tree.alias(id, line)?;
+                (Some(node), depth)
             }
-            Event::SequenceStart(_, anchor, _) | Event::MappingStart(_, anchor, _) => {
-                let value = match event {
-                    Event::SequenceStart(..) => Value::Seq(Vec::new()),
-                    _ => Value::Map(Vec::new()),
-                };
-                nodes += 1;
-                stack.push(Open {
-                    node: Node {
-                        line,
-                        plain: true,
-                        value,
-                    },
-                    pending_key: None,
-                    anchor,
-                    nodes_before: nodes - 1,
-                    child_depth: 0,
-                });
+            Event::SequenceStart(_, anchor, _) => {
+                tree.open(line, Value::Seq(Vec::new()), anchor);
                 (None, 0)
             }
-            Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
-                Some(open) => {
-                    let depth = open.child_depth + 1;
-                    if open.anchor != 0 {
-                        let anchored = Anchored {
-                            node: open.node.clone(),
-                            nodes: nodes - open.nodes_before,
-                            bytes: scalar_bytes(&open.node),
-                            depth,
-                        };
-                        anchors.insert(open.anchor, anchored);
-                    }
-                    (Some(open.node), depth)
-                }
+            Event::MappingStart(_, anchor, _) => {
+                tree.open(line, Value::Map(Vec::new()), anchor);
+                (None, 0)
+            }
+            Event::SequenceEnd | Event::MappingEnd => match tree.close() {
+                Some((node, depth)) => (Some(node), depth),
                 None => (None, 0),
             },
             _ => (None, 0),
         };
-        let Some(node) = finished else { continue };
-        match stack.last_mut() {
-            None => documents.push(node),
-            Some(parent) => {
-                parent.child_depth = parent.child_depth.max(depth);
-                match &mut parent.node.value {
-                    Value::Seq(items) => items.push(node),
-                    Value::Map(pairs) => match parent.pending_key.take() {
-                        Some(key) => pairs.push((key, node)),
-                        None => parent.pending_key = Some(node),
-                    },
-                    Value::Scalar(_) => {}
-                }
-            }
+        if let Some(node) = finished {
+            tree.attach(node, depth);
         }
     }
-    Ok(documents
+    Ok(tree
+        .documents
         .into_iter()
         .filter(|document| {
             !(document.plain
@@ -329,6 +252,127 @@ pub(crate) fn parse_chunk(chunk: &Chunk) -> Result<Vec<Node>, ParseError> {
                     .is_some_and(|text| text.is_empty() || text == "~"))
         })
         .collect())
+}
+
+/// The trees of a chunk as its events arrive: the collections still open, the anchors of
+/// the current document and its alias budget.
+#[derive(Default)]
+struct TreeBuilder {
+    documents: Vec<Node>,
+    stack: Vec<Open>,
+    anchors: HashMap<usize, Anchored>,
+    /// Nodes made so far in the document.
+    nodes: usize,
+    /// Aliases used so far in the document.
+    aliases: usize,
+    /// Bytes the aliases added.
+    alias_bytes: usize,
+}
+
+impl TreeBuilder {
+    /// A new document: anchors and budget start afresh.
+    fn start_document(&mut self) {
+        self.anchors.clear();
+        (self.nodes, self.aliases, self.alias_bytes) = (0, 0, 0);
+    }
+
+    fn scalar(&mut self, node: &Node, anchor: usize) {
+        self.nodes += 1;
+        if anchor != 0 {
+            let anchored = Anchored {
+                node: node.clone(),
+                nodes: 1,
+                bytes: node.as_str().map_or(0, str::len),
+                depth: 1,
+            };
+            self.anchors.insert(anchor, anchored);
+        }
+    }
+
+    /// The copy of anchor `id` and its depth, charged to the document's budget.
+    fn alias(&mut self, id: usize, line: usize) -> Result<(Node, usize), ParseError> {
+        let anchored = self.anchors.get(&id).ok_or_else(|| ParseError {
+            line,
+            message: "alias of an unknown anchor".to_owned(),
+            over_budget: false,
+        })?;
+        self.aliases += 1;
+        self.alias_bytes = self.alias_bytes.saturating_add(
+            anchored
+                .nodes
+                .saturating_mul(std::mem::size_of::<Node>())
+                .saturating_add(anchored.bytes),
+        );
+        if self.aliases > MAX_ALIASES || self.alias_bytes > MAX_ALIAS_BYTES {
+            return Err(ParseError {
+                line,
+                message: format!(
+                    "aliases expand beyond the limit ({MAX_ALIASES} aliases, \
+                     {MAX_ALIAS_BYTES} bytes per document): an alias bomb?"
+                ),
+                over_budget: true,
+            });
+        }
+        if self.stack.len() + anchored.depth > MAX_DEPTH {
+            return Err(ParseError {
+                line,
+                message: format!("aliases nest deeper than {MAX_DEPTH} levels"),
+                over_budget: true,
+            });
+        }
+        self.nodes += anchored.nodes;
+        Ok((anchored.node.clone(), anchored.depth))
+    }
+
+    /// A sequence or mapping starts.
+    fn open(&mut self, line: usize, value: Value, anchor: usize) {
+        self.nodes += 1;
+        self.stack.push(Open {
+            node: Node {
+                line,
+                plain: true,
+                value,
+            },
+            pending_key: None,
+            anchor,
+            nodes_before: self.nodes - 1,
+            child_depth: 0,
+        });
+    }
+
+    /// The innermost open collection ends: it and its depth (anchored when it has one).
+    fn close(&mut self) -> Option<(Node, usize)> {
+        let open = self.stack.pop()?;
+        let depth = open.child_depth + 1;
+        if open.anchor != 0 {
+            let anchored = Anchored {
+                node: open.node.clone(),
+                nodes: self.nodes - open.nodes_before,
+                bytes: scalar_bytes(&open.node),
+                depth,
+            };
+            self.anchors.insert(open.anchor, anchored);
+        }
+        Some((open.node, depth))
+    }
+
+    /// A finished node goes into its parent (a sequence item, a key, or a key's value), or
+    /// is a document.
+    fn attach(&mut self, node: Node, depth: usize) {
+        let Some(parent) = self.stack.last_mut() else {
+            self.documents.push(node);
+            return;
+        };
+        parent.child_depth = parent.child_depth.max(depth);
+        match &mut parent.node.value {
+            Value::Seq(items) => items.push(node),
+            Value::Map(pairs) => match parent.pending_key.take() {
+                Some(key) => pairs.push((key, node)),
+                None => parent.pending_key = Some(node),
+            },
+            Value::Scalar(_) => {}
+        }
+    }
 }
 
 /// The scalar bytes of a tree (only called on anchored collections, once each).
