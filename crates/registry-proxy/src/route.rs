@@ -249,6 +249,14 @@ impl From<RouteError> for ApiError {
     }
 }
 
+/// 405 for `method` on `path`.
+fn method_not_allowed(method: &Method, path: &str) -> RouteError {
+    RouteError::MethodNotAllowed {
+        method: method.to_string(),
+        path: path.to_owned(),
+    }
+}
+
 /// Parses requests; knows the configured upstream aliases (path prefixes that are not
 /// host names).
 #[derive(Debug, Clone, Default)]
@@ -272,10 +280,7 @@ impl RouteParser {
         query: Option<&str>,
     ) -> Result<Route, RouteError> {
         let params = QueryParams::parse(query.unwrap_or_default());
-        let not_allowed = || RouteError::MethodNotAllowed {
-            method: method.to_string(),
-            path: path.to_owned(),
-        };
+        let not_allowed = || method_not_allowed(method, path);
         let rest = path
             .strip_prefix("/v2")
             .ok_or_else(|| RouteError::NotFound(path.to_owned()))?;
@@ -322,54 +327,10 @@ impl RouteParser {
             });
         }
         if n >= 4 && part(3) == "blobs" && part(2) == "uploads" {
-            let id = part(1).to_owned();
-            if !valid_upload_id(&id) {
-                return Err(RouteError::UploadUnknown(id));
-            }
-            let op = match *method {
-                Method::GET | Method::HEAD => UploadOp::Status,
-                Method::PATCH => UploadOp::Patch,
-                Method::PUT => match params.digest("digest")? {
-                    Some(digest) => UploadOp::Finish(digest),
-                    None => return Err(RouteError::DigestInvalid(String::new())),
-                },
-                Method::DELETE => UploadOp::Cancel,
-                _ => return Err(not_allowed()),
-            };
-            let repo = self.repo(&name_of(3), &params)?;
-            return Ok(Route::Upload { repo, id, op });
+            return self.upload(method, path, &name_of(3), part(1), &params);
         }
         if n >= 3 && part(2) == "manifests" {
-            let op = match *method {
-                Method::GET => ManifestOp::Get,
-                Method::HEAD => ManifestOp::Head,
-                Method::PUT => ManifestOp::Put,
-                Method::DELETE => ManifestOp::Delete,
-                _ => return Err(not_allowed()),
-            };
-            let repo = self.repo(&name_of(2), &params)?;
-            let reference = parse_reference(part(1)).map_err(|error| match error {
-                RouteError::TagInvalid(tag) if op != ManifestOp::Put => {
-                    RouteError::ManifestUnknown(tag)
-                }
-                other => other,
-            })?;
-            let tags = match (&reference, op) {
-                (ManifestRef::Digest(_), ManifestOp::Put) => params
-                    .get_all("tag")
-                    .map(|tag| {
-                        validate_tag(tag).map_err(|_| RouteError::TagInvalid(tag.to_owned()))?;
-                        Ok(tag.to_owned())
-                    })
-                    .collect::<Result<_, RouteError>>()?,
-                _ => Vec::new(),
-            };
-            return Ok(Route::Manifest {
-                repo,
-                reference,
-                op,
-                tags,
-            });
+            return self.manifest(method, path, &name_of(2), part(1), &params);
         }
         if n >= 3 && part(2) == "blobs" {
             let op = match *method {
@@ -406,6 +367,77 @@ impl RouteParser {
             });
         }
         Err(not_found())
+    }
+
+    /// `<name>/blobs/uploads/<id>`: the session `id`'s status, a chunk, its end or its cancel.
+    fn upload(
+        &self,
+        method: &Method,
+        path: &str,
+        name: &str,
+        id: &str,
+        params: &QueryParams,
+    ) -> Result<Route, RouteError> {
+        if !valid_upload_id(id) {
+            return Err(RouteError::UploadUnknown(id.to_owned()));
+        }
+        let op = match *method {
+            Method::GET | Method::HEAD => UploadOp::Status,
+            Method::PATCH => UploadOp::Patch,
+            Method::PUT => match params.digest("digest")? {
+                Some(digest) => UploadOp::Finish(digest),
+                None => return Err(RouteError::DigestInvalid(String::new())),
+            },
+            Method::DELETE => UploadOp::Cancel,
+            _ => return Err(method_not_allowed(method, path)),
+        };
+        let repo = self.repo(name, params)?;
+        Ok(Route::Upload {
+            repo,
+            id: id.to_owned(),
+            op,
+        })
+    }
+
+    /// `<name>/manifests/<reference>` (with `?tag=` on a push by digest).
+    fn manifest(
+        &self,
+        method: &Method,
+        path: &str,
+        name: &str,
+        reference: &str,
+        params: &QueryParams,
+    ) -> Result<Route, RouteError> {
+        let op = match *method {
+            Method::GET => ManifestOp::Get,
+            Method::HEAD => ManifestOp::Head,
+            Method::PUT => ManifestOp::Put,
+            Method::DELETE => ManifestOp::Delete,
+            _ => return Err(method_not_allowed(method, path)),
+        };
+        let repo = self.repo(name, params)?;
+        let reference = parse_reference(reference).map_err(|error| match error {
+            RouteError::TagInvalid(tag) if op != ManifestOp::Put => {
+                RouteError::ManifestUnknown(tag)
+            }
+            other => other,
+        })?;
+        let tags = match (&reference, op) {
+            (ManifestRef::Digest(_), ManifestOp::Put) => params
+                .get_all("tag")
+                .map(|tag| {
+                    validate_tag(tag).map_err(|_| RouteError::TagInvalid(tag.to_owned()))?;
+                    Ok(tag.to_owned())
+                })
+                .collect::<Result<_, RouteError>>()?,
+            _ => Vec::new(),
+        };
+        Ok(Route::Manifest {
+            repo,
+            reference,
+            op,
+            tags,
+        })
     }
 
     /// Splits `name` into namespace and repository and validates both.
