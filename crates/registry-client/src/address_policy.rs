@@ -208,11 +208,7 @@ impl AddressRange {
 }
 
 /// A connection the policy refused: which host, which address, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{host} resolves to {address}, a {class} address, which this client may not connect to \
-     (admit its range explicitly to allow it)"
-)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddressRefused {
     /// The host as the URL named it.
     pub host: String,
@@ -221,6 +217,24 @@ pub struct AddressRefused {
     /// Why it is refused.
     pub class: AddressClass,
 }
+
+impl fmt::Display for AddressRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let literal = self.host.trim_start_matches('[').trim_end_matches(']');
+        if literal == self.address.to_string() {
+            write!(f, "{} is a {} address", self.address, self.class)?;
+        } else {
+            write!(
+                f,
+                "{} resolves to {}, a {} address",
+                self.host, self.address, self.class
+            )?;
+        }
+        f.write_str(", which this client may not connect to (admit its range to allow it)")
+    }
+}
+
+impl std::error::Error for AddressRefused {}
 
 /// Which addresses a client may connect to: every public address, and the non-public ones
 /// inside the admitted ranges.
