@@ -19,8 +19,8 @@ use crate::config::{TagTtl, UpstreamConfig, UpstreamUrl};
 use crate::route::{Namespace, NamespaceVia, normalise_host};
 
 /// A pattern of registry hosts: `quay.io` (that host, default port), `*.gcr.io` (any
-/// subdomain of `gcr.io`, not `gcr.io` itself), `registry.lan:*` or `127.0.0.1:*` (any
-/// port of that host), `registry.lan:5000` (that port), `*` (every host and port).
+/// subdomain of `gcr.io`, not `gcr.io` itself), `registry.lan:*` or `127.0.0.1:*` (that
+/// host with any port or none), `registry.lan:5000` (that port), `*` (every host and port).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPattern {
     host: HostPart,
@@ -40,6 +40,7 @@ enum HostPart {
 enum PortPart {
     /// Written without a port: the scheme's default (the host without a port).
     Default,
+    /// `:*`: any port, or none.
     Any,
     /// `:port`, canonical (no leading zero).
     Exact(String),
@@ -281,7 +282,8 @@ mod tests {
         assert!(!gcr.matches("eu.gcr.io:5000"));
         let loopback = pattern("127.0.0.1:*");
         assert!(loopback.matches("127.0.0.1:5000"));
-        assert!(!loopback.matches("127.0.0.1"));
+        // `:*` is any port, the default one included.
+        assert!(loopback.matches("127.0.0.1"));
         assert!(!loopback.matches("127.0.0.2:5000"));
         let exact = pattern("registry.lan:5000");
         assert!(exact.matches("registry.lan:5000"));
