@@ -8,7 +8,8 @@
 //! resolver drops refused addresses of every name it resolves, at every connection (a name
 //! that resolves to a public address once and to a private one later is refused then);
 //! hosts written as IP literals, which are never resolved, are checked before each request
-//! and at each redirect hop.
+//! and at each redirect hop. Such a client ignores forward proxies from the environment
+//! (they would resolve names where the policy cannot see the addresses).
 //!
 //! [`ClientOptions::address_policy`]: crate::ClientOptions::address_policy
 

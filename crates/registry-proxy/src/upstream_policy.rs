@@ -318,6 +318,35 @@ mod tests {
     }
 
     #[test]
+    fn the_section_is_read_from_a_server_configuration_with_located_errors() {
+        use crate::config::ServerConfig;
+        let parse = |text: &str| ServerConfig::parse(text, std::path::Path::new("r.yaml"));
+        let config = parse("upstream_policy:\n  admit: [quay.io]\n").unwrap();
+        assert!(config.upstream_policy.unwrap().admits("quay.io"));
+        assert!(
+            parse("listen: 127.0.0.1:5000\n")
+                .unwrap()
+                .upstream_policy
+                .is_none()
+        );
+        let error = parse("upstream_policy:\n  admit: [quay.io]\n  max_upstreams: 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("r.yaml:3:") && error.contains("max_upstreams"),
+            "{error}"
+        );
+        let error = parse("upstream_policy:\n  admit: [\"a.*.io\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("expected e.g."), "{error}");
+        let error = parse("upstream_policy:\n  allow: []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("allow"), "{error}");
+    }
+
+    #[test]
     fn an_admitted_host_gets_https_and_the_policy_settings() {
         let config: UpstreamPolicyConfig = serde_saphyr::from_str(
             "admit: [\"docker.io\", \"*.example.com\"]\nallow_ranges: [10.0.0.0/8]\n\

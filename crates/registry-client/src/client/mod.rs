@@ -141,7 +141,11 @@ impl RegistryClient {
             .read_timeout(options.read_timeout)
             .redirect(redirect);
         if let Some(policy) = addresses {
-            builder = builder.dns_resolver(crate::address_policy::PolicyResolver { policy });
+            // Direct connections only: a forward proxy (`HTTPS_PROXY`) would resolve the
+            // names where the policy cannot see the addresses.
+            builder = builder
+                .dns_resolver(crate::address_policy::PolicyResolver { policy })
+                .no_proxy();
         }
         let http = builder.build().map_err(ClientError::Build)?;
         let mut options = options;

@@ -49,6 +49,8 @@ pub struct ClientOptions {
     /// resolved through it at every connection and every IP literal (request URLs,
     /// redirect hops, token realms) is checked: a refused address fails the request with
     /// [`ClientError::AddressRefused`](crate::ClientError::AddressRefused), never retried.
+    /// Such a client connects directly, ignoring `HTTP(S)_PROXY`: a proxy would resolve
+    /// names out of the policy's sight.
     pub address_policy: Option<AddressPolicy>,
 }
 
