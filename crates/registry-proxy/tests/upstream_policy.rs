@@ -2,7 +2,8 @@
 //! instances behind HTTPS (tests/upstream_policy/tls_front.rs, a certificate for 127.0.0.1
 //! trusted through `ca_file`), named in no upstream list, admitted by a host pattern and an
 //! explicit address range; skopeo through a path prefix, containerd-style `?ns=` GETs, the
-//! 32-client herd and stale answers for them; and every refusal: an unadmitted host, a
+//! 32-client herd and stale answers for them; credentials from docker's `config.json`;
+//! and every refusal: an unadmitted host, a
 //! loopback address without its range (by name and as an IP literal), a redirect into a
 //! refused range. Local store only: the policy sits above the storage seam (the same
 //! `Upstream` as a configured one, whose fills and tags run on both backends in
@@ -509,4 +510,81 @@ fn a_redirect_into_a_refused_range_is_not_followed() {
         "a refused redirect reached its target"
     );
     assert!(!proxy.blob_stored(&digest));
+}
+
+/// Marks the child run of [`credentials_of_an_admitted_host_come_from_the_docker_config`].
+const DOCKER_CONFIG_CHILD: &str = "SEALER_TEST_DOCKER_CONFIG_CHILD";
+
+/// Runs [`docker_config_child`] in a child process of this test binary with its own
+/// `DOCKER_CONFIG` (the environment is the process's: no test here changes its own).
+#[test]
+fn credentials_of_an_admitted_host_come_from_the_docker_config() {
+    require_tools!("skopeo", "docker-registry", "openssl");
+    let config_dir = tempfile::tempdir().unwrap();
+    let output = sealer_test_harness::run_bounded(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "docker_config_child", "--ignored", "--nocapture"])
+            .env("DOCKER_CONFIG", config_dir.path())
+            .env(DOCKER_CONFIG_CHILD, "1"),
+        TIMEOUT,
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+}
+
+#[test]
+#[ignore = "run by credentials_of_an_admitted_host_come_from_the_docker_config, with its DOCKER_CONFIG"]
+fn docker_config_child() {
+    assert_eq!(std::env::var(DOCKER_CONFIG_CHILD).as_deref(), Ok("1"));
+    let config_dir = PathBuf::from(std::env::var_os("DOCKER_CONFIG").unwrap());
+    let certificate = Certificate::new();
+    let registry = Registry::start(RegistryOptions::htpasswd("robot", "s3cret")).unwrap();
+    let image = seed_image(
+        &registry.host(),
+        "private/app:1",
+        &ImageSpec::new("x", &[1_000], 18),
+        Some(("robot", "s3cret")),
+    )
+    .unwrap();
+    let front = TlsFront::pipe(
+        &certificate.cert,
+        &certificate.key,
+        registry.host().parse().unwrap(),
+    );
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "robot:s3cret");
+    std::fs::write(
+        config_dir.join("config.json"),
+        format!(
+            "{{\"auths\": {{\"{}\": {{\"auth\": \"{auth}\"}}}}}}",
+            front.host()
+        ),
+    )
+    .unwrap();
+    let manifest_path = format!("/v2/private/app/manifests/1?ns={}", front.host());
+    let dir = tempfile::tempdir().unwrap();
+    let ranges = format!(
+        "allow_ranges: [127.0.0.0/8]\nca_file: {}",
+        certificate.cert.display()
+    );
+    // Without the docker config, the upstream's 401 is all there is.
+    let anonymous = Proxy::start(
+        &dir.path().join("anonymous"),
+        &policy(&["127.0.0.1:*"], &ranges),
+    );
+    let refused = anonymous.request("GET", &manifest_path, &[MANIFEST_ACCEPT]);
+    assert_ne!(refused.status, 200);
+    // With it (the default), its credentials for the host are used.
+    let yaml = policy(&["127.0.0.1:*"], &ranges).replace("use_docker_config: false", "");
+    let proxy = Proxy::start(&dir.path().join("store"), &yaml);
+    let manifest = proxy.request("GET", &manifest_path, &[MANIFEST_ACCEPT]);
+    assert_eq!(
+        manifest.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&manifest.body)
+    );
+    assert_eq!(digest_of(&manifest.body), image.manifest_digest);
 }
