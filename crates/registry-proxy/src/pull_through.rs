@@ -10,9 +10,8 @@
 //! connections only to the addresses the policy allows), kept for the process's life up to
 //! `max_upstreams`. A namespace that names no upstream is answered from the store only
 //! (content loaded there), and what the store lacks is `NAME_UNKNOWN`: never an open
-//! proxy. Content is
-//! stored under the upstream's host (`quay.io/a/b:1` and `docker.io/a/b:1` are different
-//! names), so tags of different upstreams never collide.
+//! proxy. Content is stored under the upstream's host (`quay.io/a/b:1` and
+//! `docker.io/a/b:1` are different names), so tags of different upstreams never collide.
 //!
 //! **Digests** (manifests and blobs) are immutable: when the store has one it is served
 //! without any upstream contact (`X-Cache: HIT`). **Tags** are revalidated with a `HEAD`
@@ -339,7 +338,8 @@ impl PolicyUpstreams {
             return Err(ApiError::new(
                 ErrorCode::Denied,
                 format!(
-                    "{host} is admitted by upstream_policy, but its {} upstreams                      (max_upstreams) exist already; only cached content is served",
+                    "{host} is admitted by upstream_policy, but its {} upstreams \
+                     (max_upstreams) exist already; only cached content is served",
                     self.config.max_upstreams
                 ),
             ));

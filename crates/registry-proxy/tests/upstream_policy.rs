@@ -588,3 +588,32 @@ fn docker_config_child() {
     );
     assert_eq!(digest_of(&manifest.body), image.manifest_digest);
 }
+
+#[test]
+fn the_upstreams_a_policy_creates_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    // No range admits loopback: the upstreams are created, and refused at connection.
+    let proxy = Proxy::start(
+        &dir.path().join("store"),
+        &policy(&["127.0.0.1:*"], "max_upstreams: 1"),
+    );
+    let first = proxy.get("/v2/team/app/manifests/1?ns=127.0.0.1:1");
+    assert_error(&first, 403, "DENIED");
+    assert!(error_message(&first).contains("loopback"));
+    // The same host again: its upstream exists.
+    let again = proxy.get("/v2/team/app/manifests/1?ns=127.0.0.1:1");
+    assert!(error_message(&again).contains("loopback"));
+    let beyond = proxy.get("/v2/team/app/manifests/1?ns=127.0.0.1:2");
+    assert_error(&beyond, 403, "DENIED");
+    let message = error_message(&beyond);
+    assert!(
+        message.contains("127.0.0.1:2") && message.contains("max_upstreams"),
+        "{message}"
+    );
+    let series = "sealer_proxy_requests_total{upstream=\"127.0.0.1:1\",cache=\"hit\"}";
+    assert_eq!(proxy.metric(series), Some(0));
+    assert_eq!(
+        proxy.metric("sealer_proxy_requests_total{upstream=\"127.0.0.1:2\",cache=\"hit\"}"),
+        None
+    );
+}
