@@ -40,12 +40,16 @@
 //!   [`BlobDownload`] resumes with `Range` by itself; [`ClientOptions::base_urls`] for
 //!   registries whose address is configured; [`RegistryClient::stats`] for metrics.
 //! * [`TransferProgress`]: per-blob start/advance/finish callbacks.
+//! * [`address_policy`]: [`ClientOptions::address_policy`] refuses connections to loopback,
+//!   private, link-local and cloud-metadata addresses (at resolution, for IP literals and
+//!   at every redirect hop) unless a range admits them.
 //!
 //! Pull runs on any tokio runtime (its blob workers, which write to disk, run on the
 //! runtime's blocking pool).
 
 #![deny(missing_docs)]
 
+pub mod address_policy;
 pub mod auth;
 mod client;
 pub mod credentials;
@@ -56,9 +60,10 @@ mod push;
 mod redact;
 mod retry;
 
+pub use address_policy::{AddressPolicy, AddressRange, AddressRefused};
 pub use client::{
     ClientError, ClientOptions, ClientStats, DEFAULT_MONOLITHIC_LIMIT, FetchedManifest,
-    MANIFEST_ACCEPT, RegistryClient, normalize_registry, tls_config,
+    MANIFEST_ACCEPT, RegistryClient, api_host, normalize_registry, tls_config,
 };
 pub use credentials::{Credential, CredentialError, CredentialStore};
 pub use fetch::{BlobDownload, MAX_TAG_PAGES, ManifestHead};

@@ -84,7 +84,10 @@ pub fn is_retryable_status(status: StatusCode) -> bool {
 /// Whether a transport error is worth retrying (connection refused or reset, timeouts,
 /// broken bodies), as opposed to a request sealer built wrong or a refused redirect.
 pub fn is_retryable_error(error: &reqwest::Error) -> bool {
-    !(error.is_builder() || error.is_redirect() || error.is_decode())
+    !(error.is_builder()
+        || error.is_redirect()
+        || error.is_decode()
+        || crate::address_policy::refusal_in(error).is_some())
 }
 
 #[cfg(test)]

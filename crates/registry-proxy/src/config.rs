@@ -2,8 +2,8 @@
 //! (`.yaml`/`.yml`) or TOML (`.toml`). Unknown keys are errors; every error names the file
 //! and, where it can, the line. Relative paths are relative to the configuration file.
 //!
-//! The upstream fields (`upstreams`, `default_upstream`, `upstream_timeout`,
-//! `upstream_fetch_timeout`, `upstream_probe_interval`, `offline`)
+//! The upstream fields (`upstreams`, `upstream_policy`, `default_upstream`,
+//! `upstream_timeout`, `upstream_fetch_timeout`, `upstream_probe_interval`, `offline`)
 //! configure the pull-through cache ([`crate::PullThroughSource`]).
 
 use std::collections::BTreeSet;
@@ -20,6 +20,7 @@ use serde::Deserialize;
 use crate::bucket::BucketConfig;
 use crate::cluster::{ClusterConfig, RedirectConfig};
 use crate::route::normalise_host;
+use crate::upstream_policy::UpstreamPolicyConfig;
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -502,6 +503,10 @@ pub struct ServerConfig {
     /// Upstream registries of the pull-through cache.
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
+    /// Upstreams admitted by host pattern, created when a request names one (none: only
+    /// the listed `upstreams`).
+    #[serde(default)]
+    pub upstream_policy: Option<UpstreamPolicyConfig>,
     /// The upstream of requests without a namespace (by name).
     #[serde(default)]
     pub default_upstream: Option<String>,
@@ -585,6 +590,7 @@ impl Default for ServerConfig {
             tls: None,
             shutdown_timeout: default_shutdown_timeout(),
             upstreams: Vec::new(),
+            upstream_policy: None,
             default_upstream: None,
             upstream_timeout: default_upstream_timeout(),
             upstream_fetch_timeout: default_upstream_fetch_timeout(),
@@ -708,6 +714,9 @@ impl ServerConfig {
                 ));
             }
         }
+        if let Some(policy) = &self.upstream_policy {
+            policy.validate()?;
+        }
         if let Some(default) = &self.default_upstream
             && !names.contains(default.as_str())
         {
@@ -800,6 +809,13 @@ impl ServerConfig {
             if let Some(ca_file) = &mut upstream.ca_file {
                 resolve(ca_file);
             }
+        }
+        if let Some(ca_file) = self
+            .upstream_policy
+            .as_mut()
+            .and_then(|policy| policy.ca_file.as_mut())
+        {
+            resolve(ca_file);
         }
         if let Some(secret_file) = self
             .cluster

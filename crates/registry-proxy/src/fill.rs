@@ -60,6 +60,9 @@ pub(crate) enum FetchError {
     Invalid(String),
     /// The store failed.
     Store(String),
+    /// The address policy refused the upstream's address (or a redirect's): nothing was
+    /// fetched.
+    Refused(String),
 }
 
 impl FetchError {
@@ -67,7 +70,9 @@ impl FetchError {
     pub(crate) fn from_client(error: &ClientError) -> Self {
         // The whole chain: the cause (refused, reset, DNS, TLS) is what the client needs.
         let message = sealer_registry_client::error_chain(error);
-        if error.status() == Some(404) {
+        if error.address_refused().is_some() {
+            Self::Refused(message)
+        } else if error.status() == Some(404) {
             Self::NotFound(message)
         } else {
             Self::Upstream(message)
@@ -79,9 +84,11 @@ impl FetchError {
         match self {
             Self::DigestMismatch(_) => FailureReason::DigestMismatch,
             Self::Store(_) => FailureReason::Store,
-            Self::NotFound(_) | Self::Timeout(_) | Self::Upstream(_) | Self::Invalid(_) => {
-                FailureReason::Upstream
-            }
+            Self::NotFound(_)
+            | Self::Timeout(_)
+            | Self::Upstream(_)
+            | Self::Invalid(_)
+            | Self::Refused(_) => FailureReason::Upstream,
         }
     }
 }
@@ -91,7 +98,9 @@ impl std::fmt::Display for FetchError {
         match self {
             Self::NotFound(message) => write!(f, "not found upstream: {message}"),
             Self::Timeout(after) => write!(f, "the upstream did not answer within {after:?}"),
-            Self::Upstream(message) | Self::Invalid(message) => f.write_str(message),
+            Self::Upstream(message) | Self::Invalid(message) | Self::Refused(message) => {
+                f.write_str(message)
+            }
             Self::DigestMismatch(message) => {
                 write!(f, "{message}; nothing was stored")
             }

@@ -57,6 +57,7 @@ pub mod source;
 mod stream;
 pub mod tls;
 mod uploads;
+pub mod upstream_policy;
 
 pub use auth::Htpasswd;
 pub use backend::{BackendUpload, LocalBackend, RegistryBackend};

@@ -4,10 +4,14 @@
 //! **Routing.** A request's namespace (`?ns=<host>`, a path prefix that is an upstream's
 //! host or alias, or none) picks an upstream among the configured ones; requests without a
 //! namespace go to the default upstream, if one is configured, else to the store alone. A
-//! namespace that names no upstream is answered from the store only (content loaded
-//! there), and what the store lacks is `NAME_UNKNOWN`: never an open proxy. Content is
-//! stored under the upstream's host (`quay.io/a/b:1` and `docker.io/a/b:1` are different
-//! names), so tags of different upstreams never collide.
+//! namespace that no configured upstream serves but that `upstream_policy` admits gets an
+//! upstream built on the fly from a synthesised [`UpstreamConfig`] (the same `Upstream`, so
+//! the same cache, fills, stale answers, breaker and metrics; HTTPS, verified TLS,
+//! connections only to the addresses the policy allows), kept for the process's life up to
+//! `max_upstreams`. A namespace that names no upstream is answered from the store only
+//! (content loaded there), and what the store lacks is `NAME_UNKNOWN`: never an open
+//! proxy. Content is stored under the upstream's host (`quay.io/a/b:1` and
+//! `docker.io/a/b:1` are different names), so tags of different upstreams never collide.
 //!
 //! **Digests** (manifests and blobs) are immutable: when the store has one it is served
 //! without any upstream contact (`X-Cache: HIT`). **Tags** are revalidated with a `HEAD`
@@ -42,8 +46,8 @@ use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
 use sealer_image_store::{Descriptor, Digest, ManifestDocument, is_manifest_type};
 use sealer_registry_client::{
-    ClientError, ClientOptions, ClientStats, Credential, CredentialStore, RegistryClient,
-    RetryPolicy,
+    AddressPolicy, ClientError, ClientOptions, ClientStats, Credential, CredentialStore,
+    RegistryClient, RetryPolicy,
 };
 
 use crate::backend::RegistryBackend;
@@ -58,6 +62,7 @@ use crate::source::{
     BlobContent, BlobRequest, CacheStatus, ContentSource, ManifestContent, ManifestRequest,
     ResponseMeta, Served, range_not_satisfiable,
 };
+use crate::upstream_policy::UpstreamPolicyConfig;
 
 /// The annotation of the `index.json` entries the cache creates: the upstream host the
 /// manifest came from.
@@ -150,7 +155,12 @@ struct Upstream {
 }
 
 impl Upstream {
-    fn from_config(config: &UpstreamConfig) -> Result<Self, ServeError> {
+    /// The upstream of `config`; its clients connect only where `addresses` allows (an
+    /// upstream admitted by policy), or anywhere (`None`: a configured one).
+    fn from_config(
+        config: &UpstreamConfig,
+        addresses: Option<&AddressPolicy>,
+    ) -> Result<Self, ServeError> {
         let failed = |reason: String| ServeError::Upstream {
             name: config.name.clone(),
             reason,
@@ -181,6 +191,7 @@ impl Upstream {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             base_urls: BTreeMap::from([(host.clone(), format!("{}/", config.url))]),
+            address_policy: addresses.cloned(),
             ..ClientOptions::default()
         };
         // Fail fast enough for stale answers; blob downloads resume by themselves.
@@ -256,6 +267,10 @@ impl Upstream {
             )
             .with_status(axum::http::StatusCode::GATEWAY_TIMEOUT),
             FetchError::Store(message) => ApiError::internal("caching", message),
+            FetchError::Refused(message) => ApiError::new(
+                ErrorCode::Denied,
+                format!("upstream {} ({}): {message}", self.name, self.host),
+            ),
             other => ApiError::new(
                 ErrorCode::Unknown,
                 format!("upstream {} ({}): {other}", self.name, self.host),
@@ -285,8 +300,8 @@ impl Fetched {
 }
 
 type SharedFetch = Shared<BoxFuture<'static, Result<Arc<Fetched>, FetchError>>>;
-/// Manifest fetches by digest in flight: (upstream index, repository, digest).
-type FetchKey = (usize, String, Digest);
+/// Manifest fetches by digest in flight: (upstream host, repository, digest).
+type FetchKey = (String, String, Digest);
 type InFlight = Arc<Mutex<HashMap<FetchKey, SharedFetch>>>;
 
 /// Where a request goes.
@@ -295,9 +310,58 @@ enum Target<'a> {
     Local,
     /// A namespace that is no upstream: the store alone, `NAME_UNKNOWN` for what it lacks.
     Unknown(&'a str),
+    /// A namespace the policy admits but that gets no upstream now (`max_upstreams`
+    /// reached): the store alone, this error for what it lacks.
+    Unavailable(ApiError),
     /// An upstream; the repository as the store names it (the upstream's host as
     /// namespace).
-    Upstream(&'a Arc<Upstream>, RepoPath),
+    Upstream(Arc<Upstream>, RepoPath),
+}
+
+/// The upstreams admitted by `upstream_policy`, created when first named.
+struct PolicyUpstreams {
+    config: UpstreamPolicyConfig,
+    addresses: AddressPolicy,
+    /// By canonical host; at most `config.max_upstreams`.
+    created: Mutex<BTreeMap<String, Arc<Upstream>>>,
+}
+
+impl PolicyUpstreams {
+    /// The upstream of the admitted `host`, created on first use; an error when the bound
+    /// is reached or its client cannot be built.
+    fn get_or_create(&self, host: &str) -> Result<Arc<Upstream>, ApiError> {
+        let mut created = self.created.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(upstream) = created.get(host) {
+            return Ok(upstream.clone());
+        }
+        if created.len() >= self.config.max_upstreams {
+            return Err(ApiError::new(
+                ErrorCode::Denied,
+                format!(
+                    "{host} is admitted by upstream_policy, but its {} upstreams \
+                     (max_upstreams) exist already; only cached content is served",
+                    self.config.max_upstreams
+                ),
+            ));
+        }
+        let upstream =
+            Upstream::from_config(&self.config.upstream_for(host), Some(&self.addresses)).map_err(
+                |error| ApiError::internal("create an upstream admitted by policy", error),
+            )?;
+        tracing::info!(upstream = %host, "created an upstream admitted by upstream_policy");
+        let upstream = Arc::new(upstream);
+        created.insert(host.to_owned(), upstream.clone());
+        Ok(upstream)
+    }
+
+    fn all(&self) -> Vec<Arc<Upstream>> {
+        self.created
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
 }
 
 /// The pull-through cache; see the module documentation.
@@ -323,6 +387,8 @@ pub struct PullThroughSource {
     /// Tags (store references) answered from the store without revalidation: the images a
     /// served cluster image carries.
     pinned: BTreeSet<String>,
+    /// Upstreams admitted by `upstream_policy`.
+    policy: Option<PolicyUpstreams>,
 }
 
 impl std::fmt::Debug for PullThroughSource {
@@ -349,7 +415,7 @@ impl PullThroughSource {
         let mut by_host = HashMap::new();
         let mut by_name = HashMap::new();
         for (index, upstream) in config.upstreams.iter().enumerate() {
-            let upstream = Upstream::from_config(upstream)?;
+            let upstream = Upstream::from_config(upstream, None)?;
             if by_host.insert(upstream.host.clone(), index).is_some() {
                 return Err(ServeError::Upstream {
                     name: upstream.name.clone(),
@@ -378,6 +444,14 @@ impl PullThroughSource {
             cluster: None,
             fetches: Arc::default(),
             pinned: BTreeSet::new(),
+            policy: config
+                .upstream_policy
+                .as_ref()
+                .map(|policy| PolicyUpstreams {
+                    config: policy.clone(),
+                    addresses: policy.address_policy(),
+                    created: Mutex::default(),
+                }),
         })
     }
 
@@ -402,9 +476,15 @@ impl PullThroughSource {
 
     /// The Prometheus text of the cache's metrics (served at `/metrics`).
     pub fn metrics_text(&self) -> String {
+        let admitted = self
+            .policy
+            .as_ref()
+            .map(PolicyUpstreams::all)
+            .unwrap_or_default();
         let samples: Vec<Sample<'_>> = self
             .upstreams
             .iter()
+            .chain(&admitted)
             .map(|upstream| {
                 let (main, revalidation) = (
                     upstream.client.stats(),
@@ -425,9 +505,9 @@ impl PullThroughSource {
     }
 
     fn target<'a>(&'a self, repo: &'a RepoPath) -> Target<'a> {
-        let index = match &repo.namespace {
+        let upstream = match &repo.namespace {
             None => match self.default {
-                Some(index) => index,
+                Some(index) => self.upstreams[index].clone(),
                 None => return Target::Local,
             },
             Some(namespace) => {
@@ -438,25 +518,32 @@ impl PullThroughSource {
                         .get(&namespace.name)
                         .or_else(|| self.by_name.get(&namespace.name)),
                 };
-                match found {
-                    Some(index) => *index,
-                    None if namespace.name == self.local_namespace => return Target::Local,
-                    None => return Target::Unknown(&namespace.name),
+                match (found, &self.policy) {
+                    (Some(index), _) => self.upstreams[*index].clone(),
+                    _ if namespace.name == self.local_namespace => return Target::Local,
+                    (None, Some(policy))
+                        if policy
+                            .config
+                            .admits_namespace(namespace, &self.local_namespace) =>
+                    {
+                        match policy.get_or_create(&namespace.name) {
+                            Ok(upstream) => upstream,
+                            Err(error) => return Target::Unavailable(error),
+                        }
+                    }
+                    (None, _) => return Target::Unknown(&namespace.name),
                 }
             }
         };
-        let upstream = &self.upstreams[index];
-        Target::Upstream(
-            upstream,
-            RepoPath {
-                namespace: Some(Namespace {
-                    name: upstream.host.clone(),
-                    via: NamespaceVia::PathHost,
-                }),
-                repository: repo.repository.clone(),
-                path_name: repo.path_name.clone(),
-            },
-        )
+        let store_repo = RepoPath {
+            namespace: Some(Namespace {
+                name: upstream.host.clone(),
+                via: NamespaceVia::PathHost,
+            }),
+            repository: repo.repository.clone(),
+            path_name: repo.path_name.clone(),
+        };
+        Target::Upstream(upstream, store_repo)
     }
 
     /// `NAME_UNKNOWN` for a namespace that is no upstream (keeps other errors).
@@ -469,10 +556,22 @@ impl PullThroughSource {
             .iter()
             .map(|upstream| upstream.host.as_str())
             .collect();
+        let admitted = self.policy.as_ref().map_or_else(
+            || "no upstream_policy".to_owned(),
+            |policy| {
+                let patterns: Vec<String> = policy
+                    .config
+                    .admit
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                format!("upstream_policy admits: {}", patterns.join(", "))
+            },
+        );
         ApiError::new(
             ErrorCode::NameUnknown,
             format!(
-                "{namespace} is not an upstream of this registry (upstreams: {})",
+                "{namespace} is not an upstream of this registry (upstreams: {}; {admitted})",
                 if names.is_empty() {
                     "none".to_owned()
                 } else {
@@ -500,17 +599,17 @@ impl PullThroughSource {
     /// once however many ask at once (the fetch runs on its own task).
     async fn fetch_manifest(
         &self,
-        index: usize,
+        upstream: &Arc<Upstream>,
         repository: &str,
         digest: &Digest,
     ) -> Result<Arc<Fetched>, FetchError> {
-        let key = (index, repository.to_owned(), digest.clone());
+        let key = (upstream.host.clone(), repository.to_owned(), digest.clone());
         let shared = {
             let mut fetches = self.fetches.lock().unwrap_or_else(PoisonError::into_inner);
             match fetches.get(&key) {
                 Some(shared) => shared.clone(),
                 None => {
-                    let upstream = self.upstreams[index].clone();
+                    let upstream = upstream.clone();
                     let backend = self.local.backend().clone();
                     let registry = self.fetches.clone();
                     let task_key = key.clone();
@@ -558,7 +657,6 @@ impl PullThroughSource {
         let cached = self.cached_manifest(store_repo, reference, request).await?;
         let names = self.local.names();
         let repository = self.upstream_repository(store_repo)?;
-        let index = self.by_host[&upstream.host];
         let unknown = || {
             ApiError::new(
                 ErrorCode::ManifestUnknown,
@@ -578,7 +676,7 @@ impl PullThroughSource {
                 }
                 let fetched = tokio::time::timeout(
                     self.fetch_timeout,
-                    self.fetch_manifest(index, &repository, digest),
+                    self.fetch_manifest(upstream, &repository, digest),
                 )
                 .await
                 .unwrap_or(Err(FetchError::Timeout(self.fetch_timeout)))
@@ -659,8 +757,14 @@ impl PullThroughSource {
             Err(FetchError::Timeout(_) | FetchError::Upstream(_)) => {
                 upstream.breaker.failed(self.probe_interval, retry_after);
             }
-            // The upstream answered; the fault is in its content or in the store.
-            Err(FetchError::DigestMismatch(_) | FetchError::Invalid(_) | FetchError::Store(_)) => {}
+            // The upstream answered (its content or the store is at fault), or was refused
+            // by the address policy before any request.
+            Err(
+                FetchError::DigestMismatch(_)
+                | FetchError::Invalid(_)
+                | FetchError::Store(_)
+                | FetchError::Refused(_),
+            ) => {}
         }
         if let Some(claim) = claim {
             self.local
@@ -800,10 +904,7 @@ impl PullThroughSource {
                     })?;
                 match head.digest {
                     Some(digest) if &digest == current => return Ok(None),
-                    Some(digest) => {
-                        let index = self.by_host[&upstream.host];
-                        self.fetch_manifest(index, repository, &digest).await?
-                    }
+                    Some(digest) => self.fetch_manifest(upstream, repository, &digest).await?,
                     // No digest in the answer: fetch by tag and compare.
                     None => {
                         let fetched = fetch_and_store(
@@ -992,6 +1093,16 @@ async fn fetch_and_store(
     })
 }
 
+/// The answer for a namespace the policy admits but that got no upstream: `error` where
+/// the store has nothing (keeps other errors).
+fn unavailable_namespace(unavailable: ApiError, error: ApiError) -> ApiError {
+    if error.status == axum::http::StatusCode::NOT_FOUND {
+        unavailable
+    } else {
+        error
+    }
+}
+
 fn served<T>(content: T, repo: &RepoPath, cache: Option<CacheStatus>) -> Served<T> {
     let mut meta = ResponseMeta::local(repo);
     meta.cache = cache;
@@ -1028,12 +1139,17 @@ impl ContentSource for PullThroughSource {
                 .manifest(repo, reference, request)
                 .await
                 .map_err(|error| self.unknown_namespace(namespace, error)),
+            Target::Unavailable(unavailable) => self
+                .local
+                .manifest(repo, reference, request)
+                .await
+                .map_err(|error| unavailable_namespace(unavailable, error)),
             Target::Upstream(upstream, store_repo) => {
                 let (content, status) = self
-                    .upstream_manifest(upstream, repo, &store_repo, reference, request)
+                    .upstream_manifest(&upstream, repo, &store_repo, reference, request)
                     .await?;
                 upstream.metrics.answered(status);
-                Ok(served_upstream(content, repo, upstream, Some(status)))
+                Ok(served_upstream(content, repo, &upstream, Some(status)))
             }
         }
     }
@@ -1051,12 +1167,17 @@ impl ContentSource for PullThroughSource {
                 .blob(repo, digest, request)
                 .await
                 .map_err(|error| self.unknown_namespace(namespace, error)),
+            Target::Unavailable(unavailable) => self
+                .local
+                .blob(repo, digest, request)
+                .await
+                .map_err(|error| unavailable_namespace(unavailable, error)),
             Target::Upstream(upstream, store_repo) => {
                 let (content, status) = self
-                    .upstream_blob(upstream, &store_repo, digest, request)
+                    .upstream_blob(&upstream, &store_repo, digest, request)
                     .await?;
                 upstream.metrics.answered(status);
-                Ok(served_upstream(content, repo, upstream, Some(status)))
+                Ok(served_upstream(content, repo, &upstream, Some(status)))
             }
         }
     }
@@ -1069,10 +1190,15 @@ impl ContentSource for PullThroughSource {
                 .tags(repo)
                 .await
                 .map_err(|error| self.unknown_namespace(namespace, error)),
+            Target::Unavailable(unavailable) => self
+                .local
+                .tags(repo)
+                .await
+                .map_err(|error| unavailable_namespace(unavailable, error)),
             Target::Upstream(upstream, store_repo) => {
-                let (tags, status) = self.upstream_tags(upstream, &store_repo).await?;
+                let (tags, status) = self.upstream_tags(&upstream, &store_repo).await?;
                 upstream.metrics.answered(status);
-                Ok(served_upstream(tags, repo, upstream, Some(status)))
+                Ok(served_upstream(tags, repo, &upstream, Some(status)))
             }
         }
     }
@@ -1083,10 +1209,12 @@ impl ContentSource for PullThroughSource {
         subject: &Digest,
     ) -> Result<Served<Vec<Descriptor>>, ApiError> {
         match self.target(repo) {
-            Target::Local | Target::Unknown(_) => self.local.referrers(repo, subject).await,
+            Target::Local | Target::Unknown(_) | Target::Unavailable(_) => {
+                self.local.referrers(repo, subject).await
+            }
             Target::Upstream(upstream, store_repo) => {
                 let found = self.local.referrers(&store_repo, subject).await?;
-                Ok(served_upstream(found.content, repo, upstream, None))
+                Ok(served_upstream(found.content, repo, &upstream, None))
             }
         }
     }

@@ -55,6 +55,9 @@ pub(crate) struct AppState {
     pub(crate) local: Arc<LocalSource>,
     /// The namespaces (hosts and aliases) of the upstreams, where clients may not write.
     upstream_hosts: BTreeSet<String>,
+    /// Hosts admitted as upstreams by policy (and the local namespace, which never is one):
+    /// not writable either.
+    upstream_policy: Option<(crate::upstream_policy::UpstreamPolicyConfig, String)>,
     pub(crate) parser: RouteParser,
     read_only: bool,
     auth: Option<Auth>,
@@ -218,15 +221,16 @@ impl Registry {
             }),
             _ => None,
         };
-        let (source, fills): (Arc<dyn ContentSource>, _) = if config.upstreams.is_empty() {
-            (local.clone(), Arc::default())
-        } else {
-            let pull_through = PullThroughSource::new(config, local.clone())?
-                .with_pinned(pinned)
-                .with_cluster(cluster);
-            let fills = pull_through.fills();
-            (Arc::new(pull_through), fills)
-        };
+        let (source, fills): (Arc<dyn ContentSource>, _) =
+            if config.upstreams.is_empty() && config.upstream_policy.is_none() {
+                (local.clone(), Arc::default())
+            } else {
+                let pull_through = PullThroughSource::new(config, local.clone())?
+                    .with_pinned(pinned)
+                    .with_cluster(cluster);
+                let fills = pull_through.fills();
+                (Arc::new(pull_through), fills)
+            };
         let upstream_hosts = config
             .upstreams
             .iter()
@@ -242,6 +246,10 @@ impl Registry {
                 names,
                 source,
                 upstream_hosts,
+                upstream_policy: config
+                    .upstream_policy
+                    .clone()
+                    .map(|policy| (policy, config.local_namespace.0.clone())),
                 uploads: Arc::new(Uploads::new(config.uploads)),
                 local: local.clone(),
                 parser: RouteParser::new(config.upstreams.iter().map(|u| u.name.clone())),
@@ -616,14 +624,24 @@ fn refuse_upstream_writes(state: &AppState, route: &Route) -> Result<(), ApiErro
         | Route::Upload { repo, .. } => repo,
         _ => return Ok(()),
     };
+    let admitted = |namespace: &crate::route::Namespace| {
+        state
+            .upstream_policy
+            .as_ref()
+            .is_some_and(|(policy, local)| policy.admits_namespace(namespace, local))
+    };
     match &repo.namespace {
-        Some(namespace) if state.upstream_hosts.contains(&namespace.name) => Err(ApiError::new(
-            ErrorCode::Denied,
-            format!(
-                "{} is a pull-through cache of an upstream: push under another namespace",
-                namespace.name
-            ),
-        )),
+        Some(namespace)
+            if state.upstream_hosts.contains(&namespace.name) || admitted(namespace) =>
+        {
+            Err(ApiError::new(
+                ErrorCode::Denied,
+                format!(
+                    "{} is a pull-through cache of an upstream: push under another namespace",
+                    namespace.name
+                ),
+            ))
+        }
         _ => Ok(()),
     }
 }

@@ -4,8 +4,8 @@
 use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 
-use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::{Method, Url};
 
 use crate::auth::{
     AuthError, Challenge, Token, TokenKey, realm_downgrades_credentials, realm_may_see_credentials,
@@ -157,6 +157,7 @@ impl RegistryClient {
         scopes: &[String],
         credential: Option<&Credential>,
     ) -> Result<Token, ClientError> {
+        self.check_address(&Method::GET, realm)?;
         let realm_text = redact_url(realm.as_str());
         let policy = &self.inner.options.retries;
         let mut attempt = 0;

@@ -85,7 +85,7 @@ pub(super) fn is_loopback(host: &str) -> bool {
 }
 
 /// The host that serves the API of `registry` (Docker Hub's is not `docker.io`).
-pub(crate) fn api_host(registry: &str) -> &str {
+pub fn api_host(registry: &str) -> &str {
     if registry == "docker.io" {
         "registry-1.docker.io"
     } else {
@@ -138,6 +138,7 @@ impl RegistryClient {
             })
         };
         let https = parse("https")?;
+        self.check_address(&reqwest::Method::GET, &https)?;
         let base = if self.inner.plain_http.allows(host) {
             let probe = self
                 .inner

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::address_policy::AddressRefused;
 use crate::auth::AuthError;
 use crate::credentials::CredentialError;
 
@@ -73,6 +74,16 @@ pub enum ClientError {
     /// Credentials could not be read or written.
     #[error(transparent)]
     Credentials(#[from] CredentialError),
+    /// The address policy refused the address a request would connect to (its host's, a
+    /// redirect hop's or a token realm's).
+    #[error("{request}: refused: {refused}")]
+    AddressRefused {
+        /// The method and URL.
+        request: String,
+        /// Which host and address, and why.
+        #[source]
+        refused: AddressRefused,
+    },
     /// A background task failed.
     #[error("{0}")]
     Runtime(String),
@@ -84,6 +95,14 @@ impl ClientError {
         match self {
             Self::Status { status, .. } => Some(*status),
             _ => None,
+        }
+    }
+
+    /// The address policy's refusal, when that is why the request failed.
+    pub fn address_refused(&self) -> Option<&AddressRefused> {
+        match self {
+            Self::AddressRefused { refused, .. } => Some(refused),
+            _ => crate::address_policy::refusal_in(self),
         }
     }
 }

@@ -11,7 +11,7 @@ mod options;
 mod request;
 mod tls;
 
-pub(crate) use self::endpoint::api_host;
+pub use self::endpoint::api_host;
 pub use self::endpoint::normalize_registry;
 use self::endpoint::{PlainHttpPolicy, base_url_of, host_of};
 pub use self::error::ClientError;
@@ -113,27 +113,41 @@ impl RegistryClient {
             bases.insert(registry.clone(), base_url_of(base, &plain_http)?);
         }
         let policy = plain_http.clone();
+        let addresses = options.address_policy.clone().map(Arc::new);
+        let hop_addresses = addresses.clone();
         // Redirects (blob downloads are often sent to object storage): reqwest drops
         // `Authorization` whenever the next URL's host, port or scheme differs, so a token
         // never reaches another host; plain HTTP is followed only to hosts that allow it.
+        // A hop to an IP literal is checked here (names at their resolution).
         let redirect = reqwest::redirect::Policy::custom(move |attempt| {
+            let refused = hop_addresses
+                .as_ref()
+                .and_then(|policy| policy.check_url(attempt.url()).err());
             if attempt.previous().len() >= 10 {
                 attempt.error("too many redirects")
             } else if attempt.url().scheme() != "https" && !policy.allows_url(attempt.url()) {
                 let refused = format!("refusing a redirect to plain HTTP: {}", attempt.url());
                 attempt.error(refused)
+            } else if let Some(refused) = refused {
+                attempt.error(refused)
             } else {
                 attempt.follow()
             }
         });
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .user_agent(options.user_agent.clone())
             .connect_timeout(options.connect_timeout)
             .read_timeout(options.read_timeout)
-            .redirect(redirect)
-            .build()
-            .map_err(ClientError::Build)?;
+            .redirect(redirect);
+        if let Some(policy) = addresses {
+            // Direct connections only: a forward proxy (`HTTPS_PROXY`) would resolve the
+            // names where the policy cannot see the addresses.
+            builder = builder
+                .dns_resolver(crate::address_policy::PolicyResolver { policy })
+                .no_proxy();
+        }
+        let http = builder.build().map_err(ClientError::Build)?;
         let mut options = options;
         let credentials = Arc::new(std::mem::replace(
             &mut options.credentials,
@@ -161,6 +175,20 @@ impl RegistryClient {
     /// The credential store.
     pub fn credentials(&self) -> &CredentialStore {
         &self.inner.credentials
+    }
+
+    /// Checks the host of `url` against the address policy when it is an IP literal (no
+    /// resolution, so the resolver never sees it).
+    pub(crate) fn check_address(&self, method: &Method, url: &Url) -> Result<(), ClientError> {
+        match &self.inner.options.address_policy {
+            Some(policy) => policy
+                .check_url(url)
+                .map_err(|refused| ClientError::AddressRefused {
+                    request: format!("{method} {}", crate::redact_url(url.as_str())),
+                    refused,
+                }),
+            None => Ok(()),
+        }
     }
 
     /// What this client (and its clones) sent so far.

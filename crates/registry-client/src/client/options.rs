@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::address_policy::AddressPolicy;
 use crate::credentials::CredentialStore;
 use crate::retry::RetryPolicy;
 
@@ -44,6 +45,13 @@ pub struct ClientOptions {
     /// connections but never answers then cannot stall the probe. `http://` only for
     /// hosts that allow plain HTTP (loopback and `insecure_hosts`).
     pub base_urls: BTreeMap<String, String>,
+    /// Which addresses connections may go to (`None`: any). With a policy, every name is
+    /// resolved through it at every connection and every IP literal (request URLs,
+    /// redirect hops, token realms) is checked: a refused address fails the request with
+    /// [`ClientError::AddressRefused`](crate::ClientError::AddressRefused), never retried.
+    /// Such a client connects directly, ignoring `HTTP(S)_PROXY`: a proxy would resolve
+    /// names out of the policy's sight.
+    pub address_policy: Option<AddressPolicy>,
 }
 
 impl Default for ClientOptions {
@@ -61,6 +69,7 @@ impl Default for ClientOptions {
             monolithic_limit: DEFAULT_MONOLITHIC_LIMIT,
             chunk_size: None,
             base_urls: BTreeMap::new(),
+            address_policy: None,
         }
     }
 }

@@ -191,6 +191,7 @@ impl RegistryClient {
         let policy = &self.inner.options.retries;
         let mut attempt = 0;
         let mut answered_challenge = false;
+        self.check_address(&request.method, &request.url)?;
         loop {
             attempt += 1;
             let authorization = self.authorization(&request).await?;
@@ -223,10 +224,14 @@ impl RegistryClient {
                     continue;
                 }
                 Err(source) => {
-                    return Err(ClientError::Transport {
-                        request: format!("{} {}", request.method.clone(), request.url.clone()),
-                        source,
-                    });
+                    let request = format!("{} {}", request.method.clone(), request.url.clone());
+                    if let Some(refused) = crate::address_policy::refusal_in(&source) {
+                        return Err(ClientError::AddressRefused {
+                            request,
+                            refused: refused.clone(),
+                        });
+                    }
+                    return Err(ClientError::Transport { request, source });
                 }
             };
             let status = response.status();
