@@ -172,7 +172,7 @@ impl Store {
     }
 
     /// Evicts cached blobs in the order of `order` (least recently used first) until
-    /// `wanted` bytes are freed, under the GC lock. A blob for which `in_use` is true (being
+    /// `wanted` bytes left the cache (evicted, or released), under the GC lock. A blob for which `in_use` is true (being
     /// served or filled) is skipped; one that pushed or loaded content reaches (an
     /// `index.json` entry not created by the cache) is kept and released from the cache.
     /// A manifest is evicted with the cache's `index.json` entries naming it, so no entry
@@ -195,8 +195,9 @@ impl Store {
             .collect();
         let protected = self.reachable(&others)?.present;
         let mut report = EvictReport::default();
+        let mut released = 0;
         for digest in order {
-            if report.bytes >= wanted {
+            if report.bytes + released >= wanted {
                 break;
             }
             if in_use(digest) {
@@ -210,15 +211,12 @@ impl Store {
             };
             if protected.contains(digest) {
                 self.unmark_cached(digest)?;
+                released += size;
                 report.released.push((digest.clone(), size));
                 continue;
             }
             // Read again for each: the cache names manifests without the GC lock.
-            if self
-                .index_snapshot()?
-                .by_digest(digest)
-                .is_some()
-            {
+            if self.index_snapshot()?.by_digest(digest).is_some() {
                 report.entries_removed += self.update_index(|index| {
                     let before = index.manifests.len();
                     index

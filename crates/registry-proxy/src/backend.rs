@@ -662,6 +662,8 @@ impl RegistryBackend for LocalBackend {
     fn fill_released(&self, digest: &Digest) {
         if let Some(cache) = &self.cache {
             cache.fill_released(digest);
+            // A pass may have skipped it while it was read.
+            cache.evict_if_over();
         }
     }
 

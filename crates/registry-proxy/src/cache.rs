@@ -245,7 +245,10 @@ impl CachedContent {
                 .map(|(digest, entry)| (digest, entry.last_used))
                 .collect();
             order.sort_by_key(|(_, used)| *used);
-            let order: Vec<Digest> = order.into_iter().map(|(digest, _)| digest.clone()).collect();
+            let order: Vec<Digest> = order
+                .into_iter()
+                .map(|(digest, _)| digest.clone())
+                .collect();
             (order, state.total - low_water)
         };
         let report = self
@@ -326,5 +329,49 @@ impl CachedContent {
             self.evicted_bytes.load(Ordering::Relaxed),
         );
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{DEFAULT_CONFIG, ServerConfig};
+
+    fn yaml(text: &str) -> Result<ServerConfig, String> {
+        ServerConfig::parse(text, Path::new("registry.yaml")).map_err(|error| error.to_string())
+    }
+
+    /// The commented `cache:` block of the example configuration parses.
+    #[test]
+    fn the_documented_cache_parses() {
+        let start = DEFAULT_CONFIG.find("# cache:\n").unwrap();
+        let block: String = DEFAULT_CONFIG[start..]
+            .lines()
+            .take_while(|line| line.starts_with('#'))
+            .map(|line| line.trim_start_matches('#').strip_prefix(' ').unwrap_or(""))
+            .filter(|line| !line.trim_start().starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = yaml(&format!("{block}\n")).unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(config.cache.max_size.map(|size| size.0), Some(50 << 30));
+        assert_eq!(
+            yaml("listen: 127.0.0.1:5000\n").unwrap().cache.max_size,
+            None
+        );
+    }
+
+    #[test]
+    fn a_limit_over_a_bucket_or_of_zero_is_refused() {
+        let error =
+            yaml("storage:\n  s3:\n    bucket: registry\ncache:\n  max_size: 10GiB\n").unwrap_err();
+        assert!(error.contains("registry.yaml:5"), "{error}");
+        assert!(error.contains("lifecycle rules"), "{error}");
+        let error = yaml("cache:\n  max_size: 0\n").unwrap_err();
+        assert!(error.contains("more than 0"), "{error}");
+        let error = yaml("cache:\n  max_size: 10 parsecs\n").unwrap_err();
+        assert!(error.contains("invalid size unit"), "{error}");
+        let error = yaml("cache:\n  size: 10GiB\n").unwrap_err();
+        assert!(error.contains("size"), "{error}");
     }
 }

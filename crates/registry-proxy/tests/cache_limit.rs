@@ -297,10 +297,17 @@ fn a_download_of_an_evicted_blob_and_a_concurrent_fill_both_finish_with_the_righ
     while body.len() < length {
         assert!(Instant::now() < deadline, "the download stalled");
         let read = stream.read(&mut buffer).unwrap();
-        assert!(read > 0, "the download was cut at {} of {length}", body.len());
+        assert!(
+            read > 0,
+            "the download was cut at {} of {length}",
+            body.len()
+        );
         body.extend_from_slice(&buffer[..read]);
     }
-    assert!(body == expected, "the evicted blob's download has other bytes");
+    assert!(
+        body == expected,
+        "the evicted blob's download has other bytes"
+    );
     assert_fsck_clean(&proxy.open_store());
 
     // Asked again, it is fetched again.
