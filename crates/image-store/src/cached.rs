@@ -175,8 +175,9 @@ impl Store {
     /// `wanted` bytes left the cache (evicted, or released), under the GC lock. A blob for which `in_use` is true (being
     /// served or filled) is skipped; one that pushed or loaded content reaches (an
     /// `index.json` entry not created by the cache) is kept and released from the cache.
-    /// A manifest is evicted with the cache's `index.json` entries naming it, so no entry
-    /// is left without its manifest; the blobs a cached image lacks afterwards are absent
+    /// A manifest is evicted with the cache's `index.json` entries naming it (removed
+    /// first), so no entry is left without its manifest; the caller reports a manifest
+    /// stored and not yet named as in use; the blobs a cached image lacks afterwards are absent
     /// by design (its entry is partial), so `fsck` stays clean.
     pub fn evict_cached(
         &self,
@@ -196,6 +197,7 @@ impl Store {
         let protected = self.reachable(&others)?.present;
         let mut report = EvictReport::default();
         let mut released = 0;
+        let mut chosen = BTreeSet::new();
         for digest in order {
             if report.bytes + released >= wanted {
                 break;
@@ -215,22 +217,27 @@ impl Store {
                 report.released.push((digest.clone(), size));
                 continue;
             }
-            // Read again for each: the cache names manifests without the GC lock.
-            if self.index_snapshot()?.by_digest(digest).is_some() {
-                report.entries_removed += self.update_index(|index| {
-                    let before = index.manifests.len();
-                    index
-                        .manifests
-                        .retain(|entry| !(&entry.digest == digest && is_cached_entry(entry)));
-                    Ok(before - index.manifests.len())
-                })?;
+            if chosen.insert(digest.clone()) {
+                report.bytes += size;
+                report.evicted.push((digest.clone(), size));
             }
+        }
+        // The cache's entries first, in one rewrite, so none is left without its manifest.
+        // (Entries named since the snapshot name manifests the caller reports in use until
+        // they are named.)
+        let named = |entry: &Descriptor| chosen.contains(&entry.digest) && is_cached_entry(entry);
+        if snapshot.index().manifests.iter().any(named) {
+            report.entries_removed = self.update_index(|index| {
+                let before = index.manifests.len();
+                index.manifests.retain(|entry| !named(entry));
+                Ok(before - index.manifests.len())
+            })?;
+        }
+        for (digest, size) in &report.evicted {
             // An open file (a download being served) stays readable after its unlink.
             self.blobs().delete(digest)?;
             self.unmark_cached(digest)?;
             tracing::info!(%digest, size, "evicted a cached blob");
-            report.bytes += size;
-            report.evicted.push((digest.clone(), size));
         }
         Ok(report)
     }

@@ -125,7 +125,7 @@ impl CachedContent {
             persisted: now,
         };
         if let Some(previous) = state.blobs.insert(digest.clone(), entry) {
-            state.total -= previous.size;
+            state.total = state.total.saturating_sub(previous.size);
         }
         state.total += size;
         Ok(())
@@ -162,7 +162,7 @@ impl CachedContent {
             let Some(entry) = state.blobs.remove(digest) else {
                 return;
             };
-            state.total -= entry.size;
+            state.total = state.total.saturating_sub(entry.size);
         }
         if let Err(error) = self.store.unmark_cached(digest) {
             tracing::warn!(%digest, %error, "cannot release a pushed blob from the cache");
@@ -263,7 +263,7 @@ impl CachedContent {
             .chain(&report.gone);
         for digest in forgotten {
             if let Some(entry) = state.blobs.remove(digest) {
-                state.total -= entry.size;
+                state.total = state.total.saturating_sub(entry.size);
             }
         }
         self.evictions
