@@ -74,6 +74,21 @@ struct Entry {
     persisted: SystemTime,
 }
 
+impl Drop for CachedContent {
+    /// Writes the uses not yet recorded in the store (a server stopping), so that the next
+    /// start evicts in the same order.
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for (digest, entry) in &state.blobs {
+            if entry.last_used > entry.persisted
+                && let Err(error) = self.store.touch_cached(digest, entry.last_used)
+            {
+                tracing::debug!(%digest, %error, "cannot record the use of a cached blob");
+            }
+        }
+    }
+}
+
 impl CachedContent {
     /// What `store` holds for the cache (its markers, and the blobs cached entries reach
     /// that have none yet), with the limit `limit`. Blocking.

@@ -209,6 +209,35 @@ fn filling_past_the_limit_evicts_the_least_recently_used_and_a_used_one_survives
     assert_fsck_clean(&proxy.open_store());
 }
 
+#[test]
+fn the_order_of_use_survives_a_restart() {
+    require_tools!("skopeo", "docker-registry");
+    let (upstream, _) =
+        upstream_with(&[("a/app", MIB, 12), ("b/app", MIB, 13), ("c/app", MIB, 14)]);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let limit = 5 * MIB / 2;
+    let yaml = config(&upstream, &format!("cache:\n  max_size: {limit}\n"));
+    let mut first = Proxy::start(&root, &yaml);
+    let (_, a_blobs) = first.pull("a/app", "1");
+    let (_, b_blobs) = first.pull("b/app", "1");
+    // Used again within a minute of its fill: recorded in memory, written at the stop.
+    first.pull("a/app", "1");
+    first.settle(Some(limit));
+    first.stop();
+
+    let proxy = Proxy::start(&root, &yaml);
+    let size = proxy.metric("sealer_cache_size_bytes").unwrap();
+    assert!(size > 2 * MIB, "the restart forgot the cache: {size}");
+    proxy.pull("c/app", "1");
+    proxy.settle(Some(limit));
+    for digest in &a_blobs {
+        assert!(proxy.has_blob(digest), "{digest} was evicted");
+    }
+    assert!(!proxy.has_blob(&b_blobs[1]), "b's layer was kept");
+    assert_fsck_clean(&proxy.open_store());
+}
+
 /// Sends `GET path` and reads the response head and `first` bytes of the body; returns the
 /// stream, the body's length and the bytes read.
 fn start_download(proxy: &Proxy, path: &str, first: usize) -> (TcpStream, usize, Vec<u8>) {
