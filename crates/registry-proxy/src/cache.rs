@@ -3,9 +3,9 @@
 //! [`CachedContent`] knows every blob the cache put in the store (the manifests it fetched,
 //! the blobs its fills committed), its size and when it was last used (stored, or served:
 //! a hit), in memory. The store keeps the same as markers (`cached/<alg>-<hex>`, mtime =
-//! last use, written when a blob is cached and at most once per [`PERSIST_EVERY`] per blob
-//! after), so `prune` keeps cached blobs, `fsck` does not call them unreferenced, and a
-//! restart starts from the recorded order.
+//! last use, written when a blob is cached, at most once per [`PERSIST_EVERY`] per blob
+//! after, and for every blob when the server stops), so `prune` keeps cached blobs, `fsck`
+//! does not call them unreferenced, and a restart starts from the recorded order.
 //!
 //! When the cached bytes exceed the limit, one eviction pass at a time (on a blocking
 //! thread, apart from every request) removes least recently used blobs through
