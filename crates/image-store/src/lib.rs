@@ -14,6 +14,7 @@
 
 pub mod archive;
 mod blob;
+mod cached;
 mod digest;
 pub mod embedded;
 mod error;
@@ -28,6 +29,7 @@ pub mod testing;
 mod upload;
 
 pub use blob::{BlobStore, FsBlobStore, PutOutcome};
+pub use cached::{CachedBlob, EvictReport, is_cached_entry};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use embedded::{EMBEDDED_LAYOUT_ANNOTATION, EmbeddedReport, load_embedded};
 pub use error::{Result, StoreError};

@@ -63,6 +63,11 @@ pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 /// [`crate::Reachability::absent_partial`], not as missing.
 pub const PARTIAL_ANNOTATION: &str = "io.sealer.image.partial";
 
+/// The annotation of the `index.json` entries a registry's pull-through cache creates: the
+/// upstream host the manifest came from. Such entries, and the blobs only they reach, are
+/// the cache's to evict ([`crate::Store::evict_cached`]).
+pub const UPSTREAM_ANNOTATION: &str = "io.sealer.registry.upstream";
+
 /// A content descriptor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

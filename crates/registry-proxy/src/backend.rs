@@ -23,6 +23,7 @@ use sealer_image_store::{
 };
 use tokio::sync::mpsc;
 
+use crate::cache::CachedContent;
 use crate::catalog::{REPOSITORY_ANNOTATION, Referrers, entry_repository, entry_tag};
 use crate::error::{ApiError, ErrorCode};
 use crate::handlers::check_manifest_type;
@@ -192,6 +193,12 @@ pub trait RegistryBackend: std::fmt::Debug + Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The backend's own metrics (Prometheus text) for `/metrics`: the local store's
+    /// pull-through cache size and evictions; empty by default.
+    fn metrics(&self) -> String {
+        String::new()
+    }
+
     /// Ends a claimed revalidation (`confirmed`: the upstream answered).
     async fn settle_tag_revalidation(
         &self,
@@ -249,14 +256,17 @@ struct LocalUpload {
     /// Where the last append started, for [`BackendUpload::rollback`].
     checkpoint: Option<UploadCheckpoint>,
     size: u64,
+    /// The pull-through cache, which a pushed blob is no longer part of.
+    cache: Option<Arc<CachedContent>>,
 }
 
 impl LocalUpload {
-    fn new(upload: BlobUpload) -> Self {
+    fn new(upload: BlobUpload, cache: Option<Arc<CachedContent>>) -> Self {
         Self {
             size: upload.size(),
             upload: Some(upload),
             checkpoint: None,
+            cache,
         }
     }
 
@@ -342,7 +352,15 @@ impl BackendUpload for LocalUpload {
 
     async fn commit(mut self: Box<Self>, digest: Digest) -> Result<u64, ApiError> {
         let upload = self.take()?;
-        commit_local(upload, digest).await
+        let size = commit_local(upload, digest.clone()).await?;
+        if let Some(cache) = self.cache.take() {
+            blocking("release a pushed blob from the cache", move || {
+                cache.pushed(&digest);
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(size)
     }
 
     async fn cancel(mut self: Box<Self>) {
@@ -368,6 +386,8 @@ pub struct LocalBackend {
     store: Store,
     referrers: Arc<Referrers>,
     sparse_manifests: bool,
+    /// What the pull-through cache holds, and its size limit.
+    cache: Option<Arc<CachedContent>>,
 }
 
 impl LocalBackend {
@@ -377,6 +397,24 @@ impl LocalBackend {
             store,
             referrers: Arc::new(Referrers::new()),
             sparse_manifests: false,
+            cache: None,
+        }
+    }
+
+    /// The same backend keeping track of what a pull-through cache stores in it, evicting
+    /// the least recently used beyond `max_size` (`None`: unbounded): see [`crate::cache`].
+    /// Reads the cache's records from the store (blocking).
+    pub fn with_pull_through_cache(mut self, max_size: Option<u64>) -> Result<Self, StoreError> {
+        let cache = Arc::new(CachedContent::open(self.store.clone(), max_size)?);
+        cache.evict_if_over();
+        self.cache = Some(cache);
+        Ok(self)
+    }
+
+    /// Records a use of `digest` by the cache (blocking).
+    fn used(&self, digest: &Digest) {
+        if let Some(cache) = &self.cache {
+            cache.used(digest);
         }
     }
 
@@ -414,7 +452,9 @@ impl RegistryBackend for LocalBackend {
         listed_type: Option<String>,
     ) -> Result<Option<(Bytes, String)>, ApiError> {
         let store = self.store.clone();
+        let this = self.clone();
         blocking("read a manifest", move || {
+            this.used(&digest);
             let listed = match listed_type {
                 Some(listed) => Some(listed),
                 None => store
@@ -487,7 +527,9 @@ impl RegistryBackend for LocalBackend {
 
     async fn blob(&self, digest: Digest, request: BlobRequest) -> Result<BlobContent, ApiError> {
         let store = self.store.clone();
+        let this = self.clone();
         blocking("read a blob", move || {
+            this.used(&digest);
             let unknown = || {
                 ApiError::new(
                     ErrorCode::BlobUnknown,
@@ -586,7 +628,7 @@ impl RegistryBackend for LocalBackend {
                 .map_err(|error| ApiError::internal("start an upload", error))
         })
         .await?;
-        Ok(Box::new(LocalUpload::new(upload)))
+        Ok(Box::new(LocalUpload::new(upload, self.cache.clone())))
     }
 
     async fn begin_fill(&self) -> Result<BlobUpload, ApiError> {
@@ -594,7 +636,42 @@ impl RegistryBackend for LocalBackend {
     }
 
     async fn commit_fill(&self, upload: BlobUpload, digest: Digest) -> Result<(), ApiError> {
-        commit_local(upload, digest).await.map(drop)
+        let Some(cache) = self.cache.clone() else {
+            return commit_local(upload, digest).await.map(drop);
+        };
+        // Kept from eviction from before it is visible until its last reader is gone.
+        cache.fill_committed(&digest);
+        let committed = match commit_local(upload, digest.clone()).await {
+            Ok(size) => size,
+            Err(error) => {
+                cache.fill_released(&digest);
+                return Err(error);
+            }
+        };
+        let recorder = cache.clone();
+        blocking("record a cached blob", move || {
+            recorder
+                .added(&digest, committed)
+                .map_err(|error| ApiError::internal("record a cached blob", error))
+        })
+        .await?;
+        cache.evict_if_over();
+        Ok(())
+    }
+
+    fn fill_released(&self, digest: &Digest) {
+        if let Some(cache) = &self.cache {
+            cache.fill_released(digest);
+            // A pass may have skipped it while it was read.
+            cache.evict_if_over();
+        }
+    }
+
+    fn metrics(&self) -> String {
+        self.cache
+            .as_ref()
+            .map(|cache| cache.metrics_text())
+            .unwrap_or_default()
     }
 
     fn open_blob_blocking(&self, digest: &Digest) -> std::io::Result<Box<dyn ReadFile>> {
@@ -614,7 +691,12 @@ impl RegistryBackend for LocalBackend {
 
     async fn hold_fresh(&self, digest: Digest) -> Result<bool, ApiError> {
         let store = self.store.clone();
+        let cache = self.cache.clone();
         blocking("hold a blob", move || {
+            // A mount: the blob is pushed content now.
+            if let Some(cache) = &cache {
+                cache.pushed(&digest);
+            }
             store
                 .hold_fresh(&digest)
                 .map_err(|error| ApiError::internal("hold a blob", error))
@@ -679,11 +761,21 @@ impl RegistryBackend for LocalBackend {
 
     async fn put_cached_manifest(&self, digest: Digest, bytes: Bytes) -> Result<bool, ApiError> {
         let store = self.store.clone();
-        blocking("store a cached manifest", move || {
+        let cache = self.cache.clone();
+        let held = blocking("store a cached manifest", move || {
+            if let Some(cache) = &cache {
+                // Kept from eviction until it is named.
+                cache.naming(&digest);
+            }
+            let size = bytes.len() as u64;
             store
                 .blobs()
-                .put(&digest, Some(bytes.len() as u64), &mut &bytes[..])
+                .put(&digest, Some(size), &mut &bytes[..])
                 .and_then(|_| store.hold_fresh(&digest))
+                .and_then(|held| match &cache {
+                    Some(cache) if held => cache.added(&digest, size).map(|()| held),
+                    _ => Ok(held),
+                })
                 .map_err(|error| match error {
                     StoreError::DigestMismatch { .. } => {
                         ApiError::new(ErrorCode::DigestInvalid, error.to_string())
@@ -691,7 +783,11 @@ impl RegistryBackend for LocalBackend {
                     other => ApiError::internal("store a cached manifest", other),
                 })
         })
-        .await
+        .await?;
+        if let Some(cache) = &self.cache {
+            cache.evict_if_over();
+        }
+        Ok(held)
     }
 
     async fn name_cached_manifest(
@@ -702,9 +798,15 @@ impl RegistryBackend for LocalBackend {
         host: String,
     ) -> Result<(), ApiError> {
         let store = self.store.clone();
+        let cache = self.cache.clone();
         blocking("name a cached manifest", move || {
-            name_cached_manifest(&store, &name, tagged, descriptor, &host)
-                .map_err(|error| ApiError::internal("name a cached manifest", error))
+            let digest = descriptor.digest.clone();
+            let named = name_cached_manifest(&store, &name, tagged, descriptor, &host)
+                .map_err(|error| ApiError::internal("name a cached manifest", error));
+            if let Some(cache) = &cache {
+                cache.named(&digest);
+            }
+            named
         })
         .await
     }
@@ -1081,7 +1183,7 @@ fn name_cached_manifest(
     host: &str,
 ) -> Result<(), StoreError> {
     descriptor.annotations.insert(
-        crate::pull_through::UPSTREAM_ANNOTATION.to_owned(),
+        sealer_image_store::model::UPSTREAM_ANNOTATION.to_owned(),
         host.to_owned(),
     );
     // Only what clients ask for is fetched: fsck must not call the rest missing.

@@ -18,6 +18,7 @@ use sealer_registry_client::redact_url;
 use serde::Deserialize;
 
 use crate::bucket::BucketConfig;
+use crate::cache::CacheConfig;
 use crate::cluster::{ClusterConfig, RedirectConfig};
 use crate::route::normalise_host;
 use crate::upstream_policy::UpstreamPolicyConfig;
@@ -546,6 +547,9 @@ pub struct ServerConfig {
     /// Presigned redirects of complete blobs (`storage: { s3 }` only).
     #[serde(default)]
     pub redirect: RedirectConfig,
+    /// The pull-through cache's size limit (local storage only).
+    #[serde(default)]
+    pub cache: CacheConfig,
 }
 
 /// The documented configuration: every key with its default, commented (what
@@ -602,6 +606,7 @@ impl Default for ServerConfig {
             server: ConnectionLimits::default(),
             cluster: None,
             redirect: RedirectConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -763,7 +768,27 @@ impl ServerConfig {
                 return Err((key, format!("{key} must be more than 0")));
             }
         }
-        self.validate_cluster()
+        self.validate_cluster()?;
+        self.validate_cache()
+    }
+
+    /// `cache.max_size`: more than 0, and only over the local store (a bucket's lifecycle
+    /// rules bound what it keeps).
+    fn validate_cache(&self) -> Result<(), (&'static str, String)> {
+        let Some(max_size) = self.cache.max_size else {
+            return Ok(());
+        };
+        if max_size.0 == 0 {
+            return Err(("max_size", "cache.max_size must be more than 0".to_owned()));
+        }
+        if matches!(self.storage, Some(Storage::S3(_))) {
+            return Err((
+                "max_size",
+                "cache.max_size bounds the pull-through cache in a local store; with                  `storage: { s3: … }` use the bucket's lifecycle rules instead (remove the                  `cache` key)"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
     }
 
     /// `cluster` and `redirect`: valid, and only over a bucket.

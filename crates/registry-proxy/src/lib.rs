@@ -37,6 +37,7 @@ mod auth;
 pub mod backend;
 pub mod bucket;
 mod bucket_backend;
+pub mod cache;
 pub mod catalog;
 pub mod cluster;
 pub mod config;

@@ -20,7 +20,10 @@
 //! GETs), `sealer_proxy_peer_fills_total` (fills streamed from another replica),
 //! `sealer_proxy_fills_in_flight`, `sealer_proxy_fill_followers_total` and
 //! `sealer_proxy_fill_failures_total{upstream,reason}` (`digest_mismatch`, `upstream`,
-//! `store`).
+//! `store`). With upstreams over a local store, the backend's part
+//! (`RegistryBackend::metrics`): `sealer_cache_size_bytes`, `sealer_cache_blobs`,
+//! `sealer_cache_limit_bytes` (only with `cache.max_size`), `sealer_cache_evictions_total`
+//! and `sealer_cache_evicted_bytes_total`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -167,12 +167,27 @@ impl Registry {
             .collect();
         let names = StoreNames::new(&config.local_namespace.0, aliases);
         let (backend, pinned): (Arc<dyn RegistryBackend>, _) = match &storage {
-            OpenStorage::Local(store) => (
-                Arc::new(
-                    LocalBackend::new(store.clone()).with_sparse_manifests(config.sparse_manifests),
-                ),
-                import_carried_images(store, &config.images)?,
-            ),
+            OpenStorage::Local(store) => {
+                let mut backend =
+                    LocalBackend::new(store.clone()).with_sparse_manifests(config.sparse_manifests);
+                let pinned = import_carried_images(store, &config.images)?;
+                if !config.upstreams.is_empty() {
+                    backend = backend
+                        .with_pull_through_cache(config.cache.max_size.map(|size| size.0))
+                        .map_err(|source| ServeError::Store {
+                            path: store.location(),
+                            source,
+                        })?;
+                }
+                (Arc::new(backend), pinned)
+            }
+            OpenStorage::Bucket(_) if config.cache.max_size.is_some() => {
+                return Err(ServeError::NotImplemented(
+                    "cache.max_size bounds the pull-through cache in a local store; with \
+                     `storage: { s3: … }` use the bucket's lifecycle rules instead"
+                        .to_owned(),
+                ));
+            }
             OpenStorage::Bucket(bucket) => {
                 let backend = BucketBackend::new(bucket.clone())
                     .map_err(|source| ServeError::Store {
@@ -597,6 +612,7 @@ async fn metrics(State(state): State<Arc<AppState>>, request: Request) -> Respon
             .await
             .map_err(|error| ApiError::internal("rendering the metrics", error))?;
         text.push_str(&state.source.metrics());
+        text.push_str(&state.local.backend().metrics());
         let mut response = (StatusCode::OK, text).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,

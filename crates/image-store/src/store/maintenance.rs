@@ -36,6 +36,9 @@ pub struct GcReport {
     pub leftovers: usize,
     /// Unreferenced blobs kept because they are fresh ([`Store::hold_fresh`]).
     pub kept_fresh: usize,
+    /// Unreferenced blobs kept because a registry's pull-through cache holds them (its own
+    /// size limit evicts them: [`Store::evict_cached`]).
+    pub kept_cached: usize,
 }
 
 /// What [`Store::fsck`] found.
@@ -56,6 +59,9 @@ pub struct FsckReport {
     pub absent_partial: usize,
     /// Blobs no image refers to (`prune` removes them).
     pub unreferenced: usize,
+    /// Blobs no image refers to that a registry's pull-through cache holds (fetched by
+    /// digest; not unreferenced: `prune` keeps them, the cache's limit evicts them).
+    pub cached: usize,
     /// Leftovers of interrupted writes (`prune` removes them).
     pub leftovers: usize,
     /// Corrupt blobs moved out of `blobs/` to `quarantine/<algorithm>-<hex>` (so that the
@@ -114,9 +120,14 @@ impl Store {
         let reach = self.reachable(&roots)?;
         let extra: BTreeSet<&Digest> = options.extra_roots.iter().collect();
         let fresh = self.fresh_holds(options.keep_fresh)?;
+        let cached = self.cached_markers()?;
         let mut report = GcReport::default();
         for digest in self.blobs.list()? {
             if reach.present.contains(&digest) || extra.contains(&digest) {
+                continue;
+            }
+            if cached.contains(&digest) {
+                report.kept_cached += 1;
                 continue;
             }
             if fresh.contains(&digest) {
@@ -272,11 +283,14 @@ impl Store {
         report.missing = reach.missing;
         report.absent_platforms = reach.absent_platforms;
         report.absent_partial = reach.absent_partial.len();
-        report.unreferenced = blobs
+        let cached = self.cached_markers()?;
+        let (kept_by_cache, unreferenced): (Vec<&Digest>, Vec<&Digest>) = blobs
             .iter()
             .filter(|digest| !reach.present.contains(digest))
             .filter(|digest| !report.quarantined.iter().any(|(moved, _)| moved == *digest))
-            .count();
+            .partition(|digest| cached.contains(*digest));
+        report.cached = kept_by_cache.len();
+        report.unreferenced = unreferenced.len();
         report.leftovers = self.blobs.leftover_temp_files()?.len()
             + self.abandoned_work(INGEST_DIR, false)?
             + self.abandoned_work(UPLOAD_DIR, false)?;

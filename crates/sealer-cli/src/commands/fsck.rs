@@ -45,6 +45,12 @@ pub fn run(store: &Store) -> Result<()> {
             report.absent_partial
         );
     }
+    if report.cached > 0 {
+        say!(
+            "{} blobs belong to a registry's pull-through cache (kept by prune; its size limit evicts them)",
+            report.cached
+        );
+    }
     if report.unreferenced > 0 || report.leftovers > 0 {
         say!(
             "{} unreferenced blobs and {} leftovers of interrupted writes (`sealer prune` removes them)",

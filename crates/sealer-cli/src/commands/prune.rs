@@ -28,6 +28,12 @@ pub fn run(store: &Store, args: &PruneArgs) -> Result<()> {
         report.leftovers,
         cached.removed
     );
+    if report.kept_cached > 0 {
+        say!(
+            "Kept {} blobs of a registry's pull-through cache (its cache.max_size evicts them)",
+            report.kept_cached
+        );
+    }
     if report.kept_fresh > 0 {
         say!(
             "Kept {} unreferenced blobs a registry received within {:?} (--keep-fresh)",
