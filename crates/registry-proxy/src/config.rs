@@ -612,6 +612,12 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// Whether anything is pulled through: upstreams listed, or admitted by
+    /// `upstream_policy`.
+    pub fn pulls_through(&self) -> bool {
+        !self.upstreams.is_empty() || self.upstream_policy.is_some()
+    }
+
     /// Reads and validates `path` (YAML or TOML by extension); relative paths in it are made
     /// relative to its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

@@ -171,7 +171,7 @@ impl Registry {
                 let mut backend =
                     LocalBackend::new(store.clone()).with_sparse_manifests(config.sparse_manifests);
                 let pinned = import_carried_images(store, &config.images)?;
-                if !config.upstreams.is_empty() {
+                if config.pulls_through() {
                     backend = backend
                         .with_pull_through_cache(config.cache.max_size.map(|size| size.0))
                         .map_err(|source| ServeError::Store {
@@ -236,16 +236,15 @@ impl Registry {
             }),
             _ => None,
         };
-        let (source, fills): (Arc<dyn ContentSource>, _) =
-            if config.upstreams.is_empty() && config.upstream_policy.is_none() {
-                (local.clone(), Arc::default())
-            } else {
-                let pull_through = PullThroughSource::new(config, local.clone())?
-                    .with_pinned(pinned)
-                    .with_cluster(cluster);
-                let fills = pull_through.fills();
-                (Arc::new(pull_through), fills)
-            };
+        let (source, fills): (Arc<dyn ContentSource>, _) = if !config.pulls_through() {
+            (local.clone(), Arc::default())
+        } else {
+            let pull_through = PullThroughSource::new(config, local.clone())?
+                .with_pinned(pinned)
+                .with_cluster(cluster);
+            let fills = pull_through.fills();
+            (Arc::new(pull_through), fills)
+        };
         let upstream_hosts = config
             .upstreams
             .iter()
