@@ -28,7 +28,10 @@ fn main() -> ExitCode {
     match run(&PathBuf::from(context), &PathBuf::from(root)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            report(error.as_ref());
+            eprintln!(
+                "error: {}",
+                sealer_fs_abstraction::error_chain(error.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
@@ -81,18 +84,4 @@ fn run(context_dir: &Path, root: &Path) -> Result<(), Box<dyn Error>> {
         None => return Err("the entry just inserted was not found".into()),
     }
     Ok(())
-}
-
-/// Prints `error` and its causes, each cause once (a message may already include it).
-fn report(error: &dyn Error) {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    eprintln!("error: {text}");
 }

@@ -53,7 +53,10 @@ async fn main() -> ExitCode {
     match pull(&reference, root, platforms).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            report(error.as_ref());
+            eprintln!(
+                "error: {}",
+                sealer_fs_abstraction::error_chain(error.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
@@ -98,18 +101,4 @@ async fn pull(
         report.blobs_fetched, report.bytes_fetched, report.blobs_present
     );
     Ok(())
-}
-
-/// Prints `error` and its causes, each cause once (a message may already include it).
-fn report(error: &dyn Error) {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    eprintln!("error: {text}");
 }

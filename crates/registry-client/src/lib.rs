@@ -73,42 +73,6 @@ pub use push::{PushError, PushReport};
 pub use redact::redact_url;
 pub use retry::RetryPolicy;
 
-/// The error and its causes joined by `: `, leaving out a cause whose text the message
-/// before it already contains (many errors print their source themselves). A transport
-/// error's useful part is deep in its chain (`Connection refused`, `dns error: …`, a TLS
-/// alert): every front end prints errors with this, so none drops the cause.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = String::new();
-    for cause in std::iter::successors(Some(error), |cause| cause.source()) {
-        let message = cause.to_string();
-        if text.contains(&message) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&message);
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("GET http://127.0.0.1:1/v2/: error sending request")]
-    struct Outer(#[source] std::io::Error);
-
-    #[test]
-    fn the_chain_keeps_every_cause_once() {
-        let error = Outer(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "Connection refused (os error 111)",
-        ));
-        assert_eq!(
-            error_chain(&error),
-            "GET http://127.0.0.1:1/v2/: error sending request: Connection refused (os error 111)"
-        );
-    }
-}
+/// The one way to print an error with its causes (defined in fs-abstraction, which every
+/// crate depends on).
+pub use sealer_fs_abstraction::error_chain;

@@ -8,7 +8,6 @@
 //! example with `skopeo inspect --tls-verify=false docker://127.0.0.1:PORT/team/app:v1`.
 //! One access log line per request goes to stderr.
 
-use std::error::Error;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,7 +44,7 @@ async fn main() -> ExitCode {
     match run(&config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            report(&error);
+            eprintln!("error: {}", sealer_fs_abstraction::error_chain(&error));
             ExitCode::FAILURE
         }
     }
@@ -66,18 +65,4 @@ fn parse_args() -> Result<(PathBuf, u16), String> {
         }
         _ => Err("expected ROOT and at most one PORT".to_owned()),
     }
-}
-
-/// Prints `error` and its causes, each cause once (a message may already include it).
-fn report(error: &dyn Error) {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    eprintln!("error: {text}");
 }
