@@ -351,7 +351,7 @@ impl CachedContent {
 mod tests {
     use std::path::Path;
 
-    use crate::config::{DEFAULT_CONFIG, ServerConfig};
+    use crate::config::{ServerConfig, documented_block};
 
     fn yaml(text: &str) -> Result<ServerConfig, String> {
         ServerConfig::parse(text, Path::new("registry.yaml")).map_err(|error| error.to_string())
@@ -360,14 +360,8 @@ mod tests {
     /// The commented `cache:` block of the example configuration parses.
     #[test]
     fn the_documented_cache_parses() {
-        let start = DEFAULT_CONFIG.find("# cache:\n").unwrap();
-        let block: String = DEFAULT_CONFIG[start..]
-            .lines()
-            .take_while(|line| line.starts_with('#'))
-            .map(|line| line.trim_start_matches('#').strip_prefix(' ').unwrap_or(""))
-            .filter(|line| !line.trim_start().starts_with('#'))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let block = documented_block("# cache:\n");
+        assert!(!block.is_empty());
         let config = yaml(&format!("{block}\n")).unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(config.cache.max_size.map(|size| size.0), Some(50 << 30));
         assert_eq!(

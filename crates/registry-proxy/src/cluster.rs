@@ -239,7 +239,7 @@ impl PeerFillSource for FillsPeerSource {
 mod tests {
     use std::path::Path;
 
-    use crate::config::{DEFAULT_CONFIG, ServerConfig};
+    use crate::config::{ServerConfig, documented_block};
 
     const S3: &str = "storage:\n  s3:\n    bucket: registry\n";
 
@@ -250,14 +250,8 @@ mod tests {
     /// The commented `cluster:` block of the example configuration parses over a bucket.
     #[test]
     fn the_documented_cluster_parses() {
-        let start = DEFAULT_CONFIG.find("# cluster:\n").unwrap();
-        let block: String = DEFAULT_CONFIG[start..]
-            .lines()
-            .take_while(|line| line.starts_with('#'))
-            .map(|line| line.trim_start_matches('#').strip_prefix(' ').unwrap_or(""))
-            .filter(|line| !line.trim_start().starts_with('#'))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let block = documented_block("# cluster:\n");
+        assert!(!block.is_empty());
         let config = yaml(&format!("{S3}{block}\n")).unwrap_or_else(|error| panic!("{error}"));
         let cluster = config.cluster.unwrap();
         assert_eq!(cluster.advertise_url, "http://10.0.0.5:5000");

@@ -557,6 +557,23 @@ pub struct ServerConfig {
 /// [`ServerConfig::default`]).
 pub const DEFAULT_CONFIG: &str = include_str!("../examples/registry.yaml");
 
+/// The commented-out block of [`DEFAULT_CONFIG`] that starts with `first_lines`, uncommented
+/// (its own comments and `…` placeholders left out): what the tests parse to check the
+/// example configuration documents valid settings.
+#[cfg(test)]
+pub(crate) fn documented_block(first_lines: &str) -> String {
+    let start = DEFAULT_CONFIG
+        .find(first_lines)
+        .unwrap_or(DEFAULT_CONFIG.len());
+    DEFAULT_CONFIG[start..]
+        .lines()
+        .take_while(|line| line.starts_with('#'))
+        .map(|line| line.trim_start_matches('#').strip_prefix(' ').unwrap_or(""))
+        .filter(|line| !line.trim_start().starts_with('#') && !line.contains('…'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 5000))
 }
@@ -968,14 +985,8 @@ mod tests {
     /// The commented `storage: s3:` block of the example configuration parses.
     #[test]
     fn the_documented_s3_storage_parses() {
-        let start = DEFAULT_CONFIG.find("# storage:\n#   s3:").unwrap();
-        let block: String = DEFAULT_CONFIG[start..]
-            .lines()
-            .take_while(|line| line.starts_with('#'))
-            .map(|line| line.trim_start_matches('#').strip_prefix(' ').unwrap_or(""))
-            .filter(|line| !line.trim_start().starts_with('#') && !line.contains('…'))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let block = documented_block("# storage:\n#   s3:");
+        assert!(!block.is_empty());
         let config = yaml(&block).unwrap_or_else(|error| panic!("{block}\n{error}"));
         assert!(matches!(config.storage, Some(Storage::S3(_))), "{block}");
     }

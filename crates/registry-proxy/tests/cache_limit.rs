@@ -17,17 +17,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sealer_image_store::model::media_type::OCI_MANIFEST;
-use sealer_image_store::testing::write_image;
 use sealer_image_store::{BlobStore, Digest, GcOptions, Store};
 use sealer_registry_proxy::ServerConfig;
 use sealer_test_harness::{
     HttpResponse, ImageSpec, Registry, RegistryOptions, SeededImage, http_request, require_tools,
     seed_image,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 mod common;
-use common::{InProcess, digest_of};
+use common::{InProcess, digest_of, write_cluster_image};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const MIB: u64 = 1 << 20;
@@ -383,57 +382,6 @@ fn fsck_stays_clean_and_prune_keeps_blobs_cached_by_digest() {
     assert_fsck_clean(&store);
 }
 
-/// Writes into the store at `root` the cluster image `localhost/cluster:1`, whose one layer
-/// carries an OCI layout (under `registry/`) with `spec`'s image.
-fn write_cluster_image(root: &Path, spec: &ImageSpec) {
-    let carried = tempfile::tempdir().unwrap();
-    let carried_store = Store::open_dir(&carried.path().join("layout")).unwrap();
-    write_image(&carried_store, spec).unwrap();
-    let mut layer = tar::Builder::new(Vec::new());
-    for entry in ["oci-layout", "index.json", "blobs"] {
-        let path = carried.path().join("layout").join(entry);
-        let inside = format!("registry/{entry}");
-        if path.is_dir() {
-            layer.append_dir_all(&inside, &path).unwrap();
-        } else {
-            layer.append_path_with_name(&path, &inside).unwrap();
-        }
-    }
-    let layer = layer.into_inner().unwrap();
-    let store = Store::open_dir(root).unwrap();
-    let config =
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
-    for blob in [&layer[..], &config[..]] {
-        store
-            .blobs()
-            .put(
-                &Digest::sha256(blob),
-                Some(blob.len() as u64),
-                &mut &blob[..],
-            )
-            .unwrap();
-    }
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": Digest::sha256(config).to_string(),
-            "size": config.len(),
-        },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar",
-            "digest": Digest::sha256(&layer).to_string(),
-            "size": layer.len(),
-            "annotations": {"io.sealer.image.layer.oci-layout": "registry"},
-        }],
-    }))
-    .unwrap();
-    let descriptor = store.put_manifest(&manifest, Some(OCI_MANIFEST)).unwrap();
-    store
-        .tag(&"localhost/cluster:1".parse().unwrap(), &descriptor)
-        .unwrap();
-}
 
 #[test]
 fn pushed_and_carried_content_is_never_evicted() {

@@ -354,59 +354,12 @@ fn chunked_uploads_alternating_between_servers_verify_s3() {
 /// carries an OCI layout (under `registry/`) with the image `localhost/carried/app:1`;
 /// returns the store and that image's digest.
 fn store_with_a_cluster_image() -> (tempfile::TempDir, Digest) {
-    let carried = tempfile::tempdir().unwrap();
-    let carried_store = Store::open_dir(&carried.path().join("layout")).unwrap();
-    let top = write_image(
-        &carried_store,
-        &ImageSpec::new("localhost/carried/app:1", &[30_000, 2_000], 11),
-    )
-    .unwrap();
-    let mut layer = tar::Builder::new(Vec::new());
-    for entry in ["oci-layout", "index.json", "blobs"] {
-        let path = carried.path().join("layout").join(entry);
-        let inside = format!("registry/{entry}");
-        if path.is_dir() {
-            layer.append_dir_all(&inside, &path).unwrap();
-        } else {
-            layer.append_path_with_name(&path, &inside).unwrap();
-        }
-    }
-    let layer = layer.into_inner().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_dir(dir.path()).unwrap();
-    let config =
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
-    for blob in [&layer[..], &config[..]] {
-        store
-            .blobs()
-            .put(
-                &Digest::sha256(blob),
-                Some(blob.len() as u64),
-                &mut &blob[..],
-            )
-            .unwrap();
-    }
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": Digest::sha256(config).to_string(),
-            "size": config.len(),
-        },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar",
-            "digest": Digest::sha256(&layer).to_string(),
-            "size": layer.len(),
-            "annotations": {"io.sealer.image.layer.oci-layout": "registry"},
-        }],
-    }))
-    .unwrap();
-    let descriptor = store.put_manifest(&manifest, Some(OCI_MANIFEST)).unwrap();
-    store
-        .tag(&"localhost/cluster:1".parse().unwrap(), &descriptor)
-        .unwrap();
-    (dir, top.digest)
+    let top = common::write_cluster_image(
+        dir.path(),
+        &ImageSpec::new("localhost/carried/app:1", &[30_000, 2_000], 11),
+    );
+    (dir, top)
 }
 
 /// `registry serve --image` over a bucket: the images the cluster image carries are imported

@@ -4,11 +4,14 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::path::Path;
 
-use sealer_image_store::Digest;
+use sealer_image_store::model::media_type::OCI_MANIFEST;
+use sealer_image_store::testing::{ImageSpec, write_image};
+use sealer_image_store::{BlobStore, Digest, Store};
 use sealer_registry_proxy::{ServeError, ServerConfig, serve};
 use sealer_test_harness::{Registry, SeededImage, http_request};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// A server started by [`InProcess::start`]; signalled to stop when dropped.
 pub struct InProcess {
@@ -120,4 +123,59 @@ pub fn biggest_layer(upstream: &Registry, repo: &str, image: &SeededImage) -> (S
     .unwrap();
     assert_eq!(digest_of(&blob.body), digest);
     (digest, blob.body)
+}
+
+/// Writes into the store at `root` the cluster image `localhost/cluster:1`, whose one layer
+/// carries an OCI layout (under `registry/`) with `spec`'s image; returns that image's digest.
+// Test code: packs a layout from a scratch directory on the host.
+#[allow(clippy::disallowed_methods)]
+pub fn write_cluster_image(root: &Path, spec: &ImageSpec) -> Digest {
+    let carried = tempfile::tempdir().unwrap();
+    let carried_store = Store::open_dir(&carried.path().join("layout")).unwrap();
+    let top = write_image(&carried_store, spec).unwrap();
+    let mut layer = tar::Builder::new(Vec::new());
+    for entry in ["oci-layout", "index.json", "blobs"] {
+        let path = carried.path().join("layout").join(entry);
+        let inside = format!("registry/{entry}");
+        if path.is_dir() {
+            layer.append_dir_all(&inside, &path).unwrap();
+        } else {
+            layer.append_path_with_name(&path, &inside).unwrap();
+        }
+    }
+    let layer = layer.into_inner().unwrap();
+    let store = Store::open_dir(root).unwrap();
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    for blob in [&layer[..], &config[..]] {
+        store
+            .blobs()
+            .put(
+                &Digest::sha256(blob),
+                Some(blob.len() as u64),
+                &mut &blob[..],
+            )
+            .unwrap();
+    }
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": Digest::sha256(config).to_string(),
+            "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": Digest::sha256(&layer).to_string(),
+            "size": layer.len(),
+            "annotations": {"io.sealer.image.layer.oci-layout": "registry"},
+        }],
+    }))
+    .unwrap();
+    let descriptor = store.put_manifest(&manifest, Some(OCI_MANIFEST)).unwrap();
+    store
+        .tag(&"localhost/cluster:1".parse().unwrap(), &descriptor)
+        .unwrap();
+    top.digest
 }
