@@ -536,13 +536,7 @@ pub(crate) async fn upload(
         state.uploads.remove(&id);
         return Err(error);
     }
-    let broken = || {
-        ApiError::new(
-            ErrorCode::BlobUploadUnknown,
-            format!("upload {id} failed earlier; start again"),
-        )
-    };
-    let max = state.uploads.limits().max_blob_size.0;
+    let broken = || broken_upload(&id);
     match op {
         UploadOp::Status => {
             let size = session.upload.as_ref().ok_or_else(broken)?.size();
@@ -553,96 +547,135 @@ pub(crate) async fn upload(
             discard(session.upload.take()).await;
             Ok(empty(StatusCode::NO_CONTENT))
         }
-        UploadOp::Patch => {
-            let size = session.upload.as_ref().ok_or_else(broken)?.size();
-            let limit = declared_chunk(parts, &id, size)?;
-            let announced = limit.or_else(|| content_length(parts));
-            if announced.is_some_and(|announced| size.saturating_add(announced) > max) {
-                state.uploads.remove(&id);
-                discard(session.upload.take()).await;
-                return Err(too_big(max));
-            }
-            let mut upload = session.upload.take().ok_or_else(broken)?;
-            let written = pump(&mut *upload, body, limit, max).await;
-            let failure = match written {
-                Err(PumpError::Store(error)) => {
-                    // The storage failed: the upload is unusable.
-                    state.uploads.remove(&id);
-                    discard(Some(upload)).await;
-                    return Err(error);
-                }
-                Err(PumpError::OverMaxSize(max)) => {
-                    state.uploads.remove(&id);
-                    discard(Some(upload)).await;
-                    return Err(too_big(max));
-                }
-                Err(error) => Some(pump_error(error)),
-                Ok(written) if limit.is_some_and(|limit| limit != written) => Some(ApiError::new(
-                    ErrorCode::SizeInvalid,
-                    format!("the chunk has {written} bytes, not the announced {limit:?}"),
-                )),
-                // The whole chunk arrived: only now may other processes see it.
-                Ok(_) => match upload.save().await {
-                    Ok(()) => None,
-                    Err(error) => {
-                        state.uploads.remove(&id);
-                        discard(Some(upload)).await;
-                        return Err(error);
-                    }
-                },
-            };
-            if let Some(error) = failure {
-                // A failed PATCH changes nothing: the upload goes back to where it was, and
-                // the client may send the chunk again.
-                match upload.rollback().await {
-                    Ok(()) => session.upload = Some(upload),
-                    Err(rollback) => {
-                        state.uploads.remove(&id);
-                        discard(Some(upload)).await;
-                        tracing::warn!(%rollback, "dropped an upload that could not be rolled back");
-                    }
-                }
-                return Err(error
-                    .with_header(header::RANGE, &upload_range(size))
-                    .with_header(DOCKER_UPLOAD_UUID, &id));
-            }
-            let size = upload.size();
-            session.upload = Some(upload);
-            Ok(upload_accepted(StatusCode::ACCEPTED, &repo, &id, size))
-        }
+        UploadOp::Patch => patch_upload(state, parts, body, &repo, &id, &mut session).await,
         UploadOp::Finish(digest) => {
-            let size = session.upload.as_ref().ok_or_else(broken)?.size();
-            // An out-of-order final chunk is refused before the session is touched, so the
-            // client can still finish it with the right range.
-            let limit = declared_chunk(parts, &id, size)?;
-            let upload = session.upload.take().ok_or_else(broken)?;
-            state.uploads.remove(&id);
-            if content_length(parts)
-                .is_some_and(|length| upload.size().saturating_add(length) > max)
-            {
-                discard(Some(upload)).await;
-                return Err(too_big(max));
-            }
-            let mut upload = upload;
-            match pump(&mut *upload, body, limit, max).await {
-                Err(error) => {
-                    discard(Some(upload)).await;
-                    return Err(pump_error(error));
-                }
-                Ok(written) if limit.is_some_and(|limit| limit != written) => {
-                    discard(Some(upload)).await;
-                    return Err(ApiError::new(
-                        ErrorCode::SizeInvalid,
-                        format!("the chunk has {written} bytes, not the announced {limit:?}"),
-                    ));
-                }
-                Ok(_) => {}
-            }
-            let size = upload.commit(digest.clone()).await?;
-            tracing::info!(repository = %repo.path_name, %digest, size, "blob uploaded");
-            Ok(blob_created(&repo, &digest))
+            finish_upload(state, parts, body, &repo, &id, &mut session, digest).await
         }
     }
+}
+
+/// The error of a session whose upload a failure made unusable.
+fn broken_upload(id: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::BlobUploadUnknown,
+        format!("upload {id} failed earlier; start again"),
+    )
+}
+
+/// A `PATCH`: the chunk appended and saved for other processes, or, when it fails, the
+/// upload rolled back to where it was (the client may send it again).
+async fn patch_upload(
+    state: &AppState,
+    parts: &Parts,
+    body: Body,
+    repo: &RepoPath,
+    id: &str,
+    session: &mut crate::uploads::Session,
+) -> Result<Response, ApiError> {
+    let max = state.uploads.limits().max_blob_size.0;
+    let size = session
+        .upload
+        .as_ref()
+        .ok_or_else(|| broken_upload(id))?
+        .size();
+    let limit = declared_chunk(parts, id, size)?;
+    let announced = limit.or_else(|| content_length(parts));
+    if announced.is_some_and(|announced| size.saturating_add(announced) > max) {
+        state.uploads.remove(id);
+        discard(session.upload.take()).await;
+        return Err(too_big(max));
+    }
+    let mut upload = session.upload.take().ok_or_else(|| broken_upload(id))?;
+    let written = pump(&mut *upload, body, limit, max).await;
+    let failure = match written {
+        Err(PumpError::Store(error)) => {
+            // The storage failed: the upload is unusable.
+            state.uploads.remove(id);
+            discard(Some(upload)).await;
+            return Err(error);
+        }
+        Err(PumpError::OverMaxSize(max)) => {
+            state.uploads.remove(id);
+            discard(Some(upload)).await;
+            return Err(too_big(max));
+        }
+        Err(error) => Some(pump_error(error)),
+        Ok(written) if limit.is_some_and(|limit| limit != written) => Some(ApiError::new(
+            ErrorCode::SizeInvalid,
+            format!("the chunk has {written} bytes, not the announced {limit:?}"),
+        )),
+        // The whole chunk arrived: only now may other processes see it.
+        Ok(_) => match upload.save().await {
+            Ok(()) => None,
+            Err(error) => {
+                state.uploads.remove(id);
+                discard(Some(upload)).await;
+                return Err(error);
+            }
+        },
+    };
+    if let Some(error) = failure {
+        // A failed PATCH changes nothing: the upload goes back to where it was, and the
+        // client may send the chunk again.
+        match upload.rollback().await {
+            Ok(()) => session.upload = Some(upload),
+            Err(rollback) => {
+                state.uploads.remove(id);
+                discard(Some(upload)).await;
+                tracing::warn!(%rollback, "dropped an upload that could not be rolled back");
+            }
+        }
+        return Err(error
+            .with_header(header::RANGE, &upload_range(size))
+            .with_header(DOCKER_UPLOAD_UUID, id));
+    }
+    let size = upload.size();
+    session.upload = Some(upload);
+    Ok(upload_accepted(StatusCode::ACCEPTED, repo, id, size))
+}
+
+/// The closing `PUT ?digest=`: its chunk appended, the digest verified, the blob committed.
+async fn finish_upload(
+    state: &AppState,
+    parts: &Parts,
+    body: Body,
+    repo: &RepoPath,
+    id: &str,
+    session: &mut crate::uploads::Session,
+    digest: Digest,
+) -> Result<Response, ApiError> {
+    let max = state.uploads.limits().max_blob_size.0;
+    let size = session
+        .upload
+        .as_ref()
+        .ok_or_else(|| broken_upload(id))?
+        .size();
+    // An out-of-order final chunk is refused before the session is touched, so the client
+    // can still finish it with the right range.
+    let limit = declared_chunk(parts, id, size)?;
+    let mut upload = session.upload.take().ok_or_else(|| broken_upload(id))?;
+    state.uploads.remove(id);
+    if content_length(parts).is_some_and(|length| upload.size().saturating_add(length) > max) {
+        discard(Some(upload)).await;
+        return Err(too_big(max));
+    }
+    match pump(&mut *upload, body, limit, max).await {
+        Err(error) => {
+            discard(Some(upload)).await;
+            return Err(pump_error(error));
+        }
+        Ok(written) if limit.is_some_and(|limit| limit != written) => {
+            discard(Some(upload)).await;
+            return Err(ApiError::new(
+                ErrorCode::SizeInvalid,
+                format!("the chunk has {written} bytes, not the announced {limit:?}"),
+            ));
+        }
+        Ok(_) => {}
+    }
+    let size = upload.commit(digest.clone()).await?;
+    tracing::info!(repository = %repo.path_name, %digest, size, "blob uploaded");
+    Ok(blob_created(repo, &digest))
 }
 
 /// The length of the chunk a request's `Content-Range` declares (`None` without one), once

@@ -488,10 +488,82 @@ pub(crate) struct Sample<'a> {
     pub(crate) failing: bool,
 }
 
+/// A family with one value per upstream: name, type, help, and the value of a sample.
+type PerUpstream = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Sample<'_>) -> i64,
+);
+
+/// The families of [`render`] with one value per upstream, in the order they are written.
+const PER_UPSTREAM: &[PerUpstream] = &[
+    (
+        "sealer_proxy_upstream_requests_total",
+        "counter",
+        "HTTP requests sent to the upstream (retries and token round trips included).",
+        |sample| sample.client.requests as i64,
+    ),
+    (
+        "sealer_proxy_upstream_failing",
+        "gauge",
+        "1 while the upstream is failing (its last revalidation failed): cached tags are \
+         served STALE without asking it, one request per probe interval asks it.",
+        |sample| i64::from(sample.failing),
+    ),
+    (
+        "sealer_proxy_upstream_bytes_total",
+        "counter",
+        "Manifest and blob bytes received from the upstream.",
+        |sample| load(&sample.metrics.bytes),
+    ),
+    (
+        "sealer_proxy_upstream_token_fetches_total",
+        "counter",
+        "Bearer tokens fetched for the upstream (cached tokens reused do not count).",
+        |sample| sample.client.token_fetches as i64,
+    ),
+    (
+        "sealer_proxy_tag_revalidations_total",
+        "counter",
+        "Cached tags revalidated with a HEAD to the upstream.",
+        |sample| load(&sample.metrics.revalidations),
+    ),
+    (
+        "sealer_proxy_fills_total",
+        "counter",
+        "Blob fills started (one upstream GET per digest, shared by every client asking).",
+        |sample| load(&sample.metrics.fills),
+    ),
+    (
+        "sealer_proxy_peer_fills_total",
+        "counter",
+        "Blob fills streamed from another replica holding the digest's fill lease, instead of \
+         from the upstream.",
+        |sample| load(&sample.metrics.peer_fills),
+    ),
+    (
+        "sealer_proxy_fills_in_flight",
+        "gauge",
+        "Blob fills running now.",
+        |sample| sample.metrics.fills_in_flight(),
+    ),
+    (
+        "sealer_proxy_fill_followers_total",
+        "counter",
+        "Clients that joined a blob fill another client started.",
+        |sample| load(&sample.metrics.followers),
+    ),
+];
+
+/// A counter's value as a sample.
+fn load(counter: &AtomicU64) -> i64 {
+    counter.load(Ordering::Relaxed) as i64
+}
+
 /// The Prometheus text of `samples`.
 pub(crate) fn render(samples: &[Sample<'_>]) -> String {
     let mut out = String::new();
-    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     family(
         &mut out,
         "sealer_proxy_requests_total",
@@ -506,18 +578,14 @@ pub(crate) fn render(samples: &[Sample<'_>]) -> String {
             .map(|(cache, value)| {
                 (
                     format!("upstream=\"{}\",cache=\"{cache}\"", sample.name),
-                    value as i64,
+                    value,
                 )
             })
         }),
     );
-    let simple = |out: &mut String,
-                  name: &str,
-                  kind: &str,
-                  help: &str,
-                  value: &dyn Fn(&Sample<'_>) -> i64| {
+    for (name, kind, help, value) in PER_UPSTREAM {
         family(
-            out,
+            &mut out,
             name,
             kind,
             help,
@@ -525,72 +593,7 @@ pub(crate) fn render(samples: &[Sample<'_>]) -> String {
                 .iter()
                 .map(|sample| (format!("upstream=\"{}\"", sample.name), value(sample))),
         );
-    };
-    simple(
-        &mut out,
-        "sealer_proxy_upstream_requests_total",
-        "counter",
-        "HTTP requests sent to the upstream (retries and token round trips included).",
-        &|sample| sample.client.requests as i64,
-    );
-    simple(
-        &mut out,
-        "sealer_proxy_upstream_failing",
-        "gauge",
-        "1 while the upstream is failing (its last revalidation failed): cached tags are \
-         served STALE without asking it, one request per probe interval asks it.",
-        &|sample| i64::from(sample.failing),
-    );
-    simple(
-        &mut out,
-        "sealer_proxy_upstream_bytes_total",
-        "counter",
-        "Manifest and blob bytes received from the upstream.",
-        &|sample| load(&sample.metrics.bytes) as i64,
-    );
-    simple(
-        &mut out,
-        "sealer_proxy_upstream_token_fetches_total",
-        "counter",
-        "Bearer tokens fetched for the upstream (cached tokens reused do not count).",
-        &|sample| sample.client.token_fetches as i64,
-    );
-    simple(
-        &mut out,
-        "sealer_proxy_tag_revalidations_total",
-        "counter",
-        "Cached tags revalidated with a HEAD to the upstream.",
-        &|sample| load(&sample.metrics.revalidations) as i64,
-    );
-    simple(
-        &mut out,
-        "sealer_proxy_fills_total",
-        "counter",
-        "Blob fills started (one upstream GET per digest, shared by every client asking).",
-        &|sample| load(&sample.metrics.fills) as i64,
-    );
-    simple(
-        &mut out,
-        "sealer_proxy_peer_fills_total",
-        "counter",
-        "Blob fills streamed from another replica holding the digest's fill lease, instead of \
-         from the upstream.",
-        &|sample| load(&sample.metrics.peer_fills) as i64,
-    );
-    simple(
-        &mut out,
-        "sealer_proxy_fills_in_flight",
-        "gauge",
-        "Blob fills running now.",
-        &|sample| sample.metrics.fills_in_flight(),
-    );
-    simple(
-        &mut out,
-        "sealer_proxy_fill_followers_total",
-        "counter",
-        "Clients that joined a blob fill another client started.",
-        &|sample| load(&sample.metrics.followers) as i64,
-    );
+    }
     family(
         &mut out,
         "sealer_proxy_fill_failures_total",
@@ -605,7 +608,7 @@ pub(crate) fn render(samples: &[Sample<'_>]) -> String {
             .map(|(reason, value)| {
                 (
                     format!("upstream=\"{}\",reason=\"{reason}\"", sample.name),
-                    value as i64,
+                    value,
                 )
             })
         }),

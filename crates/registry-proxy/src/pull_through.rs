@@ -674,24 +674,10 @@ impl PullThroughSource {
                 if self.offline {
                     return Err(unknown());
                 }
-                let fetched = tokio::time::timeout(
-                    self.fetch_timeout,
-                    self.fetch_manifest(upstream, &repository, digest),
-                )
-                .await
-                .unwrap_or(Err(FetchError::Timeout(self.fetch_timeout)))
-                .map_err(|error| upstream.error(&error, ErrorCode::ManifestUnknown))?;
-                let name = names.name(store_repo)?;
-                self.local
-                    .backend()
-                    .name_cached_manifest(
-                        name,
-                        None,
-                        descriptor_of(&fetched),
-                        upstream.host.clone(),
-                    )
+                let fetched = self
+                    .upstream_manifest_by_digest(upstream, store_repo, &repository, digest)
                     .await?;
-                return Ok((fetched.content(), CacheStatus::Miss));
+                return Ok((fetched, CacheStatus::Miss));
             }
             ManifestRef::Tag(tag) => tag,
         };
@@ -713,24 +699,17 @@ impl PullThroughSource {
         // Replicas over one storage share when each tag was confirmed: one of them asks the
         // upstream per TTL, the others serve the cached tag meanwhile.
         // A first fetch claims too, so that its time is shared.
-        let mut claim = None;
-        if let TagTtl::After(ttl) = upstream.ttl
-            && !ttl.is_zero()
-        {
-            match self.local.backend().claim_tag_revalidation(&key, ttl).await {
-                Ok(Some(TagRevalidation::Fresh(ago))) => {
-                    if let Some(cached) = &cached {
-                        upstream.confirmed_ago(&key, ago);
-                        return Ok((cached.clone(), CacheStatus::Hit));
-                    }
+        let claim = match self.shared_revalidation(upstream, &key).await {
+            Some(TagRevalidation::Fresh(ago)) => {
+                if let Some(cached) = &cached {
+                    upstream.confirmed_ago(&key, ago);
+                    return Ok((cached.clone(), CacheStatus::Hit));
                 }
-                Ok(Some(TagRevalidation::Claimed(won))) => claim = Some(won),
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::warn!(reference = %key, error = %error.message, "no shared revalidation state; asking the upstream");
-                }
+                None
             }
-        }
+            Some(TagRevalidation::Claimed(won)) => Some(won),
+            None => None,
+        };
         let budget = if cached.is_some() {
             self.timeout
         } else {
@@ -752,20 +731,7 @@ impl PullThroughSource {
         )
         .await
         .unwrap_or(Err(FetchError::Timeout(budget)));
-        match &outcome {
-            Ok(_) | Err(FetchError::NotFound(_)) => upstream.breaker.succeeded(),
-            Err(FetchError::Timeout(_) | FetchError::Upstream(_)) => {
-                upstream.breaker.failed(self.probe_interval, retry_after);
-            }
-            // The upstream answered (its content or the store is at fault), or was refused
-            // by the address policy before any request.
-            Err(
-                FetchError::DigestMismatch(_)
-                | FetchError::Invalid(_)
-                | FetchError::Store(_)
-                | FetchError::Refused(_),
-            ) => {}
-        }
+        self.record_revalidation(upstream, &outcome, retry_after);
         if let Some(claim) = claim {
             self.local
                 .backend()
@@ -798,6 +764,71 @@ impl PullThroughSource {
                 Ok((cached, CacheStatus::Stale))
             }
             (Err(error), None) => Err(upstream.error(&error, ErrorCode::ManifestUnknown)),
+        }
+    }
+
+    /// Fetches the manifest `digest` (bounded by `upstream_fetch_timeout`), stores it and
+    /// names it in `store_repo` as cached content.
+    async fn upstream_manifest_by_digest(
+        &self,
+        upstream: &Arc<Upstream>,
+        store_repo: &RepoPath,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<ManifestContent, ApiError> {
+        let fetched = tokio::time::timeout(
+            self.fetch_timeout,
+            self.fetch_manifest(upstream, repository, digest),
+        )
+        .await
+        .unwrap_or(Err(FetchError::Timeout(self.fetch_timeout)))
+        .map_err(|error| upstream.error(&error, ErrorCode::ManifestUnknown))?;
+        let name = self.local.names().name(store_repo)?;
+        self.local
+            .backend()
+            .name_cached_manifest(name, None, descriptor_of(&fetched), upstream.host.clone())
+            .await?;
+        Ok(fetched.content())
+    }
+
+    /// The tag `key`'s revalidation state shared by the replicas over one storage (`None`:
+    /// not shared, no TTL, or unreadable: this replica asks the upstream itself).
+    async fn shared_revalidation(&self, upstream: &Upstream, key: &str) -> Option<TagRevalidation> {
+        let TagTtl::After(ttl) = upstream.ttl else {
+            return None;
+        };
+        if ttl.is_zero() {
+            return None;
+        }
+        match self.local.backend().claim_tag_revalidation(key, ttl).await {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::warn!(reference = %key, error = %error.message, "no shared revalidation state; asking the upstream");
+                None
+            }
+        }
+    }
+
+    /// What a tag revalidation's outcome tells the upstream's breaker.
+    fn record_revalidation<T>(
+        &self,
+        upstream: &Upstream,
+        outcome: &Result<T, FetchError>,
+        retry_after: Option<Duration>,
+    ) {
+        match outcome {
+            Ok(_) | Err(FetchError::NotFound(_)) => upstream.breaker.succeeded(),
+            Err(FetchError::Timeout(_) | FetchError::Upstream(_)) => {
+                upstream.breaker.failed(self.probe_interval, retry_after);
+            }
+            // The upstream answered (its content or the store is at fault), or was refused
+            // by the address policy before any request.
+            Err(
+                FetchError::DigestMismatch(_)
+                | FetchError::Invalid(_)
+                | FetchError::Store(_)
+                | FetchError::Refused(_),
+            ) => {}
         }
     }
 

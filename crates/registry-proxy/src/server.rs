@@ -166,57 +166,7 @@ impl Registry {
             })
             .collect();
         let names = StoreNames::new(&config.local_namespace.0, aliases);
-        let (backend, pinned): (Arc<dyn RegistryBackend>, _) = match &storage {
-            OpenStorage::Local(store) => {
-                let mut backend =
-                    LocalBackend::new(store.clone()).with_sparse_manifests(config.sparse_manifests);
-                let pinned = import_carried_images(store, &config.images)?;
-                if config.pulls_through() {
-                    backend = backend
-                        .with_pull_through_cache(config.cache.max_size.map(|size| size.0))
-                        .map_err(|source| ServeError::Store {
-                            path: store.location(),
-                            source,
-                        })?;
-                }
-                (Arc::new(backend), pinned)
-            }
-            OpenStorage::Bucket(_) if config.cache.max_size.is_some() => {
-                return Err(ServeError::NotImplemented(
-                    "cache.max_size bounds the pull-through cache in a local store; with \
-                     `storage: { s3: … }` use the bucket's lifecycle rules instead"
-                        .to_owned(),
-                ));
-            }
-            OpenStorage::Bucket(bucket) => {
-                let backend = BucketBackend::new(bucket.clone())
-                    .map_err(|source| ServeError::Store {
-                        path: std::env::temp_dir(),
-                        source,
-                    })?
-                    .with_sparse_manifests(config.sparse_manifests);
-                let pinned = match (&config.storage, config.images.is_empty()) {
-                    (Some(Storage::S3(bucket_config)), false) => {
-                        let root = config.image_store.as_ref().ok_or_else(|| {
-                            ServeError::NotImplemented(
-                                "carried images (`images`) with `storage: { s3: … }` are read \
-                                 from the CLI's store: serve them with `sealer registry serve \
-                                 --image`"
-                                    .to_owned(),
-                            )
-                        })?;
-                        let source =
-                            Store::open_existing(root).map_err(|source| ServeError::Store {
-                                path: root.clone(),
-                                source,
-                            })?;
-                        backend.import_carried_images(bucket_config, &source, &config.images)?
-                    }
-                    _ => BTreeSet::new(),
-                };
-                (Arc::new(backend), pinned)
-            }
-        };
+        let (backend, pinned) = open_backend(config, &storage)?;
         let local = Arc::new(
             LocalSource::with_backend(backend, names.clone())
                 .with_blob_deletes(config.delete_blobs),
@@ -403,6 +353,65 @@ impl Registry {
         reaper.abort();
         result
     }
+}
+
+/// The storage backend of `config` over `storage`, and the references of the carried images
+/// it imported (pinned: the pull-through cache never revalidates them).
+fn open_backend(
+    config: &ServerConfig,
+    storage: &OpenStorage,
+) -> Result<(Arc<dyn RegistryBackend>, BTreeSet<String>), ServeError> {
+    Ok(match storage {
+        OpenStorage::Local(store) => {
+            let mut backend =
+                LocalBackend::new(store.clone()).with_sparse_manifests(config.sparse_manifests);
+            let pinned = import_carried_images(store, &config.images)?;
+            if config.pulls_through() {
+                backend = backend
+                    .with_pull_through_cache(config.cache.max_size.map(|size| size.0))
+                    .map_err(|source| ServeError::Store {
+                        path: store.location(),
+                        source,
+                    })?;
+            }
+            (Arc::new(backend), pinned)
+        }
+        OpenStorage::Bucket(_) if config.cache.max_size.is_some() => {
+            return Err(ServeError::NotImplemented(
+                "cache.max_size bounds the pull-through cache in a local store; with \
+                 `storage: { s3: … }` use the bucket's lifecycle rules instead"
+                    .to_owned(),
+            ));
+        }
+        OpenStorage::Bucket(bucket) => {
+            let backend = BucketBackend::new(bucket.clone())
+                .map_err(|source| ServeError::Store {
+                    path: std::env::temp_dir(),
+                    source,
+                })?
+                .with_sparse_manifests(config.sparse_manifests);
+            let pinned = match (&config.storage, config.images.is_empty()) {
+                (Some(Storage::S3(bucket_config)), false) => {
+                    let root = config.image_store.as_ref().ok_or_else(|| {
+                        ServeError::NotImplemented(
+                            "carried images (`images`) with `storage: { s3: … }` are read \
+                             from the CLI's store: serve them with `sealer registry serve \
+                             --image`"
+                                .to_owned(),
+                        )
+                    })?;
+                    let source =
+                        Store::open_existing(root).map_err(|source| ServeError::Store {
+                            path: root.clone(),
+                            source,
+                        })?;
+                    backend.import_carried_images(bucket_config, &source, &config.images)?
+                }
+                _ => BTreeSet::new(),
+            };
+            (Arc::new(backend), pinned)
+        }
+    })
 }
 
 /// Imports the images each of `cluster_images` carries (see

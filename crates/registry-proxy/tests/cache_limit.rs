@@ -382,7 +382,6 @@ fn fsck_stays_clean_and_prune_keeps_blobs_cached_by_digest() {
     assert_fsck_clean(&store);
 }
 
-
 #[test]
 fn pushed_and_carried_content_is_never_evicted() {
     require_tools!("skopeo", "docker-registry");
