@@ -8,6 +8,10 @@
 //! (`docker.io/library/nginx`) and a tag its full reference, as [`crate::StoreNames`] maps
 //! them. Errors are the API's, since a backend decides answers such as the 409 of a blob
 //! still in use.
+//!
+//! Over 800 lines on purpose: the `RegistryBackend` seam and its reference implementation over
+//! the local store: each `LocalBackend` method is the definition that `BucketBackend` matches,
+//! so the two are read side by side with the trait.
 
 use std::collections::BTreeSet;
 use std::io::{Seek, SeekFrom};

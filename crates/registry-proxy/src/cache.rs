@@ -1,9 +1,9 @@
 //! The size limit of the pull-through cache over the local store (`cache: { max_size }`).
 //!
-//! [`CachedContent`] knows every blob the cache put in the store (the manifests it fetched,
+//! `CachedContent` knows every blob the cache put in the store (the manifests it fetched,
 //! the blobs its fills committed), its size and when it was last used (stored, or served:
 //! a hit), in memory. The store keeps the same as markers (`cached/<alg>-<hex>`, mtime =
-//! last use, written when a blob is cached, at most once per [`PERSIST_EVERY`] per blob
+//! last use, written when a blob is cached, at most once per `PERSIST_EVERY` per blob
 //! after, and for every blob when the server stops), so `prune` keeps cached blobs, `fsck`
 //! does not call them unreferenced, and a restart starts from the recorded order.
 //!

@@ -17,6 +17,9 @@
 //! response is cut and no client ever receives a complete body of wrong bytes. The fill then leaves the registry and the next request starts a new
 //! one. A range is served from the same fill (the fill always fetches the whole blob; no
 //! partial object is cached), with the same hold-back.
+//!
+//! Over 800 lines on purpose: one state machine, a blob fill (upstream or peer stream, writer
+//! thread, ring, followers, hold-back, commit, lease), whose parts share its private state.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Seek as _, SeekFrom};

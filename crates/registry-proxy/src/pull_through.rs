@@ -36,6 +36,9 @@
 //! annotated [`UPSTREAM_ANNOTATION`] and, as their images are partial by design (only the
 //! blobs clients asked for are fetched), `PARTIAL_ANNOTATION` (`fsck` does not count their
 //! absent blobs as missing).
+//!
+//! Over 800 lines on purpose: one type, `PullThroughSource`, whose routing, tag revalidation,
+//! breaker, manifest fetches and blob fills all work on the same private table of upstreams.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};

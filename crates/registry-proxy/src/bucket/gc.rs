@@ -123,6 +123,9 @@
 //! `deleting`, `cleared` or `marked`); a claim is taken over only once nobody wrote it for
 //! twice `claim_wait`, so between such a CAS and the removal (one or two requests) nobody
 //! else writes it. Concurrent runs thus never delete one blob twice around a re-upload.
+//!
+//! Over 800 lines on purpose: the GC protocol's argument (the module docs) and every step it
+//! names, kept together so that one can be checked against the other.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
