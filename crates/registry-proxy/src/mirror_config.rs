@@ -255,12 +255,67 @@ pub fn for_server_config(
     endpoint: &Endpoint,
 ) -> Result<MirrorConfig, MirrorConfigError> {
     let upstreams: Vec<MirrorUpstream> = config.upstreams.iter().map(Into::into).collect();
-    generate(
+    generate_for_any(
         runtime,
         &upstreams,
         config.default_upstream.as_deref(),
         endpoint,
+        config.upstream_policy.is_some(),
     )
+}
+
+/// [`generate`], plus, when `any_registry` (the registry admits upstreams by
+/// `upstream_policy`), what sends every other registry through it as well: containerd's
+/// (and Docker's) `certs.d/_default/hosts.toml`, which containerd reads for a registry
+/// without a directory of its own; CRI-O has no such default, its notes give the prefix
+/// form. With `any_registry`, no listed upstream is needed.
+pub fn generate_for_any(
+    runtime: Runtime,
+    upstreams: &[MirrorUpstream],
+    default_upstream: Option<&str>,
+    endpoint: &Endpoint,
+    any_registry: bool,
+) -> Result<MirrorConfig, MirrorConfigError> {
+    let mut config = match generate(runtime, upstreams, default_upstream, endpoint) {
+        Ok(config) => config,
+        Err(MirrorConfigError::NoUpstreams) if any_registry => MirrorConfig::default(),
+        Err(error) => return Err(error),
+    };
+    if !any_registry {
+        return Ok(config);
+    }
+    match runtime {
+        Runtime::Containerd | Runtime::Docker => {
+            let mut text = header(runtime, endpoint);
+            text.push_str(
+                "# Every registry without a directory of its own here is pulled through the \
+                 sealer registry\n# first (it admits them by `upstream_policy`), then from the \
+                 registry itself.\n# No `server`: the fallback is the registry the image names.\n",
+            );
+            text.push_str(&format!(
+                "\n[host.{}]\n  capabilities = [\"pull\", \"resolve\"]\n",
+                toml_string(&endpoint.to_string())
+            ));
+            config.files.push(MirrorFile {
+                path: PathBuf::from("certs.d").join("_default").join("hosts.toml"),
+                content: text,
+            });
+            config.notes.push(
+                "certs.d/_default/hosts.toml sends every other registry through the sealer \
+                 registry (containerd 1.6 and later, Docker Engine 28.0 and later on the \
+                 containerd image store); the registry answers only those its \
+                 upstream_policy admits, the runtime then falls back to the registry itself"
+                    .to_owned(),
+            );
+        }
+        Runtime::Crio => config.notes.push(format!(
+            "CRI-O, podman and skopeo have no default mirror for registries not listed: pull \
+             a registry the upstream_policy admits by its prefix name, \
+             {}/<registry host>/<repo> (a host's :port written _port)",
+            endpoint.host
+        )),
+    }
+    Ok(config)
 }
 
 /// The configuration that makes `runtime` pull `upstreams` through the registry at
@@ -749,6 +804,50 @@ mod tests {
         assert_eq!(
             daemon,
             serde_json::json!({"insecure-registries": ["10.0.0.2:5000"]})
+        );
+    }
+
+    #[test]
+    fn a_policy_adds_a_default_hosts_toml_and_needs_no_listed_upstream() {
+        let config = ServerConfig::parse(
+            "upstream_policy:\n  admit: [\"quay.io\"]\n",
+            Path::new("registry.yaml"),
+        )
+        .unwrap();
+        for runtime in [Runtime::Containerd, Runtime::Docker] {
+            let generated = for_server_config(runtime, &config, &http()).unwrap();
+            let paths: Vec<_> = generated
+                .files
+                .iter()
+                .map(|file| file.path.clone())
+                .collect();
+            assert_eq!(
+                paths,
+                [Path::new("certs.d/_default/hosts.toml")],
+                "{runtime}"
+            );
+            let hosts = toml(&generated.files[0]);
+            assert!(hosts.get("server").is_none(), "{hosts:?}");
+            assert!(
+                hosts["host"].get("http://10.0.0.2:5000").is_some(),
+                "{hosts:?}"
+            );
+            assert!(generated.notes.join("\n").contains("_default"), "{runtime}");
+        }
+        let crio = for_server_config(Runtime::Crio, &config, &http()).unwrap();
+        assert!(crio.files.is_empty());
+        assert!(
+            crio.notes
+                .join("\n")
+                .contains("10.0.0.2:5000/<registry host>/<repo>"),
+            "{:?}",
+            crio.notes
+        );
+        // Without a policy, nothing listed is still an error.
+        let plain = ServerConfig::parse("{}", Path::new("registry.yaml")).unwrap();
+        assert_eq!(
+            for_server_config(Runtime::Containerd, &plain, &http()),
+            Err(MirrorConfigError::NoUpstreams)
         );
     }
 

@@ -68,7 +68,10 @@ fn assert_only_the_registry_asked(upstream: &Registry, seeded: usize, name: &str
     }
 }
 
-fn pulls_every_upstream_through_the_hosts_tomls_of(runtime: &str) {
+/// `default_only`: the configuration also has an `upstream_policy`, and the second upstream's
+/// own directory is removed, so containerd reaches it through the generated
+/// `certs.d/_default/hosts.toml`.
+fn pulls_every_upstream_through_the_hosts_tomls_of(runtime: &str, default_only: bool) {
     require_tools!("docker-registry", "skopeo", "containerd", "ctr");
     if !require_root("containerd") {
         return;
@@ -103,9 +106,14 @@ fn pulls_every_upstream_through_the_hosts_tomls_of(runtime: &str) {
     std::fs::write(
         &config,
         format!(
-            "upstreams:\n  - name: first\n    url: {}\n  - name: second\n    url: {}\n",
+            "upstreams:\n  - name: first\n    url: {}\n  - name: second\n    url: {}\n{}",
             upstreams[0].url(),
-            upstreams[1].url()
+            upstreams[1].url(),
+            if default_only {
+                "upstream_policy:\n  admit: [\"quay.io\"]\n"
+            } else {
+                ""
+            }
         ),
     )
     .unwrap();
@@ -142,6 +150,10 @@ fn pulls_every_upstream_through_the_hosts_tomls_of(runtime: &str) {
         );
     }
 
+    if default_only {
+        assert!(hosts_dir.join("_default").join("hosts.toml").is_file());
+        std::fs::remove_dir_all(hosts_dir.join(upstreams[1].host())).unwrap();
+    }
     let containerd = Containerd::start().unwrap();
     for ((upstream, image), reference) in upstreams
         .iter()
@@ -168,10 +180,15 @@ fn pulls_every_upstream_through_the_hosts_tomls_of(runtime: &str) {
 
 #[test]
 fn containerd_pulls_every_upstream_through_the_docker_hosts_tomls() {
-    pulls_every_upstream_through_the_hosts_tomls_of("docker");
+    pulls_every_upstream_through_the_hosts_tomls_of("docker", false);
 }
 
 #[test]
 fn containerd_pulls_every_upstream_through_its_own_hosts_tomls() {
-    pulls_every_upstream_through_the_hosts_tomls_of("containerd");
+    pulls_every_upstream_through_the_hosts_tomls_of("containerd", false);
+}
+
+#[test]
+fn containerd_reaches_a_registry_without_its_own_directory_through_the_default_hosts_toml() {
+    pulls_every_upstream_through_the_hosts_tomls_of("containerd", true);
 }

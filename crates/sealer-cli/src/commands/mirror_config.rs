@@ -21,10 +21,12 @@ pub fn run(root: Option<&Path>, args: &MirrorConfigArgs) -> Result<()> {
     };
     let mut upstreams = Vec::new();
     let mut default_upstream = None;
+    let mut any_registry = false;
     if let Some(path) = &args.config {
         let config = ServerConfig::load(path)?;
         upstreams.extend(config.upstreams.iter().map(MirrorUpstream::from));
         default_upstream = config.default_upstream;
+        any_registry = config.upstream_policy.is_some();
     }
     for text in &args.upstreams {
         upstreams.push(text.parse()?);
@@ -47,8 +49,13 @@ pub fn run(root: Option<&Path>, args: &MirrorConfigArgs) -> Result<()> {
             }
         }
     }
-    let generated =
-        mirror_config::generate(runtime, &upstreams, default_upstream.as_deref(), &endpoint)?;
+    let generated = mirror_config::generate_for_any(
+        runtime,
+        &upstreams,
+        default_upstream.as_deref(),
+        &endpoint,
+        any_registry,
+    )?;
 
     let Some(dir) = &args.output else {
         for (at, file) in generated.files.iter().enumerate() {
