@@ -16,9 +16,7 @@ use crate::model::{Descriptor, Index, Platform, media_type};
 use crate::reference::Reference;
 use crate::store::{MAX_MANIFEST_SIZE, Store};
 
-/// The annotation of a layer descriptor whose layer holds an OCI image layout; its value is
-/// the directory of the layout inside the layer (`registry`).
-pub const EMBEDDED_LAYOUT_ANNOTATION: &str = "io.sealer.image.layer.oci-layout";
+pub use crate::model::EMBEDDED_LAYOUT_ANNOTATION;
 
 /// A layer that carries an OCI image layout.
 #[derive(Debug, Clone, PartialEq)]

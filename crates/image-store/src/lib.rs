@@ -23,6 +23,7 @@ mod images;
 mod ingest;
 pub mod model;
 pub mod reference;
+mod repositories;
 mod store;
 #[cfg(feature = "test-support")]
 pub mod testing;
@@ -38,6 +39,7 @@ pub use images::ImageSummary;
 pub use ingest::{CommitReport, Ingest};
 pub use model::{Descriptor, Index, Manifest, ManifestDocument, Platform};
 pub use reference::{Reference, ReferenceError};
+pub use repositories::entry_repository;
 pub use store::{
     FsckReport, GcGuard, GcReport, ImageEntry, IndexSnapshot, MAX_MANIFEST_SIZE, QUARANTINE_DIR,
     Reachability, ResolvedImage, Store, choose_platform, is_manifest_type, platforms_of,

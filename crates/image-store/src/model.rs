@@ -68,6 +68,22 @@ pub const PARTIAL_ANNOTATION: &str = "io.sealer.image.partial";
 /// the cache's to evict ([`crate::Store::evict_cached`]).
 pub const UPSTREAM_ANNOTATION: &str = "io.sealer.registry.upstream";
 
+/// The annotation of an unnamed `index.json` entry a registry keeps for a repository (a
+/// manifest pushed by digest): the repository's store name, so that `gc` keeps the manifest
+/// and the repository lists it ([`crate::entry_repository`]).
+pub const REPOSITORY_ANNOTATION: &str = "io.sealer.registry.repository";
+
+/// The annotation of a layer descriptor whose layer holds an OCI image layout (value: the
+/// directory in the layer, `registry` for a cluster image's carried images).
+pub const EMBEDDED_LAYOUT_ANNOTATION: &str = "io.sealer.image.layer.oci-layout";
+
+/// The manifest annotation holding a sealer image's extension (its apps, launch and
+/// commands), as JSON.
+pub const EXTENSION_ANNOTATION: &str = "sealer.image.extension";
+
+/// The manifest annotation listing the container images a cluster image carries, as JSON.
+pub const CONTAINER_IMAGES_ANNOTATION: &str = "sealer.image.container.images";
+
 /// A content descriptor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

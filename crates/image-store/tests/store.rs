@@ -726,3 +726,75 @@ fn one_import_stages_blobs_from_several_threads_at_once() {
         }
     }
 }
+
+/// A registry's repository entries: tags are named references, a manifest pushed by digest
+/// is an unnamed entry annotated with its repository (once), the unnamed entries an index
+/// supersedes go, and unnaming drops only the asking repository's entries.
+#[test]
+fn repositories_name_and_unname_their_entries() {
+    use sealer_image_store::entry_repository;
+    use sealer_image_store::model::REPOSITORY_ANNOTATION;
+    for (_dir, store) in both() {
+        let first = write_image(&store, &ImageSpec::new("x.io/seed/a:1", &[100], 1)).unwrap();
+        let second = write_image(&store, &ImageSpec::new("x.io/seed/b:1", &[100], 2)).unwrap();
+        let bare = |descriptor: &sealer_image_store::Descriptor| {
+            sealer_image_store::Descriptor::new(
+                descriptor.media_type.clone(),
+                descriptor.digest.clone(),
+                descriptor.size,
+            )
+        };
+        let repo = "x.io/team/app";
+        // By digest, twice: one unnamed entry.
+        for _ in 0..2 {
+            store
+                .name_in_repository(repo, &[], bare(&first), &[])
+                .unwrap();
+        }
+        let own = |store: &Store| -> Vec<_> {
+            store
+                .index()
+                .unwrap()
+                .manifests
+                .into_iter()
+                .filter(|entry| entry_repository(entry) == Some(repo))
+                .collect()
+        };
+        let entries = own(&store);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].annotations[REPOSITORY_ANNOTATION], repo);
+        assert_eq!(entries[0].digest, first.digest);
+        // Tagged, superseding the unnamed entry of `first`.
+        store
+            .name_in_repository(
+                repo,
+                &[format!("{repo}:v1"), format!("{repo}:latest")],
+                bare(&second),
+                std::slice::from_ref(&first.digest),
+            )
+            .unwrap();
+        let mut names: Vec<_> = own(&store)
+            .iter()
+            .map(|entry| (entry.ref_name().map(str::to_owned), entry.digest.clone()))
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                (Some(format!("{repo}:latest")), second.digest.clone()),
+                (Some(format!("{repo}:v1")), second.digest.clone()),
+            ]
+        );
+        // A tag moves; unnaming drops this repository's entries only.
+        store
+            .name_in_repository(repo, &[format!("{repo}:v1")], bare(&first), &[])
+            .unwrap();
+        store.unname_in_repository(repo, &second.digest).unwrap();
+        let left: Vec<_> = own(&store)
+            .iter()
+            .map(|entry| entry.digest.clone())
+            .collect();
+        assert_eq!(left, std::slice::from_ref(&first.digest));
+        assert!(store.lookup("x.io/seed/b:1").is_ok(), "another name kept");
+    }
+}

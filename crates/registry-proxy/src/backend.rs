@@ -20,15 +20,15 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use bytes::Bytes;
 use sealer_fs_abstraction::ReadFile;
-use sealer_image_store::model::{PARTIAL_ANNOTATION, REF_NAME_ANNOTATION, media_type};
+use sealer_image_store::model::{PARTIAL_ANNOTATION, media_type};
 use sealer_image_store::{
-    Algorithm, BlobStore, BlobUpload, Descriptor, Digest, Index, MAX_MANIFEST_SIZE,
-    ManifestDocument, Reference, Store, StoreError, UploadCheckpoint,
+    Algorithm, BlobStore, BlobUpload, Descriptor, Digest, MAX_MANIFEST_SIZE, ManifestDocument,
+    Reference, Store, StoreError, UploadCheckpoint,
 };
 use tokio::sync::mpsc;
 
 use crate::cache::CachedContent;
-use crate::catalog::{REPOSITORY_ANNOTATION, Referrers, entry_repository, entry_tag};
+use crate::catalog::{Referrers, entry_repository, entry_tag};
 use crate::error::{ApiError, ErrorCode};
 use crate::handlers::check_manifest_type;
 use crate::local::{BlobDeleted, blocking};
@@ -890,26 +890,9 @@ fn store_manifest(
             .map_err(|error| ApiError::from_store("store a manifest", error))?;
         entry.digest = digest.clone();
     }
+    // Manifests an index now reaches need no entry of their own in this repository.
     store
-        .update_index(|index| {
-            // Manifests an index now reaches need no entry of their own in this repository.
-            index.manifests.retain(|existing| {
-                !(existing.ref_name().is_none()
-                    && existing
-                        .annotations
-                        .get(REPOSITORY_ANNOTATION)
-                        .map(String::as_str)
-                        == Some(name)
-                    && children.contains(&existing.digest))
-            });
-            if tagged.is_empty() {
-                name_entry(index, name, None, entry.clone());
-            }
-            for tagged in &tagged {
-                name_entry(index, name, Some(tagged), entry.clone());
-            }
-            Ok(())
-        })
+        .name_in_repository(name, &tagged, entry, &children)
         .map_err(|error| ApiError::internal("update index.json", error))?;
     Ok((digest, subject))
 }
@@ -1087,14 +1070,7 @@ fn delete_manifest_digest(store: &Store, name: &str, digest: &Digest) -> Result<
         }
         return Ok(false);
     }
-    store
-        .update_index(|index| {
-            index.manifests.retain(|entry| {
-                !(&entry.digest == digest && entry_repository(entry) == Some(name))
-            });
-            Ok(())
-        })
-        .map_err(internal)?;
+    store.unname_in_repository(name, digest).map_err(internal)?;
     let roots = store.index().map_err(internal)?.manifests;
     if !referenced(store, &roots, digest)? {
         store.blobs().delete(digest).map_err(internal)?;
@@ -1217,40 +1193,5 @@ fn name_cached_manifest(
             }
         }
     }
-    store.update_index(|index| {
-        name_entry(index, name, tagged.as_deref(), descriptor);
-        Ok(())
-    })
-}
-
-/// Names `entry` in repository `name` of `index`: as the tag `tagged` (full reference),
-/// replacing what it pointed to, or else as an unnamed entry annotated with the repository
-/// (so that GC keeps it), unless the repository already has one for that digest.
-fn name_entry(index: &mut Index, name: &str, tagged: Option<&str>, mut entry: Descriptor) {
-    match tagged {
-        Some(tagged) => {
-            entry
-                .annotations
-                .insert(REF_NAME_ANNOTATION.to_owned(), tagged.to_owned());
-            match index
-                .manifests
-                .iter_mut()
-                .find(|existing| existing.ref_name() == Some(tagged))
-            {
-                Some(existing) => *existing = entry,
-                None => index.manifests.push(entry),
-            }
-        }
-        None => {
-            let known = index.manifests.iter().any(|existing| {
-                existing.digest == entry.digest && entry_repository(existing) == Some(name)
-            });
-            if !known {
-                entry
-                    .annotations
-                    .insert(REPOSITORY_ANNOTATION.to_owned(), name.to_owned());
-                index.manifests.push(entry);
-            }
-        }
-    }
+    store.name_in_repository(name, tagged.as_slice(), descriptor, &[])
 }

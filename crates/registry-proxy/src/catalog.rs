@@ -16,26 +16,11 @@ use sealer_image_store::{
     BlobStore, Descriptor, Digest, MAX_MANIFEST_SIZE, ManifestDocument, Store, StoreError,
 };
 
-/// The annotation of an unnamed `index.json` entry that records the repository a manifest
-/// was pushed to by digest (`registry/repository`).
-pub const REPOSITORY_ANNOTATION: &str = "io.sealer.registry.repository";
+pub use sealer_image_store::entry_repository;
+pub use sealer_image_store::model::REPOSITORY_ANNOTATION;
 
 /// Nested indexes deeper than this are not walked.
 const MAX_DEPTH: usize = 8;
-
-/// The repository (`registry/repository`) an `index.json` entry belongs to.
-pub fn entry_repository(entry: &Descriptor) -> Option<&str> {
-    if let Some(name) = entry.ref_name() {
-        let last_slash = name.rfind('/').map_or(0, |at| at + 1);
-        return name[last_slash..]
-            .rfind(':')
-            .map(|at| &name[..last_slash + at]);
-    }
-    entry
-        .annotations
-        .get(REPOSITORY_ANNOTATION)
-        .map(String::as_str)
-}
 
 /// The tag of an entry named in `repository`, if it is.
 pub fn entry_tag<'e>(entry: &'e Descriptor, repository: &str) -> Option<&'e str> {

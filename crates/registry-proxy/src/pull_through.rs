@@ -67,9 +67,9 @@ use crate::source::{
 };
 use crate::upstream_policy::UpstreamPolicyConfig;
 
-/// The annotation of the `index.json` entries the cache creates: the upstream host the
-/// manifest came from.
-pub const UPSTREAM_ANNOTATION: &str = sealer_image_store::model::UPSTREAM_ANNOTATION;
+/// The annotation of the `index.json` entries the cache creates (defined with the others in
+/// image-store's model).
+pub use sealer_image_store::model::UPSTREAM_ANNOTATION;
 
 /// Whether an upstream is failing: after a failed revalidation its cached tags are served
 /// STALE without asking it (a blackholed upstream would cost every request the whole

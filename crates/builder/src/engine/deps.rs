@@ -26,7 +26,7 @@ use crate::engine::run::Rootfs;
 pub const REGISTRY_DIR: &str = "registry";
 
 /// The manifest annotation listing the images a cluster image carries in `registry/`.
-pub const CONTAINER_IMAGES_ANNOTATION: &str = "sealer.image.container.images";
+pub use sealer_image_store::model::CONTAINER_IMAGES_ANNOTATION;
 
 /// One entry of [`CONTAINER_IMAGES_ANNOTATION`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use crate::engine::deps::container_images;
 use crate::engine::error::{BuildError, Result};
 
 /// The manifest annotation holding sealer's metadata as JSON ([`ImageExtension`]).
-pub const EXTENSION_ANNOTATION: &str = "sealer.image.extension";
+pub use sealer_image_store::model::EXTENSION_ANNOTATION;
 
 /// The schema version written in [`ImageExtension::schema_version`].
 pub const EXTENSION_SCHEMA_VERSION: &str = "v1alpha1";
