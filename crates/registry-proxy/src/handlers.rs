@@ -232,14 +232,8 @@ async fn put_manifest(
         .put_manifest(&repo, &reference, &tags, bytes, content_type)
         .await?;
     tracing::info!(repository = %repo.path_name, %reference, %digest, "manifest stored");
-    let mut response = empty(StatusCode::CREATED);
+    let mut response = created(repo.url(&format!("manifests/{digest}")), &digest);
     let headers = response.headers_mut();
-    set(
-        headers,
-        header::LOCATION,
-        &repo.url(&format!("manifests/{digest}")),
-    );
-    set(headers, DOCKER_CONTENT_DIGEST, &digest.to_string());
     if let Some(subject) = subject {
         set(headers, OCI_SUBJECT, &subject.to_string());
     }
@@ -387,13 +381,14 @@ async fn presigned_redirect(state: &AppState, digest: &Digest) -> Option<Respons
 // ---- uploads ----
 
 fn blob_created(repo: &RepoPath, digest: &Digest) -> Response {
+    created(repo.url(&format!("blobs/{digest}")), digest)
+}
+
+/// 201 with the new content's `Location` and `Docker-Content-Digest`.
+fn created(location: String, digest: &Digest) -> Response {
     let mut response = empty(StatusCode::CREATED);
     let headers = response.headers_mut();
-    set(
-        headers,
-        header::LOCATION,
-        &repo.url(&format!("blobs/{digest}")),
-    );
+    set(headers, header::LOCATION, &location);
     set(headers, DOCKER_CONTENT_DIGEST, &digest.to_string());
     response
 }
@@ -557,6 +552,14 @@ pub(crate) async fn upload(
     }
 }
 
+/// A chunk whose body is not as long as its `Content-Range` said.
+fn chunk_size_invalid(written: u64, announced: Option<u64>) -> ApiError {
+    ApiError::new(
+        ErrorCode::SizeInvalid,
+        format!("the chunk has {written} bytes, not the announced {announced:?}"),
+    )
+}
+
 /// The error of a session whose upload a failure made unusable.
 fn broken_upload(id: &str) -> ApiError {
     ApiError::new(
@@ -603,10 +606,9 @@ async fn patch_upload(
             return Err(too_big(max));
         }
         Err(error) => Some(pump_error(error)),
-        Ok(written) if limit.is_some_and(|limit| limit != written) => Some(ApiError::new(
-            ErrorCode::SizeInvalid,
-            format!("the chunk has {written} bytes, not the announced {limit:?}"),
-        )),
+        Ok(written) if limit.is_some_and(|limit| limit != written) => {
+            Some(chunk_size_invalid(written, limit))
+        }
         // The whole chunk arrived: only now may other processes see it.
         Ok(_) => match upload.save().await {
             Ok(()) => None,
@@ -669,10 +671,7 @@ async fn finish_upload(
         }
         Ok(written) if limit.is_some_and(|limit| limit != written) => {
             discard(Some(upload)).await;
-            return Err(ApiError::new(
-                ErrorCode::SizeInvalid,
-                format!("the chunk has {written} bytes, not the announced {limit:?}"),
-            ));
+            return Err(chunk_size_invalid(written, limit));
         }
         Ok(_) => {}
     }
