@@ -20,6 +20,7 @@ use crate::route::{BlobOp, ManifestOp, ManifestRef, RepoPath, UploadOp, host_pat
 use crate::server::AppState;
 use crate::source::{BlobRequest, ManifestRequest, ResponseMeta};
 use crate::stream::{PumpError, pump};
+use crate::uploads::broken_upload;
 
 const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
@@ -534,10 +535,9 @@ pub(crate) async fn upload(
         state.uploads.remove(&id);
         return Err(error);
     }
-    let broken = || broken_upload(&id);
     match op {
         UploadOp::Status => {
-            let size = session.upload.as_ref().ok_or_else(broken)?.size();
+            let size = session.size(&id)?;
             Ok(upload_accepted(StatusCode::NO_CONTENT, &repo, &id, size))
         }
         UploadOp::Cancel => {
@@ -560,14 +560,6 @@ fn chunk_size_invalid(written: u64, announced: Option<u64>) -> ApiError {
     )
 }
 
-/// The error of a session whose upload a failure made unusable.
-fn broken_upload(id: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::BlobUploadUnknown,
-        format!("upload {id} failed earlier; start again"),
-    )
-}
-
 /// A `PATCH`: the chunk appended and saved for other processes, or, when it fails, the
 /// upload rolled back to where it was (the client may send it again).
 async fn patch_upload(
@@ -579,11 +571,7 @@ async fn patch_upload(
     session: &mut crate::uploads::Session,
 ) -> Result<Response, ApiError> {
     let max = state.uploads.limits().max_blob_size.0;
-    let size = session
-        .upload
-        .as_ref()
-        .ok_or_else(|| broken_upload(id))?
-        .size();
+    let size = session.size(id)?;
     let limit = declared_chunk(parts, id, size)?;
     let announced = limit.or_else(|| content_length(parts));
     if announced.is_some_and(|announced| size.saturating_add(announced) > max) {
@@ -650,11 +638,7 @@ async fn finish_upload(
     digest: Digest,
 ) -> Result<Response, ApiError> {
     let max = state.uploads.limits().max_blob_size.0;
-    let size = session
-        .upload
-        .as_ref()
-        .ok_or_else(|| broken_upload(id))?
-        .size();
+    let size = session.size(id)?;
     // An out-of-order final chunk is refused before the session is touched, so the client
     // can still finish it with the right range.
     let limit = declared_chunk(parts, id, size)?;
@@ -725,16 +709,8 @@ pub(crate) async fn tags(
     let served = state.source.tags(&repo).await?;
     let (tags, next) = page(served.content, n, last.as_deref(), &repo.url("tags/list"));
     let body = serde_json::json!({ "name": repo.path_name, "tags": tags });
-    let mut response = (StatusCode::OK, body.to_string()).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Some(next) = next {
-        set(headers, header::LINK, &next);
-    }
-    apply_meta(headers, &served.meta);
+    let mut response = json_page(&body, next);
+    apply_meta(response.headers_mut(), &served.meta);
     Ok(response)
 }
 
@@ -795,6 +771,11 @@ pub(crate) async fn catalog(
     names.dedup();
     let (repositories, next) = page(names, n, last.as_deref(), "/v2/_catalog");
     let body = serde_json::json!({ "repositories": repositories });
+    Ok(json_page(&body, next))
+}
+
+/// 200 with one page of a JSON list, and the `Link` to the next page when there is one.
+fn json_page(body: &serde_json::Value, next: Option<String>) -> Response {
     let mut response = (StatusCode::OK, body.to_string()).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -804,7 +785,7 @@ pub(crate) async fn catalog(
     if let Some(next) = next {
         set(headers, header::LINK, &next);
     }
-    Ok(response)
+    response
 }
 
 pub(crate) async fn referrers(

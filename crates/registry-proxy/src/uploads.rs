@@ -28,6 +28,25 @@ pub struct Session {
     pub touched: Instant,
 }
 
+impl Session {
+    /// Bytes received so far; an error when a failure made the upload unusable (the client
+    /// starts again).
+    pub fn size(&self, id: &str) -> Result<u64, ApiError> {
+        match &self.upload {
+            Some(upload) => Ok(upload.size()),
+            None => Err(broken_upload(id)),
+        }
+    }
+}
+
+/// The error of a session whose upload a failure made unusable.
+pub fn broken_upload(id: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::BlobUploadUnknown,
+        format!("upload {id} failed earlier; start again"),
+    )
+}
+
 /// An upload [`Uploads::insert`] refused, with the upload to cancel.
 pub type UploadRefused = Box<(ApiError, Box<dyn BackendUpload>)>;
 
