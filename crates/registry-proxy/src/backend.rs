@@ -395,6 +395,18 @@ pub struct LocalBackend {
 }
 
 impl LocalBackend {
+    /// `index.json` as the store last read it (read again when it changed), on a blocking
+    /// thread.
+    async fn index_snapshot(&self) -> Result<Arc<sealer_image_store::IndexSnapshot>, ApiError> {
+        let store = self.store.clone();
+        blocking("read index.json", move || {
+            store
+                .index_snapshot()
+                .map_err(|error| ApiError::internal("read index.json", error))
+        })
+        .await
+    }
+
     /// The backend over `store`.
     pub fn new(store: Store) -> Self {
         Self {
@@ -438,13 +450,7 @@ impl LocalBackend {
 #[async_trait::async_trait]
 impl RegistryBackend for LocalBackend {
     async fn resolve_tag(&self, reference: String) -> Result<Option<(Digest, String)>, ApiError> {
-        let store = self.store.clone();
-        let index = blocking("read index.json", move || {
-            store
-                .index_snapshot()
-                .map_err(|error| ApiError::internal("read index.json", error))
-        })
-        .await?;
+        let index = self.index_snapshot().await?;
         Ok(index
             .by_name(&reference)
             .map(|entry| (entry.digest.clone(), entry.media_type.clone())))
@@ -709,13 +715,7 @@ impl RegistryBackend for LocalBackend {
     }
 
     async fn tags(&self, name: String) -> Result<Option<Vec<String>>, ApiError> {
-        let store = self.store.clone();
-        let index = blocking("read index.json", move || {
-            store
-                .index_snapshot()
-                .map_err(|error| ApiError::internal("read index.json", error))
-        })
-        .await?;
+        let index = self.index_snapshot().await?;
         let mut known = false;
         let mut tags: Vec<String> = Vec::new();
         for entry in &index.index().manifests {
@@ -735,13 +735,7 @@ impl RegistryBackend for LocalBackend {
     }
 
     async fn repositories(&self) -> Result<Vec<String>, ApiError> {
-        let store = self.store.clone();
-        let index = blocking("read index.json", move || {
-            store
-                .index_snapshot()
-                .map_err(|error| ApiError::internal("read index.json", error))
-        })
-        .await?;
+        let index = self.index_snapshot().await?;
         let names: BTreeSet<String> = index
             .index()
             .manifests

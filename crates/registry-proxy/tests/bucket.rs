@@ -14,35 +14,14 @@ use sealer_image_store::Digest;
 use sealer_registry_proxy::bucket::{
     Acquire, Bucket, BucketError, Lease, LeaseError, MAX_PRESIGNED_EXPIRY, TagOutcome,
 };
-use sealer_test_harness::{Moto, http_get, require_moto};
+use sealer_test_harness::{Moto, http_get};
 use tokio::task::JoinSet;
 
 #[path = "common/backends.rs"]
 mod backends;
-use backends::bucket_config;
+use backends::{moto, replica, runtime};
 
 const MIB: usize = 1024 * 1024;
-
-/// moto with a bucket, or `None` when moto_server is not installed (the test is skipped).
-fn moto() -> Option<Moto> {
-    if !require_moto() {
-        return None;
-    }
-    Some(Moto::start().expect("moto_server starts"))
-}
-
-/// A replica's view of the bucket: its own S3 client.
-fn replica(moto: &Moto) -> Bucket {
-    Bucket::open(&bucket_config(moto)).unwrap()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// Bytes that differ at every offset (a misplaced range shows).
 fn pattern(len: usize, seed: u8) -> Vec<u8> {

@@ -11,32 +11,11 @@ use bytes::Bytes;
 use object_store::ObjectStoreExt as _;
 use sealer_image_store::Digest;
 use sealer_registry_proxy::bucket::{Bucket, BucketError, GcOptions};
-use sealer_test_harness::{Moto, http_get, require_moto};
+use sealer_test_harness::{Moto, http_get};
 
 #[path = "common/backends.rs"]
 mod backends;
-use backends::bucket_config;
-
-/// moto with a bucket, or `None` when moto_server is not installed (the test is skipped).
-fn moto() -> Option<Moto> {
-    if !require_moto() {
-        return None;
-    }
-    Some(Moto::start().expect("moto_server starts"))
-}
-
-/// A replica's view of the bucket: its own S3 client.
-fn replica(moto: &Moto) -> Bucket {
-    Bucket::open(&bucket_config(moto)).unwrap()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use backends::{bucket_config, moto, replica, runtime};
 
 /// moto's unsigned object listing under `registry/<prefix>`.
 fn listing(moto: &Moto, prefix: &str) -> String {

@@ -20,8 +20,7 @@ use sealer_image_store::model::media_type::OCI_MANIFEST;
 use sealer_image_store::{BlobStore, Digest, GcOptions, Store};
 use sealer_registry_proxy::ServerConfig;
 use sealer_test_harness::{
-    HttpResponse, ImageSpec, Registry, RegistryOptions, SeededImage, http_request, require_tools,
-    seed_image,
+    HttpResponse, ImageSpec, Registry, RegistryOptions, SeededImage, require_tools, seed_image,
 };
 use serde_json::Value;
 
@@ -56,21 +55,18 @@ impl Proxy {
     }
 
     fn request(&self, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-        let url = format!("http://{}{path}", self.address);
-        http_request("GET", &url, headers, &[], TIMEOUT).unwrap()
+        self.server.request("GET", path, headers)
     }
 
     fn get(&self, path: &str) -> HttpResponse {
-        self.request(path, &[])
+        self.server.get(path)
     }
 
     /// The value of the series `series` in `/metrics`, if it is there.
     fn metric(&self, series: &str) -> Option<u64> {
-        let text = String::from_utf8(self.get("/metrics").body).unwrap();
-        text.lines().find_map(|line| {
-            let value = line.strip_prefix(series)?;
-            value.starts_with(' ').then(|| value.trim().parse().ok())?
-        })
+        self.server
+            .metric(series)
+            .map(|value| u64::try_from(value).unwrap())
     }
 
     /// Waits (at most 30 s) until no fill runs for upstream `up` and the cache is within

@@ -64,29 +64,22 @@ impl Replica {
     }
 
     fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-        let url = format!("http://{}{path}", self.server.address);
-        http_request(method, &url, headers, &[], TIMEOUT).unwrap()
+        self.server.request(method, path, headers)
     }
 
     fn get(&self, path: &str) -> HttpResponse {
-        self.request("GET", path, &[])
+        self.server.get(path)
     }
 
     /// The value of the series `series` (`name{labels}`) in `/metrics`.
     fn metric(&self, series: &str) -> i64 {
-        let text = String::from_utf8(self.get("/metrics").body).unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{series} not in\n{text}"))
+        self.server
+            .metric(series)
+            .unwrap_or_else(|| panic!("{series} not in /metrics"))
     }
 
-    /// Waits (at most 30 s) until no fill runs.
     fn wait_for_fills(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.metric("sealer_proxy_fills_in_flight{upstream=\"up\"}") != 0 {
-            assert!(Instant::now() < deadline, "fills still running");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.server.wait_for_fills("up");
     }
 
     /// Stops it and waits until its runtime is gone, every task of it (fills, lease

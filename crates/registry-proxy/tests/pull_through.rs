@@ -21,7 +21,7 @@ use sealer_registry_proxy::bucket::Bucket;
 use sealer_registry_proxy::{ServerConfig, Storage};
 use sealer_test_harness::{
     Fault, FaultProxy, HttpResponse, ImageSpec, Registry, RegistryOptions, SeededImage,
-    TokenOptions, TokenServer, http_request, require_tools, run_ok, seed_image,
+    TokenOptions, TokenServer, require_tools, run_ok, seed_image,
 };
 use serde_json::Value;
 
@@ -64,30 +64,22 @@ impl Proxy {
     }
 
     fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-        let url = format!("http://{}{path}", self.address);
-        http_request(method, &url, headers, &[], TIMEOUT).unwrap()
+        self.server.request(method, path, headers)
     }
 
     fn get(&self, path: &str) -> HttpResponse {
-        self.request("GET", path, &[])
+        self.server.get(path)
     }
 
     /// The value of the series `series` (`name{labels}`) in `/metrics`.
     fn metric(&self, series: &str) -> i64 {
-        let text = String::from_utf8(self.get("/metrics").body).unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{series} not in\n{text}"))
+        self.server
+            .metric(series)
+            .unwrap_or_else(|| panic!("{series} not in /metrics"))
     }
 
-    /// Waits (at most 30 s) until no fill runs for `upstream`.
     fn wait_for_fills(&self, upstream: &str) {
-        let series = format!("sealer_proxy_fills_in_flight{{upstream=\"{upstream}\"}}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.metric(&series) != 0 {
-            assert!(Instant::now() < deadline, "fills still running");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.server.wait_for_fills(upstream);
     }
 
     fn stop(&mut self) {
@@ -225,22 +217,8 @@ fn two_upstreams_with_the_same_repository_never_collide() {
     // skopeo through path prefixes (aliases: a `host:port` is no valid path component).
     for (alias, image) in [("plain", &image_a), ("guarded", &image_b)] {
         let layout = dir.path().join(format!("layout-{alias}"));
-        run_ok(
-            "skopeo",
-            &[
-                "copy",
-                "--preserve-digests",
-                "--src-tls-verify=false",
-                &format!("docker://{}/{alias}/team/app:1", proxy.host()),
-                &format!("oci:{}:x", layout.display()),
-            ],
-            SKOPEO,
-        )
-        .unwrap();
-        let index: Value =
-            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
         assert_eq!(
-            index["manifests"][0]["digest"].as_str().unwrap(),
+            common::skopeo_pull_digest(&format!("{}/{alias}/team/app:1", proxy.host()), &layout),
             image.manifest_digest,
             "{alias}"
         );

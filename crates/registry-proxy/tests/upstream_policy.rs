@@ -24,7 +24,7 @@ use sealer_image_store::{BlobStore as _, Digest, Store};
 use sealer_registry_proxy::ServerConfig;
 use sealer_test_harness::{
     HttpResponse, ImageSpec, Registry, RegistryOptions, SeededImage, http_request, require_tools,
-    run_ok, seed_image, self_signed_certificate,
+    seed_image, self_signed_certificate,
 };
 use serde_json::Value;
 
@@ -33,12 +33,11 @@ mod common;
 mod errors;
 #[path = "upstream_policy/tls_front.rs"]
 mod tls_front;
-use common::{InProcess, biggest_layer, digest_of};
+use common::{InProcess, biggest_layer, digest_of, skopeo_pull_digest};
 use errors::assert_error;
 use tls_front::TlsFront;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-const SKOPEO: Duration = Duration::from_secs(120);
 const MANIFEST_ACCEPT: (&str, &str) = ("Accept", "application/vnd.oci.image.manifest.v1+json");
 
 /// The certificate (for `127.0.0.1`) every HTTPS upstream of a test presents, which the
@@ -199,22 +198,8 @@ fn two_hosts_admitted_by_policy_are_pulled_through_by_skopeo_and_by_ns() {
     for upstream in [&a, &b] {
         let prefix = format!("127.0.0.1_{}", upstream.front.port());
         let layout = dir.path().join(format!("layout-{prefix}"));
-        run_ok(
-            "skopeo",
-            &[
-                "copy",
-                "--preserve-digests",
-                "--src-tls-verify=false",
-                &format!("docker://{}/{prefix}/team/app:1", proxy.address),
-                &format!("oci:{}:x", layout.display()),
-            ],
-            SKOPEO,
-        )
-        .unwrap();
-        let index: Value =
-            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
         assert_eq!(
-            index["manifests"][0]["digest"].as_str().unwrap(),
+            skopeo_pull_digest(&format!("{}/{prefix}/team/app:1", proxy.address), &layout),
             upstream.image.manifest_digest
         );
         // Cached under the admitted host: the two never collide.

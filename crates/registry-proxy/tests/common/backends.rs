@@ -102,3 +102,25 @@ pub fn bucket_keys(s3: &S3Storage, prefix: &str) -> String {
     assert_eq!(response.status, 200, "{url}");
     String::from_utf8(response.body).unwrap()
 }
+
+/// moto with a bucket, or `None` when moto_server is not installed (the test is skipped).
+pub fn moto() -> Option<Moto> {
+    if !require_moto() {
+        return None;
+    }
+    Some(Moto::start().expect("moto_server starts"))
+}
+
+/// A replica's view of `moto`'s bucket: its own S3 client.
+pub fn replica(moto: &Moto) -> sealer_registry_proxy::bucket::Bucket {
+    sealer_registry_proxy::bucket::Bucket::open(&bucket_config(moto)).unwrap()
+}
+
+/// A runtime for the bucket's async API, with threads enough for racing replicas.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+}

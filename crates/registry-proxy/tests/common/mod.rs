@@ -10,7 +10,7 @@ use sealer_image_store::model::media_type::OCI_MANIFEST;
 use sealer_image_store::testing::{ImageSpec, write_image};
 use sealer_image_store::{BlobStore, Digest, Store};
 use sealer_registry_proxy::{ServeError, ServerConfig, serve};
-use sealer_test_harness::{Registry, SeededImage, http_request};
+use sealer_test_harness::{HttpResponse, Registry, SeededImage, http_request};
 use serde_json::{Value, json};
 
 /// A server started by [`InProcess::start`]; signalled to stop when dropped.
@@ -64,7 +64,44 @@ impl InProcess {
             None => Ok(()),
         }
     }
+
+    /// `method path` with `headers` (no body), bounded by 60 s.
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+        let url = format!("http://{}{path}", self.address);
+        http_request(method, &url, headers, &[], REQUEST_TIMEOUT).unwrap()
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> HttpResponse {
+        self.request("GET", path, &[])
+    }
+
+    /// The value of the series `series` (`name` or `name{labels}`) in `/metrics`, if there.
+    pub fn metric(&self, series: &str) -> Option<i64> {
+        let text = String::from_utf8(self.get("/metrics").body).unwrap();
+        text.lines().find_map(|line| {
+            let value = line.strip_prefix(series)?;
+            value.starts_with(' ').then(|| value.trim().parse().ok())?
+        })
+    }
+
+    /// Waits (at most 30 s) until no fill runs for the upstream labelled `upstream`.
+    pub fn wait_for_fills(&self, upstream: &str) {
+        let series = format!("sealer_proxy_fills_in_flight{{upstream=\"{upstream}\"}}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.metric(&series) != Some(0) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fills still running: {:?}",
+                self.metric(&series)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }
+
+/// How long one request of a test may take.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Drop for InProcess {
     fn drop(&mut self) {
@@ -178,4 +215,25 @@ pub fn write_cluster_image(root: &Path, spec: &ImageSpec) -> Digest {
         .tag(&"localhost/cluster:1".parse().unwrap(), &descriptor)
         .unwrap();
     top.digest
+}
+
+/// Copies `docker://{source}` with skopeo (plain HTTP allowed, digests kept) into a new OCI
+/// layout at `layout`; returns the digest of the manifest it wrote.
+#[allow(clippy::disallowed_methods)]
+pub fn skopeo_pull_digest(source: &str, layout: &Path) -> String {
+    sealer_test_harness::run_ok(
+        "skopeo",
+        &[
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            &format!("docker://{source}"),
+            &format!("oci:{}:x", layout.display()),
+        ],
+        std::time::Duration::from_secs(120),
+    )
+    .unwrap();
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    index["manifests"][0]["digest"].as_str().unwrap().to_owned()
 }
