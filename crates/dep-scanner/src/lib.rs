@@ -44,6 +44,7 @@ mod template;
 mod tree;
 mod yaml;
 
+use sealer_fs_abstraction::error_chain;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -289,7 +290,7 @@ impl Collector {
         let reference = match text.parse::<Reference>() {
             Ok(reference) => reference,
             Err(error) => {
-                self.warn(file, Some(line), error.to_string());
+                self.warn(file, Some(line), error_chain(&error));
                 return;
             }
         };
@@ -340,7 +341,7 @@ impl Collector {
             let reference = match entry.parse::<Reference>() {
                 Ok(reference) => reference,
                 Err(error) => {
-                    self.warn(&list.name, Some(index + 1), error.to_string());
+                    self.warn(&list.name, Some(index + 1), error_chain(&error));
                     continue;
                 }
             };

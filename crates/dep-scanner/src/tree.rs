@@ -1,6 +1,8 @@
 //! Walking the scanned tree: which files are manifests, image lists and Helm charts (directories
 //! and `.tgz` archives, read in memory).
 
+use sealer_fs_abstraction::ErrorChain;
+use sealer_fs_abstraction::error_chain;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
@@ -270,7 +272,9 @@ fn scan_tree(
                     "not scanned: a symlink to a directory is not followed".to_owned(),
                 ),
                 Ok(_) => {}
-                Err(error) => collector.warn(&path, None, format!("not scanned: {error}")),
+                Err(error) => {
+                    collector.warn(&path, None, format!("not scanned: {}", ErrorChain(&error)))
+                }
             },
             FileKind::Dir | FileKind::Other => {}
         }
@@ -343,7 +347,7 @@ impl Renderer {
             Ok(output) => output,
             Err(error) => {
                 // Optional: without helm, charts are scanned statically only.
-                tracing::debug!(helm = %helm.display(), %error, "helm not available");
+                tracing::debug!(helm = %helm.display(), error = %ErrorChain(&error), "helm not available");
                 self.helm = None;
                 return;
             }
@@ -661,13 +665,13 @@ fn read_archive(data: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(data));
     let mut files = BTreeMap::new();
     let mut total = 0u64;
-    let entries = archive.entries().map_err(|error| error.to_string())?;
+    let entries = archive.entries().map_err(|error| error_chain(&error))?;
     for entry in entries {
-        let mut entry = entry.map_err(|error| error.to_string())?;
+        let mut entry = entry.map_err(|error| error_chain(&error))?;
         if !entry.header().entry_type().is_file() {
             continue;
         }
-        let path = entry.path().map_err(|error| error.to_string())?;
+        let path = entry.path().map_err(|error| error_chain(&error))?;
         let mut parts = Vec::new();
         for component in path.components() {
             match component {
@@ -689,7 +693,7 @@ fn read_archive(data: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
             .by_ref()
             .take(MAX_ARCHIVE)
             .read_to_end(&mut content)
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| error_chain(&error))?;
         files.insert(path, content);
     }
     Ok(files)

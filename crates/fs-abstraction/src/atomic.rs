@@ -1,5 +1,6 @@
 //! Atomic file replacement on top of any [`Fs`]: temp file, fsync, rename, directory sync.
 
+use crate::ErrorChain;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -116,7 +117,7 @@ impl<F: Fs + ?Sized> Drop for AtomicFile<'_, F> {
         if self.pending
             && let Err(error) = self.fs.remove_file(&self.temp)
         {
-            tracing::warn!(%error, "could not remove an abandoned temporary file");
+            tracing::warn!(error = %ErrorChain(&error), "could not remove an abandoned temporary file");
         }
     }
 }

@@ -25,7 +25,7 @@ pub enum FsError {
         root: PathBuf,
     },
     /// The operating system (or the in-memory tree) reported an error.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         /// The operation.
         op: &'static str,
@@ -64,24 +64,41 @@ impl FsError {
     }
 }
 
-/// The error and its causes joined by `: `, leaving out a cause whose text the message
-/// before it already contains (many errors print their source themselves). A transport
-/// error's useful part is deep in its chain (`Connection refused`, `dns error: …`, a TLS
-/// alert): every front end prints errors with this, so none drops the cause. It lives in
-/// the crate every other one depends on, so that each can use it.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = String::new();
-    for cause in std::iter::successors(Some(error), |cause| cause.source()) {
-        let message = cause.to_string();
-        if text.contains(&message) {
-            continue;
-        }
-        if !text.is_empty() {
+/// Displays an error and its causes joined by `: `. Error messages of this workspace never
+/// repeat their source (it is reachable with [`std::error::Error::source`] instead), so every
+/// place that shows an error to a person (the CLI, logs, API error bodies, a reason kept as
+/// text) shows it through this, and none drops a cause. A cause whose text the message
+/// before it already contains is left out: some foreign errors print their source too. A
+/// transport error's useful part is deep in its chain (`Connection refused`, `dns error: …`,
+/// a TLS alert). It lives in the crate every other one depends on, so that each can use it.
+///
+/// In `tracing` fields: `error = %ErrorChain(&error)`.
+pub struct ErrorChain<'a, E: ?Sized>(pub &'a E);
+
+impl<E: std::error::Error + ?Sized> std::fmt::Display for ErrorChain<'_, E> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut text = self.0.to_string();
+        for cause in std::iter::successors(self.0.source(), |cause| cause.source()) {
+            let message = cause.to_string();
+            if message.is_empty() || text.contains(&message) {
+                continue;
+            }
             text.push_str(": ");
+            text.push_str(&message);
         }
-        text.push_str(&message);
+        formatter.write_str(&text)
     }
-    text
+}
+
+impl<E: std::error::Error + ?Sized> std::fmt::Debug for ErrorChain<'_, E> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, formatter)
+    }
+}
+
+/// [`ErrorChain`] as a `String`.
+pub fn error_chain<E: std::error::Error + ?Sized>(error: &E) -> String {
+    ErrorChain(error).to_string()
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 pub use atomic::{AtomicFile, TEMP_PREFIX};
-pub use error::{FsError, error_chain};
+pub use error::{ErrorChain, FsError, error_chain};
 pub use mem::MemFs;
 pub use path::FsPath;
 pub use real::RealFs;

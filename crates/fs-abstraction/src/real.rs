@@ -9,6 +9,7 @@
 // `File::lock` and `File::sync_all` on a handle that cap-std opened need `std::fs::File`.
 #![allow(clippy::disallowed_types)]
 
+use crate::ErrorChain;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -221,7 +222,7 @@ impl Drop for FileLock {
     fn drop(&mut self) {
         // Closing the descriptor would release it as well; unlocking first says why we hold it.
         if let Err(error) = self.file.unlock() {
-            tracing::warn!(%error, "could not unlock a lock file");
+            tracing::warn!(error = %ErrorChain(&error), "could not unlock a lock file");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! [`WriteBehind`]: writeback started while a file is written, so that its final `fsync`
 //! does not have to write the whole file at once.
 
+use crate::ErrorChain;
 use std::io::{self, Write};
 
 use crate::WriteFile;
@@ -44,7 +45,7 @@ impl WriteBehind {
         if pending >= WRITE_BEHIND_CHUNK {
             // A hint: if it fails, the final sync simply does all the work.
             if let Err(error) = self.file.start_writeback(self.started, pending) {
-                tracing::trace!(%error, "could not start writeback");
+                tracing::trace!(error = %ErrorChain(&error), "could not start writeback");
             }
             self.started = self.written;
         }

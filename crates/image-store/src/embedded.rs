@@ -4,6 +4,7 @@
 //! own names (the full source references), so that a registry serving that store serves
 //! them.
 
+use sealer_fs_abstraction::error_chain;
 use std::collections::BTreeMap;
 use std::io::Read;
 
@@ -110,7 +111,7 @@ pub fn load_embedded(
                     "the {}/ layer {} of {at}",
                     layout.directory, layout.layer.digest
                 ),
-                reason: error.to_string(),
+                reason: error_chain(&error),
             }
         })?;
         report.warnings.extend(loaded.warnings);

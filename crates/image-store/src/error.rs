@@ -15,7 +15,7 @@ pub enum StoreError {
     #[error(transparent)]
     Fs(#[from] FsError),
     /// Reading or writing a stream failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done.
         context: String,
@@ -57,7 +57,7 @@ pub enum StoreError {
     #[error("blob {0} is not in the store")]
     BlobNotFound(Digest),
     /// A manifest could not be parsed.
-    #[error("manifest {digest}: {source}")]
+    #[error("manifest {digest}")]
     Manifest {
         /// The manifest's digest.
         digest: Digest,

@@ -4,6 +4,7 @@
 //! is untouched: a failed import is dropped whole, and a crashed one leaves only a staging
 //! directory that `gc` removes (its lock file tells a dead importer from a live one).
 
+use sealer_fs_abstraction::ErrorChain;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -229,7 +230,7 @@ impl<'s> Ingest<'s> {
         if let Err(error) = self.store.fs().remove_file(path)
             && !error.is_not_found()
         {
-            tracing::warn!(%error, "could not remove a rejected staged blob");
+            tracing::warn!(error = %ErrorChain(&error), "could not remove a rejected staged blob");
         }
     }
 
@@ -366,10 +367,10 @@ impl Drop for Ingest<'_> {
         if let Err(error) = fs.remove_dir_all(&self.dir)
             && !error.is_not_found()
         {
-            tracing::warn!(%error, "could not remove an import's staging directory");
+            tracing::warn!(error = %ErrorChain(&error), "could not remove an import's staging directory");
         }
         if let Err(error) = fs.remove_file(&self.lock_path) {
-            tracing::warn!(%error, "could not remove an import's lock file");
+            tracing::warn!(error = %ErrorChain(&error), "could not remove an import's lock file");
         }
         self.lock
             .get_mut()

@@ -312,7 +312,7 @@ pub enum ManifestDocument {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// Not JSON, or not of a manifest's shape.
-    #[error("not a valid manifest: {0}")]
+    #[error("not a valid manifest")]
     Invalid(#[from] serde_json::Error),
     /// A Docker schema 1 or other unsupported document.
     #[error("unsupported manifest: {0}")]

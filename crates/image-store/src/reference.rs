@@ -1,6 +1,7 @@
 //! Image references (`[registry/]repository[:tag][@digest]`), normalised as Docker does:
 //! `nginx` → `docker.io/library/nginx:latest`, `index.docker.io` → `docker.io`.
 
+use sealer_fs_abstraction::error_chain;
 use std::fmt;
 use std::str::FromStr;
 
@@ -153,7 +154,7 @@ impl FromStr for Reference {
             Some((rest, digest)) => {
                 let digest = digest
                     .parse::<Digest>()
-                    .map_err(|error| invalid(&error.to_string()))?;
+                    .map_err(|error| invalid(&error_chain(&error)))?;
                 (rest, Some(digest))
             }
             None => (input, None),

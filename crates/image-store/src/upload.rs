@@ -5,6 +5,7 @@
 //! file, and a crashed one leaves a file that `gc` removes (its lock file, held while the
 //! upload lives, tells a dead upload from a live one, as for [`crate::Ingest`]).
 
+use sealer_fs_abstraction::ErrorChain;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -272,12 +273,12 @@ impl Drop for BlobUpload {
         if let Err(error) = fs.remove_file(&self.path)
             && !error.is_not_found()
         {
-            tracing::warn!(%error, "could not remove an upload's file");
+            tracing::warn!(error = %ErrorChain(&error), "could not remove an upload's file");
         }
         if let Err(error) = fs.remove_file(&self.lock_path)
             && !error.is_not_found()
         {
-            tracing::warn!(%error, "could not remove an upload's lock file");
+            tracing::warn!(error = %ErrorChain(&error), "could not remove an upload's lock file");
         }
         self.lock.take();
     }

@@ -22,7 +22,7 @@ pub enum CacheError {
         size: u64,
     },
     /// A cache file could not be encoded.
-    #[error("cannot encode {what}: {source}")]
+    #[error("cannot encode {what}")]
     Encode {
         /// What was being encoded.
         what: String,

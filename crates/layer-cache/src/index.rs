@@ -1,5 +1,6 @@
 //! [`LayerCache`]: the cache index, kept in the image store.
 
+use sealer_fs_abstraction::ErrorChain;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -115,7 +116,7 @@ impl LayerCache {
         let entry: CacheEntry = match serde_json::from_slice(&bytes) {
             Ok(entry) => entry,
             Err(error) => {
-                tracing::warn!(path = %self.fs().display_path(&path).display(), %error, "ignoring an unreadable cache entry");
+                tracing::warn!(path = %self.fs().display_path(&path).display(), error = %ErrorChain(&error), "ignoring an unreadable cache entry");
                 return Ok(None);
             }
         };

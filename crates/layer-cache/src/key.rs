@@ -5,6 +5,7 @@
 //! never produce the same byte stream. A format version ([`KEY_VERSION`]) is hashed first:
 //! changing the format invalidates every older key instead of colliding with it.
 
+use sealer_fs_abstraction::ErrorChain;
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
@@ -204,7 +205,7 @@ impl InputHasher {
                     self.tree(context, source_path, &followed, stat_cache)
                 }
                 Err(error) if is_unresolvable(&error) => {
-                    tracing::debug!(path = %source_path.display(), %error, "source symlink does not resolve");
+                    tracing::debug!(path = %source_path.display(), error = %ErrorChain(&error), "source symlink does not resolve");
                     self.framed.field(b"unresolvable");
                     Ok(())
                 }

@@ -13,6 +13,7 @@
 //!
 //! [`ClientOptions::address_policy`]: crate::ClientOptions::address_policy
 
+use sealer_fs_abstraction::ErrorChain;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
@@ -322,7 +323,7 @@ impl reqwest::dns::Resolve for PolicyResolver {
                 match policy.check(&host, address.ip()) {
                     Ok(()) => allowed.push(address),
                     Err(error) => {
-                        tracing::debug!(%error, "address refused by the policy");
+                        tracing::debug!(error = %ErrorChain(&error), "address refused by the policy");
                         refused.get_or_insert(error);
                     }
                 }

@@ -8,6 +8,7 @@
 //! with it. The challenge is remembered per registry, so later requests fetch (or reuse) a
 //! token up front instead of collecting a `401` first.
 
+use sealer_fs_abstraction::error_chain;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -45,7 +46,7 @@ pub enum AuthError {
         realm: String,
     },
     /// The token request failed on the network.
-    #[error("token request to {realm} failed: {source}")]
+    #[error("token request to {realm} failed")]
     TokenRequest {
         /// The realm.
         realm: String,
@@ -339,7 +340,7 @@ impl Token {
             reason,
         };
         let answer: TokenAnswer =
-            serde_json::from_slice(body).map_err(|error| invalid(error.to_string()))?;
+            serde_json::from_slice(body).map_err(|error| invalid(error_chain(&error)))?;
         let value = answer
             .token
             .filter(|token| !token.is_empty())

@@ -17,6 +17,8 @@
 //! Files are read and written through [`RealFs`] handles rooted at their directories;
 //! `config.json` is replaced atomically with mode 0600 and every other entry preserved.
 
+use sealer_fs_abstraction::ErrorChain;
+use sealer_fs_abstraction::error_chain;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{Read, Write};
@@ -256,7 +258,9 @@ impl CredentialStore {
                 match self.helper_get(helper, registry) {
                     Ok(Some(credential)) => return Ok(Some(credential)),
                     Ok(None) => {}
-                    Err(error) => tracing::warn!(%error, "skipping a credential helper"),
+                    Err(error) => {
+                        tracing::warn!(error = %ErrorChain(&error), "skipping a credential helper")
+                    }
                 }
             }
             if let Some(credential) = from_auths(&config, &path, registry, repository, false)? {
@@ -285,7 +289,7 @@ impl CredentialStore {
         let answer: Value =
             serde_json::from_slice(&output).map_err(|error| CredentialError::Helper {
                 helper: helper.to_owned(),
-                reason: format!("its answer is not JSON: {error}"),
+                reason: format!("its answer is not JSON: {}", ErrorChain(&error)),
             })?;
         let field = |name: &str| answer.get(name).and_then(Value::as_str).unwrap_or("");
         let (username, secret) = (field("Username"), field("Secret"));
@@ -326,7 +330,7 @@ impl CredentialStore {
                 let input =
                     serde_json::to_vec(&input).map_err(|error| CredentialError::Helper {
                         helper: helper.clone(),
-                        reason: error.to_string(),
+                        reason: error_chain(&error),
                     })?;
                 self.run_helper(&helper, "store", &input)?.ok_or_else(|| {
                     CredentialError::Helper {
@@ -362,7 +366,9 @@ impl CredentialStore {
             match self.run_helper(&helper, "erase", server_url(registry).as_bytes()) {
                 Ok(Some(_)) => removed = true,
                 Ok(None) => {}
-                Err(error) => tracing::warn!(%error, "the credential helper did not erase"),
+                Err(error) => {
+                    tracing::warn!(error = %ErrorChain(&error), "the credential helper did not erase")
+                }
             }
         }
         let auths = auths_mut(&mut config, &path)?;
@@ -553,7 +559,7 @@ fn read_json(path: &Path) -> Result<Option<Value>, CredentialError> {
                 .map(Some)
                 .map_err(|error| CredentialError::Invalid {
                     path: path.to_path_buf(),
-                    reason: format!("not valid JSON: {error}"),
+                    reason: format!("not valid JSON: {}", ErrorChain(&error)),
                 })
         }
         Err(error) if error.is_not_found() => Ok(None),
@@ -570,7 +576,7 @@ fn read_config(fs: &RealFs, path: &Path) -> Result<Value, CredentialError> {
     let config: Value =
         serde_json::from_slice(&bytes).map_err(|error| CredentialError::Invalid {
             path: path.to_path_buf(),
-            reason: format!("not valid JSON (left as it is): {error}"),
+            reason: format!("not valid JSON (left as it is): {}", ErrorChain(&error)),
         })?;
     if !config.is_object() {
         return Err(CredentialError::Invalid {
@@ -601,7 +607,7 @@ fn write_config(fs: &RealFs, path: &Path, config: &Value) -> Result<(), Credenti
     let mut bytes =
         serde_json::to_vec_pretty(config).map_err(|error| CredentialError::Invalid {
             path: path.to_path_buf(),
-            reason: error.to_string(),
+            reason: error_chain(&error),
         })?;
     bytes.push(b'\n');
     let mut file = AtomicFile::create(fs, Path::new(CONFIG_JSON))?;
@@ -643,7 +649,7 @@ fn run_helper(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|error| failed(format!("cannot run {program}: {error}")))?;
+        .map_err(|error| failed(format!("cannot run {program}: {}", ErrorChain(&error))))?;
     if let Some(mut stdin) = child.stdin.take() {
         // A helper that exits without reading its input is judged by its exit status.
         let _ = stdin.write_all(input);
@@ -679,7 +685,7 @@ fn run_helper(
                 let _ = child.wait();
                 return Err(failed(format!("no answer within {timeout:?}")));
             }
-            Err(error) => return Err(failed(error.to_string())),
+            Err(error) => return Err(failed(error_chain(&error))),
         }
     };
     let stdout = stdout.join().unwrap_or_default();

@@ -10,6 +10,7 @@ use reqwest::header::{
     ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, LINK, RANGE,
 };
 use reqwest::{Method, Response, StatusCode, Url};
+use sealer_fs_abstraction::ErrorChain;
 use sealer_image_store::Digest;
 use sealer_image_store::model::media_type;
 
@@ -133,7 +134,7 @@ impl RegistryClient {
             let page: TagPage =
                 serde_json::from_slice(&body).map_err(|error| ClientError::Protocol {
                     url: url.to_string(),
-                    reason: format!("not a tag list: {error}"),
+                    reason: format!("not a tag list: {}", ErrorChain(&error)),
                 })?;
             tags.extend(page.tags.unwrap_or_default());
             match next {
@@ -332,7 +333,7 @@ impl BlobDownload {
             return Err(error);
         }
         self.resumes += 1;
-        tracing::warn!(digest = %self.digest, offset = self.offset, %error, "blob download broke; resuming");
+        tracing::warn!(digest = %self.digest, offset = self.offset, error = %ErrorChain(&error), "blob download broke; resuming");
         tokio::time::sleep(options.retries.backoff(self.resumes)).await;
         Ok(())
     }

@@ -75,4 +75,4 @@ pub use retry::RetryPolicy;
 
 /// The one way to print an error with its causes (defined in fs-abstraction, which every
 /// crate depends on).
-pub use sealer_fs_abstraction::error_chain;
+pub use sealer_fs_abstraction::{ErrorChain, error_chain};

@@ -11,6 +11,8 @@
 //! verified does [`Ingest::commit`] add the blobs and name the image; a failure anywhere
 //! leaves the store as it was.
 
+use sealer_fs_abstraction::ErrorChain;
+use sealer_fs_abstraction::error_chain;
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,7 +55,7 @@ pub enum PullError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A manifest could not be parsed.
-    #[error("manifest {digest}: {source}")]
+    #[error("manifest {digest}")]
     Manifest {
         /// The manifest's digest.
         digest: Digest,
@@ -85,7 +87,7 @@ pub enum PullError {
     #[error("{0}: indexes nested too deeply")]
     TooDeep(String),
     /// A blob's download failed.
-    #[error("blob {digest}: {source}")]
+    #[error("blob {digest}")]
     Blob {
         /// The blob.
         digest: Digest,
@@ -419,7 +421,7 @@ impl RegistryClient {
                 }
                 (Err(_), Some(ReadFailure::Cancelled)) => return Err(PullError::Cancelled),
                 (Err(_), Some(ReadFailure::Restart(error))) if attempt < policy.max_attempts => {
-                    tracing::warn!(%digest, %error, "restarting the blob from its start");
+                    tracing::warn!(%digest, error = %ErrorChain(&error), "restarting the blob from its start");
                     job.progress.blob_restarted(digest, 0);
                     job.handle
                         .block_on(async { tokio::time::sleep(policy.backoff(attempt)).await });
@@ -572,7 +574,7 @@ struct BlobReader<'a> {
 impl BlobReader<'_> {
     fn fail(&mut self, failure: ReadFailure) -> io::Error {
         let message = match &failure {
-            ReadFailure::Restart(error) | ReadFailure::Fatal(error) => error.to_string(),
+            ReadFailure::Restart(error) | ReadFailure::Fatal(error) => error_chain(&error),
             ReadFailure::Cancelled => "cancelled".to_owned(),
         };
         self.failure = Some(failure);

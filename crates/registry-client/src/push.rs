@@ -10,6 +10,8 @@
 //! as stored, children first (platform manifests before their index), and the registry's
 //! `Docker-Content-Digest` is checked against the digest of the bytes sent.
 
+use sealer_fs_abstraction::ErrorChain;
+use sealer_fs_abstraction::error_chain;
 use std::collections::BTreeSet;
 use std::io::{self, Read};
 use std::pin::Pin;
@@ -45,7 +47,7 @@ pub enum PushError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A stored manifest could not be parsed.
-    #[error("manifest {digest}: {source}")]
+    #[error("manifest {digest}")]
     Manifest {
         /// The manifest.
         digest: Digest,
@@ -74,7 +76,7 @@ pub enum PushError {
         actual: String,
     },
     /// A blob's upload failed.
-    #[error("blob {digest}: {source}")]
+    #[error("blob {digest}")]
     Blob {
         /// The blob.
         digest: Digest,
@@ -329,7 +331,7 @@ impl RegistryClient {
                 Err(PushError::Client(error))
                     if attempt < policy.max_attempts && is_transient(&error) =>
                 {
-                    tracing::warn!(%digest, %error, "upload failed; starting it again");
+                    tracing::warn!(%digest, error = %ErrorChain(&error), "upload failed; starting it again");
                     progress.blob_restarted(digest, 0);
                     tokio::time::sleep(policy.backoff(attempt)).await;
                 }
@@ -425,7 +427,9 @@ impl RegistryClient {
                         let piece = match reader.next(READ_PIECE).await {
                             Ok(piece) => piece,
                             Err(error) => {
-                                let _ = sender.send(Err(io::Error::other(error.to_string()))).await;
+                                let _ = sender
+                                    .send(Err(io::Error::other(error_chain(&error))))
+                                    .await;
                                 return Err(error);
                             }
                         };
@@ -558,7 +562,9 @@ impl BlobPieces {
         let wanted = digest.clone();
         let file = tokio::task::spawn_blocking(move || blobs.open(&wanted))
             .await
-            .map_err(|error| PushError::Runtime(format!("reading a blob: {error}")))??;
+            .map_err(|error| {
+                PushError::Runtime(format!("reading a blob: {}", ErrorChain(&error)))
+            })??;
         Ok(Self {
             file: Some(file),
             digest: digest.clone(),
@@ -581,7 +587,7 @@ impl BlobPieces {
                 .map_err(|source| StoreError::io(format!("read blob {digest}"), source))
         })
         .await
-        .map_err(|error| PushError::Runtime(format!("reading a blob: {error}")))??;
+        .map_err(|error| PushError::Runtime(format!("reading a blob: {}", ErrorChain(&error))))??;
         if !piece.is_empty() {
             self.file = Some(file);
             self.size += piece.len() as u64;

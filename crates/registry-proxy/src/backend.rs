@@ -13,6 +13,8 @@
 //! the local store: each `LocalBackend` method is the definition that `BucketBackend` matches,
 //! so the two are read side by side with the trait.
 
+use sealer_fs_abstraction::ErrorChain;
+use sealer_fs_abstraction::error_chain;
 use std::collections::BTreeSet;
 use std::io::{Seek, SeekFrom};
 use std::sync::Arc;
@@ -688,14 +690,14 @@ impl RegistryBackend for LocalBackend {
         self.store
             .blobs()
             .open(digest)
-            .map_err(|error| std::io::Error::other(error.to_string()))
+            .map_err(|error| std::io::Error::other(error_chain(&error)))
     }
 
     fn open_upload_blocking(&self, id: &str) -> std::io::Result<Option<Box<dyn ReadFile>>> {
         match self.store.open_upload(id) {
             Ok(file) => Ok(Some(file)),
             Err(StoreError::Fs(error)) if error.is_not_found() => Ok(None),
-            Err(error) => Err(std::io::Error::other(error.to_string())),
+            Err(error) => Err(std::io::Error::other(error_chain(&error))),
         }
     }
 
@@ -776,7 +778,7 @@ impl RegistryBackend for LocalBackend {
                 })
                 .map_err(|error| match error {
                     StoreError::DigestMismatch { .. } => {
-                        ApiError::new(ErrorCode::DigestInvalid, error.to_string())
+                        ApiError::new(ErrorCode::DigestInvalid, error_chain(&error))
                     }
                     other => ApiError::internal("store a cached manifest", other),
                 })
@@ -967,7 +969,7 @@ pub(crate) fn check_pushed_manifest(
         check_manifest_type("the Content-Type", declared)?;
     }
     let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|error| invalid(format!("the manifest is not JSON: {error}")))?;
+        .map_err(|error| invalid(format!("the manifest is not JSON: {}", ErrorChain(&error))))?;
     let own = value.get("mediaType").and_then(serde_json::Value::as_str);
     if let Some(own) = own {
         check_manifest_type("the manifest's mediaType", own)?;
@@ -980,7 +982,7 @@ pub(crate) fn check_pushed_manifest(
         )));
     }
     let (kind, document) = ManifestDocument::parse(bytes, declared.as_deref())
-        .map_err(|error| invalid(error.to_string()))?;
+        .map_err(|error| invalid(error_chain(&error)))?;
     check_manifest_type("the manifest's media type", &kind)?;
     let digest = match reference {
         ManifestRef::Digest(expected) => {

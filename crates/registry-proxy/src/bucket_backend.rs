@@ -12,6 +12,8 @@
 //! Over 800 lines on purpose: one `impl RegistryBackend for BucketBackend`, method for method
 //! the counterpart of `LocalBackend` in `backend.rs`.
 
+use sealer_fs_abstraction::ErrorChain;
+use sealer_fs_abstraction::error_chain;
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,7 +68,7 @@ impl Drop for Scratch {
         let removed =
             RealFs::open_root(&self.parent).and_then(|fs| fs.remove_dir_all(Path::new(&self.name)));
         if let Err(error) = removed {
-            tracing::warn!(%error, directory = %self.parent.join(&self.name).display(), "removing the fill scratch directory");
+            tracing::warn!(error = %ErrorChain(&error), directory = %self.parent.join(&self.name).display(), "removing the fill scratch directory");
         }
     }
 }
@@ -355,11 +357,11 @@ async fn copy_named(
     bucket
         .put_manifest_link(&repository, digest)
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| error_chain(&error))?;
     bucket
         .put_tag(&repository, &tag, digest)
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| error_chain(&error))?;
     Ok(())
 }
 
@@ -373,7 +375,7 @@ async fn copy_manifest(
 ) -> Result<(), String> {
     let bytes = scratch
         .read_verified(digest)
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| error_chain(&error))?;
     match ManifestDocument::parse(&bytes, None) {
         Ok((_, ManifestDocument::Image(manifest))) => {
             for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
@@ -385,7 +387,7 @@ async fn copy_manifest(
                 let present = scratch
                     .blobs()
                     .stat(&child.digest)
-                    .map_err(|error| error.to_string())?;
+                    .map_err(|error| error_chain(&error))?;
                 if present.is_some() {
                     Box::pin(copy_manifest(bucket, scratch, &child.digest, depth + 1)).await?;
                 }
@@ -401,7 +403,7 @@ async fn copy_blob(bucket: &Bucket, scratch: &Store, digest: &Digest) -> Result<
     if bucket
         .stat_blob(digest)
         .await
-        .map_err(|error| error.to_string())?
+        .map_err(|error| error_chain(&error))?
         .is_some()
     {
         return Ok(());
@@ -409,19 +411,19 @@ async fn copy_blob(bucket: &Bucket, scratch: &Store, digest: &Digest) -> Result<
     let Some(size) = scratch
         .blobs()
         .stat(digest)
-        .map_err(|error| error.to_string())?
+        .map_err(|error| error_chain(&error))?
     else {
         return Ok(());
     };
     let file = scratch
         .blobs()
         .open(digest)
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| error_chain(&error))?;
     bucket
         .put_blob(digest, file_stream(file, size))
         .await
         .map(drop)
-        .map_err(|error| error.to_string())
+        .map_err(|error| error_chain(&error))
 }
 
 /// A store name (`registry/repository`) as the bucket layout spells it.
@@ -458,7 +460,7 @@ fn split_tagged(reference: &str) -> Result<(String, String), ApiError> {
 fn unavailable(what: &'static str) -> impl Fn(BucketError) -> ApiError {
     move |error| match error {
         BucketError::Store { .. } => {
-            tracing::warn!(%error, "{what}");
+            tracing::warn!(error = %ErrorChain(&error), "{what}");
             ApiError::new(
                 ErrorCode::Unknown,
                 format!("{what}: the object storage is unavailable"),
@@ -500,7 +502,7 @@ impl RegistryBackend for BucketBackend {
     ) {
         if let Err(error) = self.bucket.settle_tag_revalidation(claim, confirmed).await {
             // The next request past the TTL asks again anyway.
-            tracing::warn!(%error, "could not restore a tag's revalidation time");
+            tracing::warn!(error = %ErrorChain(&error), "could not restore a tag's revalidation time");
         }
     }
 
@@ -705,7 +707,7 @@ impl RegistryBackend for BucketBackend {
         };
         let body = read
             .stream
-            .map_err(|error| std::io::Error::other(error.to_string()))
+            .map_err(|error| std::io::Error::other(error_chain(&error)))
             .boxed();
         Ok(BlobContent {
             size,
@@ -819,7 +821,7 @@ impl RegistryBackend for BucketBackend {
         let digest = digest.clone();
         let remove = move || {
             if let Err(error) = scratch.blobs().delete(&digest) {
-                tracing::warn!(%digest, %error, "removing a fill's scratch file");
+                tracing::warn!(%digest, error = %ErrorChain(&error), "removing a fill's scratch file");
             }
         };
         match tokio::runtime::Handle::try_current() {
@@ -833,12 +835,12 @@ impl RegistryBackend for BucketBackend {
         match scratch.blobs().open(digest) {
             Ok(file) => return Ok(file),
             Err(StoreError::BlobNotFound(_)) => {}
-            Err(error) => return Err(std::io::Error::other(error.to_string())),
+            Err(error) => return Err(std::io::Error::other(error_chain(&error))),
         }
         // A fill that found the blob stored already: its followers read a scratch copy
         // (removed with the fill).
         let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
-        let other = |error: &dyn std::fmt::Display| std::io::Error::other(error.to_string());
+        let other = |error: &dyn std::error::Error| std::io::Error::other(error_chain(error));
         let mut read = runtime
             .block_on(self.bucket.get_blob(digest, None))
             .map_err(|error| other(&error))?;
@@ -855,7 +857,7 @@ impl RegistryBackend for BucketBackend {
         match self.scratch.store.open_upload(id) {
             Ok(file) => Ok(Some(file)),
             Err(StoreError::Fs(error)) if error.is_not_found() => Ok(None),
-            Err(error) => Err(std::io::Error::other(error.to_string())),
+            Err(error) => Err(std::io::Error::other(error_chain(&error))),
         }
     }
 
@@ -987,7 +989,7 @@ impl BucketUpload {
 fn upload_error(error: BucketError) -> ApiError {
     match error {
         BucketError::StaleUpload { .. } => {
-            ApiError::new(ErrorCode::BlobUploadInvalid, error.to_string())
+            ApiError::new(ErrorCode::BlobUploadInvalid, error_chain(&error))
                 .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
         }
         BucketError::NotFound { .. } => ApiError::new(
@@ -995,7 +997,7 @@ fn upload_error(error: BucketError) -> ApiError {
             "the upload is not in progress",
         ),
         BucketError::DigestMismatch { .. } | BucketError::UnsupportedDigest { .. } => {
-            ApiError::new(ErrorCode::DigestInvalid, error.to_string())
+            ApiError::new(ErrorCode::DigestInvalid, error_chain(&error))
         }
         other => unavailable("write an upload")(other),
     }
@@ -1059,7 +1061,7 @@ impl BackendUpload for BucketUpload {
             let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(bytes) });
             let put = self.bucket.put_blob(&digest, body).await;
             if let Err(error) = self.bucket.cancel_upload(&self.state).await {
-                tracing::warn!(%error, upload = self.state.id(), "removing a finished upload");
+                tracing::warn!(error = %ErrorChain(&error), upload = self.state.id(), "removing a finished upload");
             }
             return put.map(|put| put.size).map_err(upload_error);
         }
@@ -1074,7 +1076,7 @@ impl BackendUpload for BucketUpload {
 
     async fn cancel(self: Box<Self>) {
         if let Err(error) = self.bucket.cancel_upload(&self.state).await {
-            tracing::warn!(%error, upload = self.state.id(), "cancelling an upload");
+            tracing::warn!(error = %ErrorChain(&error), upload = self.state.id(), "cancelling an upload");
         }
     }
 

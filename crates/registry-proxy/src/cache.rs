@@ -15,6 +15,7 @@
 //! not yet named. A download served from the store reads an open file, which its unlink
 //! does not cut. Local storage only: over a bucket, lifecycle rules do this.
 
+use sealer_fs_abstraction::ErrorChain;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -83,7 +84,7 @@ impl Drop for CachedContent {
             if entry.last_used > entry.persisted
                 && let Err(error) = self.store.touch_cached(digest, entry.last_used)
             {
-                tracing::debug!(%digest, %error, "cannot record the use of a cached blob");
+                tracing::debug!(%digest, error = %ErrorChain(&error), "cannot record the use of a cached blob");
             }
         }
     }
@@ -165,7 +166,7 @@ impl CachedContent {
             stale
         };
         if persist && let Err(error) = self.store.touch_cached(digest, now) {
-            tracing::debug!(%digest, %error, "cannot record the use of a cached blob");
+            tracing::debug!(%digest, error = %ErrorChain(&error), "cannot record the use of a cached blob");
         }
     }
 
@@ -180,7 +181,7 @@ impl CachedContent {
             state.total = state.total.saturating_sub(entry.size);
         }
         if let Err(error) = self.store.unmark_cached(digest) {
-            tracing::warn!(%digest, %error, "cannot release a pushed blob from the cache");
+            tracing::warn!(%digest, error = %ErrorChain(&error), "cannot release a pushed blob from the cache");
         }
     }
 
@@ -237,7 +238,7 @@ impl CachedContent {
         let cache = self.clone();
         runtime.spawn_blocking(move || {
             if let Err(error) = cache.evict() {
-                tracing::warn!(%error, "evicting from the pull-through cache");
+                tracing::warn!(error = %ErrorChain(&error), "evicting from the pull-through cache");
             }
             cache.evicting.store(false, Ordering::Release);
         });

@@ -7,6 +7,8 @@
 //! sends one upstream `GET` per blob (see `fill.rs`). With `redirect.presigned`, a `GET` of a
 //! complete blob in the bucket is answered 307 to a presigned URL (see `handlers.rs`).
 
+use sealer_fs_abstraction::ErrorChain;
+use sealer_fs_abstraction::error_chain;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,7 +97,7 @@ impl ClusterConfig {
             }
             (Some(secret), None) => {
                 PeerSecret::new(secret)
-                    .map_err(|error| ("peer_secret", format!("cluster.{error}")))?;
+                    .map_err(|error| ("peer_secret", format!("cluster.{}", ErrorChain(&error))))?;
             }
             (None, Some(_)) => {}
         }
@@ -127,7 +129,7 @@ impl ClusterConfig {
         PeerSecret::new(&text).map_err(|error| ConfigError::Invalid {
             path,
             line: None,
-            message: error.to_string(),
+            message: error_chain(&error),
         })
     }
 }
@@ -203,7 +205,7 @@ impl Cluster {
         .map_err(|error| ConfigError::Invalid {
             path: PathBuf::from("cluster"),
             line: None,
-            message: error.to_string(),
+            message: error_chain(&error),
         })?;
         let cluster = Self {
             bucket,

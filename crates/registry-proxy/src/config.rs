@@ -6,6 +6,7 @@
 //! `upstream_timeout`, `upstream_fetch_timeout`, `upstream_probe_interval`, `offline`)
 //! configure the pull-through cache ([`crate::PullThroughSource`]).
 
+use sealer_fs_abstraction::error_chain;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
@@ -665,7 +666,7 @@ impl ServerConfig {
                 let line = error
                     .location()
                     .and_then(|location| usize::try_from(location.line()).ok());
-                invalid(line, first_line(&error.to_string()))
+                invalid(line, first_line(&error_chain(&error)))
             })?,
             "toml" => toml::from_str(text).map_err(|error| {
                 let line = error
@@ -900,9 +901,9 @@ pub(crate) fn read_text(path: &Path) -> Result<String, ConfigError> {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    let fs = RealFs::open_root(parent).map_err(|error| read_error(error.to_string()))?;
+    let fs = RealFs::open_root(parent).map_err(|error| read_error(error_chain(&error)))?;
     let bytes = sealer_fs_abstraction::Fs::read(&fs, Path::new(name))
-        .map_err(|error| read_error(error.to_string()))?;
+        .map_err(|error| read_error(error_chain(&error)))?;
     String::from_utf8(bytes).map_err(|_| read_error("not UTF-8 text".to_owned()))
 }
 

@@ -10,6 +10,7 @@
 //!
 //! Every request carries the client's address ([`PeerAddr`]) in its extensions.
 
+use sealer_fs_abstraction::ErrorChain;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -62,7 +63,7 @@ pub(crate) fn raise_open_file_limit() -> Option<u64> {
             old.maximum
         }
         Err(error) => {
-            tracing::warn!(%error, soft = ?old.current, hard = ?old.maximum, "cannot raise the open-file limit");
+            tracing::warn!(error = %ErrorChain(&error), soft = ?old.current, hard = ?old.maximum, "cannot raise the open-file limit");
             old.current
         }
     }
@@ -111,7 +112,7 @@ pub(crate) async fn accept_loop(
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors, most likely: wait for some to close.
-                    tracing::warn!(%error, "accept failed");
+                    tracing::warn!(error = %ErrorChain(&error), "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -122,7 +123,7 @@ pub(crate) async fn accept_loop(
         // pull-through miss's last piece after its digest is verified): without
         // TCP_NODELAY, Nagle holds a small piece back until the client's delayed ACK (40 ms).
         if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+            tracing::debug!(%peer, error = %ErrorChain(&error), "cannot set TCP_NODELAY");
         }
         let router = router.clone();
         let stop = stop.clone();
@@ -140,7 +141,7 @@ pub(crate) async fn accept_loop(
                         Ok(Ok(stream)) => {
                             serve_connection(stream, peer, router, limits, stop).await
                         }
-                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Ok(Err(error)) => tracing::debug!(%peer, error = %ErrorChain(&error), "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
@@ -250,7 +251,7 @@ async fn serve_connection<I>(
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(error) = result {
-                    tracing::debug!(%peer, %error, "connection ended with an error");
+                    tracing::debug!(%peer, error = %ErrorChain(&*error), "connection ended with an error");
                 }
                 return;
             }

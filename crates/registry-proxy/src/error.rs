@@ -1,10 +1,12 @@
 //! Errors: the distribution API's JSON errors ([`ApiError`]), and why a server could not
 //! start ([`ServeError`]).
 
+use sealer_fs_abstraction::error_chain;
 use std::path::PathBuf;
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use sealer_fs_abstraction::ErrorChain;
 use sealer_image_store::StoreError;
 
 /// The error codes of the OCI distribution spec (plus `UNKNOWN` for internal errors).
@@ -139,9 +141,14 @@ impl ApiError {
         self
     }
 
-    /// An internal error; the cause is logged, the client sees a generic message.
-    pub fn internal(context: &str, error: impl std::fmt::Display) -> Self {
-        tracing::error!(%error, "{context}");
+    /// An internal error; the cause is logged with its chain, the client sees a generic
+    /// message.
+    pub fn internal(
+        context: &str,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        let error = error.into();
+        tracing::error!(error = %ErrorChain(&*error), "{context}");
         Self::new(ErrorCode::Unknown, format!("{context}: internal error"))
     }
 
@@ -158,7 +165,7 @@ impl ApiError {
                 format!("manifest {name} is not in the registry"),
             ),
             StoreError::PlatformNotCarried { .. } => {
-                Self::new(ErrorCode::ManifestUnknown, error.to_string())
+                Self::new(ErrorCode::ManifestUnknown, error_chain(&error))
             }
             StoreError::DigestMismatch {
                 expected, actual, ..
@@ -182,10 +189,10 @@ impl ApiError {
             )
             .with_detail(serde_json::json!({ "digest": child.to_string() })),
             StoreError::Manifest { source, .. } => {
-                Self::new(ErrorCode::ManifestInvalid, source.to_string())
+                Self::new(ErrorCode::ManifestInvalid, error_chain(&source))
             }
-            StoreError::Digest(error) => Self::new(ErrorCode::DigestInvalid, error.to_string()),
-            StoreError::Reference(error) => Self::new(ErrorCode::NameInvalid, error.to_string()),
+            StoreError::Digest(error) => Self::new(ErrorCode::DigestInvalid, error_chain(&error)),
+            StoreError::Reference(error) => Self::new(ErrorCode::NameInvalid, error_chain(&error)),
             other => Self::internal(what, other),
         }
     }
@@ -221,7 +228,7 @@ pub enum ServeError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// The store could not be opened.
-    #[error("opening the image store {path}: {source}")]
+    #[error("opening the image store {path}")]
     Store {
         /// The store's root.
         path: PathBuf,
@@ -230,7 +237,7 @@ pub enum ServeError {
         source: StoreError,
     },
     /// Binding or serving the listening socket failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done.
         context: String,
@@ -247,7 +254,7 @@ pub enum ServeError {
         reason: String,
     },
     /// The images a cluster image carries could not be imported.
-    #[error("serving the images carried by {image}: {source}")]
+    #[error("serving the images carried by {image}")]
     Embedded {
         /// The cluster image.
         image: String,
@@ -260,7 +267,7 @@ pub enum ServeError {
     Bucket(#[from] crate::bucket::BucketConfigError),
     /// Garbage collection of the bucket failed (nothing a tag or manifest references was
     /// deleted; a later run finishes what this one started).
-    #[error("collecting garbage in the bucket: {0}")]
+    #[error("collecting garbage in the bucket")]
     Gc(#[source] crate::bucket::BucketError),
     /// `registry gc` was asked for a local store (`sealer prune` collects those).
     #[error(

@@ -21,6 +21,8 @@
 //! Over 800 lines on purpose: one state machine, a blob fill (upstream or peer stream, writer
 //! thread, ring, followers, hold-back, commit, lease), whose parts share its private state.
 
+use sealer_fs_abstraction::ErrorChain;
+use sealer_fs_abstraction::error_chain;
 use std::collections::{HashMap, VecDeque};
 use std::io::{Seek as _, SeekFrom};
 use std::ops::Range;
@@ -553,11 +555,9 @@ impl Incoming {
                 .chunk()
                 .await
                 .map_err(|error| FetchError::from_client(&error)),
-            Self::Peer(body) => {
-                body.next().await.transpose().map_err(|error| {
-                    FetchError::Upstream(format!("from the lease holder: {error}"))
-                })
-            }
+            Self::Peer(body) => body.next().await.transpose().map_err(|error| {
+                FetchError::Upstream(format!("from the lease holder: {}", ErrorChain(&error)))
+            }),
         }
     }
 }
@@ -586,7 +586,7 @@ async fn transfer(
             .bucket
             .acquire_fill_lease(&fill.digest, &cluster.advertise_url, cluster.lease_ttl)
             .await
-            .map_err(|error| FetchError::Store(error.to_string()))?;
+            .map_err(|error| FetchError::Store(error_chain(&error)))?;
         let holder = match acquired {
             Acquire::Acquired(lease) => {
                 return fetch_under_lease(fill, source, started, cluster, lease).await;
@@ -621,8 +621,9 @@ async fn transfer(
             }
             Err(error) => {
                 return Err(FetchError::Upstream(format!(
-                    "streaming from the fill lease holder {holder}: {error} (retried once the \
-                     lease expires)"
+                    "streaming from the fill lease holder {holder}: {} (retried once the \
+                     lease expires)",
+                    ErrorChain(&error)
                 )));
             }
         }
@@ -675,7 +676,7 @@ async fn fetch_under_lease(
                     Err(error) => {
                         // Another replica took it over (it thought this one dead): this fill
                         // still completes and verifies; the other fetches too.
-                        tracing::warn!(digest = %lease.digest(), %error, "renewing a fill lease");
+                        tracing::warn!(digest = %lease.digest(), error = %ErrorChain(&error), "renewing a fill lease");
                         if matches!(error, LeaseError::Lost { .. }) {
                             return lease;
                         }
@@ -692,7 +693,7 @@ async fn fetch_under_lease(
             tracing::debug!(digest = %fill.digest, released, "fill lease given up");
         }
         Err(error) => {
-            tracing::warn!(digest = %fill.digest, %error, "releasing a fill lease (it expires by itself)");
+            tracing::warn!(digest = %fill.digest, error = %ErrorChain(&error), "releasing a fill lease (it expires by itself)");
         }
     }
     result
@@ -786,7 +787,7 @@ async fn store(
     drop(sender);
     let written = writer
         .await
-        .map_err(|error| FetchError::Store(error.to_string()))?;
+        .map_err(|error| FetchError::Store(error_chain(&error)))?;
     streamed?;
     let written = written?;
     if let Some(cluster) = peer_of {
@@ -831,7 +832,7 @@ fn write(
     fill: &Fill,
     size: u64,
 ) -> Result<BlobUpload, FetchError> {
-    let store_error = |error: StoreError| FetchError::Store(error.to_string());
+    let store_error = |error: StoreError| FetchError::Store(error_chain(&error));
     // Written bytes not announced yet: followers are woken by every chunk received, so
     // the writer wakes them only every READ_CHUNK bytes (for those reading the file, once
     // the upstream is done) and when the digest is verified.

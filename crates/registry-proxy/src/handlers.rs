@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
+use sealer_fs_abstraction::ErrorChain;
 use sealer_image_store::model::media_type;
 use sealer_image_store::{Descriptor, Digest, MAX_MANIFEST_SIZE, is_manifest_type};
 
@@ -202,7 +203,7 @@ async fn read_limited(parts: &Parts, body: Body, limit: u64) -> Result<Bytes, Ap
         let chunk = chunk.map_err(|error| {
             ApiError::new(
                 ErrorCode::ManifestInvalid,
-                format!("reading the body: {error}"),
+                format!("reading the body: {}", ErrorChain(&error)),
             )
         })?;
         if (bytes.len() + chunk.len()) as u64 > limit {
@@ -357,7 +358,7 @@ async fn presigned_redirect(state: &AppState, digest: &Digest) -> Option<Respons
         Ok(Some(_)) => {}
         Ok(None) => return None,
         Err(error) => {
-            tracing::debug!(%digest, %error, "no redirect: the blob's presence is unknown");
+            tracing::debug!(%digest, error = %ErrorChain(&error), "no redirect: the blob's presence is unknown");
             return None;
         }
     }
@@ -368,7 +369,7 @@ async fn presigned_redirect(state: &AppState, digest: &Digest) -> Option<Respons
     {
         Ok(url) => url,
         Err(error) => {
-            tracing::warn!(%digest, %error, "presigning a blob URL; serving the blob instead");
+            tracing::warn!(%digest, error = %ErrorChain(&error), "presigning a blob URL; serving the blob instead");
             return None;
         }
     };

@@ -3,6 +3,7 @@
 //! credentials, so that probes need none; what failed goes to the log, not to the client
 //! (the errors name paths of the server's disk).
 
+use sealer_fs_abstraction::ErrorChain;
 use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -44,7 +45,7 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>, request: Request)
             let (index, writable) = match checks {
                 Ok(checks) => checks,
                 Err(error) => {
-                    tracing::warn!(%error, "readiness check failed to run");
+                    tracing::warn!(error = %ErrorChain(&error), "readiness check failed to run");
                     (false, false)
                 }
             };
@@ -57,7 +58,7 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>, request: Request)
             let answered = match bucket.probe().await {
                 Ok(()) => true,
                 Err(error) => {
-                    tracing::warn!(%error, "not ready: the bucket does not answer");
+                    tracing::warn!(error = %ErrorChain(&error), "not ready: the bucket does not answer");
                     false
                 }
             };
@@ -110,14 +111,14 @@ fn check_storage(store: &Store) -> (bool, bool) {
     let index = match store.index() {
         Ok(_) => true,
         Err(error) => {
-            tracing::warn!(store = %store.location().display(), %error, "not ready: the store's index cannot be read");
+            tracing::warn!(store = %store.location().display(), error = %ErrorChain(&error), "not ready: the store's index cannot be read");
             false
         }
     };
     let writable = match write_probe(store) {
         Ok(()) => true,
         Err(error) => {
-            tracing::warn!(store = %store.location().display(), %error, "not ready: the store's directory is not writable");
+            tracing::warn!(store = %store.location().display(), error = %ErrorChain(&error), "not ready: the store's directory is not writable");
             false
         }
     };

@@ -25,6 +25,7 @@
 //! `sealer_cache_limit_bytes` (only with `cache.max_size`), `sealer_cache_evictions_total`
 //! and `sealer_cache_evicted_bytes_total`.
 
+use sealer_fs_abstraction::ErrorChain;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -171,7 +172,9 @@ impl ServerMetrics {
     pub(crate) fn new() -> Self {
         let proc = if cfg!(target_os = "linux") {
             RealFs::open_root("/proc")
-                .inspect_err(|error| tracing::warn!(%error, "no process metrics"))
+                .inspect_err(
+                    |error| tracing::warn!(error = %ErrorChain(&error), "no process metrics"),
+                )
                 .ok()
         } else {
             None

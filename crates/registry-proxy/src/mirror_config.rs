@@ -22,6 +22,7 @@
 //!     the registry's `default_upstream`. Every other upstream is reached there by prefix
 //!     names (`<endpoint host>/quay.io/coreos/etcd`), listed in the notes.
 
+use sealer_fs_abstraction::error_chain;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
@@ -209,7 +210,7 @@ impl FromStr for MirrorUpstream {
         let url = UpstreamUrl::deserialize(deserializer).map_err(|error| {
             MirrorConfigError::Upstream {
                 text: text.to_owned(),
-                reason: error.to_string(),
+                reason: error_chain(&error),
             }
         })?;
         let upstream = Self {

@@ -38,6 +38,7 @@
 //!   expires: 5m
 //! ```
 
+use sealer_fs_abstraction::ErrorChain;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,7 +81,7 @@ pub enum PeerError {
         reason: String,
     },
     /// The HTTP client could not be built.
-    #[error("building the peer HTTP client: {0}")]
+    #[error("building the peer HTTP client")]
     Client(#[source] reqwest::Error),
     /// The peer could not be reached or did not answer in time (it is gone: refused, reset,
     /// timed out).
@@ -230,7 +231,7 @@ pub async fn serve_peer_fill<S: PeerFillSource + ?Sized>(
         Err(error) => {
             return plain(
                 StatusCode::BAD_REQUEST,
-                format!("invalid digest {digest:?}: {error}"),
+                format!("invalid digest {digest:?}: {}", ErrorChain(&error)),
             );
         }
     };
@@ -249,7 +250,7 @@ pub async fn serve_peer_fill<S: PeerFillSource + ?Sized>(
         Err(error) => {
             return plain(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("the fill of {digest} failed: {error}"),
+                format!("the fill of {digest} failed: {}", ErrorChain(&error)),
             );
         }
     };
@@ -449,7 +450,7 @@ fn peer_fill_url(base_url: &str, digest: &Digest, offset: u64) -> Result<reqwest
     );
     let url = reqwest::Url::parse(&text).map_err(|error| PeerError::Url {
         url: base_url.to_owned(),
-        reason: format!("expected http(s)://host:port: {error}"),
+        reason: format!("expected http(s)://host:port: {}", ErrorChain(&error)),
     })?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(PeerError::Url {

@@ -40,6 +40,7 @@
 //! Over 800 lines on purpose: one type, `PullThroughSource`, whose routing, tag revalidation,
 //! breaker, manifest fetches and blob fills all work on the same private table of upstreams.
 
+use sealer_fs_abstraction::{ErrorChain, error_chain};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -210,9 +211,9 @@ impl Upstream {
             ..retries
         };
         let client =
-            RegistryClient::new(options(retries)).map_err(|error| failed(error.to_string()))?;
+            RegistryClient::new(options(retries)).map_err(|error| failed(error_chain(&error)))?;
         let revalidation_client = RegistryClient::new(options(revalidation_retries))
-            .map_err(|error| failed(error.to_string()))?;
+            .map_err(|error| failed(error_chain(&error)))?;
         Ok(Self {
             name: config.name.clone(),
             host,
@@ -269,7 +270,7 @@ impl Upstream {
                 ),
             )
             .with_status(axum::http::StatusCode::GATEWAY_TIMEOUT),
-            FetchError::Store(message) => ApiError::internal("caching", message),
+            FetchError::Store(message) => ApiError::internal("caching", message.as_str()),
             FetchError::Refused(message) => ApiError::new(
                 ErrorCode::Denied,
                 format!("upstream {} ({}): {message}", self.name, self.host),
@@ -636,7 +637,7 @@ impl PullThroughSource {
                     });
                     let shared = async move {
                         task.await
-                            .map_err(|error| FetchError::Store(error.to_string()))?
+                            .map_err(|error| FetchError::Store(error_chain(&error)))?
                     }
                     .boxed()
                     .shared();
@@ -1094,7 +1095,8 @@ async fn fetch_and_store(
     let (media_type, _) = ManifestDocument::parse(&fetched.bytes, fetched.content_type.as_deref())
         .map_err(|error| {
             FetchError::Invalid(format!(
-                "{reference} is not a manifest sealer reads: {error}"
+                "{reference} is not a manifest sealer reads: {}",
+                ErrorChain(&error)
             ))
         })?;
     // The media type becomes the Content-Type clients get: only manifest types.

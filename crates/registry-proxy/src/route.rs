@@ -9,6 +9,7 @@
 //! prefix names; a host with a port as `registry.lan_5000`, see [`host_path_component`]) or
 //! a configured upstream alias.
 
+use sealer_fs_abstraction::error_chain;
 use std::collections::BTreeSet;
 
 use axum::http::Method;
@@ -232,7 +233,7 @@ pub enum RouteError {
 
 impl From<RouteError> for ApiError {
     fn from(error: RouteError) -> Self {
-        let message = error.to_string();
+        let message = error_chain(&error);
         match error {
             RouteError::NotFound(_) => ApiError::new(ErrorCode::NameUnknown, message)
                 .with_status(axum::http::StatusCode::NOT_FOUND),

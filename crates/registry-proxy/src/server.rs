@@ -1,6 +1,8 @@
 //! The HTTP server: [`Registry`] (state, router), authentication, the dispatch of parsed
 //! [`Route`]s to the handlers, and [`serve`] with a bounded graceful shutdown.
 
+use sealer_fs_abstraction::ErrorChain;
+use sealer_fs_abstraction::error_chain;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
@@ -347,7 +349,7 @@ impl Registry {
             }
             Err(error) => Err(ServeError::Io {
                 context: "serving".to_owned(),
-                source: std::io::Error::other(error.to_string()),
+                source: std::io::Error::other(error_chain(&error)),
             }),
         };
         reaper.abort();
@@ -517,7 +519,7 @@ pub async fn shutdown_signal() {
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, "cannot watch SIGTERM; SIGINT only");
+                tracing::warn!(error = %ErrorChain(&error), "cannot watch SIGTERM; SIGINT only");
                 let _ = interrupt.await;
             }
         }
@@ -533,9 +535,9 @@ async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Respons
         Ok(response) => response,
         Err(error) => {
             if error.status.is_server_error() {
-                tracing::warn!(%error, "request failed");
+                tracing::warn!(error = %ErrorChain(&error), "request failed");
             } else {
-                tracing::debug!(%error, "request refused");
+                tracing::debug!(error = %ErrorChain(&error), "request refused");
             }
             error.into_response()
         }

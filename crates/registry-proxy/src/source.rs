@@ -24,6 +24,7 @@
 //! 4. it is installed with [`crate::Registry::with_source`], and `Registry::open` stops
 //!    refusing configurations with upstreams.
 
+use sealer_fs_abstraction::error_chain;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::pin::Pin;
@@ -231,7 +232,7 @@ impl StoreNames {
     /// `latest` by [`Reference`]'s rules, so use [`Self::name`] for prefixes).
     pub fn reference(&self, repo: &RepoPath, tag: &str) -> Result<Reference, ApiError> {
         Reference::new(self.host(repo), &repo.repository, Some(tag), None).map_err(|error| {
-            ApiError::new(ErrorCode::NameInvalid, error.to_string())
+            ApiError::new(ErrorCode::NameInvalid, error_chain(&error))
                 .with_detail(serde_json::json!({ "name": repo.path_name }))
         })
     }

@@ -2,6 +2,7 @@
 //! thread into a [`BlobStream`], and a request body written into a backend's upload
 //! ([`BackendUpload`]). Neither buffers more than a few chunks.
 
+use sealer_fs_abstraction::error_chain;
 use std::io::Read;
 use std::sync::{Mutex, PoisonError};
 
@@ -170,7 +171,7 @@ pub async fn pump(
                         return Ok(());
                     }
                 }
-                Err(error) => return Err(PumpError::Client(error.to_string())),
+                Err(error) => return Err(PumpError::Client(error_chain(&error))),
             }
         }
         Ok(())

@@ -2,6 +2,8 @@
 //! run in each connection's own task, bounded by `server.tls_handshake_timeout` (see the
 //! accept loop), so a slow client never holds up the others.
 
+use sealer_fs_abstraction::ErrorChain;
+use sealer_fs_abstraction::error_chain;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject as _;
@@ -20,23 +22,35 @@ pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, ConfigError> {
     let cert_text = read_text(&tls.cert)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_text.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|error| invalid(&tls.cert, format!("not a PEM certificate chain: {error}")))?;
+        .map_err(|error| {
+            invalid(
+                &tls.cert,
+                format!("not a PEM certificate chain: {}", ErrorChain(&error)),
+            )
+        })?;
     if certs.is_empty() {
         return Err(invalid(&tls.cert, "holds no CERTIFICATE block".to_owned()));
     }
     let key_text = read_text(&tls.key)?;
-    let key = PrivateKeyDer::from_pem_slice(key_text.as_bytes())
-        .map_err(|error| invalid(&tls.key, format!("not a PEM private key: {error}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_text.as_bytes()).map_err(|error| {
+        invalid(
+            &tls.key,
+            format!("not a PEM private key: {}", ErrorChain(&error)),
+        )
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|error| invalid(&tls.cert, error.to_string()))?
+        .map_err(|error| invalid(&tls.cert, error_chain(&error)))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|error| {
             invalid(
                 &tls.key,
-                format!("the key does not fit the certificate: {error}"),
+                format!(
+                    "the key does not fit the certificate: {}",
+                    ErrorChain(&error)
+                ),
             )
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -9,6 +9,7 @@
 //! Without the section nothing is admitted (never an open proxy by accident); configured
 //! upstreams keep their own settings and win over the policy.
 
+use sealer_fs_abstraction::ErrorChain;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -172,7 +173,10 @@ impl<'de> Deserialize<'de> for ConfigRange {
             .parse()
             .map(Self)
             .map_err(|error| {
-                serde::de::Error::custom(format!("upstream_policy.allow_ranges: {error}"))
+                serde::de::Error::custom(format!(
+                    "upstream_policy.allow_ranges: {}",
+                    ErrorChain(&error)
+                ))
             })
     }
 }

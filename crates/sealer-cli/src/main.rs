@@ -91,7 +91,7 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 
 /// The error and its causes, each once (the one mechanism every front end uses).
 fn error_chain(error: &anyhow::Error) -> String {
-    sealer_registry_client::error_chain(error.as_ref())
+    sealer_registry_client::error_chain(&**error)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! COPY/ADD/APP sources: glob expansion in the build context, Dockerfile destination rules.
 
+use sealer_fs_abstraction::ErrorChain;
 use std::path::{Path, PathBuf};
 
 use sealer_fs_abstraction::{FileKind, Fs, FsPath, RealFs, TempRoot};
@@ -68,7 +69,10 @@ fn relative_source(span: &Span, keyword: &str, source: &str) -> Result<FsPath> {
     FsPath::new(Path::new(trimmed)).map_err(|error| {
         BuildError::at(
             span,
-            format!("{keyword} source {source:?} is not inside the build context: {error}"),
+            format!(
+                "{keyword} source {source:?} is not inside the build context: {}",
+                ErrorChain(&error)
+            ),
         )
     })
 }
@@ -151,7 +155,10 @@ fn check_source(
         )),
         Err(error) => Err(BuildError::at(
             span,
-            format!("{keyword} source {source:?} is not inside the build context: {error}"),
+            format!(
+                "{keyword} source {source:?} is not inside the build context: {}",
+                ErrorChain(&error)
+            ),
         )),
     }
 }
@@ -338,8 +345,14 @@ pub(crate) fn add_archive(
         preserve_mtime: false,
     };
     let unpacked =
-        sealer_fs_abstraction::tar::unpack(fs.as_ref(), Path::new("."), reader, &options)
-            .map_err(|error| BuildError::at(span, format!("ADD {}: {error}", path.display())))?;
+        sealer_fs_abstraction::tar::unpack(fs.as_ref(), Path::new("."), reader, &options).map_err(
+            |error| {
+                BuildError::at(
+                    span,
+                    format!("ADD {}: {}", path.display(), ErrorChain(&error)),
+                )
+            },
+        )?;
     for skipped in &unpacked.skipped {
         let warning = format!(
             "{span}: ADD {}: skipped {skipped}: device nodes, FIFOs and sockets are not added",

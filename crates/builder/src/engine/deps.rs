@@ -4,6 +4,8 @@
 //! image layout whose `org.opencontainers.image.ref.name` is the full source reference (so
 //! `quay.io/a/b:1` and `docker.io/a/b:1` never collide). Blobs are streamed from the store.
 
+use sealer_fs_abstraction::ErrorChain;
+use sealer_fs_abstraction::error_chain;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,8 +47,12 @@ pub struct ContainerImage {
 pub fn container_images(manifest: &Manifest) -> std::result::Result<Vec<ContainerImage>, String> {
     match manifest.annotations.get(CONTAINER_IMAGES_ANNOTATION) {
         None => Ok(Vec::new()),
-        Some(text) => serde_json::from_str(text)
-            .map_err(|error| format!("{CONTAINER_IMAGES_ANNOTATION} is not valid: {error}")),
+        Some(text) => serde_json::from_str(text).map_err(|error| {
+            format!(
+                "{CONTAINER_IMAGES_ANNOTATION} is not valid: {}",
+                ErrorChain(&error)
+            )
+        }),
     }
 }
 
@@ -101,7 +107,7 @@ pub(crate) fn find_images(
     let rootfs = Rootfs::materialise(ingest, layers)?;
     let report = scan_cluster_rootfs(rootfs.fs(), options).map_err(|error| BuildError::Io {
         what: "scanning the rootfs for images".to_owned(),
-        source: std::io::Error::other(error.to_string()),
+        source: std::io::Error::other(error_chain(&error)),
     })?;
     let mut found = FoundImages {
         images: Vec::new(),

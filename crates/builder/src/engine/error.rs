@@ -97,7 +97,7 @@ pub enum BuildError {
     #[error("{0}")]
     Options(String),
     /// Other I/O (compression, running a command).
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,

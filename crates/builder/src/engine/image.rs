@@ -1,6 +1,7 @@
 //! One platform's image while its steps run ([`ImageState`]): inherited from the base image,
 //! grown by each step, written to the store as a config and a manifest at the end.
 
+use sealer_fs_abstraction::ErrorChain;
 use std::collections::BTreeMap;
 
 use sealer_image_store::model::{ExecConfig, History, ImageConfig, RootFs, media_type};
@@ -106,7 +107,10 @@ pub(super) fn base_state(
     let config = ImageConfig::parse(&store.read_verified(&resolved.manifest.config.digest)?)
         .map_err(|error| BuildError::Base {
             reference: reference.to_owned(),
-            message: format!("its config is not a valid image config: {error}"),
+            message: format!(
+                "its config is not a valid image config: {}",
+                ErrorChain(&error)
+            ),
         })?;
     let mut extension = match ImageExtension::of_manifest(&resolved.manifest) {
         Some(Ok(extension)) => extension,

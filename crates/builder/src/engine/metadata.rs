@@ -1,6 +1,7 @@
 //! Sealer's image metadata: the `sealer.image.extension` manifest annotation, and the image
 //! config's timestamps.
 
+use sealer_fs_abstraction::ErrorChain;
 use std::collections::BTreeMap;
 
 use sealer_image_store::{ImageEntry, Manifest, Reference, Store};
@@ -66,7 +67,10 @@ impl ImageExtension {
     pub fn of_manifest(manifest: &Manifest) -> Option<Result<Self, String>> {
         let text = manifest.annotations.get(EXTENSION_ANNOTATION)?;
         Some(serde_json::from_str(text).map_err(|error| {
-            format!("the {EXTENSION_ANNOTATION} annotation is not valid: {error}")
+            format!(
+                "the {EXTENSION_ANNOTATION} annotation is not valid: {}",
+                ErrorChain(&error)
+            )
         }))
     }
 }

@@ -17,7 +17,7 @@ pub enum KubefileError {
         message: String,
     },
     /// The Kubefile could not be read.
-    #[error("cannot read the Kubefile: {0}")]
+    #[error("cannot read the Kubefile")]
     Read(#[from] FsError),
 }
 

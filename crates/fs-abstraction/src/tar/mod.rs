@@ -41,7 +41,7 @@ pub enum TarError {
     #[error(transparent)]
     Fs(#[from] FsError),
     /// A file operation for one entry failed (an escape through a symlink included).
-    #[error("tar entry {entry:?}: {source}")]
+    #[error("tar entry {entry:?}")]
     Entry {
         /// The entry's name as stored in the archive.
         entry: String,
@@ -50,7 +50,7 @@ pub enum TarError {
         source: FsError,
     },
     /// Reading or writing the tar stream failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done.
         context: String,

@@ -1,6 +1,8 @@
 //! Loading: oci-archive and docker-archive streams ([`load`], gzip or zstd compressed or
 //! plain) and OCI layout directories ([`load_layout`]), through one [`Ingest`] each.
 
+use sealer_fs_abstraction::ErrorChain;
+use sealer_fs_abstraction::error_chain;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -67,11 +69,20 @@ pub fn load(store: &Store, input: &mut dyn Read, options: LoadOptions<'_>) -> Re
     let entries = archive.entries().map_err(ArchiveError::Read)?;
     let mut count = 0usize;
     for entry in entries {
-        let mut entry =
-            entry.map_err(|error| invalid("archive", format!("not a valid tar: {error}")))?;
+        let mut entry = entry.map_err(|error| {
+            invalid(
+                "archive",
+                format!("not a valid tar: {}", ErrorChain(&error)),
+            )
+        })?;
         let path = entry
             .path()
-            .map_err(|error| invalid("archive", format!("entry with an invalid name: {error}")))?
+            .map_err(|error| {
+                invalid(
+                    "archive",
+                    format!("entry with an invalid name: {}", ErrorChain(&error)),
+                )
+            })?
             .to_string_lossy()
             .trim_start_matches("./")
             .to_owned();
@@ -170,7 +181,7 @@ fn read_small(entry: &mut dyn Read, path: &str) -> Result<Vec<u8>> {
 
 fn check_layout_version(bytes: &[u8], path: &str) -> Result<()> {
     let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|error| invalid(path, format!("not JSON: {error}")))?;
+        .map_err(|error| invalid(path, format!("not JSON: {}", ErrorChain(&error))))?;
     match value.get("imageLayoutVersion").and_then(|v| v.as_str()) {
         Some("1.0.0") => Ok(()),
         other => Err(invalid(
@@ -188,8 +199,12 @@ fn blob_digest_of(path: &str) -> Option<Digest> {
 }
 
 fn parse_index_json(bytes: &[u8], entry: &str) -> Result<crate::model::Index> {
-    serde_json::from_slice(bytes)
-        .map_err(|error| invalid(entry, format!("not a valid image index: {error}")))
+    serde_json::from_slice(bytes).map_err(|error| {
+        invalid(
+            entry,
+            format!("not a valid image index: {}", ErrorChain(&error)),
+        )
+    })
 }
 
 /// Names the roots of an OCI index and commits.
@@ -272,7 +287,7 @@ fn commit_docker(
         serde_json::from_slice(manifest_json).map_err(|error| {
             invalid(
                 "manifest.json",
-                format!("not a docker-archive manifest: {error}"),
+                format!("not a docker-archive manifest: {}", ErrorChain(&error)),
             )
         })?;
     if images.is_empty() {
@@ -345,7 +360,9 @@ fn commit_docker(
                     match tag.parse::<Reference>() {
                         Ok(reference) => roots.push((Some(reference), descriptor.clone())),
                         Err(error) => {
-                            report.warnings.push(format!("{error}; loaded unnamed"));
+                            report
+                                .warnings
+                                .push(format!("{}; loaded unnamed", ErrorChain(&error)));
                             roots.push((None, descriptor.clone()));
                         }
                     }
@@ -383,7 +400,7 @@ pub fn load_layout(store: &Store, source: &dyn Fs, options: LoadOptions<'_>) -> 
                 .display_path(Path::new("oci-layout"))
                 .display()
                 .to_string(),
-            error.to_string(),
+            error_chain(&error),
         )
     })?;
     let index_name = source
@@ -393,7 +410,7 @@ pub fn load_layout(store: &Store, source: &dyn Fs, options: LoadOptions<'_>) -> 
     check_layout_version(&layout, &index_name)?;
     let index_bytes = source
         .read(Path::new("index.json"))
-        .map_err(|error| invalid(&index_name, error.to_string()))?;
+        .map_err(|error| invalid(&index_name, error_chain(&error)))?;
     let index = parse_index_json(&index_bytes, &index_name)?;
     let ingest = store.begin_ingest()?;
     let mut seen = BTreeSet::new();
@@ -412,7 +429,7 @@ pub fn load_layout(store: &Store, source: &dyn Fs, options: LoadOptions<'_>) -> 
                 Err(error) => {
                     return Err(invalid(
                         source.display_path(&path).display().to_string(),
-                        error.to_string(),
+                        error_chain(&error),
                     ));
                 }
             };

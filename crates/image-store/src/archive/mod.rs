@@ -14,6 +14,7 @@
 //! directories); this one holds the options, reports and errors, and the tar entry that
 //! streams a verified blob through fs-abstraction's [`TarWriter`], the one tar writer.
 
+use sealer_fs_abstraction::ErrorChain;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -43,10 +44,10 @@ pub enum ArchiveError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Reading the archive failed.
-    #[error("reading the archive: {0}")]
+    #[error("reading the archive")]
     Read(#[source] io::Error),
     /// Writing the archive failed.
-    #[error("writing the archive: {0}")]
+    #[error("writing the archive")]
     Write(#[source] io::Error),
     /// The archive is not of a known format or is inconsistent.
     #[error("{entry}: {reason}")]
@@ -207,7 +208,7 @@ fn diff_ids(config: &[u8]) -> Result<Vec<Digest>, String> {
     }
     serde_json::from_slice::<Config>(config)
         .map(|config| config.rootfs.diff_ids)
-        .map_err(|error| format!("no valid rootfs.diff_ids: {error}"))
+        .map_err(|error| format!("no valid rootfs.diff_ids: {}", ErrorChain(&error)))
 }
 
 impl From<TarError> for ArchiveError {

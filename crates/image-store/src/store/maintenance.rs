@@ -1,6 +1,7 @@
 //! Store maintenance: the GC lock, mark and sweep ([`Store::gc`]), leftovers of
 //! interrupted writes, and [`Store::fsck`] with its quarantine.
 
+use sealer_fs_abstraction::ErrorChain;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -310,7 +311,7 @@ impl Store {
         let gc_guard = match self.gc_lock() {
             Ok(guard) => Some(guard),
             Err(error) => {
-                tracing::warn!(%error, "cannot take the GC lock: corrupt blobs stay in place");
+                tracing::warn!(error = %ErrorChain(&error), "cannot take the GC lock: corrupt blobs stay in place");
                 None
             }
         };
@@ -329,7 +330,7 @@ impl Store {
                     tracing::info!(%digest, "a corrupt blob was replaced while fsck ran");
                 }
                 Err(error) => {
-                    tracing::warn!(%digest, %error, "cannot quarantine a corrupt blob");
+                    tracing::warn!(%digest, error = %ErrorChain(&error), "cannot quarantine a corrupt blob");
                     report.corrupt.push(digest);
                 }
             }

@@ -2,6 +2,7 @@
 //! (`maintenance.rs`: the GC lock, GC, fsck; `index_cache.rs`: the parsed `index.json`
 //! reused while the file is unchanged).
 
+use sealer_fs_abstraction::ErrorChain;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -181,8 +182,9 @@ impl Store {
         let layout = Path::new(OCI_LAYOUT);
         if self.fs.exists(layout)? {
             let content = self.fs.read(layout)?;
-            let value: serde_json::Value = serde_json::from_slice(&content)
-                .map_err(|error| self.layout_error(OCI_LAYOUT, format!("not JSON: {error}")))?;
+            let value: serde_json::Value = serde_json::from_slice(&content).map_err(|error| {
+                self.layout_error(OCI_LAYOUT, format!("not JSON: {}", ErrorChain(&error)))
+            })?;
             let version = value.get("imageLayoutVersion").and_then(|v| v.as_str());
             if version != Some("1.0.0") {
                 return Err(self.layout_error(
@@ -261,13 +263,17 @@ impl Store {
     fn read_index_file(&self) -> Result<Index> {
         let bytes = self.fs.read(Path::new(INDEX_JSON))?;
         serde_json::from_slice(&bytes).map_err(|error| {
-            self.layout_error(INDEX_JSON, format!("not a valid image index: {error}"))
+            self.layout_error(
+                INDEX_JSON,
+                format!("not a valid image index: {}", ErrorChain(&error)),
+            )
         })
     }
 
     fn write_index(&self, index: &Index) -> Result<()> {
-        let bytes = serde_json::to_vec(index)
-            .map_err(|error| self.layout_error(INDEX_JSON, format!("cannot encode: {error}")))?;
+        let bytes = serde_json::to_vec(index).map_err(|error| {
+            self.layout_error(INDEX_JSON, format!("cannot encode: {}", ErrorChain(&error)))
+        })?;
         self.fs.write_atomic(Path::new(INDEX_JSON), &bytes)?;
         Ok(())
     }
@@ -290,7 +296,7 @@ impl Store {
             }
             // The write happened; the next read goes to the file.
             Err(error) => {
-                tracing::debug!(%error, "cannot stamp the index.json just written");
+                tracing::debug!(error = %ErrorChain(&error), "cannot stamp the index.json just written");
                 self.index_cache.clear();
             }
         }

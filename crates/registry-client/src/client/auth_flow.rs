@@ -1,6 +1,8 @@
 //! The authentication flow: the credential for a registry, the `Authorization` header a
 //! challenge asks for (basic, or a bearer token fetched from the realm and cached).
 
+use sealer_fs_abstraction::ErrorChain;
+use sealer_fs_abstraction::error_chain;
 use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 
@@ -38,7 +40,9 @@ impl RegistryClient {
         let repository = request.scope.repository.clone().unwrap_or_default();
         tokio::task::spawn_blocking(move || store.get(&registry, &repository))
             .await
-            .map_err(|error| ClientError::Runtime(format!("credential lookup: {error}")))?
+            .map_err(|error| {
+                ClientError::Runtime(format!("credential lookup: {}", ErrorChain(&error)))
+            })?
             .map_err(Into::into)
     }
 
@@ -134,7 +138,7 @@ impl RegistryClient {
     pub(super) fn realm_url(&self, realm: &str) -> Result<Url, AuthError> {
         let url = Url::parse(realm).map_err(|error| AuthError::Realm {
             realm: redact_url(realm),
-            reason: error.to_string(),
+            reason: error_chain(&error),
         })?;
         match url.scheme() {
             "https" => Ok(url),
@@ -167,7 +171,7 @@ impl RegistryClient {
                 Some(Credential::IdentityToken(refresh)) => {
                     let mut form = Url::parse("form:x").map_err(|error| ClientError::Url {
                         url: realm_text.clone(),
-                        reason: error.to_string(),
+                        reason: error_chain(&error),
                     })?;
                     {
                         let mut pairs = form.query_pairs_mut();

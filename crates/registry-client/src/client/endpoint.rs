@@ -1,6 +1,8 @@
 //! Where requests go: registry names normalised, each registry's base URL (plain HTTP only
 //! for loopback or `--insecure` hosts), API URLs and redirect locations.
 
+use sealer_fs_abstraction::ErrorChain;
+use sealer_fs_abstraction::error_chain;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -42,7 +44,7 @@ pub(super) fn base_url_of(base: &str, plain_http: &PlainHttpPolicy) -> Result<Ur
         url: redact_url(base),
         reason,
     };
-    let url = Url::parse(base).map_err(|error| invalid(error.to_string()))?;
+    let url = Url::parse(base).map_err(|error| invalid(error_chain(&error)))?;
     if !url.username().is_empty() || url.password().is_some() {
         // Request URLs are built from the base, so every message would carry them.
         return Err(invalid(
@@ -134,7 +136,7 @@ impl RegistryClient {
         let parse = |scheme: &str| {
             Url::parse(&format!("{scheme}://{host}/")).map_err(|error| ClientError::Url {
                 url: format!("{scheme}://{host}/"),
-                reason: error.to_string(),
+                reason: error_chain(&error),
             })
         };
         let https = parse("https")?;
@@ -145,7 +147,7 @@ impl RegistryClient {
                 .http
                 .get(https.join("v2/").map_err(|error| ClientError::Url {
                     url: https.to_string(),
-                    reason: error.to_string(),
+                    reason: error_chain(&error),
                 })?)
                 .timeout(Duration::from_secs(10))
                 .send()
@@ -153,7 +155,7 @@ impl RegistryClient {
             match probe {
                 Ok(_) => https,
                 Err(error) => {
-                    tracing::debug!(registry, %error, "no HTTPS; using plain HTTP");
+                    tracing::debug!(registry, error = %ErrorChain(&error), "no HTTPS; using plain HTTP");
                     parse("http")?
                 }
             }
@@ -175,7 +177,7 @@ impl RegistryClient {
         let text = format!("v2/{repository}/{suffix}");
         base.join(&text).map_err(|error| ClientError::Url {
             url: format!("{base}{text}"),
-            reason: error.to_string(),
+            reason: error_chain(&error),
         })
     }
 
@@ -192,7 +194,7 @@ impl RegistryClient {
             })?;
         let next = url.join(location).map_err(|error| ClientError::Protocol {
             url: url.clone().to_string(),
-            reason: format!("invalid Location {location:?}: {error}"),
+            reason: format!("invalid Location {location:?}: {}", ErrorChain(&error)),
         })?;
         if next.scheme() != "https" && !self.inner.plain_http.allows_url(&next) {
             return Err(ClientError::Url {

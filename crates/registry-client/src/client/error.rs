@@ -21,10 +21,10 @@ pub enum ClientError {
         reason: String,
     },
     /// The HTTP client could not be built.
-    #[error("building the HTTP client: {0}")]
+    #[error("building the HTTP client")]
     Build(#[source] reqwest::Error),
     /// The request failed on the network (after the retries).
-    #[error("{request}: {source}")]
+    #[error("{request}")]
     Transport {
         /// The method and URL.
         request: String,
@@ -76,7 +76,7 @@ pub enum ClientError {
     Credentials(#[from] CredentialError),
     /// The address policy refused the address a request would connect to (its host's, a
     /// redirect hop's or a token realm's).
-    #[error("{request}: refused: {refused}")]
+    #[error("{request}: refused")]
     AddressRefused {
         /// The method and URL.
         request: String,

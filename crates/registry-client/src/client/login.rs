@@ -1,5 +1,7 @@
 //! `login` (credentials checked against the registry, then stored) and `logout`.
 
+use sealer_fs_abstraction::ErrorChain;
+use sealer_fs_abstraction::error_chain;
 use std::path::PathBuf;
 
 use reqwest::Method;
@@ -27,7 +29,7 @@ impl RegistryClient {
         let base = self.base_url(&registry).await?;
         let url = base.join("v2/").map_err(|error| ClientError::Url {
             url: base.to_string(),
-            reason: error.to_string(),
+            reason: error_chain(&error),
         })?;
         let mut request = Request::new(Method::GET, &registry, url, &scope);
         request.credential = Some(&credential);
@@ -40,7 +42,9 @@ impl RegistryClient {
         let (user, secret) = (username.to_owned(), password.to_owned());
         tokio::task::spawn_blocking(move || store.save_login(&registry, &user, &secret))
             .await
-            .map_err(|error| ClientError::Runtime(format!("saving the login: {error}")))?
+            .map_err(|error| {
+                ClientError::Runtime(format!("saving the login: {}", ErrorChain(&error)))
+            })?
             .map_err(Into::into)
     }
 

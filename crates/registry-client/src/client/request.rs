@@ -1,6 +1,7 @@
 //! The request/retry loop: [`Request`], sent with authentication, retried on busy or
 //! failed answers, and the response helpers (bounded reads, error messages).
 
+use sealer_fs_abstraction::ErrorChain;
 use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 
@@ -219,7 +220,7 @@ impl RegistryClient {
                 Ok(response) => response,
                 Err(error) if can_retry && is_retryable_error(&error) => {
                     let wait = policy.backoff(attempt);
-                    tracing::info!(method = %request.method, url = %request.url, %error, ?wait, "retrying");
+                    tracing::info!(method = %request.method, url = %request.url, error = %ErrorChain(&error), ?wait, "retrying");
                     tokio::time::sleep(wait).await;
                     continue;
                 }

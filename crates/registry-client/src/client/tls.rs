@@ -1,5 +1,7 @@
 //! TLS: rustls with the system roots plus the configured CA files.
 
+use sealer_fs_abstraction::ErrorChain;
+use sealer_fs_abstraction::error_chain;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,7 +22,7 @@ pub fn tls_config(ca_files: &[PathBuf]) -> Result<rustls::ClientConfig, ClientEr
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for error in &native.errors {
-        tracing::debug!(%error, "skipping a system CA certificate source");
+        tracing::debug!(error = %ErrorChain(&error), "skipping a system CA certificate source");
     }
     let (added, ignored) = roots.add_parsable_certificates(native.certs);
     tracing::debug!(added, ignored, "system CA certificates");
@@ -29,13 +31,13 @@ pub fn tls_config(ca_files: &[PathBuf]) -> Result<rustls::ClientConfig, ClientEr
             path: path.clone(),
             reason,
         };
-        let bytes = read_file(path).map_err(|error| ca_error(error.to_string()))?;
+        let bytes = read_file(path).map_err(|error| ca_error(error_chain(&error)))?;
         let mut count = 0;
         for certificate in CertificateDer::pem_slice_iter(&bytes) {
-            let certificate = certificate.map_err(|error| ca_error(error.to_string()))?;
+            let certificate = certificate.map_err(|error| ca_error(error_chain(&error)))?;
             roots
                 .add(certificate)
-                .map_err(|error| ca_error(error.to_string()))?;
+                .map_err(|error| ca_error(error_chain(&error)))?;
             count += 1;
         }
         if count == 0 {
@@ -48,7 +50,7 @@ pub fn tls_config(ca_files: &[PathBuf]) -> Result<rustls::ClientConfig, ClientEr
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|error| ClientError::Tls(error.to_string()))?
+        .map_err(|error| ClientError::Tls(error_chain(&error)))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -1,5 +1,6 @@
 //! Blobs by digest: written through a multipart upload that completes only on a digest match.
 
+use sealer_fs_abstraction::ErrorChain;
 use std::ops::Range;
 use std::pin::pin;
 
@@ -178,6 +179,6 @@ impl Bucket {
 /// purge removes what an abort left, and it is invisible anyway).
 async fn abort(writer: WriteMultipart, digest: &Digest) {
     if let Err(error) = writer.abort().await {
-        tracing::warn!(%digest, %error, "aborting a multipart upload failed");
+        tracing::warn!(%digest, error = %ErrorChain(&error), "aborting a multipart upload failed");
     }
 }

@@ -1,5 +1,6 @@
 //! Where the bucket is and how to sign requests to it.
 
+use sealer_fs_abstraction::error_chain;
 use std::path::{Path, PathBuf};
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -10,7 +11,7 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum BucketConfigError {
     /// The object store refused the settings (bad endpoint URL, no credentials…).
-    #[error("storage.s3 (bucket {bucket:?}): {source}")]
+    #[error("storage.s3 (bucket {bucket:?})")]
     Invalid {
         /// The configured bucket.
         bucket: String,
@@ -162,12 +163,12 @@ fn read_profile(path: &Path, name: &str) -> Result<Vec<(String, String)>, Bucket
     let fs = match RealFs::open_root(dir) {
         Ok(fs) => fs,
         Err(error) if error.is_not_found() => return Ok(Vec::new()),
-        Err(error) => return Err(failed(error.to_string())),
+        Err(error) => return Err(failed(error_chain(&error))),
     };
     let bytes = match fs.read(Path::new(file)) {
         Ok(bytes) => bytes,
         Err(error) if error.is_not_found() => return Ok(Vec::new()),
-        Err(error) => return Err(failed(error.to_string())),
+        Err(error) => return Err(failed(error_chain(&error))),
     };
     let text = String::from_utf8(bytes).map_err(|_| failed("not UTF-8".to_owned()))?;
     Ok(parse_profile(&text, name))

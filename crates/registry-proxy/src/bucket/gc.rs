@@ -127,6 +127,7 @@
 //! Over 800 lines on purpose: the GC protocol's argument (the module docs) and every step it
 //! names, kept together so that one can be checked against the other.
 
+use sealer_fs_abstraction::ErrorChain;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -753,7 +754,7 @@ impl Bucket {
                 if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
                     collect_digests(&value, &mut digests);
                 }
-                tracing::warn!(%digest, %error, named = digests.len(),
+                tracing::warn!(%digest, error = %ErrorChain(&error), named = digests.len(),
                     "gc: a linked blob that is no manifest; every digest it names is kept");
                 digests.into_iter().map(Child::Manifest).collect()
             }
@@ -834,11 +835,15 @@ impl Bucket {
             .bytes()
             .await
             .map_err(store_error("reading gc claim", path))?;
-        let doc: ClaimDoc = serde_json::from_slice(&bytes).map_err(|error| BucketError::Corrupt {
-            what: "gc claim",
-            path: path.to_string(),
-            reason: format!("expected {{\"state\": \"marked\"|\"cleared\"|\"deleting\", \"run\": …}}: {error}"),
-        })?;
+        let doc: ClaimDoc =
+            serde_json::from_slice(&bytes).map_err(|error| BucketError::Corrupt {
+                what: "gc claim",
+                path: path.to_string(),
+                reason: format!(
+                    "expected {{\"state\": \"marked\"|\"cleared\"|\"deleting\", \"run\": …}}: {}",
+                    ErrorChain(&error)
+                ),
+            })?;
         Ok(Some(Claim {
             state: doc.state,
             version,
@@ -856,7 +861,7 @@ impl Bucket {
         let mut run = [0u8; 8];
         getrandom::fill(&mut run).map_err(|error| object_store::Error::Generic {
             store: "bucket",
-            source: format!("no randomness for a gc claim: {error}").into(),
+            source: format!("no randomness for a gc claim: {}", ErrorChain(&error)).into(),
         })?;
         let doc = ClaimDoc {
             state,

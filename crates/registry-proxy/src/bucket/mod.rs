@@ -64,7 +64,7 @@ pub const TAG_WRITE_ATTEMPTS: u32 = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum BucketError {
     /// The object store failed (network, credentials, a 5xx after retries).
-    #[error("object storage: {operation} {path}: {source}")]
+    #[error("object storage: {operation} {path}")]
     Store {
         /// What was attempted, e.g. "completing the multipart upload of".
         operation: &'static str,
@@ -86,7 +86,7 @@ pub enum BucketError {
         size: u64,
     },
     /// The blob body stream failed; the upload was aborted.
-    #[error("blob {digest}: reading the body after {received} bytes: {source}")]
+    #[error("blob {digest}: reading the body after {received} bytes")]
     Body {
         /// The blob being written.
         digest: Digest,

@@ -3,6 +3,7 @@
 //! upstream request per cluster, not one per replica: the replica whose conditional write
 //! moves the time forward is the one that asks; the others see the tag fresh.
 
+use sealer_fs_abstraction::error_chain;
 use std::time::Duration;
 
 use object_store::{PutMode, UpdateVersion};
@@ -63,7 +64,7 @@ impl Bucket {
                     serde_json::from_slice(bytes).map_err(|error| BucketError::Corrupt {
                         what: "tag check",
                         path: path.to_string(),
-                        reason: error.to_string(),
+                        reason: error_chain(&error),
                     })?;
                 let age = Duration::from_millis(now.saturating_sub(doc.checked_at));
                 if age < ttl {

@@ -23,6 +23,8 @@ use object_store::path::Path;
 use object_store::{
     GetOptions, ObjectStoreExt as _, PutMode, PutOptions, PutPayload, UpdateVersion,
 };
+use sealer_fs_abstraction::ErrorChain;
+use sealer_fs_abstraction::error_chain;
 use sealer_image_store::{Algorithm, Digest};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -89,7 +91,7 @@ impl Bucket {
         let mut raw = [0u8; 16];
         getrandom::fill(&mut raw).map_err(|error| BucketError::Random {
             what: "an upload id",
-            reason: error.to_string(),
+            reason: error_chain(&error),
         })?;
         let id = hex::encode(raw);
         let doc = StateDoc {
@@ -124,7 +126,7 @@ impl Bucket {
             serde_json::from_slice(&bytes).map_err(|error| BucketError::Corrupt {
                 what: "upload state",
                 path: path.to_string(),
-                reason: error.to_string(),
+                reason: error_chain(&error),
             })?;
         if doc.purged {
             return Err(upload_gone(&path));
@@ -229,7 +231,7 @@ impl Bucket {
                 if let Some(id) = created_multipart
                     && let Err(error) = self.multipart.abort_multipart(&data_path, &id).await
                 {
-                    tracing::warn!(%error, upload = state.id, "aborting an unused multipart upload");
+                    tracing::warn!(error = %ErrorChain(&error), upload = state.id, "aborting an unused multipart upload");
                 }
                 if is_conflict(&error) {
                     // Moved on by another writer, or purged (then the upload is unknown).
@@ -514,7 +516,7 @@ impl Bucket {
     /// Deletes an object that nothing refers to any more; a failure only leaves garbage.
     async fn remove_quietly(&self, path: &Path) {
         if let Err(error) = self.store.delete(path).await {
-            tracing::warn!(%error, %path, "removing an object left it behind");
+            tracing::warn!(error = %ErrorChain(&error), %path, "removing an object left it behind");
         }
     }
 
@@ -558,7 +560,7 @@ fn random_suffix() -> Result<String, BucketError> {
     let mut raw = [0u8; 8];
     getrandom::fill(&mut raw).map_err(|error| BucketError::Random {
         what: "an object name",
-        reason: error.to_string(),
+        reason: error_chain(&error),
     })?;
     Ok(hex::encode(raw))
 }
