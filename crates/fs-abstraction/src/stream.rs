@@ -322,9 +322,9 @@ mod tests {
         let temp = tempfile::tempdir().unwrap();
         let link = temp.path().join("link");
         std::os::unix::fs::symlink(temp.path().join("nothing"), &link).unwrap();
-        let error = OutputTarget::resolve(&link).unwrap_err().to_string();
+        let error = crate::error_chain(&OutputTarget::resolve(&link).unwrap_err());
         assert!(error.contains("symlink to nothing"), "{error}");
-        let error = OutputTarget::resolve(temp.path()).unwrap_err().to_string();
+        let error = crate::error_chain(&OutputTarget::resolve(temp.path()).unwrap_err());
         assert!(error.contains("directory"), "{error}");
     }
 
