@@ -98,9 +98,8 @@ impl RealFs {
         path: &Path,
         f: impl FnOnce(&Dir, &Path) -> io::Result<T>,
     ) -> Result<T> {
-        let valid = FsPath::new(path)?;
-        refuse_root(&valid, path)?;
-        f(&self.dir, valid.as_path()).map_err(|source| self.error(op, path, source))
+        refuse_root(&FsPath::new(path)?, path)?;
+        self.with(op, path, f)
     }
 
     /// Opens a file with `options`, refusing directories (reading one would fail later, and

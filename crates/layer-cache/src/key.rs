@@ -196,23 +196,28 @@ impl InputHasher {
         self.framed
             .field(source_path.as_os_str().as_encoded_bytes());
         let metadata = context.symlink_metadata(source_path)?;
+        let mut walk = ContextWalk {
+            hasher: self,
+            context,
+            stat_cache,
+        };
         if metadata.kind == FileKind::Symlink {
-            self.entry(context, source_path, &metadata, stat_cache)?;
+            walk.entry(source_path, &metadata)?;
             // COPY follows a source that is a symlink: hash what it resolves to as well.
             match context.metadata(source_path) {
                 Ok(followed) => {
-                    self.framed.field(b"resolves-to");
-                    self.tree(context, source_path, &followed, stat_cache)
+                    walk.hasher.framed.field(b"resolves-to");
+                    walk.tree(source_path, &followed)
                 }
                 Err(error) if is_unresolvable(&error) => {
                     tracing::debug!(path = %source_path.display(), error = %ErrorChain(&error), "source symlink does not resolve");
-                    self.framed.field(b"unresolvable");
+                    walk.hasher.framed.field(b"unresolvable");
                     Ok(())
                 }
                 Err(error) => Err(error.into()),
             }
         } else {
-            self.tree(context, source_path, &metadata, stat_cache)
+            walk.tree(source_path, &metadata)
         }
     }
 
@@ -228,101 +233,102 @@ impl InputHasher {
     pub fn finish(self) -> InputDigest {
         InputDigest(self.framed.finish())
     }
+}
 
+/// One `add_path`'s walk of the build context: the hasher it feeds, the context it reads
+/// and the stat cache it consults.
+struct ContextWalk<'a> {
+    hasher: &'a mut InputHasher,
+    context: &'a dyn Fs,
+    stat_cache: &'a mut StatCache,
+}
+
+impl ContextWalk<'_> {
     /// Hashes `path` (whose metadata, symlinks followed or not, is `metadata`) and, for a
     /// directory, everything below it.
-    fn tree(
-        &mut self,
-        context: &dyn Fs,
-        path: &Path,
-        metadata: &Metadata,
-        stat_cache: &mut StatCache,
-    ) -> Result<()> {
-        self.entry(context, path, metadata, stat_cache)?;
+    fn tree(&mut self, path: &Path, metadata: &Metadata) -> Result<()> {
+        self.entry(path, metadata)?;
         if metadata.kind != FileKind::Dir {
             return Ok(());
         }
-        let entries = context.walk(path)?;
+        let entries = self.context.walk(path)?;
         let mut seen = Vec::with_capacity(entries.len());
         for entry in &entries {
-            self.entry(context, &entry.path, &entry.metadata, stat_cache)?;
+            self.entry(&entry.path, &entry.metadata)?;
             if entry.metadata.kind == FileKind::File {
                 seen.push(entry.path.as_path());
             }
         }
-        stat_cache.forget_missing_below(path, &seen);
+        self.stat_cache.forget_missing_below(path, &seen);
         Ok(())
     }
 
     /// Hashes one entry: kind, path, mode, and content digest or link target.
-    fn entry(
-        &mut self,
-        context: &dyn Fs,
-        path: &Path,
-        metadata: &Metadata,
-        stat_cache: &mut StatCache,
-    ) -> Result<()> {
+    fn entry(&mut self, path: &Path, metadata: &Metadata) -> Result<()> {
         let tag: &[u8] = match metadata.kind {
             FileKind::File => b"file",
             FileKind::Dir => b"dir",
             FileKind::Symlink => b"symlink",
             FileKind::Other => b"other",
         };
-        self.framed.field(tag);
-        self.framed.field(path.as_os_str().as_encoded_bytes());
+        self.hasher.framed.field(tag);
+        self.hasher
+            .framed
+            .field(path.as_os_str().as_encoded_bytes());
         match metadata.kind {
             FileKind::File => {
-                self.framed.field(&(metadata.mode & 0o7777).to_le_bytes());
-                let digest = self.content_digest(context, path, metadata, stat_cache)?;
-                self.framed.field(digest.to_string().as_bytes());
+                self.hasher
+                    .framed
+                    .field(&(metadata.mode & 0o7777).to_le_bytes());
+                let digest = self.content_digest(path, metadata)?;
+                self.hasher.framed.field(digest.to_string().as_bytes());
             }
             FileKind::Dir | FileKind::Other => {
-                self.framed.field(&(metadata.mode & 0o7777).to_le_bytes());
+                self.hasher
+                    .framed
+                    .field(&(metadata.mode & 0o7777).to_le_bytes());
             }
             FileKind::Symlink => {
-                let target = context.read_link(path)?;
-                self.framed.field(target.as_os_str().as_encoded_bytes());
+                let target = self.context.read_link(path)?;
+                self.hasher
+                    .framed
+                    .field(target.as_os_str().as_encoded_bytes());
             }
         }
         Ok(())
     }
 
     /// A file's content digest: from the stat cache, or read and hashed (and remembered).
-    fn content_digest(
-        &mut self,
-        context: &dyn Fs,
-        path: &Path,
-        metadata: &Metadata,
-        stat_cache: &mut StatCache,
-    ) -> Result<Digest> {
-        if let Some(digest) = stat_cache.lookup(path, metadata) {
+    fn content_digest(&mut self, path: &Path, metadata: &Metadata) -> Result<Digest> {
+        if let Some(digest) = self.stat_cache.lookup(path, metadata) {
             return Ok(digest);
         }
         let started = SystemTime::now();
-        let mut file = context.open(path)?;
-        if self.buffer.is_empty() {
-            self.buffer = vec![0; READ_BUFFER];
+        let mut file = self.context.open(path)?;
+        if self.hasher.buffer.is_empty() {
+            self.hasher.buffer = vec![0; READ_BUFFER];
         }
         let mut hasher = Hasher::new(Algorithm::Sha256);
         let mut read_bytes = 0u64;
         loop {
             let read = file
-                .read(&mut self.buffer)
-                .map_err(|source| FsError::io("read", context.display_path(path), source))?;
+                .read(&mut self.hasher.buffer)
+                .map_err(|source| FsError::io("read", self.context.display_path(path), source))?;
             if read == 0 {
                 break;
             }
             read_bytes += read as u64;
-            hasher.update(&self.buffer[..read]);
+            hasher.update(&self.hasher.buffer[..read]);
         }
         let digest = hasher.finish();
         // Remember it only if the file did not change while it was read.
-        let after = context.metadata(path)?;
+        let after = self.context.metadata(path)?;
         let unchanged = after.len == metadata.len
             && after.modified == metadata.modified
             && after.ino == metadata.ino
             && after.dev == metadata.dev;
-        stat_cache.record(path, metadata, &digest, read_bytes, started, unchanged);
+        self.stat_cache
+            .record(path, metadata, &digest, read_bytes, started, unchanged);
         Ok(digest)
     }
 }

@@ -21,7 +21,6 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
 use reqwest::{Method, Response, StatusCode, Url};
-use sealer_image_store::model::ManifestError;
 use sealer_image_store::{
     BlobStore, Descriptor, Digest, Hasher, Manifest, ManifestDocument, Reference, Store, StoreError,
 };
@@ -43,18 +42,10 @@ pub enum PushError {
     /// A registry request failed.
     #[error(transparent)]
     Client(#[from] ClientError),
-    /// The store could not provide the image.
+    /// The store could not provide the image (a stored manifest that does not parse is
+    /// [`StoreError::Manifest`]).
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A stored manifest could not be parsed.
-    #[error("manifest {digest}")]
-    Manifest {
-        /// The manifest.
-        digest: Digest,
-        /// What is wrong.
-        #[source]
-        source: ManifestError,
-    },
     /// Some platforms of a multi-arch image are not in the store.
     #[error(
         "{image}: {missing} of its platform images are not in the store (it was pulled for one platform); pull it with --all-platforms to push it"
@@ -178,19 +169,17 @@ impl RegistryClient {
             blobs_mounted: 0,
             blobs_existing: 0,
         };
+        let target = BlobTarget {
+            store,
+            registry,
+            repository,
+            mount_from: mount_from.as_deref(),
+            scope: &scope,
+            progress,
+        };
         let concurrency = self.inner.options.max_concurrency.clamp(1, 64);
         let mut uploads = futures_util::stream::iter(blobs.iter().map(|blob| async {
-            let outcome = self
-                .push_blob(
-                    store,
-                    registry,
-                    repository,
-                    blob,
-                    mount_from.as_deref(),
-                    &scope,
-                    progress,
-                )
-                .await;
+            let outcome = self.push_blob(target, blob).await;
             match &outcome {
                 Ok(done) => progress.blob_finished(&blob.digest, *done),
                 Err(_) => progress.blob_finished(&blob.digest, BlobOutcome::Failed),
@@ -257,7 +246,7 @@ impl RegistryClient {
                 .filter(|t| !t.is_empty())
                 .map(String::as_str),
         )
-        .map_err(|source| PushError::Manifest {
+        .map_err(|source| StoreError::Manifest {
             digest: descriptor.digest.clone(),
             source,
         })?;
@@ -294,17 +283,18 @@ impl RegistryClient {
 
     /// Makes sure the registry has `blob`: exists, mounted or uploaded (the upload retried
     /// from its start when it fails on the way).
-    #[allow(clippy::too_many_arguments)]
     async fn push_blob(
         &self,
-        store: &Store,
-        registry: &str,
-        repository: &str,
+        target: BlobTarget<'_>,
         blob: &Descriptor,
-        mount_from: Option<&str>,
-        scope: &Scope,
-        progress: &dyn TransferProgress,
     ) -> Result<BlobOutcome, PushError> {
+        let BlobTarget {
+            registry,
+            repository,
+            scope,
+            progress,
+            ..
+        } = target;
         let digest = &blob.digest;
         let url = self
             .api_url(registry, repository, &format!("blobs/{digest}"))
@@ -321,12 +311,7 @@ impl RegistryClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self
-                .upload_blob(
-                    store, registry, repository, blob, mount_from, scope, progress,
-                )
-                .await
-            {
+            match self.upload_blob(target, blob).await {
                 Ok(outcome) => return Ok(outcome),
                 Err(PushError::Client(error))
                     if attempt < policy.max_attempts && is_transient(&error) =>
@@ -340,17 +325,19 @@ impl RegistryClient {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn upload_blob(
         &self,
-        store: &Store,
-        registry: &str,
-        repository: &str,
+        target: BlobTarget<'_>,
         blob: &Descriptor,
-        mount_from: Option<&str>,
-        scope: &Scope,
-        progress: &dyn TransferProgress,
     ) -> Result<BlobOutcome, PushError> {
+        let BlobTarget {
+            store,
+            registry,
+            repository,
+            mount_from,
+            scope,
+            progress,
+        } = target;
         let digest = &blob.digest;
         let mut start = self.api_url(registry, repository, "blobs/uploads/").await?;
         if let Some(from) = mount_from {
@@ -506,6 +493,18 @@ impl RegistryClient {
 
 /// Whether an upload failure is worth starting over (the network or the server, not a
 /// refusal).
+/// Where a push's blobs go, and what it reports to: the same for every blob of one push.
+#[derive(Clone, Copy)]
+struct BlobTarget<'a> {
+    store: &'a Store,
+    registry: &'a str,
+    repository: &'a str,
+    /// The repository of the same registry to mount blobs from.
+    mount_from: Option<&'a str>,
+    scope: &'a Scope,
+    progress: &'a dyn TransferProgress,
+}
+
 fn is_transient(error: &ClientError) -> bool {
     match error {
         ClientError::Transport { .. } => true,

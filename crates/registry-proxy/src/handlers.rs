@@ -536,21 +536,51 @@ pub(crate) async fn upload(
         state.uploads.remove(&id);
         return Err(error);
     }
-    match op {
+    let closing = match op {
         UploadOp::Status => {
             let size = session.size(&id)?;
-            Ok(upload_accepted(StatusCode::NO_CONTENT, &repo, &id, size))
+            return Ok(upload_accepted(StatusCode::NO_CONTENT, &repo, &id, size));
         }
         UploadOp::Cancel => {
             state.uploads.remove(&id);
             discard(session.upload.take()).await;
-            Ok(empty(StatusCode::NO_CONTENT))
+            return Ok(empty(StatusCode::NO_CONTENT));
         }
-        UploadOp::Patch => patch_upload(state, parts, body, &repo, &id, &mut session).await,
-        UploadOp::Finish(digest) => {
-            finish_upload(state, parts, body, &repo, &id, &mut session, digest).await
-        }
+        UploadOp::Patch => None,
+        UploadOp::Finish(digest) => Some(digest),
+    };
+    let size = session.size(&id)?;
+    // An out-of-order chunk is refused before the session is touched, so the client can
+    // send it again with the right range.
+    let chunk = Chunk {
+        state,
+        parts,
+        body,
+        repo: &repo,
+        id: &id,
+        size,
+        limit: declared_chunk(parts, &id, size)?,
+        max: state.uploads.limits().max_blob_size.0,
+    };
+    match closing {
+        None => patch_upload(chunk, &mut session).await,
+        Some(digest) => finish_upload(chunk, &mut session, digest).await,
     }
+}
+
+/// A request that sends a chunk of upload `id` (a `PATCH` or the closing `PUT`).
+struct Chunk<'a> {
+    state: &'a AppState,
+    parts: &'a Parts,
+    body: Body,
+    repo: &'a RepoPath,
+    id: &'a str,
+    /// The upload's size before the chunk.
+    size: u64,
+    /// The chunk's length as its `Content-Range` declares it (checked against `size`).
+    limit: Option<u64>,
+    /// The largest blob accepted.
+    max: u64,
 }
 
 /// A chunk whose body is not as long as its `Content-Range` said.
@@ -564,16 +594,19 @@ fn chunk_size_invalid(written: u64, announced: Option<u64>) -> ApiError {
 /// A `PATCH`: the chunk appended and saved for other processes, or, when it fails, the
 /// upload rolled back to where it was (the client may send it again).
 async fn patch_upload(
-    state: &AppState,
-    parts: &Parts,
-    body: Body,
-    repo: &RepoPath,
-    id: &str,
+    chunk: Chunk<'_>,
     session: &mut crate::uploads::Session,
 ) -> Result<Response, ApiError> {
-    let max = state.uploads.limits().max_blob_size.0;
-    let size = session.size(id)?;
-    let limit = declared_chunk(parts, id, size)?;
+    let Chunk {
+        state,
+        parts,
+        body,
+        repo,
+        id,
+        size,
+        limit,
+        max,
+    } = chunk;
     let announced = limit.or_else(|| content_length(parts));
     if announced.is_some_and(|announced| size.saturating_add(announced) > max) {
         state.uploads.remove(id);
@@ -630,19 +663,20 @@ async fn patch_upload(
 
 /// The closing `PUT ?digest=`: its chunk appended, the digest verified, the blob committed.
 async fn finish_upload(
-    state: &AppState,
-    parts: &Parts,
-    body: Body,
-    repo: &RepoPath,
-    id: &str,
+    chunk: Chunk<'_>,
     session: &mut crate::uploads::Session,
     digest: Digest,
 ) -> Result<Response, ApiError> {
-    let max = state.uploads.limits().max_blob_size.0;
-    let size = session.size(id)?;
-    // An out-of-order final chunk is refused before the session is touched, so the client
-    // can still finish it with the right range.
-    let limit = declared_chunk(parts, id, size)?;
+    let Chunk {
+        state,
+        parts,
+        body,
+        repo,
+        id,
+        limit,
+        max,
+        ..
+    } = chunk;
     let mut upload = session.upload.take().ok_or_else(|| broken_upload(id))?;
     state.uploads.remove(id);
     if content_length(parts).is_some_and(|length| upload.size().saturating_add(length) > max) {

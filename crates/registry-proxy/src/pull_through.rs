@@ -255,31 +255,33 @@ impl Upstream {
         }
     }
 
+    /// The upstream as messages name it: its name, and its host when that differs.
+    fn label(&self) -> String {
+        if self.name == self.host {
+            self.name.clone()
+        } else {
+            format!("{} ({})", self.name, self.host)
+        }
+    }
+
     /// The client error of an upstream failure, as the client sees it.
     fn error(&self, error: &FetchError, unknown: ErrorCode) -> ApiError {
+        let label = self.label();
         match error {
-            FetchError::NotFound(_) => ApiError::new(
-                unknown,
-                format!("not found in upstream {} ({})", self.name, self.host),
-            ),
+            FetchError::NotFound(_) => {
+                ApiError::new(unknown, format!("not found in upstream {label}"))
+            }
             FetchError::Timeout(after) => ApiError::new(
                 ErrorCode::Unknown,
-                format!(
-                    "upstream {} ({}) did not answer within {after:?}",
-                    self.name, self.host
-                ),
+                format!("upstream {label} did not answer within {after:?}"),
             )
             .with_status(axum::http::StatusCode::GATEWAY_TIMEOUT),
             FetchError::Store(message) => ApiError::internal("caching", message.as_str()),
-            FetchError::Refused(message) => ApiError::new(
-                ErrorCode::Denied,
-                format!("upstream {} ({}): {message}", self.name, self.host),
-            ),
-            other => ApiError::new(
-                ErrorCode::Unknown,
-                format!("upstream {} ({}): {other}", self.name, self.host),
-            )
-            .with_status(axum::http::StatusCode::BAD_GATEWAY),
+            FetchError::Refused(message) => {
+                ApiError::new(ErrorCode::Denied, format!("upstream {label}: {message}"))
+            }
+            other => ApiError::new(ErrorCode::Unknown, format!("upstream {label}: {other}"))
+                .with_status(axum::http::StatusCode::BAD_GATEWAY),
         }
     }
 }
@@ -334,28 +336,51 @@ impl PolicyUpstreams {
     /// The upstream of the admitted `host`, created on first use; an error when the bound
     /// is reached or its client cannot be built.
     fn get_or_create(&self, host: &str) -> Result<Arc<Upstream>, ApiError> {
+        if let Some(upstream) = self.existing(host)? {
+            return Ok(upstream);
+        }
+        // Built without the lock (a client loads its CA certificates): first requests for
+        // other hosts do not wait on it.
+        let built = Upstream::from_config(&self.config.upstream_for(host), Some(&self.addresses))
+            .map_err(|error| {
+            ApiError::internal("create an upstream admitted by policy", error)
+        })?;
         let mut created = self.created.lock().unwrap_or_else(PoisonError::into_inner);
+        // A request racing this one may have created it meanwhile: theirs is kept.
         if let Some(upstream) = created.get(host) {
             return Ok(upstream.clone());
         }
-        if created.len() >= self.config.max_upstreams {
-            return Err(ApiError::new(
-                ErrorCode::Denied,
-                format!(
-                    "{host} is admitted by upstream_policy, but its {} upstreams \
-                     (max_upstreams) exist already; only cached content is served",
-                    self.config.max_upstreams
-                ),
-            ));
-        }
-        let upstream =
-            Upstream::from_config(&self.config.upstream_for(host), Some(&self.addresses)).map_err(
-                |error| ApiError::internal("create an upstream admitted by policy", error),
-            )?;
+        self.check_bound(created.len(), host)?;
         tracing::info!(upstream = %host, "created an upstream admitted by upstream_policy");
-        let upstream = Arc::new(upstream);
+        let upstream = Arc::new(built);
         created.insert(host.to_owned(), upstream.clone());
         Ok(upstream)
+    }
+
+    /// The upstream of `host` when created already; an error when it is not and the bound
+    /// is reached.
+    fn existing(&self, host: &str) -> Result<Option<Arc<Upstream>>, ApiError> {
+        let created = self.created.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(upstream) = created.get(host) {
+            return Ok(Some(upstream.clone()));
+        }
+        self.check_bound(created.len(), host)?;
+        Ok(None)
+    }
+
+    /// Refuses a new upstream when `count` of them exist already.
+    fn check_bound(&self, count: usize, host: &str) -> Result<(), ApiError> {
+        if count < self.config.max_upstreams {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            ErrorCode::Denied,
+            format!(
+                "{host} is admitted by upstream_policy, but its {} upstreams \
+                 (max_upstreams) exist already; only cached content is served",
+                self.config.max_upstreams
+            ),
+        ))
     }
 
     fn all(&self) -> Vec<Arc<Upstream>> {

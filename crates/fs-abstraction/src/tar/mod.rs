@@ -1096,14 +1096,19 @@ mod tests {
     }
 
     fn tar_writer_entries(env: &Env) {
-        let mut writer = TarWriter::new(Vec::new(), PackOptions::default());
-        writer.append_dir(p("etc"), 0o755).unwrap();
-        writer
-            .append_file(p("etc/hosts"), 0o644, b"127.0.0.1 localhost\n")
-            .unwrap();
-        writer
-            .append_symlink(p("etc/link"), p("/etc/hosts"))
-            .unwrap();
+        // A writer holding etc/ (with `mode`), etc/hosts and the symlink etc/link.
+        let etc_writer = |mode| {
+            let mut writer = TarWriter::new(Vec::new(), PackOptions::default());
+            writer.append_dir(p("etc"), mode).unwrap();
+            writer
+                .append_file(p("etc/hosts"), 0o644, b"127.0.0.1 localhost\n")
+                .unwrap();
+            writer
+                .append_symlink(p("etc/link"), p("/etc/hosts"))
+                .unwrap();
+            writer
+        };
+        let mut writer = etc_writer(0o755);
         writer
             .append_reader(p("short"), 0o600, 10, &b"abc"[..])
             .unwrap_err();
@@ -1111,14 +1116,7 @@ mod tests {
             writer.append_file(p("../evil"), 0o644, b""),
             Err(TarError::Fs(FsError::InvalidPath { .. }))
         ));
-        let mut writer = TarWriter::new(Vec::new(), PackOptions::default());
-        writer.append_dir(p("etc"), 0o700).unwrap();
-        writer
-            .append_file(p("etc/hosts"), 0o644, b"127.0.0.1 localhost\n")
-            .unwrap();
-        writer
-            .append_symlink(p("etc/link"), p("/etc/hosts"))
-            .unwrap();
+        let writer = etc_writer(0o700);
         let tar = writer.finish().unwrap();
         unpack_into(env, ".", &tar).unwrap();
         assert_eq!(read(&*env.fs, "etc/hosts"), b"127.0.0.1 localhost\n");
