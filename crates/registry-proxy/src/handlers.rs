@@ -667,23 +667,14 @@ async fn finish_upload(
     session: &mut crate::uploads::Session,
     digest: Digest,
 ) -> Result<Response, ApiError> {
-    let Chunk {
-        state,
-        parts,
-        body,
-        repo,
-        id,
-        limit,
-        max,
-        ..
-    } = chunk;
+    let (id, limit, max) = (chunk.id, chunk.limit, chunk.max);
     let mut upload = session.upload.take().ok_or_else(|| broken_upload(id))?;
-    state.uploads.remove(id);
-    if content_length(parts).is_some_and(|length| upload.size().saturating_add(length) > max) {
+    chunk.state.uploads.remove(id);
+    if content_length(chunk.parts).is_some_and(|length| upload.size().saturating_add(length) > max) {
         discard(Some(upload)).await;
         return Err(too_big(max));
     }
-    match pump(&mut *upload, body, limit, max).await {
+    match pump(&mut *upload, chunk.body, limit, max).await {
         Err(error) => {
             discard(Some(upload)).await;
             return Err(pump_error(error));
@@ -695,8 +686,8 @@ async fn finish_upload(
         Ok(_) => {}
     }
     let size = upload.commit(digest.clone()).await?;
-    tracing::info!(repository = %repo.path_name, %digest, size, "blob uploaded");
-    Ok(blob_created(repo, &digest))
+    tracing::info!(repository = %chunk.repo.path_name, %digest, size, "blob uploaded");
+    Ok(blob_created(chunk.repo, &digest))
 }
 
 /// The length of the chunk a request's `Content-Range` declares (`None` without one), once
