@@ -670,7 +670,8 @@ async fn finish_upload(
     let (id, limit, max) = (chunk.id, chunk.limit, chunk.max);
     let mut upload = session.upload.take().ok_or_else(|| broken_upload(id))?;
     chunk.state.uploads.remove(id);
-    if content_length(chunk.parts).is_some_and(|length| upload.size().saturating_add(length) > max) {
+    if content_length(chunk.parts).is_some_and(|length| upload.size().saturating_add(length) > max)
+    {
         discard(Some(upload)).await;
         return Err(too_big(max));
     }
