@@ -44,12 +44,11 @@ mod template;
 mod tree;
 mod yaml;
 
-use sealer_fs_abstraction::error_chain;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use sealer_fs_abstraction::{Fs, FsError};
+use sealer_fs_abstraction::{Fs, FsError, error_chain};
 use sealer_image_store::Reference;
 use serde::Serialize;
 

@@ -1,14 +1,12 @@
 //! Walking the scanned tree: which files are manifests, image lists and Helm charts (directories
 //! and `.tgz` archives, read in memory).
 
-use sealer_fs_abstraction::ErrorChain;
-use sealer_fs_abstraction::error_chain;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use sealer_fs_abstraction::{FileKind, Fs, FsError};
+use sealer_fs_abstraction::{ErrorChain, FileKind, Fs, FsError, error_chain};
 
 use crate::rules::{self, Context};
 use crate::template::ChartValues;

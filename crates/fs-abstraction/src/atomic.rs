@@ -1,11 +1,10 @@
 //! Atomic file replacement on top of any [`Fs`]: temp file, fsync, rename, directory sync.
 
-use crate::ErrorChain;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Fs, FsError, FsPath, Result, WriteBehind, WriteFile};
+use crate::{ErrorChain, Fs, FsError, FsPath, Result, WriteBehind, WriteFile};
 
 /// A file being written to a temporary name next to its destination. [`AtomicFile::commit`]
 /// makes it appear at the destination in one step; dropping it without committing removes the

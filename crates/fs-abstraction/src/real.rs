@@ -9,7 +9,6 @@
 // `File::lock` and `File::sync_all` on a handle that cap-std opened need `std::fs::File`.
 #![allow(clippy::disallowed_types)]
 
-use crate::ErrorChain;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +18,8 @@ use cap_fs_ext::{DirExt, OpenOptionsMaybeDirExt, SystemTimeSpec};
 use cap_std::fs::{Dir, MetadataExt, OpenOptions, Permissions, PermissionsExt};
 
 use crate::{
-    DirEntry, FileKind, Fs, FsError, FsPath, LockGuard, Metadata, ReadFile, Result, WriteFile,
+    DirEntry, ErrorChain, FileKind, Fs, FsError, FsPath, LockGuard, Metadata, ReadFile, Result,
+    WriteFile,
 };
 
 /// The message of cap-std's error for a path that would leave its directory.

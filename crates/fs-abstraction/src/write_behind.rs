@@ -1,10 +1,9 @@
 //! [`WriteBehind`]: writeback started while a file is written, so that its final `fsync`
 //! does not have to write the whole file at once.
 
-use crate::ErrorChain;
 use std::io::{self, Write};
 
-use crate::WriteFile;
+use crate::{ErrorChain, WriteFile};
 
 /// How many bytes [`WriteBehind`] lets accumulate before it starts their writeback.
 pub const WRITE_BEHIND_CHUNK: u64 = 8 << 20;

@@ -4,9 +4,10 @@
 //! own names (the full source references), so that a registry serving that store serves
 //! them.
 
-use sealer_fs_abstraction::error_chain;
 use std::collections::BTreeMap;
 use std::io::Read;
+
+use sealer_fs_abstraction::error_chain;
 
 use crate::archive::{self, ArchiveError, LoadOptions, NoProgress, Progress};
 use crate::blob::BlobStore;

@@ -4,14 +4,13 @@
 //! is untouched: a failed import is dropped whole, and a crashed one leaves only a staging
 //! directory that `gc` removes (its lock file tells a dead importer from a live one).
 
-use sealer_fs_abstraction::ErrorChain;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use sealer_fs_abstraction::{LockGuard, ReadFile, WriteBehind, WriteFile};
+use sealer_fs_abstraction::{ErrorChain, LockGuard, ReadFile, WriteBehind, WriteFile};
 
 use crate::blob::{BlobStore, PutOutcome, check_content, copy_hashing};
 use crate::digest::{Algorithm, Digest};

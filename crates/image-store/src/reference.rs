@@ -1,9 +1,10 @@
 //! Image references (`[registry/]repository[:tag][@digest]`), normalised as Docker does:
 //! `nginx` → `docker.io/library/nginx:latest`, `index.docker.io` → `docker.io`.
 
-use sealer_fs_abstraction::error_chain;
 use std::fmt;
 use std::str::FromStr;
+
+use sealer_fs_abstraction::error_chain;
 
 use crate::digest::Digest;
 

@@ -5,11 +5,10 @@
 //! file, and a crashed one leaves a file that `gc` removes (its lock file, held while the
 //! upload lives, tells a dead upload from a live one, as for [`crate::Ingest`]).
 
-use sealer_fs_abstraction::ErrorChain;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use sealer_fs_abstraction::{LockGuard, ReadFile, WriteBehind, WriteFile};
+use sealer_fs_abstraction::{ErrorChain, LockGuard, ReadFile, WriteBehind, WriteFile};
 
 use crate::blob::{BlobStore, COPY_BUFFER};
 use crate::digest::{Algorithm, Digest, Hasher};

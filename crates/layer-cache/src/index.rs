@@ -1,10 +1,9 @@
 //! [`LayerCache`]: the cache index, kept in the image store.
 
-use sealer_fs_abstraction::ErrorChain;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use sealer_fs_abstraction::Fs;
+use sealer_fs_abstraction::{ErrorChain, Fs};
 use sealer_image_store::{BlobStore, Descriptor, Digest, Store};
 use serde::{Deserialize, Serialize};
 

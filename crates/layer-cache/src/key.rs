@@ -5,14 +5,13 @@
 //! never produce the same byte stream. A format version ([`KEY_VERSION`]) is hashed first:
 //! changing the format invalidates every older key instead of colliding with it.
 
-use sealer_fs_abstraction::ErrorChain;
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::SystemTime;
 
-use sealer_fs_abstraction::{FileKind, Fs, FsError, FsPath, Metadata};
+use sealer_fs_abstraction::{ErrorChain, FileKind, Fs, FsError, FsPath, Metadata};
 use sealer_image_store::{Algorithm, Digest, DigestError, Hasher};
 
 use crate::error::Result;

@@ -13,11 +13,12 @@
 //!
 //! [`ClientOptions::address_policy`]: crate::ClientOptions::address_policy
 
-use sealer_fs_abstraction::ErrorChain;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
+
+use sealer_fs_abstraction::ErrorChain;
 
 /// Why an address is not public.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

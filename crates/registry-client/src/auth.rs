@@ -8,13 +8,13 @@
 //! with it. The challenge is remembered per registry, so later requests fetch (or reuse) a
 //! token up front instead of collecting a `401` first.
 
-use sealer_fs_abstraction::error_chain;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use reqwest::Url;
+use sealer_fs_abstraction::error_chain;
 use serde::Deserialize;
 
 /// Why authentication failed.

@@ -17,8 +17,6 @@
 //! Files are read and written through [`RealFs`] handles rooted at their directories;
 //! `config.json` is replaced atomically with mode 0600 and every other entry preserved.
 
-use sealer_fs_abstraction::ErrorChain;
-use sealer_fs_abstraction::error_chain;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{Read, Write};
@@ -29,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use sealer_fs_abstraction::{AtomicFile, Fs, FsError, RealFs};
+use sealer_fs_abstraction::{AtomicFile, ErrorChain, Fs, FsError, RealFs, error_chain};
 use serde_json::{Map, Value};
 
 /// The key and helper server URL docker uses for Docker Hub.

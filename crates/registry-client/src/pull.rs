@@ -11,14 +11,13 @@
 //! verified does [`Ingest::commit`] add the blobs and name the image; a failure anywhere
 //! leaves the store as it was.
 
-use sealer_fs_abstraction::ErrorChain;
-use sealer_fs_abstraction::error_chain;
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Buf, Bytes};
+use sealer_fs_abstraction::{ErrorChain, error_chain};
 use sealer_image_store::model::ManifestError;
 use sealer_image_store::{
     CommitReport, Descriptor, Digest, Ingest, Manifest, ManifestDocument, Platform, Reference,

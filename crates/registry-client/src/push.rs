@@ -10,8 +10,6 @@
 //! as stored, children first (platform manifests before their index), and the registry's
 //! `Docker-Content-Digest` is checked against the digest of the bytes sent.
 
-use sealer_fs_abstraction::ErrorChain;
-use sealer_fs_abstraction::error_chain;
 use std::collections::BTreeSet;
 use std::io::{self, Read};
 use std::pin::Pin;
@@ -21,6 +19,7 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
 use reqwest::{Method, Response, StatusCode, Url};
+use sealer_fs_abstraction::{ErrorChain, error_chain};
 use sealer_image_store::{
     BlobStore, Descriptor, Digest, Hasher, Manifest, ManifestDocument, Reference, Store, StoreError,
 };

@@ -13,15 +13,13 @@
 //! the local store: each `LocalBackend` method is the definition that `BucketBackend` matches,
 //! so the two are read side by side with the trait.
 
-use sealer_fs_abstraction::ErrorChain;
-use sealer_fs_abstraction::error_chain;
 use std::collections::BTreeSet;
 use std::io::{Seek, SeekFrom};
 use std::sync::Arc;
 
 use axum::http::StatusCode;
 use bytes::Bytes;
-use sealer_fs_abstraction::ReadFile;
+use sealer_fs_abstraction::{ErrorChain, ReadFile, error_chain};
 use sealer_image_store::model::{PARTIAL_ANNOTATION, media_type};
 use sealer_image_store::{
     Algorithm, BlobStore, BlobUpload, Descriptor, Digest, MAX_MANIFEST_SIZE, ManifestDocument,

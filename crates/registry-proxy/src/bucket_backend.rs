@@ -12,8 +12,6 @@
 //! Over 800 lines on purpose: one `impl RegistryBackend for BucketBackend`, method for method
 //! the counterpart of `LocalBackend` in `backend.rs`.
 
-use sealer_fs_abstraction::ErrorChain;
-use sealer_fs_abstraction::error_chain;
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +19,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use sealer_fs_abstraction::{Fs as _, ReadFile, RealFs};
+use sealer_fs_abstraction::{ErrorChain, Fs as _, ReadFile, RealFs, error_chain};
 use sealer_image_store::model::media_type;
 use sealer_image_store::{
     Algorithm, BlobStore as _, BlobUpload, Descriptor, Digest, MAX_MANIFEST_SIZE, ManifestDocument,

@@ -15,13 +15,13 @@
 //! not yet named. A download served from the store reads an open file, which its unlink
 //! does not cut. Local storage only: over a bucket, lifecycle rules do this.
 
-use sealer_fs_abstraction::ErrorChain;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use sealer_fs_abstraction::ErrorChain;
 use sealer_image_store::{Digest, Store, StoreError};
 use serde::Deserialize;
 

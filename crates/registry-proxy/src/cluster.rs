@@ -7,12 +7,11 @@
 //! sends one upstream `GET` per blob (see `fill.rs`). With `redirect.presigned`, a `GET` of a
 //! complete blob in the bucket is answered 307 to a presigned URL (see `handlers.rs`).
 
-use sealer_fs_abstraction::ErrorChain;
-use sealer_fs_abstraction::error_chain;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sealer_fs_abstraction::{ErrorChain, error_chain};
 use sealer_image_store::Digest;
 use serde::Deserialize;
 

@@ -10,7 +10,6 @@
 //!
 //! Every request carries the client's address ([`PeerAddr`]) in its extensions.
 
-use sealer_fs_abstraction::ErrorChain;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -28,6 +27,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use sealer_fs_abstraction::ErrorChain;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};

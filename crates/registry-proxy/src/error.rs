@@ -1,12 +1,11 @@
 //! Errors: the distribution API's JSON errors ([`ApiError`]), and why a server could not
 //! start ([`ServeError`]).
 
-use sealer_fs_abstraction::error_chain;
 use std::path::PathBuf;
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use sealer_fs_abstraction::ErrorChain;
+use sealer_fs_abstraction::{ErrorChain, error_chain};
 use sealer_image_store::StoreError;
 
 /// The error codes of the OCI distribution spec (plus `UNKNOWN` for internal errors).

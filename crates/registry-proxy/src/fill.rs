@@ -21,8 +21,6 @@
 //! Over 800 lines on purpose: one state machine, a blob fill (upstream or peer stream, writer
 //! thread, ring, followers, hold-back, commit, lease), whose parts share its private state.
 
-use sealer_fs_abstraction::ErrorChain;
-use sealer_fs_abstraction::error_chain;
 use std::collections::{HashMap, VecDeque};
 use std::io::{Seek as _, SeekFrom};
 use std::ops::Range;
@@ -31,7 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use sealer_fs_abstraction::ReadFile;
+use sealer_fs_abstraction::{ErrorChain, ReadFile, error_chain};
 use sealer_image_store::{BlobUpload, Digest, StoreError};
 use sealer_registry_client::{BlobDownload, ClientError, RegistryClient};
 use tokio::sync::{mpsc, watch};

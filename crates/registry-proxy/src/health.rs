@@ -3,7 +3,6 @@
 //! credentials, so that probes need none; what failed goes to the log, not to the client
 //! (the errors name paths of the server's disk).
 
-use sealer_fs_abstraction::ErrorChain;
 use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +10,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use sealer_fs_abstraction::{AtomicFile, FsError};
+use sealer_fs_abstraction::{AtomicFile, ErrorChain, FsError};
 use sealer_image_store::Store;
 use serde_json::json;
 

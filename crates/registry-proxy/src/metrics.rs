@@ -25,7 +25,6 @@
 //! `sealer_cache_limit_bytes` (only with `cache.max_size`), `sealer_cache_evictions_total`
 //! and `sealer_cache_evicted_bytes_total`.
 
-use sealer_fs_abstraction::ErrorChain;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -34,7 +33,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::http::Method;
-use sealer_fs_abstraction::{Fs, RealFs};
+use sealer_fs_abstraction::{ErrorChain, Fs, RealFs};
 use sealer_registry_client::ClientStats;
 
 use crate::route::{Route, RouteError, RouteParser};

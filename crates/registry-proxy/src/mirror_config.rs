@@ -22,12 +22,12 @@
 //!     the registry's `default_upstream`. Every other upstream is reached there by prefix
 //!     names (`<endpoint host>/quay.io/coreos/etcd`), listed in the notes.
 
-use sealer_fs_abstraction::error_chain;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use sealer_fs_abstraction::error_chain;
 use serde::Deserialize as _;
 
 use crate::config::{ServerConfig, UpstreamConfig, UpstreamUrl};

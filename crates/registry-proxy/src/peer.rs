@@ -38,7 +38,6 @@
 //!   expires: 5m
 //! ```
 
-use sealer_fs_abstraction::ErrorChain;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +49,7 @@ use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
+use sealer_fs_abstraction::ErrorChain;
 use sealer_image_store::Digest;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;

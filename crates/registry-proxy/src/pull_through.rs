@@ -40,7 +40,6 @@
 //! Over 800 lines on purpose: one type, `PullThroughSource`, whose routing, tag revalidation,
 //! breaker, manifest fetches and blob fills all work on the same private table of upstreams.
 
-use sealer_fs_abstraction::{ErrorChain, error_chain};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -48,6 +47,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
+use sealer_fs_abstraction::{ErrorChain, error_chain};
 use sealer_image_store::{Descriptor, Digest, ManifestDocument, is_manifest_type};
 use sealer_registry_client::{
     AddressPolicy, ClientError, ClientOptions, ClientStats, Credential, CredentialStore,

@@ -9,10 +9,10 @@
 //! prefix names; a host with a port as `registry.lan_5000`, see [`host_path_component`]) or
 //! a configured upstream alias.
 
-use sealer_fs_abstraction::error_chain;
 use std::collections::BTreeSet;
 
 use axum::http::Method;
+use sealer_fs_abstraction::error_chain;
 use sealer_image_store::Digest;
 use sealer_image_store::reference::{Reference, validate_repository, validate_tag};
 

@@ -1,8 +1,6 @@
 //! The HTTP server: [`Registry`] (state, router), authentication, the dispatch of parsed
 //! [`Route`]s to the handlers, and [`serve`] with a bounded graceful shutdown.
 
-use sealer_fs_abstraction::ErrorChain;
-use sealer_fs_abstraction::error_chain;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
@@ -14,6 +12,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use sealer_fs_abstraction::{ErrorChain, error_chain};
 use sealer_image_store::{Store, load_embedded};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;

@@ -24,13 +24,13 @@
 //! 4. it is installed with [`crate::Registry::with_source`], and `Registry::open` stops
 //!    refusing configurations with upstreams.
 
-use sealer_fs_abstraction::error_chain;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::Stream;
+use sealer_fs_abstraction::error_chain;
 use sealer_image_store::{Descriptor, Digest, Reference};
 
 use crate::error::{ApiError, ErrorCode};

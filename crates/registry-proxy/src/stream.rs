@@ -2,14 +2,13 @@
 //! thread into a [`BlobStream`], and a request body written into a backend's upload
 //! ([`BackendUpload`]). Neither buffers more than a few chunks.
 
-use sealer_fs_abstraction::error_chain;
 use std::io::Read;
 use std::sync::{Mutex, PoisonError};
 
 use axum::body::Body;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use sealer_fs_abstraction::ReadFile;
+use sealer_fs_abstraction::{ReadFile, error_chain};
 use tokio::sync::mpsc;
 
 use crate::backend::BackendUpload;

@@ -2,12 +2,11 @@
 //! run in each connection's own task, bounded by `server.tls_handshake_timeout` (see the
 //! accept loop), so a slow client never holds up the others.
 
-use sealer_fs_abstraction::ErrorChain;
-use sealer_fs_abstraction::error_chain;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sealer_fs_abstraction::{ErrorChain, error_chain};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ConfigError, TlsConfig, read_text};

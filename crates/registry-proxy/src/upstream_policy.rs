@@ -9,10 +9,10 @@
 //! Without the section nothing is admitted (never an open proxy by accident); configured
 //! upstreams keep their own settings and win over the policy.
 
-use sealer_fs_abstraction::ErrorChain;
 use std::fmt;
 use std::path::PathBuf;
 
+use sealer_fs_abstraction::ErrorChain;
 use sealer_registry_client::{AddressPolicy, AddressRange, api_host};
 use serde::Deserialize;
 

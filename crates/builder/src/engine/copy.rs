@@ -1,9 +1,8 @@
 //! COPY/ADD/APP sources: glob expansion in the build context, Dockerfile destination rules.
 
-use sealer_fs_abstraction::ErrorChain;
 use std::path::{Path, PathBuf};
 
-use sealer_fs_abstraction::{FileKind, Fs, FsPath, RealFs, TempRoot};
+use sealer_fs_abstraction::{ErrorChain, FileKind, Fs, FsPath, RealFs, TempRoot};
 use sealer_image_store::{Algorithm, Digest, Hasher};
 
 use crate::engine::error::{BuildError, Result};

@@ -4,14 +4,12 @@
 //! image layout whose `org.opencontainers.image.ref.name` is the full source reference (so
 //! `quay.io/a/b:1` and `docker.io/a/b:1` never collide). Blobs are streamed from the store.
 
-use sealer_fs_abstraction::ErrorChain;
-use sealer_fs_abstraction::error_chain;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use sealer_dep_scanner::{Finding, ScanOptions, Warning, scan_cluster_rootfs};
-use sealer_fs_abstraction::Fs;
+use sealer_fs_abstraction::{ErrorChain, Fs, error_chain};
 use sealer_image_store::model::{PARTIAL_ANNOTATION, REF_NAME_ANNOTATION};
 use sealer_image_store::{
     BlobStore, Descriptor, Index, Ingest, Manifest, Platform, ResolvedImage, Store, StoreError,

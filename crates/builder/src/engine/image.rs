@@ -1,9 +1,9 @@
 //! One platform's image while its steps run ([`ImageState`]): inherited from the base image,
 //! grown by each step, written to the store as a config and a manifest at the end.
 
-use sealer_fs_abstraction::ErrorChain;
 use std::collections::BTreeMap;
 
+use sealer_fs_abstraction::ErrorChain;
 use sealer_image_store::model::{ExecConfig, History, ImageConfig, RootFs, media_type};
 use sealer_image_store::{Descriptor, Digest, Ingest, Manifest, Platform, Store, StoreError};
 use sealer_layer_cache::CacheKey;

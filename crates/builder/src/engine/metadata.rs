@@ -1,9 +1,9 @@
 //! Sealer's image metadata: the `sealer.image.extension` manifest annotation, and the image
 //! config's timestamps.
 
-use sealer_fs_abstraction::ErrorChain;
 use std::collections::BTreeMap;
 
+use sealer_fs_abstraction::ErrorChain;
 use sealer_image_store::{ImageEntry, Manifest, Reference, Store};
 use serde::{Deserialize, Serialize};
 

@@ -1,13 +1,11 @@
 //! Loading: oci-archive and docker-archive streams ([`load`], gzip or zstd compressed or
 //! plain) and OCI layout directories ([`load_layout`]), through one [`Ingest`] each.
 
-use sealer_fs_abstraction::ErrorChain;
-use sealer_fs_abstraction::error_chain;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use sealer_fs_abstraction::Fs;
+use sealer_fs_abstraction::{ErrorChain, Fs, error_chain};
 
 use crate::blob::COPY_BUFFER;
 use crate::digest::{Algorithm, Digest};
@@ -26,36 +24,7 @@ use super::{
 /// format is recognised from the entries: `index.json` (OCI, also in Docker 25+ saves)
 /// wins over `manifest.json`.
 pub fn load(store: &Store, input: &mut dyn Read, options: LoadOptions<'_>) -> Result<LoadReport> {
-    let mut counted = ProgressReader::new(input, options.progress);
-    // Only the magic is read ahead: a plain tar is then read with no buffer in between (its
-    // blob content goes from `input` straight into the staging copy's buffers).
-    let mut head = [0u8; ZSTD_MAGIC.len()];
-    let mut sniffed = 0;
-    while sniffed < head.len() {
-        match counted.read(&mut head[sniffed..]) {
-            Ok(0) => break,
-            Ok(read) => sniffed += read,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(ArchiveError::Read(error)),
-        }
-    }
-    let head = &head[..sniffed];
-    if head.is_empty() {
-        return Err(invalid("archive", "it is empty"));
-    }
-    let whole = head.chain(counted);
-    let reader: Box<dyn Read + '_> = if head.starts_with(&GZIP_MAGIC) {
-        Box::new(flate2::bufread::MultiGzDecoder::new(
-            BufReader::with_capacity(COPY_BUFFER, whole),
-        ))
-    } else if head.starts_with(&ZSTD_MAGIC) {
-        Box::new(
-            zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(COPY_BUFFER, whole))
-                .map_err(ArchiveError::Read)?,
-        )
-    } else {
-        Box::new(whole)
-    };
+    let reader = decompressed(ProgressReader::new(input, options.progress))?;
     let prefix = options
         .directory
         .map(|directory| format!("{}/", directory.trim_matches('/')));
@@ -148,6 +117,40 @@ pub fn load(store: &Store, input: &mut dyn Read, options: LoadOptions<'_>) -> Re
         "archive",
         "neither an oci-archive (no index.json) nor a docker-archive (no manifest.json)",
     ))
+}
+
+/// `counted`'s bytes, gunzipped or zstd-decoded when its magic says so. Only the magic is
+/// read ahead: a plain tar is then read with no buffer in between (its blob content goes
+/// from the input straight into the staging copy's buffers).
+fn decompressed<'a>(mut counted: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
+    let mut head = [0u8; ZSTD_MAGIC.len()];
+    let mut sniffed = 0;
+    while sniffed < head.len() {
+        match counted.read(&mut head[sniffed..]) {
+            Ok(0) => break,
+            Ok(read) => sniffed += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(ArchiveError::Read(error)),
+        }
+    }
+    if sniffed == 0 {
+        return Err(invalid("archive", "it is empty"));
+    }
+    let gzip = head[..sniffed].starts_with(&GZIP_MAGIC);
+    let zstd = head[..sniffed].starts_with(&ZSTD_MAGIC);
+    let whole = io::Cursor::new(head).take(sniffed as u64).chain(counted);
+    Ok(if gzip {
+        Box::new(flate2::bufread::MultiGzDecoder::new(
+            BufReader::with_capacity(COPY_BUFFER, whole),
+        ))
+    } else if zstd {
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(COPY_BUFFER, whole))
+                .map_err(ArchiveError::Read)?,
+        )
+    } else {
+        Box::new(whole)
+    })
 }
 
 fn name_entry(error: StoreError, path: &str) -> ArchiveError {

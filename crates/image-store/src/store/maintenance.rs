@@ -1,11 +1,10 @@
 //! Store maintenance: the GC lock, mark and sweep ([`Store::gc`]), leftovers of
 //! interrupted writes, and [`Store::fsck`] with its quarantine.
 
-use sealer_fs_abstraction::ErrorChain;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use sealer_fs_abstraction::{FileKind, LockGuard, Metadata};
+use sealer_fs_abstraction::{ErrorChain, FileKind, LockGuard, Metadata};
 
 use crate::blob::BlobStore;
 use crate::digest::{Digest, Hasher};

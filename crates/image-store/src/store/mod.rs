@@ -2,13 +2,12 @@
 //! (`maintenance.rs`: the GC lock, GC, fsck; `index_cache.rs`: the parsed `index.json`
 //! reused while the file is unchanged).
 
-use sealer_fs_abstraction::ErrorChain;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use sealer_fs_abstraction::{Fs, RealFs};
+use sealer_fs_abstraction::{ErrorChain, Fs, RealFs};
 
 use crate::blob::{BlobStore, FsBlobStore};
 use crate::digest::Digest;

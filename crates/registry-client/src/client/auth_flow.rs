@@ -1,13 +1,12 @@
 //! The authentication flow: the credential for a registry, the `Authorization` header a
 //! challenge asks for (basic, or a bearer token fetched from the realm and cached).
 
-use sealer_fs_abstraction::ErrorChain;
-use sealer_fs_abstraction::error_chain;
 use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, Url};
+use sealer_fs_abstraction::{ErrorChain, error_chain};
 
 use crate::auth::{
     AuthError, Challenge, Token, TokenKey, realm_downgrades_credentials, realm_may_see_credentials,

@@ -1,12 +1,11 @@
 //! Where requests go: registry names normalised, each registry's base URL (plain HTTP only
 //! for loopback or `--insecure` hosts), API URLs and redirect locations.
 
-use sealer_fs_abstraction::ErrorChain;
-use sealer_fs_abstraction::error_chain;
 use std::collections::HashSet;
 use std::time::Duration;
 
 use reqwest::{Response, Url};
+use sealer_fs_abstraction::{ErrorChain, error_chain};
 
 use crate::redact::redact_url;
 

@@ -1,10 +1,9 @@
 //! `login` (credentials checked against the registry, then stored) and `logout`.
 
-use sealer_fs_abstraction::ErrorChain;
-use sealer_fs_abstraction::error_chain;
 use std::path::PathBuf;
 
 use reqwest::Method;
+use sealer_fs_abstraction::{ErrorChain, error_chain};
 
 use crate::credentials::Credential;
 

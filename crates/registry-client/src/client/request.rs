@@ -1,13 +1,13 @@
 //! The request/retry loop: [`Request`], sent with authentication, retried on busy or
 //! failed answers, and the response helpers (bounded reads, error messages).
 
-use sealer_fs_abstraction::ErrorChain;
 use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode, Url};
+use sealer_fs_abstraction::ErrorChain;
 use sealer_image_store::{Digest, Hasher};
 
 use crate::auth::{AuthError, Challenge};

@@ -1,13 +1,11 @@
 //! TLS: rustls with the system roots plus the configured CA files.
 
-use sealer_fs_abstraction::ErrorChain;
-use sealer_fs_abstraction::error_chain;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
-use sealer_fs_abstraction::{Fs, RealFs};
+use sealer_fs_abstraction::{ErrorChain, Fs, RealFs, error_chain};
 
 use super::ClientError;
 

@@ -1,6 +1,5 @@
 //! Blobs by digest: written through a multipart upload that completes only on a digest match.
 
-use sealer_fs_abstraction::ErrorChain;
 use std::ops::Range;
 use std::pin::pin;
 
@@ -8,6 +7,7 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 use object_store::{GetOptions, GetRange, ObjectStoreExt as _, WriteMultipart};
+use sealer_fs_abstraction::ErrorChain;
 use sealer_image_store::{Digest, Hasher};
 
 use super::{Bucket, BucketError, store_error};

@@ -1,10 +1,9 @@
 //! Where the bucket is and how to sign requests to it.
 
-use sealer_fs_abstraction::error_chain;
 use std::path::{Path, PathBuf};
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
-use sealer_fs_abstraction::{Fs as _, RealFs};
+use sealer_fs_abstraction::{Fs as _, RealFs, error_chain};
 use serde::Deserialize;
 
 /// Errors of [`BucketConfig::build`].

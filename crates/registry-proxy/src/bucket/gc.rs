@@ -127,7 +127,6 @@
 //! Over 800 lines on purpose: the GC protocol's argument (the module docs) and every step it
 //! names, kept together so that one can be checked against the other.
 
-use sealer_fs_abstraction::ErrorChain;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -136,6 +135,7 @@ use object_store::path::Path;
 use object_store::{
     GetOptions, ObjectMeta, ObjectStoreExt as _, PutMode, PutPayload, UpdateVersion,
 };
+use sealer_fs_abstraction::ErrorChain;
 use sealer_image_store::{Digest, MAX_MANIFEST_SIZE, ManifestDocument};
 use serde::{Deserialize, Serialize};
 

@@ -3,10 +3,10 @@
 //! upstream request per cluster, not one per replica: the replica whose conditional write
 //! moves the time forward is the one that asks; the others see the tag fresh.
 
-use sealer_fs_abstraction::error_chain;
 use std::time::Duration;
 
 use object_store::{PutMode, UpdateVersion};
+use sealer_fs_abstraction::error_chain;
 use serde::{Deserialize, Serialize};
 
 use super::leases::now_ms;

@@ -23,8 +23,7 @@ use object_store::path::Path;
 use object_store::{
     GetOptions, ObjectStoreExt as _, PutMode, PutOptions, PutPayload, UpdateVersion,
 };
-use sealer_fs_abstraction::ErrorChain;
-use sealer_fs_abstraction::error_chain;
+use sealer_fs_abstraction::{ErrorChain, error_chain};
 use sealer_image_store::{Algorithm, Digest};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
