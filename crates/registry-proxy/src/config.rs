@@ -10,17 +10,14 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use sealer_fs_abstraction::{RealFs, error_chain};
-use sealer_registry_client::redact_url;
 use serde::Deserialize;
 
 use crate::bucket::BucketConfig;
 use crate::cache::CacheConfig;
 use crate::cluster::{ClusterConfig, RedirectConfig};
-use crate::route::normalise_host;
 use crate::upstream_policy::UpstreamPolicyConfig;
 
 mod values;
