@@ -9,14 +9,14 @@
 //! Build twice: every layer comes from the layer cache and the digest is the same.
 
 use std::error::Error;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use sealer_builder::engine::{
     BuildMode, BuildObserver, BuildOptions, StepInfo, StepOutcome, build,
 };
 use sealer_builder::kubefile::{DEFAULT_NAME, parse_file};
-use sealer_fs_abstraction::RealFs;
+use sealer_fs_abstraction::{RealFs, error_chain};
 use sealer_image_store::{Reference, Store};
 
 const USAGE: &str = "usage: build CONTEXT ROOT NAME";
@@ -48,16 +48,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(Path::new(context), &PathBuf::from(root), name) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!(
-                "error: {}",
-                sealer_fs_abstraction::error_chain(error.as_ref())
-            );
-            ExitCode::FAILURE
-        }
+    if let Err(error) = run(Path::new(context), Path::new(root), name) {
+        eprintln!("error: {}", error_chain(&*error));
+        return ExitCode::FAILURE;
     }
+    ExitCode::SUCCESS
 }
 
 fn run(context_dir: &Path, root: &Path, name: Reference) -> Result<(), Box<dyn Error>> {

@@ -668,3 +668,37 @@ fn a_plan_without_its_base_image_says_what_it_left_out() {
         "{warnings:?}"
     );
 }
+
+/// A base image the pull hook cannot fetch is a warning of the plan too (with the pull's
+/// reason), not an error: a plan never fails for want of a registry.
+#[test]
+fn a_plan_whose_base_image_cannot_be_pulled_says_why() {
+    let (_context_dir, context) = context_with(
+        "manifests/web.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n  - name: web\n    image: example.invalid/team/web:1\n",
+    );
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open_dir(store_dir.path()).unwrap();
+    let pull = |_: &str, _: &Platform| -> Result<(), HookError> {
+        Err("the registry cannot be reached".into())
+    };
+    let kubefile = parse(
+        "FROM example.invalid/base/kubernetes:1.30\nCOPY manifests /manifests/\n",
+        "Kubefile",
+    )
+    .unwrap();
+    let options = BuildOptions {
+        platforms: vec![Platform::host()],
+        pull: Some(&pull),
+        ..BuildOptions::default()
+    };
+    let plan = plan_images(&kubefile, &context, &store, &options).unwrap();
+    assert!(
+        plan.warnings.iter().any(|warning| {
+            warning.contains("example.invalid/base/kubernetes:1.30")
+                && warning.contains("the registry cannot be reached")
+        }),
+        "{:?}",
+        plan.warnings
+    );
+}

@@ -7,11 +7,11 @@
 //! `examples/nginx-cluster` of this repository. Charts are read statically (no `helm`).
 
 use std::error::Error;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use sealer_dep_scanner::{ScanOptions, scan, scan_file};
-use sealer_fs_abstraction::{FileKind, Fs, RealFs};
+use sealer_fs_abstraction::{FileKind, Fs, RealFs, error_chain};
 
 const USAGE: &str = "usage: scan PATH";
 
@@ -21,16 +21,11 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
-    match run(&PathBuf::from(path)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!(
-                "error: {}",
-                sealer_fs_abstraction::error_chain(error.as_ref())
-            );
-            ExitCode::FAILURE
-        }
+    if let Err(error) = run(Path::new(&path)) {
+        eprintln!("error: {}", error_chain(&*error));
+        return ExitCode::FAILURE;
     }
+    ExitCode::SUCCESS
 }
 
 fn run(path: &Path) -> Result<(), Box<dyn Error>> {

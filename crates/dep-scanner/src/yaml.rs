@@ -206,40 +206,21 @@ pub(crate) fn parse_chunk(chunk: &Chunk) -> Result<Vec<Node>, ParseError> {
             over_budget: false,
         })?;
         let line = span.start.line() + offset;
-        let (finished, depth) = match event {
-            Event::DocumentStart(..) => {
-                tree.start_document();
-                (None, 0)
-            }
-            Event::Scalar(text, style, anchor, _) => {
-                let node = Node {
+        match event {
+            Event::DocumentStart(..) => tree.start_document(),
+            Event::Scalar(text, style, anchor, _) => tree.scalar(
+                Node {
                     line,
                     plain: style == ScalarStyle::Plain,
                     value: Value::Scalar(text.into_owned()),
-                };
-                tree.scalar(&node, anchor);
-                (Some(node), 1)
-            }
-            Event::Alias(id) => {
-                let (node, depth) = tree.alias(id, line)?;
-                (Some(node), depth)
-            }
-            Event::SequenceStart(_, anchor, _) => {
-                tree.open(line, Value::Seq(Vec::new()), anchor);
-                (None, 0)
-            }
-            Event::MappingStart(_, anchor, _) => {
-                tree.open(line, Value::Map(Vec::new()), anchor);
-                (None, 0)
-            }
-            Event::SequenceEnd | Event::MappingEnd => match tree.close() {
-                Some((node, depth)) => (Some(node), depth),
-                None => (None, 0),
-            },
-            _ => (None, 0),
-        };
-        if let Some(node) = finished {
-            tree.attach(node, depth);
+                },
+                anchor,
+            ),
+            Event::Alias(id) => tree.alias(id, line)?,
+            Event::SequenceStart(_, anchor, _) => tree.open(line, Value::Seq(Vec::new()), anchor),
+            Event::MappingStart(_, anchor, _) => tree.open(line, Value::Map(Vec::new()), anchor),
+            Event::SequenceEnd | Event::MappingEnd => tree.close(),
+            _ => {}
         }
     }
     Ok(tree
@@ -276,7 +257,8 @@ impl TreeBuilder {
         (self.nodes, self.aliases, self.alias_bytes) = (0, 0, 0);
     }
 
-    fn scalar(&mut self, node: &Node, anchor: usize) {
+    /// A scalar: anchored when it has an anchor, then attached.
+    fn scalar(&mut self, node: Node, anchor: usize) {
         self.nodes += 1;
         if anchor != 0 {
             let anchored = Anchored {
@@ -287,10 +269,11 @@ impl TreeBuilder {
             };
             self.anchors.insert(anchor, anchored);
         }
+        self.attach(node, 1);
     }
 
-    /// The copy of anchor `id` and its depth, charged to the document's budget.
-    fn alias(&mut self, id: usize, line: usize) -> Result<(Node, usize), ParseError> {
+    /// The copy of anchor `id`, charged to the document's budget, attached with its depth.
+    fn alias(&mut self, id: usize, line: usize) -> Result<(), ParseError> {
         let anchored = self.anchors.get(&id).ok_or_else(|| ParseError {
             line,
             message: "alias of an unknown anchor".to_owned(),
@@ -320,8 +303,10 @@ impl TreeBuilder {
                 over_budget: true,
             });
         }
+        let (node, depth) = (anchored.node.clone(), anchored.depth);
         self.nodes += anchored.nodes;
-        Ok((anchored.node.clone(), anchored.depth))
+        self.attach(node, depth);
+        Ok(())
     }
 
     /// A sequence or mapping starts.
@@ -340,9 +325,12 @@ impl TreeBuilder {
         });
     }
 
-    /// The innermost open collection ends: it and its depth (anchored when it has one).
-    fn close(&mut self) -> Option<(Node, usize)> {
-        let open = self.stack.pop()?;
+    /// The innermost open collection ends: anchored when it has an anchor, then attached
+    /// with its depth.
+    fn close(&mut self) {
+        let Some(open) = self.stack.pop() else {
+            return;
+        };
         let depth = open.child_depth + 1;
         if open.anchor != 0 {
             let anchored = Anchored {
@@ -353,7 +341,7 @@ impl TreeBuilder {
             };
             self.anchors.insert(open.anchor, anchored);
         }
-        Some((open.node, depth))
+        self.attach(open.node, depth);
     }
 
     /// A finished node goes into its parent (a sequence item, a key, or a key's value), or

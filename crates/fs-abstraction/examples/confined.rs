@@ -7,10 +7,10 @@
 
 use std::error::Error;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
-use sealer_fs_abstraction::{AtomicFile, Fs, FsError, RealFs};
+use sealer_fs_abstraction::{AtomicFile, Fs, FsError, RealFs, error_chain};
 
 const USAGE: &str = "usage: confined DIR";
 
@@ -20,16 +20,11 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
-    match run(&PathBuf::from(dir)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!(
-                "error: {}",
-                sealer_fs_abstraction::error_chain(error.as_ref())
-            );
-            ExitCode::FAILURE
-        }
+    if let Err(error) = run(Path::new(&dir)) {
+        eprintln!("error: {}", error_chain(&*error));
+        return ExitCode::FAILURE;
     }
+    ExitCode::SUCCESS
 }
 
 fn run(dir: &Path) -> Result<(), Box<dyn Error>> {

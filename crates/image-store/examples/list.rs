@@ -5,9 +5,10 @@
 //! `cargo run -p sealer-image-store --example write_demo_image -- ROOT`. Nothing is written.
 
 use std::error::Error;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
+use sealer_fs_abstraction::error_chain;
 use sealer_image_store::Store;
 
 const USAGE: &str = "usage: list ROOT";
@@ -18,16 +19,11 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
-    match run(&PathBuf::from(root)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!(
-                "error: {}",
-                sealer_fs_abstraction::error_chain(error.as_ref())
-            );
-            ExitCode::FAILURE
-        }
+    if let Err(error) = run(Path::new(&root)) {
+        eprintln!("error: {}", error_chain(&*error));
+        return ExitCode::FAILURE;
     }
+    ExitCode::SUCCESS
 }
 
 fn run(root: &Path) -> Result<(), Box<dyn Error>> {

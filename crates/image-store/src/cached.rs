@@ -6,17 +6,17 @@
 //! or loaded content reaches is never evicted; its marker is dropped instead.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::blob::BlobStore;
 use crate::digest::Digest;
 use crate::error::Result;
+use crate::markers::Markers;
 use crate::model::{Descriptor, UPSTREAM_ANNOTATION};
 use crate::store::Store;
 
-/// Where the cache markers live.
-const CACHED_DIR: &str = "cached";
+/// The cache markers.
+const CACHED: Markers = Markers::new("cached");
 
 /// A blob of the pull-through cache, as [`Store::cached_blobs`] lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,10 +47,6 @@ pub struct EvictReport {
     pub entries_removed: usize,
 }
 
-fn marker_path(digest: &Digest) -> PathBuf {
-    Path::new(CACHED_DIR).join(format!("{}-{}", digest.algorithm().name(), digest.hex()))
-}
-
 /// Whether an `index.json` entry was created by a pull-through cache.
 pub fn is_cached_entry(entry: &Descriptor) -> bool {
     entry.annotations.contains_key(UPSTREAM_ANNOTATION)
@@ -68,53 +64,25 @@ impl Store {
     }
 
     fn write_marker(&self, digest: &Digest, used: SystemTime) -> Result<()> {
-        let fs = self.fs();
-        fs.create_dir_all(Path::new(CACHED_DIR))?;
-        let path = marker_path(digest);
-        // An empty marker: only its mtime matters, and losing it in a crash costs the
-        // blob's recency only (a restart adopts what cached entries reach again).
-        drop(fs.create(&path)?);
-        fs.set_modified(&path, used)?;
-        Ok(())
+        // Losing the marker in a crash costs the blob's recency only (a restart adopts what
+        // cached entries reach again).
+        CACHED.write(self.fs().as_ref(), digest, used)
     }
 
     /// Records that the cached blob `digest` was used at `used` (nothing when it is not the
     /// cache's).
     pub fn touch_cached(&self, digest: &Digest, used: SystemTime) -> Result<()> {
-        match self.fs().set_modified(&marker_path(digest), used) {
-            Ok(()) => Ok(()),
-            Err(error) if error.is_not_found() => Ok(()),
-            Err(error) => Err(error.into()),
-        }
+        CACHED.touch(self.fs().as_ref(), digest, used)
     }
 
     /// Makes `digest` no longer the cache's (a push uploaded it: it is pushed content now).
     pub fn unmark_cached(&self, digest: &Digest) -> Result<()> {
-        match self.fs().remove_file(&marker_path(digest)) {
-            Ok(()) => Ok(()),
-            Err(error) if error.is_not_found() => Ok(()),
-            Err(error) => Err(error.into()),
-        }
+        CACHED.remove(self.fs().as_ref(), digest)
     }
 
     /// The digests marked as the cache's (present or not).
     pub(crate) fn cached_markers(&self) -> Result<BTreeSet<Digest>> {
-        let fs = self.fs();
-        let dir = Path::new(CACHED_DIR);
-        let mut cached = BTreeSet::new();
-        if !fs.exists(dir)? {
-            return Ok(cached);
-        }
-        for entry in fs.read_dir(dir)? {
-            let name = entry.name.to_string_lossy();
-            if let Some(digest) = name
-                .split_once('-')
-                .and_then(|(algorithm, hex)| format!("{algorithm}:{hex}").parse::<Digest>().ok())
-            {
-                cached.insert(digest);
-            }
-        }
-        Ok(cached)
+        CACHED.list(self.fs().as_ref())
     }
 
     /// Every blob of the cache with its size and last use; markers of blobs no longer in
@@ -126,7 +94,7 @@ impl Store {
                 self.unmark_cached(&digest)?;
                 continue;
             };
-            let last_used = match self.fs().metadata(&marker_path(&digest)) {
+            let last_used = match self.fs().metadata(&CACHED.path(&digest)) {
                 Ok(metadata) => metadata.modified.unwrap_or(SystemTime::UNIX_EPOCH),
                 Err(error) if error.is_not_found() => continue,
                 Err(error) => return Err(error.into()),
@@ -140,20 +108,33 @@ impl Store {
         Ok(found)
     }
 
+    /// The present blobs that the entries of `manifests` not created by the cache (pushed or
+    /// loaded content) reach: never the cache's to evict.
+    fn reached_by_others(&self, manifests: &[Descriptor]) -> Result<BTreeSet<Digest>> {
+        let others: Vec<Descriptor> = manifests
+            .iter()
+            .filter(|entry| !is_cached_entry(entry))
+            .cloned()
+            .collect();
+        Ok(self.reachable(&others)?.present)
+    }
+
     /// Marks the blobs that cached `index.json` entries reach, and that nothing else
     /// reaches, as the cache's when they have no marker yet (a cache filled before markers
     /// existed, or a lost marker), last used when their file was written. Returns how many.
     pub fn adopt_cached_entries(&self) -> Result<usize> {
         let _gc = self.gc_lock()?;
-        let (cached, other): (Vec<Descriptor>, Vec<Descriptor>) = self
-            .index()?
-            .manifests
-            .into_iter()
-            .partition(is_cached_entry);
+        let snapshot = self.index_snapshot()?;
+        let manifests = &snapshot.index().manifests;
+        let cached: Vec<Descriptor> = manifests
+            .iter()
+            .filter(|entry| is_cached_entry(entry))
+            .cloned()
+            .collect();
         if cached.is_empty() {
             return Ok(0);
         }
-        let protected = self.reachable(&other)?.present;
+        let protected = self.reached_by_others(manifests)?;
         let marked = self.cached_markers()?;
         let mut adopted = 0;
         for digest in self.reachable(&cached)?.present {
@@ -187,14 +168,7 @@ impl Store {
     ) -> Result<EvictReport> {
         let _gc = self.gc_lock()?;
         let snapshot = self.index_snapshot()?;
-        let others: Vec<Descriptor> = snapshot
-            .index()
-            .manifests
-            .iter()
-            .filter(|entry| !is_cached_entry(entry))
-            .cloned()
-            .collect();
-        let protected = self.reachable(&others)?.present;
+        let protected = self.reached_by_others(&snapshot.index().manifests)?;
         let mut report = EvictReport::default();
         let mut released = 0;
         let mut chosen = BTreeSet::new();

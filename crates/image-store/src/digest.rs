@@ -83,6 +83,18 @@ impl Digest {
     pub fn short(&self) -> &str {
         &self.hex[..12]
     }
+
+    /// The name of a file named after the digest, `<algorithm>-<hex>` (a `:` is not
+    /// portable in file names): quarantined, staged and marked blobs are named so.
+    pub fn file_name(&self) -> String {
+        format!("{}-{}", self.algorithm.name(), self.hex)
+    }
+
+    /// The digest a [`file_name`](Self::file_name) names; `None` for any other name.
+    pub fn from_file_name(name: &str) -> Option<Self> {
+        let (algorithm, hex) = name.split_once('-')?;
+        format!("{algorithm}:{hex}").parse().ok()
+    }
 }
 
 impl FromStr for Digest {
@@ -192,6 +204,18 @@ mod tests {
             "sha256:../../etc/passwd",
         ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn file_names_round_trip() {
+        let digest = Digest::sha256(b"");
+        assert_eq!(digest.file_name(), format!("sha256-{}", digest.hex()));
+        assert_eq!(Digest::from_file_name(&digest.file_name()), Some(digest));
+        let sha512 = Digest::of(Algorithm::Sha512, b"abc");
+        assert_eq!(Digest::from_file_name(&sha512.file_name()), Some(sha512));
+        for bad in ["", "sha256", "sha256-abc", "sha256:00", "tmp-upload-1"] {
+            assert_eq!(Digest::from_file_name(bad), None, "{bad} accepted");
         }
     }
 }

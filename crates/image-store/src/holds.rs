@@ -7,16 +7,16 @@
 //! registry writes them, so blobs the CLI pulled and an `rmi` released are freed at once.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::blob::BlobStore;
 use crate::digest::Digest;
 use crate::error::Result;
+use crate::markers::Markers;
 use crate::store::Store;
 
-/// Where the hold markers live.
-const HOLDS_DIR: &str = "holds";
+/// The hold markers.
+const HOLDS: Markers = Markers::new("holds");
 
 /// How long a fresh blob is kept by default: a push that uploads its layers and then its
 /// manifest finishes well within it.
@@ -43,10 +43,6 @@ impl Default for GcOptions {
     }
 }
 
-fn hold_path(digest: &Digest) -> PathBuf {
-    Path::new(HOLDS_DIR).join(format!("{}-{}", digest.algorithm().name(), digest.hex()))
-}
-
 impl Store {
     /// Holds the blob `digest` as fresh (see the module documentation), if it is present:
     /// under the GC lock, so a blob this returns `true` for is kept by every GC for
@@ -64,46 +60,25 @@ impl Store {
     /// Writes (or renews) the hold of `digest`; the caller holds the GC lock and knows the
     /// blob is present (an upload's commit, within the same lock as its rename).
     pub(crate) fn write_hold(&self, digest: &Digest) -> Result<()> {
-        let fs = self.fs();
-        fs.create_dir_all(Path::new(HOLDS_DIR))?;
-        let path = hold_path(digest);
-        // An empty marker: only its mtime matters, and losing it in a crash costs nothing.
-        drop(fs.create(&path)?);
-        fs.set_modified(&path, SystemTime::now())?;
-        Ok(())
+        // Losing the marker in a crash costs nothing.
+        HOLDS.write(self.fs().as_ref(), digest, SystemTime::now())
     }
 
     /// The digests held more recently than `keep_fresh`; removes the older holds. Called by
     /// GC under the GC lock.
     pub(crate) fn fresh_holds(&self, keep_fresh: Duration) -> Result<BTreeSet<Digest>> {
-        let fs = self.fs();
-        let dir = Path::new(HOLDS_DIR);
+        let fs = self.fs().as_ref();
         let mut fresh = BTreeSet::new();
-        if !fs.exists(dir)? {
-            return Ok(fresh);
-        }
-        for entry in fs.read_dir(dir)? {
-            let name = entry.name.to_string_lossy().into_owned();
-            let path = dir.join(&name);
-            let digest = name
-                .split_once('-')
-                .and_then(|(algorithm, hex)| format!("{algorithm}:{hex}").parse::<Digest>().ok());
+        for digest in HOLDS.list(fs)? {
             let age = fs
-                .symlink_metadata(&path)?
+                .symlink_metadata(&HOLDS.path(&digest))?
                 .modified
                 .and_then(|modified| modified.elapsed().ok())
                 .unwrap_or_default();
-            let Some(digest) = digest else {
-                continue;
-            };
             if age < keep_fresh {
                 fresh.insert(digest);
-                continue;
-            }
-            match fs.remove_file(&path) {
-                Ok(()) => {}
-                Err(error) if error.is_not_found() => {}
-                Err(error) => return Err(error.into()),
+            } else {
+                HOLDS.remove(fs, &digest)?;
             }
         }
         Ok(fresh)

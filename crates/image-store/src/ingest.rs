@@ -126,8 +126,7 @@ impl<'s> Ingest<'s> {
     }
 
     fn staging_path(&self, digest: &Digest) -> PathBuf {
-        self.dir
-            .join(format!("{}-{}", digest.algorithm().name(), digest.hex()))
+        self.dir.join(digest.file_name())
     }
 
     /// Stages `data` as `expected`, verifying digest and size; `data` is not read when the

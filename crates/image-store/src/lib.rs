@@ -21,6 +21,7 @@ mod error;
 mod holds;
 mod images;
 mod ingest;
+mod markers;
 pub mod model;
 pub mod reference;
 mod repositories;

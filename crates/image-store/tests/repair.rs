@@ -4,28 +4,20 @@
 // Scratch directories from `tempfile` (clippy.toml bans it outside fs-abstraction).
 #![allow(clippy::disallowed_methods)]
 
-use std::path::Path;
-use std::sync::Arc;
+mod common;
 
-use sealer_fs_abstraction::MemFs;
+use std::path::Path;
+
+use common::{mem_store, stores};
 use sealer_image_store::archive::{self, LoadOptions, SaveOptions};
 use sealer_image_store::testing::{ImageSpec, write_image};
 use sealer_image_store::{BlobStore, Digest, Store};
-
-fn both() -> Vec<(Option<tempfile::TempDir>, Store)> {
-    let dir = tempfile::tempdir().unwrap();
-    let real = Store::open_dir(&dir.path().join("store")).unwrap();
-    vec![
-        (Some(dir), real),
-        (None, Store::open(Arc::new(MemFs::new())).unwrap()),
-    ]
-}
 
 const IMAGE: &str = "example.com/app:1";
 
 /// An oci-archive of one image, and its largest layer.
 fn archive_of_one_image() -> (Vec<u8>, Digest, u64) {
-    let source = Store::open(Arc::new(MemFs::new())).unwrap();
+    let source = mem_store();
     write_image(&source, &ImageSpec::new(IMAGE, &[2_000, 300_000], 7)).unwrap();
     let layer = source
         .resolve(IMAGE, None)
@@ -59,7 +51,7 @@ fn assert_clean(store: &Store) {
 #[test]
 fn a_truncated_blob_is_replaced_by_the_next_load() {
     let (archive, layer, size) = archive_of_one_image();
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         load(&store, &archive);
         let bytes = store.fs().read(&layer.blob_path()).unwrap();
         store
@@ -75,10 +67,10 @@ fn a_truncated_blob_is_replaced_by_the_next_load() {
 
 #[test]
 fn a_truncated_blob_is_replaced_by_loading_a_layout() {
-    let source = Store::open(Arc::new(MemFs::new())).unwrap();
+    let source = mem_store();
     write_image(&source, &ImageSpec::new(IMAGE, &[2_000, 300_000], 7)).unwrap();
     let layer = source.resolve(IMAGE, None).unwrap().manifest.layers[1].clone();
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         archive::load_layout(&store, source.fs().as_ref(), LoadOptions::default()).unwrap();
         store
             .fs()
@@ -94,7 +86,7 @@ fn a_truncated_blob_is_replaced_by_loading_a_layout() {
 #[test]
 fn fsck_quarantines_a_corrupt_blob_and_the_next_load_replaces_it() {
     let (archive, layer, size) = archive_of_one_image();
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         load(&store, &archive);
         let original = store.fs().read(&layer.blob_path()).unwrap();
         let mut flipped = original.clone();
@@ -137,7 +129,7 @@ fn fsck_quarantines_a_corrupt_blob_and_the_next_load_replaces_it() {
 
 #[test]
 fn a_blob_put_over_a_truncated_copy_replaces_it() {
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         let content = vec![7u8; 10_000];
         let digest = Digest::sha256(&content);
         store

@@ -3,31 +3,18 @@
 // Scratch directories from `tempfile` (clippy.toml bans it outside fs-abstraction).
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+
 use std::io::Read;
 use std::path::Path;
-use std::sync::Arc;
 
-use sealer_fs_abstraction::{MemFs, RealFs};
+use common::{mem_store, real_store, stores};
+use sealer_fs_abstraction::RealFs;
 use sealer_image_store::archive::{self, ArchiveFormat, LoadOptions, SaveOptions};
 use sealer_image_store::testing::{ImageSpec, write_image};
 use sealer_image_store::{
     BlobStore, Digest, ManifestDocument, Platform, Reference, Store, StoreError,
 };
-
-fn real_store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_dir(&dir.path().join("store")).unwrap();
-    (dir, store)
-}
-
-fn mem_store() -> Store {
-    Store::open(Arc::new(MemFs::new())).unwrap()
-}
-
-fn both() -> Vec<(Option<tempfile::TempDir>, Store)> {
-    let (dir, real) = real_store();
-    vec![(Some(dir), real), (None, mem_store())]
-}
 
 fn blob_files(store: &Store) -> Vec<String> {
     let mut names: Vec<String> = store
@@ -43,7 +30,7 @@ fn blob_files(store: &Store) -> Vec<String> {
 
 #[test]
 fn layout_is_an_oci_image_layout() {
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         let layout = store.fs().read(Path::new("oci-layout")).unwrap();
         assert_eq!(layout, br#"{"imageLayoutVersion":"1.0.0"}"#);
         let index: serde_json::Value =
@@ -55,7 +42,7 @@ fn layout_is_an_oci_image_layout() {
 
 #[test]
 fn a_blob_that_does_not_match_its_digest_is_not_stored() {
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         let good = Digest::sha256(b"hello");
         let error = store
             .blobs()
@@ -119,7 +106,7 @@ fn concurrent_writers_of_one_blob_are_safe() {
 
 #[test]
 fn manifests_are_kept_byte_exact() {
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         let config = br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#;
         let config_digest = Digest::sha256(config);
         store
@@ -154,7 +141,7 @@ fn manifests_are_kept_byte_exact() {
 
 #[test]
 fn tags_lookup_and_untag() {
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         let first = write_image(&store, &ImageSpec::new("nginx:1.25", &[1000, 2000], 1)).unwrap();
         let second = write_image(
             &store,
@@ -293,7 +280,7 @@ fn multi_arch_images_resolve_per_platform() {
 
 #[test]
 fn gc_removes_only_unreferenced_blobs() {
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         let kept = write_image(&store, &ImageSpec::new("a:1", &[4096, 100], 10)).unwrap();
         // Same seed: the base layer is shared with `a:1`.
         let dropped = write_image(&store, &ImageSpec::new("b:1", &[4096, 200], 10)).unwrap();
@@ -316,7 +303,7 @@ fn gc_removes_only_unreferenced_blobs() {
 
 #[test]
 fn gc_keeps_extra_roots() {
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         write_image(&store, &ImageSpec::new("a:1", &[100], 20)).unwrap();
         let cached = Digest::sha256(b"a layer only the build cache knows");
         let other = Digest::sha256(b"garbage");
@@ -338,7 +325,7 @@ fn gc_keeps_extra_roots() {
 
 #[test]
 fn fsck_names_corrupt_and_missing_blobs() {
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         write_image(&store, &ImageSpec::new("a:1", &[10_000], 4)).unwrap();
         let resolved = store.resolve("a:1", None).unwrap();
         let layer = resolved.manifest.layers[0].digest.clone();
@@ -364,7 +351,7 @@ fn fsck_names_corrupt_and_missing_blobs() {
 
 #[test]
 fn partial_entries_lack_blobs_without_being_inconsistent() {
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         write_image(&store, &ImageSpec::new("a:1", &[10_000], 6)).unwrap();
         let resolved = store.resolve("a:1", None).unwrap();
         let config = resolved.manifest.config.digest.clone();
@@ -407,7 +394,7 @@ fn partial_entries_lack_blobs_without_being_inconsistent() {
 
 #[test]
 fn a_failed_import_leaves_the_store_as_it_was() {
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         write_image(&store, &ImageSpec::new("a:1", &[100], 5)).unwrap();
         let blobs_before = blob_files(&store);
         let index_before = store.fs().read(Path::new("index.json")).unwrap();
@@ -706,7 +693,7 @@ fn bare_tag_names_load_unnamed_unless_named() {
 
 #[test]
 fn one_import_stages_blobs_from_several_threads_at_once() {
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         let ingest = store.begin_ingest().unwrap();
         let contents: Vec<Vec<u8>> = (0..4u8).map(|n| vec![n; 300_000]).collect();
         std::thread::scope(|scope| {
@@ -734,7 +721,7 @@ fn one_import_stages_blobs_from_several_threads_at_once() {
 fn repositories_name_and_unname_their_entries() {
     use sealer_image_store::entry_repository;
     use sealer_image_store::model::REPOSITORY_ANNOTATION;
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         let first = write_image(&store, &ImageSpec::new("x.io/seed/a:1", &[100], 1)).unwrap();
         let second = write_image(&store, &ImageSpec::new("x.io/seed/b:1", &[100], 2)).unwrap();
         let bare = |descriptor: &sealer_image_store::Descriptor| {

@@ -3,18 +3,12 @@
 // Scratch directories from `tempfile` (clippy.toml bans it outside fs-abstraction).
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+
 use std::path::Path;
-use std::sync::Arc;
 
-use sealer_fs_abstraction::MemFs;
+use common::stores;
 use sealer_image_store::{Algorithm, BlobStore, Digest, Store, StoreError};
-
-fn both() -> Vec<(Option<tempfile::TempDir>, Store)> {
-    let dir = tempfile::tempdir().unwrap();
-    let real = Store::open_dir(&dir.path().join("store")).unwrap();
-    let mem = Store::open(Arc::new(MemFs::new())).unwrap();
-    vec![(Some(dir), real), (None, mem)]
-}
 
 fn upload_files(store: &Store) -> Vec<String> {
     if !store.fs().exists(Path::new("uploads")).unwrap() {
@@ -33,7 +27,7 @@ fn upload_files(store: &Store) -> Vec<String> {
 
 #[test]
 fn pieces_are_committed_as_one_verified_blob() {
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let digest = Digest::sha256(&data);
         let mut upload = store.begin_upload().unwrap();
@@ -59,7 +53,7 @@ fn pieces_are_committed_as_one_verified_blob() {
 
 #[test]
 fn sha512_digests_are_verified_by_rehashing() {
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         let digest = Digest::of(Algorithm::Sha512, b"hello world");
         let mut upload = store.begin_upload().unwrap();
         upload.write_all(b"hello ").unwrap();
@@ -82,7 +76,7 @@ fn sha512_digests_are_verified_by_rehashing() {
 
 #[test]
 fn a_mismatch_or_a_drop_stores_nothing_and_leaves_nothing() {
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         let expected = Digest::sha256(b"good");
         let mut upload = store.begin_upload().unwrap();
         upload.write_all(b"evil").unwrap();
@@ -105,7 +99,7 @@ fn a_mismatch_or_a_drop_stores_nothing_and_leaves_nothing() {
 
 #[test]
 fn an_upload_of_a_blob_already_present_keeps_the_stored_one() {
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         let digest = Digest::sha256(b"same");
         store.blobs().put(&digest, None, &mut &b"same"[..]).unwrap();
         let mut upload = store.begin_upload().unwrap();
@@ -118,7 +112,7 @@ fn an_upload_of_a_blob_already_present_keeps_the_stored_one() {
 
 #[test]
 fn gc_removes_dead_uploads_but_never_a_live_one() {
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         let mut live = store.begin_upload().unwrap();
         live.write_all(b"in progress").unwrap();
         // A crashed upload: its files remain, nobody holds its lock.
@@ -146,7 +140,7 @@ fn gc_removes_dead_uploads_but_never_a_live_one() {
 
 #[test]
 fn a_live_upload_can_be_read_and_verified_before_its_commit() {
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         let data = b"served while it arrives".repeat(100);
         let mut upload = store.begin_upload().unwrap();
         upload.write_all(&data[..1000]).unwrap();
@@ -176,7 +170,7 @@ fn a_live_upload_can_be_read_and_verified_before_its_commit() {
 
 #[test]
 fn a_rollback_forgets_the_bytes_after_its_checkpoint() {
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         let mut upload = store.begin_upload().unwrap();
         upload.write_all(b"0123456789").unwrap();
         let checkpoint = upload.checkpoint();
@@ -214,7 +208,7 @@ fn a_rollback_forgets_the_bytes_after_its_checkpoint() {
 /// guarantees: readable live, verified before the commit, nothing stored on a mismatch.
 #[test]
 fn a_cached_upload_is_read_live_verified_and_committed_like_any_other() {
-    for (_dir, store) in both() {
+    for (_dir, store) in stores() {
         // Beyond one write-behind chunk, in pieces.
         let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 253) as u8).collect();
         let digest = Digest::sha256(&data);

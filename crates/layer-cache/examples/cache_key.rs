@@ -7,11 +7,11 @@
 //! whatever the files' modification times; change a file's content or mode and it misses.
 
 use std::error::Error;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
-use sealer_fs_abstraction::RealFs;
 use sealer_fs_abstraction::tar::{PackOptions, pack};
+use sealer_fs_abstraction::{RealFs, error_chain};
 use sealer_image_store::model::media_type;
 use sealer_image_store::{BlobStore, Descriptor, Digest, Store};
 use sealer_layer_cache::{CacheEntry, CacheKey, InputHasher, LayerCache};
@@ -25,16 +25,11 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
-    match run(&PathBuf::from(context), &PathBuf::from(root)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!(
-                "error: {}",
-                sealer_fs_abstraction::error_chain(error.as_ref())
-            );
-            ExitCode::FAILURE
-        }
+    if let Err(error) = run(Path::new(&context), Path::new(&root)) {
+        eprintln!("error: {}", error_chain(&*error));
+        return ExitCode::FAILURE;
     }
+    ExitCode::SUCCESS
 }
 
 fn run(context_dir: &Path, root: &Path) -> Result<(), Box<dyn Error>> {

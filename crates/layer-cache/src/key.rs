@@ -195,8 +195,10 @@ impl InputHasher {
         self.framed
             .field(source_path.as_os_str().as_encoded_bytes());
         let metadata = context.symlink_metadata(source_path)?;
+        let Self { framed, buffer } = self;
         let mut walk = ContextWalk {
-            hasher: self,
+            framed,
+            buffer,
             context,
             stat_cache,
         };
@@ -205,12 +207,12 @@ impl InputHasher {
             // COPY follows a source that is a symlink: hash what it resolves to as well.
             match context.metadata(source_path) {
                 Ok(followed) => {
-                    walk.hasher.framed.field(b"resolves-to");
+                    walk.framed.field(b"resolves-to");
                     walk.tree(source_path, &followed)
                 }
                 Err(error) if is_unresolvable(&error) => {
                     tracing::debug!(path = %source_path.display(), error = %ErrorChain(&error), "source symlink does not resolve");
-                    walk.hasher.framed.field(b"unresolvable");
+                    walk.framed.field(b"unresolvable");
                     Ok(())
                 }
                 Err(error) => Err(error.into()),
@@ -234,10 +236,11 @@ impl InputHasher {
     }
 }
 
-/// One `add_path`'s walk of the build context: the hasher it feeds, the context it reads
-/// and the stat cache it consults.
+/// One `add_path`'s walk of the build context: the [`InputHasher`]'s framed hasher it feeds
+/// and read buffer it reuses, the context it reads and the stat cache it consults.
 struct ContextWalk<'a> {
-    hasher: &'a mut InputHasher,
+    framed: &'a mut Framed,
+    buffer: &'a mut Vec<u8>,
     context: &'a dyn Fs,
     stat_cache: &'a mut StatCache,
 }
@@ -270,28 +273,20 @@ impl ContextWalk<'_> {
             FileKind::Symlink => b"symlink",
             FileKind::Other => b"other",
         };
-        self.hasher.framed.field(tag);
-        self.hasher
-            .framed
-            .field(path.as_os_str().as_encoded_bytes());
+        self.framed.field(tag);
+        self.framed.field(path.as_os_str().as_encoded_bytes());
         match metadata.kind {
             FileKind::File => {
-                self.hasher
-                    .framed
-                    .field(&(metadata.mode & 0o7777).to_le_bytes());
+                self.framed.field(&(metadata.mode & 0o7777).to_le_bytes());
                 let digest = self.content_digest(path, metadata)?;
-                self.hasher.framed.field(digest.to_string().as_bytes());
+                self.framed.field(digest.to_string().as_bytes());
             }
             FileKind::Dir | FileKind::Other => {
-                self.hasher
-                    .framed
-                    .field(&(metadata.mode & 0o7777).to_le_bytes());
+                self.framed.field(&(metadata.mode & 0o7777).to_le_bytes());
             }
             FileKind::Symlink => {
                 let target = self.context.read_link(path)?;
-                self.hasher
-                    .framed
-                    .field(target.as_os_str().as_encoded_bytes());
+                self.framed.field(target.as_os_str().as_encoded_bytes());
             }
         }
         Ok(())
@@ -304,20 +299,20 @@ impl ContextWalk<'_> {
         }
         let started = SystemTime::now();
         let mut file = self.context.open(path)?;
-        if self.hasher.buffer.is_empty() {
-            self.hasher.buffer = vec![0; READ_BUFFER];
+        if self.buffer.is_empty() {
+            *self.buffer = vec![0; READ_BUFFER];
         }
         let mut hasher = Hasher::new(Algorithm::Sha256);
         let mut read_bytes = 0u64;
         loop {
             let read = file
-                .read(&mut self.hasher.buffer)
+                .read(self.buffer)
                 .map_err(|source| FsError::io("read", self.context.display_path(path), source))?;
             if read == 0 {
                 break;
             }
             read_bytes += read as u64;
-            hasher.update(&self.hasher.buffer[..read]);
+            hasher.update(&self.buffer[..read]);
         }
         let digest = hasher.finish();
         // Remember it only if the file did not change while it was read.

@@ -9,12 +9,12 @@
 //! registries may answer over plain HTTP; any other must speak HTTPS.
 
 use std::error::Error;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use sealer_image_store::{Digest, Reference, Store};
 use sealer_registry_client::{
-    BlobOutcome, ClientOptions, PlatformSelection, RegistryClient, TransferProgress,
+    BlobOutcome, ClientOptions, PlatformSelection, RegistryClient, TransferProgress, error_chain,
 };
 
 const USAGE: &str = "usage: pull REFERENCE ROOT [--all-platforms]";
@@ -50,16 +50,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match pull(&reference, root, platforms).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!(
-                "error: {}",
-                sealer_fs_abstraction::error_chain(error.as_ref())
-            );
-            ExitCode::FAILURE
-        }
+    if let Err(error) = pull(&reference, &root, platforms).await {
+        eprintln!("error: {}", error_chain(&*error));
+        return ExitCode::FAILURE;
     }
+    ExitCode::SUCCESS
 }
 
 fn parse_args() -> Result<(Reference, PathBuf, PlatformSelection), String> {
@@ -82,10 +77,10 @@ fn parse_args() -> Result<(Reference, PathBuf, PlatformSelection), String> {
 
 async fn pull(
     reference: &Reference,
-    root: PathBuf,
+    root: &Path,
     platforms: PlatformSelection,
 ) -> Result<(), Box<dyn Error>> {
-    let store = Store::open_dir(&root)?;
+    let store = Store::open_dir(root)?;
     let client = RegistryClient::new(ClientOptions::default())?;
     println!("pulling {reference} into {}", root.display());
     let report = client

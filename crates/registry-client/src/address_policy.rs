@@ -83,10 +83,9 @@ fn classify_v4(address: Ipv4Addr) -> Option<AddressClass> {
         AddressClass::SharedCgnat
     } else if address.is_multicast() || address.is_broadcast() {
         AddressClass::Multicast
-    } else if (a == 192 && b == 0 && (c == 0 || c == 2))
+    } else if address.is_documentation()
+        || (a == 192 && b == 0 && c == 0)
         || (a == 198 && (b == 18 || b == 19))
-        || (a == 198 && b == 51 && c == 100)
-        || (a == 203 && b == 0 && c == 113)
         || a >= 240
     {
         AddressClass::Reserved
@@ -112,9 +111,9 @@ fn classify_v6(address: Ipv6Addr) -> Option<AddressClass> {
         AddressClass::Unspecified
     } else if address.is_loopback() {
         AddressClass::Loopback
-    } else if segments[0] & 0xfe00 == 0xfc00 {
+    } else if address.is_unique_local() {
         AddressClass::Private
-    } else if segments[0] & 0xffc0 == 0xfe80 {
+    } else if address.is_unicast_link_local() {
         AddressClass::LinkLocal
     } else if address.is_multicast() {
         AddressClass::Multicast

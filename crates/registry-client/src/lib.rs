@@ -17,10 +17,11 @@
 //! ```
 //!
 //! * [`RegistryClient`] (module `client`): HTTPS with rustls (ring provider; the system's CA
-//!   certificates plus [`ClientOptions::ca_files`]), plain HTTP only for loopback hosts and
-//!   [`ClientOptions::insecure_hosts`]; retries with backoff on connection errors, `429`
-//!   and `5xx`, honouring `Retry-After` ([`RetryPolicy`]); redirects followed without
-//!   forwarding `Authorization` to another host.
+//!   certificates plus [`ClientOptions::ca_files`], or a configuration built once by
+//!   [`tls_config`] and shared through [`ClientOptions::tls`]), plain HTTP only for
+//!   loopback hosts and [`ClientOptions::insecure_hosts`]; retries with backoff on
+//!   connection errors, `429` and `5xx`, honouring `Retry-After` ([`RetryPolicy`]);
+//!   redirects followed without forwarding `Authorization` to another host.
 //! * [`auth`]: `WWW-Authenticate` parsing, the bearer-token flow, tokens cached per (realm,
 //!   service, scope, credentials) and fetched once under concurrency. A token realm
 //!   outside the registry's domain never sees credentials: sealer asks it for an anonymous

@@ -490,8 +490,6 @@ impl RegistryClient {
     }
 }
 
-/// Whether an upload failure is worth starting over (the network or the server, not a
-/// refusal).
 /// Where a push's blobs go, and what it reports to: the same for every blob of one push.
 #[derive(Clone, Copy)]
 struct BlobTarget<'a> {
@@ -504,6 +502,8 @@ struct BlobTarget<'a> {
     progress: &'a dyn TransferProgress,
 }
 
+/// Whether an upload failure is worth starting over (the network or the server, not a
+/// refusal).
 fn is_transient(error: &ClientError) -> bool {
     match error {
         ClientError::Transport { .. } => true,

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use sealer_fs_abstraction::error_chain;
 use sealer_registry_proxy::{Mode, ServerConfig, Storage, run, shutdown_signal};
 
 const USAGE: &str = "usage: serve ROOT [PORT]";
@@ -41,13 +42,11 @@ async fn main() -> ExitCode {
         ..ServerConfig::default()
     };
     println!("serving on http://{} (Ctrl-C stops)", config.listen);
-    match run(&config, shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {}", sealer_fs_abstraction::error_chain(&error));
-            ExitCode::FAILURE
-        }
+    if let Err(error) = run(&config, shutdown_signal()).await {
+        eprintln!("error: {}", error_chain(&error));
+        return ExitCode::FAILURE;
     }
+    ExitCode::SUCCESS
 }
 
 fn parse_args() -> Result<(PathBuf, u16), String> {

@@ -132,9 +132,10 @@ pub trait RegistryBackend: std::fmt::Debug + Send + Sync + 'static {
     async fn commit_fill(&self, upload: BlobUpload, digest: Digest) -> Result<(), ApiError>;
 
     /// Tells the backend that no reader of the fill of `digest` is left (a backend that kept
-    /// a local copy for them may drop it).
-    fn fill_released(&self, digest: &Digest) {
-        let _ = digest;
+    /// a local copy for them may drop it); `committed` when [`Self::commit_fill`] succeeded
+    /// for this fill.
+    fn fill_released(&self, digest: &Digest, committed: bool) {
+        let _ = (digest, committed);
     }
 
     /// Opens a stored blob for reads at any offset; the file stays readable if the blob is
@@ -285,14 +286,12 @@ impl LocalUpload {
 }
 
 /// Commits a local upload on a blocking thread: a digest mismatch is the client's error.
-async fn commit_local(upload: BlobUpload, digest: Digest) -> Result<u64, ApiError> {
-    blocking("commit an upload", move || {
-        upload.commit(&digest).map_err(|error| match error {
-            StoreError::DigestMismatch { .. } => ApiError::from_store("commit an upload", error),
-            other => ApiError::internal("commit an upload", other),
-        })
+/// Commits a local upload as `digest`; blocking. Returns the blob's size.
+fn commit_local(upload: BlobUpload, digest: &Digest) -> Result<u64, ApiError> {
+    upload.commit(digest).map_err(|error| match error {
+        StoreError::DigestMismatch { .. } => ApiError::from_store("commit an upload", error),
+        other => ApiError::internal("commit an upload", other),
     })
-    .await
 }
 
 #[async_trait::async_trait]
@@ -356,15 +355,15 @@ impl BackendUpload for LocalUpload {
 
     async fn commit(mut self: Box<Self>, digest: Digest) -> Result<u64, ApiError> {
         let upload = self.take()?;
-        let size = commit_local(upload, digest.clone()).await?;
-        if let Some(cache) = self.cache.take() {
-            blocking("release a pushed blob from the cache", move || {
+        let cache = self.cache.take();
+        blocking("commit an upload", move || {
+            let size = commit_local(upload, &digest)?;
+            if let Some(cache) = cache {
                 cache.pushed(&digest);
-                Ok(())
-            })
-            .await?;
-        }
-        Ok(size)
+            }
+            Ok(size)
+        })
+        .await
     }
 
     async fn cancel(mut self: Box<Self>) {
@@ -461,9 +460,9 @@ impl RegistryBackend for LocalBackend {
         digest: Digest,
         listed_type: Option<String>,
     ) -> Result<Option<(Bytes, String)>, ApiError> {
-        let store = self.store.clone();
         let this = self.clone();
         blocking("read a manifest", move || {
+            let store = &this.store;
             this.used(&digest);
             let listed = match listed_type {
                 Some(listed) => Some(listed),
@@ -473,7 +472,7 @@ impl RegistryBackend for LocalBackend {
                     .by_digest(&digest)
                     .map(|entry| entry.media_type.clone()),
             };
-            let found = read_manifest(&store, &digest, listed)?;
+            let found = read_manifest(store, &digest, listed)?;
             if found.is_none() {
                 // A platform a partial multi-arch image lists but does not carry: the 404
                 // names the platforms there are.
@@ -536,9 +535,9 @@ impl RegistryBackend for LocalBackend {
     }
 
     async fn blob(&self, digest: Digest, request: BlobRequest) -> Result<BlobContent, ApiError> {
-        let store = self.store.clone();
         let this = self.clone();
         blocking("read a blob", move || {
+            let store = &this.store;
             this.used(&digest);
             let unknown = || {
                 ApiError::new(
@@ -647,29 +646,34 @@ impl RegistryBackend for LocalBackend {
 
     async fn commit_fill(&self, upload: BlobUpload, digest: Digest) -> Result<(), ApiError> {
         let Some(cache) = self.cache.clone() else {
-            return commit_local(upload, digest).await.map(drop);
+            return blocking("commit an upload", move || {
+                commit_local(upload, &digest).map(drop)
+            })
+            .await;
         };
-        // Kept from eviction from before it is visible until its last reader is gone.
+        // Kept from eviction from before it is visible until its last reader is gone: the
+        // fill's release pairs with this only when the commit succeeds.
         cache.fill_committed(&digest);
-        let committed = match commit_local(upload, digest.clone()).await {
-            Ok(size) => size,
-            Err(error) => {
-                cache.fill_released(&digest);
-                return Err(error);
-            }
-        };
-        let recorder = cache.clone();
-        blocking("record a cached blob", move || {
+        let (recorder, committed) = (cache.clone(), digest.clone());
+        let recorded = blocking("commit a fill", move || {
+            let size = commit_local(upload, &committed)?;
             recorder
-                .added(&digest, committed)
+                .added(&committed, size)
                 .map_err(|error| ApiError::internal("record a cached blob", error))
         })
-        .await?;
+        .await;
+        if recorded.is_err() {
+            cache.fill_released(&digest);
+        }
+        recorded?;
         cache.evict_if_over();
         Ok(())
     }
 
-    fn fill_released(&self, digest: &Digest) {
+    fn fill_released(&self, digest: &Digest, committed: bool) {
+        if !committed {
+            return;
+        }
         if let Some(cache) = &self.cache {
             cache.fill_released(digest);
             // A pass may have skipped it while it was read.

@@ -814,7 +814,8 @@ impl RegistryBackend for BucketBackend {
         }
     }
 
-    fn fill_released(&self, digest: &Digest) {
+    fn fill_released(&self, digest: &Digest, _committed: bool) {
+        // Committed or not, the scratch copy is done with.
         let scratch = self.scratch.store.clone();
         let digest = digest.clone();
         let remove = move || {

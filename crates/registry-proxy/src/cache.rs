@@ -16,7 +16,6 @@
 //! does not cut. Local storage only: over a bucket, lifecycle rules do this.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -26,6 +25,7 @@ use sealer_image_store::{Digest, Store, StoreError};
 use serde::Deserialize;
 
 use crate::config::ByteSize;
+use crate::metrics::unlabelled;
 
 /// An eviction pass brings the cache down to this share of the limit.
 pub const LOW_WATER_PERCENT: u64 = 90;
@@ -204,7 +204,13 @@ impl CachedContent {
 
     /// The manifest `digest` is stored and about to be named.
     pub(crate) fn naming(&self, digest: &Digest) {
-        self.lock().naming.insert(digest.clone(), Instant::now());
+        let mut state = self.lock();
+        // A manifest that is never named (a failed put, an unchanged tag) is forgotten
+        // once its protection has run out, so the map stays as small as the work in flight.
+        state
+            .naming
+            .retain(|_, since| since.elapsed() < NAMING_GRACE);
+        state.naming.insert(digest.clone(), Instant::now());
     }
 
     /// The manifest `digest` is named (or will not be).
@@ -306,39 +312,38 @@ impl CachedContent {
             (state.total, state.blobs.len())
         };
         let mut text = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = write!(
-                text,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            );
-        };
-        metric(
+        unlabelled(
+            &mut text,
             "sealer_cache_size_bytes",
             "gauge",
             "Bytes of pull-through cached content in the local store.",
             size,
         );
-        metric(
+        unlabelled(
+            &mut text,
             "sealer_cache_blobs",
             "gauge",
             "Blobs (manifests included) of pull-through cached content.",
-            blobs as u64,
+            blobs,
         );
         if let Some(limit) = self.limit {
-            metric(
+            unlabelled(
+                &mut text,
                 "sealer_cache_limit_bytes",
                 "gauge",
                 "The pull-through cache's size limit (cache.max_size).",
                 limit,
             );
         }
-        metric(
+        unlabelled(
+            &mut text,
             "sealer_cache_evictions_total",
             "counter",
             "Cached blobs evicted to keep the cache under its size limit.",
             self.evictions.load(Ordering::Relaxed),
         );
-        metric(
+        unlabelled(
+            &mut text,
             "sealer_cache_evicted_bytes_total",
             "counter",
             "Bytes of cached blobs evicted to keep the cache under its size limit.",
@@ -350,13 +355,7 @@ impl CachedContent {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
-    use crate::config::{ServerConfig, documented_block};
-
-    fn yaml(text: &str) -> Result<ServerConfig, String> {
-        ServerConfig::parse(text, Path::new("registry.yaml")).map_err(|error| error.to_string())
-    }
+    use crate::config::{documented_block, parse_for_test as yaml};
 
     /// The commented `cache:` block of the example configuration parses.
     #[test]

@@ -238,15 +238,9 @@ impl PeerFillSource for FillsPeerSource {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
-    use crate::config::{ServerConfig, documented_block};
+    use crate::config::{documented_block, parse_for_test as yaml};
 
     const S3: &str = "storage:\n  s3:\n    bucket: registry\n";
-
-    fn yaml(text: &str) -> Result<ServerConfig, String> {
-        ServerConfig::parse(text, Path::new("registry.yaml")).map_err(|error| error.to_string())
-    }
 
     /// The commented `cluster:` block of the example configuration parses over a bucket.
     #[test]

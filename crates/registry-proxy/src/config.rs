@@ -258,6 +258,11 @@ impl<'de> Deserialize<'de> for Storage {
     }
 }
 
+/// Why `cache.max_size` is refused over a bucket: both `validate` and a server opened from a
+/// config built in code say it.
+pub(crate) const CACHE_LIMIT_OVER_A_BUCKET: &str = "cache.max_size bounds the pull-through \
+    cache in a local store; with `storage: { s3: … }` use the bucket's lifecycle rules instead";
+
 /// The configuration of `sealer registry serve`; see `examples/registry.yaml`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -371,6 +376,12 @@ pub(crate) fn documented_block(first_lines: &str) -> String {
         .filter(|line| !line.trim_start().starts_with('#') && !line.contains('…'))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `text` parsed as a `registry.yaml`, its error as text: what the tests of each block check.
+#[cfg(test)]
+pub(crate) fn parse_for_test(text: &str) -> Result<ServerConfig, String> {
+    ServerConfig::parse(text, Path::new("registry.yaml")).map_err(|error| error.to_string())
 }
 
 fn default_listen() -> SocketAddr {
@@ -606,8 +617,7 @@ impl ServerConfig {
         if matches!(self.storage, Some(Storage::S3(_))) {
             return Err((
                 "max_size",
-                "cache.max_size bounds the pull-through cache in a local store; with                  `storage: { s3: … }` use the bucket's lifecycle rules instead (remove the                  `cache` key)"
-                    .to_owned(),
+                format!("{CACHE_LIMIT_OVER_A_BUCKET} (remove the `cache` key)"),
             ));
         }
         Ok(())

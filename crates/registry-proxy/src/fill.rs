@@ -269,7 +269,8 @@ pub(crate) struct Fill {
 impl Drop for Fill {
     fn drop(&mut self) {
         // The fill task and every follower are done with it.
-        self.backend.fill_released(&self.digest);
+        let committed = matches!(self.lock().outcome, Outcome::Committed);
+        self.backend.fill_released(&self.digest, committed);
     }
 }
 

@@ -275,9 +275,10 @@ impl ServerMetrics {
                 let _ = writeln!(out, "{name}_count{{{labels}}} {}", latencies.count);
             }
         }
-        gauge(
+        unlabelled(
             &mut out,
             "sealer_registry_requests_in_flight",
+            "gauge",
             "Requests arrived whose response has not ended yet.",
             self.in_flight.load(Ordering::Relaxed) as f64,
         );
@@ -290,19 +291,23 @@ impl ServerMetrics {
         );
         if let Some(proc) = &self.proc {
             for (name, kind, help, value) in process_metrics(proc) {
-                let _ = writeln!(out, "# HELP {name} {help}");
-                let _ = writeln!(out, "# TYPE {name} {kind}");
-                let _ = writeln!(out, "{name} {value}");
+                unlabelled(&mut out, name, kind, help, value);
             }
         }
         out
     }
 }
 
-/// One unlabelled gauge.
-fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
+/// One unlabelled metric of `kind` (`gauge`, `counter`) with its HELP and TYPE lines.
+pub(crate) fn unlabelled(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: impl std::fmt::Display,
+) {
     let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
     let _ = writeln!(out, "{name} {value}");
 }
 

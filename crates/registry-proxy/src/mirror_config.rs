@@ -249,20 +249,63 @@ pub struct MirrorConfig {
     pub notes: Vec<String>,
 }
 
+/// What a mirror configuration is made from: the upstreams a registry configuration names
+/// (plus any added), its default upstream, and whether it admits any other registry.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MirrorSources {
+    /// The upstreams, in order.
+    pub upstreams: Vec<MirrorUpstream>,
+    /// The alias of the upstream for un-prefixed names (`default_upstream`).
+    pub default_upstream: Option<String>,
+    /// Whether the registry admits upstreams by `upstream_policy` (see [`generate_for_any`]).
+    pub any_registry: bool,
+}
+
+impl MirrorSources {
+    /// The sources of a registry configuration.
+    pub fn from_server_config(config: &ServerConfig) -> Self {
+        Self {
+            upstreams: config.upstreams.iter().map(Into::into).collect(),
+            default_upstream: config.default_upstream.clone(),
+            any_registry: config.upstream_policy.is_some(),
+        }
+    }
+
+    /// Adds `upstream` unless an upstream of the same registry host is there already.
+    pub fn add_if_new(&mut self, upstream: MirrorUpstream) {
+        let host = upstream.registry_host();
+        if !self
+            .upstreams
+            .iter()
+            .any(|known| known.registry_host() == host)
+        {
+            self.upstreams.push(upstream);
+        }
+    }
+
+    /// The configuration of `runtime` for these sources ([`generate_for_any`]).
+    pub fn generate(
+        &self,
+        runtime: Runtime,
+        endpoint: &Endpoint,
+    ) -> Result<MirrorConfig, MirrorConfigError> {
+        generate_for_any(
+            runtime,
+            &self.upstreams,
+            self.default_upstream.as_deref(),
+            endpoint,
+            self.any_registry,
+        )
+    }
+}
+
 /// The configuration of `runtime` for the upstreams of a registry configuration.
 pub fn for_server_config(
     runtime: Runtime,
     config: &ServerConfig,
     endpoint: &Endpoint,
 ) -> Result<MirrorConfig, MirrorConfigError> {
-    let upstreams: Vec<MirrorUpstream> = config.upstreams.iter().map(Into::into).collect();
-    generate_for_any(
-        runtime,
-        &upstreams,
-        config.default_upstream.as_deref(),
-        endpoint,
-        config.upstream_policy.is_some(),
-    )
+    MirrorSources::from_server_config(config).generate(runtime, endpoint)
 }
 
 /// [`generate`], plus, when `any_registry` (the registry admits upstreams by
@@ -293,10 +336,7 @@ pub fn generate_for_any(
                  sealer registry\n# first (it admits them by `upstream_policy`), then from the \
                  registry itself.\n# No `server`: the fallback is the registry the image names.\n",
             );
-            text.push_str(&format!(
-                "\n[host.{}]\n  capabilities = [\"pull\", \"resolve\"]\n",
-                toml_string(&endpoint.to_string())
-            ));
+            text.push_str(&host_section(endpoint));
             config.files.push(MirrorFile {
                 path: PathBuf::from("certs.d").join("_default").join("hosts.toml"),
                 content: text,
@@ -411,27 +451,34 @@ fn hosts_tomls(
                  `ca = \"/path/to/ca.pem\"`\n# here too, for the direct fallback.\n",
             );
         }
-        text.push_str(&format!(
-            "\n[host.{}]\n  capabilities = [\"pull\", \"resolve\"]\n",
-            toml_string(&endpoint.to_string())
-        ));
-        if endpoint.is_plain_http() {
-            text.push_str(
-                "  # Plain HTTP (the http:// scheme): no TLS, so neither `ca` nor `skip_verify` \
-                 applies.\n  # Only on a network you trust.\n",
-            );
-        } else {
-            text.push_str(
-                "  # A certificate from a private CA: add `ca = \"/path/to/ca.pem\"` \
-                 (`skip_verify = true` only for tests).\n",
-            );
-        }
+        text.push_str(&host_section(endpoint));
         files.push(MirrorFile {
             path: PathBuf::from("certs.d").join(&host).join("hosts.toml"),
             content: text,
         });
     }
     files
+}
+
+/// A hosts.toml's `[host."…"]` section for the sealer registry at `endpoint`, with what
+/// its scheme asks of the node.
+fn host_section(endpoint: &Endpoint) -> String {
+    let mut text = format!(
+        "\n[host.{}]\n  capabilities = [\"pull\", \"resolve\"]\n",
+        toml_string(&endpoint.to_string())
+    );
+    if endpoint.is_plain_http() {
+        text.push_str(
+            "  # Plain HTTP (the http:// scheme): no TLS, so neither `ca` nor `skip_verify` \
+             applies.\n  # Only on a network you trust.\n",
+        );
+    } else {
+        text.push_str(
+            "  # A certificate from a private CA: add `ca = \"/path/to/ca.pem\"` \
+             (`skip_verify = true` only for tests).\n",
+        );
+    }
+    text
 }
 
 fn crio(upstreams: &[&MirrorUpstream], endpoint: &Endpoint) -> MirrorConfig {

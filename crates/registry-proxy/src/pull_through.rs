@@ -51,7 +51,7 @@ use sealer_fs_abstraction::{ErrorChain, error_chain};
 use sealer_image_store::{Descriptor, Digest, ManifestDocument, is_manifest_type};
 use sealer_registry_client::{
     AddressPolicy, ClientError, ClientOptions, ClientStats, Credential, CredentialStore,
-    RegistryClient, RetryPolicy,
+    RegistryClient, RetryPolicy, tls_config,
 };
 
 use crate::backend::RegistryBackend;
@@ -160,14 +160,22 @@ struct Upstream {
 
 impl Upstream {
     /// The upstream of `config`; its clients connect only where `addresses` allows (an
-    /// upstream admitted by policy), or anywhere (`None`: a configured one).
+    /// upstream admitted by policy), or anywhere (`None`: a configured one). Both clients
+    /// share `tls`, which must trust what `config.ca_file` adds; `None`: built here (it
+    /// reads the system's CA certificates and the CA file).
     fn from_config(
         config: &UpstreamConfig,
-        addresses: Option<&AddressPolicy>,
+        addresses: Option<Arc<AddressPolicy>>,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Self, ServeError> {
         let failed = |reason: String| ServeError::Upstream {
             name: config.name.clone(),
             reason,
+        };
+        let ca_files: Vec<_> = config.ca_file.iter().cloned().collect();
+        let tls = match tls {
+            Some(tls) => tls,
+            None => Arc::new(tls_config(&ca_files).map_err(|error| failed(error_chain(&error)))?),
         };
         let address = &config.url.host;
         let host = normalise_host(address).unwrap_or_else(|| address.clone());
@@ -188,14 +196,15 @@ impl Upstream {
             } else {
                 Vec::new()
             },
-            ca_files: config.ca_file.iter().cloned().collect(),
+            ca_files: ca_files.clone(),
+            tls: Some(tls.clone()),
             credentials: credentials(),
             user_agent: format!("sealer-registry/{}", env!("CARGO_PKG_VERSION")),
             retries,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             base_urls: BTreeMap::from([(host.clone(), format!("{}/", config.url))]),
-            address_policy: addresses.cloned(),
+            address_policy: addresses.clone(),
             ..ClientOptions::default()
         };
         // Fail fast enough for stale answers; blob downloads resume by themselves.
@@ -314,37 +323,78 @@ type InFlight = Arc<Mutex<HashMap<FetchKey, SharedFetch>>>;
 enum Target<'a> {
     /// The store alone (no namespace and no default upstream, or the local namespace).
     Local,
-    /// A namespace that is no upstream: the store alone, `NAME_UNKNOWN` for what it lacks.
-    Unknown(&'a str),
-    /// A namespace the policy admits but that gets no upstream now (`max_upstreams`
-    /// reached): the store alone, this error for what it lacks.
-    Unavailable(ApiError),
+    /// A namespace that gets no upstream: the store alone, and for what it lacks the
+    /// error [`NoUpstream::error`] makes.
+    NoUpstream(NoUpstream<'a>),
     /// An upstream; the repository as the store names it (the upstream's host as
     /// namespace).
     Upstream(Arc<Upstream>, RepoPath),
 }
 
+/// Why a request's namespace gets no upstream.
+enum NoUpstream<'a> {
+    /// It is no upstream: `NAME_UNKNOWN`.
+    Unknown(&'a str),
+    /// The policy admits it but it gets no upstream now (`max_upstreams` reached, or its
+    /// client cannot be built): this error.
+    Unavailable(ApiError),
+}
+
+impl NoUpstream<'_> {
+    /// The answer where the store answered `error`: this namespace's error when the store
+    /// has nothing (a 404), else `error`.
+    fn error(self, source: &PullThroughSource, error: ApiError) -> ApiError {
+        if error.status != axum::http::StatusCode::NOT_FOUND {
+            return error;
+        }
+        match self {
+            Self::Unknown(namespace) => source.unknown_namespace(namespace),
+            Self::Unavailable(unavailable) => unavailable,
+        }
+    }
+}
+
 /// The upstreams admitted by `upstream_policy`, created when first named.
 struct PolicyUpstreams {
     config: UpstreamPolicyConfig,
-    addresses: AddressPolicy,
+    addresses: Arc<AddressPolicy>,
+    /// The TLS configuration of every admitted upstream's clients (they all trust the
+    /// system's CAs and `config.ca_file`), built once with the cache so that creating an
+    /// upstream on a request's path reads no certificates from disk.
+    tls: Arc<rustls::ClientConfig>,
     /// By canonical host; at most `config.max_upstreams`.
     created: Mutex<BTreeMap<String, Arc<Upstream>>>,
 }
 
 impl PolicyUpstreams {
+    /// The admitted upstreams of `config`, none created yet; reads the CA certificates.
+    fn new(config: &UpstreamPolicyConfig) -> Result<Self, ServeError> {
+        let tls = tls_config(config.ca_file.as_slice()).map_err(|error| ServeError::Upstream {
+            name: "upstream_policy".to_owned(),
+            reason: error_chain(&error),
+        })?;
+        Ok(Self {
+            config: config.clone(),
+            addresses: Arc::new(config.address_policy()),
+            tls: Arc::new(tls),
+            created: Mutex::default(),
+        })
+    }
+
     /// The upstream of the admitted `host`, created on first use; an error when the bound
     /// is reached or its client cannot be built.
     fn get_or_create(&self, host: &str) -> Result<Arc<Upstream>, ApiError> {
         if let Some(upstream) = self.existing(host)? {
             return Ok(upstream);
         }
-        // Built without the lock (a client loads its CA certificates): first requests for
-        // other hosts do not wait on it.
-        let built = Upstream::from_config(&self.config.upstream_for(host), Some(&self.addresses))
-            .map_err(|error| {
-            ApiError::internal("create an upstream admitted by policy", error)
-        })?;
+        // Built without the lock (its clients' connection pools): first requests for other
+        // hosts do not wait on it.
+        let built = Upstream::from_config(
+            &self.config.upstream_for(host),
+            Some(self.addresses.clone()),
+            Some(self.tls.clone()),
+        )
+        .map_err(|error| ApiError::internal("create an upstream admitted by policy", error))?;
         let mut created = self.created.lock().unwrap_or_else(PoisonError::into_inner);
         // A request racing this one may have created it meanwhile: theirs is kept.
         if let Some(upstream) = created.get(host) {
@@ -444,7 +494,7 @@ impl PullThroughSource {
         let mut by_host = HashMap::new();
         let mut by_name = HashMap::new();
         for (index, upstream) in config.upstreams.iter().enumerate() {
-            let upstream = Upstream::from_config(upstream, None)?;
+            let upstream = Upstream::from_config(upstream, None, None)?;
             if by_host.insert(upstream.host.clone(), index).is_some() {
                 return Err(ServeError::Upstream {
                     name: upstream.name.clone(),
@@ -458,6 +508,10 @@ impl PullThroughSource {
             .default_upstream
             .as_ref()
             .and_then(|name| by_name.get(name).copied());
+        let policy = match &config.upstream_policy {
+            Some(policy) => Some(PolicyUpstreams::new(policy)?),
+            None => None,
+        };
         Ok(Self {
             local,
             upstreams,
@@ -473,14 +527,7 @@ impl PullThroughSource {
             cluster: None,
             fetches: Arc::default(),
             pinned: BTreeSet::new(),
-            policy: config
-                .upstream_policy
-                .as_ref()
-                .map(|policy| PolicyUpstreams {
-                    config: policy.clone(),
-                    addresses: policy.address_policy(),
-                    created: Mutex::default(),
-                }),
+            policy,
         })
     }
 
@@ -557,10 +604,12 @@ impl PullThroughSource {
                     {
                         match policy.get_or_create(&namespace.name) {
                             Ok(upstream) => upstream,
-                            Err(error) => return Target::Unavailable(error),
+                            Err(error) => {
+                                return Target::NoUpstream(NoUpstream::Unavailable(error));
+                            }
                         }
                     }
-                    (None, _) => return Target::Unknown(&namespace.name),
+                    (None, _) => return Target::NoUpstream(NoUpstream::Unknown(&namespace.name)),
                 }
             }
         };
@@ -575,11 +624,8 @@ impl PullThroughSource {
         Target::Upstream(upstream, store_repo)
     }
 
-    /// `NAME_UNKNOWN` for a namespace that is no upstream (keeps other errors).
-    fn unknown_namespace(&self, namespace: &str, error: ApiError) -> ApiError {
-        if error.status != axum::http::StatusCode::NOT_FOUND {
-            return error;
-        }
+    /// `NAME_UNKNOWN` for a namespace that is no upstream.
+    fn unknown_namespace(&self, namespace: &str) -> ApiError {
         let names: Vec<&str> = self
             .upstreams
             .iter()
@@ -1154,16 +1200,6 @@ async fn fetch_and_store(
     })
 }
 
-/// The answer for a namespace the policy admits but that got no upstream: `error` where
-/// the store has nothing (keeps other errors).
-fn unavailable_namespace(unavailable: ApiError, error: ApiError) -> ApiError {
-    if error.status == axum::http::StatusCode::NOT_FOUND {
-        unavailable
-    } else {
-        error
-    }
-}
-
 fn served<T>(content: T, repo: &RepoPath, cache: Option<CacheStatus>) -> Served<T> {
     let mut meta = ResponseMeta::local(repo);
     meta.cache = cache;
@@ -1195,16 +1231,11 @@ impl ContentSource for PullThroughSource {
     ) -> Result<Served<ManifestContent>, ApiError> {
         match self.target(repo) {
             Target::Local => self.local.manifest(repo, reference, request).await,
-            Target::Unknown(namespace) => self
+            Target::NoUpstream(why) => self
                 .local
                 .manifest(repo, reference, request)
                 .await
-                .map_err(|error| self.unknown_namespace(namespace, error)),
-            Target::Unavailable(unavailable) => self
-                .local
-                .manifest(repo, reference, request)
-                .await
-                .map_err(|error| unavailable_namespace(unavailable, error)),
+                .map_err(|error| why.error(self, error)),
             Target::Upstream(upstream, store_repo) => {
                 let (content, status) = self
                     .upstream_manifest(&upstream, repo, &store_repo, reference, request)
@@ -1223,16 +1254,11 @@ impl ContentSource for PullThroughSource {
     ) -> Result<Served<BlobContent>, ApiError> {
         match self.target(repo) {
             Target::Local => self.local.blob(repo, digest, request).await,
-            Target::Unknown(namespace) => self
+            Target::NoUpstream(why) => self
                 .local
                 .blob(repo, digest, request)
                 .await
-                .map_err(|error| self.unknown_namespace(namespace, error)),
-            Target::Unavailable(unavailable) => self
-                .local
-                .blob(repo, digest, request)
-                .await
-                .map_err(|error| unavailable_namespace(unavailable, error)),
+                .map_err(|error| why.error(self, error)),
             Target::Upstream(upstream, store_repo) => {
                 let (content, status) = self
                     .upstream_blob(&upstream, &store_repo, digest, request)
@@ -1246,16 +1272,11 @@ impl ContentSource for PullThroughSource {
     async fn tags(&self, repo: &RepoPath) -> Result<Served<Vec<String>>, ApiError> {
         match self.target(repo) {
             Target::Local => self.local.tags(repo).await,
-            Target::Unknown(namespace) => self
+            Target::NoUpstream(why) => self
                 .local
                 .tags(repo)
                 .await
-                .map_err(|error| self.unknown_namespace(namespace, error)),
-            Target::Unavailable(unavailable) => self
-                .local
-                .tags(repo)
-                .await
-                .map_err(|error| unavailable_namespace(unavailable, error)),
+                .map_err(|error| why.error(self, error)),
             Target::Upstream(upstream, store_repo) => {
                 let (tags, status) = self.upstream_tags(&upstream, &store_repo).await?;
                 upstream.metrics.answered(status);
@@ -1270,9 +1291,7 @@ impl ContentSource for PullThroughSource {
         subject: &Digest,
     ) -> Result<Served<Vec<Descriptor>>, ApiError> {
         match self.target(repo) {
-            Target::Local | Target::Unknown(_) | Target::Unavailable(_) => {
-                self.local.referrers(repo, subject).await
-            }
+            Target::Local | Target::NoUpstream(_) => self.local.referrers(repo, subject).await,
             Target::Upstream(upstream, store_repo) => {
                 let found = self.local.referrers(&store_repo, subject).await?;
                 Ok(served_upstream(found.content, repo, &upstream, None))

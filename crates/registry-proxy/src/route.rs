@@ -544,14 +544,32 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
 pub fn normalise_host(host: &str) -> Option<String> {
     let (name, port) = split_host_port(host)?;
     let port = match port {
-        None => String::new(),
-        Some(port) => format!(":{}", canonical_port(port)?),
+        None => None,
+        Some(port) => Some(canonical_port(port)?),
+    };
+    let name = canonical_name(name, port)?;
+    Some(match port {
+        Some(port) => format!("{name}:{port}"),
+        None => name,
+    })
+}
+
+/// The host name `name` (a name, an IPv4 address or a bracketed IPv6 address, without its
+/// port) in its canonical spelling when `port` (canonical) follows it, as
+/// [`normalise_host`] writes it; `None` when `name:port` is not a registry host. The port
+/// matters only by its presence: Docker Hub's API hosts are `docker.io` only without one,
+/// and a name without a dot is a registry host only with one (or as `localhost`).
+pub(crate) fn canonical_name(name: &str, port: Option<u16>) -> Option<String> {
+    let port = port.map(|port| format!(":{port}")).unwrap_or_default();
+    let is_registry = |name: &str| {
+        let canonical = format!("{name}{port}");
+        Reference::new(&canonical, "x", Some("t"), None)
+            .is_ok_and(|parsed| parsed.registry() == canonical)
     };
     if let Some(inner) = name.strip_prefix('[') {
         let address: std::net::Ipv6Addr = inner.strip_suffix(']')?.parse().ok()?;
-        let canonical = format!("[{address}]{port}");
-        let parsed = Reference::new(&canonical, "x", Some("t"), None).ok()?;
-        return (parsed.registry() == canonical).then_some(canonical);
+        let name = format!("[{address}]");
+        return is_registry(&name).then_some(name);
     }
     let name = name.to_ascii_lowercase();
     let name = name.strip_suffix('.').unwrap_or(&name);
@@ -565,14 +583,12 @@ pub fn normalise_host(host: &str) -> Option<String> {
         "index.docker.io" | "registry-1.docker.io" if port.is_empty() => "docker.io",
         other => other,
     };
-    let canonical = format!("{name}{port}");
-    let parsed = Reference::new(&canonical, "x", Some("t"), None).ok()?;
-    (parsed.registry() == canonical).then_some(canonical)
+    is_registry(name).then(|| name.to_owned())
 }
 
 /// `host[:port]` split at the port's `:` (after an IPv6 address's `]`); `None` when there
 /// are more colons than that.
-fn split_host_port(host: &str) -> Option<(&str, Option<&str>)> {
+pub(crate) fn split_host_port(host: &str) -> Option<(&str, Option<&str>)> {
     if host.starts_with('[') {
         let end = host.find(']')?;
         let (address, rest) = host.split_at(end + 1);
@@ -590,7 +606,7 @@ fn split_host_port(host: &str) -> Option<(&str, Option<&str>)> {
 }
 
 /// A port as digits without a leading zero, 1 to 65535.
-fn canonical_port(port: &str) -> Option<u16> {
+pub(crate) fn canonical_port(port: &str) -> Option<u16> {
     if port.is_empty() || port.starts_with('0') || !port.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

@@ -56,9 +56,9 @@ pub(crate) struct AppState {
     pub(crate) local: Arc<LocalSource>,
     /// The namespaces (hosts and aliases) of the upstreams, where clients may not write.
     upstream_hosts: BTreeSet<String>,
-    /// Hosts admitted as upstreams by policy (and the local namespace, which never is one):
-    /// not writable either.
-    upstream_policy: Option<(crate::upstream_policy::UpstreamPolicyConfig, String)>,
+    /// Hosts admitted as upstreams by policy (never the local namespace): not writable
+    /// either.
+    upstream_policy: Option<crate::upstream_policy::UpstreamPolicyConfig>,
     pub(crate) parser: RouteParser,
     read_only: bool,
     auth: Option<Auth>,
@@ -211,10 +211,7 @@ impl Registry {
                 names,
                 source,
                 upstream_hosts,
-                upstream_policy: config
-                    .upstream_policy
-                    .clone()
-                    .map(|policy| (policy, config.local_namespace.0.clone())),
+                upstream_policy: config.upstream_policy.clone(),
                 uploads: Arc::new(Uploads::new(config.uploads)),
                 local: local.clone(),
                 parser: RouteParser::new(config.upstreams.iter().map(|u| u.name.clone())),
@@ -379,9 +376,7 @@ fn open_backend(
         }
         OpenStorage::Bucket(_) if config.cache.max_size.is_some() => {
             return Err(ServeError::NotImplemented(
-                "cache.max_size bounds the pull-through cache in a local store; with \
-                 `storage: { s3: … }` use the bucket's lifecycle rules instead"
-                    .to_owned(),
+                crate::config::CACHE_LIMIT_OVER_A_BUCKET.to_owned(),
             ));
         }
         OpenStorage::Bucket(bucket) => {
@@ -653,7 +648,7 @@ fn refuse_upstream_writes(state: &AppState, route: &Route) -> Result<(), ApiErro
         state
             .upstream_policy
             .as_ref()
-            .is_some_and(|(policy, local)| policy.admits_namespace(namespace, local))
+            .is_some_and(|policy| policy.admits_namespace(namespace, state.names.local_namespace()))
     };
     match &repo.namespace {
         Some(namespace)

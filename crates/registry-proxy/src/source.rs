@@ -216,6 +216,11 @@ impl StoreNames {
         }
     }
 
+    /// The namespace of the store's own images.
+    pub(crate) fn local_namespace(&self) -> &str {
+        &self.local_namespace
+    }
+
     /// The registry host a repository's content is stored under.
     pub fn host<'a>(&'a self, repo: &'a RepoPath) -> &'a str {
         match &repo.namespace {

@@ -11,8 +11,17 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ConfigError, TlsConfig, read_text};
 
-/// Builds the rustls server configuration of `tls` (HTTP/2 and HTTP/1.1 offered by ALPN).
+/// The TLS acceptor of `tls`: [`server_config`], shared by every connection.
 pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, ConfigError> {
+    Ok(TlsAcceptor::from(Arc::new(server_config(tls)?)))
+}
+
+/// Builds the rustls server configuration of `tls` (ring provider, the safe default
+/// protocol versions, no client authentication; HTTP/2 and HTTP/1.1 offered by ALPN):
+/// `ConfigError::Read` when a PEM file cannot be read, `ConfigError::Invalid` (naming the
+/// file) when it holds no certificate chain or private key, or the key does not fit the
+/// certificate.
+pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ConfigError> {
     let invalid = |path: &std::path::Path, message: String| ConfigError::Invalid {
         path: path.to_path_buf(),
         line: None,
@@ -53,5 +62,5 @@ pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, ConfigError> {
             )
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(config)
 }

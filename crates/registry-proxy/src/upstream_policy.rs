@@ -17,7 +17,7 @@ use sealer_registry_client::{AddressPolicy, AddressRange, api_host};
 use serde::Deserialize;
 
 use crate::config::{TagTtl, UpstreamConfig, UpstreamUrl};
-use crate::route::{Namespace, NamespaceVia, normalise_host};
+use crate::route::{self, Namespace, NamespaceVia, canonical_name, split_host_port};
 
 /// A pattern of registry hosts: `quay.io` (that host, default port), `*.gcr.io` (any
 /// subdomain of `gcr.io`, not `gcr.io` itself), `registry.lan:*` or `127.0.0.1:*` (that
@@ -65,46 +65,29 @@ impl std::str::FromStr for HostPattern {
                 text: trimmed.to_owned(),
             });
         }
-        // The port part after the last `:` that is not inside an IPv6 address's brackets.
-        let (host, port) = match trimmed.rsplit_once(':') {
-            Some((host, port))
-                if !host.ends_with(':') && (!host.contains(':') || host.ends_with(']')) =>
-            {
-                (host, Some(port))
-            }
-            _ => (trimmed, None),
-        };
-        let (port, probe_port) = match port {
-            None => (PortPart::Default, None),
-            Some("*") => (PortPart::Any, Some("1")),
-            Some(port) => (PortPart::Exact(String::new()), Some(port)),
-        };
-        let (wildcard, name) = match host.strip_prefix("*.") {
+        let (wildcard, pattern) = match trimmed.strip_prefix("*.") {
             Some(rest) => (true, rest),
-            None => (false, host),
+            None => (false, trimmed),
         };
+        // More colons than a port's: no host, which the checks below refuse.
+        let (name, port) = split_host_port(pattern).unwrap_or((pattern, None));
         if name.contains('*') {
             return Err(invalid(
                 "has a `*` other than a leading `*.` or a port `:*`",
             ));
         }
-        let probe = match probe_port {
-            Some(port) => format!("{name}:{port}"),
-            None => name.to_owned(),
+        let not_a_host = || invalid("is not a registry host pattern");
+        let (port, followed_by) = match port {
+            None => (PortPart::Default, None),
+            // The name is spelled as before a port (`index.docker.io:*` names
+            // `index.docker.io`, not Docker Hub's `docker.io`); any port spells it alike.
+            Some("*") => (PortPart::Any, Some(1)),
+            Some(port) => {
+                let port = route::canonical_port(port).ok_or_else(not_a_host)?;
+                (PortPart::Exact(port.to_string()), Some(port))
+            }
         };
-        let canonical =
-            normalise_host(&probe).ok_or_else(|| invalid("is not a registry host pattern"))?;
-        let (canonical_name, canonical_port) = match probe_port {
-            Some(_) => canonical
-                .rsplit_once(':')
-                .map(|(name, port)| (name.to_owned(), port.to_owned()))
-                .ok_or_else(|| invalid("is not a registry host pattern"))?,
-            None => (canonical, String::new()),
-        };
-        let port = match port {
-            PortPart::Exact(_) => PortPart::Exact(canonical_port),
-            other => other,
-        };
+        let canonical_name = canonical_name(name, followed_by).ok_or_else(not_a_host)?;
         let host = if wildcard {
             if !canonical_name.contains('.') {
                 return Err(invalid("names no domain after `*.`"));
@@ -136,9 +119,10 @@ impl fmt::Display for HostPattern {
 }
 
 impl HostPattern {
-    /// Whether the canonical host `host` (as [`normalise_host`] writes it) matches.
+    /// Whether the canonical host `host` (as [`normalise_host`](route::normalise_host) writes
+    /// it) matches.
     pub fn matches(&self, host: &str) -> bool {
-        let (name, port) = split_port(host);
+        let (name, port) = split_host_port(host).unwrap_or((host, None));
         let port_matches = match &self.port {
             PortPart::Any => true,
             PortPart::Default => port.is_none(),
@@ -152,14 +136,6 @@ impl HostPattern {
                     name.len() > suffix.len() && name.ends_with(suffix.as_str())
                 }
             }
-    }
-}
-
-/// A canonical `host[:port]` split at its port (IPv6 brackets kept with the host).
-fn split_port(host: &str) -> (&str, Option<&str>) {
-    match host.rsplit_once(':') {
-        Some((name, port)) if !name.contains(':') || name.ends_with(']') => (name, Some(port)),
-        _ => (host, None),
     }
 }
 

@@ -12,92 +12,73 @@
 )]
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sealer_image_store::model::media_type::OCI_MANIFEST;
-use sealer_image_store::{BlobStore, Digest, GcOptions, Store};
-use sealer_registry_proxy::ServerConfig;
+use sealer_image_store::{BlobStore, Digest, FsckReport, GcOptions, Store};
 use sealer_test_harness::{
-    HttpResponse, ImageSpec, Registry, RegistryOptions, SeededImage, require_tools, seed_image,
+    ImageSpec, Registry, RegistryOptions, SeededImage, require_tools, seed_image,
 };
 use serde_json::Value;
 
 mod common;
-use common::{InProcess, digest_of, write_cluster_image};
+use common::{StoreProxy, digest_of, write_cluster_image};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const MIB: u64 = 1 << 20;
 
-/// A proxy over a store directory, on its own runtime thread.
-struct Proxy {
-    address: SocketAddr,
-    store: PathBuf,
-    server: InProcess,
+/// A proxy over a store directory ([`StoreProxy`], whose methods are its own), with this
+/// suite's pulls and counters.
+struct Proxy(StoreProxy);
+
+impl std::ops::Deref for Proxy {
+    type Target = StoreProxy;
+
+    fn deref(&self) -> &StoreProxy {
+        &self.0
+    }
 }
 
 impl Proxy {
     /// Serves `yaml` over the store at `store`.
     fn start(store: &Path, yaml: &str) -> Self {
-        let mut config = ServerConfig::parse(yaml, Path::new("proxy.yaml")).unwrap();
-        config.storage = Some(store.to_path_buf().into());
-        let server = InProcess::start(config);
-        Self {
-            address: server.address,
-            store: store.to_path_buf(),
-            server,
-        }
+        Self(StoreProxy::start(store, yaml))
     }
 
     fn host(&self) -> String {
         self.address.to_string()
     }
 
-    fn request(&self, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-        self.server.request("GET", path, headers)
-    }
-
-    fn get(&self, path: &str) -> HttpResponse {
-        self.server.get(path)
-    }
-
-    /// The value of the series `series` in `/metrics`, if it is there.
+    /// The value of the series `series` in `/metrics`, if it is there (counters and sizes:
+    /// never negative).
     fn metric(&self, series: &str) -> Option<u64> {
-        self.server
+        self.0
             .metric(series)
             .map(|value| u64::try_from(value).unwrap())
     }
 
-    /// Waits (at most 30 s) until no fill runs for upstream `up` and the cache is within
-    /// `limit` bytes.
+    /// Waits (at most 30 s) until no fill runs for upstream `up`, then (at most 30 s more)
+    /// until the cache is within `limit` bytes.
     fn settle(&self, limit: Option<u64>) {
+        self.wait_for_fills("up");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let fills = self.metric("sealer_proxy_fills_in_flight{upstream=\"up\"}");
             let size = self.metric("sealer_cache_size_bytes").unwrap();
-            if fills == Some(0) && limit.is_none_or(|limit| size <= limit) {
+            if limit.is_none_or(|limit| size <= limit) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "the cache did not settle: {size} bytes, fills {fills:?}"
+                "the cache did not settle: {size} bytes"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     fn stop(&mut self) {
-        self.server.stop().unwrap();
-    }
-
-    fn open_store(&self) -> Store {
-        Store::open_dir(&self.store).unwrap()
-    }
-
-    fn has_blob(&self, digest: &str) -> bool {
-        let digest: Digest = digest.parse().unwrap();
-        self.open_store().blobs().stat(&digest).unwrap().is_some()
+        self.0.server.stop().unwrap();
     }
 
     /// Pulls `repository:tag` of upstream `up` as a client would: the manifest, then every
@@ -105,6 +86,7 @@ impl Proxy {
     /// blobs' digests.
     fn pull(&self, repository: &str, tag: &str) -> (String, Vec<String>) {
         let manifest = self.request(
+            "GET",
             &format!("/v2/up/{repository}/manifests/{tag}"),
             &[("Accept", OCI_MANIFEST)],
         );
@@ -150,10 +132,13 @@ fn config(upstream: &Registry, extra: &str) -> String {
     )
 }
 
-fn assert_fsck_clean(store: &Store) {
+/// Asserts that `fsck` finds `store` clean, every blob referenced (or cached); returns its
+/// report.
+fn assert_fsck_clean(store: &Store) -> FsckReport {
     let report = store.fsck().unwrap();
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(report.unreferenced, 0, "{report:?}");
+    report
 }
 
 #[test]
@@ -179,14 +164,14 @@ fn filling_past_the_limit_evicts_the_least_recently_used_and_a_used_one_survives
     proxy.settle(Some(limit));
 
     for digest in a_blobs.iter().chain(&c_blobs) {
-        assert!(proxy.has_blob(digest), "{digest} was evicted");
+        assert!(proxy.blob_stored(digest), "{digest} was evicted");
     }
     for digest in [&a_manifest, &c_manifest] {
-        assert!(proxy.has_blob(digest), "{digest} was evicted");
+        assert!(proxy.blob_stored(digest), "{digest} was evicted");
     }
-    assert!(!proxy.has_blob(&b_blobs[1]), "b's layer was kept");
-    assert!(!proxy.has_blob(&b_manifest), "b's manifest was kept");
-    let store = proxy.open_store();
+    assert!(!proxy.blob_stored(&b_blobs[1]), "b's layer was kept");
+    assert!(!proxy.blob_stored(&b_manifest), "b's manifest was kept");
+    let store = proxy.store();
     let reference = format!("{}/b/app:1", upstream.host());
     assert!(store.lookup(&reference).is_err(), "b's tag was kept");
     assert_fsck_clean(&store);
@@ -201,7 +186,7 @@ fn filling_past_the_limit_evicts_the_least_recently_used_and_a_used_one_survives
     let (again, _) = proxy.pull("b/app", "1");
     assert_eq!(again, b_manifest);
     proxy.settle(Some(limit));
-    assert_fsck_clean(&proxy.open_store());
+    assert_fsck_clean(&proxy.store());
 }
 
 #[test]
@@ -227,10 +212,10 @@ fn the_order_of_use_survives_a_restart() {
     proxy.pull("c/app", "1");
     proxy.settle(Some(limit));
     for digest in &a_blobs {
-        assert!(proxy.has_blob(digest), "{digest} was evicted");
+        assert!(proxy.blob_stored(digest), "{digest} was evicted");
     }
-    assert!(!proxy.has_blob(&b_blobs[1]), "b's layer was kept");
-    assert_fsck_clean(&proxy.open_store());
+    assert!(!proxy.blob_stored(&b_blobs[1]), "b's layer was kept");
+    assert_fsck_clean(&proxy.store());
 }
 
 /// Sends `GET path` and reads the response head and `first` bytes of the body; returns the
@@ -293,7 +278,7 @@ fn a_download_of_an_evicted_blob_and_a_concurrent_fill_both_finish_with_the_righ
         let digest: Digest = a_layer.parse().unwrap();
         let mut bytes = Vec::new();
         proxy
-            .open_store()
+            .store()
             .blobs()
             .open(&digest)
             .unwrap()
@@ -313,7 +298,7 @@ fn a_download_of_an_evicted_blob_and_a_concurrent_fill_both_finish_with_the_righ
     b_blobs.sort();
     assert_eq!(b_blobs, images[1].blob_digests);
     proxy.settle(Some(limit));
-    assert!(!proxy.has_blob(&a_layer), "a's layer was not evicted");
+    assert!(!proxy.blob_stored(&a_layer), "a's layer was not evicted");
     assert!(proxy.metric("sealer_cache_evictions_total").unwrap() >= 1);
 
     let mut buffer = [0u8; 64 * 1024];
@@ -332,7 +317,7 @@ fn a_download_of_an_evicted_blob_and_a_concurrent_fill_both_finish_with_the_righ
         body == expected,
         "the evicted blob's download has other bytes"
     );
-    assert_fsck_clean(&proxy.open_store());
+    assert_fsck_clean(&proxy.store());
 
     // Asked again, it is fetched again.
     let again = proxy.get(&format!("/v2/up/a/app/blobs/{a_layer}"));
@@ -359,10 +344,8 @@ fn fsck_stays_clean_and_prune_keeps_blobs_cached_by_digest() {
     assert!(proxy.metric("sealer_cache_size_bytes").unwrap() > 500_000);
     proxy.stop();
 
-    let store = proxy.open_store();
-    let report = store.fsck().unwrap();
-    assert!(report.is_clean(), "{report:?}");
-    assert_eq!(report.unreferenced, 0, "{report:?}");
+    let store = proxy.store();
+    let report = assert_fsck_clean(&store);
     assert_eq!(report.cached, images[1].blob_digests.len(), "{report:?}");
     let pruned = store
         .gc_with(&GcOptions {
@@ -373,7 +356,7 @@ fn fsck_stays_clean_and_prune_keeps_blobs_cached_by_digest() {
     assert!(pruned.removed.is_empty(), "{pruned:?}");
     assert_eq!(pruned.kept_cached, images[1].blob_digests.len());
     for digest in images.iter().flat_map(|image| &image.blob_digests) {
-        assert!(proxy.has_blob(digest), "prune removed {digest}");
+        assert!(proxy.blob_stored(digest), "prune removed {digest}");
     }
     assert_fsck_clean(&store);
 }
@@ -424,10 +407,14 @@ fn pushed_and_carried_content_is_never_evicted() {
     proxy.settle(Some(limit));
     assert!(proxy.metric("sealer_cache_evictions_total").unwrap() >= 1);
     for digest in pushed.blob_digests.iter().chain(&carried.blob_digests) {
-        assert!(proxy.has_blob(digest), "{digest} was evicted");
+        assert!(proxy.blob_stored(digest), "{digest} was evicted");
     }
-    let mine = proxy.request("/v2/mine/app/manifests/1", &[("Accept", OCI_MANIFEST)]);
+    let mine = proxy.request(
+        "GET",
+        "/v2/mine/app/manifests/1",
+        &[("Accept", OCI_MANIFEST)],
+    );
     assert_eq!(mine.status, 200);
     assert_eq!(digest_of(&mine.body), pushed.manifest_digest);
-    assert_fsck_clean(&proxy.open_store());
+    assert_fsck_clean(&proxy.store());
 }

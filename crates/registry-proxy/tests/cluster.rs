@@ -10,7 +10,6 @@
 )]
 
 use std::path::Path;
-use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
@@ -27,7 +26,7 @@ use serde_json::Value;
 mod backends;
 mod common;
 use backends::bucket_keys_of;
-use common::{InProcess, biggest_layer, digest_of};
+use common::{InProcess, at_once, biggest_layer, digest_of};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const SKOPEO: Duration = Duration::from_secs(120);
@@ -142,23 +141,13 @@ fn a_herd_of_32_cold_gets_over_three_replicas_makes_one_upstream_get() {
     let (digest, expected) = biggest_layer(&upstream, "herd/app", &image);
     let gets_before = upstream.blob_gets(Some(&digest));
     let yaml = upstream_yaml(&upstream.url(), "");
-    let replicas: Arc<Vec<Replica>> = Arc::new(
-        (0..3)
-            .map(|_| Replica::start(&bucket, &yaml, Some("")))
-            .collect(),
-    );
-    let barrier = Arc::new(Barrier::new(32));
-    let clients: Vec<_> = (0..32)
-        .map(|client| {
-            let (replicas, barrier, digest) = (replicas.clone(), barrier.clone(), digest.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                replicas[client % 3].get(&format!("/v2/herd/app/blobs/{digest}"))
-            })
-        })
+    let replicas: Vec<Replica> = (0..3)
+        .map(|_| Replica::start(&bucket, &yaml, Some("")))
         .collect();
-    for client in clients {
-        let response = client.join().unwrap();
+    let responses = at_once(32, |client| {
+        replicas[client % 3].get(&format!("/v2/herd/app/blobs/{digest}"))
+    });
+    for response in responses {
         assert_eq!(
             response.status,
             200,

@@ -13,7 +13,6 @@
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use sealer_image_store::{BlobStore, Digest, Store};
@@ -364,27 +363,19 @@ fn a_herd_of_32_cold_gets_makes_one_upstream_get() {
     let (digest, expected) = biggest_layer(&upstream, "herd/app", &image);
     let gets_before = upstream.blob_gets(Some(&digest));
     let dir = tempfile::tempdir().unwrap();
-    let proxy = Arc::new(Proxy::start(
+    let proxy = Proxy::start(
         &dir.path().join("store"),
         &format!(
             "{}default_upstream: up\n",
             upstreams(&[("up", &upstream.url(), "")])
         ),
-    ));
-    let barrier = Arc::new(Barrier::new(32));
-    let clients: Vec<_> = (0..32)
-        .map(|_| {
-            let (proxy, barrier, digest) = (proxy.clone(), barrier.clone(), digest.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                // Without a namespace: the default upstream.
-                proxy.get(&format!("/v2/herd/app/blobs/{digest}"))
-            })
-        })
-        .collect();
+    );
     let mut misses = 0;
-    for client in clients {
-        let response = client.join().unwrap();
+    // Without a namespace: the default upstream.
+    for response in proxy
+        .server
+        .get_at_once(&format!("/v2/herd/app/blobs/{digest}"), 32)
+    {
         assert_eq!(response.status, 200);
         assert!(response.complete);
         assert_eq!(response.body.len(), expected.len());
@@ -519,23 +510,12 @@ fn a_corrupting_upstream_fails_every_client_and_commits_nothing() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let proxy = Arc::new(Proxy::start(
+    let proxy = Proxy::start(
         &dir.path().join("store"),
         &upstreams(&[("up", &fault.url(), "")]),
-    ));
+    );
     let path = format!("/v2/up/flip/app/blobs/{digest}");
-    let barrier = Arc::new(Barrier::new(8));
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let (proxy, barrier, path) = (proxy.clone(), barrier.clone(), path.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                proxy.get(&path)
-            })
-        })
-        .collect();
-    for client in clients {
-        let response = client.join().unwrap();
+    for response in proxy.server.get_at_once(&path, 8) {
         // The headers went out (the size was known), the body is cut before its last
         // piece: never a complete 200.
         assert_eq!(response.status, 200);

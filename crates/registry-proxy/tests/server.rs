@@ -30,7 +30,7 @@ mod common;
 mod errors;
 use backends::{bucket_keys, on_bucket, over_s3, s3_storage};
 use common::InProcess;
-use errors::{assert_error, error_code};
+use errors::{assert_error, error_code, error_message};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const SKOPEO: Duration = Duration::from_secs(120);
@@ -699,13 +699,7 @@ fn base_endpoint_and_spec_errors() {
     let unknown_blob = format!("/v2/a/b/blobs/{}", Digest::sha256(b"nothing"));
     let response = server.get(&unknown_blob);
     assert_error(&response, 404, "BLOB_UNKNOWN");
-    let body: Value = serde_json::from_slice(&response.body).unwrap();
-    assert!(
-        body["errors"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not in")
-    );
+    assert!(error_message(&response).contains("not in"));
     assert_eq!(server.request("HEAD", &unknown_blob, &[], &[]).status, 404);
     assert_error(&server.get("/v2/a/blobs/sha256:xyz"), 400, "DIGEST_INVALID");
     assert_error(&server.get("/v2/a/blobs/md5:abcd"), 400, "DIGEST_INVALID");
@@ -2424,12 +2418,12 @@ fn an_absent_platform_is_answered_with_the_carried_ones() {
     .unwrap();
     let answer = server.get(&format!("/v2/team/multi/manifests/{arm64}"));
     assert_error(&answer, 404, "MANIFEST_UNKNOWN");
-    let body: Value = serde_json::from_slice(&answer.body).unwrap();
-    let message = body["errors"][0]["message"].as_str().unwrap();
+    let message = error_message(&answer);
     assert!(
         message.contains("linux/arm64") && message.contains("it carries: linux/amd64"),
         "{message}"
     );
+    let body: Value = serde_json::from_slice(&answer.body).unwrap();
     assert_eq!(
         body["errors"][0]["detail"]["carried"],
         json!(["linux/amd64"])

@@ -16,25 +16,21 @@
 )]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Barrier};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use sealer_image_store::{BlobStore as _, Digest, Store};
-use sealer_registry_proxy::ServerConfig;
 use sealer_test_harness::{
-    HttpResponse, ImageSpec, Registry, RegistryOptions, SeededImage, http_request, require_tools,
-    seed_image, self_signed_certificate,
+    ImageSpec, Registry, RegistryOptions, SeededImage, require_tools, seed_image,
+    self_signed_certificate,
 };
-use serde_json::Value;
 
 mod common;
 #[path = "common/errors.rs"]
 mod errors;
 #[path = "upstream_policy/tls_front.rs"]
 mod tls_front;
-use common::{InProcess, biggest_layer, digest_of, skopeo_pull_digest};
-use errors::assert_error;
+use common::{StoreProxy, biggest_layer, digest_of, skopeo_pull_digest};
+use errors::{assert_error, error_message};
 use tls_front::TlsFront;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -92,61 +88,6 @@ impl HttpsUpstream {
     }
 }
 
-/// A proxy in-process over its own store directory.
-struct Proxy {
-    address: SocketAddr,
-    store: PathBuf,
-    _server: InProcess,
-}
-
-impl Proxy {
-    fn start(store: &Path, yaml: &str) -> Self {
-        let mut config = ServerConfig::parse(yaml, Path::new("proxy.yaml")).unwrap();
-        config.storage = Some(store.to_path_buf().into());
-        let server = InProcess::start(config);
-        Self {
-            address: server.address,
-            store: store.to_path_buf(),
-            _server: server,
-        }
-    }
-
-    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-        let url = format!("http://{}{path}", self.address);
-        http_request(method, &url, headers, &[], TIMEOUT).unwrap()
-    }
-
-    fn get(&self, path: &str) -> HttpResponse {
-        self.request("GET", path, &[])
-    }
-
-    /// The value of the series `series` (`name{labels}`) in `/metrics`, if present.
-    fn metric(&self, series: &str) -> Option<i64> {
-        let text = String::from_utf8(self.get("/metrics").body).unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-    }
-
-    /// Waits (at most 30 s) until no fill runs for `upstream`.
-    fn wait_for_fills(&self, upstream: &str) {
-        let series = format!("sealer_proxy_fills_in_flight{{upstream=\"{upstream}\"}}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.metric(&series) != Some(0) {
-            assert!(Instant::now() < deadline, "fills still running");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn store(&self) -> Store {
-        Store::open_dir(&self.store).unwrap()
-    }
-
-    fn blob_stored(&self, digest: &str) -> bool {
-        let digest: Digest = digest.parse().unwrap();
-        self.store().blobs().stat(&digest).unwrap().is_some()
-    }
-}
-
 /// `upstream_policy:` admitting `admit` (YAML list items) with `extra` keys (indented).
 fn policy(admit: &[&str], extra: &str) -> String {
     let mut yaml = String::from("upstream_policy:\n  admit:\n");
@@ -172,12 +113,6 @@ fn loopback_policy(certificate: &Certificate, extra: &str) -> String {
     )
 }
 
-/// The first error's message of an error answer.
-fn error_message(response: &HttpResponse) -> String {
-    let body: Value = serde_json::from_slice(&response.body).unwrap();
-    body["errors"][0]["message"].as_str().unwrap().to_owned()
-}
-
 #[test]
 fn two_hosts_admitted_by_policy_are_pulled_through_by_skopeo_and_by_ns() {
     require_tools!("skopeo", "docker-registry", "openssl");
@@ -186,7 +121,7 @@ fn two_hosts_admitted_by_policy_are_pulled_through_by_skopeo_and_by_ns() {
     let b = HttpsUpstream::start(&certificate, "team/app:1", &[200_000], 12);
     assert_ne!(a.image.manifest_digest, b.image.manifest_digest);
     let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(
+    let proxy = StoreProxy::start(
         &dir.path().join("store"),
         &format!(
             "mode: read-write\n{}",
@@ -274,24 +209,12 @@ fn a_herd_of_32_cold_gets_through_an_admitted_host_makes_one_upstream_get() {
     let (digest, expected) = biggest_layer(&upstream.registry, "herd/app", &upstream.image);
     let gets_before = upstream.registry.blob_gets(Some(&digest));
     let dir = tempfile::tempdir().unwrap();
-    let proxy = Arc::new(Proxy::start(
+    let proxy = StoreProxy::start(
         &dir.path().join("store"),
         &loopback_policy(&certificate, ""),
-    ));
+    );
     let ns = upstream.host();
-    let barrier = Arc::new(Barrier::new(32));
-    let clients: Vec<_> = (0..32)
-        .map(|_| {
-            let (proxy, barrier) = (proxy.clone(), barrier.clone());
-            let path = format!("/v2/herd/app/blobs/{digest}?ns={ns}");
-            std::thread::spawn(move || {
-                barrier.wait();
-                proxy.get(&path)
-            })
-        })
-        .collect();
-    for client in clients {
-        let response = client.join().unwrap();
+    for response in proxy.get_at_once(&format!("/v2/herd/app/blobs/{digest}?ns={ns}"), 32) {
         assert_eq!(response.status, 200);
         assert!(response.complete);
         assert_eq!(response.body.len(), expected.len());
@@ -315,7 +238,7 @@ fn a_cached_tag_of_an_admitted_host_is_served_stale_when_it_is_down() {
     let certificate = Certificate::new();
     let mut upstream = HttpsUpstream::start(&certificate, "stale/app:1", &[50_000], 15);
     let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(
+    let proxy = StoreProxy::start(
         &dir.path().join("store"),
         &format!(
             "upstream_timeout: 1s\nupstream_probe_interval: 100ms\n{}",
@@ -366,7 +289,7 @@ fn a_host_no_pattern_admits_is_never_contacted() {
     let certificate = Certificate::new();
     let upstream = HttpsUpstream::start(&certificate, "team/app:1", &[1_000], 16);
     let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(
+    let proxy = StoreProxy::start(
         &dir.path().join("store"),
         &policy(
             &["quay.io", "*.gcr.io", "127.0.0.1:1"],
@@ -407,7 +330,7 @@ fn an_admitted_host_at_a_loopback_address_is_refused_without_its_range() {
     let upstream = HttpsUpstream::start(&certificate, "team/app:1", &[1_000], 17);
     let dir = tempfile::tempdir().unwrap();
     // Admitted by pattern, but no range admits loopback addresses.
-    let proxy = Proxy::start(
+    let proxy = StoreProxy::start(
         &dir.path().join("store"),
         &policy(
             &["localhost:*", "127.0.0.1:*"],
@@ -460,7 +383,7 @@ fn a_redirect_into_a_refused_range_is_not_followed() {
     let trap_port = trap.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     // Only the upstream's own address is admitted, not the rest of 127/8.
-    let proxy = Proxy::start(
+    let proxy = StoreProxy::start(
         &dir.path().join("store"),
         &policy(
             &["127.0.0.1:*"],
@@ -550,20 +473,16 @@ fn docker_config_child() {
     .unwrap();
     let manifest_path = format!("/v2/private/app/manifests/1?ns={}", front.host());
     let dir = tempfile::tempdir().unwrap();
-    let ranges = format!(
-        "allow_ranges: [127.0.0.0/8]\nca_file: {}",
-        certificate.cert.display()
-    );
     // Without the docker config, the upstream's 401 is all there is.
-    let anonymous = Proxy::start(
+    let anonymous = StoreProxy::start(
         &dir.path().join("anonymous"),
-        &policy(&["127.0.0.1:*"], &ranges),
+        &loopback_policy(&certificate, ""),
     );
     let refused = anonymous.request("GET", &manifest_path, &[MANIFEST_ACCEPT]);
     assert_ne!(refused.status, 200);
     // With it (the default), its credentials for the host are used.
-    let yaml = policy(&["127.0.0.1:*"], &ranges).replace("use_docker_config: false", "");
-    let proxy = Proxy::start(&dir.path().join("store"), &yaml);
+    let yaml = loopback_policy(&certificate, "").replace("use_docker_config: false", "");
+    let proxy = StoreProxy::start(&dir.path().join("store"), &yaml);
     let manifest = proxy.request("GET", &manifest_path, &[MANIFEST_ACCEPT]);
     assert_eq!(
         manifest.status,
@@ -578,7 +497,7 @@ fn docker_config_child() {
 fn the_upstreams_a_policy_creates_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     // No range admits loopback: the upstreams are created, and refused at connection.
-    let proxy = Proxy::start(
+    let proxy = StoreProxy::start(
         &dir.path().join("store"),
         &policy(&["127.0.0.1:*"], "max_upstreams: 1"),
     );

@@ -3,8 +3,9 @@
 //! (`sealer_fs_abstraction::ErrorChain`). A message that also printed its source would show
 //! the cause twice, or, where it is dropped as a repeat, hide the structure callers walk.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use sealer_e2e::workspace_root;
 use sealer_fs_abstraction::{FileKind, Fs, RealFs};
 
 /// `file:line: message` for every `#[error(…)]` in `source` whose message interpolates the
@@ -78,13 +79,9 @@ fn source_field(fields: &str) -> Option<String> {
         .then(|| "source".to_owned())
 }
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 #[test]
 fn no_error_message_prints_its_source() {
-    let fs = RealFs::open_root(workspace()).unwrap();
+    let fs = RealFs::open_root(workspace_root()).unwrap();
     let mut checked = 0;
     let mut found = Vec::new();
     for entry in fs.walk(Path::new("crates")).unwrap() {

@@ -3,12 +3,13 @@
 //! socket and configuration in a temporary directory, the CRI plugin off, driven with `ctr`.
 //! containerd needs root; [`Containerd::start`] says so when it cannot run.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use crate::process::describe;
 use crate::{Result, run_bounded};
 
 /// How long containerd may take to answer on its socket.
@@ -19,7 +20,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Containerd {
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    child: Child,
 }
 
 impl Containerd {
@@ -45,24 +46,13 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .context("starting containerd")?;
-        let mut daemon = Self {
-            dir,
-            child: Some(child),
-        };
+        let mut daemon = Self { dir, child };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(child) = &mut daemon.child
-                && let Some(status) = child.try_wait()?
-            {
+            if let Some(status) = daemon.child.try_wait()? {
                 bail!("containerd exited ({status}):\n{}", daemon.log());
             }
-            let probe = run_bounded(
-                Command::new("ctr")
-                    .arg("--address")
-                    .arg(daemon.socket())
-                    .arg("version"),
-                Duration::from_secs(10),
-            )?;
+            let probe = daemon.run_ctr(&["version"], Duration::from_secs(10))?;
             if probe.status.success() {
                 return Ok(daemon);
             }
@@ -89,36 +79,33 @@ impl Containerd {
     /// Runs `ctr --address SOCKET ARGS…` (at most `timeout`); fails with its output and the
     /// daemon's log unless it exits 0. Returns stdout.
     pub fn ctr(&self, args: &[&str], timeout: Duration) -> Result<String> {
-        let output = run_bounded(
-            Command::new("ctr")
-                .arg("--address")
-                .arg(self.socket())
-                .args(args),
-            timeout,
-        )?;
+        let output = self.run_ctr(args, timeout)?;
         if !output.status.success() {
             bail!(
-                "ctr {args:?}: {}\nstdout:\n{}\nstderr:\n{}\ncontainerd's log:\n{}",
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr),
+                "{}\ncontainerd's log:\n{}",
+                describe("ctr", args, &output),
                 self.log()
             );
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// Its temporary directory.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
+    /// Runs `ctr --address SOCKET ARGS…` (at most `timeout`); its exit status is the caller's
+    /// to judge.
+    fn run_ctr(&self, args: &[&str], timeout: Duration) -> Result<Output> {
+        run_bounded(
+            Command::new("ctr")
+                .arg("--address")
+                .arg(self.socket())
+                .args(args),
+            timeout,
+        )
     }
 }
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -62,13 +62,22 @@ pub fn require_tool(tool: &str) -> bool {
 /// Reports a missing tool: panics under `CI=true`, else prints `SKIPPED: <tool> not
 /// installed` and returns false. `how` says what installs it.
 pub(crate) fn tool_missing(tool: &str, how: &str) -> bool {
+    skip(
+        format_args!("{tool} is required when CI=true ({how})"),
+        format_args!("{tool} not installed"),
+    )
+}
+
+/// Skips a test: panics with `ci_panic` under `CI=true`, else prints `SKIPPED: <reason>` to
+/// stderr and returns false.
+fn skip(ci_panic: std::fmt::Arguments<'_>, reason: std::fmt::Arguments<'_>) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{tool} is required when CI=true ({how})");
+        panic!("{ci_panic}");
     }
     // Straight to the process's stderr: libtest captures `eprintln!` of passing tests, and
     // scripts/test.sh counts these lines.
     use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {tool} not installed");
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {reason}");
     false
 }
 
@@ -90,12 +99,10 @@ pub fn require_root(what: &str) -> bool {
     if String::from_utf8_lossy(&uid).trim() == "0" {
         return true;
     }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{what} needs root, and CI=true runs every test (CI runs as root)");
-    }
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {what} (needs root)");
-    false
+    skip(
+        format_args!("{what} needs root, and CI=true runs every test (CI runs as root)"),
+        format_args!("{what} (needs root)"),
+    )
 }
 
 /// Whether an executable file named `tool` is in a directory of `PATH`.
@@ -124,7 +131,6 @@ pub fn temp_dir() -> Result<tempfile::TempDir> {
         .tempdir()?)
 }
 
-/// A path as a `&str` (temporary paths are UTF-8 here), or an error naming it.
 /// Makes a self-signed certificate for `127.0.0.1` in `dir` with the `openssl` CLI (RSA,
 /// one day, `subjectAltName=IP:127.0.0.1`, not a CA, so rustls accepts it as a trusted end
 /// entity); returns `(cert.pem, key.pem)`.
@@ -156,6 +162,7 @@ pub fn self_signed_certificate(dir: &Path) -> Result<(std::path::PathBuf, std::p
     Ok((cert, key))
 }
 
+/// A path as a `&str` (temporary paths are UTF-8 here), or an error naming it.
 pub(crate) fn path_str(path: &Path) -> Result<&str> {
     path.to_str()
         .ok_or_else(|| anyhow::anyhow!("path is not UTF-8: {}", path.display()))

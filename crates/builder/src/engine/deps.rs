@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use sealer_dep_scanner::{Finding, ScanOptions, Warning, scan_cluster_rootfs};
-use sealer_fs_abstraction::{ErrorChain, Fs, error_chain};
+use sealer_fs_abstraction::{ErrorChain, Fs};
 use sealer_image_store::model::{PARTIAL_ANNOTATION, REF_NAME_ANNOTATION};
 use sealer_image_store::{
     BlobStore, Descriptor, Index, Ingest, Manifest, Platform, ResolvedImage, Store, StoreError,
@@ -105,7 +105,7 @@ pub(crate) fn find_images(
     let rootfs = Rootfs::materialise(ingest, layers)?;
     let report = scan_cluster_rootfs(rootfs.fs(), options).map_err(|error| BuildError::Io {
         what: "scanning the rootfs for images".to_owned(),
-        source: std::io::Error::other(error_chain(&error)),
+        source: std::io::Error::other(error),
     })?;
     let mut found = FoundImages {
         images: Vec::new(),

@@ -45,7 +45,7 @@ mod steps;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use sealer_fs_abstraction::Fs;
+use sealer_fs_abstraction::{Fs, error_chain};
 use sealer_image_store::model::media_type;
 use sealer_image_store::{
     Descriptor, Digest, EMBEDDED_LAYOUT_ANNOTATION, Index, Ingest, Platform, Reference, Store,
@@ -478,10 +478,12 @@ fn start_state(
         match base_state(env.store, &base.image, platform, env.options) {
             Ok(state) => state,
             Err(BuildError::Base { reference, message }) if env.plan => {
-                progress.report.warnings.push(format!(
-                    "base image {reference} ({platform}): {message}; its files and the images it carries are left out (sealer pull {reference} first)"
-                ));
-                ImageState::scratch()
+                plan_without_base(progress, &reference, platform, &message)
+            }
+            Err(BuildError::BasePull {
+                reference, source, ..
+            }) if env.plan => {
+                plan_without_base(progress, &reference, platform, &error_chain(&*source))
             }
             Err(error) => return Err(error),
         }
@@ -495,6 +497,19 @@ fn start_state(
         &InputDigest::none(),
     );
     Ok(state)
+}
+
+/// A plan goes on without a base it cannot read or pull, and says so.
+fn plan_without_base(
+    progress: &mut Progress<'_>,
+    reference: &str,
+    platform: &Platform,
+    why: &str,
+) -> ImageState {
+    progress.report.warnings.push(format!(
+        "base image {reference} ({platform}): {why}; its files and the images it carries are left out (sealer pull {reference} first)"
+    ));
+    ImageState::scratch()
 }
 
 /// A plan's images of one platform, each marked present when the store holds it already.

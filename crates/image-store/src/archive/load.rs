@@ -123,22 +123,13 @@ pub fn load(store: &Store, input: &mut dyn Read, options: LoadOptions<'_>) -> Re
 /// read ahead: a plain tar is then read with no buffer in between (its blob content goes
 /// from the input straight into the staging copy's buffers).
 fn decompressed<'a>(mut counted: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
-    let mut head = [0u8; ZSTD_MAGIC.len()];
-    let mut sniffed = 0;
-    while sniffed < head.len() {
-        match counted.read(&mut head[sniffed..]) {
-            Ok(0) => break,
-            Ok(read) => sniffed += read,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(ArchiveError::Read(error)),
-        }
-    }
-    if sniffed == 0 {
+    let head = magic(&mut counted)?;
+    if head.is_empty() {
         return Err(invalid("archive", "it is empty"));
     }
-    let gzip = head[..sniffed].starts_with(&GZIP_MAGIC);
-    let zstd = head[..sniffed].starts_with(&ZSTD_MAGIC);
-    let whole = io::Cursor::new(head).take(sniffed as u64).chain(counted);
+    let gzip = head.starts_with(&GZIP_MAGIC);
+    let zstd = head.starts_with(&ZSTD_MAGIC);
+    let whole = io::Cursor::new(head).chain(counted);
     Ok(if gzip {
         Box::new(flate2::bufread::MultiGzDecoder::new(
             BufReader::with_capacity(COPY_BUFFER, whole),
@@ -151,6 +142,17 @@ fn decompressed<'a>(mut counted: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
     } else {
         Box::new(whole)
     })
+}
+
+/// The first bytes of `input`, as many as the longest magic sniffed (zstd's), fewer when it
+/// is shorter.
+fn magic(input: &mut impl Read) -> Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(ZSTD_MAGIC.len());
+    input
+        .take(ZSTD_MAGIC.len() as u64)
+        .read_to_end(&mut head)
+        .map_err(ArchiveError::Read)?;
+    Ok(head)
 }
 
 fn name_entry(error: StoreError, path: &str) -> ArchiveError {
@@ -378,19 +380,13 @@ fn commit_docker(
 
 /// The media type of a docker-archive layer, from its first bytes.
 fn sniff_layer_type(ingest: &Ingest<'_>, digest: &Digest) -> Result<&'static str> {
-    let mut head = [0u8; 4];
-    let mut file = ingest.open(digest)?;
-    let mut filled = 0;
-    while filled < head.len() {
-        match file.read(&mut head[filled..]).map_err(ArchiveError::Read)? {
-            0 => break,
-            read => filled += read,
-        }
-    }
-    Ok(match &head[..filled] {
-        [0x1f, 0x8b, ..] => media_type::OCI_LAYER_GZIP,
-        [0x28, 0xb5, 0x2f, 0xfd] => media_type::OCI_LAYER_ZSTD,
-        _ => media_type::OCI_LAYER,
+    let head = magic(&mut ingest.open(digest)?)?;
+    Ok(if head.starts_with(&GZIP_MAGIC) {
+        media_type::OCI_LAYER_GZIP
+    } else if head.starts_with(&ZSTD_MAGIC) {
+        media_type::OCI_LAYER_ZSTD
+    } else {
+        media_type::OCI_LAYER
     })
 }
 

@@ -284,13 +284,17 @@ impl Store {
         report.absent_platforms = reach.absent_platforms;
         report.absent_partial = reach.absent_partial.len();
         let cached = self.cached_markers()?;
-        let (kept_by_cache, unreferenced): (Vec<&Digest>, Vec<&Digest>) = blobs
+        for digest in blobs
             .iter()
             .filter(|digest| !reach.present.contains(digest))
             .filter(|digest| !report.quarantined.iter().any(|(moved, _)| moved == *digest))
-            .partition(|digest| cached.contains(*digest));
-        report.cached = kept_by_cache.len();
-        report.unreferenced = unreferenced.len();
+        {
+            if cached.contains(digest) {
+                report.cached += 1;
+            } else {
+                report.unreferenced += 1;
+            }
+        }
         report.leftovers = self.blobs.leftover_temp_files()?.len()
             + self.abandoned_work(INGEST_DIR, false)?
             + self.abandoned_work(UPLOAD_DIR, false)?;
@@ -350,7 +354,7 @@ impl Store {
         }
         let dir = Path::new(QUARANTINE_DIR);
         self.fs.create_dir_all(dir)?;
-        let target = dir.join(format!("{}-{}", digest.algorithm().name(), digest.hex()));
+        let target = dir.join(digest.file_name());
         self.fs.rename(&path, &target)?;
         self.fs.sync_dir(dir)?;
         if let Some(blob_dir) = path.parent() {

@@ -30,6 +30,7 @@ use reqwest::{Method, Url};
 use sealer_image_store::model::media_type;
 use sealer_image_store::{Digest, MAX_MANIFEST_SIZE};
 
+use crate::address_policy::AddressRefused;
 use crate::auth::{Challenge, TokenCache};
 use crate::credentials::CredentialStore;
 
@@ -98,9 +99,13 @@ struct Counters {
 
 impl RegistryClient {
     /// A client with `options`: builds the TLS configuration (system roots plus
-    /// `ca_files`) and the connection pool.
+    /// `ca_files`; reads them from disk) unless `options.tls` gives one, and the
+    /// connection pool.
     pub fn new(options: ClientOptions) -> Result<Self, ClientError> {
-        let tls = tls_config(&options.ca_files)?;
+        let tls = match &options.tls {
+            Some(tls) => rustls::ClientConfig::clone(tls),
+            None => tls_config(&options.ca_files)?,
+        };
         let plain_http = Arc::new(PlainHttpPolicy {
             insecure: options
                 .insecure_hosts
@@ -113,22 +118,22 @@ impl RegistryClient {
             bases.insert(registry.clone(), base_url_of(base, &plain_http)?);
         }
         let policy = plain_http.clone();
-        let addresses = options.address_policy.clone().map(Arc::new);
+        let addresses = options.address_policy.clone();
         let hop_addresses = addresses.clone();
         // Redirects (blob downloads are often sent to object storage): reqwest drops
         // `Authorization` whenever the next URL's host, port or scheme differs, so a token
         // never reaches another host; plain HTTP is followed only to hosts that allow it.
         // A hop to an IP literal is checked here (names at their resolution).
         let redirect = reqwest::redirect::Policy::custom(move |attempt| {
-            let refused = hop_addresses
-                .as_ref()
-                .and_then(|policy| policy.check_url(attempt.url()).err());
             if attempt.previous().len() >= 10 {
                 attempt.error("too many redirects")
             } else if attempt.url().scheme() != "https" && !policy.allows_url(attempt.url()) {
                 let refused = format!("refusing a redirect to plain HTTP: {}", attempt.url());
                 attempt.error(refused)
-            } else if let Some(refused) = refused {
+            } else if let Some(refused) = hop_addresses
+                .as_ref()
+                .and_then(|policy| policy.check_url(attempt.url()).err())
+            {
                 attempt.error(refused)
             } else {
                 attempt.follow()
@@ -183,10 +188,7 @@ impl RegistryClient {
         match &self.inner.options.address_policy {
             Some(policy) => policy
                 .check_url(url)
-                .map_err(|refused| ClientError::AddressRefused {
-                    request: format!("{method} {}", crate::redact_url(url.as_str())),
-                    refused,
-                }),
+                .map_err(|refused| address_refused(method, url, refused)),
             None => Ok(()),
         }
     }
@@ -257,6 +259,15 @@ impl RegistryClient {
             digest,
             content_type,
         })
+    }
+}
+
+/// The error of a request to `url` that the address policy refused (its password
+/// redacted).
+pub(crate) fn address_refused(method: &Method, url: &Url, refused: AddressRefused) -> ClientError {
+    ClientError::AddressRefused {
+        request: format!("{method} {}", crate::redact_url(url.as_str())),
+        refused,
     }
 }
 

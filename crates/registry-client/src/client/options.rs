@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::address_policy::AddressPolicy;
@@ -18,8 +19,17 @@ pub struct ClientOptions {
     /// HTTPS failed. Loopback hosts (`localhost`, `127.0.0.0/8`, `[::1]`) always may. TLS,
     /// when used, is always verified: add private CAs with `ca_files`.
     pub insecure_hosts: Vec<String>,
-    /// Extra PEM files of CA certificates trusted besides the system's.
+    /// Extra PEM files of CA certificates trusted besides the system's (not read when
+    /// `tls` is given).
     pub ca_files: Vec<PathBuf>,
+    /// A TLS configuration built beforehand (by [`tls_config`](crate::tls_config)), used
+    /// instead of building one from the system's CA certificates and `ca_files`: clients
+    /// that trust the same CAs share it, and the certificates are read (blocking disk I/O)
+    /// once, where the caller chooses. `None` (the default): [`RegistryClient::new`]
+    /// builds it.
+    ///
+    /// [`RegistryClient::new`]: crate::RegistryClient::new
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Blobs transferred at once (default 4).
     pub max_concurrency: usize,
     /// Where credentials come from.
@@ -50,8 +60,9 @@ pub struct ClientOptions {
     /// redirect hops, token realms) is checked: a refused address fails the request with
     /// [`ClientError::AddressRefused`](crate::ClientError::AddressRefused), never retried.
     /// Such a client connects directly, ignoring `HTTP(S)_PROXY`: a proxy would resolve
-    /// names out of the policy's sight.
-    pub address_policy: Option<AddressPolicy>,
+    /// names out of the policy's sight. Shared: the clients of one policy (and their
+    /// resolvers and redirect checks) hold one copy.
+    pub address_policy: Option<Arc<AddressPolicy>>,
 }
 
 impl Default for ClientOptions {
@@ -59,6 +70,7 @@ impl Default for ClientOptions {
         Self {
             insecure_hosts: Vec::new(),
             ca_files: Vec::new(),
+            tls: None,
             max_concurrency: 4,
             credentials: CredentialStore::from_env(),
             user_agent: format!("sealer/{}", env!("CARGO_PKG_VERSION")),

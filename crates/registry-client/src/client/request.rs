@@ -14,7 +14,7 @@ use crate::auth::{AuthError, Challenge};
 use crate::credentials::Credential;
 use crate::retry::{is_retryable_error, is_retryable_status};
 
-use super::{ClientError, MAX_ERROR_BODY, RegistryClient};
+use super::{ClientError, MAX_ERROR_BODY, RegistryClient, address_refused};
 
 /// The access a request needs, as token scopes (`repository:NAME:pull,push`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -225,13 +225,14 @@ impl RegistryClient {
                     continue;
                 }
                 Err(source) => {
-                    let request = format!("{} {}", request.method.clone(), request.url.clone());
                     if let Some(refused) = crate::address_policy::refusal_in(&source) {
-                        return Err(ClientError::AddressRefused {
-                            request,
-                            refused: refused.clone(),
-                        });
+                        return Err(address_refused(
+                            &request.method,
+                            &request.url,
+                            refused.clone(),
+                        ));
                     }
+                    let request = format!("{} {}", request.method.clone(), request.url.clone());
                     return Err(ClientError::Transport { request, source });
                 }
             };

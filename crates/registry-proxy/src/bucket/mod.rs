@@ -280,6 +280,18 @@ impl Bucket {
         path: &Path,
         operation: &'static str,
     ) -> Result<Option<(Bytes, UpdateVersion)>, BucketError> {
+        Ok(self
+            .read_versioned_dated(path, operation)
+            .await?
+            .map(|(bytes, version, _)| (bytes, version)))
+    }
+
+    /// [`Self::read_versioned`], plus when the object was last written.
+    async fn read_versioned_dated(
+        &self,
+        path: &Path,
+        operation: &'static str,
+    ) -> Result<Option<(Bytes, UpdateVersion, std::time::SystemTime)>, BucketError> {
         let result = match self.store.get_opts(path, GetOptions::default()).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -289,8 +301,9 @@ impl Bucket {
             e_tag: result.meta.e_tag.clone(),
             version: result.meta.version.clone(),
         };
+        let modified = result.meta.last_modified.into();
         let bytes = result.bytes().await.map_err(store_error(operation, path))?;
-        Ok(Some((bytes, version)))
+        Ok(Some((bytes, version, modified)))
     }
 
     /// Writes `doc` as JSON under `mode` (a conditional write): the version written.

@@ -435,42 +435,34 @@ impl Bucket {
         path: &Path,
         cutoff: std::time::SystemTime,
     ) -> Result<bool, BucketError> {
-        let result = match self.store.get_opts(path, GetOptions::default()).await {
-            Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => return Ok(false),
-            Err(error) => return Err(store_error("reading upload state", path)(error)),
+        let Some((bytes, version, modified)) = self
+            .read_versioned_dated(path, "reading upload state")
+            .await?
+        else {
+            return Ok(false);
         };
         // Read again after the listing: a writer may have advanced it since.
-        if std::time::SystemTime::from(result.meta.last_modified) >= cutoff {
+        if modified >= cutoff {
             return Ok(false);
         }
-        let version = UpdateVersion {
-            e_tag: result.meta.e_tag.clone(),
-            version: result.meta.version.clone(),
-        };
-        let bytes = result
-            .bytes()
-            .await
-            .map_err(store_error("reading upload state", path))?;
         let Ok(mut doc) = serde_json::from_slice::<StateDoc>(&bytes) else {
             // Not ours to interpret: an old object without a session; it goes.
             self.remove_quietly(path).await;
             return Ok(true);
         };
-        if !doc.purged {
+        let version = if doc.purged {
+            version
+        } else {
             doc.purged = true;
             match self.write_json(path, &doc, PutMode::Update(version)).await {
-                Ok(_) => {}
+                Ok(written) => written,
                 Err(error) if is_conflict(&error) => return Ok(false),
                 Err(error) => return Err(store_error("marking an upload purged", path)(error)),
             }
-        }
+        };
         let state = UploadState {
             id: id.to_owned(),
-            version: UpdateVersion {
-                e_tag: None,
-                version: None,
-            },
+            version,
             doc,
         };
         self.cancel_upload(&state).await?;

@@ -1,4 +1,6 @@
-//! The registry's JSON error answers, as the server and denial-of-service suites check them.
+//! The registry's JSON error answers, as the test suites check them.
+// Each test binary uses part of it.
+#![allow(dead_code)]
 
 use sealer_test_harness::HttpResponse;
 use serde_json::Value;
@@ -12,6 +14,12 @@ pub fn error_code(response: &HttpResponse) -> String {
         )
     });
     body["errors"][0]["code"].as_str().unwrap().to_owned()
+}
+
+/// The `message` of the first error in an error body.
+pub fn error_message(response: &HttpResponse) -> String {
+    let body: Value = serde_json::from_slice(&response.body).unwrap();
+    body["errors"][0]["message"].as_str().unwrap().to_owned()
 }
 
 /// Asserts an error answer: its status, its first error code, and a JSON body.

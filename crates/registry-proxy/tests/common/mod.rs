@@ -4,7 +4,8 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Barrier;
 
 use sealer_image_store::model::media_type::OCI_MANIFEST;
 use sealer_image_store::testing::{ImageSpec, write_image};
@@ -76,6 +77,11 @@ impl InProcess {
         self.request("GET", path, &[])
     }
 
+    /// `GET path` from `clients` clients released together ([`at_once`]): their answers.
+    pub fn get_at_once(&self, path: &str, clients: usize) -> Vec<HttpResponse> {
+        at_once(clients, |_| self.get(path))
+    }
+
     /// The value of the series `series` (`name` or `name{labels}`) in `/metrics`, if there.
     pub fn metric(&self, series: &str) -> Option<i64> {
         let text = String::from_utf8(self.get("/metrics").body).unwrap();
@@ -109,6 +115,66 @@ impl Drop for InProcess {
             let _ = shutdown.send(());
         }
     }
+}
+
+/// A server in-process over its own store directory (the local store only); the methods of
+/// its [`InProcess`] are its own.
+pub struct StoreProxy {
+    /// The server.
+    pub server: InProcess,
+    root: PathBuf,
+}
+
+impl StoreProxy {
+    /// Serves `yaml` (a configuration; `storage` is set) over the store directory `store`.
+    pub fn start(store: &Path, yaml: &str) -> Self {
+        let mut config = ServerConfig::parse(yaml, Path::new("proxy.yaml")).unwrap();
+        config.storage = Some(store.to_path_buf().into());
+        Self {
+            server: InProcess::start(config),
+            root: store.to_path_buf(),
+        }
+    }
+
+    /// The store it serves, opened anew.
+    pub fn store(&self) -> Store {
+        Store::open_dir(&self.root).unwrap()
+    }
+
+    /// Whether the blob `digest` is in its store.
+    pub fn blob_stored(&self, digest: &str) -> bool {
+        let digest: Digest = digest.parse().unwrap();
+        self.store().blobs().stat(&digest).unwrap().is_some()
+    }
+}
+
+impl std::ops::Deref for StoreProxy {
+    type Target = InProcess;
+
+    fn deref(&self) -> &InProcess {
+        &self.server
+    }
+}
+
+/// Runs `call(0)` … `call(clients - 1)`, each on its own thread, all released together by a
+/// barrier (a herd of simultaneous requests); returns their results in that order.
+pub fn at_once<T: Send>(clients: usize, call: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let barrier = Barrier::new(clients);
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..clients)
+            .map(|client| {
+                let (barrier, call) = (&barrier, &call);
+                scope.spawn(move || {
+                    barrier.wait();
+                    call(client)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|thread| thread.join().unwrap())
+            .collect()
+    })
 }
 
 /// The sha256 digest of `bytes`, as text.

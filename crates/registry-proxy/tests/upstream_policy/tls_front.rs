@@ -1,8 +1,9 @@
 //! An HTTPS endpoint on a loopback port for upstreams admitted by policy (always HTTPS):
-//! it terminates TLS with a certificate for `127.0.0.1` (HTTP/1.1 by ALPN) and either pipes
-//! every connection to a plain docker-registry (its access log still counts the requests)
-//! or answers every request with a `307` to a fixed location. It counts the connections it
-//! accepted, so a test can prove that a refused upstream was never contacted.
+//! it terminates TLS as the proxy does (`tls::server_config`), with a certificate for
+//! `127.0.0.1` and HTTP/1.1 only by ALPN, and either pipes every connection to a plain
+//! docker-registry (its access log still counts the requests) or answers every request with
+//! a `307` to a fixed location. It counts the connections it accepted, so a test can prove
+//! that a refused upstream was never contacted.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,8 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sealer_registry_proxy::config::TlsConfig;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Bound on a handshake and on reading a request head.
@@ -61,18 +61,11 @@ impl TlsFront {
     }
 
     fn start(cert: &Path, key: &Path, behind: Behind) -> Self {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_file(key).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
+        let mut config = sealer_registry_proxy::tls::server_config(&TlsConfig {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        })
+        .unwrap();
         // The piped docker-registry speaks HTTP/1.1 only.
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));

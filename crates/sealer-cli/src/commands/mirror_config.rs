@@ -8,7 +8,7 @@ use sealer_builder::engine::carried_images;
 use sealer_fs_abstraction::{Fs, RealFs};
 use sealer_image_store::{Reference, Store};
 use sealer_registry_proxy::ServerConfig;
-use sealer_registry_proxy::mirror_config::{self, Endpoint, MirrorUpstream, Runtime};
+use sealer_registry_proxy::mirror_config::{Endpoint, MirrorSources, Runtime};
 
 use crate::cli::{MirrorConfigArgs, MirrorRuntime};
 
@@ -19,17 +19,12 @@ pub fn run(root: Option<&Path>, args: &MirrorConfigArgs) -> Result<()> {
         MirrorRuntime::Crio => Runtime::Crio,
         MirrorRuntime::Docker => Runtime::Docker,
     };
-    let mut upstreams = Vec::new();
-    let mut default_upstream = None;
-    let mut any_registry = false;
-    if let Some(path) = &args.config {
-        let config = ServerConfig::load(path)?;
-        upstreams.extend(config.upstreams.iter().map(MirrorUpstream::from));
-        default_upstream = config.default_upstream;
-        any_registry = config.upstream_policy.is_some();
-    }
+    let mut sources = match &args.config {
+        Some(path) => MirrorSources::from_server_config(&ServerConfig::load(path)?),
+        None => MirrorSources::default(),
+    };
     for text in &args.upstreams {
-        upstreams.push(text.parse()?);
+        sources.upstreams.push(text.parse()?);
     }
     if !args.images.is_empty() {
         let store = super::open_store(root, Store::open_existing)?;
@@ -40,22 +35,10 @@ pub fn run(root: Option<&Path>, args: &MirrorConfigArgs) -> Result<()> {
             }
         }
         for host in hosts {
-            let upstream: MirrorUpstream = host.parse()?;
-            if !upstreams
-                .iter()
-                .any(|known| known.registry_host() == upstream.registry_host())
-            {
-                upstreams.push(upstream);
-            }
+            sources.add_if_new(host.parse()?);
         }
     }
-    let generated = mirror_config::generate_for_any(
-        runtime,
-        &upstreams,
-        default_upstream.as_deref(),
-        &endpoint,
-        any_registry,
-    )?;
+    let generated = sources.generate(runtime, &endpoint)?;
 
     let Some(dir) = &args.output else {
         for (at, file) in generated.files.iter().enumerate() {
